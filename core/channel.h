@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The channel interface every transport implements (channels/).
+ *
+ * A transport fills an ops table; the core never names a transport.  The
+ * ops move "some" bytes; the helpers here loop until all are moved.
+ */
+#ifndef MFD_CORE_CHANNEL_H
+#define MFD_CORE_CHANNEL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <multifd/multifd.h>
+
+struct mfd_channel_ops {
+	const char *kind;
+	/*
+	 * Move at least one byte unless at end of data.  Return the number of
+	 * bytes moved, 0 for end of data (readv only), or a negative code with
+	 * *errp set.  Must return MFD_ECANCELED once the channel is shut down.
+	 */
+	ssize_t (*readv)(mfd_channel *ch, const struct iovec *iov, int iovcnt, mfd_error **errp);
+	ssize_t (*writev)(mfd_channel *ch, const struct iovec *iov, int iovcnt,
+			  mfd_error **errp);
+	/* Make blocked and future I/O fail; any thread. */
+	void (*shutdown)(mfd_channel *ch);
+	/* Release transport resources (the struct itself is freed by the core). */
+	void (*close)(mfd_channel *ch);
+};
+
+struct mfd_channel {
+	/* Set at creation. */
+	const struct mfd_channel_ops *ops;
+	char *name;
+	void *priv;
+	/* Any thread. */
+	atomic_bool shut;
+};
+
+/* Allocate a channel; takes a copy of name. NULL on out of memory. */
+mfd_channel *mfd_channel_alloc(const struct mfd_channel_ops *ops, const char *name, void *priv);
+
+/* Read exactly the iovec's bytes; a short read ends in MFD_EEOF. The iovec is consumed. */
+int mfd_channel_readv_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp);
+/* Write all of the iovec's bytes. The iovec is consumed. */
+int mfd_channel_writev_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp);
+/* Read up to len bytes (at least one unless at end of data): >0, 0 = end, <0 = error. */
+ssize_t mfd_channel_read_some(mfd_channel *ch, void *buf, size_t len, mfd_error **errp);
+
+static inline bool mfd_channel_is_shut(const mfd_channel *ch)
+{
+	return atomic_load_explicit(&ch->shut, memory_order_acquire);
+}
+
+/* Drop n bytes from the front of an iovec array; returns the new start. */
+struct iovec *mfd_iov_advance(struct iovec *iov, int *iovcnt, size_t n);
+
+#endif /* MFD_CORE_CHANNEL_H */

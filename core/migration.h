@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The migration object as the core sees it: the section registry.
+ */
+#ifndef MFD_CORE_MIGRATION_H
+#define MFD_CORE_MIGRATION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <multifd/multifd.h>
+
+struct mfd_section {
+	/* Set at registration. */
+	char idstr[MFD_IDSTR_MAX + 1];
+	uint32_t instance_id;
+	uint32_t version_id;
+	uint32_t section_id;	/* written in START/PART/END/FULL headers */
+	mfd_save_handlers ops;
+	void *opaque;
+	bool live;		/* has save_setup or save_live_iterate */
+
+	/* Source-side run state, owned by the thread running the save. */
+	bool save_setup_done;
+	bool iterate_done;
+
+	/* Destination-side run state, owned by the loading thread. */
+	bool load_setup_done;
+	bool load_seen;		/* a START or FULL mapped load_section_id */
+	uint32_t load_section_id;
+	uint32_t load_version_id;	/* the version the START/FULL announced */
+
+	struct mfd_section *next;
+};
+
+struct mfd_migration {
+	/* Changed only while no save or load runs (busy == false). */
+	char identity[256];
+	struct mfd_section *sections;	/* registration order */
+	uint32_t next_section_id;
+	bool busy;
+};
+
+struct mfd_section *mfd_section_find(mfd_migration *m, const char *idstr, uint32_t instance_id);
+
+#define mfd_for_each_section(m, se) for (struct mfd_section *se = (m)->sections; se; se = se->next)
+
+#endif /* MFD_CORE_MIGRATION_H */

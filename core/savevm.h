@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The savevm v3 section stream: constants, the source-side phase helpers the
+ * migration engine calls, command writers, and the loader.
+ * docs/wire-format.md describes every byte.
+ */
+#ifndef MFD_CORE_SAVEVM_H
+#define MFD_CORE_SAVEVM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <multifd/multifd.h>
+
+#define MFD_VM_FILE_MAGIC 0x5145564du	/* "QEVM" */
+#define MFD_VM_FILE_VERSION 3u
+#define MFD_VM_FILE_VERSION_COMPAT 2u	/* obsolete; refused with its own message */
+
+/* Top-level record types. */
+enum mfd_vm_record {
+	MFD_VM_EOF = 0x00,
+	MFD_VM_SECTION_START = 0x01,
+	MFD_VM_SECTION_PART = 0x02,
+	MFD_VM_SECTION_END = 0x03,
+	MFD_VM_SECTION_FULL = 0x04,
+	MFD_VM_SUBSECTION = 0x05,
+	MFD_VM_VMDESCRIPTION = 0x06,
+	MFD_VM_CONFIGURATION = 0x07,
+	MFD_VM_COMMAND = 0x08,
+	MFD_VM_SECTION_FOOTER = 0x7e,
+};
+
+/* Commands carried in MFD_VM_COMMAND records. */
+enum mfd_vm_cmd {
+	MFD_CMD_INVALID = 0,
+	MFD_CMD_OPEN_RETURN_PATH = 1,
+	MFD_CMD_PING = 2,
+	MFD_CMD_POSTCOPY_ADVISE = 3,
+	MFD_CMD_POSTCOPY_LISTEN = 4,
+	MFD_CMD_POSTCOPY_RUN = 5,
+	MFD_CMD_POSTCOPY_RAM_DISCARD = 6,
+	MFD_CMD_PACKAGED = 7,
+	MFD_CMD_ENABLE_COLO = 8,
+	MFD_CMD_POSTCOPY_RESUME = 9,
+	MFD_CMD_RECV_BITMAP = 10,
+	MFD_CMD_SWITCHOVER_START = 11,
+	MFD_CMD_MAX
+};
+
+/* Limits the loader enforces on peer data. */
+#define MFD_PACKAGED_MAX_DEFAULT (256u << 20)	/* bytes in one PACKAGED blob */
+#define MFD_LOADVM_MAX_DEPTH 1			/* a package may not hold a package */
+#define MFD_DISCARD_VERSION 0
+
+const char *mfd_vm_cmd_name(unsigned cmd);
+const char *mfd_vm_record_name(unsigned type);
+
+/* ---- source side: phases, in the order the engine calls them --------- */
+
+int mfd_savevm_prepare(mfd_migration *m, mfd_error **errp);
+int mfd_savevm_header(mfd_migration *m, mfd_stream *s);
+int mfd_savevm_setup(mfd_migration *m, mfd_stream *s, mfd_error **errp);
+/* 1 when every active live section reported done, 0 when more rounds are wanted.
+ * In postcopy only sections with has_postcopy are iterated. */
+int mfd_savevm_iterate(mfd_migration *m, mfd_stream *s, bool postcopy, mfd_error **errp);
+int mfd_savevm_postcopy_prepare(mfd_migration *m, mfd_stream *s, bool *can_switchover,
+				mfd_error **errp);
+/* END for every active live section (those with has_postcopy skipped when
+ * in_postcopy), then, unless in_postcopy, FULL for every non-live section. */
+int mfd_savevm_complete_precopy(mfd_migration *m, mfd_stream *s, bool in_postcopy,
+				mfd_error **errp);
+/* FULL for every non-live section (the engine packages these in postcopy). */
+int mfd_savevm_save_nonlive(mfd_migration *m, mfd_stream *s, mfd_error **errp);
+int mfd_savevm_complete_postcopy(mfd_migration *m, mfd_stream *s, mfd_error **errp);
+int mfd_savevm_eof(mfd_stream *s);
+void mfd_savevm_pending_estimate(mfd_migration *m, uint64_t *must_precopy, uint64_t *can_postcopy);
+void mfd_savevm_pending_exact(mfd_migration *m, uint64_t *must_precopy, uint64_t *can_postcopy);
+bool mfd_savevm_switchover_ack_needed(mfd_migration *m);
+int mfd_savevm_resume_prepare(mfd_migration *m, mfd_error **errp);
+/* save_cleanup for every section whose save_setup succeeded. */
+void mfd_savevm_cleanup(mfd_migration *m);
+
+/* ---- commands (source side) ------------------------------------------- */
+
+int mfd_savevm_send_command(mfd_stream *s, enum mfd_vm_cmd cmd, uint16_t len,
+			    const void *payload);
+int mfd_savevm_send_open_return_path(mfd_stream *s);
+int mfd_savevm_send_ping(mfd_stream *s, uint32_t value);
+int mfd_savevm_send_postcopy_advise(mfd_stream *s, uint64_t page_size_summary,
+				    uint64_t target_page_size);
+int mfd_savevm_send_postcopy_listen(mfd_stream *s);
+int mfd_savevm_send_postcopy_run(mfd_stream *s);
+/* ranges: n pairs (start, length) in bytes within the block. */
+int mfd_savevm_send_postcopy_ram_discard(mfd_stream *s, const char *block,
+					 const uint64_t *ranges, size_t n);
+int mfd_savevm_send_packaged(mfd_stream *s, const void *blob, uint32_t len);
+int mfd_savevm_send_enable_colo(mfd_stream *s);
+int mfd_savevm_send_postcopy_resume(mfd_stream *s);
+int mfd_savevm_send_recv_bitmap(mfd_stream *s, const char *block);
+int mfd_savevm_send_switchover_start(mfd_stream *s);
+/* How many discard ranges fit one command for a block name of this length. */
+size_t mfd_savevm_discard_ranges_max(size_t name_len);
+
+/* ---- destination side ------------------------------------------------- */
+
+/*
+ * What the engine does for each command.  A NULL member means the command is
+ * refused in this context (MFD_ENOTSUP), except SWITCHOVER_START, which is
+ * informational.  PACKAGED is handled by the loader itself.  Members return
+ * 0, a negative code, or (postcopy_run only) MFD_LOADVM_QUIT to end the
+ * current (nested) load loop.
+ */
+#define MFD_LOADVM_QUIT 1
+
+struct mfd_loadvm_hooks {
+	void *opaque;
+	int (*open_return_path)(void *opaque, mfd_error **errp);
+	int (*ping)(void *opaque, uint32_t value, mfd_error **errp);
+	/* has_summary false: the 0-byte form (no RAM postcopy). */
+	int (*postcopy_advise)(void *opaque, bool has_summary, uint64_t page_size_summary,
+			       uint64_t target_page_size, mfd_error **errp);
+	int (*postcopy_listen)(void *opaque, mfd_error **errp);
+	int (*postcopy_run)(void *opaque, mfd_error **errp);
+	int (*postcopy_ram_discard)(void *opaque, const char *block, const uint64_t *ranges,
+				    size_t n, mfd_error **errp);
+	int (*enable_colo)(void *opaque, mfd_error **errp);
+	int (*postcopy_resume)(void *opaque, mfd_error **errp);
+	int (*recv_bitmap)(void *opaque, const char *block, mfd_error **errp);
+	int (*switchover_start)(void *opaque, mfd_error **errp);
+	/* Most bytes accepted in one PACKAGED command; 0 = MFD_PACKAGED_MAX_DEFAULT. */
+	uint32_t packaged_max;
+};
+
+/* Whole stream: header, configuration, records until EOF; load_setup before,
+ * load_cleanup after. Returns 0 at EOF (or after a QUIT), negative on error. */
+int mfd_loadvm_state(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+		     mfd_error **errp);
+
+#endif /* MFD_CORE_SAVEVM_H */

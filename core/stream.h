@@ -1,0 +1,17 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internal extras of mfd_stream.
+ */
+#ifndef MFD_CORE_STREAM_H
+#define MFD_CORE_STREAM_H
+
+#include <multifd/multifd.h>
+
+/* Name used at the start of error messages ("main stream"); copied. */
+int mfd_stream_set_label(mfd_stream *s, const char *label);
+const char *mfd_stream_label(const mfd_stream *s);
+
+/* The latched error itself (owned by the stream), or NULL. */
+const mfd_error *mfd_stream_last_error(const mfd_stream *s);
+
+#endif /* MFD_CORE_STREAM_H */

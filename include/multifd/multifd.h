@@ -1,0 +1,683 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libmultifd - live migration of a virtual machine's memory and device state.
+ *
+ * This header is the whole public interface.  A VMM links the library,
+ * registers its device-state handlers (and, later, its guest RAM) on an
+ * mfd_migration object, and moves the state over channels.
+ *
+ * Conventions, once for all functions:
+ *  - Functions that can fail return int: 0 on success, a negative MFD_E*
+ *    code on failure.  Those that can fail for configuration or peer reasons
+ *    also take an `mfd_error **errp` out-parameter: when it is not NULL and
+ *    *errp is NULL, a failure stores a newly allocated error there (message
+ *    plus code) that the caller releases with mfd_error_free().  When *errp
+ *    already holds an error it is kept (the first error wins).
+ *  - Objects are opaque.  Every *_new/_open has a *_free that accepts NULL.
+ *    Whoever creates an object frees it; ownership transfers are stated at
+ *    the prototype.
+ *  - The library never prints.  Diagnostics go to the log callback.
+ *
+ * Thread safety: distinct objects may be used from distinct threads freely.
+ * One mfd_stream, mfd_channel or mfd_migration must not be used by two
+ * threads at once, except where a function says "any thread"
+ * (mfd_channel_shutdown(), the log and version functions, mfd_strerror()).
+ * Handler callbacks run on the thread that called the save/load function.
+ */
+#ifndef MULTIFD_MULTIFD_H
+#define MULTIFD_MULTIFD_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <multifd/version.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The library is built with -fvisibility=hidden; only MFD_API symbols are exported. */
+#define MFD_API __attribute__((visibility("default")))
+
+#define MFD_PRINTF(f, a) __attribute__((format(printf, f, a)))
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * enum mfd_errcode - negative return codes.
+ *
+ * The codes are coarse classes; the mfd_error message says exactly what was
+ * wrong, where, and with which value.  Protocol codes (MFD_EBADMAGIC and
+ * below) always mean the peer's data was rejected, never the caller's.
+ */
+enum mfd_errcode {
+	MFD_OK = 0,
+	MFD_EINVAL = -1,	/* an argument of the caller is invalid */
+	MFD_ENOMEM = -2,	/* out of memory */
+	MFD_EIO = -3,		/* the operating system reported an I/O error */
+	MFD_EEOF = -4,		/* the data ended early: truncated stream or peer closed */
+	MFD_ECANCELED = -5,	/* the operation was cancelled (channel shut down) */
+	MFD_ETIMEDOUT = -6,	/* a deadline passed */
+	MFD_ENOTSUP = -7,	/* not supported by this build or in this context */
+	MFD_ESTATE = -8,	/* the call is not valid in the object's current state */
+	MFD_EEXIST = -9,	/* already registered */
+	MFD_ENOENT = -10,	/* no such registration */
+	MFD_EHANDLER = -11,	/* a VMM handler reported a failure */
+	MFD_ETOOBIG = -12,	/* a length or count is beyond its limit */
+	MFD_EBADMAGIC = -13,	/* peer: wrong magic number */
+	MFD_EBADVERSION = -14,	/* peer: unsupported format or section version */
+	MFD_EBADRECORD = -15,	/* peer: unknown or misplaced record type */
+	MFD_EBADSECTION = -16,	/* peer: unknown section id or idstr/instance */
+	MFD_EBADFOOTER = -17,	/* peer: section footer missing or for another section */
+	MFD_EBADCMD = -18,	/* peer: unknown command or wrong command length */
+	MFD_EBADCONFIG = -19,	/* peer: configuration record missing or different */
+	MFD_EPROTO = -20,	/* peer: other malformed data */
+};
+
+/** MFD_ERRCODE_MIN - the most negative code in enum mfd_errcode. */
+#define MFD_ERRCODE_MIN (-20)
+
+/**
+ * typedef mfd_error - an error: a code from enum mfd_errcode and a message.
+ */
+typedef struct mfd_error mfd_error;
+
+/**
+ * mfd_strerror() - a short constant description of an error code.
+ * @code: a value of enum mfd_errcode (0 or negative).
+ *
+ * Any thread.  Returns a static string; never NULL (unknown codes give
+ * "unknown error").
+ */
+MFD_API const char *mfd_strerror(int code);
+
+/**
+ * mfd_error_code() - the code of an error.
+ * @err: an error, or NULL (gives 0).
+ */
+MFD_API int mfd_error_code(const mfd_error *err);
+
+/**
+ * mfd_error_message() - the message of an error.
+ * @err: an error, or NULL (gives "").
+ *
+ * The string is owned by @err and lives until mfd_error_free().
+ */
+MFD_API const char *mfd_error_message(const mfd_error *err);
+
+/**
+ * mfd_error_free() - release an error.
+ * @err: an error, or NULL.
+ */
+MFD_API void mfd_error_free(mfd_error *err);
+
+/**
+ * mfd_error_set() - store a formatted error in *@errp.
+ * @errp: where to store; may be NULL (nothing is stored).  An error already
+ *        in *@errp is kept and the new one dropped.
+ * @code: a negative enum mfd_errcode value.
+ * @fmt: printf-style message.
+ *
+ * For handler implementations, which report failures the same way the
+ * library does.  Returns @code, so `return mfd_error_set(errp, ...)` works.
+ */
+MFD_API int mfd_error_set(mfd_error **errp, int code, const char *fmt, ...)
+	MFD_PRINTF(3, 4);
+
+/**
+ * mfd_error_prefix() - put context in front of an error's message.
+ * @err: an error, or NULL (nothing happens).
+ * @fmt: printf-style prefix; ": " is inserted between prefix and message.
+ */
+MFD_API void mfd_error_prefix(mfd_error *err, const char *fmt, ...) MFD_PRINTF(2, 3);
+
+/* ------------------------------------------------------------------------ */
+/* Version and logging                                                       */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * mfd_version() - the version of the library loaded at run time.
+ *
+ * Any thread.  Returns major * 10000 + minor * 100 + patch, comparable with
+ * MFD_VERSION_NUMBER from the headers the caller was built with.
+ */
+MFD_API int mfd_version(void);
+
+/**
+ * mfd_version_string() - the version as "major.minor.patch".  Any thread.
+ */
+MFD_API const char *mfd_version_string(void);
+
+/** enum mfd_log_level - severity of a log message, most severe first. */
+enum mfd_log_level {
+	MFD_LOG_ERROR = 0,
+	MFD_LOG_WARNING = 1,
+	MFD_LOG_INFO = 2,
+	MFD_LOG_DEBUG = 3,
+};
+
+/**
+ * typedef mfd_log_fn - receives one log message.
+ * @level: severity.
+ * @msg: one line, no trailing newline; valid only during the call.
+ * @opaque: the pointer given to mfd_log_set_handler().
+ *
+ * May be called from any library thread; calls are serialized by the
+ * library (one at a time).  It must not call back into the library except
+ * mfd_strerror() and the version functions.
+ */
+typedef void (*mfd_log_fn)(enum mfd_log_level level, const char *msg, void *opaque);
+
+/**
+ * mfd_log_set_handler() - route the library's log messages.
+ * @fn: the callback, or NULL to drop every message (the default).
+ * @opaque: passed back to @fn.
+ * @max_level: messages less severe than this are not formatted at all.
+ *
+ * Any thread; takes effect for messages emitted after it returns.
+ */
+MFD_API void mfd_log_set_handler(mfd_log_fn fn, void *opaque, enum mfd_log_level max_level);
+
+/* ------------------------------------------------------------------------ */
+/* Channels: byte transports                                                 */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * typedef mfd_channel - a bidirectional byte transport (socket, pipe, file,
+ * memory buffer).  One thread at a time does I/O on it in each direction;
+ * mfd_channel_shutdown() may come from any thread.
+ */
+typedef struct mfd_channel mfd_channel;
+
+/** Flags for mfd_channel_new_fd(). */
+#define MFD_CHANNEL_OWN_FD 0x1u	/* close the fd when the channel is freed */
+
+/** Modes for mfd_channel_open_file(). */
+enum mfd_channel_mode {
+	MFD_CHANNEL_READ = 1,
+	MFD_CHANNEL_WRITE = 2,	/* creates or truncates the file (mode 0600) */
+};
+
+/**
+ * mfd_channel_new_fd() - wrap a file descriptor the caller opened.
+ * @fd: a socket, pipe end or regular file, open for the directions used.
+ * @flags: MFD_CHANNEL_OWN_FD to pass ownership of @fd to the channel;
+ *         without it the channel never closes @fd.
+ * @name: a name used in error messages (copied), or NULL for "fd:N".
+ * @out: receives the channel.
+ * @errp: error details.
+ */
+MFD_API int mfd_channel_new_fd(int fd, unsigned flags, const char *name,
+			       mfd_channel **out, mfd_error **errp);
+
+/**
+ * mfd_channel_socketpair() - two connected channels (AF_UNIX stream pair).
+ * @a: receives one end.
+ * @b: receives the other end.
+ * @errp: error details.
+ *
+ * Both ends own their descriptors; free both.
+ */
+MFD_API int mfd_channel_socketpair(mfd_channel **a, mfd_channel **b, mfd_error **errp);
+
+/**
+ * mfd_channel_pipe() - a one-way pipe.
+ * @rd: receives the read end.
+ * @wr: receives the write end.
+ * @errp: error details.
+ */
+MFD_API int mfd_channel_pipe(mfd_channel **rd, mfd_channel **wr, mfd_error **errp);
+
+/**
+ * mfd_channel_open_file() - a channel on a regular file.
+ * @path: the file name.
+ * @mode: MFD_CHANNEL_READ, or MFD_CHANNEL_WRITE (created/truncated, 0600).
+ * @out: receives the channel, which owns the file descriptor.
+ * @errp: error details (names the path and the system error).
+ */
+MFD_API int mfd_channel_open_file(const char *path, enum mfd_channel_mode mode,
+				  mfd_channel **out, mfd_error **errp);
+
+/**
+ * mfd_channel_new_mem_reader() - a channel reading from a memory buffer.
+ * @data: the bytes; borrowed, must outlive the channel.
+ * @len: their number.
+ * @out: receives the channel.  Reads past @len report end of data.
+ * @errp: error details.
+ */
+MFD_API int mfd_channel_new_mem_reader(const void *data, size_t len,
+				       mfd_channel **out, mfd_error **errp);
+
+/**
+ * mfd_channel_new_mem_writer() - a channel collecting what is written to it.
+ * @max_len: the most bytes it accepts; a write beyond fails with
+ *           MFD_ETOOBIG (nothing is dropped silently).  0 means 1 GiB.
+ * @out: receives the channel.
+ * @errp: error details.
+ */
+MFD_API int mfd_channel_new_mem_writer(size_t max_len, mfd_channel **out, mfd_error **errp);
+
+/**
+ * mfd_channel_mem_contents() - the bytes written so far to a memory writer.
+ * @ch: a channel from mfd_channel_new_mem_writer().
+ * @data: receives a pointer owned by @ch, valid until the next write or free.
+ * @len: receives the length.
+ *
+ * Returns MFD_EINVAL when @ch is not a memory writer.
+ */
+MFD_API int mfd_channel_mem_contents(mfd_channel *ch, const void **data, size_t *len);
+
+/**
+ * mfd_channel_name() - the channel's name, as used in error messages.
+ * @ch: the channel.
+ */
+MFD_API const char *mfd_channel_name(const mfd_channel *ch);
+
+/**
+ * mfd_channel_shutdown() - stop all I/O on a channel, now and later.
+ * @ch: the channel, or NULL.
+ *
+ * Any thread.  A thread blocked reading or writing @ch returns with
+ * MFD_ECANCELED; later I/O fails the same way.  The descriptor stays open
+ * until mfd_channel_free().  This is how a migration is cancelled.
+ */
+MFD_API void mfd_channel_shutdown(mfd_channel *ch);
+
+/**
+ * mfd_channel_free() - close (when owned) and release a channel.
+ * @ch: the channel, or NULL.  No thread may be using it.
+ */
+MFD_API void mfd_channel_free(mfd_channel *ch);
+
+/* ------------------------------------------------------------------------ */
+/* Streams: buffered big-endian I/O over a channel                           */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * typedef mfd_stream - a one-direction buffered stream over a channel.
+ *
+ * All integers are big-endian on the wire.  The first failure is latched:
+ * every later call returns the same code at once, and mfd_stream_error()
+ * gives the message.  Section handlers write and read their state through
+ * the stream they are handed.
+ */
+typedef struct mfd_stream mfd_stream;
+
+/** enum mfd_stream_mode - direction of a stream. */
+enum mfd_stream_mode {
+	MFD_STREAM_READ = 1,
+	MFD_STREAM_WRITE = 2,
+};
+
+/**
+ * mfd_stream_new() - create a stream over a channel.
+ * @ch: the channel; borrowed, must outlive the stream.
+ * @mode: the direction.
+ * @out: receives the stream.
+ * @errp: error details.
+ */
+MFD_API int mfd_stream_new(mfd_channel *ch, enum mfd_stream_mode mode,
+			   mfd_stream **out, mfd_error **errp);
+
+/**
+ * mfd_stream_free() - release a stream.
+ * @s: the stream, or NULL.
+ *
+ * A write stream is NOT flushed: call mfd_stream_flush() first to know
+ * whether the last bytes went out.
+ */
+MFD_API void mfd_stream_free(mfd_stream *s);
+
+/** mfd_stream_put_u8() - write one byte.  Returns 0 or the latched error. */
+MFD_API int mfd_stream_put_u8(mfd_stream *s, uint8_t v);
+/** mfd_stream_put_be16() - write a big-endian 16-bit value. */
+MFD_API int mfd_stream_put_be16(mfd_stream *s, uint16_t v);
+/** mfd_stream_put_be32() - write a big-endian 32-bit value. */
+MFD_API int mfd_stream_put_be32(mfd_stream *s, uint32_t v);
+/** mfd_stream_put_be64() - write a big-endian 64-bit value. */
+MFD_API int mfd_stream_put_be64(mfd_stream *s, uint64_t v);
+
+/**
+ * mfd_stream_put_buf() - write bytes (copied into the stream's buffer, or
+ * written straight through when large).
+ * @s: the stream.
+ * @buf: the bytes.
+ * @len: their number.
+ */
+MFD_API int mfd_stream_put_buf(mfd_stream *s, const void *buf, size_t len);
+
+/**
+ * mfd_stream_put_buf_ref() - queue bytes without copying them.
+ * @s: the stream.
+ * @buf: the bytes; must stay valid and unchanged until the next
+ *       mfd_stream_flush() returns (guest pages are sent this way).
+ * @len: their number.
+ *
+ * Consecutive small items and references go out in one vectored write.
+ */
+MFD_API int mfd_stream_put_buf_ref(mfd_stream *s, const void *buf, size_t len);
+
+/**
+ * mfd_stream_put_str() - write a counted string: one length byte, then the
+ * bytes without NUL.
+ * @s: the stream.
+ * @str: the string; longer than 255 bytes fails with MFD_ETOOBIG (latched).
+ */
+MFD_API int mfd_stream_put_str(mfd_stream *s, const char *str);
+
+/**
+ * mfd_stream_flush() - write out everything buffered or queued.
+ * @s: a write stream.
+ */
+MFD_API int mfd_stream_flush(mfd_stream *s);
+
+/** mfd_stream_get_u8() - read one byte. */
+MFD_API int mfd_stream_get_u8(mfd_stream *s, uint8_t *v);
+/** mfd_stream_get_be16() - read a big-endian 16-bit value. */
+MFD_API int mfd_stream_get_be16(mfd_stream *s, uint16_t *v);
+/** mfd_stream_get_be32() - read a big-endian 32-bit value. */
+MFD_API int mfd_stream_get_be32(mfd_stream *s, uint32_t *v);
+/** mfd_stream_get_be64() - read a big-endian 64-bit value. */
+MFD_API int mfd_stream_get_be64(mfd_stream *s, uint64_t *v);
+
+/**
+ * mfd_stream_get_buf() - read exactly @len bytes.
+ * @s: a read stream.
+ * @buf: destination.
+ * @len: how many; fewer available before the end gives MFD_EEOF.
+ */
+MFD_API int mfd_stream_get_buf(mfd_stream *s, void *buf, size_t len);
+
+/**
+ * mfd_stream_get_str() - read a counted string written by
+ * mfd_stream_put_str().
+ * @s: a read stream.
+ * @buf: receives the string, NUL-terminated; at least 256 bytes.
+ * @len: receives its length (may be NULL).
+ */
+MFD_API int mfd_stream_get_str(mfd_stream *s, char buf[256], size_t *len);
+
+/**
+ * mfd_stream_peek_u8() - look at the next byte without consuming it.
+ * @s: a read stream.
+ * @v: receives the byte.
+ */
+MFD_API int mfd_stream_peek_u8(mfd_stream *s, uint8_t *v);
+
+/**
+ * mfd_stream_skip() - read and discard @len bytes.
+ * @s: a read stream.
+ * @len: how many.
+ */
+MFD_API int mfd_stream_skip(mfd_stream *s, uint64_t len);
+
+/**
+ * mfd_stream_set_error() - fail a stream from outside (e.g. a handler that
+ * found its data inconsistent).  The error is latched like an I/O error.
+ * @s: the stream.
+ * @code: a negative code.
+ * @fmt: printf-style message.
+ *
+ * Returns the latched code (the earlier one when the stream had already
+ * failed).
+ */
+MFD_API int mfd_stream_set_error(mfd_stream *s, int code, const char *fmt, ...)
+	MFD_PRINTF(3, 4);
+
+/**
+ * mfd_stream_error() - the latched error of a stream.
+ * @s: the stream.
+ * @errp: when the stream has failed, receives a copy of its error.
+ *
+ * Returns 0 when the stream has not failed, else its code.
+ */
+MFD_API int mfd_stream_error(const mfd_stream *s, mfd_error **errp);
+
+/**
+ * mfd_stream_bytes() - bytes moved so far: handed to the stream for a write
+ * stream, consumed by the reader for a read stream.
+ * @s: the stream.
+ */
+MFD_API uint64_t mfd_stream_bytes(const mfd_stream *s);
+
+/**
+ * mfd_stream_channel() - the channel under a stream.
+ * @s: the stream.
+ */
+MFD_API mfd_channel *mfd_stream_channel(const mfd_stream *s);
+
+/* ------------------------------------------------------------------------ */
+/* Subsections inside a section's payload                                    */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * mfd_subsection_begin() - start an optional subsection of a device's state.
+ * @s: the write stream handed to a save handler.
+ * @name: "<idstr>/<part>", 1..255 bytes.
+ * @version_id: the subsection's format version.
+ *
+ * Writes the SUBSECTION marker, name and version; the caller then writes the
+ * subsection's fields.  Subsections come after the device's main fields.
+ */
+MFD_API int mfd_subsection_begin(mfd_stream *s, const char *name, uint32_t version_id);
+
+/**
+ * mfd_subsection_next() - in a load handler, check for a next subsection.
+ * @s: the read stream handed to a load handler.
+ * @parent: the device's idstr; the subsection name must start with
+ *          "<parent>/" or the stream is refused (MFD_EPROTO).
+ * @name: receives the subsection name (NUL-terminated), 256 bytes.
+ * @version_id: receives its version.
+ *
+ * Returns 1 when a subsection header was consumed, 0 when the next byte is
+ * not a subsection marker (nothing consumed), negative on error.
+ */
+MFD_API int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256],
+				uint32_t *version_id);
+
+/* ------------------------------------------------------------------------ */
+/* Migration object and section handlers                                     */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * typedef mfd_migration - one side of a migration: the registry of device
+ * sections, parameters and, later, the engine.
+ */
+typedef struct mfd_migration mfd_migration;
+
+/**
+ * mfd_migration_new() - create a migration object.
+ * @out: receives it.
+ * @errp: error details.
+ */
+MFD_API int mfd_migration_new(mfd_migration **out, mfd_error **errp);
+
+/**
+ * mfd_migration_free() - release a migration object and its registrations.
+ * @m: the object, or NULL.  save_cleanup/load_cleanup are not called here.
+ */
+MFD_API void mfd_migration_free(mfd_migration *m);
+
+/**
+ * mfd_migration_set_identity() - the configuration identity string.
+ * @m: the migration object.
+ * @identity: 1..255 bytes, e.g. the VMM's machine type ("minivmm-pc-1").
+ * @errp: error details.
+ *
+ * The source writes it in the stream's CONFIGURATION record; the loader
+ * refuses a stream whose identity differs (MFD_EBADCONFIG).  The default is
+ * "libmultifd".
+ */
+MFD_API int mfd_migration_set_identity(mfd_migration *m, const char *identity,
+				       mfd_error **errp);
+
+/** MFD_SAVE_HANDLERS_ABI - current value for mfd_save_handlers.abi_version. */
+#define MFD_SAVE_HANDLERS_ABI 1
+
+/**
+ * struct mfd_save_handlers - what a device section does at each phase.
+ *
+ * Set abi_version to MFD_SAVE_HANDLERS_ABI; leave unused members NULL.  A
+ * section is *live* (iterative, sent as START/PART/END) when it has
+ * save_setup or save_live_iterate, otherwise it is sent once as FULL at
+ * completion through save_state.  Every callback gets the opaque pointer
+ * given at registration.  Callbacks that return int return 0 on success and
+ * a negative code on failure, setting *errp through mfd_error_set() (a
+ * failure without a message gets a generic one naming the section).
+ *
+ * Source side, in call order:
+ * @save_prepare: before anything is written; may refuse the migration.
+ * @save_setup: writes the START payload of a live section.
+ * @state_pending_estimate: cheap guess of bytes left, split into those that
+ *	must go before switchover and those that may follow in postcopy.
+ * @state_pending_exact: the same, exact (may sync dirty state); called when
+ *	the estimate suggests switchover is near.
+ * @is_active: false excludes the section from this migration entirely.
+ * @is_active_iterate: false skips the section in this iteration round.
+ * @save_live_iterate: writes one PART payload; returns 1 when the section
+ *	has nothing more to send for now, 0 when it wants more rounds, or a
+ *	negative code.
+ * @has_postcopy: true when the section can finish after the destination
+ *	starts running (RAM with postcopy-ram).
+ * @save_postcopy_prepare: right before postcopy starts (RAM flushes and
+ *	syncs multifd there); may write a PART payload; sets *can_switchover to
+ *	false to ask for more precopy rounds first.
+ * @save_live_complete_precopy: writes the END payload, with the VM stopped.
+ * @save_live_complete_postcopy: writes the END payload of a postcopy-capable
+ *	section once postcopy has delivered everything.
+ * @save_state: writes the FULL payload of a non-live section.
+ * @save_cleanup: releases what save_setup acquired; always called after a
+ *	successful save_setup, whatever the outcome.
+ *
+ * Destination side:
+ * @load_setup: before the first section of this device is loaded.
+ * @load_state: reads one payload (START, PART, END or FULL) and must consume
+ *	exactly what the source wrote; @version_id is the version the sender
+ *	announced in the section's START or FULL, never above the registered
+ *	one.  Failure codes outside enum mfd_errcode become MFD_EHANDLER.
+ * @load_cleanup: after the load ended, successfully or not.
+ *
+ * Both:
+ * @resume_prepare: postcopy recovery is about to resume (source side).
+ * @switchover_ack_needed: the destination must acknowledge before the
+ *	source may switch over (e.g. a device that preloads state).
+ */
+typedef struct mfd_save_handlers {
+	uint32_t abi_version;
+	int (*save_prepare)(void *opaque, mfd_error **errp);
+	int (*save_setup)(mfd_stream *s, void *opaque, mfd_error **errp);
+	void (*save_cleanup)(void *opaque);
+	int (*save_live_iterate)(mfd_stream *s, void *opaque, mfd_error **errp);
+	int (*save_live_complete_precopy)(mfd_stream *s, void *opaque, mfd_error **errp);
+	int (*save_live_complete_postcopy)(mfd_stream *s, void *opaque, mfd_error **errp);
+	int (*save_postcopy_prepare)(mfd_stream *s, void *opaque, bool *can_switchover,
+				     mfd_error **errp);
+	void (*state_pending_estimate)(void *opaque, uint64_t *must_precopy,
+				       uint64_t *can_postcopy);
+	void (*state_pending_exact)(void *opaque, uint64_t *must_precopy,
+				    uint64_t *can_postcopy);
+	bool (*is_active)(void *opaque);
+	bool (*is_active_iterate)(void *opaque);
+	bool (*has_postcopy)(void *opaque);
+	int (*save_state)(mfd_stream *s, void *opaque, mfd_error **errp);
+	int (*load_state)(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error **errp);
+	int (*load_setup)(void *opaque, mfd_error **errp);
+	void (*load_cleanup)(void *opaque);
+	int (*resume_prepare)(void *opaque, mfd_error **errp);
+	bool (*switchover_ack_needed)(void *opaque);
+} mfd_save_handlers;
+
+/** MFD_INSTANCE_ANY - let mfd_register_live() pick the next free instance id. */
+#define MFD_INSTANCE_ANY UINT32_MAX
+
+/** MFD_IDSTR_MAX - longest section idstr, in bytes (it travels as u8 length). */
+#define MFD_IDSTR_MAX 255
+
+/**
+ * mfd_register_live() - register a device section.
+ * @m: the migration object (no save or load may be running).
+ * @idstr: the section name, 1..MFD_IDSTR_MAX bytes (copied); the pair
+ *         (idstr, instance_id) must be unique and the same on both sides.
+ * @instance_id: distinguishes devices of one kind; MFD_INSTANCE_ANY picks
+ *         one above every instance already registered under @idstr.
+ * @version_id: the format version this side writes and the newest it loads.
+ * @ops: the handlers; copied, so the table may be temporary.
+ * @opaque: passed to every handler.
+ * @errp: error details: MFD_EEXIST for a duplicate, MFD_EINVAL for a bad
+ *        idstr or handler table (abi_version unknown; neither save_state nor
+ *        a live handler nor load_state set; save_live_iterate or
+ *        save_live_complete_precopy without save_setup).
+ *
+ * Sections are saved in registration order.  Returns 0 or a negative code.
+ */
+MFD_API int mfd_register_live(mfd_migration *m, const char *idstr, uint32_t instance_id,
+			      uint32_t version_id, const mfd_save_handlers *ops,
+			      void *opaque, mfd_error **errp);
+
+/**
+ * mfd_unregister() - remove a registration.
+ * @m: the migration object (no save or load may be running).
+ * @idstr: as registered.
+ * @instance_id: as registered (the id picked for MFD_INSTANCE_ANY).
+ *
+ * Returns 0, or MFD_ENOENT when no such section is registered.
+ */
+MFD_API int mfd_unregister(mfd_migration *m, const char *idstr, uint32_t instance_id);
+
+/**
+ * mfd_section_instance() - the instance id a registration got.
+ * @m: the migration object.
+ * @idstr: the section name.
+ * @index: 0 for the first registration of @idstr, 1 for the next...
+ * @instance_id: receives the id.
+ *
+ * Returns 0, or MFD_ENOENT.
+ */
+MFD_API int mfd_section_instance(mfd_migration *m, const char *idstr, unsigned index,
+				 uint32_t *instance_id);
+
+/* ------------------------------------------------------------------------ */
+/* Whole-state save and load (snapshot) over one channel                      */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * mfd_savevm() - write the complete state of every registered section as a
+ * savevm v3 stream, with the VM assumed stopped.
+ * @m: the migration object.
+ * @ch: where to write (a file, socket, pipe or memory writer).
+ * @errp: error details (which section failed, and why).
+ *
+ * Runs save_prepare, save_setup (START), save_live_iterate (PART) until
+ * every live section reports it is done, save_live_complete_precopy (END),
+ * save_state (FULL), writes EOF, flushes, and finally runs save_cleanup.
+ * Handlers run on the calling thread.  With the VM stopped a live section
+ * must eventually report done from save_live_iterate; one that never does
+ * keeps this call iterating.
+ */
+MFD_API int mfd_savevm(mfd_migration *m, mfd_channel *ch, mfd_error **errp);
+
+/**
+ * mfd_loadvm() - read a stream written by mfd_savevm() (or by the migration
+ * engine) and hand every section to its registered handler.
+ * @m: the migration object, with the same sections registered.
+ * @ch: where to read.
+ * @errp: error details; every malformed input gets its own code and a
+ *        message with the byte offset and the offending value.
+ *
+ * Checks the header and configuration first; then runs load_setup for each
+ * section, loads until EOF, and runs load_cleanup for each section that
+ * was set up, whatever the outcome.  The reader buffers ahead: bytes that
+ * follow the EOF record on @ch may have been consumed.  Handler codes
+ * outside enum mfd_errcode are reported as MFD_EHANDLER.
+ */
+MFD_API int mfd_loadvm(mfd_migration *m, mfd_channel *ch, mfd_error **errp);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MULTIFD_MULTIFD_H */

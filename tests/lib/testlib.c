@@ -1,0 +1,386 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/lib/testlib.h"
+
+char fake_log[8192];
+
+static const char *const call_names[FC_COUNT] = {
+	"save_prepare", "save_setup", "iterate", "complete_precopy", "complete_postcopy",
+	"postcopy_prepare", "save_state", "save_cleanup", "load_setup", "load_state",
+	"load_cleanup", "resume_prepare",
+};
+
+void fake_log_reset(void)
+{
+	fake_log[0] = '\0';
+}
+
+/* Count and log a call; returns nonzero when this call must fail. */
+static int note(struct fake_dev *d, enum fake_call c, mfd_error **errp)
+{
+	size_t len = strlen(fake_log);
+
+	d->calls[c]++;
+	snprintf(fake_log + len, sizeof(fake_log) - len, "%s%s:%s", len ? " " : "", d->name,
+		 call_names[c]);
+	if (d->fail_call != (int)c)
+		return 0;
+	if (!d->fail_without_message)
+		mfd_error_set(errp, MFD_EHANDLER, "%s refuses %s", d->name, call_names[c]);
+	return 1;
+}
+
+void fake_dev_init(struct fake_dev *d, const char *name, bool live, size_t size, unsigned seed)
+{
+	memset(d, 0, sizeof(*d));
+	snprintf(d->name, sizeof(d->name), "%s", name);
+	d->live = live;
+	d->size = size;
+	d->chunk = 100;
+	d->fail_call = -1;
+	d->active = true;
+	d->iterate_active = true;
+	d->extra = 0xa5000000u | seed;
+	for (size_t i = 0; i < size; i++)
+		d->state[i] = (uint8_t)(seed * 31 + i * 7 + (i >> 8));
+}
+
+static int fake_save_prepare(void *opaque, mfd_error **errp)
+{
+	struct fake_dev *d = opaque;
+
+	d->sent = 0;
+	return note(d, FC_SAVE_PREPARE, errp) ? (d->fail_without_message ? -1 : MFD_EHANDLER) : 0;
+}
+
+#define FAIL_CODE(d) ((d)->fail_without_message ? -1 : MFD_EHANDLER)
+
+static int fake_save_setup(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	struct fake_dev *d = opaque;
+
+	if (note(d, FC_SAVE_SETUP, errp))
+		return FAIL_CODE(d);
+	return mfd_stream_put_be32(s, (uint32_t)d->size);
+}
+
+static int put_chunk(mfd_stream *s, struct fake_dev *d, size_t n)
+{
+	n = n < d->size - d->sent ? n : d->size - d->sent;
+	mfd_stream_put_be16(s, (uint16_t)n);
+	mfd_stream_put_buf(s, d->state + d->sent, n);
+	d->sent += n;
+	return mfd_stream_error(s, NULL);
+}
+
+static int fake_iterate(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	struct fake_dev *d = opaque;
+
+	if (note(d, FC_SAVE_ITERATE, errp))
+		return FAIL_CODE(d);
+	int r = put_chunk(s, d, d->chunk);
+
+	return r < 0 ? r : d->sent == d->size;
+}
+
+static int fake_complete_precopy(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	struct fake_dev *d = opaque;
+
+	if (note(d, FC_SAVE_COMPLETE_PRECOPY, errp))
+		return FAIL_CODE(d);
+	return put_chunk(s, d, d->size);
+}
+
+static int fake_complete_postcopy(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	struct fake_dev *d = opaque;
+
+	if (note(d, FC_SAVE_COMPLETE_POSTCOPY, errp))
+		return FAIL_CODE(d);
+	return put_chunk(s, d, d->size);
+}
+
+static int fake_postcopy_prepare(mfd_stream *s, void *opaque, bool *can_switchover,
+				 mfd_error **errp)
+{
+	struct fake_dev *d = opaque;
+
+	if (note(d, FC_SAVE_POSTCOPY_PREPARE, errp))
+		return FAIL_CODE(d);
+	if (d->hold_switchover)
+		*can_switchover = false;
+	return put_chunk(s, d, 0);
+}
+
+static void fake_pending(void *opaque, uint64_t *must, uint64_t *can)
+{
+	struct fake_dev *d = opaque;
+	uint64_t left = d->size - d->sent;
+
+	if (d->postcopy)
+		*can = left;
+	else
+		*must = left;
+}
+
+static void fake_pending_exact(void *opaque, uint64_t *must, uint64_t *can)
+{
+	fake_pending(opaque, must, can);
+	/* exact adds one byte of "dirty" state so tests can tell the two apart */
+	*must += 1;
+}
+
+static bool fake_is_active(void *opaque)
+{
+	return ((struct fake_dev *)opaque)->active;
+}
+
+static bool fake_is_active_iterate(void *opaque)
+{
+	return ((struct fake_dev *)opaque)->iterate_active;
+}
+
+static bool fake_has_postcopy(void *opaque)
+{
+	return ((struct fake_dev *)opaque)->postcopy;
+}
+
+static bool fake_switchover_ack_needed(void *opaque)
+{
+	return ((struct fake_dev *)opaque)->switchover_ack;
+}
+
+static int fake_save_state(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	struct fake_dev *d = opaque;
+	char sub[80];
+
+	if (note(d, FC_SAVE_STATE, errp))
+		return FAIL_CODE(d);
+	mfd_stream_put_be32(s, (uint32_t)d->size);
+	mfd_stream_put_buf(s, d->state, d->size);
+	snprintf(sub, sizeof(sub), "%s/extra", d->name);
+	mfd_subsection_begin(s, sub, 2);
+	return mfd_stream_put_be32(s, d->extra);
+}
+
+static void fake_save_cleanup(void *opaque)
+{
+	note(opaque, FC_SAVE_CLEANUP, NULL);
+}
+
+static int fake_load_setup(void *opaque, mfd_error **errp)
+{
+	struct fake_dev *d = opaque;
+
+	d->loaded_len = 0;
+	d->load_started = false;
+	return note(d, FC_LOAD_SETUP, errp) ? FAIL_CODE(d) : 0;
+}
+
+static void fake_load_cleanup(void *opaque)
+{
+	note(opaque, FC_LOAD_CLEANUP, NULL);
+}
+
+static int fake_resume_prepare(void *opaque, mfd_error **errp)
+{
+	struct fake_dev *d = opaque;
+
+	return note(d, FC_RESUME_PREPARE, errp) ? FAIL_CODE(d) : 0;
+}
+
+static int fake_load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error **errp)
+{
+	struct fake_dev *d = opaque;
+	uint32_t len;
+	uint16_t n;
+	int r;
+
+	if (note(d, FC_LOAD_STATE, errp))
+		return FAIL_CODE(d);
+	d->last_version = (int)version_id;
+	if (!d->live) {
+		char name[256];
+		uint32_t ver;
+
+		if ((r = mfd_stream_get_be32(s, &len)) < 0)
+			return r;
+		if (len > FAKE_STATE_MAX)
+			return mfd_error_set(errp, MFD_ETOOBIG, "%s: state of %u bytes", d->name, len);
+		if ((r = mfd_stream_get_buf(s, d->loaded, len)) < 0)
+			return r;
+		d->loaded_len = len;
+		while ((r = mfd_subsection_next(s, d->name, name, &ver)) > 0) {
+			if ((r = mfd_stream_get_be32(s, &d->loaded_extra)) < 0)
+				return r;
+		}
+		return r;
+	}
+	/* Live: the first payload is START (the length), later ones are chunks. */
+	if (!d->load_started) {
+		d->load_started = true;
+		if ((r = mfd_stream_get_be32(s, &len)) < 0)
+			return r;
+		if (len > FAKE_STATE_MAX)
+			return mfd_error_set(errp, MFD_ETOOBIG, "%s: state of %u bytes", d->name, len);
+		d->expect_len = len;
+		return 0;
+	}
+	if ((r = mfd_stream_get_be16(s, &n)) < 0)
+		return r;
+	if (n > d->expect_len - d->loaded_len)
+		return mfd_error_set(errp, MFD_EPROTO, "%s: chunk of %u bytes past the end", d->name,
+				     n);
+	if (d->skip_read && n > 0)
+		n--;
+	r = mfd_stream_get_buf(s, d->loaded + d->loaded_len, n);
+	d->loaded_len += n;
+	return r;
+}
+
+const mfd_save_handlers fake_live_ops = {
+	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.save_prepare = fake_save_prepare,
+	.save_setup = fake_save_setup,
+	.save_cleanup = fake_save_cleanup,
+	.save_live_iterate = fake_iterate,
+	.save_live_complete_precopy = fake_complete_precopy,
+	.save_live_complete_postcopy = fake_complete_postcopy,
+	.save_postcopy_prepare = fake_postcopy_prepare,
+	.state_pending_estimate = fake_pending,
+	.state_pending_exact = fake_pending_exact,
+	.is_active = fake_is_active,
+	.is_active_iterate = fake_is_active_iterate,
+	.has_postcopy = fake_has_postcopy,
+	.load_state = fake_load_state,
+	.load_setup = fake_load_setup,
+	.load_cleanup = fake_load_cleanup,
+	.resume_prepare = fake_resume_prepare,
+	.switchover_ack_needed = fake_switchover_ack_needed,
+};
+
+const mfd_save_handlers fake_nonlive_ops = {
+	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.save_prepare = fake_save_prepare,
+	.save_state = fake_save_state,
+	.is_active = fake_is_active,
+	.load_state = fake_load_state,
+	.load_setup = fake_load_setup,
+	.load_cleanup = fake_load_cleanup,
+	.switchover_ack_needed = fake_switchover_ack_needed,
+};
+
+void fake_register(mfd_migration *m, struct fake_dev *d, uint32_t instance, uint32_t version)
+{
+	mfd_error *err = NULL;
+
+	ck_assert_ok(mfd_register_live(m, d->name, instance, version,
+				       d->live ? &fake_live_ops : &fake_nonlive_ops, d, &err),
+		     err);
+}
+
+void fake_assert_same(const struct fake_dev *src, const struct fake_dev *dst)
+{
+	ck_assert_uint_eq(dst->loaded_len, src->size);
+	ck_assert_msg(memcmp(src->state, dst->loaded, src->size) == 0, "%s: state differs",
+		      src->name);
+	if (!src->live)
+		ck_assert_uint_eq(dst->loaded_extra, src->extra);
+}
+
+void *save_to_mem(mfd_migration *m, size_t *len)
+{
+	mfd_channel *ch = NULL;
+	mfd_error *err = NULL;
+	const void *data;
+	void *copy;
+
+	ck_assert_ok(mfd_channel_new_mem_writer(0, &ch, &err), err);
+	ck_assert_ok(mfd_savevm(m, ch, &err), err);
+	ck_assert_int_eq(mfd_channel_mem_contents(ch, &data, len), 0);
+	copy = malloc(*len ? *len : 1);
+	ck_assert_ptr_nonnull(copy);
+	memcpy(copy, data, *len);
+	mfd_channel_free(ch);
+	return copy;
+}
+
+int load_from_mem(mfd_migration *m, const void *buf, size_t len, mfd_error **errp)
+{
+	mfd_channel *ch = NULL;
+	int r = mfd_channel_new_mem_reader(buf, len, &ch, errp);
+
+	if (r == 0)
+		r = mfd_loadvm(m, ch, errp);
+	mfd_channel_free(ch);
+	return r;
+}
+
+static void b_grow(struct bytes *b, size_t n)
+{
+	if (b->len + n <= b->cap)
+		return;
+	b->cap = (b->len + n) * 2 + 64;
+	b->p = realloc(b->p, b->cap);
+	ck_assert_ptr_nonnull(b->p);
+}
+
+void b_raw(struct bytes *b, const void *p, size_t n)
+{
+	b_grow(b, n);
+	if (n)
+		memcpy(b->p + b->len, p, n);
+	b->len += n;
+}
+
+void b_u8(struct bytes *b, uint8_t v)
+{
+	b_raw(b, &v, 1);
+}
+
+void b_be16(struct bytes *b, uint16_t v)
+{
+	uint8_t x[2] = { (uint8_t)(v >> 8), (uint8_t)v };
+
+	b_raw(b, x, 2);
+}
+
+void b_be32(struct bytes *b, uint32_t v)
+{
+	b_be16(b, (uint16_t)(v >> 16));
+	b_be16(b, (uint16_t)v);
+}
+
+void b_be64(struct bytes *b, uint64_t v)
+{
+	b_be32(b, (uint32_t)(v >> 32));
+	b_be32(b, (uint32_t)v);
+}
+
+void b_str(struct bytes *b, const char *s)
+{
+	b_u8(b, (uint8_t)strlen(s));
+	b_raw(b, s, strlen(s));
+}
+
+void b_header(struct bytes *b)
+{
+	b_be32(b, 0x5145564d);
+	b_be32(b, 3);
+	b_u8(b, 0x07);
+	b_be32(b, 10);
+	b_raw(b, "libmultifd", 10);
+}
+
+void b_free(struct bytes *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->len = b->cap = 0;
+}

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Shared test helpers: error assertions and fake device sections whose
+ * state round-trips through save and load.
+ */
+#ifndef MFD_TESTLIB_H
+#define MFD_TESTLIB_H
+
+#include <check.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <multifd/multifd.h>
+
+/* Assert the error variable err has this code and a message containing substr;
+ * frees it and sets the variable back to NULL for the next call. */
+#define ck_assert_mfd_error(err, code, substr)                                              \
+	do {                                                                                \
+		mfd_error *e__ = (err);                                                     \
+		(err) = NULL;                                                               \
+		ck_assert_msg(e__ != NULL, "expected an error with code %d", (int)(code));  \
+		ck_assert_msg(mfd_error_code(e__) == (code),                               \
+			      "expected code %d (%s), got %d (%s): %s", (int)(code),        \
+			      mfd_strerror(code), mfd_error_code(e__),                      \
+			      mfd_strerror(mfd_error_code(e__)), mfd_error_message(e__));   \
+		ck_assert_msg(strstr(mfd_error_message(e__), (substr)) != NULL,              \
+			      "message '%s' lacks '%s'", mfd_error_message(e__), (substr)); \
+		mfd_error_free(e__);                                                        \
+	} while (0)
+
+#define ck_assert_ok(expr, err)                                                             \
+	do {                                                                                \
+		int r__ = (expr);                                                           \
+		ck_assert_msg(r__ == 0, "%s failed with %d: %s", #expr, r__,               \
+			      mfd_error_message(err));                                      \
+	} while (0)
+
+enum fake_call {
+	FC_SAVE_PREPARE,
+	FC_SAVE_SETUP,
+	FC_SAVE_ITERATE,
+	FC_SAVE_COMPLETE_PRECOPY,
+	FC_SAVE_COMPLETE_POSTCOPY,
+	FC_SAVE_POSTCOPY_PREPARE,
+	FC_SAVE_STATE,
+	FC_SAVE_CLEANUP,
+	FC_LOAD_SETUP,
+	FC_LOAD_STATE,
+	FC_LOAD_CLEANUP,
+	FC_RESUME_PREPARE,
+	FC_COUNT
+};
+
+#define FAKE_STATE_MAX 4096
+
+/*
+ * A device whose state is `size` bytes.  A live one sends its length at
+ * START, `chunk` bytes per PART, the rest at END; a non-live one sends all
+ * at FULL plus a subsection "<name>/extra" with a 32-bit value.
+ */
+struct fake_dev {
+	char name[64];
+	bool live;
+	bool postcopy;		/* has_postcopy returns true */
+	size_t size, chunk;
+	uint8_t state[FAKE_STATE_MAX];
+	uint32_t extra;
+
+	/* source progress */
+	size_t sent;
+	/* destination result */
+	uint8_t loaded[FAKE_STATE_MAX];
+	size_t loaded_len;
+	size_t expect_len;
+	uint32_t loaded_extra;
+	int last_version;
+	bool load_started;	/* the live section's START arrived */
+
+	int calls[FC_COUNT];
+	int fail_call;		/* one of fake_call, or -1 */
+	bool fail_without_message;
+	bool active;		/* is_active */
+	bool iterate_active;	/* is_active_iterate */
+	bool switchover_ack;
+	bool hold_switchover;	/* save_postcopy_prepare sets can_switchover = false */
+	bool skip_read;		/* load_state consumes one byte too few */
+};
+
+/* Order of calls across devices: "name:CALL" entries separated by ' '. */
+extern char fake_log[8192];
+void fake_log_reset(void);
+
+void fake_dev_init(struct fake_dev *d, const char *name, bool live, size_t size,
+		   unsigned seed);
+extern const mfd_save_handlers fake_live_ops;
+extern const mfd_save_handlers fake_nonlive_ops;
+/* Register on m with fake_live_ops or fake_nonlive_ops by d->live. */
+void fake_register(mfd_migration *m, struct fake_dev *d, uint32_t instance, uint32_t version);
+/* The destination got exactly the source's state. */
+void fake_assert_same(const struct fake_dev *src, const struct fake_dev *dst);
+
+/* Save m to a memory buffer (malloc'd, caller frees). */
+void *save_to_mem(mfd_migration *m, size_t *len);
+
+/* Load a buffer with m; returns the code, *errp gets the error. */
+int load_from_mem(mfd_migration *m, const void *buf, size_t len, mfd_error **errp);
+
+/* Growable byte builder for hand-made streams. */
+struct bytes {
+	uint8_t *p;
+	size_t len, cap;
+};
+void b_u8(struct bytes *b, uint8_t v);
+void b_be16(struct bytes *b, uint16_t v);
+void b_be32(struct bytes *b, uint32_t v);
+void b_be64(struct bytes *b, uint64_t v);
+void b_raw(struct bytes *b, const void *p, size_t n);
+void b_str(struct bytes *b, const char *s);	/* u8 length + bytes */
+/* magic, version 3, CONFIGURATION "libmultifd" */
+void b_header(struct bytes *b);
+void b_free(struct bytes *b);
+
+#endif /* MFD_TESTLIB_H */
