@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -6,6 +7,8 @@
 #include "tests/lib/testlib.h"
 
 char fake_log[8192];
+/* Source and destination may run on two threads at once. */
+static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *const call_names[FC_COUNT] = {
 	"save_prepare", "save_setup", "iterate", "complete_precopy", "complete_postcopy",
@@ -21,11 +24,13 @@ void fake_log_reset(void)
 /* Count and log a call; returns nonzero when this call must fail. */
 static int note(struct fake_dev *d, enum fake_call c, mfd_error **errp)
 {
+	pthread_mutex_lock(&fake_lock);
 	size_t len = strlen(fake_log);
 
 	d->calls[c]++;
 	snprintf(fake_log + len, sizeof(fake_log) - len, "%s%s:%s", len ? " " : "", d->name,
 		 call_names[c]);
+	pthread_mutex_unlock(&fake_lock);
 	if (d->fail_call != (int)c)
 		return 0;
 	if (!d->fail_without_message)
