@@ -2,13 +2,20 @@
 /*
  * Channels over a file descriptor: sockets, pipes, FIFOs and regular files.
  *
- * Cancellation: a socket is unblocked by shutdown(2).  Pipes and FIFOs have
- * no such call, so I/O on them waits in poll(2) together with an eventfd
- * that mfd_channel_shutdown() signals.  Regular files never block.
+ * Cancellation: a socket is unblocked by shutdown(2), which also wakes a
+ * poll(2) on it.  Pipes and FIFOs have no such call, so I/O on them waits in
+ * poll(2) together with an eventfd that mfd_channel_shutdown() signals.
+ * Regular files never block.
+ *
+ * Deadlines ("timeout-ms"): a socket then moves data with MSG_DONTWAIT and
+ * sleeps only in poll(2).  The descriptor's own flags are never changed: a
+ * borrowed fd shares them with its owner.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -21,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/channel.h"
+#include "channels/fd.h"
 #include "core/util.h"
 
 enum fd_kind { FD_SOCKET, FD_FILE, FD_PIPE };
@@ -31,16 +38,42 @@ struct fd_chan {
 	int fd;
 	bool own;
 	enum fd_kind kind;
-	int wake_fd;	/* eventfd signalled by shutdown, pipes only; else -1 */
+	int domain;		/* sockets: AF_*; else -1 */
+	bool tcp;		/* an AF_INET or AF_INET6 TCP socket */
+	bool nonblock;		/* O_NONBLOCK was set when the channel was made */
+	int wake_fd;		/* eventfd signalled by shutdown, pipes only; else -1 */
+	/* Any thread: one thread may set it while another reads or writes. */
+	atomic_int timeout_ms;	/* "timeout-ms"; 0 waits forever */
 };
+
+static const struct mfd_channel_ops fd_ops;
+
+static const char *fd_kind_text(const struct fd_chan *fc)
+{
+	switch (fc->kind) {
+	case FD_SOCKET:
+		if (fc->tcp)
+			return "TCP socket";
+		return fc->domain == AF_UNIX ? "unix socket" : "non-TCP socket";
+	case FD_FILE:
+		return "file";
+	case FD_PIPE:
+		break;
+	}
+	return "pipe";
+}
 
 static int fd_cancelled(mfd_channel *ch, mfd_error **errp)
 {
 	return mfd_error_set(errp, MFD_ECANCELED, "%s: channel shut down", ch->name);
 }
 
-/* Wait until fd is ready for `events` or the channel is shut down. */
-static int fd_wait(mfd_channel *ch, struct fd_chan *fc, short events, mfd_error **errp)
+/*
+ * Wait until fd is ready for `events`, the channel is shut down or the
+ * deadline (-1: none) passes; timeout_ms is only for the message.
+ */
+static int fd_wait(mfd_channel *ch, struct fd_chan *fc, short events, int64_t deadline,
+		   int timeout_ms, mfd_error **errp)
 {
 	struct pollfd p[2] = {
 		{ .fd = fc->fd, .events = events },
@@ -51,12 +84,23 @@ static int fd_wait(mfd_channel *ch, struct fd_chan *fc, short events, mfd_error 
 	for (;;) {
 		if (mfd_channel_is_shut(ch))
 			return fd_cancelled(ch, errp);
-		int r = poll(p, (nfds_t)n, -1);
+		int r = poll(p, (nfds_t)n, deadline_poll_ms(deadline));
 
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
 			return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: poll", ch->name);
+		if (r == 0) {
+			if (deadline_poll_ms(deadline) != 0)
+				continue;
+			if (events == POLLIN)
+				return mfd_error_set(errp, MFD_ETIMEDOUT,
+						     "%s: no data arrived within %d ms (timeout-ms)",
+						     ch->name, timeout_ms);
+			return mfd_error_set(errp, MFD_ETIMEDOUT,
+					     "%s: could not write for %d ms, the peer is not "
+					     "reading (timeout-ms)", ch->name, timeout_ms);
+		}
 		if (n == 2 && p[1].revents)
 			return fd_cancelled(ch, errp);
 		if (p[0].revents)
@@ -64,23 +108,49 @@ static int fd_wait(mfd_channel *ch, struct fd_chan *fc, short events, mfd_error 
 	}
 }
 
+/* A system error on an established channel, as an mfd code and message. */
+static int fd_io_error(mfd_channel *ch, const char *op, int err, mfd_error **errp)
+{
+	if (mfd_channel_is_shut(ch))
+		return fd_cancelled(ch, errp);
+	if (err == EPIPE || err == ECONNRESET)
+		return mfd_error_set_errno(errp, MFD_EEOF, err, "%s: %s: peer closed", ch->name, op);
+	/* The kernel gave up on the peer: keepalive or TCP_USER_TIMEOUT. */
+	if (err == ETIMEDOUT)
+		return mfd_error_set_errno(errp, MFD_ETIMEDOUT, err,
+					   "%s: %s: the peer stopped answering (peer-timeout-ms)",
+					   ch->name, op);
+	return mfd_error_set_errno(errp, MFD_EIO, err, "%s: %s", ch->name, op);
+}
+
 static ssize_t fd_readv(mfd_channel *ch, const struct iovec *iov, int iovcnt, mfd_error **errp)
 {
 	struct fd_chan *fc = ch->priv;
+	int timeout = atomic_load_explicit(&fc->timeout_ms, memory_order_relaxed);
+	int64_t deadline = deadline_after(timeout);
+	bool dontwait = fc->kind == FD_SOCKET && timeout > 0;
 
 	if (iovcnt > IOV_MAX)
 		iovcnt = IOV_MAX;
 	for (;;) {
+		ssize_t n;
+		int r;
+
 		if (mfd_channel_is_shut(ch))
 			return fd_cancelled(ch, errp);
 		if (fc->kind == FD_PIPE) {
-			int r = fd_wait(ch, fc, POLLIN, errp);
-
+			r = fd_wait(ch, fc, POLLIN, deadline, timeout, errp);
 			if (r < 0)
 				return r;
 		}
-		ssize_t n = readv(fc->fd, iov, iovcnt);
+		if (dontwait) {
+			struct msghdr msg = { .msg_iov = (struct iovec *)iov,
+					      .msg_iovlen = (size_t)iovcnt };
 
+			n = recvmsg(fc->fd, &msg, MSG_DONTWAIT);
+		} else {
+			n = readv(fc->fd, iov, iovcnt);
+		}
 		if (n > 0)
 			return n;
 		if (n == 0)
@@ -88,14 +158,15 @@ static ssize_t fd_readv(mfd_channel *ch, const struct iovec *iov, int iovcnt, mf
 		if (errno == EINTR)
 			continue;
 		if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			int r = fd_wait(ch, fc, POLLIN, errp);
-
+			r = fd_wait(ch, fc, POLLIN, deadline, timeout, errp);
 			if (r < 0)
 				return r;
 			continue;
 		}
 		if (mfd_channel_is_shut(ch))
 			return fd_cancelled(ch, errp);
+		if (errno == ETIMEDOUT)
+			return fd_io_error(ch, "read", errno, errp);
 		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: read", ch->name);
 	}
 }
@@ -129,15 +200,42 @@ static ssize_t pipe_writev(int fd, const struct iovec *iov, int iovcnt, int *err
 	return n;
 }
 
+#define PIPE_CLIP_IOV 64
+
+/*
+ * A blocking write to a pipe sleeps until all of it fits, where neither the
+ * eventfd nor a deadline can reach it.  poll() reporting POLLOUT guarantees
+ * room for PIPE_BUF bytes, so a pipe we must not make non-blocking gets at
+ * most that much per write.
+ */
+static int pipe_clip(const struct iovec *iov, int iovcnt, struct iovec *clip)
+{
+	size_t room = PIPE_BUF;
+	int n = 0;
+
+	for (int i = 0; i < iovcnt && n < PIPE_CLIP_IOV && room; i++) {
+		if (!iov[i].iov_len)
+			continue;
+		clip[n] = iov[i];
+		clip[n].iov_len = MFD_MIN(iov[i].iov_len, room);
+		room -= clip[n].iov_len;
+		n++;
+	}
+	return n;
+}
+
 static ssize_t fd_writev(mfd_channel *ch, const struct iovec *iov, int iovcnt, mfd_error **errp)
 {
 	struct fd_chan *fc = ch->priv;
+	int timeout = atomic_load_explicit(&fc->timeout_ms, memory_order_relaxed);
+	int64_t deadline = deadline_after(timeout);
+	int sock_flags = MSG_NOSIGNAL | (timeout > 0 ? MSG_DONTWAIT : 0);
 
 	if (iovcnt > IOV_MAX)
 		iovcnt = IOV_MAX;
 	for (;;) {
 		ssize_t n;
-		int err;
+		int err, r;
 
 		if (mfd_channel_is_shut(ch))
 			return fd_cancelled(ch, errp);
@@ -145,14 +243,18 @@ static ssize_t fd_writev(mfd_channel *ch, const struct iovec *iov, int iovcnt, m
 			struct msghdr msg = { .msg_iov = (struct iovec *)iov,
 					      .msg_iovlen = (size_t)iovcnt };
 
-			n = sendmsg(fc->fd, &msg, MSG_NOSIGNAL);
+			n = sendmsg(fc->fd, &msg, sock_flags);
 			err = errno;
 		} else if (fc->kind == FD_PIPE) {
-			int r = fd_wait(ch, fc, POLLOUT, errp);
+			struct iovec clip[PIPE_CLIP_IOV];
 
+			r = fd_wait(ch, fc, POLLOUT, deadline, timeout, errp);
 			if (r < 0)
 				return r;
-			n = pipe_writev(fc->fd, iov, iovcnt, &err);
+			if (fc->nonblock)
+				n = pipe_writev(fc->fd, iov, iovcnt, &err);
+			else
+				n = pipe_writev(fc->fd, clip, pipe_clip(iov, iovcnt, clip), &err);
 		} else {
 			n = writev(fc->fd, iov, iovcnt);
 			err = errno;
@@ -162,18 +264,12 @@ static ssize_t fd_writev(mfd_channel *ch, const struct iovec *iov, int iovcnt, m
 		if (err == EINTR)
 			continue;
 		if (err == EAGAIN || err == EWOULDBLOCK) {
-			int r = fd_wait(ch, fc, POLLOUT, errp);
-
+			r = fd_wait(ch, fc, POLLOUT, deadline, timeout, errp);
 			if (r < 0)
 				return r;
 			continue;
 		}
-		if (mfd_channel_is_shut(ch))
-			return fd_cancelled(ch, errp);
-		if (err == EPIPE || err == ECONNRESET)
-			return mfd_error_set_errno(errp, MFD_EEOF, err, "%s: write: peer closed",
-						   ch->name);
-		return mfd_error_set_errno(errp, MFD_EIO, err, "%s: write", ch->name);
+		return fd_io_error(ch, "write", err, errp);
 	}
 }
 
@@ -192,6 +288,95 @@ static void fd_shutdown(mfd_channel *ch)
 	}
 }
 
+static int fd_finish(mfd_channel *ch, mfd_error **errp)
+{
+	struct fd_chan *fc = ch->priv;
+
+	if (fc->kind != FD_SOCKET)
+		return 0;
+	if (shutdown(fc->fd, SHUT_WR) < 0)
+		return fd_io_error(ch, "finish (shutdown of the write side)", errno, errp);
+	return 0;
+}
+
+static int set_int_opt(mfd_channel *ch, int level, int opt, const char *what, int value,
+		       mfd_error **errp)
+{
+	struct fd_chan *fc = ch->priv;
+
+	if (setsockopt(fc->fd, level, opt, &value, sizeof(value)) < 0)
+		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: cannot set %s to %d",
+					   ch->name, what, value);
+	return 0;
+}
+
+static int clamp_int(int64_t v, int lo, int hi)
+{
+	return v < lo ? lo : v > hi ? hi : (int)v;
+}
+
+/*
+ * Keepalive covers an idle connection, TCP_USER_TIMEOUT one with unacked
+ * data (and, once set, also decides when keepalive gives up).  Probing
+ * starts after half the time and three probes share the other half, so a
+ * vanished peer is noticed after about value ms in both cases.
+ */
+static int set_peer_timeout(mfd_channel *ch, int64_t value, mfd_error **errp)
+{
+	/* The kernel's limits for TCP_KEEPIDLE/TCP_KEEPINTVL (seconds). */
+	const int keep_max = 32767, probes = 3;
+	int r;
+
+	r = set_int_opt(ch, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE", value > 0, errp);
+	if (r == 0 && value > 0) {
+		r = set_int_opt(ch, IPPROTO_TCP, TCP_KEEPIDLE, "TCP_KEEPIDLE",
+				clamp_int(value / 2000, 1, keep_max), errp);
+		if (r == 0)
+			r = set_int_opt(ch, IPPROTO_TCP, TCP_KEEPINTVL, "TCP_KEEPINTVL",
+					clamp_int(value / (2000 * probes), 1, keep_max), errp);
+		if (r == 0)
+			r = set_int_opt(ch, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT", probes, errp);
+	}
+	if (r == 0)
+		r = set_int_opt(ch, IPPROTO_TCP, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", (int)value,
+				errp);
+	return r;
+}
+
+static int fd_set_option(mfd_channel *ch, const char *name, int64_t value, mfd_error **errp)
+{
+	struct fd_chan *fc = ch->priv;
+	bool tcp_only = strcmp(name, "peer-timeout-ms") == 0 || strcmp(name, "nodelay") == 0;
+	bool socket_only = tcp_only || strcmp(name, "sndbuf") == 0 || strcmp(name, "rcvbuf") == 0;
+	int64_t max = strcmp(name, "nodelay") == 0 ? 1 : INT_MAX;
+
+	if (!socket_only && strcmp(name, "timeout-ms") != 0)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: unknown option '%s' (expected "
+				     "timeout-ms, peer-timeout-ms, nodelay, sndbuf or rcvbuf)",
+				     ch->name, name);
+	if (value < 0 || value > max)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: %s %lld is out of range 0..%lld",
+				     ch->name, name, (long long)value, (long long)max);
+	if ((tcp_only && !fc->tcp) || (socket_only && fc->kind != FD_SOCKET))
+		return mfd_error_set(errp, MFD_ENOTSUP, "%s: option '%s' needs a %s, this is a %s",
+				     ch->name, name, tcp_only ? "TCP socket" : "socket",
+				     fd_kind_text(fc));
+	if (strcmp(name, "timeout-ms") == 0) {
+		atomic_store_explicit(&fc->timeout_ms, (int)value, memory_order_relaxed);
+		return 0;
+	}
+	if (strcmp(name, "peer-timeout-ms") == 0)
+		return set_peer_timeout(ch, value, errp);
+	if (strcmp(name, "nodelay") == 0)
+		return set_int_opt(ch, IPPROTO_TCP, TCP_NODELAY, "TCP_NODELAY", (int)value, errp);
+	/* Setting a size switches autotuning off for good, so 0 must not touch it. */
+	if (value == 0)
+		return 0;
+	if (strcmp(name, "sndbuf") == 0)
+		return set_int_opt(ch, SOL_SOCKET, SO_SNDBUF, "SO_SNDBUF", (int)value, errp);
+	return set_int_opt(ch, SOL_SOCKET, SO_RCVBUF, "SO_RCVBUF", (int)value, errp);
+}
+
 static void fd_close(mfd_channel *ch)
 {
 	struct fd_chan *fc = ch->priv;
@@ -208,22 +393,29 @@ static const struct mfd_channel_ops fd_ops = {
 	.readv = fd_readv,
 	.writev = fd_writev,
 	.shutdown = fd_shutdown,
+	.finish = fd_finish,
+	.set_option = fd_set_option,
 	.close = fd_close,
 };
 
-int mfd_channel_new_fd(int fd, unsigned flags, const char *name, mfd_channel **out,
-		       mfd_error **errp)
+static int sock_int(int fd, int opt)
+{
+	socklen_t len = sizeof(int);
+	int v = -1;
+
+	if (getsockopt(fd, SOL_SOCKET, opt, &v, &len) < 0)
+		return -1;
+	return v;
+}
+
+int fd_channel_new(int fd, bool own, const char *name, mfd_channel **out, mfd_error **errp)
 {
 	struct fd_chan *fc;
 	char defname[32];
 	struct stat st;
+	int fl;
 
-	if (!out)
-		return mfd_error_set(errp, MFD_EINVAL, "mfd_channel_new_fd: out is NULL");
 	*out = NULL;
-	if (flags & ~MFD_CHANNEL_OWN_FD)
-		return mfd_error_set(errp, MFD_EINVAL, "mfd_channel_new_fd: unknown flags 0x%x",
-				     flags & ~MFD_CHANNEL_OWN_FD);
 	if (fd < 0 || fstat(fd, &st) < 0)
 		return mfd_error_set_errno(errp, MFD_EINVAL, fd < 0 ? EBADF : errno,
 					   "fd:%d is not an open file descriptor", fd);
@@ -231,10 +423,18 @@ int mfd_channel_new_fd(int fd, unsigned flags, const char *name, mfd_channel **o
 	if (!fc)
 		return mfd_error_set(errp, MFD_ENOMEM, "fd:%d: out of memory", fd);
 	fc->fd = fd;
-	fc->own = flags & MFD_CHANNEL_OWN_FD;
+	fc->own = own;
 	fc->wake_fd = -1;
+	fc->domain = -1;
+	fl = fcntl(fd, F_GETFL);
+	fc->nonblock = fl >= 0 && (fl & O_NONBLOCK);
+	atomic_init(&fc->timeout_ms, 0);
 	if (S_ISSOCK(st.st_mode)) {
 		fc->kind = FD_SOCKET;
+		fc->domain = sock_int(fd, SO_DOMAIN);
+		fc->tcp = (fc->domain == AF_INET || fc->domain == AF_INET6) &&
+			  sock_int(fd, SO_TYPE) == SOCK_STREAM &&
+			  sock_int(fd, SO_PROTOCOL) == IPPROTO_TCP;
 	} else if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) {
 		fc->kind = FD_FILE;
 	} else {
@@ -259,6 +459,28 @@ int mfd_channel_new_fd(int fd, unsigned flags, const char *name, mfd_channel **o
 		return mfd_error_set(errp, MFD_ENOMEM, "fd:%d: out of memory", fd);
 	}
 	return 0;
+}
+
+bool fd_channel_is_tcp(const mfd_channel *ch)
+{
+	return ch && ch->ops == &fd_ops && ((const struct fd_chan *)ch->priv)->tcp;
+}
+
+int fd_channel_fd(const mfd_channel *ch)
+{
+	return ch && ch->ops == &fd_ops ? ((const struct fd_chan *)ch->priv)->fd : -1;
+}
+
+int mfd_channel_new_fd(int fd, unsigned flags, const char *name, mfd_channel **out,
+		       mfd_error **errp)
+{
+	if (!out)
+		return mfd_error_set(errp, MFD_EINVAL, "mfd_channel_new_fd: out is NULL");
+	*out = NULL;
+	if (flags & ~MFD_CHANNEL_OWN_FD)
+		return mfd_error_set(errp, MFD_EINVAL, "mfd_channel_new_fd: unknown flags 0x%x",
+				     flags & ~MFD_CHANNEL_OWN_FD);
+	return fd_channel_new(fd, flags & MFD_CHANNEL_OWN_FD, name, out, errp);
 }
 
 /* Wrap two fresh descriptors; on failure both are closed. */
@@ -301,7 +523,8 @@ int mfd_channel_pipe(mfd_channel **rd, mfd_channel **wr, mfd_error **errp)
 	if (!rd || !wr)
 		return mfd_error_set(errp, MFD_EINVAL, "mfd_channel_pipe: NULL argument");
 	*rd = *wr = NULL;
-	if (pipe2(fds, O_CLOEXEC) < 0)
+	/* Non-blocking: these ends are ours alone, so full-size writes stay cancellable. */
+	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
 		return mfd_error_set_errno(errp, MFD_EIO, errno, "pipe");
 	return wrap_pair(fds, "pipe:read", "pipe:write", rd, wr, errp);
 }
