@@ -99,6 +99,25 @@ const char *mfd_channel_name(const mfd_channel *ch)
 	return ch ? ch->name : "(null)";
 }
 
+int mfd_channel_finish(mfd_channel *ch, mfd_error **errp)
+{
+	if (!ch)
+		return mfd_error_set(errp, MFD_EINVAL, "mfd_channel_finish: channel is NULL");
+	if (mfd_channel_is_shut(ch))
+		return mfd_error_set(errp, MFD_ECANCELED, "%s: channel shut down", ch->name);
+	return ch->ops->finish ? ch->ops->finish(ch, errp) : 0;
+}
+
+int mfd_channel_set_option(mfd_channel *ch, const char *name, int64_t value, mfd_error **errp)
+{
+	if (!ch || !name)
+		return mfd_error_set(errp, MFD_EINVAL, "mfd_channel_set_option: NULL argument");
+	if (!ch->ops->set_option)
+		return mfd_error_set(errp, MFD_ENOTSUP, "%s: option '%s' does not apply to a %s "
+				     "channel", ch->name, name, ch->ops->kind);
+	return ch->ops->set_option(ch, name, value, errp);
+}
+
 void mfd_channel_shutdown(mfd_channel *ch)
 {
 	if (!ch)

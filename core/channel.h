@@ -27,6 +27,10 @@ struct mfd_channel_ops {
 			  mfd_error **errp);
 	/* Make blocked and future I/O fail; any thread. */
 	void (*shutdown)(mfd_channel *ch);
+	/* Optional: clean end of the write direction (TLS close_notify, SHUT_WR). */
+	int (*finish)(mfd_channel *ch, mfd_error **errp);
+	/* Optional: mfd_channel_set_option(); NULL means no option applies. */
+	int (*set_option)(mfd_channel *ch, const char *name, int64_t value, mfd_error **errp);
 	/* Release transport resources (the struct itself is freed by the core). */
 	void (*close)(mfd_channel *ch);
 };

@@ -33,13 +33,28 @@ struct mfd_section {
 	struct mfd_section *next;
 };
 
+struct mfd_ram_block {
+	/* Set at registration; read-only while a migration runs. */
+	char name[256];
+	uint8_t *host;
+	uint64_t size;
+	uint64_t page_size;
+	unsigned page_shift;
+};
+
 struct mfd_migration {
 	/* Changed only while no save or load runs (busy == false). */
 	char identity[256];
 	struct mfd_section *sections;	/* registration order */
 	uint32_t next_section_id;
+	struct mfd_ram_block *blocks;	/* registration order */
+	unsigned nblocks;
 	bool busy;
 };
+
+/* A digest of the block table (names, sizes, page sizes, order), carried in the
+ * multifd hello so both sides prove they index the same blocks. */
+uint64_t mfd_ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n);
 
 struct mfd_section *mfd_section_find(mfd_migration *m, const char *idstr, uint32_t instance_id);
 

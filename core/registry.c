@@ -37,6 +37,7 @@ void mfd_migration_free(mfd_migration *m)
 		m->sections = se->next;
 		free(se);
 	}
+	free(m->blocks);
 	free(m);
 }
 

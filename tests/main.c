@@ -16,10 +16,15 @@
 #define SUITES(X)         \
 	X(error)          \
 	X(channel)        \
+	X(uri)            \
+	X(transport)      \
+	X(tls)            \
 	X(stream)         \
 	X(registry)       \
 	X(savevm)         \
 	X(loadvm_bad)     \
+	X(compress)       \
+	X(multifd)        \
 	X(symbols)        \
 	X(install)
 

@@ -31,6 +31,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include <multifd/version.h>
 
@@ -288,6 +289,246 @@ MFD_API const char *mfd_channel_name(const mfd_channel *ch);
 MFD_API void mfd_channel_shutdown(mfd_channel *ch);
 
 /**
+ * mfd_channel_finish() - end the data in the write direction, cleanly.
+ * @ch: the channel.
+ * @errp: error details.
+ *
+ * Sends what the transport needs for the peer to see a clean end of data:
+ * a TLS close_notify, a socket's write-side shutdown.  A TLS peer that sees
+ * the connection end without it reports truncation (MFD_EEOF), never a
+ * clean end.  Reading stays possible.  No-op for files and memory.
+ */
+MFD_API int mfd_channel_finish(mfd_channel *ch, mfd_error **errp);
+
+/**
+ * mfd_channel_set_option() - tune a channel.
+ * @ch: the channel.
+ * @name: the option:
+ *	"timeout-ms": longest wait of one blocking read or write (and of a TLS
+ *		handshake step); 0 = wait forever (default).  A call that waits
+ *		longer fails with MFD_ETIMEDOUT.
+ *	"peer-timeout-ms": TCP only: declare the peer dead after this long
+ *		without an acknowledgement or a keepalive answer (TCP keepalive and
+ *		TCP_USER_TIMEOUT); 0 = the kernel's defaults.
+ *	"nodelay": TCP only: 1 (default) sends small writes at once, 0 lets
+ *		the kernel coalesce them.
+ *	"sndbuf", "rcvbuf": socket buffer sizes in bytes (0 leaves the
+ *		kernel's autotuning on, the default).
+ * @value: the value.
+ * @errp: error details: MFD_ENOTSUP when the option does not apply to this
+ *	transport, MFD_EINVAL for an unknown name or a value out of range.
+ *
+ * A TLS channel passes socket options to the channel it wraps.
+ */
+MFD_API int mfd_channel_set_option(mfd_channel *ch, const char *name, int64_t value,
+				   mfd_error **errp);
+
+/**
+ * mfd_channel_connect() - open the source side of a transport by URI.
+ * @uri: one of
+ *	"tcp:HOST:PORT" - HOST a name, an IPv4 literal or "[IPv6]";
+ *	"unix:PATH" - a unix stream socket;
+ *	"fd:N" - a descriptor the caller opened; borrowed, never closed by the
+ *		library (use mfd_channel_new_fd() to pass ownership);
+ *	"file:PATH[,offset=N]" - written from byte N (default 0); the bytes
+ *		before N are kept, anything after N is cut off, the file is
+ *		created when missing.  A comma always starts an option, so a
+ *		path containing one must be passed as fd:N.
+ * @timeout_ms: deadline for establishing the connection; 0 = 30 s.
+ * @out: receives the channel.
+ * @errp: error details, naming the part of the URI that is wrong or the
+ *	address that could not be reached.
+ *
+ * TCP channels get TCP_NODELAY.  Name resolution (getaddrinfo) is not
+ * bounded by @timeout_ms.  A blocking pipe passed as fd:N is written at
+ * most PIPE_BUF bytes at a time, so cancel and deadlines can interrupt it.
+ */
+MFD_API int mfd_channel_connect(const char *uri, int timeout_ms, mfd_channel **out,
+				mfd_error **errp);
+
+/**
+ * typedef mfd_listener - the destination side of a transport: where
+ * incoming channels come from.
+ */
+typedef struct mfd_listener mfd_listener;
+
+/**
+ * mfd_listener_new() - start listening on a URI.
+ * @uri: "tcp:HOST:PORT" (PORT 0 picks a free port), "unix:PATH" (an
+ *	existing socket file is replaced), "fd:N" (a listening socket, accepted
+ *	on; or a connected socket or file, handed out once as the only
+ *	channel), "file:PATH[,offset=N]" (read from byte N, handed out once).
+ * @out: receives the listener.
+ * @errp: error details.
+ */
+MFD_API int mfd_listener_new(const char *uri, mfd_listener **out, mfd_error **errp);
+
+/**
+ * mfd_listener_uri() - where the listener really listens, as a URI that
+ * mfd_channel_connect() accepts (the chosen port for "tcp:HOST:0").
+ * @l: the listener.
+ */
+MFD_API const char *mfd_listener_uri(const mfd_listener *l);
+
+/**
+ * mfd_listener_accept() - wait for one incoming channel.
+ * @l: the listener.
+ * @timeout_ms: how long to wait; 0 = forever.
+ * @out: receives the channel (owned by the caller).
+ * @errp: MFD_ETIMEDOUT, MFD_ECANCELED after mfd_listener_shutdown(),
+ *	MFD_ESTATE once the listener stopped listening or handed out its one
+ *	channel.
+ */
+MFD_API int mfd_listener_accept(mfd_listener *l, int timeout_ms, mfd_channel **out,
+				mfd_error **errp);
+
+/**
+ * typedef mfd_identify_fn - tells which slot an incoming channel fills.
+ * @ch: the new channel; the callback may read from it (a hello).
+ * @opaque: as given to mfd_listener_gather().
+ * @errp: why the channel is refused.
+ *
+ * Returns the slot index, or a negative code to refuse the channel (it is
+ * closed and the gathering fails).
+ */
+typedef int (*mfd_identify_fn)(mfd_channel *ch, void *opaque, mfd_error **errp);
+
+/**
+ * mfd_listener_gather() - accept exactly @count channels, then stop listening.
+ * @l: the listener.
+ * @count: how many channels make up the migration (main + multifd ...).
+ * @timeout_ms: deadline for all of them together; 0 = forever.
+ * @identify: assigns each channel its slot; NULL assigns slots in arrival
+ *	order.
+ * @opaque: passed to @identify.
+ * @slots: array of @count entries, filled with the channels.
+ * @errp: MFD_ETIMEDOUT naming the missing slots; MFD_EPROTO for a slot
+ *	out of range or filled twice; @identify's own error.
+ *
+ * On success the listening socket is closed, so later connections are
+ * refused instead of queued (a borrowed fd:N listening socket is left open
+ * but no longer accepted on).  While @identify runs, the channel's
+ * "timeout-ms" is set to the time left before the deadline.  On failure every channel accepted so far is
+ * freed and the slots are NULL.
+ */
+MFD_API int mfd_listener_gather(mfd_listener *l, unsigned count, int timeout_ms,
+				mfd_identify_fn identify, void *opaque, mfd_channel **slots,
+				mfd_error **errp);
+
+/**
+ * mfd_listener_shutdown() - make a blocked or later accept fail with
+ * MFD_ECANCELED.  Any thread.
+ * @l: the listener, or NULL.
+ */
+MFD_API void mfd_listener_shutdown(mfd_listener *l);
+
+/**
+ * mfd_listener_free() - stop listening and release the listener (a unix
+ * socket file it created is removed).
+ * @l: the listener, or NULL.
+ */
+MFD_API void mfd_listener_free(mfd_listener *l);
+
+/* ------------------------------------------------------------------------ */
+/* TLS (OpenSSL)                                                             */
+/* ------------------------------------------------------------------------ */
+
+/** enum mfd_tls_role - which end of the handshake. */
+enum mfd_tls_role {
+	MFD_TLS_CLIENT = 1,	/* the source */
+	MFD_TLS_SERVER = 2,	/* the destination */
+};
+
+/**
+ * typedef mfd_tls_creds - credentials and policy for TLS channels; shared
+ * by every channel of a migration, read-only once channels use it.
+ */
+typedef struct mfd_tls_creds mfd_tls_creds;
+
+/**
+ * mfd_tls_creds_new_x509() - x509 credentials from a directory.
+ * @dir: holds ca-cert.pem, and server-cert.pem + server-key.pem (server)
+ *	or client-cert.pem + client-key.pem (client; may be absent when the
+ *	server runs with "verify-peer" off).
+ * @role: which side these credentials are for.
+ * @out: receives the credentials.
+ * @errp: names the missing or unreadable file, or the key that does not
+ *	match its certificate.
+ *
+ * The client always verifies the server's chain and name; the server
+ * requires and verifies a client certificate (see "verify-peer", "authz").
+ */
+MFD_API int mfd_tls_creds_new_x509(const char *dir, enum mfd_tls_role role,
+				   mfd_tls_creds **out, mfd_error **errp);
+
+/**
+ * mfd_tls_creds_new_psk() - pre-shared-key credentials (TLS 1.3 external
+ * PSK with (EC)DHE, so forward secrecy is kept).
+ * @psk_file: lines "identity:hexkey"; a server accepts any identity listed,
+ *	a client uses the one set with "psk-identity" (default: the first
+ *	line's).
+ * @role: which side.
+ * @out: receives the credentials.
+ * @errp: names the file and the line that is malformed.
+ */
+MFD_API int mfd_tls_creds_new_psk(const char *psk_file, enum mfd_tls_role role,
+				  mfd_tls_creds **out, mfd_error **errp);
+
+/**
+ * mfd_tls_creds_set() - set a policy option.
+ * @c: the credentials (before any channel uses them).
+ * @name: "min-version" ("1.2" default, or "1.3"; PSK is always 1.3);
+ *	"authz" (server, x509: a subject DN in RFC 2253 form, e.g.
+ *	"CN=src1,O=Example"; each call adds one; when any is set, a client
+ *	whose DN is not listed is refused);
+ *	"verify-peer" (server, x509: "on" default, "off" accepts clients
+ *	without a certificate); "psk-identity" (client, PSK);
+ *	"ciphersuites" (TLS 1.3 suites, OpenSSL syntax); "cipher-list"
+ *	(TLS 1.2 ciphers, OpenSSL syntax).
+ * @value: the value.
+ * @errp: MFD_EINVAL for an unknown name or a bad value, MFD_ESTATE once a
+ *	channel used the credentials.
+ */
+MFD_API int mfd_tls_creds_set(mfd_tls_creds *c, const char *name, const char *value,
+			      mfd_error **errp);
+
+/**
+ * mfd_tls_creds_free() - release credentials.
+ * @c: the credentials, or NULL; no channel may still use them.
+ */
+MFD_API void mfd_tls_creds_free(mfd_tls_creds *c);
+
+/** Flag for mfd_channel_tls_wrap(). */
+#define MFD_CHANNEL_OWN_INNER 0x2u	/* free the wrapped channel with the TLS channel */
+
+/**
+ * mfd_channel_tls_wrap() - run a TLS handshake over a channel and return
+ * the protected channel.
+ * @inner: a connected stream channel (TCP, unix, fd, socketpair).
+ * @creds: the credentials; their role decides client or server.
+ * @hostname: client: the name or IP address the server certificate must
+ *	match (x509; refused when NULL or empty); ignored by servers and PSK.
+ * @flags: MFD_CHANNEL_OWN_INNER, or 0 (the caller frees @inner after the
+ *	TLS channel).
+ * @out: receives the TLS channel.
+ * @errp: why the handshake failed: MFD_EPROTO naming the refusal (unknown
+ *	PSK identity or key mismatch, certificate chain, expiry, name or authz
+ *	refusal, a plaintext peer, an alert from the peer); MFD_EINVAL for a
+ *	client without @hostname; the inner channel's MFD_EEOF, MFD_ETIMEDOUT
+ *	or MFD_ECANCELED.
+ *
+ * Returns only after the handshake completed (bounded by the inner
+ * channel's "timeout-ms").  On failure @inner is left to the caller,
+ * whatever @flags say.  One thread may read while another writes.  Reads
+ * return 0 only after the peer's close_notify; a connection that ends
+ * without one fails with MFD_EEOF.  Close with mfd_channel_finish() then
+ * mfd_channel_free(); freeing without finishing sends nothing.
+ */
+MFD_API int mfd_channel_tls_wrap(mfd_channel *inner, mfd_tls_creds *creds,
+				 const char *hostname, unsigned flags, mfd_channel **out,
+				 mfd_error **errp);
+
+/**
  * mfd_channel_free() - close (when owned) and release a channel.
  * @ch: the channel, or NULL.  No thread may be using it.
  */
@@ -480,6 +721,96 @@ MFD_API int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256
 				uint32_t *version_id);
 
 /* ------------------------------------------------------------------------ */
+/* Compression plugins                                                       */
+/* ------------------------------------------------------------------------ */
+
+/** MFD_COMPRESS_ABI - current value for mfd_compress_ops.abi_version. */
+#define MFD_COMPRESS_ABI 1
+
+/** MFD_COMPRESS_NAME_MAX - longest codec name, in bytes. */
+#define MFD_COMPRESS_NAME_MAX 31
+
+/**
+ * struct mfd_compress_ops - a codec for multifd packets.
+ *
+ * Compression works per packet: each packet's normal pages are compressed
+ * as one independent unit, so a codec never holds bytes across packets (or
+ * across a sync).  The library copies the pages out of guest memory before
+ * calling send_prepare, because an LZ-style coder reading memory the guest
+ * is writing could emit matches that decode to bytes never sent.  A packet
+ * whose compressed form is not smaller than its input is sent raw by the
+ * library; codecs need not handle that case.
+ *
+ * Contexts are per channel and per direction, created once and reused for
+ * every packet; one thread uses a context at a time.  Return codes: 0 or a
+ * negative enum mfd_errcode with *errp set.
+ *
+ * @abi_version: MFD_COMPRESS_ABI.
+ * @name: 1..MFD_COMPRESS_NAME_MAX bytes of [a-z0-9_-]; the value of the
+ *	"multifd-compression" parameter; both sides must know it.
+ * @level_min: lowest accepted level.
+ * @level_max: highest accepted level.
+ * @level_default: level used when none is configured.
+ * @bound: the most bytes send_prepare may produce for @in_len input bytes.
+ *	The receiver refuses larger payloads before reading them.
+ * @send_setup: create a compression context at @level (within bounds).
+ * @send_prepare: compress @in_len bytes at @in into @out (capacity
+ *	@out_cap >= bound(@in_len)); store the size in *@out_len.
+ * @send_cleanup: release a compression context (NULL accepted).
+ * @recv_setup: create a decompression context.
+ * @recv: decompress @in_len bytes at @in into exactly the @n buffers of
+ *	@out (pages in guest memory).  The input is untrusted: it must expand
+ *	to exactly the total size of @out, without trailing input, never
+ *	writing outside @out, never allocating by what the input claims;
+ *	anything else is MFD_EPROTO with a message saying what was wrong.
+ * @recv_cleanup: release a decompression context (NULL accepted).
+ */
+typedef struct mfd_compress_ops {
+	uint32_t abi_version;
+	const char *name;
+	int level_min, level_max, level_default;
+	size_t (*bound)(size_t in_len);
+	int (*send_setup)(void **ctx, int level, mfd_error **errp);
+	int (*send_prepare)(void *ctx, const void *in, size_t in_len, void *out, size_t out_cap,
+			    size_t *out_len, mfd_error **errp);
+	void (*send_cleanup)(void *ctx);
+	int (*recv_setup)(void **ctx, mfd_error **errp);
+	int (*recv)(void *ctx, const void *in, size_t in_len, const struct iovec *out, int n,
+		    mfd_error **errp);
+	void (*recv_cleanup)(void *ctx);
+} mfd_compress_ops;
+
+/**
+ * mfd_compress_register() - add a codec (e.g. a hardware one) for every
+ * migration of this process.
+ * @ops: the codec; must stay valid until the process ends (a static const
+ *	table).  The built-ins none, zlib, zstd and lz4 (each when built in)
+ *	are always registered.
+ * @errp: MFD_EEXIST when the name is taken; MFD_EINVAL for a bad table;
+ *	MFD_ETOOBIG when 32 codecs (built-ins included) are registered already.
+ *
+ * Any thread.
+ */
+MFD_API int mfd_compress_register(const mfd_compress_ops *ops, mfd_error **errp);
+
+/**
+ * mfd_compress_find() - look a codec up by name.
+ * @name: e.g. "zstd".
+ *
+ * Any thread.  Returns the table, or NULL when no codec has that name.
+ */
+MFD_API const mfd_compress_ops *mfd_compress_find(const char *name);
+
+/**
+ * mfd_compress_list() - the names of every registered codec.
+ * @names: receives up to @max names (static strings).
+ * @max: capacity of @names.
+ *
+ * Any thread.  Returns the number of codecs (which may exceed @max).
+ */
+MFD_API int mfd_compress_list(const char **names, int max);
+
+/* ------------------------------------------------------------------------ */
 /* Migration object and section handlers                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -639,6 +970,41 @@ MFD_API int mfd_unregister(mfd_migration *m, const char *idstr, uint32_t instanc
  */
 MFD_API int mfd_section_instance(mfd_migration *m, const char *idstr, unsigned index,
 				 uint32_t *instance_id);
+
+/* ------------------------------------------------------------------------ */
+/* Guest RAM                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/** MFD_RAM_BLOCKS_MAX - most RAM blocks one migration object holds. */
+#define MFD_RAM_BLOCKS_MAX 256
+
+/**
+ * mfd_ram_block_add() - register a block of guest RAM.
+ * @m: the migration object (no migration running).
+ * @name: 1..255 bytes, unique, the same on both sides (e.g. "pc.ram").
+ * @host: where the block lives in this process; on the destination pages
+ *	are written there.  Must stay mapped until the block is removed or
+ *	@m is freed.
+ * @size: bytes, a non-zero multiple of @page_size.
+ * @page_size: a power of two from 4 KiB to 1 GiB (2 MiB for hugepages);
+ *	dirty tracking and transfer work in these units.
+ * @errp: MFD_EEXIST for a duplicate name, MFD_EINVAL naming the bad value,
+ *	MFD_ETOOBIG beyond MFD_RAM_BLOCKS_MAX.
+ *
+ * Blocks are sent in registration order; the destination must register the
+ * same blocks (name, size, page size) in the same order.
+ */
+MFD_API int mfd_ram_block_add(mfd_migration *m, const char *name, void *host, uint64_t size,
+			      uint64_t page_size, mfd_error **errp);
+
+/**
+ * mfd_ram_block_remove() - unregister a block.
+ * @m: the migration object (no migration running).
+ * @name: as registered.
+ *
+ * Returns 0, MFD_ENOENT, or MFD_ESTATE while a migration runs.
+ */
+MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
 
 /* ------------------------------------------------------------------------ */
 /* Whole-state save and load (snapshot) over one channel                      */
