@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The multifd core, as the migration engine uses it.
+ *
+ * Source: mfd_multifd_send_new() takes N connected channels, sends each its
+ * hello and starts one thread per channel.  The producer (the migration
+ * thread) queues pages; full batches go to an idle channel.  sync flushes
+ * every channel and puts a SYNC packet on each; finish ends the channels.
+ *
+ * Destination: mfd_multifd_recv_new(), then each incoming channel goes
+ * through mfd_multifd_recv_identify() (reads and checks its hello; usable as
+ * an mfd_listener_gather() callback), then mfd_multifd_recv_start().  Each
+ * channel thread places pages and parks at every SYNC packet until the main
+ * stream's loader calls mfd_multifd_recv_sync() at the matching marker.
+ */
+#ifndef MFD_MULTIFD_INTERNAL_H
+#define MFD_MULTIFD_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <multifd/multifd.h>
+
+#include "core/migration.h"
+#include "multifd/wire.h"
+
+enum mfd_zero_detect {
+	MFD_ZERO_NONE = 0,	/* every page is sent as data */
+	MFD_ZERO_LEGACY = 1,	/* the migration thread tests pages (main stream) */
+	MFD_ZERO_MULTIFD = 2,	/* channel threads test pages (default) */
+};
+
+struct mfd_multifd_config {
+	unsigned channels;			/* 1..255 */
+	const mfd_compress_ops *codec;		/* NULL means "none" */
+	int level;
+	uint32_t packet_bytes;			/* page data per packet */
+	enum mfd_zero_detect zero_detect;
+	uint8_t uuid[MFD_UUID_LEN];
+	uint8_t token[MFD_TOKEN_LEN];
+};
+
+struct mfd_multifd_channel_stats {
+	uint64_t packets, sync_packets;
+	uint64_t normal_pages, zero_pages;
+	uint64_t page_bytes;	/* bytes of page data the packets stand for */
+	uint64_t wire_bytes;	/* bytes written or read, headers included */
+	uint64_t raw_packets;	/* compressed codec, but sent raw (did not shrink) */
+	uint64_t busy_ns;	/* time spent working (not waiting) */
+};
+
+struct mfd_multifd_stats {
+	unsigned channels;
+	struct mfd_multifd_channel_stats ch[256];
+	uint64_t syncs;
+	uint64_t sync_ns_total, sync_ns_max;
+};
+
+/* Fill defaults: 2 channels, no codec, 512 KiB packets, multifd zero detection,
+ * a random UUID and token. */
+int mfd_multifd_config_init(struct mfd_multifd_config *cfg, mfd_error **errp);
+
+/* ---- source ------------------------------------------------------------ */
+
+struct mfd_multifd_send;
+
+/* Takes ownership of nothing: the channels stay the caller's and must outlive
+ * the object.  Sends the hellos. */
+int mfd_multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
+			 unsigned nblocks, mfd_channel **channels,
+			 struct mfd_multifd_send **out, mfd_error **errp);
+/* Queue one page (byte offset inside the block, page aligned). Producer thread only. */
+int mfd_multifd_queue_page(struct mfd_multifd_send *s, unsigned block, uint64_t offset,
+			   mfd_error **errp);
+/* Send the pending batch, then a SYNC packet on every channel; returns once
+ * every channel has written its SYNC. */
+int mfd_multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp);
+/* Sync, then an END packet on every channel; joins the threads. */
+int mfd_multifd_send_finish(struct mfd_multifd_send *s, mfd_error **errp);
+/* Any thread: fail the sender (channels shut down, threads unblock). */
+void mfd_multifd_send_cancel(struct mfd_multifd_send *s);
+void mfd_multifd_send_stats(struct mfd_multifd_send *s, struct mfd_multifd_stats *st);
+void mfd_multifd_send_free(struct mfd_multifd_send *s);
+
+/* ---- destination -------------------------------------------------------- */
+
+struct mfd_multifd_recv;
+
+int mfd_multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
+			 unsigned nblocks, struct mfd_multifd_recv **out, mfd_error **errp);
+/* Read and check a channel's hello; returns its channel id (>= 0) and keeps the
+ * channel in that slot (still owned by the caller), or a negative code. */
+int mfd_multifd_recv_identify(mfd_channel *ch, void *recv, mfd_error **errp);
+/* Start the threads once every channel was identified. */
+int mfd_multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp);
+/* At the main stream's sync marker: wait until every channel parked at its SYNC
+ * packet (every page sent before the sync is in place), then release them. */
+int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp);
+/* Wait until every channel received its END packet; joins the threads. */
+int mfd_multifd_recv_finish(struct mfd_multifd_recv *r, mfd_error **errp);
+void mfd_multifd_recv_cancel(struct mfd_multifd_recv *r);
+void mfd_multifd_recv_stats(struct mfd_multifd_recv *r, struct mfd_multifd_stats *st);
+void mfd_multifd_recv_free(struct mfd_multifd_recv *r);
+
+/* ---- shared helpers ----------------------------------------------------- */
+
+bool mfd_page_is_zero(const void *page, size_t len);
+/* Constant-time comparison: 0 when equal. */
+int mfd_consttime_memcmp(const void *a, const void *b, size_t len);
+void mfd_hello_encode(uint8_t out[MFD_HELLO_SIZE], const struct mfd_multifd_config *cfg,
+		      uint16_t channel_id, uint64_t block_digest);
+
+#endif /* MFD_MULTIFD_INTERNAL_H */
