@@ -179,9 +179,7 @@ static int run(size_t mib, const char *pages, unsigned channels, const char *cod
 		goto out;
 	src.pages = size / PS;
 	pthread_create(&ts, NULL, source_thread, &src);
-	r = mfd_multifd_recv_sync(recv, &err);	/* the final sync of finish */
-	if (r == 0)
-		r = mfd_multifd_recv_finish(recv, &err);
+	r = mfd_multifd_recv_finish(recv, &err);
 	if (r < 0)
 		mfd_multifd_send_cancel(src.send);
 	pthread_join(ts, NULL);

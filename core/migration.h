@@ -10,6 +10,8 @@
 
 #include <multifd/multifd.h>
 
+#include "core/params.h"
+
 struct mfd_section {
 	/* Set at registration. */
 	char idstr[MFD_IDSTR_MAX + 1];
@@ -49,7 +51,19 @@ struct mfd_migration {
 	uint32_t next_section_id;
 	struct mfd_ram_block *blocks;	/* registration order */
 	unsigned nblocks;
+	struct mfd_params params;
+	mfd_vmm_hooks hooks;
+	void *hooks_opaque;
 	bool busy;
+
+	/* The engine (core/engine.c); NULL until a migration starts. */
+	struct mfd_engine *engine;
+
+	/* The built-in dirty tracker; published atomically, read by any thread in
+	 * mfd_ram_mark_dirty(), freed only with the object. */
+	struct mfd_tracker *tracker;
+	struct mfd_tracker *retired[8];	/* trackers of earlier block tables */
+	unsigned nretired;
 };
 
 /* A digest of the block table (names, sizes, page sizes, order), carried in the
@@ -57,6 +71,7 @@ struct mfd_migration {
 uint64_t mfd_ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n);
 
 struct mfd_section *mfd_section_find(mfd_migration *m, const char *idstr, uint32_t instance_id);
+void mfd_engine_free(mfd_migration *m);
 
 #define mfd_for_each_section(m, se) for (struct mfd_section *se = (m)->sections; se; se = se->next)
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/engine.h"
 #include "core/migration.h"
 #include "core/util.h"
 
@@ -23,6 +24,12 @@ int mfd_migration_new(mfd_migration **out, mfd_error **errp)
 	}
 	strcpy(m->identity, DEFAULT_IDENTITY);
 	m->next_section_id = 0;
+	if (mfd_params_init(&m->params) < 0) {
+		mfd_params_free(&m->params);
+		free(m);
+		*out = NULL;
+		return mfd_error_set(errp, MFD_ENOMEM, "out of memory for a migration object");
+	}
 	*out = m;
 	return 0;
 }
@@ -37,6 +44,9 @@ void mfd_migration_free(mfd_migration *m)
 		m->sections = se->next;
 		free(se);
 	}
+	mfd_engine_free(m);
+	ramsec_free_trackers(m);
+	mfd_params_free(&m->params);
 	free(m->blocks);
 	free(m);
 }

@@ -75,7 +75,8 @@ int mfd_multifd_queue_page(struct mfd_multifd_send *s, unsigned block, uint64_t 
 /* Send the pending batch, then a SYNC packet on every channel; returns once
  * every channel has written its SYNC. */
 int mfd_multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp);
-/* Sync, then an END packet on every channel; joins the threads. */
+/* Send the pending batch, then an END packet on every channel (no SYNC: sync
+ * first where the main stream needs a marker); joins the threads. */
 int mfd_multifd_send_finish(struct mfd_multifd_send *s, mfd_error **errp);
 /* Any thread: fail the sender (channels shut down, threads unblock). */
 void mfd_multifd_send_cancel(struct mfd_multifd_send *s);

@@ -551,10 +551,12 @@ int mfd_multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp)
 
 int mfd_multifd_send_finish(struct mfd_multifd_send *s, mfd_error **errp)
 {
-	int r = mfd_multifd_send_sync(s, errp);
+	int r = s->batch->npages ? hand_over(s, errp) : 0;
 
 	if (r < 0)
 		return r;
+	/* No SYNC here: the caller synced where the main stream has its marker;
+	 * each channel's END comes after everything it was handed. */
 	pthread_mutex_lock(&s->lock);
 	for (unsigned i = 0; i < s->n; i++) {
 		s->chans[i].want_end = true;

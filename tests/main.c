@@ -25,6 +25,7 @@
 	X(loadvm_bad)     \
 	X(compress)       \
 	X(multifd)        \
+	X(engine)         \
 	X(symbols)        \
 	X(install)
 

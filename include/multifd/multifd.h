@@ -1007,6 +1007,312 @@ MFD_API int mfd_ram_block_add(mfd_migration *m, const char *name, void *host, ui
 MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
 
 /* ------------------------------------------------------------------------ */
+/* Parameters                                                                */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Parameters are set by name, with QEMU's names where they exist.  Each has
+ * a type (integer, boolean or string) and a default; both sides of a
+ * migration must agree on multifd-channels, multifd-compression and
+ * multifd-packet-size (a mismatch fails the migration with a message).
+ *
+ *   multifd-channels          int 1..255, 2
+ *   multifd-compression       string: none|zlib|zstd|lz4|<registered codec>, none
+ *   multifd-zlib-level        int 0..9, 1
+ *   multifd-zstd-level        int 1..20, 1
+ *   multifd-lz4-level         int 1..65537 (acceleration), 1
+ *   multifd-packet-size       int pages per packet 1..4096, 128
+ *   zero-page-detection       string: none|legacy|multifd, multifd
+ *   max-bandwidth             int bytes/s, 0 = unlimited, 0
+ *   downtime-limit            int ms 1..2000000, 300
+ *   avail-switchover-bandwidth int bytes/s, 0 = use the measured bandwidth
+ *   auto-converge             bool, off
+ *   cpu-throttle-initial      int percent 1..99, 20
+ *   cpu-throttle-increment    int percent 1..99, 10
+ *   max-cpu-throttle          int percent 1..99, 99
+ *   postcopy-ram              bool, off  (not supported yet: enabling fails)
+ *   postcopy-preempt          bool, off  (not supported yet: enabling fails)
+ *   max-postcopy-bandwidth    int bytes/s, 0
+ *   zero-copy-send            bool, off  (not supported yet: enabling fails)
+ *   tls-creds                 string: directory of x509 PEM files, "" = no TLS
+ *   tls-psk-file              string: identity:hexkey file, "" = no PSK
+ *   tls-hostname              string: server name to verify, "" = the URI's host
+ *   tls-authz                 string: allowed client DNs separated by '|', ""
+ *   channel-timeout-ms        int 100..3600000: deadline for connecting and
+ *                             gathering channels and for any stalled I/O, 30000
+ *   return-path               bool, on: the destination reports its result
+ *
+ * Booleans accept on/off, true/false, yes/no, 1/0.  Parameters may be set
+ * until mfd_migrate()/mfd_migrate_incoming() starts; then MFD_ESTATE.
+ */
+
+/**
+ * mfd_set_param() - set a parameter from its string form.
+ * @m: the migration object.
+ * @name: the parameter's name.
+ * @value: the value as text ("4", "zstd", "on").
+ * @errp: MFD_ENOENT for an unknown name, MFD_EINVAL naming the bounds for a
+ *	bad value, MFD_ENOTSUP for a feature this build lacks.
+ */
+MFD_API int mfd_set_param(mfd_migration *m, const char *name, const char *value,
+			  mfd_error **errp);
+
+/**
+ * mfd_set_param_int() - set an integer or boolean parameter.
+ * @m: the migration object.
+ * @name: the parameter's name.
+ * @value: the value (0/1 for booleans).
+ * @errp: as mfd_set_param(); MFD_EINVAL for a string parameter.
+ */
+MFD_API int mfd_set_param_int(mfd_migration *m, const char *name, int64_t value,
+			      mfd_error **errp);
+
+/**
+ * mfd_get_param() - a parameter's value as text.
+ * @m: the migration object.
+ * @name: the parameter's name.
+ * @buf: receives the NUL-terminated text.
+ * @len: size of @buf; a value that does not fit is MFD_ETOOBIG (never cut).
+ * @errp: error details.
+ */
+MFD_API int mfd_get_param(mfd_migration *m, const char *name, char *buf, size_t len,
+			  mfd_error **errp);
+
+/**
+ * mfd_get_param_int() - an integer or boolean parameter's value.
+ * @m: the migration object.
+ * @name: the parameter's name.
+ * @value: receives it.
+ * @errp: error details; MFD_EINVAL for a string parameter.
+ */
+MFD_API int mfd_get_param_int(mfd_migration *m, const char *name, int64_t *value,
+			      mfd_error **errp);
+
+/**
+ * mfd_param_bounds() - the range of an integer parameter.
+ * @name: the parameter's name.
+ * @min: receives the lowest accepted value.
+ * @max: receives the highest.
+ *
+ * Returns 0, MFD_ENOENT for an unknown name, MFD_EINVAL for a string one.
+ */
+MFD_API int mfd_param_bounds(const char *name, int64_t *min, int64_t *max);
+
+/* ------------------------------------------------------------------------ */
+/* The migration engine                                                      */
+/* ------------------------------------------------------------------------ */
+
+/** enum mfd_state - where a migration is. */
+enum mfd_state {
+	MFD_STATE_NONE = 0,	/* never started */
+	MFD_STATE_SETUP,	/* connecting channels, sending the setup sections */
+	MFD_STATE_ACTIVE,	/* iterating: RAM and live sections while the VM runs */
+	MFD_STATE_DEVICE,	/* VM stopped: final RAM and device state */
+	MFD_STATE_COMPLETED,	/* the destination has everything and said so */
+	MFD_STATE_FAILED,
+	MFD_STATE_CANCELLING,
+	MFD_STATE_CANCELLED,
+};
+
+/**
+ * mfd_state_name() - "none", "setup", "active", "device", "completed",
+ * "failed", "cancelling", "cancelled" (QEMU's status strings).  Any thread.
+ * @state: the state.
+ */
+MFD_API const char *mfd_state_name(enum mfd_state state);
+
+/** MFD_VMM_HOOKS_ABI - current value for mfd_vmm_hooks.abi_version. */
+#define MFD_VMM_HOOKS_ABI 1
+
+/**
+ * struct mfd_policy_info - what a switchover policy decides on.
+ * @iteration: completed passes over RAM (dirty-bitmap syncs).
+ * @pending_bytes: bytes still to send before the VM may stop (RAM dirty
+ *	pages and what live sections report).
+ * @bandwidth: smoothed measured bytes/s of the migration.
+ * @downtime_limit_ms: the downtime-limit parameter.
+ * @switchover_cost_ms: measured fixed cost of the switchover itself.
+ * @dirty_rate: bytes/s the guest dirtied during the last pass.
+ */
+struct mfd_policy_info {
+	uint64_t iteration;
+	uint64_t pending_bytes;
+	uint64_t bandwidth;
+	uint64_t downtime_limit_ms;
+	uint64_t switchover_cost_ms;
+	uint64_t dirty_rate;
+};
+
+/**
+ * struct mfd_vmm_hooks - what the library asks of the VMM.
+ *
+ * Set abi_version to MFD_VMM_HOOKS_ABI; NULL members are skipped.  All
+ * hooks run on the migration thread unless said otherwise, and get the
+ * opaque pointer given to mfd_migration_set_hooks().
+ *
+ * @vm_stop: stop the vCPUs (source, at switchover); a failure fails the
+ *	migration and the VM keeps running.
+ * @vm_start: resume the vCPUs: on the source after a failure or cancel
+ *	that happened while they were stopped; on the destination after the
+ *	state is in place.
+ * @dirty_log_start: begin dirty tracking (e.g. KVM_MEM_LOG_DIRTY_PAGES).
+ * @dirty_log_stop: end it (migration over, whatever the outcome).
+ * @dirty_sync: report the pages of block @block written since the last
+ *	call by OR-ing one bit per page into @bitmap (@npages bits, 64 per
+ *	word, bit i of word w = page w*64+i), and restart the log; the
+ *	KVM_GET_DIRTY_LOG shape.  Without this hook the built-in tracker
+ *	(mfd_ram_mark_dirty()) is used.
+ * @throttle: auto-converge: slow the vCPUs to run @percent of the time
+ *	less (0 = full speed again).
+ * @switchover_policy: precopy policy; return 1 to stop the VM and finish,
+ *	0 to keep iterating.  NULL uses the default: pending bytes <=
+ *	bandwidth x (downtime-limit - switchover cost).
+ * @state_changed: the state moved from @from to @to.  Called on the thread
+ *	that changed it (migration or incoming thread, or the canceller);
+ *	must not call back into the library except the query functions.
+ */
+typedef struct mfd_vmm_hooks {
+	uint32_t abi_version;
+	int (*vm_stop)(void *opaque, mfd_error **errp);
+	int (*vm_start)(void *opaque, mfd_error **errp);
+	int (*dirty_log_start)(void *opaque, mfd_error **errp);
+	void (*dirty_log_stop)(void *opaque);
+	int (*dirty_sync)(void *opaque, unsigned block, uint64_t *bitmap, uint64_t npages,
+			  mfd_error **errp);
+	void (*throttle)(void *opaque, int percent);
+	int (*switchover_policy)(void *opaque, const struct mfd_policy_info *info);
+	void (*state_changed)(void *opaque, enum mfd_state from, enum mfd_state to);
+} mfd_vmm_hooks;
+
+/**
+ * mfd_migration_set_hooks() - install the VMM's hooks.
+ * @m: the migration object (not migrating).
+ * @hooks: copied.
+ * @opaque: passed to every hook.
+ * @errp: MFD_EINVAL for an unknown abi_version.
+ */
+MFD_API int mfd_migration_set_hooks(mfd_migration *m, const mfd_vmm_hooks *hooks, void *opaque,
+				    mfd_error **errp);
+
+/**
+ * mfd_ram_mark_dirty() - the built-in dirty tracker: note that the guest
+ * wrote [@addr, @addr + @len).
+ * @m: the migration object.
+ * @addr: a host address inside a registered RAM block.
+ * @len: bytes.
+ *
+ * Any thread, lock-free; cheap enough to call on every guest write a VMM
+ * emulates.  Used when no dirty_sync hook is installed.  Addresses outside
+ * every block are ignored.
+ */
+MFD_API void mfd_ram_mark_dirty(mfd_migration *m, const void *addr, size_t len);
+
+/**
+ * mfd_migrate() - start migrating to @uri and return at once.
+ * @m: the source side, with RAM blocks, sections, hooks and parameters set.
+ * @uri: "tcp:HOST:PORT" or "unix:PATH" (main channel plus
+ *	multifd-channels more); "fd:N" or "file:PATH" carry everything on the
+ *	one channel (RAM pages on the main stream, no multifd).
+ * @errp: MFD_ESTATE when a migration is running; parameter problems.
+ *
+ * The migration thread connects, runs the section handlers in QEMU's
+ * order, asks @vm_stop at switchover, and ends completed, failed or
+ * cancelled; see mfd_migration_wait().  A finished migration object can
+ * migrate again.
+ */
+MFD_API int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp);
+
+/**
+ * mfd_migrate_incoming() - start listening on @uri and return at once.
+ * @m: the destination side, with the same RAM blocks and sections.
+ * @uri: as mfd_listener_new(); "tcp:HOST:0" picks a port, see
+ *	mfd_migration_listen_uri().
+ * @errp: error details.
+ *
+ * The incoming thread gathers the channels (within channel-timeout-ms),
+ * loads the stream, places RAM, reports the result to the source through
+ * the return path, calls @vm_start and ends completed or failed.
+ */
+MFD_API int mfd_migrate_incoming(mfd_migration *m, const char *uri, mfd_error **errp);
+
+/**
+ * mfd_migration_listen_uri() - where mfd_migrate_incoming() listens.
+ * @m: the destination side.
+ * @buf: receives the URI.
+ * @len: size of @buf.
+ *
+ * Returns 0, MFD_ESTATE when not listening, MFD_ETOOBIG when @buf is short.
+ */
+MFD_API int mfd_migration_listen_uri(mfd_migration *m, char *buf, size_t len);
+
+/**
+ * mfd_migration_wait() - wait for the end of a migration.
+ * @m: either side.
+ * @timeout_ms: 0 = forever.
+ * @errp: the migration's error when it failed or was cancelled.
+ *
+ * Returns 0 when completed, MFD_ETIMEDOUT when still running after
+ * @timeout_ms, MFD_ESTATE when none was started, else the migration's
+ * error code.  Joins the migration thread once it ended.
+ */
+MFD_API int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp);
+
+/**
+ * mfd_migrate_cancel() - cancel a running migration.  Any thread, any
+ * state; a no-op when nothing runs.  The source ends cancelled with its VM
+ * running; the destination ends failed.
+ * @m: either side.
+ */
+MFD_API void mfd_migrate_cancel(mfd_migration *m);
+
+/**
+ * mfd_migration_state() - the current state.  Any thread.
+ * @m: either side.
+ */
+MFD_API enum mfd_state mfd_migration_state(mfd_migration *m);
+
+/**
+ * struct mfd_stats - what query-migrate reports, plus ours.
+ *
+ * Set @size to sizeof(struct mfd_stats) before calling mfd_migration_stats();
+ * fields past @size are not written, so later versions can append fields.
+ * Times in ms, sizes in bytes.
+ */
+struct mfd_stats {
+	uint32_t size;
+	enum mfd_state status;
+	uint64_t total_time, setup_time, downtime, expected_downtime;
+	uint64_t ram_transferred, ram_remaining, ram_total;
+	uint64_t ram_duplicate, ram_normal, ram_normal_bytes;
+	uint64_t ram_dirty_sync_count, ram_dirty_pages_rate;
+	double ram_mbps;
+	uint64_t ram_pages_per_second, ram_multifd_bytes, ram_postcopy_requests;
+	uint64_t iterations;
+	int throttle_percent;
+	unsigned channels;
+	uint64_t multifd_syncs, multifd_sync_ms_max;
+	double compression_ratio;	/* wire bytes / page bytes, 1 without a codec */
+	uint64_t channel_bytes[256], channel_packets[256], channel_busy_ms[256];
+};
+
+/**
+ * mfd_migration_stats() - a snapshot of the statistics.  Any thread.
+ * @m: either side.
+ * @st: filled up to st->size bytes.
+ */
+MFD_API int mfd_migration_stats(mfd_migration *m, struct mfd_stats *st);
+
+/**
+ * mfd_migration_stats_json() - the statistics as a JSON object with
+ * query-migrate's key names ("status", "total-time", "ram": {"transferred",
+ * ...}) plus a "multifd" object of ours.  Any thread.
+ * @m: either side.
+ *
+ * Returns a malloc'd string the caller frees, or NULL without memory.
+ */
+MFD_API char *mfd_migration_stats_json(mfd_migration *m);
+
+/* ------------------------------------------------------------------------ */
 /* Whole-state save and load (snapshot) over one channel                      */
 /* ------------------------------------------------------------------------ */
 

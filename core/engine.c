@@ -1,0 +1,1280 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The migration engine: the state machine, the migration (source) and
+ * incoming (destination) threads, channel setup with optional TLS, the
+ * return path, the precopy policy, and statistics.
+ *
+ * Source, on the migration thread: connect the main channel and send its
+ * hello, connect the multifd channels (their hellos carry the session
+ * token), then the savevm stream: header, OPEN_RETURN_PATH, setup (START
+ * sections, RAM first), PART rounds until the policy says switch over, stop
+ * the VM, END/FULL sections, EOF, END packets on every multifd channel, and
+ * wait for the destination's RESULT on the return path.
+ *
+ * Destination, on the incoming thread: gather main + N channels (main
+ * first: its hello says what the channels must present), load the stream,
+ * then answer RESULT and start the VM.
+ *
+ * Any failure or cancel: every channel is shut down (which unblocks every
+ * thread), the VM is restarted if it was stopped, threads are joined, and
+ * the migration ends failed or cancelled with one error naming the phase.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/channel.h"
+#include "core/engine.h"
+#include "core/savevm.h"
+#include "core/stream.h"
+#include "core/util.h"
+
+static const char *const state_names[] = {
+	"none", "setup", "active", "device", "completed", "failed", "cancelling", "cancelled",
+};
+
+const char *mfd_state_name(enum mfd_state s)
+{
+	return (unsigned)s < MFD_ARRAY_SIZE(state_names) ? state_names[s] : "unknown";
+}
+
+uint64_t engine_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+bool engine_cancelled(struct mfd_engine *e)
+{
+	return atomic_load_explicit(&e->cancel, memory_order_relaxed);
+}
+
+static bool terminal(enum mfd_state s)
+{
+	return s == MFD_STATE_COMPLETED || s == MFD_STATE_FAILED || s == MFD_STATE_CANCELLED;
+}
+
+static void set_state(struct mfd_engine *e, enum mfd_state to)
+{
+	mfd_migration *m = e->m;
+	enum mfd_state from;
+
+	pthread_mutex_lock(&e->lock);
+	from = e->state;
+	if (from == to || terminal(from)) {
+		pthread_mutex_unlock(&e->lock);
+		return;
+	}
+	e->state = to;
+	atomic_store(&e->state_pub, (int)to);
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
+	mfd_log_info("migration %s: %s -> %s", e->incoming ? "incoming" : "outgoing",
+		     mfd_state_name(from), mfd_state_name(to));
+	if (m->hooks.state_changed)
+		m->hooks.state_changed(m->hooks_opaque, from, to);
+}
+
+/* First error wins; later ones are logged only. */
+static void record_error(struct mfd_engine *e, mfd_error *err)
+{
+	pthread_mutex_lock(&e->lock);
+	if (!e->err) {
+		e->err = err;
+		err = NULL;
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (err) {
+		mfd_log_debug("also: %s", mfd_error_message(err));
+		mfd_error_free(err);
+	}
+}
+
+/* Unblock every thread: shut down every channel we have.  The owning thread
+ * publishes and releases these pointers under the lock, so any thread may call
+ * this. */
+static void shutdown_all(struct mfd_engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	mfd_channel_shutdown(e->main_ch);
+	mfd_channel_shutdown(e->main_raw);
+	for (unsigned i = 0; i < 256; i++) {
+		mfd_channel_shutdown(e->mf[i]);
+		mfd_channel_shutdown(e->mf_raw[i]);
+	}
+	mfd_listener_shutdown(e->listener);
+	if (e->send)
+		mfd_multifd_send_cancel(e->send);
+	if (e->recv)
+		mfd_multifd_recv_cancel(e->recv);
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* Publish a channel (or other object) so that cancel can reach it. */
+#define PUBLISH(e, field, value)                         \
+	do {                                             \
+		pthread_mutex_lock(&(e)->lock);          \
+		(e)->field = (value);                    \
+		pthread_mutex_unlock(&(e)->lock);        \
+		if (engine_cancelled(e))                 \
+			shutdown_all(e);                 \
+	} while (0)
+
+uint64_t engine_bytes_sent(struct mfd_engine *e)
+{
+	uint64_t bytes = e->out ? mfd_stream_bytes(e->out) : 0;
+
+	if (e->send) {
+		struct mfd_multifd_stats *st = malloc(sizeof(*st));
+
+		if (st) {
+			mfd_multifd_send_stats(e->send, st);
+			for (unsigned i = 0; i < st->channels; i++)
+				bytes += st->ch[i].wire_bytes;
+			free(st);
+		}
+	}
+	return bytes;
+}
+
+/* Refresh the figures other threads read through mfd_migration_stats(). */
+void engine_publish(struct mfd_engine *e)
+{
+	uint64_t main_bytes = e->out ? mfd_stream_bytes(e->out) : e->in ? mfd_stream_bytes(e->in) : 0;
+	uint64_t remaining = e->incoming ? 0 : ramsec_remaining(e);
+
+	pthread_mutex_lock(&e->lock);
+	e->main_bytes_pub = main_bytes;
+	e->remaining_pub = remaining;
+	e->zero_pub = e->ram.zero_pages;
+	e->normal_pub = e->ram.normal_pages;
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* ---- configuration --------------------------------------------------------------- */
+
+static int level_param(mfd_migration *m, const char *codec)
+{
+	if (strcmp(codec, "zlib") == 0)
+		return (int)m->params.i[MFD_P_MULTIFD_ZLIB_LEVEL];
+	if (strcmp(codec, "zstd") == 0)
+		return (int)m->params.i[MFD_P_MULTIFD_ZSTD_LEVEL];
+	if (strcmp(codec, "lz4") == 0)
+		return (int)m->params.i[MFD_P_MULTIFD_LZ4_LEVEL];
+	return mfd_compress_find(codec)->level_default;
+}
+
+static int make_config(struct mfd_engine *e, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	const char *codec = m->params.s[MFD_P_MULTIFD_COMPRESSION];
+	int r = mfd_multifd_config_init(&e->mcfg, errp);
+
+	if (r < 0)
+		return r;
+	e->mcfg.channels = (unsigned)m->params.i[MFD_P_MULTIFD_CHANNELS];
+	e->mcfg.packet_bytes = (uint32_t)(m->params.i[MFD_P_MULTIFD_PACKET_SIZE] * 4096);
+	e->mcfg.zero_detect = (enum mfd_zero_detect)m->params.i[MFD_P_ZERO_PAGE_DETECTION];
+	if (strcmp(codec, "none") != 0) {
+		e->mcfg.codec = mfd_compress_find(codec);
+		if (!e->mcfg.codec)
+			return mfd_error_set(errp, MFD_ENOTSUP, "multifd-compression '%s' is unknown",
+					     codec);
+		e->mcfg.level = level_param(m, codec);
+	}
+	return 0;
+}
+
+static int make_creds(struct mfd_engine *e, enum mfd_tls_role role, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	const char *x509 = m->params.s[MFD_P_TLS_CREDS], *psk = m->params.s[MFD_P_TLS_PSK_FILE];
+	const char *authz = m->params.s[MFD_P_TLS_AUTHZ];
+	int r;
+
+	if (!*x509 && !*psk)
+		return 0;
+	if (*x509 && *psk)
+		return mfd_error_set(errp, MFD_EINVAL, "tls-creds and tls-psk-file are both set; "
+				     "choose x509 or PSK");
+	r = *x509 ? mfd_tls_creds_new_x509(x509, role, &e->creds, errp)
+		  : mfd_tls_creds_new_psk(psk, role, &e->creds, errp);
+	if (r < 0 || !*authz || role != MFD_TLS_SERVER || !*x509)
+		return r;
+	/* One DN per '|'-separated entry. */
+	char *list = strdup(authz), *save = NULL;
+
+	if (!list)
+		return mfd_error_set(errp, MFD_ENOMEM, "tls-authz: out of memory");
+	for (char *dn = strtok_r(list, "|", &save); dn && r == 0; dn = strtok_r(NULL, "|", &save))
+		r = mfd_tls_creds_set(e->creds, "authz", dn, errp);
+	free(list);
+	return r;
+}
+
+/* The host part of a tcp: URI, for TLS name checks. */
+static void uri_host(const char *uri, char *out, size_t len)
+{
+	const char *h = uri + 4, *end;
+
+	out[0] = '\0';
+	if (strncmp(uri, "tcp:", 4) != 0)
+		return;
+	if (*h == '[') {
+		h++;
+		end = strchr(h, ']');
+	} else {
+		end = strrchr(h, ':');
+	}
+	if (end && (size_t)(end - h) < len) {
+		memcpy(out, h, (size_t)(end - h));
+		out[end - h] = '\0';
+	}
+}
+
+/* Past setup, waits are legitimate (a paused sync, a quiet return path): dead
+ * peers are caught by the TCP peer timeout and closed ones by EOF instead. */
+static void relax_timeouts(struct mfd_engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	mfd_channel_set_option(e->main_ch, "timeout-ms", 0, NULL);
+	for (unsigned i = 0; i < 256; i++)
+		if (e->mf[i])
+			mfd_channel_set_option(e->mf[i], "timeout-ms", 0, NULL);
+	pthread_mutex_unlock(&e->lock);
+}
+
+static int tune_channel(struct mfd_engine *e, mfd_channel *ch)
+{
+	int64_t t = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
+
+	/* Stalled I/O becomes an error instead of a hang; not every transport
+	 * has a peer timeout. */
+	mfd_channel_set_option(ch, "timeout-ms", t, NULL);
+	mfd_channel_set_option(ch, "peer-timeout-ms", t, NULL);
+	return 0;
+}
+
+/*
+ * Connect one channel of the source, with TLS when configured.  slot -1 is the
+ * main channel, else a multifd channel; both ends are published before the
+ * handshake so a cancel can interrupt it.
+ */
+static int open_out(struct mfd_engine *e, int slot, mfd_error **errp)
+{
+	int64_t t = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
+	mfd_channel *raw = NULL, *ch = NULL;
+	int r;
+
+	if (engine_cancelled(e))
+		return mfd_error_set(errp, MFD_ECANCELED, "migration cancelled");
+	if ((r = mfd_channel_connect(e->uri, (int)t, &raw, errp)) < 0)
+		return r;
+	tune_channel(e, raw);
+	if (slot < 0)
+		PUBLISH(e, main_raw, raw);
+	else
+		PUBLISH(e, mf_raw[slot], raw);
+	if (!e->creds) {
+		ch = raw;
+	} else {
+		char host[256];
+		const char *name = e->m->params.s[MFD_P_TLS_HOSTNAME];
+
+		if (!*name) {
+			uri_host(e->uri, host, sizeof(host));
+			name = host;
+		}
+		if ((r = mfd_channel_tls_wrap(raw, e->creds, name, 0, &ch, errp)) < 0)
+			return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	if (slot < 0) {
+		e->main_ch = ch;
+		if (ch == raw)
+			e->main_raw = NULL;
+	} else {
+		e->mf[slot] = ch;
+		if (ch == raw)
+			e->mf_raw[slot] = NULL;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+}
+
+/* ---- main-channel hello -------------------------------------------------------------- */
+
+static void main_hello_encode(struct mfd_engine *e, uint8_t h[MAIN_HELLO_SIZE])
+{
+	const char *codec = e->mcfg.codec ? e->mcfg.codec->name : "none";
+
+	memset(h, 0, MAIN_HELLO_SIZE);
+	mfd_store_be32(h, MAIN_HELLO_MAGIC);
+	mfd_store_be32(h + 4, MAIN_HELLO_VERSION);
+	mfd_store_be32(h + 8, e->use_rp ? MAIN_HELLO_RETURN_PATH : 0);
+	mfd_store_be16(h + 12, (uint16_t)(e->use_multifd ? e->nchan : 0));
+	mfd_store_be32(h + 16, e->mcfg.packet_bytes);
+	memcpy(h + 32, e->mcfg.uuid, MFD_UUID_LEN);
+	memcpy(h + 48, e->mcfg.token, MFD_TOKEN_LEN);
+	h[80] = (uint8_t)strlen(codec);
+	memcpy(h + 81, codec, strlen(codec));
+}
+
+/* Destination: the main hello fixes the session; the multifd hellos are checked
+ * against it. */
+static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **errp)
+{
+	uint8_t h[MAIN_HELLO_SIZE];
+	struct iovec iov = { h, sizeof(h) };
+	const char *want = e->mcfg.codec ? e->mcfg.codec->name : "none";
+	char codec[32];
+	unsigned n;
+	int r = mfd_channel_readv_full(ch, &iov, 1, errp);
+
+	if (r < 0)
+		return r;
+	if (mfd_load_be32(h) == MFD_HELLO_MAGIC)
+		return mfd_error_set(errp, MFD_EPROTO,
+				     "a multifd channel arrived before the main channel");
+	if (mfd_load_be32(h) != MAIN_HELLO_MAGIC)
+		return mfd_error_set(errp, MFD_EBADMAGIC,
+				     "main channel: magic 0x%08x, expected 0x%08x (not a libmultifd "
+				     "source?)", mfd_load_be32(h), MAIN_HELLO_MAGIC);
+	if (mfd_load_be32(h + 4) != MAIN_HELLO_VERSION)
+		return mfd_error_set(errp, MFD_EBADVERSION, "main channel: hello version %u, this "
+				     "library speaks %u", mfd_load_be32(h + 4), MAIN_HELLO_VERSION);
+	if (mfd_load_be32(h + 8) & ~MAIN_HELLO_RETURN_PATH)
+		return mfd_error_set(errp, MFD_EPROTO, "main channel: unknown hello flags 0x%x",
+				     mfd_load_be32(h + 8));
+	n = mfd_load_be16(h + 12);
+	if (n != (e->use_multifd ? e->nchan : 0))
+		return mfd_error_set(errp, MFD_EPROTO,
+				     "the source uses %u multifd channels, this side expects %u (set "
+				     "multifd-channels alike)", n, e->use_multifd ? e->nchan : 0);
+	if (mfd_load_be32(h + 16) != e->mcfg.packet_bytes)
+		return mfd_error_set(errp, MFD_EPROTO,
+				     "the source's packets hold %u bytes, this side's %u (set "
+				     "multifd-packet-size alike)", mfd_load_be32(h + 16),
+				     e->mcfg.packet_bytes);
+	if (h[80] == 0 || h[80] > 31)
+		return mfd_error_set(errp, MFD_EPROTO, "main channel: codec name length %u", h[80]);
+	memcpy(codec, h + 81, h[80]);
+	codec[h[80]] = '\0';
+	if (strcmp(codec, want) != 0)
+		return mfd_error_set(errp, MFD_EPROTO,
+				     "the source compresses with '%s', this side expects '%s' (set "
+				     "multifd-compression alike)", codec, want);
+	e->use_rp = mfd_load_be32(h + 8) & MAIN_HELLO_RETURN_PATH;
+	memcpy(e->mcfg.uuid, h + 32, MFD_UUID_LEN);
+	memcpy(e->mcfg.token, h + 48, MFD_TOKEN_LEN);
+	return 0;
+}
+
+/* ---- return path ------------------------------------------------------------------- */
+
+static int rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
+		   mfd_error **errp)
+{
+	uint8_t hdr[4];
+	struct iovec iov[2] = { { hdr, 4 }, { (void *)payload, len } };
+	int r;
+
+	mfd_store_be16(hdr, type);
+	mfd_store_be16(hdr + 2, len);
+	pthread_mutex_lock(&e->out_lock);
+	r = mfd_channel_writev_full(e->main_ch, iov, len ? 2 : 1, errp);
+	pthread_mutex_unlock(&e->out_lock);
+	return r;
+}
+
+static void rp_send_result(struct mfd_engine *e, int code, const char *msg)
+{
+	uint8_t buf[4 + RP_MSG_MAX];
+	size_t len = msg ? strlen(msg) : 0;
+
+	if (!e->use_rp || !e->main_ch)
+		return;
+	if (len > RP_MSG_MAX)
+		len = RP_MSG_MAX;	/* the full message stays in the destination's error */
+	mfd_store_be32(buf, (uint32_t)code);
+	if (len)
+		memcpy(buf + 4, msg, len);
+	rp_send(e, RP_RESULT, buf, (uint16_t)(4 + len), NULL);
+}
+
+/* Source: read what the destination says until its RESULT. */
+static void *rp_thread(void *arg)
+{
+	struct mfd_engine *e = arg;
+	mfd_stream *s = NULL;
+	mfd_error *err = NULL;
+	int r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &s, &err);
+
+	if (r == 0)
+		mfd_stream_set_label(s, "return path");
+	while (r == 0) {
+		uint16_t type, len;
+		uint8_t buf[4 + RP_MSG_MAX + 1];
+
+		if ((r = mfd_stream_get_be16(s, &type)) < 0 || (r = mfd_stream_get_be16(s, &len)) < 0)
+			break;
+		if (len > sizeof(buf) - 1) {
+			r = mfd_error_set(&err, MFD_EPROTO, "return path: message of %u bytes", len);
+			break;
+		}
+		if ((r = mfd_stream_get_buf(s, buf, len)) < 0)
+			break;
+		if (type == RP_PONG) {
+			continue;
+		} else if (type == RP_RESULT && len >= 4) {
+			int code = (int32_t)mfd_load_be32(buf);
+
+			buf[len] = '\0';
+			pthread_mutex_lock(&e->lock);
+			e->rp_result_seen = true;
+			e->rp_result = code > 0 || code < MFD_ERRCODE_MIN ? MFD_EPROTO : code;
+			free(e->rp_message);
+			e->rp_message = strdup((char *)buf + 4);
+			pthread_cond_broadcast(&e->cond);
+			pthread_mutex_unlock(&e->lock);
+			if (code < 0) {
+				mfd_error_set(&err, e->rp_result, "the destination failed: %s",
+					      (char *)buf + 4);
+				r = e->rp_result;
+			}
+			break;
+		} else {
+			r = mfd_error_set(&err, MFD_EPROTO, "return path: unknown message type %u",
+					  type);
+			break;
+		}
+	}
+	if (r < 0) {
+		if (!err)
+			mfd_stream_error(s, &err);
+		pthread_mutex_lock(&e->lock);
+		bool done = e->rp_result_seen && e->rp_result == 0;
+
+		pthread_mutex_unlock(&e->lock);
+		if (!done && !engine_cancelled(e)) {
+			mfd_error_prefix(err, "return path");
+			record_error(e, err);
+			err = NULL;
+			/* The destination gave up: stop sending now. */
+			atomic_store(&e->cancel, true);
+			shutdown_all(e);
+		}
+	}
+	mfd_error_free(err);
+	mfd_stream_free(s);
+	pthread_mutex_lock(&e->lock);
+	e->rp_done = true;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
+	return NULL;
+}
+
+/*
+ * A source that failed while the destination was refusing the stream mostly
+ * fails on the broken connection first; the destination's own reason is the
+ * useful one, and it is usually already on its way: wait for it briefly.
+ */
+static mfd_error *destination_reason(struct mfd_engine *e)
+{
+	struct timespec dl;
+	mfd_error *err = NULL;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 1;
+	pthread_mutex_lock(&e->lock);
+	while (!e->rp_result_seen && !e->rp_done)
+		if (pthread_cond_timedwait(&e->cond, &e->lock, &dl) != 0)
+			break;
+	if (e->rp_result_seen && e->rp_result < 0)
+		mfd_error_set(&err, e->rp_result, "the destination failed: %s",
+			      e->rp_message ? e->rp_message : "");
+	pthread_mutex_unlock(&e->lock);
+	return err;
+}
+
+/* ---- source -------------------------------------------------------------------------- */
+
+static int policy_says_switch(struct mfd_engine *e)
+{
+	mfd_migration *m = e->m;
+	uint64_t must = 0, can = 0;
+	struct mfd_policy_info info = { 0 };
+	double bw;
+
+	mfd_savevm_pending_estimate(m, &must, &can);
+	bw = m->params.i[MFD_P_AVAIL_SWITCHOVER_BANDWIDTH] > 0
+		     ? (double)m->params.i[MFD_P_AVAIL_SWITCHOVER_BANDWIDTH]
+		     : e->bandwidth;
+	info.iteration = e->iterations;
+	info.pending_bytes = must;
+	info.bandwidth = (uint64_t)bw;
+	info.downtime_limit_ms = (uint64_t)m->params.i[MFD_P_DOWNTIME_LIMIT];
+	info.dirty_rate = e->dirty_rate_pages * 4096;
+	if (e->send) {
+		struct mfd_multifd_stats *st = malloc(sizeof(*st));
+
+		if (st) {
+			mfd_multifd_send_stats(e->send, st);
+			/* A sync is a round of every channel: the fixed part of a switchover. */
+			info.switchover_cost_ms = st->syncs ? st->sync_ns_max / 1000000 : 0;
+			free(st);
+		}
+	}
+	e->expected_downtime_ms = bw > 0 ? (uint64_t)((double)must * 1000 / bw) : 0;
+	if (m->hooks.switchover_policy)
+		return m->hooks.switchover_policy(m->hooks_opaque, &info) > 0;
+	if (bw <= 0)
+		return must == 0;
+	double budget = (double)info.downtime_limit_ms - (double)info.switchover_cost_ms;
+
+	return budget > 0 && (double)must <= bw * budget / 1000.0;
+}
+
+/* Auto-converge: when the guest dirties more than half of what the link moves,
+ * it will not converge: ask the VMM to slow it, more at every pass. */
+static void maybe_throttle(struct mfd_engine *e)
+{
+	mfd_migration *m = e->m;
+	double dirty_bytes_rate = (double)e->dirty_rate_pages * 4096;
+	int next;
+
+	if (!m->params.i[MFD_P_AUTO_CONVERGE] || !m->hooks.throttle || e->iterations < 2 ||
+	    e->bandwidth <= 0 || dirty_bytes_rate < 0.5 * e->bandwidth)
+		return;
+	next = e->throttle ? e->throttle + (int)m->params.i[MFD_P_CPU_THROTTLE_INCREMENT]
+			   : (int)m->params.i[MFD_P_CPU_THROTTLE_INITIAL];
+	if (next > m->params.i[MFD_P_MAX_CPU_THROTTLE])
+		next = (int)m->params.i[MFD_P_MAX_CPU_THROTTLE];
+	if (next != e->throttle) {
+		pthread_mutex_lock(&e->lock);
+		e->throttle = next;
+		pthread_mutex_unlock(&e->lock);
+		mfd_log_info("auto-converge: throttling the guest by %d%%", next);
+		m->hooks.throttle(m->hooks_opaque, next);
+	}
+}
+
+static int source_connect(struct mfd_engine *e, mfd_error **errp)
+{
+	uint8_t hello[MAIN_HELLO_SIZE];
+	struct iovec iov = { hello, sizeof(hello) };
+	struct mfd_multifd_send *send = NULL;
+	int r = open_out(e, -1, errp);
+
+	if (r < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "setup: main channel");
+		return r;
+	}
+	main_hello_encode(e, hello);
+	if ((r = mfd_channel_writev_full(e->main_ch, &iov, 1, errp)) < 0)
+		return r;
+	if (!e->use_multifd)
+		return 0;
+	for (unsigned i = 0; i < e->nchan; i++) {
+		r = open_out(e, (int)i, errp);
+		if (r < 0) {
+			mfd_error_prefix(errp ? *errp : NULL, "setup: multifd channel %u", i);
+			return r;
+		}
+	}
+	r = mfd_multifd_send_new(&e->mcfg, e->m->blocks, e->m->nblocks, e->mf, &send, errp);
+	if (r < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "setup");
+		return r;
+	}
+	PUBLISH(e, send, send);
+	return 0;
+}
+
+static int wait_result(struct mfd_engine *e, mfd_error **errp)
+{
+	int64_t timeout = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
+	struct timespec dl;
+	int r = 0;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += timeout / 1000;
+	dl.tv_nsec += (timeout % 1000) * 1000000;
+	if (dl.tv_nsec >= 1000000000) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&e->lock);
+	while (!e->rp_result_seen && !e->err && !engine_cancelled(e) && r == 0)
+		r = pthread_cond_timedwait(&e->cond, &e->lock, &dl);
+	bool seen = e->rp_result_seen;
+	int code = e->rp_result;
+
+	pthread_mutex_unlock(&e->lock);
+	if (seen && code == 0)
+		return 0;
+	if (r == ETIMEDOUT)
+		return mfd_error_set(errp, MFD_ETIMEDOUT,
+				     "switchover: no answer from the destination within %lld ms",
+				     (long long)timeout);
+	return mfd_error_set(errp, MFD_ECANCELED, "switchover: the destination did not confirm");
+}
+
+static int source_run(struct mfd_engine *e, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	int r;
+
+	if ((r = source_connect(e, errp)) < 0)
+		return r;
+	relax_timeouts(e);
+	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_WRITE, &e->out, errp)) < 0)
+		return r;
+	mfd_stream_set_label(e->out, "main channel");
+	if ((r = mfd_savevm_prepare(m, errp)) < 0)
+		return r;
+	mfd_savevm_header(m, e->out);
+	if (e->use_rp) {
+		mfd_savevm_send_open_return_path(e->out);
+		mfd_savevm_send_ping(e->out, 1);
+		if (pthread_create(&e->rp_thread, NULL, rp_thread, e) != 0)
+			return mfd_error_set(errp, MFD_ENOMEM, "setup: cannot start the return path");
+		e->rp_started = true;
+	}
+	if ((r = mfd_savevm_setup(m, e->out, errp)) < 0 ||
+	    (r = mfd_stream_flush(e->out) < 0 ? mfd_stream_error(e->out, errp) : 0) < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "setup");
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	e->t_setup_ns = engine_now_ns();
+	pthread_mutex_unlock(&e->lock);
+	set_state(e, MFD_STATE_ACTIVE);
+
+	for (;;) {
+		if (engine_cancelled(e))
+			return mfd_error_set(errp, MFD_ECANCELED, "migration cancelled");
+		e->ram.pass_done = false;
+		r = mfd_savevm_iterate(m, e->out, false, errp);
+		if (r >= 0 && mfd_stream_flush(e->out) < 0)
+			r = mfd_stream_error(e->out, errp);
+		if (r < 0) {
+			mfd_error_prefix(errp ? *errp : NULL, "iteration %llu",
+					 (unsigned long long)e->iterations + 1);
+			return r;
+		}
+		engine_publish(e);
+		/* Decide at pass boundaries, where the dirty figures are fresh; a VM
+		 * without RAM decides when its live sections are done. */
+		if ((e->ram_se && e->ram.pass_done) || (!e->ram_se && r == 1)) {
+			if (policy_says_switch(e))
+				break;
+			maybe_throttle(e);
+		}
+	}
+
+	set_state(e, MFD_STATE_DEVICE);
+	e->t_stop_ns = engine_now_ns();
+	if (m->hooks.vm_stop) {
+		if ((r = m->hooks.vm_stop(m->hooks_opaque, errp)) < 0) {
+			mfd_error_prefix(errp ? *errp : NULL, "switchover: vm_stop hook");
+			return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
+		}
+	}
+	e->vm_stopped = true;
+	r = mfd_savevm_complete_precopy(m, e->out, false, errp);
+	if (r == 0)
+		r = mfd_savevm_eof(e->out);
+	if (r == 0 && mfd_stream_flush(e->out) < 0)
+		r = mfd_stream_error(e->out, errp);
+	if (r == 0 && e->send)
+		r = mfd_multifd_send_finish(e->send, errp);
+	if (r < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "switchover");
+		return r;
+	}
+	engine_publish(e);
+	if (e->use_rp && (r = wait_result(e, errp)) < 0)
+		return r;
+	e->downtime_ns = engine_now_ns() - e->t_stop_ns;
+	/* A clean end for TLS peers; reading is done by then. */
+	mfd_channel_finish(e->main_ch, NULL);
+	for (unsigned i = 0; i < e->nchan && e->use_multifd; i++)
+		mfd_channel_finish(e->mf[i], NULL);
+	return 0;
+}
+
+/* ---- destination --------------------------------------------------------------------- */
+
+static int wrap_in(struct mfd_engine *e, mfd_channel *raw, mfd_channel **out, mfd_error **errp)
+{
+	tune_channel(e, raw);
+	if (!e->creds) {
+		*out = raw;
+		return 0;
+	}
+	return mfd_channel_tls_wrap(raw, e->creds, NULL, 0, out, errp);
+}
+
+/* Slot 0 is the main channel (first to arrive), 1..N the multifd channels by id. */
+static int identify(mfd_channel *raw, void *opaque, mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	mfd_channel *ch = NULL;
+	int r;
+
+	if (!e->main_ch) {
+		struct mfd_multifd_recv *recv = NULL;
+
+		if ((r = wrap_in(e, raw, &ch, errp)) < 0)
+			return r;
+		pthread_mutex_lock(&e->lock);
+		e->main_ch = ch;
+		if (ch != raw)
+			e->main_raw = raw;
+		pthread_mutex_unlock(&e->lock);
+		if ((r = main_hello_check(e, ch, errp)) < 0)
+			return r;
+		if (e->use_multifd && (r = mfd_multifd_recv_new(&e->mcfg, e->m->blocks,
+								 e->m->nblocks, &recv, errp)) < 0)
+			return r;
+		PUBLISH(e, recv, recv);
+		return 0;
+	}
+	if (!e->recv)
+		return mfd_error_set(errp, MFD_EPROTO, "an extra channel on a single-channel URI");
+	if ((r = wrap_in(e, raw, &ch, errp)) < 0)
+		return r;
+	r = mfd_multifd_recv_identify(ch, e->recv, errp);
+	if (r < 0) {
+		if (ch != raw)
+			mfd_channel_free(ch);
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	e->mf[r] = ch;
+	if (ch != raw)
+		e->mf_raw[r] = raw;
+	pthread_mutex_unlock(&e->lock);
+	return r + 1;
+}
+
+static int lh_open_rp(void *opaque, mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+
+	if (!e->use_rp)
+		return mfd_error_set(errp, MFD_EPROTO, "OPEN_RETURN_PATH, but the hello said none");
+	return 0;
+}
+
+static int lh_ping(void *opaque, uint32_t value, mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	uint8_t b[4];
+
+	if (!e->use_rp)
+		return mfd_error_set(errp, MFD_ENOTSUP, "PING without a return path");
+	mfd_store_be32(b, value);
+	return rp_send(e, RP_PONG, b, 4, errp);
+}
+
+static bool uri_is_stream(const char *uri)
+{
+	return strncmp(uri, "fd:", 3) == 0 || strncmp(uri, "file:", 5) == 0;
+}
+
+static int incoming_run(struct mfd_engine *e, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	unsigned count = e->use_multifd ? 1 + e->nchan : 1;
+	mfd_channel *slots[257] = { 0 };
+	const struct mfd_loadvm_hooks hooks = {
+		.opaque = e,
+		.open_return_path = lh_open_rp,
+		.ping = lh_ping,
+	};
+	int r = mfd_listener_gather(e->listener, count,
+				    (int)m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], identify, e, slots,
+				    errp);
+
+	if (r < 0) {
+		/* gather freed the raw channels; drop our TLS wrappers of them. */
+		pthread_mutex_lock(&e->lock);
+		if (e->main_raw)
+			mfd_channel_free(e->main_ch);
+		for (unsigned i = 0; i < 256; i++)
+			if (e->mf_raw[i])
+				mfd_channel_free(e->mf[i]);
+		e->main_ch = e->main_raw = NULL;
+		memset(e->mf, 0, sizeof(e->mf));
+		memset(e->mf_raw, 0, sizeof(e->mf_raw));
+		pthread_mutex_unlock(&e->lock);
+		mfd_error_prefix(errp ? *errp : NULL, "setup: gathering %u channels", count);
+		return r;
+	}
+	/* The raw channels are ours now; identify recorded each of them. */
+	relax_timeouts(e);
+	if (e->recv && (r = mfd_multifd_recv_start(e->recv, errp)) < 0)
+		return r;
+	set_state(e, MFD_STATE_ACTIVE);
+	pthread_mutex_lock(&e->lock);
+	e->t_setup_ns = engine_now_ns();
+	pthread_mutex_unlock(&e->lock);
+	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &e->in, errp)) < 0)
+		return r;
+	mfd_stream_set_label(e->in, "main channel");
+	r = mfd_loadvm_state(m, e->in, &hooks, errp);
+	if (r == 0 && e->recv)
+		r = mfd_multifd_recv_finish(e->recv, errp);
+	if (r < 0)
+		return r;
+	engine_publish(e);
+	rp_send_result(e, 0, "loaded");
+	if (m->hooks.vm_start && (r = m->hooks.vm_start(m->hooks_opaque, errp)) < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "vm_start hook");
+		return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
+	}
+	mfd_channel_finish(e->main_ch, NULL);
+	return 0;
+}
+
+/* ---- threads and teardown ------------------------------------------------------------ */
+
+static void release_channels(struct mfd_engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	mfd_stream_free(e->out);
+	mfd_stream_free(e->in);
+	e->out = e->in = NULL;
+	mfd_multifd_send_free(e->send);
+	mfd_multifd_recv_free(e->recv);
+	e->send = NULL;
+	e->recv = NULL;
+	/* TLS wrappers go before the channels they wrap. */
+	mfd_channel_free(e->main_ch);
+	mfd_channel_free(e->main_raw);
+	e->main_ch = e->main_raw = NULL;
+	for (unsigned i = 0; i < 256; i++) {
+		mfd_channel_free(e->mf[i]);
+		mfd_channel_free(e->mf_raw[i]);
+		e->mf[i] = e->mf_raw[i] = NULL;
+	}
+	mfd_listener_free(e->listener);
+	e->listener = NULL;
+	mfd_tls_creds_free(e->creds);
+	e->creds = NULL;
+	pthread_mutex_unlock(&e->lock);
+}
+
+static void finish(struct mfd_engine *e, int r, mfd_error *err)
+{
+	mfd_migration *m = e->m;
+	enum mfd_state end = MFD_STATE_COMPLETED;
+
+	if (r < 0) {
+		if (!err)
+			mfd_error_set(&err, r, "migration failed (%s)", mfd_strerror(r));
+		if (e->incoming)
+			rp_send_result(e, mfd_error_code(err), mfd_error_message(err));
+		if (!e->incoming && e->rp_started && !atomic_load(&e->user_cancel)) {
+			mfd_error *why = destination_reason(e);
+
+			if (why) {
+				/* It replaces whatever the broken connection caused here. */
+				pthread_mutex_lock(&e->lock);
+				mfd_error_free(e->err);
+				e->err = why;
+				pthread_mutex_unlock(&e->lock);
+			}
+		}
+		record_error(e, err);
+		pthread_mutex_lock(&e->lock);
+		bool cancelled = mfd_error_code(e->err) == MFD_ECANCELED;
+
+		pthread_mutex_unlock(&e->lock);
+		end = !e->incoming && atomic_load(&e->user_cancel) && cancelled ? MFD_STATE_CANCELLED
+										: MFD_STATE_FAILED;
+		shutdown_all(e);
+	} else {
+		mfd_error_free(err);
+	}
+	if (e->rp_started) {
+		if (r < 0)
+			mfd_channel_shutdown(e->main_ch);
+		pthread_join(e->rp_thread, NULL);
+		e->rp_started = false;
+	}
+	/* Leave the guest as we found it. */
+	if (!e->incoming) {
+		if (e->throttle && m->hooks.throttle)
+			m->hooks.throttle(m->hooks_opaque, 0);
+		e->throttle = 0;
+		if (r < 0 && e->vm_stopped && m->hooks.vm_start)
+			m->hooks.vm_start(m->hooks_opaque, NULL);
+		mfd_savevm_cleanup(m);
+	}
+	engine_publish(e);
+	release_channels(e);
+	m->busy = false;
+	ramsec_unregister(e);
+	ramsec_free(e);
+	pthread_mutex_lock(&e->lock);
+	e->t_end_ns = engine_now_ns();
+	pthread_mutex_unlock(&e->lock);
+	set_state(e, end);
+	pthread_mutex_lock(&e->lock);
+	e->ended = true;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
+}
+
+static void *migration_thread(void *arg)
+{
+	struct mfd_engine *e = arg;
+	mfd_error *err = NULL;
+	int r = e->incoming ? incoming_run(e, &err) : source_run(e, &err);
+
+	if (r < 0 && atomic_load(&e->user_cancel) && !e->incoming) {
+		/* Errors caused by our own shutdown are the cancel, not the cause. */
+		pthread_mutex_lock(&e->lock);
+		bool have = e->err != NULL;
+
+		pthread_mutex_unlock(&e->lock);
+		if (!have) {
+			mfd_error_free(err);
+			err = NULL;
+			mfd_error_set(&err, MFD_ECANCELED, "migration cancelled");
+			r = MFD_ECANCELED;
+		}
+	}
+	finish(e, r, err);
+	return NULL;
+}
+
+static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_error **errp)
+{
+	struct mfd_engine *e = m->engine;
+
+	if (strlen(uri) >= sizeof(e->uri))
+		return mfd_error_set(errp, MFD_EINVAL, "URI of %zu bytes is too long", strlen(uri));
+	if (e->thread_started) {
+		pthread_join(e->thread, NULL);
+		e->thread_started = false;
+	}
+	mfd_error_free(e->err);
+	free(e->rp_message);
+	pthread_mutex_destroy(&e->lock);
+	pthread_cond_destroy(&e->cond);
+	pthread_mutex_destroy(&e->out_lock);
+	memset(e, 0, sizeof(*e));
+	e->m = m;
+	e->incoming = incoming;
+	strcpy(e->uri, uri);
+	pthread_mutex_init(&e->lock, NULL);
+	pthread_cond_init(&e->cond, NULL);
+	pthread_mutex_init(&e->out_lock, NULL);
+	atomic_init(&e->cancel, false);
+	atomic_init(&e->user_cancel, false);
+	atomic_init(&e->state_pub, MFD_STATE_NONE);
+	return 0;
+}
+
+static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_error **errp)
+{
+	struct mfd_engine *e;
+	int r;
+
+	if (!m || !uri)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: NULL argument",
+				     incoming ? "mfd_migrate_incoming" : "mfd_migrate");
+	if (m->busy)
+		return mfd_error_set(errp, MFD_ESTATE, "a migration or save/load is running");
+	if (!m->engine) {
+		e = calloc(1, sizeof(*e));
+		if (!e)
+			return mfd_error_set(errp, MFD_ENOMEM, "out of memory for the engine");
+		pthread_mutex_init(&e->lock, NULL);
+		pthread_cond_init(&e->cond, NULL);
+		pthread_mutex_init(&e->out_lock, NULL);
+		__atomic_store_n(&m->engine, e, __ATOMIC_RELEASE);
+	}
+	if ((r = engine_reset(m, incoming, uri, errp)) < 0)
+		return r;
+	e = m->engine;
+	e->nchan = (unsigned)m->params.i[MFD_P_MULTIFD_CHANNELS];
+	e->use_multifd = !uri_is_stream(uri);
+	e->use_rp = m->params.i[MFD_P_RETURN_PATH] && !uri_is_stream(uri);
+	if ((r = make_config(e, errp)) < 0 ||
+	    (r = make_creds(e, incoming ? MFD_TLS_SERVER : MFD_TLS_CLIENT, errp)) < 0) {
+		mfd_tls_creds_free(e->creds);
+		e->creds = NULL;
+		return r;
+	}
+	if (incoming && (r = mfd_listener_new(uri, &e->listener, errp)) < 0) {
+		mfd_tls_creds_free(e->creds);
+		e->creds = NULL;
+		return r;
+	}
+	if (incoming)
+		snprintf(e->listen_uri, sizeof(e->listen_uri), "%s", mfd_listener_uri(e->listener));
+	if ((r = ramsec_register(e, errp)) < 0) {
+		release_channels(e);
+		return r;
+	}
+	m->busy = true;
+	e->t_start_ns = engine_now_ns();
+	set_state(e, MFD_STATE_SETUP);
+	if (pthread_create(&e->thread, NULL, migration_thread, e) != 0) {
+		m->busy = false;
+		ramsec_unregister(e);
+		release_channels(e);
+		return mfd_error_set(errp, MFD_ENOMEM, "cannot start the migration thread");
+	}
+	e->thread_started = true;
+	return 0;
+}
+
+int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp)
+{
+	return engine_start(m, false, uri, errp);
+}
+
+int mfd_migrate_incoming(mfd_migration *m, const char *uri, mfd_error **errp)
+{
+	return engine_start(m, true, uri, errp);
+}
+
+int mfd_migration_listen_uri(mfd_migration *m, char *buf, size_t len)
+{
+	struct mfd_engine *e = m ? m->engine : NULL;
+	int r = 0;
+
+	if (!e || !e->incoming || !buf)
+		return MFD_ESTATE;
+	pthread_mutex_lock(&e->lock);
+	if (!e->listen_uri[0])
+		r = MFD_ESTATE;
+	else if (strlen(e->listen_uri) >= len)
+		r = MFD_ETOOBIG;
+	else
+		strcpy(buf, e->listen_uri);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp)
+{
+	struct mfd_engine *e = m ? m->engine : NULL;
+	struct timespec dl;
+	int r = 0;
+
+	if (!e || !e->thread_started)
+		return mfd_error_set(errp, MFD_ESTATE, "no migration was started");
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += timeout_ms / 1000;
+	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (dl.tv_nsec >= 1000000000) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&e->lock);
+	while (!e->ended && r == 0)
+		r = timeout_ms > 0 ? pthread_cond_timedwait(&e->cond, &e->lock, &dl)
+				   : pthread_cond_wait(&e->cond, &e->lock);
+	bool ended = e->ended;
+	enum mfd_state st = e->state;
+	int code = e->err ? mfd_error_code(e->err) : 0;
+
+	if (ended && e->err && errp && !*errp)
+		*errp = mfd_error_copy(e->err);
+	pthread_mutex_unlock(&e->lock);
+	if (!ended)
+		return mfd_error_set(errp, MFD_ETIMEDOUT, "migration still %s after %d ms",
+				     mfd_state_name(st), timeout_ms);
+	pthread_join(e->thread, NULL);
+	e->thread_started = false;
+	if (st == MFD_STATE_COMPLETED)
+		return 0;
+	return code ? code : MFD_ECANCELED;
+}
+
+void mfd_migrate_cancel(mfd_migration *m)
+{
+	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
+
+	if (!e)
+		return;
+	pthread_mutex_lock(&e->lock);
+	bool running = e->state != MFD_STATE_NONE && !terminal(e->state) && !e->ended;
+
+	pthread_mutex_unlock(&e->lock);
+	if (!running)
+		return;
+	atomic_store(&e->user_cancel, true);
+	atomic_store(&e->cancel, true);
+	if (!e->incoming)
+		set_state(e, MFD_STATE_CANCELLING);
+	shutdown_all(e);
+}
+
+enum mfd_state mfd_migration_state(mfd_migration *m)
+{
+	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
+
+	return e ? (enum mfd_state)atomic_load(&e->state_pub) : MFD_STATE_NONE;
+}
+
+int mfd_migration_set_hooks(mfd_migration *m, const mfd_vmm_hooks *hooks, void *opaque,
+			    mfd_error **errp)
+{
+	if (!m || !hooks)
+		return mfd_error_set(errp, MFD_EINVAL, "mfd_migration_set_hooks: NULL argument");
+	if (hooks->abi_version != MFD_VMM_HOOKS_ABI)
+		return mfd_error_set(errp, MFD_EINVAL, "hooks abi_version %u, this library knows %u",
+				     hooks->abi_version, MFD_VMM_HOOKS_ABI);
+	if (m->busy)
+		return mfd_error_set(errp, MFD_ESTATE, "hooks cannot change while migrating");
+	m->hooks = *hooks;
+	m->hooks_opaque = opaque;
+	return 0;
+}
+
+void mfd_engine_free(mfd_migration *m)
+{
+	struct mfd_engine *e = m->engine;
+
+	if (!e)
+		return;
+	if (e->thread_started) {
+		mfd_migrate_cancel(m);
+		pthread_join(e->thread, NULL);
+	}
+	mfd_error_free(e->err);
+	free(e->rp_message);
+	pthread_mutex_destroy(&e->lock);
+	pthread_cond_destroy(&e->cond);
+	pthread_mutex_destroy(&e->out_lock);
+	free(e);
+	m->engine = NULL;
+}
+
+/* ---- statistics ------------------------------------------------------------------------ */
+
+int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
+{
+	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
+	struct mfd_stats st;
+	struct mfd_multifd_stats *ms = calloc(1, sizeof(*ms));
+	uint64_t now = engine_now_ns(), page_bytes = 0, wire = 0;
+
+	if (!out || out->size == 0) {
+		free(ms);
+		return MFD_EINVAL;
+	}
+	memset(&st, 0, sizeof(st));
+	st.size = out->size;
+	if (!e || !ms) {
+		free(ms);
+		memcpy(out, &st, MFD_MIN((size_t)out->size, sizeof(st)));
+		return e ? MFD_ENOMEM : 0;
+	}
+	pthread_mutex_lock(&e->lock);
+	st.status = e->state;
+	uint64_t end = e->t_end_ns ? e->t_end_ns : now;
+
+	st.total_time = e->t_start_ns ? (end - e->t_start_ns) / 1000000 : 0;
+	st.setup_time = e->t_setup_ns ? (e->t_setup_ns - e->t_start_ns) / 1000000 : 0;
+	st.downtime = e->downtime_ns / 1000000;
+	st.expected_downtime = e->expected_downtime_ms;
+	st.ram_transferred = e->main_bytes_pub;
+	st.ram_remaining = e->remaining_pub;
+	st.ram_total = ramsec_total(m);
+	st.ram_duplicate = e->zero_pub;
+	st.ram_normal = e->normal_pub;
+	st.ram_dirty_sync_count = e->dirty_syncs;
+	st.ram_dirty_pages_rate = e->dirty_rate_pages;
+	st.iterations = e->iterations;
+	st.throttle_percent = e->throttle;
+	st.channels = e->use_multifd ? e->nchan : 0;
+	if (e->send)
+		mfd_multifd_send_stats(e->send, ms);
+	else if (e->recv)
+		mfd_multifd_recv_stats(e->recv, ms);
+	pthread_mutex_unlock(&e->lock);
+	for (unsigned i = 0; i < ms->channels; i++) {
+		st.ram_multifd_bytes += ms->ch[i].wire_bytes;
+		st.ram_duplicate += ms->ch[i].zero_pages;
+		st.ram_normal += ms->ch[i].normal_pages;
+		st.channel_bytes[i] = ms->ch[i].wire_bytes;
+		st.channel_packets[i] = ms->ch[i].packets;
+		st.channel_busy_ms[i] = ms->ch[i].busy_ns / 1000000;
+		page_bytes += ms->ch[i].normal_pages * 4096;
+		wire += ms->ch[i].wire_bytes;
+	}
+	st.multifd_syncs = ms->syncs;
+	st.multifd_sync_ms_max = ms->sync_ns_max / 1000000;
+	st.ram_transferred += st.ram_multifd_bytes;
+	st.ram_normal_bytes = st.ram_normal * 4096;
+	st.compression_ratio = page_bytes ? (double)wire / (double)page_bytes : 1.0;
+	if (st.total_time > 0) {
+		st.ram_mbps = (double)st.ram_transferred * 8 / 1e6 / ((double)st.total_time / 1000);
+		st.ram_pages_per_second =
+			(st.ram_duplicate + st.ram_normal) * 1000 / st.total_time;
+	}
+	free(ms);
+	memcpy(out, &st, MFD_MIN((size_t)out->size, sizeof(st)));
+	return 0;
+}
+
+char *mfd_migration_stats_json(mfd_migration *m)
+{
+	struct mfd_stats st = { .size = sizeof(st) };
+	char *json = NULL, *chans = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	if (!m || mfd_migration_stats(m, &st) < 0)
+		return NULL;
+	f = open_memstream(&chans, &len);
+	if (!f)
+		return NULL;
+	for (unsigned i = 0; i < st.channels; i++)
+		fprintf(f, "%s{\"id\": %u, \"bytes\": %llu, \"packets\": %llu, \"busy-ms\": %llu}",
+			i ? ", " : "", i, (unsigned long long)st.channel_bytes[i],
+			(unsigned long long)st.channel_packets[i],
+			(unsigned long long)st.channel_busy_ms[i]);
+	fclose(f);
+	if (asprintf(&json,
+		     "{\"status\": \"%s\", \"total-time\": %llu, \"setup-time\": %llu, "
+		     "\"downtime\": %llu, \"expected-downtime\": %llu, "
+		     "\"cpu-throttle-percentage\": %d, "
+		     "\"ram\": {\"transferred\": %llu, \"remaining\": %llu, \"total\": %llu, "
+		     "\"duplicate\": %llu, \"normal\": %llu, \"normal-bytes\": %llu, "
+		     "\"dirty-sync-count\": %llu, \"dirty-pages-rate\": %llu, \"mbps\": %.3f, "
+		     "\"pages-per-second\": %llu, \"multifd-bytes\": %llu, "
+		     "\"postcopy-requests\": %llu, \"page-size\": 4096}, "
+		     "\"multifd\": {\"channels\": %u, \"iterations\": %llu, \"syncs\": %llu, "
+		     "\"sync-ms-max\": %llu, \"compression-ratio\": %.4f, \"per-channel\": [%s]}}",
+		     mfd_state_name(st.status), (unsigned long long)st.total_time,
+		     (unsigned long long)st.setup_time, (unsigned long long)st.downtime,
+		     (unsigned long long)st.expected_downtime, st.throttle_percent,
+		     (unsigned long long)st.ram_transferred, (unsigned long long)st.ram_remaining,
+		     (unsigned long long)st.ram_total, (unsigned long long)st.ram_duplicate,
+		     (unsigned long long)st.ram_normal, (unsigned long long)st.ram_normal_bytes,
+		     (unsigned long long)st.ram_dirty_sync_count,
+		     (unsigned long long)st.ram_dirty_pages_rate, st.ram_mbps,
+		     (unsigned long long)st.ram_pages_per_second,
+		     (unsigned long long)st.ram_multifd_bytes,
+		     (unsigned long long)st.ram_postcopy_requests, st.channels,
+		     (unsigned long long)st.iterations, (unsigned long long)st.multifd_syncs,
+		     (unsigned long long)st.multifd_sync_ms_max, st.compression_ratio,
+		     chans ? chans : "") < 0)
+		json = NULL;
+	free(chans);
+	return json;
+}

@@ -1,0 +1,479 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The migration engine end to end, in one process over loopback: a source
+ * and a destination mfd_migration, a synthetic guest whose threads keep
+ * writing while it migrates, the a-b checker and a full compare at
+ * switchover, cancel, failure reporting through the return path, and
+ * auto-converge.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "tests/lib/testlib.h"
+
+#define PS 4096u
+
+struct guest {
+	mfd_migration *m;
+	uint8_t *ram;
+	size_t size;
+	/* a-b workload: one thread walks the pages incrementing byte 0 */
+	pthread_t writer;
+	atomic_bool run, stop;
+	atomic_int paused;	/* the writer acknowledged the stop */
+	atomic_int throttle;
+	atomic_int throttle_calls;
+	uint8_t *snapshot;	/* the source's memory at switchover */
+	uint64_t cpu_regs[4];	/* a small device */
+	int vm_stops, vm_starts;
+	bool slow_writer;
+};
+
+static void *writer_thread(void *arg)
+{
+	struct guest *g = arg;
+	size_t pages = g->size / PS;
+
+	while (atomic_load(&g->run)) {
+		for (size_t p = 0; p < pages && atomic_load(&g->run); p++) {
+			while (atomic_load(&g->stop)) {
+				atomic_store(&g->paused, 1);
+				if (!atomic_load(&g->run))
+					return NULL;
+				usleep(200);
+			}
+			atomic_store(&g->paused, 0);
+			g->ram[p * PS]++;
+			mfd_ram_mark_dirty(g->m, g->ram + p * PS, 1);
+			if (g->slow_writer || (p % 64) == 0) {
+				int t = atomic_load(&g->throttle);
+
+				/* Throttled: sleep in proportion, as a slowed vCPU would. */
+				if (t)
+					usleep((useconds_t)(t * 2));
+				else if (!g->slow_writer)
+					usleep(200);	/* ~1 GiB/s of page writes at most */
+			}
+		}
+	}
+	return NULL;
+}
+
+static int vm_stop(void *opaque, mfd_error **errp)
+{
+	struct guest *g = opaque;
+
+	(void)errp;
+	atomic_store(&g->stop, true);
+	while (atomic_load(&g->run) && !atomic_load(&g->paused))
+		usleep(100);
+	g->vm_stops++;
+	if (g->snapshot)
+		memcpy(g->snapshot, g->ram, g->size);
+	return 0;
+}
+
+static int vm_start(void *opaque, mfd_error **errp)
+{
+	struct guest *g = opaque;
+
+	(void)errp;
+	g->vm_starts++;
+	atomic_store(&g->stop, false);
+	return 0;
+}
+
+static void throttle(void *opaque, int percent)
+{
+	struct guest *g = opaque;
+
+	atomic_store(&g->throttle, percent);
+	if (percent)
+		atomic_fetch_add(&g->throttle_calls, 1);
+}
+
+static int cpu_save(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	struct guest *g = opaque;
+
+	(void)errp;
+	for (int i = 0; i < 4; i++)
+		mfd_stream_put_be64(s, g->cpu_regs[i]);
+	return mfd_stream_error(s, NULL);
+}
+
+static int cpu_load(mfd_stream *s, void *opaque, uint32_t v, mfd_error **errp)
+{
+	struct guest *g = opaque;
+	int r = 0;
+
+	(void)v;
+	(void)errp;
+	for (int i = 0; i < 4 && r == 0; i++)
+		r = mfd_stream_get_be64(s, &g->cpu_regs[i]);
+	return r;
+}
+
+static const mfd_save_handlers cpu_ops = {
+	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.save_state = cpu_save,
+	.load_state = cpu_load,
+};
+
+static const mfd_vmm_hooks hooks = {
+	.abi_version = MFD_VMM_HOOKS_ABI,
+	.vm_stop = vm_stop,
+	.vm_start = vm_start,
+	.throttle = throttle,
+};
+
+static void guest_init(struct guest *g, size_t mib, bool source, unsigned channels,
+		       const char *codec)
+{
+	mfd_error *err = NULL;
+	char v[16];
+
+	memset(g, 0, sizeof(*g));
+	g->size = mib << 20;
+	g->ram = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(g->ram, MAP_FAILED);
+	ck_assert_ok(mfd_migration_new(&g->m, &err), err);
+	ck_assert_ok(mfd_ram_block_add(g->m, "pc.ram", g->ram, g->size, PS, &err), err);
+	ck_assert_ok(mfd_register_live(g->m, "cpu", 0, 1, &cpu_ops, g, &err), err);
+	ck_assert_ok(mfd_migration_set_hooks(g->m, &hooks, g, &err), err);
+	snprintf(v, sizeof(v), "%u", channels);
+	ck_assert_ok(mfd_set_param(g->m, "multifd-channels", v, &err), err);
+	ck_assert_ok(mfd_set_param(g->m, "multifd-compression", codec, &err), err);
+	ck_assert_ok(mfd_set_param(g->m, "channel-timeout-ms", "20000", &err), err);
+	if (source) {
+		/* Half zero pages, the rest patterned; byte 0 of each page is the counter. */
+		for (size_t p = 0; p < g->size / PS; p++) {
+			if (p % 2)
+				memset(g->ram + p * PS, (int)(p * 7 + 1), PS);
+			g->ram[p * PS] = 0;	/* the a-b counters start equal */
+		}
+		for (int i = 0; i < 4; i++)
+			g->cpu_regs[i] = 0x1111111111111111ull * (uint64_t)(i + 1);
+		g->snapshot = malloc(g->size);
+		ck_assert_ptr_nonnull(g->snapshot);
+	}
+}
+
+static void guest_start_writer(struct guest *g)
+{
+	atomic_store(&g->run, true);
+	ck_assert_int_eq(pthread_create(&g->writer, NULL, writer_thread, g), 0);
+}
+
+static void guest_free(struct guest *g)
+{
+	if (atomic_load(&g->run)) {
+		atomic_store(&g->run, false);
+		pthread_join(g->writer, NULL);
+	}
+	mfd_migration_free(g->m);
+	munmap(g->ram, g->size);
+	free(g->snapshot);
+}
+
+/* The a-b checker: byte 0 of every page equals its predecessor or is one less,
+ * with at most one step down (where the writer was when the VM stopped). */
+static void check_ab(const uint8_t *ram, size_t size)
+{
+	int edges = 0;
+
+	for (size_t p = 1; p < size / PS; p++) {
+		uint8_t prev = ram[(p - 1) * PS], cur = ram[p * PS];
+
+		if (cur == prev)
+			continue;
+		ck_assert_msg((uint8_t)(cur + 1) == prev, "page %zu: %u after %u", p, cur, prev);
+		edges++;
+	}
+	ck_assert_int_le(edges, 1);
+}
+
+static void start_pair(struct guest *src, struct guest *dst, const char *listen)
+{
+	mfd_error *err = NULL;
+	char uri[256];
+
+	ck_assert_ok(mfd_migrate_incoming(dst->m, listen, &err), err);
+	ck_assert_int_eq(mfd_migration_listen_uri(dst->m, uri, sizeof(uri)), 0);
+	ck_assert_ok(mfd_migrate(src->m, uri, &err), err);
+}
+
+static void migrate_live(unsigned channels, const char *codec, const char *listen)
+{
+	struct guest src, dst;
+	mfd_error *err = NULL;
+	struct mfd_stats st = { .size = sizeof(st) };
+	char *json;
+
+	guest_init(&src, 32, true, channels, codec);
+	guest_init(&dst, 32, false, channels, codec);
+	/* Sanitizer builds run the codecs many times slower: give them room. */
+	ck_assert_ok(mfd_set_param(src.m, "downtime-limit", "1000", &err), err);
+	guest_start_writer(&src);
+	start_pair(&src, &dst, listen);
+	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_COMPLETED);
+	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_COMPLETED);
+	ck_assert_int_eq(src.vm_stops, 1);
+	ck_assert_int_eq(src.vm_starts, 0);
+	ck_assert_int_eq(dst.vm_starts, 1);
+	/* Byte for byte what the source held when it stopped. */
+	ck_assert_msg(memcmp(src.snapshot, dst.ram, src.size) == 0, "%u x %s: RAM differs",
+		      channels, codec);
+	check_ab(dst.ram, dst.size);
+	ck_assert_mem_eq(src.cpu_regs, dst.cpu_regs, sizeof(src.cpu_regs));
+	ck_assert_int_eq(mfd_migration_stats(src.m, &st), 0);
+	ck_assert_int_eq(st.status, MFD_STATE_COMPLETED);
+	ck_assert_uint_ge(st.ram_transferred, 1);
+	ck_assert_uint_eq(st.ram_total, 32u << 20);
+	ck_assert_uint_ge(st.iterations, 1);
+	json = mfd_migration_stats_json(src.m);
+	ck_assert_ptr_nonnull(json);
+	ck_assert_ptr_nonnull(strstr(json, "\"status\": \"completed\""));
+	ck_assert_ptr_nonnull(strstr(json, "\"dirty-sync-count\""));
+	free(json);
+	guest_free(&src);
+	guest_free(&dst);
+}
+
+static const unsigned live_channels[] = { 1, 2, 4 };
+static const char *const live_codecs[] = { "none", "zstd" };
+
+START_TEST(live_precopy_matrix)
+{
+	const char *codec = live_codecs[_i / 3];
+
+	if (strcmp(codec, "none") && !mfd_compress_find(codec)) {
+		printf("engine: %s not built in, skipped\n", codec);
+		return;
+	}
+	migrate_live(live_channels[_i % 3], codec, "tcp:127.0.0.1:0");
+}
+END_TEST
+
+START_TEST(live_precopy_over_unix)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "unix:/tmp/mfd-engine-%d.sock", (int)getpid());
+	migrate_live(2, "none", path);
+}
+END_TEST
+
+START_TEST(migrate_to_file_and_back)
+{
+	struct guest src, dst;
+	mfd_error *err = NULL;
+	char path[64], uri[80];
+
+	snprintf(path, sizeof(path), "/tmp/mfd-engine-%d.img", (int)getpid());
+	snprintf(uri, sizeof(uri), "file:%s", path);
+	guest_init(&src, 8, true, 2, "none");
+	guest_init(&dst, 8, false, 2, "none");
+	ck_assert_ok(mfd_migrate(src.m, uri, &err), err);
+	ck_assert_ok(mfd_migration_wait(src.m, 30000, &err), err);
+	ck_assert_ok(mfd_migrate_incoming(dst.m, uri, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 30000, &err), err);
+	ck_assert_int_eq(memcmp(src.ram, dst.ram, src.size), 0);
+	ck_assert_mem_eq(src.cpu_regs, dst.cpu_regs, sizeof(src.cpu_regs));
+	unlink(path);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
+START_TEST(cancel_then_retry)
+{
+	struct guest src, dst, dst2;
+	mfd_error *err = NULL;
+
+	guest_init(&src, 32, true, 2, "none");
+	guest_init(&dst, 32, false, 2, "none");
+	/* Slow enough that the cancel lands while iterating. */
+	ck_assert_ok(mfd_set_param(src.m, "max-bandwidth", "4000000", &err), err);
+	guest_start_writer(&src);
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	while (mfd_migration_state(src.m) != MFD_STATE_ACTIVE &&
+	       mfd_migration_state(src.m) != MFD_STATE_FAILED)
+		usleep(1000);
+	usleep(100 * 1000);
+	mfd_migrate_cancel(src.m);
+	ck_assert_int_eq(mfd_migration_wait(src.m, 30000, &err), MFD_ECANCELED);
+	ck_assert_mfd_error(err, MFD_ECANCELED, "cancelled");
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_CANCELLED);
+	ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, &err), 0);
+	mfd_error_free(err);
+	err = NULL;
+	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_FAILED);
+	/* The source VM never stopped. */
+	ck_assert_int_eq(src.vm_stops, 0);
+	ck_assert(!atomic_load(&src.stop));
+
+	/* A new destination, the same source: it completes. */
+	ck_assert_ok(mfd_set_param(src.m, "max-bandwidth", "0", &err), err);
+	guest_init(&dst2, 32, false, 2, "none");
+	start_pair(&src, &dst2, "tcp:127.0.0.1:0");
+	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst2.m, 60000, &err), err);
+	ck_assert_int_eq(memcmp(src.snapshot, dst2.ram, src.size), 0);
+	check_ab(dst2.ram, dst2.size);
+	guest_free(&src);
+	guest_free(&dst);
+	guest_free(&dst2);
+}
+END_TEST
+
+static int extra_save(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	(void)opaque;
+	(void)errp;
+	return mfd_stream_put_be32(s, 7);
+}
+
+static const mfd_save_handlers extra_ops = {
+	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.save_state = extra_save,
+};
+
+START_TEST(destination_refusal_reaches_the_source)
+{
+	struct guest src, dst;
+	mfd_error *err = NULL;
+
+	guest_init(&src, 8, true, 2, "none");
+	guest_init(&dst, 8, false, 2, "none");
+	/* The source has a device the destination does not know. */
+	ck_assert_ok(mfd_register_live(src.m, "virtio-gpu", 0, 1, &extra_ops, NULL, &err), err);
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	ck_assert_int_eq(mfd_migration_wait(dst.m, 30000, &err), MFD_EBADSECTION);
+	ck_assert_mfd_error(err, MFD_EBADSECTION, "unknown section 'virtio-gpu'");
+	ck_assert_int_eq(mfd_migration_wait(src.m, 30000, &err), MFD_EBADSECTION);
+	ck_assert_mfd_error(err, MFD_EBADSECTION, "the destination failed");
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+	/* It had stopped the VM for the device state: it must run again. */
+	ck_assert_int_eq(src.vm_starts, src.vm_stops);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
+START_TEST(mismatched_channels_fail_clearly)
+{
+	struct guest src, dst;
+	mfd_error *err = NULL;
+
+	guest_init(&src, 4, true, 2, "none");
+	guest_init(&dst, 4, false, 3, "none");
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, &err), 0);
+	ck_assert_mfd_error(err, MFD_EPROTO, "the source uses 2 multifd channels, this side expects 3");
+	ck_assert_int_ne(mfd_migration_wait(src.m, 30000, &err), 0);
+	mfd_error_free(err);
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
+START_TEST(auto_converge_throttles_a_fast_writer)
+{
+	struct guest src, dst;
+	mfd_error *err = NULL;
+
+	guest_init(&src, 16, true, 1, "none");
+	guest_init(&dst, 16, false, 1, "none");
+	/* A link slower than the writer: it cannot converge without help. */
+	ck_assert_ok(mfd_set_param(src.m, "max-bandwidth", "20000000", &err), err);
+	ck_assert_ok(mfd_set_param(src.m, "downtime-limit", "50", &err), err);
+	ck_assert_ok(mfd_set_param(src.m, "auto-converge", "on", &err), err);
+	ck_assert_ok(mfd_set_param(src.m, "cpu-throttle-initial", "50", &err), err);
+	ck_assert_ok(mfd_set_param(src.m, "cpu-throttle-increment", "25", &err), err);
+	src.slow_writer = true;
+	guest_start_writer(&src);
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	ck_assert_ok(mfd_migration_wait(src.m, 90000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 30000, &err), err);
+	ck_assert_int_ge(atomic_load(&src.throttle_calls), 1);
+	ck_assert_int_eq(atomic_load(&src.throttle), 0);	/* released at the end */
+	ck_assert_int_eq(memcmp(src.snapshot, dst.ram, src.size), 0);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
+START_TEST(parameters)
+{
+	mfd_migration *m = NULL;
+	mfd_error *err = NULL;
+	char buf[64];
+	int64_t v, lo, hi;
+
+	ck_assert_ok(mfd_migration_new(&m, &err), err);
+	ck_assert_ok(mfd_get_param(m, "multifd-channels", buf, sizeof(buf), &err), err);
+	ck_assert_str_eq(buf, "2");
+	ck_assert_ok(mfd_get_param(m, "downtime-limit", buf, sizeof(buf), &err), err);
+	ck_assert_str_eq(buf, "300");
+	ck_assert_ok(mfd_get_param(m, "zero-page-detection", buf, sizeof(buf), &err), err);
+	ck_assert_str_eq(buf, "multifd");
+	ck_assert_ok(mfd_set_param(m, "multifd-channels", "16", &err), err);
+	ck_assert_ok(mfd_get_param_int(m, "multifd-channels", &v, &err), err);
+	ck_assert_int_eq(v, 16);
+	ck_assert_int_eq(mfd_set_param(m, "multifd-channels", "256", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "multifd-channels 256 is outside 1..255");
+	ck_assert_int_eq(mfd_set_param(m, "multifd-channels", "many", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "'many' is not an integer");
+	ck_assert_int_eq(mfd_set_param(m, "no-such-thing", "1", &err), MFD_ENOENT);
+	ck_assert_mfd_error(err, MFD_ENOENT, "unknown parameter 'no-such-thing'");
+	ck_assert_int_eq(mfd_set_param(m, "multifd-compression", "lzo", &err), MFD_ENOTSUP);
+	ck_assert_mfd_error(err, MFD_ENOTSUP, "'lzo' is not a registered codec");
+	ck_assert_int_eq(mfd_set_param(m, "zero-page-detection", "fast", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "not one of none, legacy, multifd");
+	ck_assert_ok(mfd_set_param(m, "auto-converge", "yes", &err), err);
+	ck_assert_ok(mfd_get_param(m, "auto-converge", buf, sizeof(buf), &err), err);
+	ck_assert_str_eq(buf, "on");
+	ck_assert_int_eq(mfd_set_param(m, "auto-converge", "maybe", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "is not a boolean");
+	ck_assert_int_eq(mfd_set_param(m, "postcopy-ram", "on", &err), MFD_ENOTSUP);
+	ck_assert_mfd_error(err, MFD_ENOTSUP, "postcopy-ram is not supported");
+	ck_assert_int_eq(mfd_get_param(m, "multifd-compression", buf, 3, &err), MFD_ETOOBIG);
+	ck_assert_mfd_error(err, MFD_ETOOBIG, "needs 5 bytes");
+	ck_assert_int_eq(mfd_param_bounds("downtime-limit", &lo, &hi), 0);
+	ck_assert_int_eq(lo, 1);
+	ck_assert_int_eq(hi, 2000000);
+	ck_assert_int_eq(mfd_param_bounds("tls-creds", &lo, &hi), MFD_EINVAL);
+	ck_assert_int_eq(mfd_param_bounds("nope", &lo, &hi), MFD_ENOENT);
+	ck_assert_str_eq(mfd_state_name(MFD_STATE_CANCELLING), "cancelling");
+	ck_assert_int_eq(mfd_migration_wait(m, 10, &err), MFD_ESTATE);
+	mfd_error_free(err);
+	mfd_migration_free(m);
+}
+END_TEST
+
+Suite *suite_engine(void)
+{
+	Suite *s = suite_create("engine");
+	TCase *tc = tcase_create("precopy");
+
+	tcase_add_test(tc, parameters);
+	tcase_add_loop_test(tc, live_precopy_matrix, 0, 6);
+	tcase_add_test(tc, live_precopy_over_unix);
+	tcase_add_test(tc, migrate_to_file_and_back);
+	tcase_add_test(tc, cancel_then_retry);
+	tcase_add_test(tc, destination_refusal_reaches_the_source);
+	tcase_add_test(tc, mismatched_channels_fail_clearly);
+	tcase_add_test(tc, auto_converge_throttles_a_fast_writer);
+	tcase_set_timeout(tc, 180);
+	suite_add_tcase(s, tc);
+	return s;
+}
