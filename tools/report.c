@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What the user sees while and after a migration runs: a live progress line
+ * on a terminal, plain periodic lines in a log, JSON objects for scripts, and
+ * the final table.  Progress goes to stderr, results to stdout, so
+ * `multifd demo --json > stats.jsonl` keeps both readable.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+#define MIB (1024.0 * 1024.0)
+
+void progress_init(struct progress *p, const char *side, bool quiet, bool json)
+{
+	memset(p, 0, sizeof(*p));
+	p->side = side;
+	p->quiet = quiet;
+	p->json = json;
+	p->tty = isatty(STDERR_FILENO);
+	p->next_plain = p->next_json = now_s() + 1.0;
+}
+
+/* ram.mbps is query-migrate's megabits (10^6 bits) per second. */
+static double mbps_to_mib(double mbps)
+{
+	return mbps * 1e6 / 8.0 / MIB;
+}
+
+/* The destination has no dirty rate or remaining bytes: it shows what came in. */
+static void dest_line(char *line, size_t len, const struct progress *p,
+		      const struct mfd_stats *st)
+{
+	if (st->status == MFD_STATE_SETUP && st->ram_transferred == 0)
+		snprintf(line, len, "%s: %-10s waiting for the source  %5.1f s", p->side,
+			 mfd_state_name(st->status), (double)st->total_time / 1e3);
+	else
+		snprintf(line, len, "%s: %-10s received %8.1f MiB  %7.1f MiB/s  %5.1f s", p->side,
+			 mfd_state_name(st->status), (double)st->ram_transferred / MIB,
+			 mbps_to_mib(st->ram_mbps), (double)st->total_time / 1e3);
+}
+
+static void source_line(char *line, size_t len, const struct progress *p,
+			const struct mfd_stats *st)
+{
+	int n = snprintf(line, len,
+			 "%s: %-10s iteration %-3" PRIu64 " remaining %8.1f MiB  %7.1f MiB/s  "
+			 "dirty %6.1f MiB/s  %5.1f s",
+			 p->side, mfd_state_name(st->status), st->iterations,
+			 (double)st->ram_remaining / MIB, mbps_to_mib(st->ram_mbps),
+			 (double)st->ram_dirty_pages_rate * GUEST_PAGE / MIB,
+			 (double)st->total_time / 1e3);
+
+	if (st->throttle_percent > 0 && n > 0 && (size_t)n < len)
+		snprintf(line + n, len - (size_t)n, "  throttle %d%%", st->throttle_percent);
+}
+
+static void progress_line(struct progress *p, const struct mfd_stats *st)
+{
+	char line[256];
+
+	if (!strcmp(p->side, "source"))
+		source_line(line, sizeof(line), p, st);
+	else
+		dest_line(line, sizeof(line), p, st);
+	if (p->tty) {
+		/* \r and erase-to-end: one line that updates in place. */
+		fprintf(stderr, "\r%s\033[K", line);
+		p->line_open = true;
+	} else {
+		fprintf(stderr, "%s\n", line);
+	}
+}
+
+static void print_json(mfd_migration *m)
+{
+	char *json = mfd_migration_stats_json(m);
+
+	if (json) {
+		printf("%s\n", json);
+		fflush(stdout);
+	}
+	free(json);
+}
+
+static void progress_tick(mfd_migration *m, struct progress *p)
+{
+	struct mfd_stats st = { .size = sizeof(st) };
+	double t = now_s();
+
+	if (p->json) {
+		if (t >= p->next_json) {
+			p->next_json = t + 1.0;
+			print_json(m);
+		}
+		return;
+	}
+	if (p->quiet || (!p->tty && t < p->next_plain))
+		return;
+	p->next_plain = t + 1.0;
+	if (mfd_migration_stats(m, &st) == 0)
+		progress_line(p, &st);
+}
+
+static void progress_close(struct progress *p)
+{
+	if (p->line_open)
+		fputc('\n', stderr);
+	p->line_open = false;
+}
+
+static bool state_is_final(enum mfd_state st)
+{
+	return st == MFD_STATE_COMPLETED || st == MFD_STATE_FAILED || st == MFD_STATE_CANCELLED;
+}
+
+/*
+ * mfd_migration_wait() returns MFD_ETIMEDOUT both while the migration still
+ * runs and when it ended with a timeout error.  A final state tells them
+ * apart: then a second, unbounded wait joins the thread, unless the first
+ * one already did (MFD_ESTATE), in which case its error is the real one.
+ */
+static int wait_step(mfd_migration *m, mfd_error **errp, bool *ended)
+{
+	mfd_error *err = NULL, *err2 = NULL;
+	int r = mfd_migration_wait(m, 200, &err), r2;
+
+	*ended = r != MFD_ETIMEDOUT;
+	if (r == MFD_ETIMEDOUT && state_is_final(mfd_migration_state(m))) {
+		*ended = true;
+		r2 = mfd_migration_wait(m, 0, &err2);
+		if (r2 != MFD_ESTATE) {
+			mfd_error_free(err);
+			err = err2;
+			err2 = NULL;
+			r = r2;
+		}
+		mfd_error_free(err2);
+	}
+	if (*ended && errp && !*errp)
+		*errp = err;
+	else
+		mfd_error_free(err);
+	return r;
+}
+
+int wait_with_progress(mfd_migration *m, struct progress *p, mfd_error **errp)
+{
+	bool cancelled = false, ended = false;
+	int r = 0;
+
+	while (!ended) {
+		if (interrupted && !cancelled) {
+			progress_close(p);
+			if (!p->quiet)
+				fprintf(stderr, "multifd: interrupted, cancelling the migration\n");
+			mfd_migrate_cancel(m);
+			cancelled = true;
+		}
+		r = wait_step(m, errp, &ended);
+		if (!ended)
+			progress_tick(m, p);
+	}
+	progress_close(p);
+	/* Scripts see how it ended either way; a success gets its object from
+	 * print_summary(). */
+	if (r < 0 && p->json)
+		print_json(m);
+	return r;
+}
+
+static void print_row(FILE *f, const char *name, const char *fmt, ...) MFD_PRINTF(3, 4);
+
+static void print_row(FILE *f, const char *name, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(f, "  %-16s ", name);
+	va_start(ap, fmt);
+	vfprintf(f, fmt, ap);
+	va_end(ap);
+	fputc('\n', f);
+}
+
+static void print_channels(FILE *f, const struct mfd_stats *st)
+{
+	unsigned n = st->channels < 256 ? st->channels : 256;
+
+	for (unsigned i = 0; i < n; i++) {
+		char name[32];
+
+		snprintf(name, sizeof(name), "channel %u", i);
+		print_row(f, name, "%.1f MiB in %" PRIu64 " packets, busy %.3f s",
+			  (double)st->channel_bytes[i] / MIB, st->channel_packets[i],
+			  (double)st->channel_busy_ms[i] / 1e3);
+	}
+}
+
+static void print_ram(FILE *f, const struct progress *p, const struct mfd_stats *st)
+{
+	double secs = st->total_time ? (double)st->total_time / 1e3 : 1e-3;
+
+	print_row(f, "transferred", "%.1f MiB", (double)st->ram_transferred / MIB);
+	/* The destination's clock starts before the source connects. */
+	if (!strcmp(p->side, "source"))
+		print_row(f, "guest RAM", "%.1f MiB, %.2f GiB/s over the total time",
+			  (double)st->ram_total / MIB, (double)st->ram_total / MIB / 1024 / secs);
+	else
+		print_row(f, "guest RAM", "%.1f MiB", (double)st->ram_total / MIB);
+	print_row(f, "zero pages", "%" PRIu64, st->ram_duplicate);
+	print_row(f, "normal pages", "%" PRIu64 " (%.1f MiB)", st->ram_normal,
+		  (double)st->ram_normal_bytes / MIB);
+	print_row(f, "pages/s", "%" PRIu64, st->ram_pages_per_second);
+	print_row(f, "iterations", "%" PRIu64 " (%" PRIu64 " dirty syncs)", st->iterations,
+		  st->ram_dirty_sync_count);
+	print_row(f, "throughput", "%.1f MiB/s (%.0f Mbit/s)", mbps_to_mib(st->ram_mbps),
+		  st->ram_mbps);
+}
+
+static void print_multifd(FILE *f, const struct mfd_stats *st)
+{
+	if (st->compression_ratio > 0 && st->compression_ratio != 1.0)
+		print_row(f, "compression", "%.3f (wire bytes / page bytes)", st->compression_ratio);
+	if (st->multifd_syncs)
+		print_row(f, "multifd syncs", "%" PRIu64 ", slowest %" PRIu64 " ms",
+			  st->multifd_syncs, st->multifd_sync_ms_max);
+	print_channels(f, st);
+}
+
+void print_summary(mfd_migration *m, const struct progress *p, FILE *f)
+{
+	struct mfd_stats st = { .size = sizeof(st) };
+
+	if (p->json) {
+		print_json(m);
+		return;
+	}
+	if (mfd_migration_stats(m, &st) < 0)
+		return;
+	fprintf(f, "%s summary\n", p->side);
+	print_row(f, "status", "%s", mfd_state_name(st.status));
+	print_row(f, "total time", "%.3f s", (double)st.total_time / 1e3);
+	print_row(f, "setup time", "%" PRIu64 " ms", st.setup_time);
+	print_row(f, "downtime", "%" PRIu64 " ms", st.downtime);
+	print_ram(f, p, &st);
+	print_multifd(f, &st);
+	fflush(f);
+}
