@@ -381,12 +381,19 @@ static int rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uin
 {
 	uint8_t hdr[4];
 	struct iovec iov[2] = { { hdr, 4 }, { (void *)payload, len } };
+	mfd_channel *ch;
 	int r;
 
 	mfd_store_be16(hdr, type);
 	mfd_store_be16(hdr + 2, len);
+	/* out_lock orders writers and keeps the channel alive: the incoming
+	 * thread releases channels only after taking it (release_channels). */
 	pthread_mutex_lock(&e->out_lock);
-	r = mfd_channel_writev_full(e->main_ch, iov, len ? 2 : 1, errp);
+	pthread_mutex_lock(&e->lock);
+	ch = e->main_ch;
+	pthread_mutex_unlock(&e->lock);
+	r = ch ? mfd_channel_writev_full(ch, iov, len ? 2 : 1, errp)
+	       : mfd_error_set(errp, MFD_ESTATE, "return path: no main channel");
 	pthread_mutex_unlock(&e->out_lock);
 	return r;
 }
@@ -396,7 +403,7 @@ static void rp_send_result(struct mfd_engine *e, int code, const char *msg)
 	uint8_t buf[4 + RP_MSG_MAX];
 	size_t len = msg ? strlen(msg) : 0;
 
-	if (!e->use_rp || !e->main_ch)
+	if (!e->use_rp)
 		return;
 	if (len > RP_MSG_MAX)
 		len = RP_MSG_MAX;	/* the full message stays in the destination's error */
@@ -456,12 +463,17 @@ static void *rp_thread(void *arg)
 	if (r < 0) {
 		if (!err)
 			mfd_stream_error(s, &err);
+		if (mfd_error_code(err) == MFD_EEOF) {
+			mfd_error_free(err);
+			err = NULL;
+			mfd_error_set(&err, MFD_EEOF, "the destination closed the connection without "
+				      "a result (it failed, was cancelled or died)");
+		}
 		pthread_mutex_lock(&e->lock);
 		bool done = e->rp_result_seen && e->rp_result == 0;
 
 		pthread_mutex_unlock(&e->lock);
 		if (!done && !engine_cancelled(e)) {
-			mfd_error_prefix(err, "return path");
 			record_error(e, err);
 			err = NULL;
 			/* The destination gave up: stop sending now. */
@@ -579,13 +591,25 @@ static int source_connect(struct mfd_engine *e, mfd_error **errp)
 		return r;
 	if (!e->use_multifd)
 		return 0;
+	/* Each hello right after its channel opens: the destination identifies
+	 * channels one by one, reading each hello before accepting the next. */
+	uint64_t digest = mfd_ram_blocks_digest(e->m->blocks, e->m->nblocks);
+
 	for (unsigned i = 0; i < e->nchan; i++) {
+		uint8_t h[MFD_HELLO_SIZE];
+		struct iovec hv = { h, sizeof(h) };
+
 		r = open_out(e, (int)i, errp);
+		if (r == 0) {
+			mfd_hello_encode(h, &e->mcfg, (uint16_t)i, digest);
+			r = mfd_channel_writev_full(e->mf[i], &hv, 1, errp);
+		}
 		if (r < 0) {
 			mfd_error_prefix(errp ? *errp : NULL, "setup: multifd channel %u", i);
 			return r;
 		}
 	}
+	e->mcfg.hellos_sent = true;
 	r = mfd_multifd_send_new(&e->mcfg, e->m->blocks, e->m->nblocks, e->mf, &send, errp);
 	if (r < 0) {
 		mfd_error_prefix(errp ? *errp : NULL, "setup");
@@ -763,6 +787,14 @@ static int identify(mfd_channel *raw, void *opaque, mfd_error **errp)
 	return r + 1;
 }
 
+/* gather's slots are the multifd channels only: slot = channel id. */
+static int identify_mf(mfd_channel *raw, void *opaque, mfd_error **errp)
+{
+	int r = identify(raw, opaque, errp);
+
+	return r < 0 ? r : r - 1;
+}
+
 static int lh_open_rp(void *opaque, mfd_error **errp)
 {
 	struct mfd_engine *e = opaque;
@@ -798,25 +830,38 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 		.open_return_path = lh_open_rp,
 		.ping = lh_ping,
 	};
-	int r = mfd_listener_gather(e->listener, count,
-				    (int)m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], identify, e, slots,
-				    errp);
+	mfd_channel *first = NULL;
+	/* Wait as long as it takes for a source; once one connected, its other
+	 * channels must follow within channel-timeout-ms. */
+	int r = mfd_listener_accept(e->listener, 0, &first, errp);
 
-	if (r < 0) {
-		/* gather freed the raw channels; drop our TLS wrappers of them. */
+	if (r == 0 && (r = identify(first, e, errp)) < 0) {
 		pthread_mutex_lock(&e->lock);
-		if (e->main_raw)
-			mfd_channel_free(e->main_ch);
+		mfd_channel *wrap = e->main_raw ? e->main_ch : NULL;
+
+		e->main_ch = e->main_raw = NULL;
+		pthread_mutex_unlock(&e->lock);
+		mfd_channel_free(wrap);
+		mfd_channel_free(first);
+	}
+	if (r == 0 && count > 1)
+		r = mfd_listener_gather(e->listener, count - 1,
+					(int)m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], identify_mf, e,
+					slots, errp);
+	if (r < 0) {
+		/* gather freed the multifd channels it accepted; drop our TLS wrappers
+		 * of them.  The main channel is ours and goes with the rest. */
+		pthread_mutex_lock(&e->lock);
 		for (unsigned i = 0; i < 256; i++)
 			if (e->mf_raw[i])
 				mfd_channel_free(e->mf[i]);
-		e->main_ch = e->main_raw = NULL;
 		memset(e->mf, 0, sizeof(e->mf));
 		memset(e->mf_raw, 0, sizeof(e->mf_raw));
 		pthread_mutex_unlock(&e->lock);
 		mfd_error_prefix(errp ? *errp : NULL, "setup: gathering %u channels", count);
 		return r;
 	}
+
 	/* The raw channels are ours now; identify recorded each of them. */
 	relax_timeouts(e);
 	if (e->recv && (r = mfd_multifd_recv_start(e->recv, errp)) < 0)
@@ -847,6 +892,7 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 
 static void release_channels(struct mfd_engine *e)
 {
+	pthread_mutex_lock(&e->out_lock);
 	pthread_mutex_lock(&e->lock);
 	mfd_stream_free(e->out);
 	mfd_stream_free(e->in);
@@ -869,6 +915,7 @@ static void release_channels(struct mfd_engine *e)
 	mfd_tls_creds_free(e->creds);
 	e->creds = NULL;
 	pthread_mutex_unlock(&e->lock);
+	pthread_mutex_unlock(&e->out_lock);
 }
 
 static void finish(struct mfd_engine *e, int r, mfd_error *err)
@@ -919,6 +966,17 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 		mfd_savevm_cleanup(m);
 	}
 	engine_publish(e);
+	/* Keep the multifd figures for mfd_migration_stats() after the end. */
+	struct mfd_multifd_stats *ms = calloc(1, sizeof(*ms));
+
+	if (ms && e->send)
+		mfd_multifd_send_stats(e->send, ms);
+	else if (ms && e->recv)
+		mfd_multifd_recv_stats(e->recv, ms);
+	pthread_mutex_lock(&e->lock);
+	free(e->final_ms);
+	e->final_ms = ms;
+	pthread_mutex_unlock(&e->lock);
 	release_channels(e);
 	m->busy = false;
 	ramsec_unregister(e);
@@ -968,6 +1026,7 @@ static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	}
 	mfd_error_free(e->err);
 	free(e->rp_message);
+	free(e->final_ms);
 	pthread_mutex_destroy(&e->lock);
 	pthread_cond_destroy(&e->cond);
 	pthread_mutex_destroy(&e->out_lock);
@@ -1073,7 +1132,7 @@ int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp)
 	struct timespec dl;
 	int r = 0;
 
-	if (!e || !e->thread_started)
+	if (!e || atomic_load(&e->state_pub) == MFD_STATE_NONE)
 		return mfd_error_set(errp, MFD_ESTATE, "no migration was started");
 	clock_gettime(CLOCK_REALTIME, &dl);
 	dl.tv_sec += timeout_ms / 1000;
@@ -1096,8 +1155,10 @@ int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp)
 	if (!ended)
 		return mfd_error_set(errp, MFD_ETIMEDOUT, "migration still %s after %d ms",
 				     mfd_state_name(st), timeout_ms);
-	pthread_join(e->thread, NULL);
-	e->thread_started = false;
+	if (e->thread_started) {
+		pthread_join(e->thread, NULL);
+		e->thread_started = false;
+	}
 	if (st == MFD_STATE_COMPLETED)
 		return 0;
 	return code ? code : MFD_ECANCELED;
@@ -1119,6 +1180,9 @@ void mfd_migrate_cancel(mfd_migration *m)
 	atomic_store(&e->cancel, true);
 	if (!e->incoming)
 		set_state(e, MFD_STATE_CANCELLING);
+	else if (e->use_rp)
+		/* Best effort, so the source can say why. */
+		rp_send_result(e, MFD_ECANCELED, "migration cancelled on the destination");
 	shutdown_all(e);
 }
 
@@ -1156,6 +1220,7 @@ void mfd_engine_free(mfd_migration *m)
 	}
 	mfd_error_free(e->err);
 	free(e->rp_message);
+	free(e->final_ms);
 	pthread_mutex_destroy(&e->lock);
 	pthread_cond_destroy(&e->cond);
 	pthread_mutex_destroy(&e->out_lock);
@@ -1205,6 +1270,8 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 		mfd_multifd_send_stats(e->send, ms);
 	else if (e->recv)
 		mfd_multifd_recv_stats(e->recv, ms);
+	else if (e->final_ms)
+		*ms = *e->final_ms;
 	pthread_mutex_unlock(&e->lock);
 	for (unsigned i = 0; i < ms->channels; i++) {
 		st.ram_multifd_bytes += ms->ch[i].wire_bytes;

@@ -116,6 +116,7 @@ struct mfd_engine {
 	uint64_t expected_downtime_ms;
 	double bandwidth;		/* bytes/s, smoothed */
 	uint64_t main_bytes_pub, remaining_pub, zero_pub, normal_pub;
+	struct mfd_multifd_stats *final_ms;	/* multifd figures kept at the end */
 };
 
 /* core/ramsec.c */

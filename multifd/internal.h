@@ -38,6 +38,9 @@ struct mfd_multifd_config {
 	enum mfd_zero_detect zero_detect;
 	uint8_t uuid[MFD_UUID_LEN];
 	uint8_t token[MFD_TOKEN_LEN];
+	/* The caller already wrote each channel's hello (mfd_hello_encode), e.g.
+	 * right after its TLS handshake so the destination can identify it. */
+	bool hellos_sent;
 };
 
 struct mfd_multifd_channel_stats {

@@ -421,7 +421,7 @@ int mfd_multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_
 	for (unsigned i = 0; i < s->n && r == 0; i++)
 		r = channel_init(s, &s->chans[i], i, channels[i], errp);
 	/* Hellos go out before any thread starts, so each channel begins with one. */
-	for (unsigned i = 0; i < s->n && r == 0; i++) {
+	for (unsigned i = 0; i < s->n && r == 0 && !cfg->hellos_sent; i++) {
 		uint8_t hello[MFD_HELLO_SIZE];
 		struct iovec iov = { hello, sizeof(hello) };
 

@@ -1229,9 +1229,11 @@ MFD_API int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp);
  *	mfd_migration_listen_uri().
  * @errp: error details.
  *
- * The incoming thread gathers the channels (within channel-timeout-ms),
- * loads the stream, places RAM, reports the result to the source through
- * the return path, calls @vm_start and ends completed or failed.
+ * The incoming thread waits (without a deadline; mfd_migrate_cancel() stops
+ * it) for the source's main channel, then for its multifd channels within
+ * channel-timeout-ms, loads the stream, places RAM, reports the result to
+ * the source through the return path, calls @vm_start and ends completed
+ * or failed.
  */
 MFD_API int mfd_migrate_incoming(mfd_migration *m, const char *uri, mfd_error **errp);
 
@@ -1253,7 +1255,9 @@ MFD_API int mfd_migration_listen_uri(mfd_migration *m, char *buf, size_t len);
  *
  * Returns 0 when completed, MFD_ETIMEDOUT when still running after
  * @timeout_ms, MFD_ESTATE when none was started, else the migration's
- * error code.  Joins the migration thread once it ended.
+ * error code (which may itself be MFD_ETIMEDOUT: check
+ * mfd_migration_state() to tell).  Joins the migration thread once it
+ * ended; calling it again returns the same result.
  */
 MFD_API int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp);
 

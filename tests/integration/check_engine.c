@@ -412,6 +412,156 @@ START_TEST(auto_converge_throttles_a_fast_writer)
 }
 END_TEST
 
+
+/* ---- cancel at every state ------------------------------------------------------- */
+
+static int vm_stop_then_cancel(void *opaque, mfd_error **errp)
+{
+	struct guest *g = opaque;
+	int r = vm_stop(opaque, errp);
+
+	/* The switchover is under way: cancel now, from the migration thread. */
+	mfd_migrate_cancel(g->m);
+	return r;
+}
+
+static const mfd_vmm_hooks cancel_hooks = {
+	.abi_version = MFD_VMM_HOOKS_ABI,
+	.vm_stop = vm_stop_then_cancel,
+	.vm_start = vm_start,
+};
+
+enum when { AT_NONE, AT_SETUP, AT_ACTIVE, AT_DEVICE, AT_COMPLETED, AT_COUNT };
+
+START_TEST(cancel_at_every_state)
+{
+	struct guest src, dst, dst2;
+	mfd_error *err = NULL;
+	int r;
+
+	guest_init(&src, 16, true, 2, "none");
+	guest_init(&dst, 16, false, 2, "none");
+	if (_i == AT_NONE) {
+		mfd_migrate_cancel(src.m);	/* nothing runs: no-op */
+		ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_NONE);
+	} else {
+		if (_i == AT_DEVICE)
+			ck_assert_ok(mfd_migration_set_hooks(src.m, &cancel_hooks, &src, &err), err);
+		if (_i == AT_ACTIVE)
+			ck_assert_ok(mfd_set_param(src.m, "max-bandwidth", "2000000", &err), err);
+		start_pair(&src, &dst, "tcp:127.0.0.1:0");
+		if (_i == AT_SETUP)
+			mfd_migrate_cancel(src.m);
+		if (_i == AT_ACTIVE) {
+			while (mfd_migration_state(src.m) == MFD_STATE_SETUP)
+				usleep(500);
+			mfd_migrate_cancel(src.m);
+		}
+		r = mfd_migration_wait(src.m, 30000, &err);
+		if (_i == AT_COMPLETED) {
+			ck_assert_ok(r, err);
+			mfd_migrate_cancel(src.m);	/* after the end: no-op */
+			ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_COMPLETED);
+			ck_assert_ok(mfd_migration_wait(dst.m, 30000, &err), err);
+		} else {
+			ck_assert_int_eq(r, MFD_ECANCELED);
+			ck_assert_mfd_error(err, MFD_ECANCELED, "cancelled");
+			ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_CANCELLED);
+			/* A source cancelled before it connected leaves the destination
+			 * waiting for one (as it should): its operator cancels it. */
+			if (mfd_migration_state(dst.m) == MFD_STATE_SETUP)
+				mfd_migrate_cancel(dst.m);
+			ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, &err), 0);
+			mfd_error_free(err);
+			err = NULL;
+			ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_FAILED);
+			/* Whatever stopped the VM started it again. */
+			ck_assert_int_eq(src.vm_starts, src.vm_stops);
+		}
+	}
+	/* The same source migrates again, completely. */
+	ck_assert_ok(mfd_migration_set_hooks(src.m, &hooks, &src, &err), err);
+	ck_assert_ok(mfd_set_param(src.m, "max-bandwidth", "0", &err), err);
+	guest_init(&dst2, 16, false, 2, "none");
+	start_pair(&src, &dst2, "tcp:127.0.0.1:0");
+	ck_assert_ok(mfd_migration_wait(src.m, 30000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst2.m, 30000, &err), err);
+	ck_assert_int_eq(memcmp(src.ram, dst2.ram, src.size), 0);
+	guest_free(&src);
+	guest_free(&dst);
+	guest_free(&dst2);
+}
+END_TEST
+
+/* The destination dies mid-iteration: the source fails with a clear error,
+ * keeps its VM running, and a retry to a new destination succeeds. */
+START_TEST(destination_dies_mid_iteration)
+{
+	struct guest src, dst, dst2;
+	mfd_error *err = NULL;
+
+	guest_init(&src, 32, true, 4, "none");
+	guest_init(&dst, 32, false, 4, "none");
+	ck_assert_ok(mfd_set_param(src.m, "max-bandwidth", "8000000", &err), err);
+	guest_start_writer(&src);
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	while (mfd_migration_state(src.m) != MFD_STATE_ACTIVE)
+		usleep(1000);
+	usleep(200 * 1000);
+	mfd_migrate_cancel(dst.m);
+	ck_assert_int_ne(mfd_migration_wait(src.m, 30000, &err), 0);
+	ck_assert_msg(err && strstr(mfd_error_message(err), "destination"),
+		      "the source's error does not name the destination: %s",
+		      mfd_error_message(err));
+	mfd_error_free(err);
+	err = NULL;
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+	ck_assert_int_eq(src.vm_stops, 0);
+	ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, &err), 0);
+	mfd_error_free(err);
+	err = NULL;
+
+	ck_assert_ok(mfd_set_param(src.m, "max-bandwidth", "0", &err), err);
+	guest_init(&dst2, 32, false, 4, "none");
+	start_pair(&src, &dst2, "tcp:127.0.0.1:0");
+	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst2.m, 60000, &err), err);
+	ck_assert_int_eq(memcmp(src.snapshot, dst2.ram, src.size), 0);
+	check_ab(dst2.ram, dst2.size);
+	guest_free(&src);
+	guest_free(&dst);
+	guest_free(&dst2);
+}
+END_TEST
+
+/* Without auto-converge, a writer faster than the link never converges. */
+START_TEST(no_convergence_without_auto_converge)
+{
+	struct guest src, dst;
+	mfd_error *err = NULL;
+
+	guest_init(&src, 16, true, 1, "none");
+	guest_init(&dst, 16, false, 1, "none");
+	ck_assert_ok(mfd_set_param(src.m, "max-bandwidth", "20000000", &err), err);
+	ck_assert_ok(mfd_set_param(src.m, "downtime-limit", "50", &err), err);
+	src.slow_writer = true;
+	guest_start_writer(&src);
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	ck_assert_int_eq(mfd_migration_wait(src.m, 4000, &err), MFD_ETIMEDOUT);
+	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "still active");
+	ck_assert_int_eq(src.vm_stops, 0);
+	ck_assert_int_eq(atomic_load(&src.throttle_calls), 0);
+	mfd_migrate_cancel(src.m);
+	ck_assert_int_eq(mfd_migration_wait(src.m, 30000, &err), MFD_ECANCELED);
+	mfd_error_free(err);
+	err = NULL;
+	ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, &err), 0);
+	mfd_error_free(err);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
 START_TEST(parameters)
 {
 	mfd_migration *m = NULL;
@@ -473,6 +623,9 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, destination_refusal_reaches_the_source);
 	tcase_add_test(tc, mismatched_channels_fail_clearly);
 	tcase_add_test(tc, auto_converge_throttles_a_fast_writer);
+	tcase_add_loop_test(tc, cancel_at_every_state, AT_NONE, AT_COUNT);
+	tcase_add_test(tc, destination_dies_mid_iteration);
+	tcase_add_test(tc, no_convergence_without_auto_converge);
 	tcase_set_timeout(tc, 180);
 	suite_add_tcase(s, tc);
 	return s;
