@@ -108,6 +108,10 @@ for pages in random zero mixed; do
 				zero) lim=$memcpy ;;
 				*) lim=$(calc "$(iperf_n "$ch") / $wire") ;;
 				esac
+				eval "none_${pages}_$ch=$v"
+			elif [ "$pages" = random ]; then
+				# Incompressible: packets go raw; the bar is nocomp's own figure.
+				eval "lim=\$none_random_$ch"
 			else
 				c=$(echo "$limits" | jq ".codecs[] | select(.codec == \"$codec\") | .compress_gib_per_s")
 				d=$(echo "$limits" | jq ".codecs[] | select(.codec == \"$codec\") | .decompress_gib_per_s")
@@ -123,7 +127,8 @@ for pages in random zero mixed; do
 	done
 done
 echo "  limits: none = iperf3 with as many streams / wire ratio (zero pages: memcpy);"
-echo "  codecs = the codec's own speed on the cores in use (see above)"
+echo "  codecs on mixed pages = the codec's own speed on the cores in use (see above);"
+echo "  codecs on random pages = nocomp's figure with as many channels (packets go raw)"
 
 echo "{\"mib\": $mib, \"cpus\": $cores, \"limits\": {\"iperf3\": {\"1\": $ip1, \"2\": $ip2, \"4\": $ip4}, \"openssl_aes128gcm\": $aes, \"openssl_chacha20\": $cha, \"local\": $limits}, \"stream\": [$json_stream], \"multifd\": [$json_mfd]}" | jq . >"$out"
 echo

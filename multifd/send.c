@@ -51,6 +51,8 @@ struct send_channel {
 	uint8_t *cbuf;		/* codec output */
 	size_t cbuf_cap;
 	void *cctx;
+	unsigned raw_streak;	/* packets in a row that did not shrink */
+	unsigned skip;		/* packets to send raw without trying the codec */
 	struct mfd_multifd_channel_stats work;	/* counted as the thread goes */
 
 	/* Protected by s->lock: a copy of work, published after each handoff. */
@@ -206,7 +208,17 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 	c->iov[0] = (struct iovec){ c->header, MFD_PACKET_HEADER_SIZE };
 	c->iov[1] = (struct iovec){ c->offsets, 8 * (size_t)(nn + nz) };
 
-	if (nn && codec) {
+	/*
+	 * Memory that does not compress (encrypted or already compressed data)
+	 * would cost codec time for nothing: after packets that did not shrink,
+	 * skip the codec for exponentially more packets, probing again now and
+	 * then, so incompressible memory moves at nocomp speed.
+	 */
+	bool try_codec = codec && nn && c->skip == 0;
+
+	if (codec && nn && c->skip > 0)
+		c->skip--;
+	if (try_codec) {
 		size_t in_len = (size_t)nn * ps, clen = 0;
 
 		/* A stable copy: the guest may write these pages while we compress. */
@@ -216,16 +228,23 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 				      errp);
 		if (r < 0)
 			return r;
-		if (clen > 0 && clen < in_len) {
+		/* Worth it only when it saves at least 1/32 of the bytes. */
+		if (clen > 0 && clen < in_len - in_len / 32) {
 			flags |= MFD_PACKET_COMPRESSED;
 			c->iov[iovcnt++] = (struct iovec){ c->cbuf, clen };
 			payload = (uint32_t)clen;
+			c->raw_streak = 0;
 		} else {
 			c->work.raw_packets++;
 			c->iov[iovcnt++] = (struct iovec){ c->bounce, in_len };
 			payload = (uint32_t)in_len;
+			if (c->raw_streak < 6)
+				c->raw_streak++;
+			c->skip = (1u << c->raw_streak) - 1;
 		}
 	} else {
+		if (codec && nn)
+			c->work.raw_packets++;
 		/* Straight from guest memory; neighbouring pages share one entry. */
 		for (uint32_t i = 0; i < nn; i++) {
 			uint8_t *p = b->host + c->normal[i];

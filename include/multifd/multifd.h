@@ -895,7 +895,8 @@ MFD_API int mfd_migration_set_identity(mfd_migration *m, const char *identity,
  * Both:
  * @resume_prepare: postcopy recovery is about to resume (source side).
  * @switchover_ack_needed: the destination must acknowledge before the
- *	source may switch over (e.g. a device that preloads state).
+ *	source may switch over (e.g. a device that preloads state).  Not
+ *	consulted by the engine yet: switchover does not wait for an ack.
  */
 typedef struct mfd_save_handlers {
 	uint32_t abi_version;

@@ -6,6 +6,7 @@
  * switchover, cancel, failure reporting through the return path, and
  * auto-converge.
  */
+#include <dirent.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -493,12 +494,26 @@ START_TEST(cancel_at_every_state)
 }
 END_TEST
 
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
 /* The destination dies mid-iteration: the source fails with a clear error,
  * keeps its VM running, and a retry to a new destination succeeds. */
 START_TEST(destination_dies_mid_iteration)
 {
 	struct guest src, dst, dst2;
 	mfd_error *err = NULL;
+
+	int fds_before = count_fds();
 
 	guest_init(&src, 32, true, 4, "none");
 	guest_init(&dst, 32, false, 4, "none");
@@ -520,6 +535,8 @@ START_TEST(destination_dies_mid_iteration)
 	ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, &err), 0);
 	mfd_error_free(err);
 	err = NULL;
+	/* Every channel and listener of the failed migration is closed. */
+	ck_assert_int_eq(count_fds(), fds_before);
 
 	ck_assert_ok(mfd_set_param(src.m, "max-bandwidth", "0", &err), err);
 	guest_init(&dst2, 32, false, 4, "none");
