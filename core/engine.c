@@ -42,10 +42,7 @@ const char *mfd_state_name(enum mfd_state s)
 
 uint64_t engine_now_ns(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	return mfd_now_ns();
 }
 
 bool engine_cancelled(struct mfd_engine *e)
@@ -1014,6 +1011,17 @@ static void *migration_thread(void *arg)
 	return NULL;
 }
 
+/* What one migration leaves in the engine once its thread is joined. */
+static void engine_drop_state(struct mfd_engine *e)
+{
+	mfd_error_free(e->err);
+	free(e->rp_message);
+	free(e->final_ms);
+	pthread_mutex_destroy(&e->lock);
+	pthread_cond_destroy(&e->cond);
+	pthread_mutex_destroy(&e->out_lock);
+}
+
 static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_error **errp)
 {
 	struct mfd_engine *e = m->engine;
@@ -1024,12 +1032,7 @@ static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_er
 		pthread_join(e->thread, NULL);
 		e->thread_started = false;
 	}
-	mfd_error_free(e->err);
-	free(e->rp_message);
-	free(e->final_ms);
-	pthread_mutex_destroy(&e->lock);
-	pthread_cond_destroy(&e->cond);
-	pthread_mutex_destroy(&e->out_lock);
+	engine_drop_state(e);
 	memset(e, 0, sizeof(*e));
 	e->m = m;
 	e->incoming = incoming;
@@ -1218,12 +1221,7 @@ void mfd_engine_free(mfd_migration *m)
 		mfd_migrate_cancel(m);
 		pthread_join(e->thread, NULL);
 	}
-	mfd_error_free(e->err);
-	free(e->rp_message);
-	free(e->final_ms);
-	pthread_mutex_destroy(&e->lock);
-	pthread_cond_destroy(&e->cond);
-	pthread_mutex_destroy(&e->out_lock);
+	engine_drop_state(e);
 	free(e);
 	m->engine = NULL;
 }

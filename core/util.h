@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <multifd/multifd.h>
 
@@ -40,6 +41,15 @@ mfd_error *mfd_error_copy(const mfd_error *err);
 int mfd_error_normalize(mfd_error *err);
 
 char *mfd_strdup(const char *s);
+
+/* Monotonic nanoseconds, for durations and rates. */
+static inline uint64_t mfd_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 static inline uint16_t mfd_load_be16(const uint8_t *p)
 {

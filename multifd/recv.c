@@ -71,14 +71,6 @@ struct mfd_multifd_recv {
 	atomic_bool failed;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static uint32_t pages_per_packet(const struct mfd_multifd_recv *r, const struct mfd_ram_block *b)
 {
 	uint64_t n = r->cfg.packet_bytes / b->page_size;
@@ -456,7 +448,7 @@ static void *recv_thread(void *arg)
 		rc = mfd_channel_readv_full(c->ch, &iov, 1, &err);
 		if (rc < 0)
 			break;
-		uint64_t t0 = now_ns();
+		uint64_t t0 = mfd_now_ns();
 
 		magic = mfd_load_be32(h);
 		version = mfd_load_be16(h + 4);
@@ -500,7 +492,7 @@ static void *recv_thread(void *arg)
 				break;
 			}
 			c->work.wire_bytes += MFD_PACKET_HEADER_SIZE;
-			c->work.busy_ns += now_ns() - t0;
+			c->work.busy_ns += mfd_now_ns() - t0;
 			if (flags & MFD_PACKET_END)
 				break;
 			c->work.sync_packets++;
@@ -508,7 +500,7 @@ static void *recv_thread(void *arg)
 			continue;
 		}
 		rc = recv_data(c, flags, block, nn, nz, payload, pkt, offs, &err);
-		c->work.busy_ns += now_ns() - t0;
+		c->work.busy_ns += mfd_now_ns() - t0;
 	}
 	free(offs);
 	pthread_mutex_lock(&r->lock);
@@ -561,7 +553,7 @@ int mfd_multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp)
 
 int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp)
 {
-	uint64_t t0 = now_ns(), dt;
+	uint64_t t0 = mfd_now_ns(), dt;
 
 	pthread_mutex_lock(&r->lock);
 	while (r->parked < r->n && !atomic_load(&r->failed) && r->ended == 0)
@@ -579,7 +571,7 @@ int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp)
 	r->parked = 0;
 	r->release++;
 	pthread_cond_broadcast(&r->cond);
-	dt = now_ns() - t0;
+	dt = mfd_now_ns() - t0;
 	r->syncs++;
 	r->sync_ns_total += dt;
 	if (dt > r->sync_ns_max)

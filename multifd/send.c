@@ -84,14 +84,6 @@ struct mfd_multifd_send {
 	atomic_uint_fast64_t packet_num;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static uint32_t block_pages(const struct mfd_multifd_send *s, const struct mfd_ram_block *b)
 {
 	uint64_t n = s->cfg.packet_bytes / b->page_size;
@@ -290,7 +282,7 @@ static void *send_thread(void *arg)
 		if (atomic_load(&s->failed))
 			break;
 
-		t0 = now_ns();
+		t0 = mfd_now_ns();
 		/* Order matters: pages queued before a sync go out before its SYNC packet. */
 		if (job)
 			r = send_job(c, c->job, &err);
@@ -300,7 +292,7 @@ static void *send_thread(void *arg)
 		}
 		if (r == 0 && end)
 			r = write_control(c, MFD_PACKET_END, &err);
-		c->work.busy_ns += now_ns() - t0;
+		c->work.busy_ns += mfd_now_ns() - t0;
 		if (r < 0) {
 			mfd_error_prefix(err, "multifd channel %u", c->id);
 			send_fail(s, err);
@@ -534,7 +526,7 @@ int mfd_multifd_queue_page(struct mfd_multifd_send *s, unsigned block, uint64_t 
 
 int mfd_multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp)
 {
-	uint64_t t0 = now_ns(), dt;
+	uint64_t t0 = mfd_now_ns(), dt;
 	int r = 0;
 
 	if (s->batch->npages)
@@ -557,7 +549,7 @@ int mfd_multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp)
 			break;
 		pthread_cond_wait(&s->idle, &s->lock);
 	}
-	dt = now_ns() - t0;
+	dt = mfd_now_ns() - t0;
 	s->syncs++;
 	s->sync_ns_total += dt;
 	if (dt > s->sync_ns_max)
