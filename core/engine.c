@@ -62,7 +62,8 @@ static void set_state(struct mfd_engine *e, enum mfd_state to)
 
 	pthread_mutex_lock(&e->lock);
 	from = e->state;
-	if (from == to || terminal(from)) {
+	/* Once cancelling, only an end state may follow. */
+	if (from == to || terminal(from) || (from == MFD_STATE_CANCELLING && !terminal(to))) {
 		pthread_mutex_unlock(&e->lock);
 		return;
 	}
@@ -149,6 +150,10 @@ void engine_publish(struct mfd_engine *e)
 	e->remaining_pub = remaining;
 	e->zero_pub = e->ram.zero_pages;
 	e->normal_pub = e->ram.normal_pages;
+	e->iterations_pub = e->iterations;
+	e->dirty_syncs_pub = e->dirty_syncs;
+	e->dirty_rate_pub = e->dirty_rate_pages;
+	e->expected_downtime_pub = e->expected_downtime_ms;
 	pthread_mutex_unlock(&e->lock);
 }
 
@@ -520,6 +525,9 @@ static int policy_says_switch(struct mfd_engine *e)
 	double bw;
 
 	mfd_savevm_pending_estimate(m, &must, &can);
+	if (must <= (uint64_t)(e->bandwidth * (double)m->params.i[MFD_P_DOWNTIME_LIMIT] / 1000.0))
+		/* Close to the line: ask the sections for their exact figure. */
+		mfd_savevm_pending_exact(m, &must, &can);
 	bw = m->params.i[MFD_P_AVAIL_SWITCHOVER_BANDWIDTH] > 0
 		     ? (double)m->params.i[MFD_P_AVAIL_SWITCHOVER_BANDWIDTH]
 		     : e->bandwidth;
@@ -733,7 +741,9 @@ static int source_run(struct mfd_engine *e, mfd_error **errp)
 
 static int wrap_in(struct mfd_engine *e, mfd_channel *raw, mfd_channel **out, mfd_error **errp)
 {
-	tune_channel(e, raw);
+	/* timeout-ms is the gather's (time left before its deadline): keep it. */
+	mfd_channel_set_option(raw, "peer-timeout-ms", e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS],
+			       NULL);
 	if (!e->creds) {
 		*out = raw;
 		return 0;
@@ -832,6 +842,9 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 	 * channels must follow within channel-timeout-ms. */
 	int r = mfd_listener_accept(e->listener, 0, &first, errp);
 
+	if (r == 0)
+		mfd_channel_set_option(first, "timeout-ms", m->params.i[MFD_P_CHANNEL_TIMEOUT_MS],
+				       NULL);
 	if (r == 0 && (r = identify(first, e, errp)) < 0) {
 		pthread_mutex_lock(&e->lock);
 		mfd_channel *wrap = e->main_raw ? e->main_ch : NULL;
@@ -1253,15 +1266,15 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 	st.total_time = e->t_start_ns ? (end - e->t_start_ns) / 1000000 : 0;
 	st.setup_time = e->t_setup_ns ? (e->t_setup_ns - e->t_start_ns) / 1000000 : 0;
 	st.downtime = e->downtime_ns / 1000000;
-	st.expected_downtime = e->expected_downtime_ms;
+	st.expected_downtime = e->expected_downtime_pub;
 	st.ram_transferred = e->main_bytes_pub;
 	st.ram_remaining = e->remaining_pub;
 	st.ram_total = ramsec_total(m);
 	st.ram_duplicate = e->zero_pub;
 	st.ram_normal = e->normal_pub;
-	st.ram_dirty_sync_count = e->dirty_syncs;
-	st.ram_dirty_pages_rate = e->dirty_rate_pages;
-	st.iterations = e->iterations;
+	st.ram_dirty_sync_count = e->dirty_syncs_pub;
+	st.ram_dirty_pages_rate = e->dirty_rate_pub;
+	st.iterations = e->iterations_pub;
 	st.throttle_percent = e->throttle;
 	st.channels = e->use_multifd ? e->nchan : 0;
 	if (e->send)

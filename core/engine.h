@@ -44,6 +44,9 @@ struct mfd_tracker {
 	unsigned nblocks;
 	_Atomic uint64_t *bits[MFD_RAM_BLOCKS_MAX];
 	uint64_t npages[MFD_RAM_BLOCKS_MAX];
+	const uint8_t *host[MFD_RAM_BLOCKS_MAX];
+	uint64_t size[MFD_RAM_BLOCKS_MAX];
+	unsigned shift[MFD_RAM_BLOCKS_MAX];
 };
 
 struct ram_source {
@@ -116,6 +119,7 @@ struct mfd_engine {
 	uint64_t expected_downtime_ms;
 	double bandwidth;		/* bytes/s, smoothed */
 	uint64_t main_bytes_pub, remaining_pub, zero_pub, normal_pub;
+	uint64_t iterations_pub, dirty_syncs_pub, dirty_rate_pub, expected_downtime_pub;
 	struct mfd_multifd_stats *final_ms;	/* multifd figures kept at the end */
 };
 

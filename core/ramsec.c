@@ -50,17 +50,17 @@ void mfd_ram_mark_dirty(mfd_migration *m, const void *addr, size_t len)
 	t = __atomic_load_n(&m->tracker, __ATOMIC_ACQUIRE);
 	if (!t)
 		return;
+	/* The tracker's own copy of the block geometry: the block table may be
+	 * changed between migrations while a VMM thread is in here. */
 	for (unsigned b = 0; b < t->nblocks; b++) {
-		const struct mfd_ram_block *blk = &m->blocks[b];
-
-		if (p < blk->host || p >= blk->host + blk->size)
+		if (p < t->host[b] || p >= t->host[b] + t->size[b])
 			continue;
-		uint64_t first = (uint64_t)(p - blk->host) >> blk->page_shift;
-		uint64_t end = (uint64_t)(p - blk->host) + len;
+		uint64_t first = (uint64_t)(p - t->host[b]) >> t->shift[b];
+		uint64_t end = (uint64_t)(p - t->host[b]) + len;
 
-		if (end > blk->size)
-			end = blk->size;
-		uint64_t last = (end - 1) >> blk->page_shift;
+		if (end > t->size[b])
+			end = t->size[b];
+		uint64_t last = (end - 1) >> t->shift[b];
 
 		for (uint64_t pg = first; pg <= last; pg++)
 			atomic_fetch_or_explicit(&t->bits[b][pg / 64], 1ull << (pg % 64),
@@ -78,7 +78,8 @@ static bool tracker_fits(const struct mfd_tracker *t, const mfd_migration *m,
 	if (!t || t->nblocks != m->nblocks)
 		return false;
 	for (unsigned b = 0; b < m->nblocks; b++)
-		if (t->npages[b] != rs->npages[b])
+		if (t->npages[b] != rs->npages[b] || t->host[b] != m->blocks[b].host ||
+		    t->shift[b] != m->blocks[b].page_shift)
 			return false;
 	return true;
 }
@@ -180,6 +181,9 @@ static int prepare(void *opaque, mfd_error **errp)
 		t->nblocks = m->nblocks;
 		for (unsigned b = 0; b < m->nblocks; b++) {
 			t->npages[b] = rs->npages[b];
+			t->host[b] = blk(e, b)->host;
+			t->size[b] = blk(e, b)->size;
+			t->shift[b] = blk(e, b)->page_shift;
 			t->bits[b] = calloc(words(rs->npages[b]), 8);
 			if (!t->bits[b]) {
 				t->nblocks = b;
@@ -199,13 +203,6 @@ static int prepare(void *opaque, mfd_error **errp)
 			for (uint64_t w = 0; w < words(e->m->tracker->npages[b]); w++)
 				atomic_store_explicit(&e->m->tracker->bits[b][w], 0, memory_order_relaxed);
 	}
-	if (m->hooks.dirty_log_start) {
-		int r = m->hooks.dirty_log_start(m->hooks_opaque, errp);
-
-		if (r < 0)
-			return r;
-	}
-	e->log_started = true;
 	rs->pass_start_ns = engine_now_ns();
 	return 0;
 }
@@ -231,6 +228,16 @@ static int save_setup(mfd_stream *s, void *opaque, mfd_error **errp)
 {
 	struct mfd_engine *e = opaque;
 	mfd_migration *m = e->m;
+
+	/* Here rather than in prepare: save_cleanup, which stops the log, runs
+	 * for every section whose save_setup ran. */
+	if (m->hooks.dirty_log_start) {
+		int r = m->hooks.dirty_log_start(m->hooks_opaque, errp);
+
+		if (r < 0)
+			return r;
+	}
+	e->log_started = true;
 
 	put_word(s, ramsec_total(m), RAM_FLAG_MEM_SIZE);
 	for (unsigned b = 0; b < m->nblocks; b++) {
@@ -263,9 +270,11 @@ static void rate_limit(struct mfd_engine *e, uint64_t bytes)
 		}
 		rs->tokens += (double)(now - rs->tokens_ns) * (double)rate / 1e9;
 		rs->tokens_ns = now;
-		/* At most 100 ms worth of burst. */
-		if (rs->tokens > (double)rate / 10)
-			rs->tokens = (double)rate / 10;
+		/* At most 100 ms worth of burst, but always room for one page. */
+		double cap = MFD_MAX((double)rate / 10, (double)bytes);
+
+		if (rs->tokens > cap)
+			rs->tokens = cap;
 		if (rs->tokens >= (double)bytes || engine_cancelled(e)) {
 			rs->tokens -= (double)bytes;
 			return;
@@ -589,8 +598,10 @@ int ramsec_register(struct mfd_engine *e, mfd_error **errp)
 	if (mfd_section_find(m, "ram", 0))
 		return mfd_error_set(errp, MFD_EEXIST,
 				     "section 'ram' instance 0 is reserved for the guest RAM blocks");
-	if (mfd_register_live(m, "ram", 0, RAM_SECTION_VERSION, &ram_ops, e, errp) < 0)
-		return MFD_EINVAL;
+	int r = mfd_register_live(m, "ram", 0, RAM_SECTION_VERSION, &ram_ops, e, errp);
+
+	if (r < 0)
+		return r;
 	/* Move it from the tail to the head. */
 	for (struct mfd_section **p = &m->sections; *p; p = &(*p)->next)
 		if ((*p)->next == NULL && *p != m->sections) {

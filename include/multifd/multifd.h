@@ -22,7 +22,8 @@
  * One mfd_stream, mfd_channel or mfd_migration must not be used by two
  * threads at once, except where a function says "any thread"
  * (mfd_channel_shutdown(), the log and version functions, mfd_strerror()).
- * Handler callbacks run on the thread that called the save/load function.
+ * Handler callbacks run on the thread that called mfd_savevm()/mfd_loadvm(),
+ * or during a migration on its migration (source) or incoming thread.
  */
 #ifndef MULTIFD_MULTIFD_H
 #define MULTIFD_MULTIFD_H
@@ -1169,7 +1170,8 @@ struct mfd_policy_info {
  *	0 to keep iterating.  NULL uses the default: pending bytes <=
  *	bandwidth x (downtime-limit - switchover cost).
  * @state_changed: the state moved from @from to @to.  Called on the thread
- *	that changed it (migration or incoming thread, or the canceller);
+ *	that changed it (the caller of mfd_migrate*() for none -> setup, the
+ *	migration or incoming thread, or the canceller);
  *	must not call back into the library except the query functions.
  */
 typedef struct mfd_vmm_hooks {
@@ -1338,8 +1340,10 @@ MFD_API char *mfd_migration_stats_json(mfd_migration *m);
 MFD_API int mfd_savevm(mfd_migration *m, mfd_channel *ch, mfd_error **errp);
 
 /**
- * mfd_loadvm() - read a stream written by mfd_savevm() (or by the migration
- * engine) and hand every section to its registered handler.
+ * mfd_loadvm() - read a stream written by mfd_savevm() and hand every
+ * section to its registered handler.  (Streams of the migration engine, even
+ * on file:, start with its own hello and carry RAM: load those with
+ * mfd_migrate_incoming().)
  * @m: the migration object, with the same sections registered.
  * @ch: where to read.
  * @errp: error details; every malformed input gets its own code and a
