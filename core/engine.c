@@ -439,6 +439,12 @@ static void *rp_thread(void *arg)
 			break;
 		if (type == RP_PONG) {
 			continue;
+		} else if (type == RP_SWITCHOVER_ACK && len == 0) {
+			pthread_mutex_lock(&e->lock);
+			e->switchover_acked = true;
+			pthread_cond_broadcast(&e->cond);
+			pthread_mutex_unlock(&e->lock);
+			continue;
 		} else if (type == RP_RESULT && len >= 4) {
 			int code = (int32_t)mfd_load_be32(buf);
 
@@ -523,6 +529,15 @@ static int policy_says_switch(struct mfd_engine *e)
 	uint64_t must = 0, can = 0;
 	struct mfd_policy_info info = { 0 };
 	double bw;
+
+	if (e->use_rp && mfd_savevm_switchover_ack_needed(m)) {
+		pthread_mutex_lock(&e->lock);
+		bool acked = e->switchover_acked;
+
+		pthread_mutex_unlock(&e->lock);
+		if (!acked)
+			return 0;	/* a destination device has not consented yet */
+	}
 
 	mfd_savevm_pending_estimate(m, &must, &can);
 	if (must <= (uint64_t)(e->bandwidth * (double)m->params.i[MFD_P_DOWNTIME_LIMIT] / 1000.0))
@@ -805,9 +820,44 @@ static int identify_mf(mfd_channel *raw, void *opaque, mfd_error **errp)
 static int lh_open_rp(void *opaque, mfd_error **errp)
 {
 	struct mfd_engine *e = opaque;
+	int need = 0;
 
 	if (!e->use_rp)
 		return mfd_error_set(errp, MFD_EPROTO, "OPEN_RETURN_PATH, but the hello said none");
+	mfd_for_each_section(e->m, se)
+		if (se->ops.switchover_ack_needed && se->ops.switchover_ack_needed(se->opaque))
+			need++;
+	pthread_mutex_lock(&e->lock);
+	/* Approvals may come before this (from load_setup): count them too. */
+	e->approvals_needed = need - e->approvals_early;
+	bool send = e->approvals_needed <= 0 && !e->ack_sent;
+
+	e->ack_sent |= send;
+	pthread_mutex_unlock(&e->lock);
+	return send ? rp_send(e, RP_SWITCHOVER_ACK, NULL, 0, errp) : 0;
+}
+
+int mfd_migration_approve_switchover(mfd_migration *m)
+{
+	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
+	bool send;
+
+	if (!e || !e->incoming)
+		return MFD_ESTATE;
+	pthread_mutex_lock(&e->lock);
+	if (terminal(e->state) || e->state == MFD_STATE_NONE) {
+		pthread_mutex_unlock(&e->lock);
+		return MFD_ESTATE;
+	}
+	if (e->approvals_needed < 0)
+		e->approvals_early++;
+	else
+		e->approvals_needed--;
+	send = e->approvals_needed == 0 && !e->ack_sent;
+	e->ack_sent |= send;
+	pthread_mutex_unlock(&e->lock);
+	if (send)
+		rp_send(e, RP_SWITCHOVER_ACK, NULL, 0, NULL);
 	return 0;
 }
 
@@ -1056,6 +1106,7 @@ static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	atomic_init(&e->cancel, false);
 	atomic_init(&e->user_cancel, false);
 	atomic_init(&e->state_pub, MFD_STATE_NONE);
+	e->approvals_needed = -1;
 	return 0;
 }
 

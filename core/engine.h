@@ -36,6 +36,7 @@
 enum rp_type {
 	RP_PONG = 1,		/* be32 value */
 	RP_RESULT = 2,		/* be32 code (0 = loaded), then the message bytes */
+	RP_SWITCHOVER_ACK = 3,	/* nothing: the destination consents to switchover */
 };
 #define RP_MSG_MAX 4096
 
@@ -82,6 +83,10 @@ struct mfd_engine {
 	bool ended;
 	bool rp_result_seen;
 	bool rp_done;			/* the return-path thread is leaving */
+	bool switchover_acked;		/* source: SWITCHOVER_ACK arrived */
+	int approvals_needed;		/* destination: -1 until the return path opens */
+	int approvals_early;		/* approvals that came before the count */
+	bool ack_sent;
 	int rp_result;
 	char *rp_message;
 	char listen_uri[512];

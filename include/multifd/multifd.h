@@ -895,9 +895,12 @@ MFD_API int mfd_migration_set_identity(mfd_migration *m, const char *identity,
  *
  * Both:
  * @resume_prepare: postcopy recovery is about to resume (source side).
- * @switchover_ack_needed: the destination must acknowledge before the
- *	source may switch over (e.g. a device that preloads state).  Not
- *	consulted by the engine yet: switchover does not wait for an ack.
+ * @switchover_ack_needed: switchover needs this device's consent (e.g. a
+ *	device that preloads state on the destination).  When a source
+ *	section returns true, the source does not stop the VM before the
+ *	destination's SWITCHOVER_ACK; the destination sends it once every one
+ *	of its sections that returns true has called
+ *	mfd_migration_approve_switchover() (at once when none does).
  */
 typedef struct mfd_save_handlers {
 	uint32_t abi_version;
@@ -1271,6 +1274,17 @@ MFD_API int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **err
  * @m: either side.
  */
 MFD_API void mfd_migrate_cancel(mfd_migration *m);
+
+/**
+ * mfd_migration_approve_switchover() - a destination device is ready for the
+ * source to switch over.  Any thread, typically from a load handler.
+ * @m: the destination side.
+ *
+ * Each section whose switchover_ack_needed handler returned true calls it
+ * once; the last call sends SWITCHOVER_ACK on the return path.  Returns 0,
+ * MFD_ESTATE when no incoming migration is waiting for approvals.
+ */
+MFD_API int mfd_migration_approve_switchover(mfd_migration *m);
 
 /**
  * mfd_migration_state() - the current state.  Any thread.

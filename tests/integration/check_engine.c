@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tests/lib/testlib.h"
@@ -579,6 +580,72 @@ START_TEST(no_convergence_without_auto_converge)
 }
 END_TEST
 
+
+/* ---- switchover-ack ------------------------------------------------------------------ */
+
+static bool needs_ack(void *opaque)
+{
+	(void)opaque;
+	return true;
+}
+
+static const mfd_save_handlers acking_ops = {
+	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.save_state = cpu_save,
+	.load_state = cpu_load,
+	.switchover_ack_needed = needs_ack,
+};
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t stopped_at_ms;
+
+static int vm_stop_timed(void *opaque, mfd_error **errp)
+{
+	stopped_at_ms = mono_ms();
+	return vm_stop(opaque, errp);
+}
+
+static const mfd_vmm_hooks timed_hooks = {
+	.abi_version = MFD_VMM_HOOKS_ABI,
+	.vm_stop = vm_stop_timed,
+	.vm_start = vm_start,
+};
+
+START_TEST(switchover_waits_for_the_destination_ack)
+{
+	struct guest src, dst;
+	mfd_error *err = NULL;
+	uint64_t approved_at;
+
+	guest_init(&src, 8, true, 2, "none");
+	guest_init(&dst, 8, false, 2, "none");
+	ck_assert_ok(mfd_register_live(src.m, "vfio", 0, 1, &acking_ops, &src, &err), err);
+	ck_assert_ok(mfd_register_live(dst.m, "vfio", 0, 1, &acking_ops, &dst, &err), err);
+	ck_assert_ok(mfd_migration_set_hooks(src.m, &timed_hooks, &src, &err), err);
+	ck_assert_int_eq(mfd_migration_approve_switchover(dst.m), MFD_ESTATE);
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	usleep(400 * 1000);
+	/* An 8 MiB idle guest converges at once: only the missing ack holds it. */
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_ACTIVE);
+	ck_assert_int_eq(src.vm_stops, 0);
+	approved_at = mono_ms();
+	ck_assert_int_eq(mfd_migration_approve_switchover(dst.m), 0);
+	ck_assert_ok(mfd_migration_wait(src.m, 30000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 30000, &err), err);
+	ck_assert_uint_ge(stopped_at_ms, approved_at);
+	ck_assert_int_eq(memcmp(src.ram, dst.ram, src.size), 0);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
 START_TEST(parameters)
 {
 	mfd_migration *m = NULL;
@@ -643,6 +710,7 @@ Suite *suite_engine(void)
 	tcase_add_loop_test(tc, cancel_at_every_state, AT_NONE, AT_COUNT);
 	tcase_add_test(tc, destination_dies_mid_iteration);
 	tcase_add_test(tc, no_convergence_without_auto_converge);
+	tcase_add_test(tc, switchover_waits_for_the_destination_ack);
 	tcase_set_timeout(tc, 180);
 	suite_add_tcase(s, tc);
 	return s;
