@@ -629,11 +629,14 @@ void mfd_multifd_recv_free(struct mfd_multifd_recv *r)
 		running |= r->chans[i].thread_started;
 	if (running)
 		mfd_multifd_recv_cancel(r);
+	for (unsigned i = 0; r->chans && i < r->n; i++)
+		if (r->chans[i].thread_started) {
+			pthread_join(r->chans[i].thread, NULL);
+			r->chans[i].thread_started = false;
+		}
 	for (unsigned i = 0; r->chans && i < r->n; i++) {
 		struct recv_channel *c = &r->chans[i];
 
-		if (c->thread_started)
-			pthread_join(c->thread, NULL);
 		if (r->cfg.codec && c->dctx)
 			r->cfg.codec->recv_cleanup(c->dctx);
 		free(c->offsets_wire);

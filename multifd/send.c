@@ -363,11 +363,15 @@ void mfd_multifd_send_free(struct mfd_multifd_send *s)
 		return;
 	if (!s->finished)
 		mfd_multifd_send_cancel(s);
+	/* Every thread first: a failing one signals every channel's condition. */
+	for (unsigned i = 0; s->chans && i < s->n; i++)
+		if (s->chans[i].thread_started) {
+			pthread_join(s->chans[i].thread, NULL);
+			s->chans[i].thread_started = false;
+		}
 	for (unsigned i = 0; s->chans && i < s->n; i++) {
 		struct send_channel *c = &s->chans[i];
 
-		if (c->thread_started)
-			pthread_join(c->thread, NULL);
 		if (s->cfg.codec && c->cctx)
 			s->cfg.codec->send_cleanup(c->cctx);
 		pthread_cond_destroy(&c->cond);
