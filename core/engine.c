@@ -150,6 +150,7 @@ void engine_publish(struct mfd_engine *e)
 	e->remaining_pub = remaining;
 	e->zero_pub = e->ram.zero_pages;
 	e->normal_pub = e->ram.normal_pages;
+	e->normal_bytes_pub = e->ram.normal_bytes;
 	e->iterations_pub = e->iterations;
 	e->dirty_syncs_pub = e->dirty_syncs;
 	e->dirty_rate_pub = e->dirty_rate_pages;
@@ -550,7 +551,7 @@ static int policy_says_switch(struct mfd_engine *e)
 	info.pending_bytes = must;
 	info.bandwidth = (uint64_t)bw;
 	info.downtime_limit_ms = (uint64_t)m->params.i[MFD_P_DOWNTIME_LIMIT];
-	info.dirty_rate = e->dirty_rate_pages * 4096;
+	info.dirty_rate = e->dirty_rate_bytes;
 	if (e->send) {
 		struct mfd_multifd_stats *st = malloc(sizeof(*st));
 
@@ -576,7 +577,7 @@ static int policy_says_switch(struct mfd_engine *e)
 static void maybe_throttle(struct mfd_engine *e)
 {
 	mfd_migration *m = e->m;
-	double dirty_bytes_rate = (double)e->dirty_rate_pages * 4096;
+	double dirty_bytes_rate = (double)e->dirty_rate_bytes;
 	int next;
 
 	if (!m->params.i[MFD_P_AUTO_CONVERGE] || !m->hooks.throttle || e->iterations < 2 ||
@@ -1323,6 +1324,7 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 	st.ram_total = ramsec_total(m);
 	st.ram_duplicate = e->zero_pub;
 	st.ram_normal = e->normal_pub;
+	st.ram_normal_bytes = e->normal_bytes_pub;
 	st.ram_dirty_sync_count = e->dirty_syncs_pub;
 	st.ram_dirty_pages_rate = e->dirty_rate_pub;
 	st.iterations = e->iterations_pub;
@@ -1342,13 +1344,13 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 		st.channel_bytes[i] = ms->ch[i].wire_bytes;
 		st.channel_packets[i] = ms->ch[i].packets;
 		st.channel_busy_ms[i] = ms->ch[i].busy_ns / 1000000;
-		page_bytes += ms->ch[i].normal_pages * 4096;
+		page_bytes += ms->ch[i].normal_bytes;
 		wire += ms->ch[i].wire_bytes;
 	}
 	st.multifd_syncs = ms->syncs;
 	st.multifd_sync_ms_max = ms->sync_ns_max / 1000000;
 	st.ram_transferred += st.ram_multifd_bytes;
-	st.ram_normal_bytes = st.ram_normal * 4096;
+	st.ram_normal_bytes += page_bytes;
 	st.compression_ratio = page_bytes ? (double)wire / (double)page_bytes : 1.0;
 	if (st.total_time > 0) {
 		st.ram_mbps = (double)st.ram_transferred * 8 / 1e6 / ((double)st.total_time / 1000);
@@ -1386,7 +1388,7 @@ char *mfd_migration_stats_json(mfd_migration *m)
 		     "\"duplicate\": %llu, \"normal\": %llu, \"normal-bytes\": %llu, "
 		     "\"dirty-sync-count\": %llu, \"dirty-pages-rate\": %llu, \"mbps\": %.3f, "
 		     "\"pages-per-second\": %llu, \"multifd-bytes\": %llu, "
-		     "\"postcopy-requests\": %llu, \"page-size\": 4096}, "
+		     "\"postcopy-requests\": %llu, \"page-size\": %llu}, "
 		     "\"multifd\": {\"channels\": %u, \"iterations\": %llu, \"syncs\": %llu, "
 		     "\"sync-ms-max\": %llu, \"compression-ratio\": %.4f, \"per-channel\": [%s]}}",
 		     mfd_state_name(st.status), (unsigned long long)st.total_time,
@@ -1399,7 +1401,8 @@ char *mfd_migration_stats_json(mfd_migration *m)
 		     (unsigned long long)st.ram_dirty_pages_rate, st.ram_mbps,
 		     (unsigned long long)st.ram_pages_per_second,
 		     (unsigned long long)st.ram_multifd_bytes,
-		     (unsigned long long)st.ram_postcopy_requests, st.channels,
+		     (unsigned long long)st.ram_postcopy_requests,
+		     (unsigned long long)(m->nblocks ? m->blocks[0].page_size : 4096), st.channels,
 		     (unsigned long long)st.iterations, (unsigned long long)st.multifd_syncs,
 		     (unsigned long long)st.multifd_sync_ms_max, st.compression_ratio,
 		     chans ? chans : "") < 0)

@@ -61,9 +61,11 @@ struct ram_source {
 	int last_block;				/* main-stream CONTINUE tracking */
 	uint64_t pass_start_ns, pass_bytes_start;
 	uint64_t dirtied_last_pass;		/* pages the guest dirtied during the pass */
+	uint64_t dirtied_bytes_last_pass;	/* the same in bytes (blocks differ in page size) */
 	double tokens;				/* max-bandwidth token bucket, bytes */
 	uint64_t tokens_ns;
 	uint64_t zero_pages, normal_pages;	/* main-stream mode counts */
+	uint64_t normal_bytes;
 };
 
 struct mfd_engine {
@@ -120,10 +122,10 @@ struct mfd_engine {
 
 	/* Statistics: written by the owning thread under lock, read by anyone. */
 	uint64_t t_start_ns, t_setup_ns, t_end_ns, t_stop_ns, downtime_ns;
-	uint64_t iterations, dirty_syncs, dirty_rate_pages;
+	uint64_t iterations, dirty_syncs, dirty_rate_pages, dirty_rate_bytes;
 	uint64_t expected_downtime_ms;
 	double bandwidth;		/* bytes/s, smoothed */
-	uint64_t main_bytes_pub, remaining_pub, zero_pub, normal_pub;
+	uint64_t main_bytes_pub, remaining_pub, zero_pub, normal_pub, normal_bytes_pub;
 	uint64_t iterations_pub, dirty_syncs_pub, dirty_rate_pub, expected_downtime_pub;
 	struct mfd_multifd_stats *final_ms;	/* multifd figures kept at the end */
 };

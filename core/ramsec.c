@@ -315,6 +315,7 @@ static int send_page(struct mfd_engine *e, mfd_stream *s, unsigned b, uint64_t p
 	mfd_stream_put_buf_ref(s, host, bk->page_size);
 	e->ram.last_block = (int)b;
 	e->ram.normal_pages++;
+	e->ram.normal_bytes += bk->page_size;
 	/* References stay valid only until the next flush; flush often enough
 	 * that the stream never queues too many. */
 	if (e->ram.normal_pages % 16 == 0)
@@ -367,12 +368,14 @@ static int end_of_pass(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 {
 	struct ram_source *rs = &e->ram;
 	uint64_t now = engine_now_ns(), before = rs->dirty, sent = engine_bytes_sent(e);
+	uint64_t bytes_before = ramsec_remaining(e);
 	double secs = (double)(now - rs->pass_start_ns) / 1e9;
 	int r = dirty_sync(e, errp);
 
 	if (r < 0)
 		return r;
 	rs->dirtied_last_pass = rs->dirty - before;
+	rs->dirtied_bytes_last_pass = ramsec_remaining(e) - bytes_before;
 	r = flush_marker(e, s, errp);
 	if (r < 0)
 		return r;
@@ -381,6 +384,7 @@ static int end_of_pass(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 
 		e->bandwidth = e->bandwidth > 0 ? 0.5 * e->bandwidth + 0.5 * bw : bw;
 		e->dirty_rate_pages = (uint64_t)((double)rs->dirtied_last_pass / secs);
+		e->dirty_rate_bytes = (uint64_t)((double)rs->dirtied_bytes_last_pass / secs);
 	}
 	rs->pass_start_ns = engine_now_ns();
 	rs->pass_bytes_start = engine_bytes_sent(e);

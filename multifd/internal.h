@@ -47,6 +47,7 @@ struct mfd_multifd_channel_stats {
 	uint64_t packets, sync_packets;
 	uint64_t normal_pages, zero_pages;
 	uint64_t page_bytes;	/* bytes of page data the packets stand for */
+	uint64_t normal_bytes;	/* of which normal (non-zero) pages */
 	uint64_t wire_bytes;	/* bytes written or read, headers included */
 	uint64_t raw_packets;	/* compressed codec, but sent raw (did not shrink) */
 	uint64_t busy_ns;	/* time spent working (not waiting) */

@@ -405,6 +405,7 @@ static int recv_data(struct recv_channel *c, uint16_t flags, uint32_t block, uin
 	c->work.normal_pages += nn;
 	c->work.zero_pages += nz;
 	c->work.page_bytes += (uint64_t)(nn + nz) * ps;
+	c->work.normal_bytes += (uint64_t)nn * ps;
 	c->work.wire_bytes += MFD_PACKET_HEADER_SIZE + 8ull * (nn + nz) + payload;
 	/* One lock per packet keeps live statistics current. */
 	pthread_mutex_lock(&r->lock);

@@ -257,6 +257,7 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 	c->work.normal_pages += nn;
 	c->work.zero_pages += nz;
 	c->work.page_bytes += (uint64_t)(nn + nz) * ps;
+	c->work.normal_bytes += (uint64_t)nn * ps;
 	c->work.wire_bytes += MFD_PACKET_HEADER_SIZE + 8ull * (nn + nz) + payload;
 	return 0;
 }
