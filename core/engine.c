@@ -29,6 +29,7 @@
 #include "core/engine.h"
 #include "core/savevm.h"
 #include "core/stream.h"
+#include "channels/uri.h"
 #include "core/util.h"
 
 static const char *const state_names[] = {
@@ -219,28 +220,6 @@ static int make_creds(struct mfd_engine *e, enum mfd_tls_role role, mfd_error **
 	return r;
 }
 
-/* The host part of a tcp: URI, for TLS name checks. */
-static void uri_host(const char *uri, char *out, size_t len)
-{
-	const char *h = uri + 4, *end;
-
-	out[0] = '\0';
-	if (strncmp(uri, "tcp:", 4) != 0)
-		return;
-	if (*h == '[') {
-		h++;
-		end = strchr(h, ']');
-	} else {
-		end = strrchr(h, ':');
-	}
-	if (end && (size_t)(end - h) < len) {
-		memcpy(out, h, (size_t)(end - h));
-		out[end - h] = '\0';
-	}
-}
-
-/* Past setup, waits are legitimate (a paused sync, a quiet return path): dead
- * peers are caught by the TCP peer timeout and closed ones by EOF instead. */
 static void relax_timeouts(struct mfd_engine *e)
 {
 	pthread_mutex_lock(&e->lock);
@@ -285,13 +264,10 @@ static int open_out(struct mfd_engine *e, int slot, mfd_error **errp)
 	if (!e->creds) {
 		ch = raw;
 	} else {
-		char host[256];
 		const char *name = e->m->params.s[MFD_P_TLS_HOSTNAME];
 
-		if (!*name) {
-			uri_host(e->uri, host, sizeof(host));
-			name = host;
-		}
+		if (!*name)
+			name = e->tls_host;
 		if ((r = mfd_channel_tls_wrap(raw, e->creds, name, 0, &ch, errp)) < 0)
 			return r;
 	}
@@ -873,11 +849,6 @@ static int lh_ping(void *opaque, uint32_t value, mfd_error **errp)
 	return rp_send(e, RP_PONG, b, 4, errp);
 }
 
-static bool uri_is_stream(const char *uri)
-{
-	return strncmp(uri, "fd:", 3) == 0 || strncmp(uri, "file:", 5) == 0;
-}
-
 static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 {
 	mfd_migration *m = e->m;
@@ -1130,12 +1101,27 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 		pthread_mutex_init(&e->out_lock, NULL);
 		__atomic_store_n(&m->engine, e, __ATOMIC_RELEASE);
 	}
-	if ((r = engine_reset(m, incoming, uri, errp)) < 0)
+	/* A malformed URI fails here, before any thread starts. */
+	struct transport_uri tu;
+
+	if ((r = transport_uri_parse(uri, &tu, errp)) < 0) {
+		transport_uri_clear(&tu);
 		return r;
+	}
+	/* fd: and file: are one channel: no multifd, no return path. */
+	bool stream = tu.scheme == URI_FD || tu.scheme == URI_FILE;
+
+	if ((r = engine_reset(m, incoming, uri, errp)) < 0) {
+		transport_uri_clear(&tu);
+		return r;
+	}
 	e = m->engine;
+	if (tu.scheme == URI_TCP && tu.host && strlen(tu.host) < sizeof(e->tls_host))
+		strcpy(e->tls_host, tu.host);
+	transport_uri_clear(&tu);
 	e->nchan = (unsigned)m->params.i[MFD_P_MULTIFD_CHANNELS];
-	e->use_multifd = !uri_is_stream(uri);
-	e->use_rp = m->params.i[MFD_P_RETURN_PATH] && !uri_is_stream(uri);
+	e->use_multifd = !stream;
+	e->use_rp = m->params.i[MFD_P_RETURN_PATH] && !stream;
 	if ((r = make_config(e, errp)) < 0 ||
 	    (r = make_creds(e, incoming ? MFD_TLS_SERVER : MFD_TLS_CLIENT, errp)) < 0) {
 		mfd_tls_creds_free(e->creds);

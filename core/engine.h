@@ -76,6 +76,7 @@ struct mfd_engine {
 	bool use_rp;
 	unsigned nchan;
 	char uri[512];
+	char tls_host[256];		/* tcp: URI's host, the default TLS name */
 
 	/* Protected by lock. */
 	pthread_mutex_t lock;

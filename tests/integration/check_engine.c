@@ -705,6 +705,13 @@ START_TEST(parameters)
 	ck_assert_str_eq(mfd_state_name(MFD_STATE_CANCELLING), "cancelling");
 	ck_assert_int_eq(mfd_migration_wait(m, 10, &err), MFD_ESTATE);
 	mfd_error_free(err);
+	err = NULL;
+	/* A malformed URI fails at once, nothing started. */
+	ck_assert_int_eq(mfd_migrate(m, "tcp:127.0.0.1:99999", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "port 99999");
+	ck_assert_int_eq(mfd_migrate_incoming(m, "udp:1.2.3.4:5", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "unknown scheme 'udp'");
+	ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_NONE);
 	mfd_migration_free(m);
 }
 END_TEST
