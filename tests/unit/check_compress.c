@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "compress/compress.h"
+#include "tests/lib/testcodec.h"
 #include "tests/lib/testlib.h"
 
 #if MFD_HAVE_ZLIB
@@ -569,116 +570,6 @@ START_TEST(builtin_levels)
 }
 END_TEST
 
-/*
- * "test-rle": a toy codec as a VMM would register one.  The payload is runs
- * of (count 1..255, byte).
- */
-static size_t rle_bound(size_t in_len)
-{
-	return in_len > SIZE_MAX / 2 ? SIZE_MAX : 2 * in_len;
-}
-
-static int rle_send_setup(void **ctx, int level, mfd_error **errp)
-{
-	(void)level;
-	(void)errp;
-	*ctx = NULL;
-	return 0;
-}
-
-static int rle_send_prepare(void *ctx, const void *in, size_t in_len, void *out, size_t out_cap,
-			    size_t *out_len, mfd_error **errp)
-{
-	const uint8_t *p = in;
-	uint8_t *o = out;
-	size_t w = 0;
-
-	(void)ctx;
-	for (size_t i = 0; i < in_len;) {
-		size_t run = 1;
-
-		while (i + run < in_len && run < 255 && p[i + run] == p[i])
-			run++;
-		if (out_cap - w < 2)
-			return mfd_error_set(errp, MFD_EINVAL, "test-rle: output full");
-		o[w++] = (uint8_t)run;
-		o[w++] = p[i];
-		i += run;
-	}
-	*out_len = w;
-	return 0;
-}
-
-static void rle_cleanup(void *ctx)
-{
-	(void)ctx;
-}
-
-static int rle_recv_setup(void **ctx, mfd_error **errp)
-{
-	(void)errp;
-	*ctx = NULL;
-	return 0;
-}
-
-static int rle_recv(void *ctx, const void *in, size_t in_len, const struct iovec *out, int n,
-		    mfd_error **errp)
-{
-	const uint8_t *p = in;
-	size_t total, written = 0, off = 0;
-	int i = 0, ret;
-
-	(void)ctx;
-	ret = mfd_compress_recv_args("test-rle", in, in_len, out, n, &total, errp);
-	if (ret < 0)
-		return ret;
-	if (in_len % 2)
-		return mfd_error_set(errp, MFD_EPROTO, "test-rle: odd payload of %zu bytes", in_len);
-	for (size_t r = 0; r < in_len; r += 2) {
-		size_t run = p[r];
-
-		if (run == 0)
-			return mfd_error_set(errp, MFD_EPROTO, "test-rle: empty run at %zu", r);
-		if (run > total - written)
-			return mfd_error_set(errp, MFD_EPROTO,
-					     "test-rle: payload expands beyond the packet's %zu bytes",
-					     total);
-		written += run;
-		while (run) {
-			size_t l;
-
-			while (off == out[i].iov_len) {
-				i++;
-				off = 0;
-			}
-			l = MFD_MIN(run, out[i].iov_len - off);
-			memset((uint8_t *)out[i].iov_base + off, p[r + 1], l);
-			off += l;
-			run -= l;
-		}
-	}
-	if (written != total)
-		return mfd_error_set(errp, MFD_EPROTO,
-				     "test-rle: payload decodes to %zu bytes, the packet holds %zu",
-				     written, total);
-	return 0;
-}
-
-static const mfd_compress_ops rle_ops = {
-	.abi_version = MFD_COMPRESS_ABI,
-	.name = "test-rle",
-	.level_min = 0,
-	.level_max = 3,
-	.level_default = 0,
-	.bound = rle_bound,
-	.send_setup = rle_send_setup,
-	.send_prepare = rle_send_prepare,
-	.send_cleanup = rle_cleanup,
-	.recv_setup = rle_recv_setup,
-	.recv = rle_recv,
-	.recv_cleanup = rle_cleanup,
-};
-
 START_TEST(register_custom_codec)
 {
 	const mfd_compress_ops *ops;
@@ -690,9 +581,9 @@ START_TEST(register_custom_codec)
 	int before = mfd_compress_list(NULL, 0);
 
 	ck_assert_ptr_null(mfd_compress_find("test-rle"));
-	ck_assert_ok(mfd_compress_register(&rle_ops, &err), err);
+	ck_assert_ok(mfd_compress_register(&test_rle_ops, &err), err);
 	ops = mfd_compress_find("test-rle");
-	ck_assert_ptr_eq(ops, &rle_ops);
+	ck_assert_ptr_eq(ops, &test_rle_ops);
 	ck_assert_int_eq(mfd_compress_list(names, 16), before + 1);
 	ck_assert_str_eq(names[before], "test-rle");
 
@@ -710,7 +601,7 @@ START_TEST(register_custom_codec)
 	outbuf_free(&o);
 
 	/* Twice: refused. */
-	ck_assert_int_eq(mfd_compress_register(&rle_ops, &err), MFD_EEXIST);
+	ck_assert_int_eq(mfd_compress_register(&test_rle_ops, &err), MFD_EEXIST);
 	ck_assert_mfd_error(err, MFD_EEXIST, "compression codec 'test-rle' is already registered");
 	free(data);
 }
@@ -727,7 +618,7 @@ START_TEST(register_refuses_bad_tables)
 	ck_assert_int_eq(mfd_compress_register(NULL, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "the ops table is NULL");
 
-	t = rle_ops;
+	t = test_rle_ops;
 	t.abi_version = 2;
 	ck_assert_int_eq(mfd_compress_register(&t, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "abi_version 2 is not supported (this library implements 1)");
@@ -735,7 +626,7 @@ START_TEST(register_refuses_bad_tables)
 	ck_assert_int_eq(mfd_compress_register(&t, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "abi_version 0 is not supported");
 
-	t = rle_ops;
+	t = test_rle_ops;
 	t.name = NULL;
 	ck_assert_int_eq(mfd_compress_register(&t, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "name is NULL");
@@ -763,7 +654,7 @@ START_TEST(register_refuses_bad_tables)
 
 #define MISSING(member)                                                                   \
 	do {                                                                              \
-		t = rle_ops;                                                              \
+		t = test_rle_ops;                                                              \
 		t.member = NULL;                                                          \
 		ck_assert_int_eq(mfd_compress_register(&t, &err), MFD_EINVAL);            \
 		ck_assert_mfd_error(err, MFD_EINVAL,                                      \
@@ -778,18 +669,18 @@ START_TEST(register_refuses_bad_tables)
 	MISSING(recv_cleanup);
 #undef MISSING
 
-	t = rle_ops;
+	t = test_rle_ops;
 	t.level_min = 4;
 	ck_assert_int_eq(mfd_compress_register(&t, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL,
 			    "levels must satisfy level_min <= level_default <= level_max, got 4, 0, 3");
-	t = rle_ops;
+	t = test_rle_ops;
 	t.level_default = 9;
 	ck_assert_int_eq(mfd_compress_register(&t, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "got 0, 9, 3");
 
 	/* A built-in's name is taken. */
-	t = rle_ops;
+	t = test_rle_ops;
 	t.name = "none";
 	ck_assert_int_eq(mfd_compress_register(&t, &err), MFD_EEXIST);
 	ck_assert_mfd_error(err, MFD_EEXIST, "compression codec 'none' is already registered");
@@ -800,7 +691,7 @@ START_TEST(register_refuses_bad_tables)
 #endif
 	/* Nothing refused got in; the longest name does. */
 	ck_assert_ptr_null(mfd_compress_find("test-rle"));
-	longest = rle_ops;
+	longest = test_rle_ops;
 	longest.name = max_name;
 	ck_assert_ok(mfd_compress_register(&longest, &err), err);
 	ck_assert_ptr_eq(mfd_compress_find(max_name), &longest);
@@ -820,7 +711,7 @@ START_TEST(registry_fills_up)
 	if (getenv("CK_FORK") && strcmp(getenv("CK_FORK"), "no") == 0)
 		return;
 	for (i = 0; i < 40; i++) {
-		tables[i] = rle_ops;
+		tables[i] = test_rle_ops;
 		snprintf(names[i], sizeof(names[i]), "fill-%d", i);
 		tables[i].name = names[i];
 		r = mfd_compress_register(&tables[i], &err);
@@ -873,7 +764,7 @@ START_TEST(registry_is_thread_safe)
 		return;	/* not in a fresh process (CK_FORK=no) */
 	for (int t = 0; t < CONC_THREADS; t++)
 		for (int k = 0; k < CONC_PER_THREAD; k++) {
-			conc_tables[t][k] = rle_ops;
+			conc_tables[t][k] = test_rle_ops;
 			snprintf(conc_names[t][k], sizeof(conc_names[t][k]), "conc-%d-%d", t, k);
 			conc_tables[t][k].name = conc_names[t][k];
 		}
@@ -922,7 +813,7 @@ static int proto_recv(void *ctx, const void *in, size_t in_len, const struct iov
 
 START_TEST(wrappers_enforce_the_contract)
 {
-	mfd_compress_ops t = rle_ops;
+	mfd_compress_ops t = test_rle_ops;
 	uint8_t in[16] = { 0 }, out[16];
 	struct iovec iov = { out, sizeof(out) };
 	mfd_error *err = NULL;

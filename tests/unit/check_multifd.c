@@ -14,6 +14,7 @@
 #include "core/migration.h"
 #include "core/util.h"
 #include "multifd/internal.h"
+#include "tests/lib/testcodec.h"
 #include "tests/lib/testlib.h"
 
 #define PS 4096u
@@ -365,98 +366,6 @@ END_TEST
 
 /* ---- a VMM's own codec ------------------------------------------------------------ */
 
-/* Run-length pairs (count 1..255, byte): enough to shrink constant pages. */
-static size_t rle_bound(size_t n)
-{
-	return 2 * n + 2;
-}
-
-static int rle_setup(void **ctx, int level, mfd_error **errp)
-{
-	(void)level;
-	(void)errp;
-	*ctx = (void *)1;
-	return 0;
-}
-
-static int rle_recv_setup(void **ctx, mfd_error **errp)
-{
-	return rle_setup(ctx, 0, errp);
-}
-
-static void rle_cleanup(void *ctx)
-{
-	(void)ctx;
-}
-
-static int rle_compress(void *ctx, const void *in, size_t len, void *out, size_t cap,
-			size_t *out_len, mfd_error **errp)
-{
-	const uint8_t *p = in;
-	uint8_t *o = out;
-	size_t n = 0;
-
-	(void)ctx;
-	for (size_t i = 0; i < len;) {
-		size_t run = 1;
-
-		while (i + run < len && run < 255 && p[i + run] == p[i])
-			run++;
-		if (n + 2 > cap)
-			return mfd_error_set(errp, MFD_ETOOBIG, "rle: output full");
-		o[n++] = (uint8_t)run;
-		o[n++] = p[i];
-		i += run;
-	}
-	*out_len = n;
-	return 0;
-}
-
-static int rle_decompress(void *ctx, const void *in, size_t len, const struct iovec *out, int n,
-			  mfd_error **errp)
-{
-	const uint8_t *p = in;
-	int k = 0;
-	size_t pos = 0;
-
-	(void)ctx;
-	if (len % 2)
-		return mfd_error_set(errp, MFD_EPROTO, "rle: odd payload");
-	for (size_t i = 0; i < len; i += 2) {
-		for (unsigned r = 0; r < p[i]; r++) {
-			while (k < n && pos == out[k].iov_len) {
-				k++;
-				pos = 0;
-			}
-			if (k == n)
-				return mfd_error_set(errp, MFD_EPROTO, "rle: too much output");
-			((uint8_t *)out[k].iov_base)[pos++] = p[i + 1];
-		}
-	}
-	while (k < n && pos == out[k].iov_len) {
-		k++;
-		pos = 0;
-	}
-	if (k != n)
-		return mfd_error_set(errp, MFD_EPROTO, "rle: too little output");
-	return 0;
-}
-
-static const mfd_compress_ops rle_ops = {
-	.abi_version = MFD_COMPRESS_ABI,
-	.name = "test-rle",
-	.level_min = 0,
-	.level_max = 0,
-	.level_default = 0,
-	.bound = rle_bound,
-	.send_setup = rle_setup,
-	.send_prepare = rle_compress,
-	.send_cleanup = rle_cleanup,
-	.recv_setup = rle_recv_setup,
-	.recv = rle_decompress,
-	.recv_cleanup = rle_cleanup,
-};
-
 START_TEST(custom_codec_migrates)
 {
 	struct rig g;
@@ -465,7 +374,7 @@ START_TEST(custom_codec_migrates)
 	uint64_t compressed_bytes = 0, page_bytes = 0;
 
 	if (!mfd_compress_find("test-rle"))
-		ck_assert_ok(mfd_compress_register(&rle_ops, &err), err);
+		ck_assert_ok(mfd_compress_register(&test_rle_ops, &err), err);
 	rig_init(&g, 2, "test-rle", 4, 512u << 10);
 	/* Constant non-zero pages shrink under RLE; a few random ones do not. */
 	for (size_t p = 0; p < g.ram_size / PS; p++)
