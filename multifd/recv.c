@@ -268,8 +268,6 @@ int mfd_multifd_recv_identify(mfd_channel *ch, void *opaque, mfd_error **errp)
 
 /* ---- packet processing ---------------------------------------------------- */
 
-#define PFAIL(c, code, ...) mfd_error_set(errp, code, __VA_ARGS__)
-
 static int check_offsets(const struct mfd_ram_block *b, const uint64_t *offs, uint32_t n,
 			 const char *what, uint64_t pkt, mfd_error **errp)
 {
@@ -326,35 +324,35 @@ static int recv_data(struct recv_channel *c, uint16_t flags, uint32_t block, uin
 	int rc, iovcnt = 0;
 
 	if (block >= r->nblocks)
-		return PFAIL(c, MFD_EPROTO, "packet %llu: block index %u, there are %u blocks",
+		return mfd_error_set(errp, MFD_EPROTO, "packet %llu: block index %u, there are %u blocks",
 			     (unsigned long long)pkt, block, r->nblocks);
 	b = &r->blocks[block];
 	ps = (size_t)b->page_size;
 	cap = pages_per_packet(r, b);
 	if (nn > cap || nz > cap - nn)
-		return PFAIL(c, MFD_EPROTO,
+		return mfd_error_set(errp, MFD_EPROTO,
 			     "packet %llu: %u normal + %u zero pages, a packet of block '%s' holds "
 			     "at most %u", (unsigned long long)pkt, nn, nz, b->name, cap);
 	if (nn + nz == 0)
-		return PFAIL(c, MFD_EPROTO, "packet %llu: a data packet without pages",
+		return mfd_error_set(errp, MFD_EPROTO, "packet %llu: a data packet without pages",
 			     (unsigned long long)pkt);
 	total = (size_t)nn * ps;
 	if (flags & MFD_PACKET_COMPRESSED) {
 		if (!codec)
-			return PFAIL(c, MFD_EPROTO,
+			return mfd_error_set(errp, MFD_EPROTO,
 				     "packet %llu: compressed, but this migration uses no codec",
 				     (unsigned long long)pkt);
 		if (nn == 0 || payload == 0)
-			return PFAIL(c, MFD_EPROTO,
+			return mfd_error_set(errp, MFD_EPROTO,
 				     "packet %llu: compressed payload of %u bytes for %u normal pages",
 				     (unsigned long long)pkt, payload, nn);
 		if (payload > codec->bound(total) || payload > c->cbuf_cap)
-			return PFAIL(c, MFD_EPROTO,
+			return mfd_error_set(errp, MFD_EPROTO,
 				     "packet %llu: compressed payload of %u bytes exceeds the %s bound "
 				     "of %zu for %u pages", (unsigned long long)pkt, payload,
 				     codec->name, codec->bound(total), nn);
 	} else if (payload != total) {
-		return PFAIL(c, MFD_EPROTO,
+		return mfd_error_set(errp, MFD_EPROTO,
 			     "packet %llu: raw payload of %u bytes, %u normal pages of %zu bytes "
 			     "make %zu", (unsigned long long)pkt, payload, nn, ps, total);
 	}
