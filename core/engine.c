@@ -34,6 +34,7 @@
 
 static const char *const state_names[] = {
 	"none", "setup", "active", "device", "completed", "failed", "cancelling", "cancelled",
+	"postcopy-active", "postcopy-paused", "postcopy-recover",
 };
 
 const char *mfd_state_name(enum mfd_state s)
@@ -101,6 +102,8 @@ static void shutdown_all(struct mfd_engine *e)
 	pthread_mutex_lock(&e->lock);
 	mfd_channel_shutdown(e->main_ch);
 	mfd_channel_shutdown(e->main_raw);
+	mfd_channel_shutdown(e->pre_ch);
+	mfd_channel_shutdown(e->pre_raw);
 	for (unsigned i = 0; i < 256; i++) {
 		mfd_channel_shutdown(e->mf[i]);
 		mfd_channel_shutdown(e->mf_raw[i]);
@@ -149,9 +152,9 @@ void engine_publish(struct mfd_engine *e)
 	pthread_mutex_lock(&e->lock);
 	e->main_bytes_pub = main_bytes;
 	e->remaining_pub = remaining;
-	e->zero_pub = e->ram.zero_pages;
-	e->normal_pub = e->ram.normal_pages;
-	e->normal_bytes_pub = e->ram.normal_bytes;
+	e->zero_pub = __atomic_load_n(&e->ram.zero_pages, __ATOMIC_RELAXED);
+	e->normal_pub = __atomic_load_n(&e->ram.normal_pages, __ATOMIC_RELAXED);
+	e->normal_bytes_pub = __atomic_load_n(&e->ram.normal_bytes, __ATOMIC_RELAXED);
 	e->iterations_pub = e->iterations;
 	e->dirty_syncs_pub = e->dirty_syncs;
 	e->dirty_rate_pub = e->dirty_rate_pages;
@@ -257,7 +260,9 @@ static int open_out(struct mfd_engine *e, int slot, mfd_error **errp)
 	if ((r = mfd_channel_connect(e->uri, (int)t, &raw, errp)) < 0)
 		return r;
 	tune_channel(e, raw);
-	if (slot < 0)
+	if (slot == -2)
+		PUBLISH(e, pre_raw, raw);
+	else if (slot < 0)
 		PUBLISH(e, main_raw, raw);
 	else
 		PUBLISH(e, mf_raw[slot], raw);
@@ -272,7 +277,11 @@ static int open_out(struct mfd_engine *e, int slot, mfd_error **errp)
 			return r;
 	}
 	pthread_mutex_lock(&e->lock);
-	if (slot < 0) {
+	if (slot == -2) {
+		e->pre_ch = ch;
+		if (ch == raw)
+			e->pre_raw = NULL;
+	} else if (slot < 0) {
 		e->main_ch = ch;
 		if (ch == raw)
 			e->main_raw = NULL;
@@ -287,14 +296,17 @@ static int open_out(struct mfd_engine *e, int slot, mfd_error **errp)
 
 /* ---- main-channel hello -------------------------------------------------------------- */
 
-static void main_hello_encode(struct mfd_engine *e, uint8_t h[MAIN_HELLO_SIZE])
+static void main_hello_encode(struct mfd_engine *e, uint8_t h[MAIN_HELLO_SIZE], bool resume)
 {
 	const char *codec = e->mcfg.codec ? e->mcfg.codec->name : "none";
+	uint32_t flags = (e->use_rp ? MAIN_HELLO_RETURN_PATH : 0) |
+			 (e->postcopy ? MAIN_HELLO_POSTCOPY : 0) | (e->preempt ? MAIN_HELLO_PREEMPT : 0) |
+			 (resume ? MAIN_HELLO_RESUME : 0);
 
 	memset(h, 0, MAIN_HELLO_SIZE);
 	mfd_store_be32(h, MAIN_HELLO_MAGIC);
 	mfd_store_be32(h + 4, MAIN_HELLO_VERSION);
-	mfd_store_be32(h + 8, e->use_rp ? MAIN_HELLO_RETURN_PATH : 0);
+	mfd_store_be32(h + 8, flags);
 	mfd_store_be16(h + 12, (uint16_t)(e->use_multifd ? e->nchan : 0));
 	mfd_store_be32(h + 16, e->mcfg.packet_bytes);
 	memcpy(h + 32, e->mcfg.uuid, MFD_UUID_LEN);
@@ -326,9 +338,26 @@ static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **e
 	if (mfd_load_be32(h + 4) != MAIN_HELLO_VERSION)
 		return mfd_error_set(errp, MFD_EBADVERSION, "main channel: hello version %u, this "
 				     "library speaks %u", mfd_load_be32(h + 4), MAIN_HELLO_VERSION);
-	if (mfd_load_be32(h + 8) & ~MAIN_HELLO_RETURN_PATH)
+	uint32_t flags = mfd_load_be32(h + 8);
+
+	if (flags & ~MAIN_HELLO_FLAGS)
 		return mfd_error_set(errp, MFD_EPROTO, "main channel: unknown hello flags 0x%x",
-				     mfd_load_be32(h + 8));
+				     flags);
+	if (flags & MAIN_HELLO_RESUME)
+		return mfd_error_set(errp, MFD_ESTATE, "main channel: the source resumes a paused "
+				     "postcopy migration, but this side starts a new one (use "
+				     "mfd_migrate_recover() on the paused destination)");
+	if (!!(flags & MAIN_HELLO_POSTCOPY) != e->postcopy ||
+	    !!(flags & MAIN_HELLO_PREEMPT) != e->preempt)
+		return mfd_error_set(errp, MFD_EPROTO,
+				     "the source has postcopy-ram %s and postcopy-preempt %s, this side "
+				     "%s and %s (set them alike on both sides)",
+				     flags & MAIN_HELLO_POSTCOPY ? "on" : "off",
+				     flags & MAIN_HELLO_PREEMPT ? "on" : "off", e->postcopy ? "on" : "off",
+				     e->preempt ? "on" : "off");
+	if (e->postcopy && !(flags & MAIN_HELLO_RETURN_PATH))
+		return mfd_error_set(errp, MFD_EPROTO, "postcopy-ram needs the return path, which "
+				     "the source turned off");
 	n = mfd_load_be16(h + 12);
 	if (n != (e->use_multifd ? e->nchan : 0))
 		return mfd_error_set(errp, MFD_EPROTO,
@@ -347,7 +376,7 @@ static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **e
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "the source compresses with '%s', this side expects '%s' (set "
 				     "multifd-compression alike)", codec, want);
-	e->use_rp = mfd_load_be32(h + 8) & MAIN_HELLO_RETURN_PATH;
+	e->use_rp = flags & MAIN_HELLO_RETURN_PATH;
 	memcpy(e->mcfg.uuid, h + 32, MFD_UUID_LEN);
 	memcpy(e->mcfg.token, h + 48, MFD_TOKEN_LEN);
 	return 0;
@@ -377,6 +406,38 @@ static int rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uin
 	return r;
 }
 
+int engine_rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
+		   mfd_error **errp)
+{
+	return rp_send(e, type, payload, len, errp);
+}
+
+int engine_rp_send_raw(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
+		       const struct iovec *extra, int nextra, mfd_error **errp)
+{
+	uint8_t hdr[4];
+	struct iovec iov[2 + 4];
+	mfd_channel *ch;
+	int r;
+
+	if (nextra > 4)
+		return mfd_error_set(errp, MFD_EINVAL, "return path: too many pieces");
+	mfd_store_be16(hdr, type);
+	mfd_store_be16(hdr + 2, len);
+	iov[0] = (struct iovec){ hdr, 4 };
+	iov[1] = (struct iovec){ (void *)payload, len };
+	for (int i = 0; i < nextra; i++)
+		iov[2 + i] = extra[i];
+	pthread_mutex_lock(&e->out_lock);
+	pthread_mutex_lock(&e->lock);
+	ch = e->main_ch;
+	pthread_mutex_unlock(&e->lock);
+	r = ch ? mfd_channel_writev_full(ch, iov, 2 + nextra, errp)
+	       : mfd_error_set(errp, MFD_ESTATE, "return path: no main channel");
+	pthread_mutex_unlock(&e->out_lock);
+	return r;
+}
+
 static void rp_send_result(struct mfd_engine *e, int code, const char *msg)
 {
 	uint8_t buf[4 + RP_MSG_MAX];
@@ -390,6 +451,131 @@ static void rp_send_result(struct mfd_engine *e, int code, const char *msg)
 	if (len)
 		memcpy(buf + 4, msg, len);
 	rp_send(e, RP_RESULT, buf, (uint16_t)(4 + len), NULL);
+}
+
+/* An error that a reconnection can cure: the connection broke or stalled. */
+static bool network_error(struct mfd_engine *e, int code)
+{
+	if (atomic_load(&e->user_cancel))
+		return false;
+	return code == MFD_EIO || code == MFD_EEOF || code == MFD_ETIMEDOUT || code == MFD_ECANCELED;
+}
+
+/* Postcopy lost a connection: every thread on it must notice. */
+static void break_connections(struct mfd_engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	mfd_channel_shutdown(e->main_ch);
+	mfd_channel_shutdown(e->main_raw);
+	mfd_channel_shutdown(e->pre_ch);
+	mfd_channel_shutdown(e->pre_raw);
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* Source: a page request from the destination (which we do not trust). */
+static int rp_page_request(struct mfd_engine *e, const uint8_t *buf, uint16_t len,
+			   mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	struct pc_req rq;
+
+	if (len != RP_REQ_PAGES_LEN)
+		return mfd_error_set(errp, MFD_EPROTO, "return path: page request of %u bytes, "
+				     "expected %u", len, RP_REQ_PAGES_LEN);
+	rq.block = mfd_load_be16(buf);
+	rq.len = mfd_load_be32(buf + 4);
+	rq.offset = mfd_load_be64(buf + 8);
+	if (!e->postcopy || !atomic_load(&e->in_postcopy))
+		return mfd_error_set(errp, MFD_EPROTO, "return path: page request outside postcopy");
+	if (rq.block >= m->nblocks)
+		return mfd_error_set(errp, MFD_EPROTO, "return path: page request for block %u of %u",
+				     rq.block, m->nblocks);
+	const struct mfd_ram_block *bk = &m->blocks[rq.block];
+
+	if (mfd_load_be16(buf + 2) || rq.len == 0 || rq.len > RP_REQ_MAX_BYTES ||
+	    ((rq.offset | rq.len) & (bk->page_size - 1)) || rq.offset >= bk->size ||
+	    rq.len > bk->size - rq.offset)
+		return mfd_error_set(errp, MFD_EPROTO,
+				     "return path: page request 0x%llx+%u is not whole pages of block "
+				     "'%s' (%llu bytes)", (unsigned long long)rq.offset, rq.len,
+				     bk->name, (unsigned long long)bk->size);
+	pthread_mutex_lock(&e->lock);
+	e->pc_requests++;
+	pthread_mutex_unlock(&e->lock);
+	if (e->preempt) {
+		int r;
+
+		pthread_mutex_lock(&e->pre_lock);
+		r = e->pre_out ? ramsec_serve_request(e, e->pre_out, &e->ram.pre_last_block, &rq, errp)
+			       : mfd_error_set(errp, MFD_EEOF, "preempt channel: not connected");
+		pthread_mutex_unlock(&e->pre_lock);
+		if (r < 0)
+			mfd_error_prefix(errp ? *errp : NULL, "postcopy: preempt channel");
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	if (e->req_count < PC_REQ_QUEUE) {
+		e->reqs[(e->req_head + e->req_count++) % PC_REQ_QUEUE] = rq;
+	} else {
+		/* The background push delivers it anyway, only later. */
+		e->pc_requests_dropped++;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+}
+
+/* Source, recovery: the destination's received-pages bitmap of one block. */
+static int rp_recv_bitmap(struct mfd_engine *e, mfd_stream *s, const uint8_t *buf, uint16_t len,
+			  mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	unsigned b;
+	uint64_t bytes, end, *bm;
+	int r;
+
+	if (len != RP_RECV_BITMAP_LEN)
+		return mfd_error_set(errp, MFD_EPROTO, "return path: RECV_BITMAP of %u bytes", len);
+	b = mfd_load_be16(buf);
+	bytes = mfd_load_be64(buf + 8);
+	if (b >= m->nblocks || !atomic_load(&e->in_postcopy))
+		return mfd_error_set(errp, MFD_EPROTO, "return path: RECV_BITMAP for block %u "
+				     "(%u blocks)%s", b, m->nblocks,
+				     atomic_load(&e->in_postcopy) ? "" : " outside postcopy");
+	uint64_t want = ramsec_words(e->ram.npages[b]) * 8;
+
+	if (bytes != want)
+		return mfd_error_set(errp, MFD_EPROTO, "return path: RECV_BITMAP of block '%s' has "
+				     "%llu bytes, expected %llu", m->blocks[b].name,
+				     (unsigned long long)bytes, (unsigned long long)want);
+	bm = malloc(want);
+	if (!bm)
+		return mfd_error_set(errp, MFD_ENOMEM, "recovery: out of memory for a bitmap");
+	if ((r = mfd_stream_get_buf(s, bm, want)) < 0 || (r = mfd_stream_get_be64(s, &end)) < 0) {
+		free(bm);
+		return mfd_stream_error(s, errp);
+	}
+	if (end != RECV_BITMAP_END) {
+		free(bm);
+		return mfd_error_set(errp, MFD_EPROTO, "return path: RECV_BITMAP of block '%s' ends "
+				     "with 0x%016llx, expected 0x%016llx", m->blocks[b].name,
+				     (unsigned long long)end, (unsigned long long)RECV_BITMAP_END);
+	}
+	for (uint64_t w = 0; w < want / 8; w++) {
+		const uint8_t *p = (const uint8_t *)&bm[w];
+		uint64_t v = 0;
+
+		for (int i = 7; i >= 0; i--)
+			v = v << 8 | p[i];
+		bm[w] = v;
+	}
+	ramsec_apply_recv_bitmap(e, b, bm);
+	free(bm);
+	pthread_mutex_lock(&e->lock);
+	e->bitmaps_got++;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
+	return 0;
 }
 
 /* Source: read what the destination says until its RESULT. */
@@ -414,11 +600,37 @@ static void *rp_thread(void *arg)
 		}
 		if ((r = mfd_stream_get_buf(s, buf, len)) < 0)
 			break;
-		if (type == RP_PONG) {
+		if (type == RP_PONG && len == 4) {
+			/* PING 4 follows the postcopy package: the destination runs the guest. */
+			if (mfd_load_be32(buf) == 4 && atomic_load(&e->in_postcopy)) {
+				pthread_mutex_lock(&e->lock);
+				if (!e->downtime_ns)
+					e->downtime_ns = engine_now_ns() - e->t_stop_ns;
+				pthread_mutex_unlock(&e->lock);
+			}
 			continue;
 		} else if (type == RP_SWITCHOVER_ACK && len == 0) {
 			pthread_mutex_lock(&e->lock);
 			e->switchover_acked = true;
+			pthread_cond_broadcast(&e->cond);
+			pthread_mutex_unlock(&e->lock);
+			continue;
+		} else if (type == RP_REQ_PAGES) {
+			if ((r = rp_page_request(e, buf, len, &err)) < 0)
+				break;
+			continue;
+		} else if (type == RP_RECV_BITMAP) {
+			if ((r = rp_recv_bitmap(e, s, buf, len, &err)) < 0)
+				break;
+			continue;
+		} else if (type == RP_RESUME_ACK) {
+			if (len != 4 || mfd_load_be32(buf) != 1) {
+				r = mfd_error_set(&err, MFD_EPROTO, "return path: RESUME_ACK of %u bytes "
+						  "or with a value other than 1", len);
+				break;
+			}
+			pthread_mutex_lock(&e->lock);
+			e->resume_acked = true;
 			pthread_cond_broadcast(&e->cond);
 			pthread_mutex_unlock(&e->lock);
 			continue;
@@ -440,30 +652,40 @@ static void *rp_thread(void *arg)
 			}
 			break;
 		} else {
-			r = mfd_error_set(&err, MFD_EPROTO, "return path: unknown message type %u",
-					  type);
+			r = mfd_error_set(&err, MFD_EPROTO, "return path: unknown message type %u "
+					  "(%u bytes)", type, len);
 			break;
 		}
 	}
 	if (r < 0) {
 		if (!err)
 			mfd_stream_error(s, &err);
-		if (mfd_error_code(err) == MFD_EEOF) {
-			mfd_error_free(err);
-			err = NULL;
-			mfd_error_set(&err, MFD_EEOF, "the destination closed the connection without "
-				      "a result (it failed, was cancelled or died)");
-		}
 		pthread_mutex_lock(&e->lock);
 		bool done = e->rp_result_seen && e->rp_result == 0;
 
 		pthread_mutex_unlock(&e->lock);
-		if (!done && !engine_cancelled(e)) {
-			record_error(e, err);
-			err = NULL;
-			/* The destination gave up: stop sending now. */
-			atomic_store(&e->cancel, true);
-			shutdown_all(e);
+		if (!done && atomic_load(&e->in_postcopy) && !e->rp_result_seen &&
+		    network_error(e, mfd_error_code(err))) {
+			/* Postcopy survives this: the migration thread pauses. */
+			mfd_log_warn("postcopy: return path lost: %s", mfd_error_message(err));
+			pthread_mutex_lock(&e->lock);
+			e->rp_broken = true;
+			pthread_mutex_unlock(&e->lock);
+			break_connections(e);
+		} else {
+			if (mfd_error_code(err) == MFD_EEOF) {
+				mfd_error_free(err);
+				err = NULL;
+				mfd_error_set(&err, MFD_EEOF, "the destination closed the connection "
+					      "without a result (it failed, was cancelled or died)");
+			}
+			if (!done && !engine_cancelled(e)) {
+				record_error(e, err);
+				err = NULL;
+				/* The destination gave up: stop sending now. */
+				atomic_store(&e->cancel, true);
+				shutdown_all(e);
+			}
 		}
 	}
 	mfd_error_free(err);
@@ -516,17 +738,18 @@ static int policy_says_switch(struct mfd_engine *e)
 			return 0;	/* a destination device has not consented yet */
 	}
 
+	int64_t limit_ms = mfd_param_live(&m->params, MFD_P_DOWNTIME_LIMIT);
+	int64_t avail = mfd_param_live(&m->params, MFD_P_AVAIL_SWITCHOVER_BANDWIDTH);
+
 	mfd_savevm_pending_estimate(m, &must, &can);
-	if (must <= (uint64_t)(e->bandwidth * (double)m->params.i[MFD_P_DOWNTIME_LIMIT] / 1000.0))
+	if (must <= (uint64_t)(e->bandwidth * (double)limit_ms / 1000.0))
 		/* Close to the line: ask the sections for their exact figure. */
 		mfd_savevm_pending_exact(m, &must, &can);
-	bw = m->params.i[MFD_P_AVAIL_SWITCHOVER_BANDWIDTH] > 0
-		     ? (double)m->params.i[MFD_P_AVAIL_SWITCHOVER_BANDWIDTH]
-		     : e->bandwidth;
+	bw = avail > 0 ? (double)avail : e->bandwidth;
 	info.iteration = e->iterations;
 	info.pending_bytes = must;
 	info.bandwidth = (uint64_t)bw;
-	info.downtime_limit_ms = (uint64_t)m->params.i[MFD_P_DOWNTIME_LIMIT];
+	info.downtime_limit_ms = (uint64_t)limit_ms;
 	info.dirty_rate = e->dirty_rate_bytes;
 	if (e->send) {
 		struct mfd_multifd_stats *st = malloc(sizeof(*st));
@@ -539,13 +762,23 @@ static int policy_says_switch(struct mfd_engine *e)
 		}
 	}
 	e->expected_downtime_ms = bw > 0 ? (uint64_t)((double)must * 1000 / bw) : 0;
-	if (m->hooks.switchover_policy)
-		return m->hooks.switchover_policy(m->hooks_opaque, &info) > 0;
+	if (m->hooks.switchover_policy) {
+		int v = m->hooks.switchover_policy(m->hooks_opaque, &info);
+
+		return v == MFD_POLICY_POSTCOPY ? (e->postcopy ? v : 0) : v > 0;
+	}
 	if (bw <= 0)
 		return must == 0;
 	double budget = (double)info.downtime_limit_ms - (double)info.switchover_cost_ms;
 
-	return budget > 0 && (double)must <= bw * budget / 1000.0;
+	if (budget > 0 && (double)must <= bw * budget / 1000.0)
+		return 1;
+	/* Precopy does not converge: the pending bytes did not shrink over a pass. */
+	bool stuck = e->iterations >= 3 && e->ram.prev_pending &&
+		     must >= e->ram.prev_pending - e->ram.prev_pending / 10;
+
+	e->ram.prev_pending = must;
+	return e->postcopy && stuck ? MFD_POLICY_POSTCOPY : 0;
 }
 
 /* Auto-converge: when the guest dirties more than half of what the link moves,
@@ -572,6 +805,40 @@ static void maybe_throttle(struct mfd_engine *e)
 	}
 }
 
+static void preempt_hello_encode(struct mfd_engine *e, uint8_t h[PREEMPT_HELLO_SIZE])
+{
+	memset(h, 0, PREEMPT_HELLO_SIZE);
+	mfd_store_be32(h, PREEMPT_HELLO_MAGIC);
+	mfd_store_be32(h + 4, PREEMPT_HELLO_VERSION);
+	memcpy(h + 32, e->mcfg.uuid, MFD_UUID_LEN);
+	memcpy(h + 48, e->mcfg.token, MFD_TOKEN_LEN);
+}
+
+/* Source: the preempt channel, right after the main channel (the destination
+ * takes the next connection for it). */
+static int open_preempt(struct mfd_engine *e, mfd_error **errp)
+{
+	uint8_t h[PREEMPT_HELLO_SIZE];
+	struct iovec iov = { h, sizeof(h) };
+	mfd_stream *out = NULL;
+	int r = open_out(e, -2, errp);
+
+	if (r == 0) {
+		preempt_hello_encode(e, h);
+		r = mfd_channel_writev_full(e->pre_ch, &iov, 1, errp);
+	}
+	if (r == 0 && (r = mfd_stream_new(e->pre_ch, MFD_STREAM_WRITE, &out, errp)) == 0) {
+		mfd_stream_set_label(out, "preempt channel");
+		pthread_mutex_lock(&e->pre_lock);
+		e->pre_out = out;
+		e->ram.pre_last_block = -1;
+		pthread_mutex_unlock(&e->pre_lock);
+	}
+	if (r < 0)
+		mfd_error_prefix(errp ? *errp : NULL, "preempt channel");
+	return r;
+}
+
 static int source_connect(struct mfd_engine *e, mfd_error **errp)
 {
 	uint8_t hello[MAIN_HELLO_SIZE];
@@ -583,8 +850,10 @@ static int source_connect(struct mfd_engine *e, mfd_error **errp)
 		mfd_error_prefix(errp ? *errp : NULL, "setup: main channel");
 		return r;
 	}
-	main_hello_encode(e, hello);
+	main_hello_encode(e, hello, false);
 	if ((r = mfd_channel_writev_full(e->main_ch, &iov, 1, errp)) < 0)
+		return r;
+	if (e->preempt && (r = open_preempt(e, errp)) < 0)
 		return r;
 	if (!e->use_multifd)
 		return 0;
@@ -630,7 +899,7 @@ static int wait_result(struct mfd_engine *e, mfd_error **errp)
 		dl.tv_nsec -= 1000000000;
 	}
 	pthread_mutex_lock(&e->lock);
-	while (!e->rp_result_seen && !e->err && !engine_cancelled(e) && r == 0)
+	while (!e->rp_result_seen && !e->err && !engine_cancelled(e) && !e->rp_done && r == 0)
 		r = pthread_cond_timedwait(&e->cond, &e->lock, &dl);
 	bool seen = e->rp_result_seen;
 	int code = e->rp_result;
@@ -643,6 +912,308 @@ static int wait_result(struct mfd_engine *e, mfd_error **errp)
 				     "switchover: no answer from the destination within %lld ms",
 				     (long long)timeout);
 	return mfd_error_set(errp, MFD_ECANCELED, "switchover: the destination did not confirm");
+}
+
+/* ---- source, postcopy ------------------------------------------------------------ */
+
+static int flush_out(mfd_stream *s, mfd_error **errp)
+{
+	return mfd_stream_flush(s) < 0 ? mfd_stream_error(s, errp) : 0;
+}
+
+/* Stop the VM, hand the destination what it needs to run the guest. */
+static int postcopy_start(struct mfd_engine *e, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	mfd_channel *mw = NULL;
+	mfd_stream *pkg = NULL;
+	const void *blob;
+	size_t len;
+	bool ok;
+	int r;
+
+	/* RAM flushes and syncs multifd: no precopy page can land after postcopy
+	 * placed a newer copy. */
+	r = mfd_savevm_postcopy_prepare(m, e->out, &ok, errp);
+	if (r == 0)
+		r = flush_out(e->out, errp);
+	if (r < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "postcopy: save_postcopy_prepare");
+		return r;
+	}
+	set_state(e, MFD_STATE_DEVICE);
+	pthread_mutex_lock(&e->lock);
+	e->t_stop_ns = engine_now_ns();
+	pthread_mutex_unlock(&e->lock);
+	if (m->hooks.vm_stop && (r = m->hooks.vm_stop(m->hooks_opaque, errp)) < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "postcopy: vm_stop hook");
+		return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
+	}
+	e->vm_stopped = true;
+	/* The last dirty pages; multifd has nothing more to carry. */
+	if ((r = ramsec_final_sync(e, errp)) < 0 ||
+	    (e->send && (r = mfd_multifd_send_finish(e->send, errp)) < 0) ||
+	    (r = ramsec_send_discards(e, e->out, errp)) < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "postcopy: start");
+		return r;
+	}
+	/* LISTEN, the device state that cannot follow later, RUN: one package, so
+	 * the destination reads it whole before it listens on the main channel. */
+	if ((r = mfd_channel_new_mem_writer(MFD_PACKAGED_MAX_DEFAULT, &mw, errp)) < 0)
+		return r;
+	if ((r = mfd_stream_new(mw, MFD_STREAM_WRITE, &pkg, errp)) == 0) {
+		mfd_savevm_send_postcopy_listen(pkg);
+		r = mfd_savevm_complete_precopy(m, pkg, true, errp);
+		if (r == 0)
+			r = mfd_savevm_save_nonlive(m, pkg, errp);
+		if (r == 0) {
+			mfd_savevm_send_ping(pkg, 3);
+			mfd_savevm_send_postcopy_run(pkg);
+			r = flush_out(pkg, errp);
+		}
+		if (r == 0 && (r = mfd_channel_mem_contents(mw, &blob, &len)) == 0) {
+			atomic_store(&e->in_postcopy, true);
+			mfd_savevm_send_packaged(e->out, blob, (uint32_t)len);
+			mfd_savevm_send_ping(e->out, 4);
+			r = flush_out(e->out, errp);
+		}
+	}
+	mfd_stream_free(pkg);
+	mfd_channel_free(mw);
+	if (r < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "postcopy: device state");
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	e->t_pc_ns = engine_now_ns();
+	pthread_mutex_unlock(&e->lock);
+	set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
+	mfd_log_info("postcopy: the destination runs the guest; %llu bytes to push",
+		     (unsigned long long)ramsec_remaining(e));
+	return 0;
+}
+
+/* Close the main and preempt channels of a broken postcopy connection. */
+static void drop_connection(struct mfd_engine *e)
+{
+	break_connections(e);
+	if (e->rp_started) {
+		pthread_join(e->rp_thread, NULL);
+		e->rp_started = false;
+	}
+	if (e->pre_started) {
+		pthread_join(e->pre_thread, NULL);
+		e->pre_started = false;
+	}
+	pthread_mutex_lock(&e->pre_lock);
+	mfd_stream_free(e->pre_out);
+	e->pre_out = NULL;
+	pthread_mutex_unlock(&e->pre_lock);
+	pthread_mutex_lock(&e->out_lock);
+	pthread_mutex_lock(&e->lock);
+	mfd_stream_free(e->out);
+	mfd_stream_free(e->in);
+	mfd_stream_free(e->pre_in);
+	e->out = e->in = e->pre_in = NULL;
+	mfd_channel_free(e->main_ch);
+	mfd_channel_free(e->main_raw);
+	mfd_channel_free(e->pre_ch);
+	mfd_channel_free(e->pre_raw);
+	e->main_ch = e->main_raw = e->pre_ch = e->pre_raw = NULL;
+	e->rp_broken = e->rp_done = e->pause_req = false;
+	e->req_count = e->req_head = 0;
+	pthread_mutex_unlock(&e->lock);
+	pthread_mutex_unlock(&e->out_lock);
+}
+
+/* Wait for mfd_migrate_resume()/mfd_migrate_recover() or a cancel. */
+static int wait_resume(struct mfd_engine *e, mfd_error **errp)
+{
+	pthread_mutex_lock(&e->lock);
+	while (!e->resume_req && !atomic_load(&e->user_cancel))
+		pthread_cond_wait(&e->cond, &e->lock);
+	bool go = e->resume_req && !atomic_load(&e->user_cancel);
+
+	e->resume_req = false;
+	pthread_mutex_unlock(&e->lock);
+	if (!go)
+		return mfd_error_set(errp, MFD_ECANCELED,
+				     "postcopy cancelled while paused: the guest's memory is split "
+				     "between the source and the destination, and the VM is lost");
+	return 0;
+}
+
+static int wait_flag(struct mfd_engine *e, bool *flag, unsigned *count, unsigned want,
+		     const char *what, mfd_error **errp)
+{
+	int64_t timeout = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
+	struct timespec dl;
+	int r = 0;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += timeout / 1000;
+	dl.tv_nsec += (timeout % 1000) * 1000000;
+	if (dl.tv_nsec >= 1000000000) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&e->lock);
+	while (!(flag ? *flag : *count >= want) && !e->rp_done && !atomic_load(&e->user_cancel) &&
+	       r == 0)
+		r = pthread_cond_timedwait(&e->cond, &e->lock, &dl);
+	bool ok = flag ? *flag : *count >= want;
+
+	pthread_mutex_unlock(&e->lock);
+	if (ok)
+		return 0;
+	return mfd_error_set(errp, r == ETIMEDOUT ? MFD_ETIMEDOUT : MFD_EEOF,
+			     "recovery: no %s from the destination", what);
+}
+
+/* Source: reconnect, learn what the destination has, continue. */
+static int source_reconnect(struct mfd_engine *e, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	uint8_t hello[MAIN_HELLO_SIZE];
+	struct iovec iov = { hello, sizeof(hello) };
+	int r;
+
+	if ((r = open_out(e, -1, errp)) < 0)
+		return r;
+	main_hello_encode(e, hello, true);
+	if ((r = mfd_channel_writev_full(e->main_ch, &iov, 1, errp)) < 0)
+		return r;
+	if (e->preempt && (r = open_preempt(e, errp)) < 0)
+		return r;
+	relax_timeouts(e);
+	mfd_channel_set_option(e->pre_ch, "timeout-ms", 0, NULL);
+	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_WRITE, &e->out, errp)) < 0)
+		return r;
+	mfd_stream_set_label(e->out, "main channel");
+	e->ram.last_block = -1;
+	pthread_mutex_lock(&e->lock);
+	e->bitmaps_got = 0;
+	e->resume_acked = false;
+	e->rp_done = false;
+	pthread_mutex_unlock(&e->lock);
+	if (pthread_create(&e->rp_thread, NULL, rp_thread, e) != 0)
+		return mfd_error_set(errp, MFD_ENOMEM, "recovery: cannot start the return path");
+	e->rp_started = true;
+	mfd_savevm_header(m, e->out);
+	for (unsigned b = 0; b < m->nblocks; b++)
+		mfd_savevm_send_recv_bitmap(e->out, m->blocks[b].name);
+	if ((r = flush_out(e->out, errp)) < 0 ||
+	    (r = wait_flag(e, NULL, &e->bitmaps_got, m->nblocks, "received-pages bitmap",
+			   errp)) < 0 ||
+	    (r = mfd_savevm_resume_prepare(m, errp)) < 0)
+		return r;
+	mfd_savevm_send_postcopy_resume(e->out);
+	if ((r = flush_out(e->out, errp)) < 0 ||
+	    (r = wait_flag(e, &e->resume_acked, NULL, 0, "RESUME_ACK", errp)) < 0)
+		return r;
+	mfd_log_info("postcopy: resumed; %llu bytes still to push",
+		     (unsigned long long)ramsec_remaining(e));
+	return 0;
+}
+
+/* Source: the connection broke during postcopy.  Returns 0 once resumed. */
+static int source_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
+{
+	mfd_log_warn("postcopy paused: %s", cause ? mfd_error_message(cause) : "connection lost");
+	mfd_error_free(cause);
+	pthread_mutex_lock(&e->lock);
+	e->pauses++;
+	pthread_mutex_unlock(&e->lock);
+	for (;;) {
+		drop_connection(e);
+		set_state(e, MFD_STATE_POSTCOPY_PAUSED);
+		int r = wait_resume(e, errp);
+
+		if (r < 0)
+			return r;
+		set_state(e, MFD_STATE_POSTCOPY_RECOVER);
+		mfd_error *err = NULL;
+
+		if ((r = source_reconnect(e, &err)) == 0) {
+			set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
+			return 0;
+		}
+		if (atomic_load(&e->user_cancel)) {
+			mfd_error_propagate(errp, err);
+			return r;
+		}
+		mfd_log_warn("postcopy: resume failed, still paused: %s", mfd_error_message(err));
+		mfd_error_free(err);
+	}
+}
+
+static bool pausable(struct mfd_engine *e, int r)
+{
+	bool broken;
+
+	pthread_mutex_lock(&e->lock);
+	broken = !e->rp_result_seen && (e->rp_broken || e->pause_req);
+	bool seen = e->rp_result_seen;
+	pthread_mutex_unlock(&e->lock);
+	return !seen && (broken || network_error(e, r));
+}
+
+/* Source: everything from the switch to the destination's RESULT. */
+static int postcopy_run(struct mfd_engine *e, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	int r;
+
+	if ((r = postcopy_start(e, errp)) < 0)
+		return r;
+	for (;;) {
+		mfd_error *err = NULL;
+
+		r = mfd_savevm_iterate(m, e->out, true, &err);
+		if (r >= 0 && flush_out(e->out, &err) < 0)
+			r = mfd_error_code(err);
+		if (r == 1) {
+			/* Everything pushed: END, EOF, and the end of the preempt stream. */
+			r = mfd_savevm_complete_postcopy(m, e->out, &err);
+			if (r == 0 && (r = mfd_savevm_eof(e->out)) == 0)
+				r = flush_out(e->out, &err);
+			if (r == 0 && e->preempt) {
+				pthread_mutex_lock(&e->pre_lock);
+				mfd_stream_put_be64(e->pre_out, RAM_FLAG_EOS);
+				r = flush_out(e->pre_out, &err);
+				pthread_mutex_unlock(&e->pre_lock);
+			}
+			if (r == 0)
+				r = wait_result(e, &err);
+			if (r == 0) {
+				pthread_mutex_lock(&e->lock);
+				e->rp_result_seen = true;	/* (it is: wait_result saw it) */
+				pthread_mutex_unlock(&e->lock);
+			}
+		}
+		if (r < 0) {
+			if (!pausable(e, r)) {
+				mfd_error_prefix(err, "postcopy");
+				mfd_error_propagate(errp, err);
+				return r;
+			}
+			if ((r = source_pause(e, err, errp)) < 0)
+				return r;
+			continue;
+		}
+		mfd_error_free(err);
+		if (r == 0 && e->rp_result_seen)
+			break;
+	}
+	pthread_mutex_lock(&e->lock);
+	e->t_pc_end_ns = engine_now_ns();
+	pthread_mutex_unlock(&e->lock);
+	mfd_channel_finish(e->main_ch, NULL);
+	if (e->pre_ch)
+		mfd_channel_finish(e->pre_ch, NULL);
+	for (unsigned i = 0; i < e->nchan && e->use_multifd; i++)
+		mfd_channel_finish(e->mf[i], NULL);
+	return 0;
 }
 
 static int source_run(struct mfd_engine *e, mfd_error **errp)
@@ -662,6 +1233,13 @@ static int source_run(struct mfd_engine *e, mfd_error **errp)
 	if (e->use_rp) {
 		mfd_savevm_send_open_return_path(e->out);
 		mfd_savevm_send_ping(e->out, 1);
+		if (e->postcopy) {
+			uint64_t summary = 0;
+
+			for (unsigned b = 0; b < m->nblocks; b++)
+				summary |= m->blocks[b].page_size;
+			mfd_savevm_send_postcopy_advise(e->out, summary, 4096);
+		}
 		if (pthread_create(&e->rp_thread, NULL, rp_thread, e) != 0)
 			return mfd_error_set(errp, MFD_ENOMEM, "setup: cannot start the return path");
 		e->rp_started = true;
@@ -679,6 +1257,8 @@ static int source_run(struct mfd_engine *e, mfd_error **errp)
 	for (;;) {
 		if (engine_cancelled(e))
 			return mfd_error_set(errp, MFD_ECANCELED, "migration cancelled");
+		if (e->postcopy && atomic_load(&e->pc_want))
+			return postcopy_run(e, errp);
 		e->ram.pass_done = false;
 		r = mfd_savevm_iterate(m, e->out, false, errp);
 		if (r >= 0 && mfd_stream_flush(e->out) < 0)
@@ -692,7 +1272,14 @@ static int source_run(struct mfd_engine *e, mfd_error **errp)
 		/* Decide at pass boundaries, where the dirty figures are fresh; a VM
 		 * without RAM decides when its live sections are done. */
 		if ((e->ram_se && e->ram.pass_done) || (!e->ram_se && r == 1)) {
-			if (policy_says_switch(e))
+			int verdict = policy_says_switch(e);
+
+			if (verdict == MFD_POLICY_POSTCOPY) {
+				mfd_log_info("postcopy: the policy switches to postcopy after %llu "
+					     "passes", (unsigned long long)e->iterations);
+				return postcopy_run(e, errp);
+			}
+			if (verdict)
 				break;
 			maybe_throttle(e);
 		}
@@ -849,6 +1436,331 @@ static int lh_ping(void *opaque, uint32_t value, mfd_error **errp)
 	return rp_send(e, RP_PONG, b, 4, errp);
 }
 
+/* ---- destination, postcopy ------------------------------------------------------- */
+
+static int find_block(mfd_migration *m, const char *name)
+{
+	for (unsigned b = 0; b < m->nblocks; b++)
+		if (strcmp(m->blocks[b].name, name) == 0)
+			return (int)b;
+	return -1;
+}
+
+static int lh_advise(void *opaque, bool has_summary, uint64_t summary, uint64_t target,
+		     mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	uint64_t mine = 0;
+
+	if (!e->postcopy)
+		return mfd_error_set(errp, MFD_ENOTSUP, "the source advises postcopy, but "
+				     "postcopy-ram is off on this side");
+	for (unsigned b = 0; b < e->m->nblocks; b++)
+		mine |= e->m->blocks[b].page_size;
+	if (has_summary && (summary != mine || target != 4096))
+		return mfd_error_set(errp, MFD_EPROTO,
+				     "POSTCOPY_ADVISE: the source's page sizes (mask 0x%llx, target "
+				     "%llu) differ from this side's (0x%llx, 4096)",
+				     (unsigned long long)summary, (unsigned long long)target,
+				     (unsigned long long)mine);
+	return pcd_new(e, errp);
+}
+
+/* Destination: requested pages arriving on the preempt channel. */
+static void *pre_reader(void *arg)
+{
+	struct mfd_engine *e = arg;
+	uint8_t *bounce = malloc(PC_PAGE_MAX);
+	mfd_error *err = NULL;
+	int last = -1, r = bounce ? 0 : mfd_error_set(&err, MFD_ENOMEM, "preempt: out of memory");
+
+	while (r == 0) {
+		uint64_t word;
+
+		if ((r = mfd_stream_get_be64(e->pre_in, &word)) < 0) {
+			mfd_stream_error(e->pre_in, &err);
+			break;
+		}
+		if ((word & RAM_FLAGS_MASK) == RAM_FLAG_EOS)
+			break;
+		r = ramsec_load_pc_record(e, e->pre_in, word, &last, bounce, &err);
+		if (r < 0 && !err)
+			mfd_stream_error(e->pre_in, &err);
+	}
+	free(bounce);
+	if (r < 0 && network_error(e, r)) {
+		/* The loader pauses; we are restarted after recovery. */
+		mfd_log_warn("postcopy: preempt channel lost: %s", mfd_error_message(err));
+		break_connections(e);
+	} else if (r < 0) {
+		mfd_error_prefix(err, "postcopy: preempt channel");
+		record_error(e, err);
+		err = NULL;
+		atomic_store(&e->cancel, true);
+		shutdown_all(e);
+	}
+	mfd_error_free(err);
+	return NULL;
+}
+
+static int start_pre_reader(struct mfd_engine *e, mfd_error **errp)
+{
+	if (!e->preempt || e->pre_started || !e->pc_listening)
+		return 0;
+	if (pthread_create(&e->pre_thread, NULL, pre_reader, e) != 0)
+		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: cannot start the preempt thread");
+	e->pre_started = true;
+	return 0;
+}
+
+static int lh_listen(void *opaque, mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	int r;
+
+	if (!e->pcd)
+		return mfd_error_set(errp, MFD_EPROTO, "POSTCOPY_LISTEN without POSTCOPY_ADVISE");
+	/* Every precopy page is in place (the prepare section synced multifd); the
+	 * channels carry nothing more. */
+	if (e->recv && (r = mfd_multifd_recv_finish(e->recv, errp)) < 0)
+		return r;
+	if ((r = pcd_listen(e, errp)) < 0)
+		return r;
+	return start_pre_reader(e, errp);
+}
+
+static int lh_run(void *opaque, mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	mfd_migration *m = e->m;
+	int r;
+
+	if (!e->pc_listening)
+		return mfd_error_set(errp, MFD_EPROTO, "POSTCOPY_RUN before POSTCOPY_LISTEN");
+	if (atomic_load(&e->in_postcopy))
+		return mfd_error_set(errp, MFD_EPROTO, "a second POSTCOPY_RUN");
+	atomic_store(&e->in_postcopy, true);
+	pthread_mutex_lock(&e->lock);
+	e->t_pc_ns = engine_now_ns();
+	pthread_mutex_unlock(&e->lock);
+	if (m->hooks.vm_start && (r = m->hooks.vm_start(m->hooks_opaque, errp)) < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "postcopy: vm_start hook");
+		return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
+	}
+	set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
+	/* The package ends here; the loader goes on with the main stream. */
+	return MFD_LOADVM_QUIT;
+}
+
+static int lh_discard(void *opaque, const char *block, const uint64_t *ranges, size_t n,
+		      mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	int b = find_block(e->m, block), r = 0;
+
+	if (b < 0)
+		return mfd_error_set(errp, MFD_EPROTO, "POSTCOPY_RAM_DISCARD: unknown block '%s'",
+				     block);
+	for (size_t i = 0; i < n && r == 0; i++)
+		r = pcd_discard(e, (unsigned)b, ranges[2 * i], ranges[2 * i + 1], errp);
+	return r;
+}
+
+static int lh_recv_bitmap(void *opaque, const char *block, mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	int b = find_block(e->m, block);
+
+	if (!e->pc_resumed || !e->pcd)
+		return mfd_error_set(errp, MFD_EPROTO, "RECV_BITMAP outside postcopy recovery");
+	if (b < 0)
+		return mfd_error_set(errp, MFD_EPROTO, "RECV_BITMAP: unknown block '%s'", block);
+	return pcd_send_bitmap(e, (unsigned)b, errp);
+}
+
+static int lh_resume(void *opaque, mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	uint8_t one[4];
+	int r;
+
+	if (!e->pc_resumed)
+		return mfd_error_set(errp, MFD_EPROTO, "POSTCOPY_RESUME outside postcopy recovery");
+	mfd_store_be32(one, 1);
+	if ((r = rp_send(e, RP_RESUME_ACK, one, 4, errp)) < 0)
+		return r;
+	set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
+	/* Requests the broken connection swallowed. */
+	pcd_resend_requests(e);
+	return 0;
+}
+
+/* Destination: take the preempt channel (the connection after the main one). */
+static int accept_preempt(struct mfd_engine *e, mfd_error **errp)
+{
+	uint8_t h[PREEMPT_HELLO_SIZE];
+	struct iovec iov = { h, sizeof(h) };
+	mfd_channel *raw = NULL, *ch = NULL;
+	int64_t t = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
+	int r = mfd_listener_accept(e->listener, (int)t, &raw, errp);
+
+	if (r < 0)
+		goto out;
+	mfd_channel_set_option(raw, "timeout-ms", t, NULL);
+	if ((r = wrap_in(e, raw, &ch, errp)) < 0) {
+		mfd_channel_free(raw);
+		goto out;
+	}
+	pthread_mutex_lock(&e->lock);
+	e->pre_ch = ch;
+	e->pre_raw = ch != raw ? raw : NULL;
+	pthread_mutex_unlock(&e->lock);
+	if ((r = mfd_channel_readv_full(ch, &iov, 1, errp)) < 0)
+		goto out;
+	if (mfd_load_be32(h) != PREEMPT_HELLO_MAGIC || mfd_load_be32(h + 4) != PREEMPT_HELLO_VERSION)
+		r = mfd_error_set(errp, MFD_EBADMAGIC,
+				  "preempt channel: hello 0x%08x version %u, expected 0x%08x version "
+				  "%u (the source must connect it right after the main channel)",
+				  mfd_load_be32(h), mfd_load_be32(h + 4), PREEMPT_HELLO_MAGIC,
+				  PREEMPT_HELLO_VERSION);
+	else if (memcmp(h + 32, e->mcfg.uuid, MFD_UUID_LEN) != 0 ||
+		 mfd_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
+		r = mfd_error_set(errp, MFD_EPROTO,
+				  "preempt channel: it belongs to another session (UUID or token)");
+	if (r == 0 && (r = mfd_stream_new(ch, MFD_STREAM_READ, &e->pre_in, errp)) == 0)
+		mfd_stream_set_label(e->pre_in, "preempt channel");
+out:
+	if (r < 0)
+		mfd_error_prefix(errp ? *errp : NULL, "preempt channel");
+	return r;
+}
+
+/* Destination, recovery: the source reconnects to the new listener. */
+static int dest_reconnect(struct mfd_engine *e, mfd_error **errp)
+{
+	uint8_t h[MAIN_HELLO_SIZE];
+	struct iovec iov = { h, sizeof(h) };
+	mfd_channel *raw = NULL, *ch = NULL;
+	int r = mfd_listener_accept(e->listener, 0, &raw, errp);
+
+	if (r < 0)
+		return r;
+	mfd_channel_set_option(raw, "timeout-ms", e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], NULL);
+	if ((r = wrap_in(e, raw, &ch, errp)) < 0) {
+		mfd_channel_free(raw);
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	e->main_ch = ch;
+	e->main_raw = ch != raw ? raw : NULL;
+	pthread_mutex_unlock(&e->lock);
+	if ((r = mfd_channel_readv_full(ch, &iov, 1, errp)) < 0)
+		return r;
+	if (mfd_load_be32(h) != MAIN_HELLO_MAGIC || mfd_load_be32(h + 4) != MAIN_HELLO_VERSION ||
+	    !(mfd_load_be32(h + 8) & MAIN_HELLO_RESUME))
+		return mfd_error_set(errp, MFD_EPROTO, "recovery: the connection is not a libmultifd "
+				     "source resuming postcopy (magic 0x%08x, flags 0x%x)",
+				     mfd_load_be32(h), mfd_load_be32(h + 8));
+	if (memcmp(h + 32, e->mcfg.uuid, MFD_UUID_LEN) != 0 ||
+	    mfd_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
+		return mfd_error_set(errp, MFD_EPROTO, "recovery: the source belongs to another "
+				     "migration (session UUID or token differs)");
+	if (e->preempt && (r = accept_preempt(e, errp)) < 0)
+		return r;
+	relax_timeouts(e);
+	mfd_channel_set_option(e->pre_ch, "timeout-ms", 0, NULL);
+	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &e->in, errp)) < 0)
+		return r;
+	mfd_stream_set_label(e->in, "main channel");
+	e->pc_resumed = true;
+	return start_pre_reader(e, errp);
+}
+
+static bool dest_pausable(struct mfd_engine *e, int r)
+{
+	pthread_mutex_lock(&e->lock);
+	bool failed = e->err != NULL, asked = e->pause_req;
+
+	pthread_mutex_unlock(&e->lock);
+	return atomic_load(&e->in_postcopy) && !failed && (asked || network_error(e, r));
+}
+
+static int dest_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
+{
+	mfd_log_warn("postcopy paused: %s", cause ? mfd_error_message(cause) : "connection lost");
+	mfd_error_free(cause);
+	pthread_mutex_lock(&e->lock);
+	e->pauses++;
+	pthread_mutex_unlock(&e->lock);
+	for (;;) {
+		drop_connection(e);
+		set_state(e, MFD_STATE_POSTCOPY_PAUSED);
+		int r = wait_resume(e, errp);
+
+		if (r < 0)
+			return r;
+		set_state(e, MFD_STATE_POSTCOPY_RECOVER);
+		mfd_error *err = NULL;
+
+		if ((r = dest_reconnect(e, &err)) == 0)
+			return 0;
+		if (atomic_load(&e->user_cancel)) {
+			mfd_error_propagate(errp, err);
+			return r;
+		}
+		mfd_log_warn("postcopy: recovery failed, still paused: %s", mfd_error_message(err));
+		mfd_error_free(err);
+	}
+}
+
+/* Destination: the whole stream, across postcopy pauses. */
+static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	bool resumed = false;
+	int r = mfd_loadvm_begin(m, e->in, hooks, errp);
+
+	while (r == 0) {
+		mfd_error *err = NULL;
+
+		r = mfd_loadvm_run(m, e->in, hooks, resumed, &err);
+		resumed = false;
+		if (r == MFD_LOADVM_QUIT) {
+			/* POSTCOPY_RUN: the guest runs; the rest of the RAM follows. */
+			r = 0;
+			continue;
+		}
+		if (r == 0)
+			break;
+		if (!dest_pausable(e, r)) {
+			mfd_error_propagate(errp, err);
+			break;
+		}
+		r = dest_pause(e, err, errp);
+		resumed = true;
+	}
+	if (r == 0 && atomic_load(&e->in_postcopy)) {
+		/* The preempt stream ends after the main one: drain it. */
+		if (e->pre_started) {
+			pthread_join(e->pre_thread, NULL);
+			e->pre_started = false;
+		}
+		uint64_t missing = pcd_missing(e);
+
+		pthread_mutex_lock(&e->lock);
+		if (e->err)
+			r = mfd_error_code(e->err);
+		pthread_mutex_unlock(&e->lock);
+		if (r == 0 && missing)
+			r = mfd_error_set(errp, MFD_EPROTO, "postcopy: the stream ended with %llu pages "
+					  "still missing", (unsigned long long)missing);
+		if (r == 0)
+			pcd_stop(e);
+	}
+	mfd_loadvm_end(m);
+	return r;
+}
+
 static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 {
 	mfd_migration *m = e->m;
@@ -858,6 +1770,12 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 		.opaque = e,
 		.open_return_path = lh_open_rp,
 		.ping = lh_ping,
+		.postcopy_advise = lh_advise,
+		.postcopy_listen = lh_listen,
+		.postcopy_run = lh_run,
+		.postcopy_ram_discard = lh_discard,
+		.recv_bitmap = lh_recv_bitmap,
+		.postcopy_resume = lh_resume,
 	};
 	mfd_channel *first = NULL;
 	/* Wait as long as it takes for a source; once one connected, its other
@@ -876,6 +1794,8 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 		mfd_channel_free(wrap);
 		mfd_channel_free(first);
 	}
+	if (r == 0 && e->preempt)
+		r = accept_preempt(e, errp);
 	if (r == 0 && count > 1)
 		r = mfd_listener_gather(e->listener, count - 1,
 					(int)m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], identify_mf, e,
@@ -905,13 +1825,21 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &e->in, errp)) < 0)
 		return r;
 	mfd_stream_set_label(e->in, "main channel");
-	r = mfd_loadvm_state(m, e->in, &hooks, errp);
-	if (r == 0 && e->recv)
+	r = load_all(e, &hooks, errp);
+	if (r == 0 && e->recv && !e->pc_listening)
 		r = mfd_multifd_recv_finish(e->recv, errp);
 	if (r < 0)
 		return r;
 	engine_publish(e);
 	rp_send_result(e, 0, "loaded");
+	if (atomic_load(&e->in_postcopy)) {
+		pthread_mutex_lock(&e->lock);
+		e->t_pc_end_ns = engine_now_ns();
+		pthread_mutex_unlock(&e->lock);
+		/* The guest runs since POSTCOPY_RUN. */
+		mfd_channel_finish(e->main_ch, NULL);
+		return 0;
+	}
 	if (m->hooks.vm_start && (r = m->hooks.vm_start(m->hooks_opaque, errp)) < 0) {
 		mfd_error_prefix(errp ? *errp : NULL, "vm_start hook");
 		return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
@@ -928,7 +1856,15 @@ static void release_channels(struct mfd_engine *e)
 	pthread_mutex_lock(&e->lock);
 	mfd_stream_free(e->out);
 	mfd_stream_free(e->in);
-	e->out = e->in = NULL;
+	mfd_stream_free(e->pre_in);
+	e->out = e->in = e->pre_in = NULL;
+	pthread_mutex_lock(&e->pre_lock);
+	mfd_stream_free(e->pre_out);
+	e->pre_out = NULL;
+	pthread_mutex_unlock(&e->pre_lock);
+	mfd_channel_free(e->pre_ch);
+	mfd_channel_free(e->pre_raw);
+	e->pre_ch = e->pre_raw = NULL;
 	mfd_multifd_send_free(e->send);
 	mfd_multifd_recv_free(e->recv);
 	e->send = NULL;
@@ -958,6 +1894,12 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 	if (r < 0) {
 		if (!err)
 			mfd_error_set(&err, r, "migration failed (%s)", mfd_strerror(r));
+		if (atomic_load(&e->in_postcopy))
+			mfd_error_prefix(err, e->incoming ?
+					 "postcopy failed; the guest runs here with incomplete memory "
+					 "and must be stopped" :
+					 "postcopy failed and the VM is lost (its memory is split "
+					 "between the two hosts)");
 		if (e->incoming)
 			rp_send_result(e, mfd_error_code(err), mfd_error_message(err));
 		if (!e->incoming && e->rp_started && !atomic_load(&e->user_cancel)) {
@@ -988,12 +1930,34 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 		pthread_join(e->rp_thread, NULL);
 		e->rp_started = false;
 	}
+	if (e->pre_started) {
+		if (r < 0)
+			mfd_channel_shutdown(e->pre_ch);
+		pthread_join(e->pre_thread, NULL);
+		e->pre_started = false;
+	}
+	if (e->pcd) {
+		struct mfd_stats pst;
+
+		memset(&pst, 0, sizeof(pst));
+		pcd_stop(e);
+		pcd_stats(e, &pst);
+		pthread_mutex_lock(&e->lock);
+		e->pc_kept[0] = pst.postcopy_faults;
+		e->pc_kept[1] = pst.postcopy_fault_us_median;
+		e->pc_kept[2] = pst.postcopy_fault_us_p99;
+		e->pc_kept[3] = pst.postcopy_fault_us_max;
+		e->pc_kept[4] = pst.postcopy_blocktime_ms;
+		pthread_mutex_unlock(&e->lock);
+		pcd_free(e);
+	}
 	/* Leave the guest as we found it. */
 	if (!e->incoming) {
 		if (e->throttle && m->hooks.throttle)
 			m->hooks.throttle(m->hooks_opaque, 0);
 		e->throttle = 0;
-		if (r < 0 && e->vm_stopped && m->hooks.vm_start)
+		/* Not after postcopy began: the destination may run the guest. */
+		if (r < 0 && e->vm_stopped && !atomic_load(&e->in_postcopy) && m->hooks.vm_start)
 			m->hooks.vm_start(m->hooks_opaque, NULL);
 		mfd_savevm_cleanup(m);
 	}
@@ -1055,6 +2019,7 @@ static void engine_drop_state(struct mfd_engine *e)
 	pthread_mutex_destroy(&e->lock);
 	pthread_cond_destroy(&e->cond);
 	pthread_mutex_destroy(&e->out_lock);
+	pthread_mutex_destroy(&e->pre_lock);
 }
 
 static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_error **errp)
@@ -1075,7 +2040,10 @@ static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->cond, NULL);
 	pthread_mutex_init(&e->out_lock, NULL);
+	pthread_mutex_init(&e->pre_lock, NULL);
 	atomic_init(&e->cancel, false);
+	atomic_init(&e->pc_want, false);
+	atomic_init(&e->in_postcopy, false);
 	atomic_init(&e->user_cancel, false);
 	atomic_init(&e->state_pub, MFD_STATE_NONE);
 	e->approvals_needed = -1;
@@ -1099,6 +2067,7 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 		pthread_mutex_init(&e->lock, NULL);
 		pthread_cond_init(&e->cond, NULL);
 		pthread_mutex_init(&e->out_lock, NULL);
+		pthread_mutex_init(&e->pre_lock, NULL);
 		__atomic_store_n(&m->engine, e, __ATOMIC_RELEASE);
 	}
 	/* A malformed URI fails here, before any thread starts. */
@@ -1122,6 +2091,14 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	e->nchan = (unsigned)m->params.i[MFD_P_MULTIFD_CHANNELS];
 	e->use_multifd = !stream;
 	e->use_rp = m->params.i[MFD_P_RETURN_PATH] && !stream;
+	e->postcopy = m->params.i[MFD_P_POSTCOPY_RAM];
+	e->preempt = e->postcopy && m->params.i[MFD_P_POSTCOPY_PREEMPT];
+	if (m->params.i[MFD_P_POSTCOPY_PREEMPT] && !e->postcopy)
+		return mfd_error_set(errp, MFD_EINVAL, "postcopy-preempt needs postcopy-ram");
+	if (e->postcopy && !e->use_rp)
+		return mfd_error_set(errp, MFD_EINVAL, "postcopy-ram needs the return path: a tcp: "
+				     "or unix: URI and return-path on (not %s)",
+				     stream ? "fd: or file:" : "return-path off");
 	if ((r = make_config(e, errp)) < 0 ||
 	    (r = make_creds(e, incoming ? MFD_TLS_SERVER : MFD_TLS_CLIENT, errp)) < 0) {
 		mfd_tls_creds_free(e->creds);
@@ -1227,6 +2204,18 @@ void mfd_migrate_cancel(mfd_migration *m)
 	pthread_mutex_lock(&e->lock);
 	bool running = e->state != MFD_STATE_NONE && !terminal(e->state) && !e->ended;
 
+	enum mfd_state st = e->state;
+
+	if (running && atomic_load(&e->in_postcopy) && st != MFD_STATE_POSTCOPY_PAUSED &&
+	    st != MFD_STATE_POSTCOPY_RECOVER) {
+		/* Ending postcopy would lose the VM (its memory is split between the
+		 * hosts): cancel pauses it instead, as QEMU's migrate-pause. */
+		e->pause_req = true;
+		pthread_mutex_unlock(&e->lock);
+		mfd_log_warn("postcopy: cancel pauses the migration; cancel again to abandon it");
+		break_connections(e);
+		return;
+	}
 	pthread_mutex_unlock(&e->lock);
 	if (!running)
 		return;
@@ -1238,6 +2227,81 @@ void mfd_migrate_cancel(mfd_migration *m)
 		/* Best effort, so the source can say why. */
 		rp_send_result(e, MFD_ECANCELED, "migration cancelled on the destination");
 	shutdown_all(e);
+	pthread_mutex_lock(&e->lock);
+	pthread_cond_broadcast(&e->cond);	/* a paused postcopy waits on it */
+	pthread_mutex_unlock(&e->lock);
+}
+
+int mfd_migrate_start_postcopy(mfd_migration *m, mfd_error **errp)
+{
+	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
+	int r = 0;
+
+	if (!e || e->incoming || atomic_load(&e->state_pub) == MFD_STATE_NONE)
+		return mfd_error_set(errp, MFD_ESTATE, "mfd_migrate_start_postcopy: no outgoing "
+				     "migration");
+	pthread_mutex_lock(&e->lock);
+	if (!e->postcopy)
+		r = mfd_error_set(errp, MFD_ESTATE, "postcopy-ram was off when the migration "
+				  "started");
+	else if (e->state != MFD_STATE_SETUP && e->state != MFD_STATE_ACTIVE)
+		r = mfd_error_set(errp, MFD_ESTATE, "postcopy can start only during precopy (the "
+				  "migration is %s)", mfd_state_name(e->state));
+	else
+		atomic_store(&e->pc_want, true);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+static int request_resume(mfd_migration *m, bool incoming, const char *uri, mfd_error **errp)
+{
+	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
+	const char *fn = incoming ? "mfd_migrate_recover" : "mfd_migrate_resume";
+	mfd_listener *l = NULL, *old = NULL;
+	int r = 0;
+
+	if (!e || !uri || e->incoming != incoming ||
+	    atomic_load(&e->state_pub) == MFD_STATE_NONE)
+		return mfd_error_set(errp, MFD_ESTATE, "%s: no %s migration", fn,
+				     incoming ? "incoming" : "outgoing");
+	if (strlen(uri) >= sizeof(e->resume_uri))
+		return mfd_error_set(errp, MFD_EINVAL, "%s: URI too long", fn);
+	if (atomic_load(&e->state_pub) != MFD_STATE_POSTCOPY_PAUSED)
+		return mfd_error_set(errp, MFD_ESTATE, "%s: the migration is %s, not postcopy-paused",
+				     fn, mfd_state_name((enum mfd_state)atomic_load(&e->state_pub)));
+	if (incoming && (r = mfd_listener_new(uri, &l, errp)) < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	if (e->state != MFD_STATE_POSTCOPY_PAUSED || e->resume_req) {
+		r = mfd_error_set(errp, MFD_ESTATE, "%s: a recovery is already under way", fn);
+	} else {
+		if (incoming) {
+			old = e->listener;
+			e->listener = l;
+			l = NULL;
+			snprintf(e->listen_uri, sizeof(e->listen_uri), "%s",
+				 mfd_listener_uri(e->listener));
+		} else {
+			strcpy(e->uri, uri);
+		}
+		strcpy(e->resume_uri, uri);
+		e->resume_req = true;
+		pthread_cond_broadcast(&e->cond);
+	}
+	pthread_mutex_unlock(&e->lock);
+	mfd_listener_free(old);
+	mfd_listener_free(l);
+	return r;
+}
+
+int mfd_migrate_recover(mfd_migration *m, const char *uri, mfd_error **errp)
+{
+	return request_resume(m, true, uri, errp);
+}
+
+int mfd_migrate_resume(mfd_migration *m, const char *uri, mfd_error **errp)
+{
+	return request_resume(m, false, uri, errp);
 }
 
 enum mfd_state mfd_migration_state(mfd_migration *m)
@@ -1333,6 +2397,21 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 		page_bytes += ms->ch[i].normal_bytes;
 		wire += ms->ch[i].wire_bytes;
 	}
+	pthread_mutex_lock(&e->lock);
+	st.ram_postcopy_requests = e->pc_requests;
+	st.postcopy_pauses = e->pauses;
+	if (e->t_pc_ns)
+		st.postcopy_time_ms = ((e->t_pc_end_ns ? e->t_pc_end_ns : now) - e->t_pc_ns) / 1000000;
+	if (e->pcd) {
+		pcd_stats(e, &st);
+	} else {
+		st.postcopy_faults = e->pc_kept[0];
+		st.postcopy_fault_us_median = e->pc_kept[1];
+		st.postcopy_fault_us_p99 = e->pc_kept[2];
+		st.postcopy_fault_us_max = e->pc_kept[3];
+		st.postcopy_blocktime_ms = e->pc_kept[4];
+	}
+	pthread_mutex_unlock(&e->lock);
 	st.multifd_syncs = ms->syncs;
 	st.multifd_sync_ms_max = ms->sync_ns_max / 1000000;
 	st.ram_transferred += st.ram_multifd_bytes;
@@ -1376,7 +2455,10 @@ char *mfd_migration_stats_json(mfd_migration *m)
 		     "\"pages-per-second\": %llu, \"multifd-bytes\": %llu, "
 		     "\"postcopy-requests\": %llu, \"page-size\": %llu}, "
 		     "\"multifd\": {\"channels\": %u, \"iterations\": %llu, \"syncs\": %llu, "
-		     "\"sync-ms-max\": %llu, \"compression-ratio\": %.4f, \"per-channel\": [%s]}}",
+		     "\"sync-ms-max\": %llu, \"compression-ratio\": %.4f, \"per-channel\": [%s]}, "
+		     "\"postcopy\": {\"requests\": %llu, \"faults\": %llu, "
+		     "\"fault-us-median\": %llu, \"fault-us-p99\": %llu, \"fault-us-max\": %llu, "
+		     "\"blocktime-ms\": %llu, \"pauses\": %llu, \"time-ms\": %llu}}",
 		     mfd_state_name(st.status), (unsigned long long)st.total_time,
 		     (unsigned long long)st.setup_time, (unsigned long long)st.downtime,
 		     (unsigned long long)st.expected_downtime, st.throttle_percent,
@@ -1391,7 +2473,14 @@ char *mfd_migration_stats_json(mfd_migration *m)
 		     (unsigned long long)(m->nblocks ? m->blocks[0].page_size : 4096), st.channels,
 		     (unsigned long long)st.iterations, (unsigned long long)st.multifd_syncs,
 		     (unsigned long long)st.multifd_sync_ms_max, st.compression_ratio,
-		     chans ? chans : "") < 0)
+		     chans ? chans : "", (unsigned long long)st.ram_postcopy_requests,
+		     (unsigned long long)st.postcopy_faults,
+		     (unsigned long long)st.postcopy_fault_us_median,
+		     (unsigned long long)st.postcopy_fault_us_p99,
+		     (unsigned long long)st.postcopy_fault_us_max,
+		     (unsigned long long)st.postcopy_blocktime_ms,
+		     (unsigned long long)st.postcopy_pauses,
+		     (unsigned long long)st.postcopy_time_ms) < 0)
 		json = NULL;
 	free(chans);
 	return json;

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "core/migration.h"
 #include "core/params.h"
@@ -31,14 +32,33 @@
 #define MAIN_HELLO_VERSION 1u
 #define MAIN_HELLO_SIZE 128
 #define MAIN_HELLO_RETURN_PATH 0x1u
+#define MAIN_HELLO_PREEMPT 0x2u		/* a preempt channel follows the main channel */
+#define MAIN_HELLO_RESUME 0x4u		/* postcopy recovery: reconnecting a paused session */
+#define MAIN_HELLO_POSTCOPY 0x8u	/* postcopy-ram is on at the source */
+#define MAIN_HELLO_FLAGS 0xfu
+
+/* Preempt-channel hello, 128 bytes: magic, version, flags, UUID at 32, token at 48. */
+#define PREEMPT_HELLO_MAGIC 0x4d464451u	/* "MFDQ" */
+#define PREEMPT_HELLO_VERSION 1u
+#define PREEMPT_HELLO_SIZE 128
 
 /* Return-path messages: be16 type, be16 length, payload. */
 enum rp_type {
 	RP_PONG = 1,		/* be32 value */
 	RP_RESULT = 2,		/* be32 code (0 = loaded), then the message bytes */
 	RP_SWITCHOVER_ACK = 3,	/* nothing: the destination consents to switchover */
+	RP_REQ_PAGES = 4,	/* be16 block, be16 0, be32 length, be64 offset: postcopy wants pages */
+	RP_RECV_BITMAP = 5,	/* be16 block, be16 0, be32 0, be64 bytes; then the bitmap and
+				 * be64 RECV_BITMAP_END outside the message */
+	RP_RESUME_ACK = 6,	/* be32 1: the destination resumed postcopy */
 };
 #define RP_MSG_MAX 4096
+#define RP_REQ_PAGES_LEN 16
+#define RP_REQ_MAX_BYTES (1u << 21)	/* most bytes one page request may ask for */
+#define RP_RECV_BITMAP_LEN 16
+#define RECV_BITMAP_END 0x0123456789abcdefull
+#define PC_REQ_QUEUE 4096		/* source: page requests waiting (non-preempt) */
+#define PC_PAGE_MAX (2u << 20)		/* largest page postcopy places (2 MiB) */
 
 /* Built-in dirty tracker, published with an atomic pointer while migrating. */
 struct mfd_tracker {
@@ -66,7 +86,18 @@ struct ram_source {
 	uint64_t tokens_ns;
 	uint64_t zero_pages, normal_pages;	/* main-stream mode counts */
 	uint64_t normal_bytes;
+	int pre_last_block;			/* preempt-stream CONTINUE tracking */
+	uint64_t pc_cursor_block, pc_cursor_page;	/* postcopy background push */
+	uint64_t prev_pending;			/* for the default postcopy policy */
 };
+
+struct pc_req {
+	uint16_t block;
+	uint32_t len;
+	uint64_t offset;
+};
+
+struct pc_dest;	/* core/postcopy.c */
 
 struct mfd_engine {
 	/* Set at start. */
@@ -129,6 +160,35 @@ struct mfd_engine {
 	uint64_t main_bytes_pub, remaining_pub, zero_pub, normal_pub, normal_bytes_pub;
 	uint64_t iterations_pub, dirty_syncs_pub, dirty_rate_pub, expected_downtime_pub;
 	struct mfd_multifd_stats *final_ms;	/* multifd figures kept at the end */
+
+	/* Postcopy. */
+	bool postcopy;			/* postcopy-ram on this migration */
+	bool preempt;			/* postcopy-preempt: a channel for requested pages */
+	atomic_bool pc_want;		/* source: mfd_migrate_start_postcopy() asked */
+	atomic_bool in_postcopy;	/* the switch happened (both sides) */
+	bool pc_listening;		/* destination: LISTEN done, pages go through uffd */
+	mfd_channel *pre_ch, *pre_raw;	/* the preempt channel (published under lock) */
+	mfd_stream *pre_out;		/* source: written by the return-path thread */
+	mfd_stream *pre_in;		/* destination: read by the preempt thread */
+	pthread_mutex_t pre_lock;	/* source: pre_out writers */
+	pthread_t pre_thread;
+	bool pre_started;
+	struct pc_req reqs[PC_REQ_QUEUE];	/* source: requests for the pusher, under lock */
+	unsigned req_head, req_count;
+	uint64_t pc_requests, pc_requests_dropped;
+	uint64_t t_pc_ns, t_pc_end_ns;	/* switch to postcopy, end of it */
+	uint64_t pauses;
+	bool rp_broken;			/* source: the return path lost its connection */
+	/* Recovery, under lock. */
+	bool resume_req;
+	char resume_uri[512];
+	unsigned bitmaps_got;
+	bool resume_acked;
+	struct pc_dest *pcd;		/* destination: userfaultfd state */
+	uint64_t pc_kept[5];		/* its figures once it is gone (see pcd_stats) */
+	bool pause_req;			/* mfd_migrate_cancel() in postcopy: pause */
+	bool pc_resumed;		/* destination: the load continues on a new stream */
+	uint8_t *pc_page;		/* destination: main-stream bounce page */
 };
 
 /* core/ramsec.c */
@@ -140,7 +200,42 @@ void ramsec_free_trackers(mfd_migration *m);
 uint64_t ramsec_remaining(struct mfd_engine *e);
 uint64_t ramsec_total(const mfd_migration *m);
 
+/* core/ramsec.c, postcopy */
+bool ramsec_has_postcopy(void *opaque);
+/* Source, VM stopped: pull the last dirty pages into the send bitmap. */
+int ramsec_final_sync(struct mfd_engine *e, mfd_error **errp);
+/* Source: send discard commands for every page still to send. */
+int ramsec_send_discards(struct mfd_engine *e, mfd_stream *s, mfd_error **errp);
+/* Source: send the pages of one request on @s (preempt stream or main). */
+int ramsec_serve_request(struct mfd_engine *e, mfd_stream *s, int *last_block,
+			 const struct pc_req *rq, mfd_error **errp);
+/* Source: replace the send bitmap of block @b by the pages the destination lacks. */
+void ramsec_apply_recv_bitmap(struct mfd_engine *e, unsigned b, const uint64_t *recv);
+/* Destination: read one RAM record body (after the word) and place it in postcopy. */
+int ramsec_load_pc_record(struct mfd_engine *e, mfd_stream *s, uint64_t word, int *last_block,
+			  uint8_t *bounce, mfd_error **errp);
+uint64_t ramsec_words(uint64_t npages);
+
+/* core/postcopy.c: destination userfaultfd machinery. */
+int pcd_new(struct mfd_engine *e, mfd_error **errp);
+int pcd_discard(struct mfd_engine *e, unsigned b, uint64_t start, uint64_t len, mfd_error **errp);
+int pcd_listen(struct mfd_engine *e, mfd_error **errp);
+/* Place a page (data NULL: a zero page); a page already there is left alone. */
+int pcd_place(struct mfd_engine *e, unsigned b, uint64_t offset, const void *data,
+	      mfd_error **errp);
+uint64_t pcd_missing(struct mfd_engine *e);
+int pcd_send_bitmap(struct mfd_engine *e, unsigned b, mfd_error **errp);
+void pcd_resend_requests(struct mfd_engine *e);
+void pcd_stop(struct mfd_engine *e);
+void pcd_free(struct mfd_engine *e);
+void pcd_stats(struct mfd_engine *e, struct mfd_stats *st);
+
 /* core/engine.c */
+int engine_rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
+		   mfd_error **errp);
+/* Destination: a message followed by raw bytes, under the return path's lock. */
+int engine_rp_send_raw(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
+		       const struct iovec *extra, int nextra, mfd_error **errp);
 uint64_t engine_now_ns(void);
 bool engine_cancelled(struct mfd_engine *e);
 uint64_t engine_bytes_sent(struct mfd_engine *e);

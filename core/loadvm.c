@@ -548,7 +548,7 @@ static int loadvm_loop(struct loadvm *lv, mfd_stream *s, int depth)
 	}
 }
 
-int mfd_loadvm_state(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+int mfd_loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
 		     mfd_error **errp)
 {
 	struct loadvm lv = { .m = m, .hooks = hooks, .errp = errp };
@@ -581,16 +581,38 @@ int mfd_loadvm_state(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_ho
 		}
 		mfd_error_free(err);
 	}
+	return r;
+}
+
+int mfd_loadvm_run(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+		   bool header, mfd_error **errp)
+{
+	struct loadvm lv = { .m = m, .hooks = hooks, .errp = errp };
+	int r = header ? check_header(&lv, s) : 0;
+
 	if (r == 0)
 		r = loadvm_loop(&lv, s, 0);
-	if (r == MFD_LOADVM_QUIT)
-		r = 0;
+	return r;
+}
+
+void mfd_loadvm_end(mfd_migration *m)
+{
 	mfd_for_each_section(m, se) {
 		if (se->load_setup_done && se->ops.load_cleanup)
 			se->ops.load_cleanup(se->opaque);
 		se->load_setup_done = false;
 	}
-	return r;
+}
+
+int mfd_loadvm_state(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+		     mfd_error **errp)
+{
+	int r = mfd_loadvm_begin(m, s, hooks, errp);
+
+	if (r == 0)
+		r = mfd_loadvm_run(m, s, hooks, false, errp);
+	mfd_loadvm_end(m);
+	return r == MFD_LOADVM_QUIT ? 0 : r;
 }
 
 int mfd_loadvm(mfd_migration *m, mfd_channel *ch, mfd_error **errp)

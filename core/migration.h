@@ -5,6 +5,7 @@
 #ifndef MFD_CORE_MIGRATION_H
 #define MFD_CORE_MIGRATION_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -45,7 +46,8 @@ struct mfd_ram_block {
 };
 
 struct mfd_migration {
-	/* Changed only while no save or load runs (busy == false). */
+	/* Changed only while no save or load runs (busy == false), except the
+	 * parameters marked live (core/params.c), read with mfd_param_live(). */
 	char identity[256];
 	struct mfd_section *sections;	/* registration order */
 	uint32_t next_section_id;
@@ -54,7 +56,7 @@ struct mfd_migration {
 	struct mfd_params params;
 	mfd_vmm_hooks hooks;
 	void *hooks_opaque;
-	bool busy;
+	atomic_bool busy;
 
 	/* The engine (core/engine.c); NULL until a migration starts. */
 	struct mfd_engine *engine;

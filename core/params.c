@@ -22,6 +22,7 @@ struct pdef {
 	const char *sdef;
 	const char *const *choices;	/* P_ENUM */
 	bool unsupported;		/* enabling it fails: not implemented yet */
+	bool live;			/* may change while migrating (read atomically) */
 };
 
 static const char *const zero_choices[] = { "none", "legacy", "multifd", NULL };
@@ -34,16 +35,16 @@ static const struct pdef defs[MFD_P__COUNT] = {
 	[MFD_P_MULTIFD_LZ4_LEVEL] = { .name = "multifd-lz4-level", .type = P_INT, .def = 1, .min = 1, .max = 65537 },
 	[MFD_P_MULTIFD_PACKET_SIZE] = { .name = "multifd-packet-size", .type = P_INT, .def = 128, .min = 1, .max = 4096 },
 	[MFD_P_ZERO_PAGE_DETECTION] = { .name = "zero-page-detection", .type = P_ENUM, .def = 2, .min = 0, .max = 2, .sdef = NULL, .choices = zero_choices },
-	[MFD_P_MAX_BANDWIDTH] = { .name = "max-bandwidth", .type = P_INT, .def = 0, .min = 0, .max = INT64_MAX },
-	[MFD_P_DOWNTIME_LIMIT] = { .name = "downtime-limit", .type = P_INT, .def = 300, .min = 1, .max = 2000000 },
-	[MFD_P_AVAIL_SWITCHOVER_BANDWIDTH] = { .name = "avail-switchover-bandwidth", .type = P_INT, .def = 0, .min = 0, .max = INT64_MAX },
+	[MFD_P_MAX_BANDWIDTH] = { .name = "max-bandwidth", .type = P_INT, .def = 0, .min = 0, .max = INT64_MAX, .live = true },
+	[MFD_P_DOWNTIME_LIMIT] = { .name = "downtime-limit", .type = P_INT, .def = 300, .min = 1, .max = 2000000, .live = true },
+	[MFD_P_AVAIL_SWITCHOVER_BANDWIDTH] = { .name = "avail-switchover-bandwidth", .type = P_INT, .def = 0, .min = 0, .max = INT64_MAX, .live = true },
 	[MFD_P_AUTO_CONVERGE] = { .name = "auto-converge", .type = P_BOOL, .def = 0, .min = 0, .max = 1 },
 	[MFD_P_CPU_THROTTLE_INITIAL] = { .name = "cpu-throttle-initial", .type = P_INT, .def = 20, .min = 1, .max = 99 },
 	[MFD_P_CPU_THROTTLE_INCREMENT] = { .name = "cpu-throttle-increment", .type = P_INT, .def = 10, .min = 1, .max = 99 },
 	[MFD_P_MAX_CPU_THROTTLE] = { .name = "max-cpu-throttle", .type = P_INT, .def = 99, .min = 1, .max = 99 },
-	[MFD_P_POSTCOPY_RAM] = { .name = "postcopy-ram", .type = P_BOOL, .def = 0, .min = 0, .max = 1, .unsupported = true },
-	[MFD_P_POSTCOPY_PREEMPT] = { .name = "postcopy-preempt", .type = P_BOOL, .def = 0, .min = 0, .max = 1, .unsupported = true },
-	[MFD_P_MAX_POSTCOPY_BANDWIDTH] = { .name = "max-postcopy-bandwidth", .type = P_INT, .def = 0, .min = 0, .max = INT64_MAX },
+	[MFD_P_POSTCOPY_RAM] = { .name = "postcopy-ram", .type = P_BOOL, .def = 0, .min = 0, .max = 1 },
+	[MFD_P_POSTCOPY_PREEMPT] = { .name = "postcopy-preempt", .type = P_BOOL, .def = 0, .min = 0, .max = 1 },
+	[MFD_P_MAX_POSTCOPY_BANDWIDTH] = { .name = "max-postcopy-bandwidth", .type = P_INT, .def = 0, .min = 0, .max = INT64_MAX, .live = true },
 	[MFD_P_ZERO_COPY_SEND] = { .name = "zero-copy-send", .type = P_BOOL, .def = 0, .min = 0, .max = 1, .unsupported = true },
 	[MFD_P_TLS_CREDS] = { .name = "tls-creds", .type = P_STR, .def = 0, .min = 0, .max = 0, .sdef = "" },
 	[MFD_P_TLS_PSK_FILE] = { .name = "tls-psk-file", .type = P_STR, .def = 0, .min = 0, .max = 0, .sdef = "" },
@@ -81,11 +82,15 @@ static int find(const char *name, mfd_error **errp)
 	return mfd_error_set(errp, MFD_ENOENT, "unknown parameter '%s'", name ? name : "(null)");
 }
 
-static int check_idle(mfd_migration *m, const char *name, mfd_error **errp)
+static int check_idle(mfd_migration *m, int id, const char *name, mfd_error **errp)
 {
+	if (id >= 0 && defs[id].live)
+		return 0;
 	if (m->busy)
 		return mfd_error_set(errp, MFD_ESTATE,
-				     "parameter '%s' cannot change while a migration runs", name);
+				     "parameter '%s' cannot change while a migration runs (only "
+				     "max-bandwidth, max-postcopy-bandwidth, downtime-limit and "
+				     "avail-switchover-bandwidth can)", name);
 	return 0;
 }
 
@@ -103,7 +108,7 @@ static int set_int(mfd_migration *m, int id, int64_t v, mfd_error **errp)
 	if (d->unsupported && v)
 		return mfd_error_set(errp, MFD_ENOTSUP, "%s is not supported by this version yet",
 				     d->name);
-	m->params.i[id] = v;
+	__atomic_store_n(&m->params.i[id], v, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -115,7 +120,7 @@ int mfd_set_param_int(mfd_migration *m, const char *name, int64_t value, mfd_err
 		return mfd_error_set(errp, MFD_EINVAL, "mfd_set_param_int: migration is NULL");
 	if ((id = find(name, errp)) < 0)
 		return id;
-	if (check_idle(m, name, errp) < 0)
+	if (check_idle(m, id, name, errp) < 0)
 		return MFD_ESTATE;
 	if (defs[id].type == P_STR || defs[id].type == P_ENUM)
 		return mfd_error_set(errp, MFD_EINVAL, "%s takes a string, not a number", name);
@@ -146,7 +151,7 @@ int mfd_set_param(mfd_migration *m, const char *name, const char *value, mfd_err
 		return mfd_error_set(errp, MFD_EINVAL, "mfd_set_param: NULL argument");
 	if ((id = find(name, errp)) < 0)
 		return id;
-	if (check_idle(m, name, errp) < 0)
+	if (check_idle(m, id, name, errp) < 0)
 		return MFD_ESTATE;
 	d = &defs[id];
 	switch (d->type) {
@@ -214,7 +219,7 @@ int mfd_get_param(mfd_migration *m, const char *name, char *buf, size_t len, mfd
 		text = m->params.i[id] ? "on" : "off";
 		break;
 	default:
-		snprintf(tmp, sizeof(tmp), "%lld", (long long)m->params.i[id]);
+		snprintf(tmp, sizeof(tmp), "%lld", (long long)mfd_param_live(&m->params, id));
 		text = tmp;
 	}
 	if (strlen(text) >= len)
@@ -234,7 +239,7 @@ int mfd_get_param_int(mfd_migration *m, const char *name, int64_t *value, mfd_er
 		return id;
 	if (defs[id].type == P_STR)
 		return mfd_error_set(errp, MFD_EINVAL, "%s is a string parameter", name);
-	*value = m->params.i[id];
+	*value = mfd_param_live(&m->params, id);
 	return 0;
 }
 

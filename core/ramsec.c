@@ -29,6 +29,11 @@ static uint64_t words(uint64_t npages)
 	return (npages + 63) / 64;
 }
 
+uint64_t ramsec_words(uint64_t npages)
+{
+	return words(npages);
+}
+
 uint64_t ramsec_total(const mfd_migration *m)
 {
 	uint64_t t = 0;
@@ -159,6 +164,7 @@ static int prepare(void *opaque, mfd_error **errp)
 
 	memset(rs, 0, sizeof(*rs));
 	rs->last_block = -1;
+	rs->pre_last_block = -1;
 	for (unsigned b = 0; b < m->nblocks; b++) {
 		uint64_t n = blk(e, b)->size >> blk(e, b)->page_shift;
 
@@ -254,10 +260,9 @@ static int save_setup(mfd_stream *s, void *opaque, mfd_error **errp)
 }
 
 /* max-bandwidth: a token bucket fed by the clock, drained per page. */
-static void rate_limit(struct mfd_engine *e, uint64_t bytes)
+static void rate_limit_at(struct mfd_engine *e, int64_t rate, uint64_t bytes)
 {
 	struct ram_source *rs = &e->ram;
-	int64_t rate = e->m->params.i[MFD_P_MAX_BANDWIDTH];
 
 	if (rate <= 0)
 		return;
@@ -284,6 +289,11 @@ static void rate_limit(struct mfd_engine *e, uint64_t bytes)
 
 		nanosleep(&ts, NULL);
 	}
+}
+
+static void rate_limit(struct mfd_engine *e, uint64_t bytes)
+{
+	rate_limit_at(e, mfd_param_live(&e->m->params, MFD_P_MAX_BANDWIDTH), bytes);
 }
 
 /* Send one page: to multifd, or as a main-stream record. */
@@ -395,9 +405,249 @@ static int end_of_pass(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 	return 0;
 }
 
+/* ---- source, postcopy ------------------------------------------------------------- */
+
+/*
+ * After the switch the return-path thread (serving requests on the preempt
+ * channel) and the migration thread (background push) both take pages out
+ * of the send bitmap: a page is sent by whoever clears its bit.
+ */
+static bool take_page(struct ram_source *rs, unsigned b, uint64_t page)
+{
+	uint64_t m = 1ull << (page % 64);
+
+	if (!(__atomic_fetch_and(&rs->bitmap[b][page / 64], ~m, __ATOMIC_ACQ_REL) & m))
+		return false;
+	__atomic_fetch_sub(&rs->dirty, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_sub(&rs->dirty_b[b], 1, __ATOMIC_RELAXED);
+	return true;
+}
+
+/* One RAM record on @s (main stream inside a PART, or the preempt stream). */
+static int pc_send_page(struct mfd_engine *e, mfd_stream *s, int *last_block, unsigned b,
+			uint64_t page, mfd_error **errp)
+{
+	const struct mfd_ram_block *bk = blk(e, b);
+	uint64_t off = page << bk->page_shift;
+	const uint8_t *host = bk->host + off;
+	unsigned cont = *last_block == (int)b ? RAM_FLAG_CONTINUE : 0;
+
+	if (mfd_page_is_zero(host, bk->page_size)) {
+		put_word(s, off, RAM_FLAG_ZERO | cont);
+		if (!cont)
+			mfd_stream_put_str(s, bk->name);
+		mfd_stream_put_u8(s, 0);
+		__atomic_fetch_add(&e->ram.zero_pages, 1, __ATOMIC_RELAXED);
+	} else {
+		put_word(s, off, RAM_FLAG_PAGE | cont);
+		if (!cont)
+			mfd_stream_put_str(s, bk->name);
+		/* The VM is stopped: the page does not change under the reference. */
+		mfd_stream_put_buf_ref(s, host, bk->page_size);
+		__atomic_fetch_add(&e->ram.normal_pages, 1, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&e->ram.normal_bytes, bk->page_size, __ATOMIC_RELAXED);
+	}
+	*last_block = (int)b;
+	return mfd_stream_error(s, errp);
+}
+
+int ramsec_serve_request(struct mfd_engine *e, mfd_stream *s, int *last_block,
+			 const struct pc_req *rq, mfd_error **errp)
+{
+	const struct mfd_ram_block *bk = blk(e, rq->block);
+	uint64_t first = rq->offset >> bk->page_shift, n = rq->len >> bk->page_shift;
+	int r = 0;
+
+	for (uint64_t p = first; p < first + n && r == 0; p++)
+		if (take_page(&e->ram, rq->block, p))
+			r = pc_send_page(e, s, last_block, rq->block, p, errp);
+	/* Urgent: out now, not when a buffer fills. */
+	if (r == 0 && mfd_stream_flush(s) < 0)
+		r = mfd_stream_error(s, errp);
+	return r;
+}
+
+/* Requests queued by the return-path thread (no preempt channel). */
+static int serve_queue(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
+{
+	for (;;) {
+		struct pc_req rq;
+
+		pthread_mutex_lock(&e->lock);
+		if (!e->req_count) {
+			pthread_mutex_unlock(&e->lock);
+			return 0;
+		}
+		rq = e->reqs[e->req_head];
+		e->req_head = (e->req_head + 1) % PC_REQ_QUEUE;
+		e->req_count--;
+		pthread_mutex_unlock(&e->lock);
+		int r = ramsec_serve_request(e, s, &e->ram.last_block, &rq, errp);
+
+		if (r < 0)
+			return r;
+	}
+}
+
+/* Background push: pages in bitmap order from a cursor, requests first. */
+static int pc_iterate(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
+{
+	struct ram_source *rs = &e->ram;
+	uint64_t t0 = engine_now_ns(), n = 0;
+	int64_t rate = mfd_param_live(&e->m->params, MFD_P_MAX_POSTCOPY_BANDWIDTH);
+	int r;
+
+	while (engine_now_ns() - t0 < ITERATE_BUDGET_NS / 5 && !engine_cancelled(e)) {
+		if ((r = serve_queue(e, s, errp)) < 0)
+			return r;
+		if (__atomic_load_n(&rs->dirty, __ATOMIC_RELAXED) == 0)
+			break;
+		/* Next set bit from the cursor, wrapping once over all blocks. */
+		bool found = false;
+
+		for (unsigned tries = 0; tries <= e->m->nblocks && !found; tries++) {
+			unsigned b = (unsigned)rs->pc_cursor_block;
+
+			if (b >= e->m->nblocks) {
+				rs->pc_cursor_block = 0;
+				rs->pc_cursor_page = 0;
+				continue;
+			}
+			while (rs->pc_cursor_page < rs->npages[b]) {
+				uint64_t p = rs->pc_cursor_page, w = p / 64;
+				uint64_t bits = __atomic_load_n(&rs->bitmap[b][w], __ATOMIC_ACQUIRE) >>
+						(p % 64);
+
+				if (!bits) {
+					rs->pc_cursor_page = (w + 1) * 64;
+					continue;
+				}
+				p += (uint64_t)__builtin_ctzll(bits);
+				rs->pc_cursor_page = p + 1;
+				if (take_page(rs, b, p)) {
+					found = true;
+					if (rate > 0)
+						rate_limit_at(e, rate, blk(e, b)->page_size);
+					if ((r = pc_send_page(e, s, &rs->last_block, b, p, errp)) < 0)
+						return r;
+					break;
+				}
+			}
+			if (!found) {
+				rs->pc_cursor_block++;
+				rs->pc_cursor_page = 0;
+			}
+		}
+		if (!found)
+			break;
+		if (++n % 16 == 0 && mfd_stream_flush(s) < 0)
+			return mfd_stream_error(s, errp);
+	}
+	put_word(s, 0, RAM_FLAG_EOS);
+	if ((r = mfd_stream_error(s, errp)) < 0)
+		return r;
+	return __atomic_load_n(&rs->dirty, __ATOMIC_RELAXED) == 0;
+}
+
+int ramsec_final_sync(struct mfd_engine *e, mfd_error **errp)
+{
+	return dirty_sync(e, errp);
+}
+
+bool ramsec_has_postcopy(void *opaque)
+{
+	struct mfd_engine *e = opaque;
+
+	return e->postcopy;
+}
+
+/* Before postcopy: every page queued in multifd must be on the destination
+ * before any postcopy command is processed there. */
+static int save_postcopy_prepare(mfd_stream *s, void *opaque, bool *can_switchover,
+				 mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	int r;
+
+	*can_switchover = true;
+	if ((r = flush_marker(e, s, errp)) < 0)
+		return r;
+	put_word(s, 0, RAM_FLAG_EOS);
+	return mfd_stream_error(s, errp);
+}
+
+static int save_complete_postcopy(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	(void)opaque;
+	put_word(s, 0, RAM_FLAG_EOS);
+	return mfd_stream_error(s, errp);
+}
+
+int ramsec_send_discards(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
+{
+	struct ram_source *rs = &e->ram;
+	uint64_t *ranges;
+	int r = 0;
+
+	for (unsigned b = 0; b < e->m->nblocks && r == 0; b++) {
+		const struct mfd_ram_block *bk = blk(e, b);
+		size_t max = mfd_savevm_discard_ranges_max(strlen(bk->name)), n = 0;
+
+		ranges = malloc(max * 2 * sizeof(*ranges));
+		if (!ranges)
+			return mfd_error_set(errp, MFD_ENOMEM, "postcopy: out of memory");
+		for (uint64_t p = 0; p < rs->npages[b] && r == 0;) {
+			uint64_t w = p / 64, bits = rs->bitmap[b][w] >> (p % 64);
+
+			if (!bits) {
+				p = (w + 1) * 64;
+				continue;
+			}
+			p += (uint64_t)__builtin_ctzll(bits);
+			uint64_t q = p + 1;
+
+			while (q < rs->npages[b] && (rs->bitmap[b][q / 64] & (1ull << (q % 64))))
+				q++;
+			ranges[2 * n] = p << bk->page_shift;
+			ranges[2 * n + 1] = (q - p) << bk->page_shift;
+			if (++n == max) {
+				r = mfd_savevm_send_postcopy_ram_discard(s, bk->name, ranges, n);
+				n = 0;
+			}
+			p = q;
+		}
+		if (r == 0 && n)
+			r = mfd_savevm_send_postcopy_ram_discard(s, bk->name, ranges, n);
+		free(ranges);
+	}
+	return r < 0 ? mfd_stream_error(s, errp) : mfd_stream_error(s, errp);
+}
+
+void ramsec_apply_recv_bitmap(struct mfd_engine *e, unsigned b, const uint64_t *recv)
+{
+	struct ram_source *rs = &e->ram;
+	uint64_t nw = words(rs->npages[b]), count = 0;
+
+	for (uint64_t w = 0; w < nw; w++) {
+		uint64_t v = ~recv[w];
+
+		if (w == nw - 1 && rs->npages[b] % 64)
+			v &= (1ull << (rs->npages[b] % 64)) - 1;
+		__atomic_store_n(&rs->bitmap[b][w], v, __ATOMIC_RELEASE);
+		count += (uint64_t)__builtin_popcountll(v);
+	}
+	uint64_t old = __atomic_exchange_n(&rs->dirty_b[b], count, __ATOMIC_RELAXED);
+
+	__atomic_fetch_add(&rs->dirty, count - old, __ATOMIC_RELAXED);
+}
+
 static int save_iterate(mfd_stream *s, void *opaque, mfd_error **errp)
 {
 	struct mfd_engine *e = opaque;
+
+	if (atomic_load(&e->in_postcopy))
+		return pc_iterate(e, s, errp);
+
 	int r = walk(e, s, ITERATE_BUDGET_NS, true, errp);
 
 	if (r == 1)
@@ -450,7 +700,7 @@ uint64_t ramsec_remaining(struct mfd_engine *e)
 	uint64_t bytes = 0;
 
 	for (unsigned b = 0; b < e->m->nblocks; b++)
-		bytes += e->ram.dirty_b[b] * blk(e, b)->page_size;
+		bytes += __atomic_load_n(&e->ram.dirty_b[b], __ATOMIC_RELAXED) * blk(e, b)->page_size;
 	return bytes;
 }
 
@@ -495,8 +745,10 @@ static int load_blocks(struct mfd_engine *e, mfd_stream *s, uint64_t total, mfd_
 	return 0;
 }
 
-static int load_page(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsigned flags,
-		     mfd_error **errp)
+/* The block a page record is for: named, or the previous one (CONTINUE); and
+ * its offset checked against it.  Returns the block index or an error. */
+static int record_block(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsigned flags,
+			int *last_block, mfd_error **errp)
 {
 	mfd_migration *m = e->m;
 	const struct mfd_ram_block *bk;
@@ -508,34 +760,78 @@ static int load_page(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsigne
 
 		if ((r = mfd_stream_get_str(s, name, NULL)) < 0)
 			return r;
-		e->recv_last_block = -1;
+		*last_block = -1;
 		for (unsigned b = 0; b < m->nblocks; b++)
 			if (strcmp(name, m->blocks[b].name) == 0)
-				e->recv_last_block = (int)b;
-		if (e->recv_last_block < 0)
+				*last_block = (int)b;
+		if (*last_block < 0)
 			return mfd_error_set(errp, MFD_EPROTO, "ram: page of unknown block '%s'", name);
-	} else if (e->recv_last_block < 0) {
+	} else if (*last_block < 0) {
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "ram: CONTINUE record with no block named before");
 	}
-	bk = &m->blocks[e->recv_last_block];
+	bk = &m->blocks[*last_block];
 	if ((off & (bk->page_size - 1)) || off > bk->size - bk->page_size)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "ram: page offset 0x%llx is not a page of block '%s' (%llu bytes)",
 				     (unsigned long long)off, bk->name, (unsigned long long)bk->size);
-	if (flags & RAM_FLAG_ZERO) {
-		uint8_t fill;
+	return *last_block;
+}
 
-		if ((r = mfd_stream_get_u8(s, &fill)) < 0)
+static int get_zero_fill(mfd_stream *s, mfd_error **errp)
+{
+	uint8_t fill;
+	int r = mfd_stream_get_u8(s, &fill);
+
+	if (r < 0)
+		return r;
+	if (fill != 0)
+		return mfd_error_set(errp, MFD_EPROTO, "ram: ZERO record with fill byte 0x%02x", fill);
+	return 0;
+}
+
+static int load_page(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsigned flags,
+		     mfd_error **errp)
+{
+	uint64_t off = word & ~(uint64_t)RAM_FLAGS_MASK;
+	int b = record_block(e, s, word, flags, &e->recv_last_block, errp), r;
+
+	if (b < 0)
+		return b;
+	const struct mfd_ram_block *bk = &e->m->blocks[b];
+
+	if (flags & RAM_FLAG_ZERO) {
+		if ((r = get_zero_fill(s, errp)) < 0)
 			return r;
-		if (fill != 0)
-			return mfd_error_set(errp, MFD_EPROTO,
-					     "ram: ZERO record with fill byte 0x%02x", fill);
 		if (!mfd_page_is_zero(bk->host + off, bk->page_size))
 			memset(bk->host + off, 0, bk->page_size);
 		return 0;
 	}
 	return mfd_stream_get_buf(s, bk->host + off, bk->page_size);
+}
+
+int ramsec_load_pc_record(struct mfd_engine *e, mfd_stream *s, uint64_t word, int *last_block,
+			  uint8_t *bounce, mfd_error **errp)
+{
+	unsigned flags = (unsigned)(word & RAM_FLAGS_MASK);
+	uint64_t off = word & ~(uint64_t)RAM_FLAGS_MASK;
+	int b, r;
+
+	if ((flags & ~RAM_FLAG_CONTINUE) != RAM_FLAG_PAGE &&
+	    (flags & ~RAM_FLAG_CONTINUE) != RAM_FLAG_ZERO)
+		return mfd_error_set(errp, MFD_EPROTO,
+				     "ram: record flags 0x%x are not a page in postcopy", flags);
+	if ((b = record_block(e, s, word, flags, last_block, errp)) < 0)
+		return b;
+	if (flags & RAM_FLAG_ZERO) {
+		if ((r = get_zero_fill(s, errp)) < 0)
+			return r;
+		return pcd_place(e, (unsigned)b, off, NULL, errp);
+	}
+	/* UFFDIO_COPY places a whole page at once: the guest never sees half. */
+	if ((r = mfd_stream_get_buf(s, bounce, e->m->blocks[b].page_size)) < 0)
+		return r;
+	return pcd_place(e, (unsigned)b, off, bounce, errp);
 }
 
 static int load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error **errp)
@@ -562,6 +858,8 @@ static int load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_erro
 		} else if (!e->ram_started) {
 			return mfd_error_set(errp, MFD_EPROTO,
 					     "ram: record 0x%x before the block list", flags);
+		} else if (e->pc_listening) {
+			r = ramsec_load_pc_record(e, s, word, &e->recv_last_block, e->pc_page, errp);
 		} else if (flags == RAM_FLAG_MULTIFD_FLUSH) {
 			if (!e->recv)
 				return mfd_error_set(errp, MFD_EPROTO,
@@ -586,6 +884,9 @@ static const mfd_save_handlers ram_ops = {
 	.save_cleanup = save_cleanup,
 	.save_live_iterate = save_iterate,
 	.save_live_complete_precopy = save_complete,
+	.save_live_complete_postcopy = save_complete_postcopy,
+	.save_postcopy_prepare = save_postcopy_prepare,
+	.has_postcopy = ramsec_has_postcopy,
 	.state_pending_estimate = pending,
 	.state_pending_exact = pending,
 	.load_state = load_state,

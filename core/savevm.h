@@ -135,5 +135,15 @@ struct mfd_loadvm_hooks {
  * load_cleanup after. Returns 0 at EOF (or after a QUIT), negative on error. */
 int mfd_loadvm_state(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
 		     mfd_error **errp);
+/* The same in three steps, for postcopy recovery, where one load continues on
+ * a new stream: begin (header, load_setup), run (records until EOF, or
+ * MFD_LOADVM_QUIT after POSTCOPY_RUN, where the caller goes on reading the
+ * same stream; with @header, a resumed stream's header first), end
+ * (load_cleanup). */
+int mfd_loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+		     mfd_error **errp);
+int mfd_loadvm_run(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+		   bool header, mfd_error **errp);
+void mfd_loadvm_end(mfd_migration *m);
 
 #endif /* MFD_CORE_SAVEVM_H */

@@ -26,6 +26,7 @@
 	X(compress)       \
 	X(multifd)        \
 	X(engine)         \
+	X(postcopy)       \
 	X(symbols)        \
 	X(install)
 
@@ -40,9 +41,22 @@ struct suite_entry {
 #define ENTRY(name) { #name, suite_##name },
 static const struct suite_entry all_suites[] = { SUITES(ENTRY) };
 
+/* MFD_TEST_LOG=1..3 prints the library's log on stderr, for debugging a test. */
+static void log_to_stderr(enum mfd_log_level level, const char *msg, void *opaque)
+{
+	static const char *const names[] = { "error", "warning", "info", "debug" };
+
+	(void)opaque;
+	fprintf(stderr, "[%s] %s\n", names[level], msg);
+}
+
 int main(int argc, char **argv)
 {
 	SRunner *sr = NULL;
+	const char *log = getenv("MFD_TEST_LOG");
+
+	if (log && *log)
+		mfd_log_set_handler(log_to_stderr, NULL, (enum mfd_log_level)atoi(log));
 	size_t n = sizeof(all_suites) / sizeof(all_suites[0]);
 
 	for (size_t i = 0; i < n; i++) {

@@ -1035,9 +1035,11 @@ MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
  *   cpu-throttle-initial      int percent 1..99, 20
  *   cpu-throttle-increment    int percent 1..99, 10
  *   max-cpu-throttle          int percent 1..99, 99
- *   postcopy-ram              bool, off  (not supported yet: enabling fails)
- *   postcopy-preempt          bool, off  (not supported yet: enabling fails)
- *   max-postcopy-bandwidth    int bytes/s, 0
+ *   postcopy-ram              bool, off  (both sides; needs the return path
+ *                             and, on the destination, userfaultfd)
+ *   postcopy-preempt          bool, off  (both sides; requested pages on a
+ *                             channel of their own)
+ *   max-postcopy-bandwidth    int bytes/s, 0 = unlimited (background push)
  *   zero-copy-send            bool, off  (not supported yet: enabling fails)
  *   tls-creds                 string: directory of x509 PEM files, "" = no TLS
  *   tls-psk-file              string: identity:hexkey file, "" = no PSK
@@ -1048,7 +1050,10 @@ MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
  *   return-path               bool, on: the destination reports its result
  *
  * Booleans accept on/off, true/false, yes/no, 1/0.  Parameters may be set
- * until mfd_migrate()/mfd_migrate_incoming() starts; then MFD_ESTATE.
+ * until mfd_migrate()/mfd_migrate_incoming() starts; then MFD_ESTATE, except
+ * max-bandwidth, max-postcopy-bandwidth, downtime-limit and
+ * avail-switchover-bandwidth, which may change at any time from any thread
+ * and take effect at once (as QEMU's migrate-set-parameters).
  */
 
 /**
@@ -1117,11 +1122,15 @@ enum mfd_state {
 	MFD_STATE_FAILED,
 	MFD_STATE_CANCELLING,
 	MFD_STATE_CANCELLED,
+	MFD_STATE_POSTCOPY_ACTIVE,	/* the destination runs the guest; pages follow */
+	MFD_STATE_POSTCOPY_PAUSED,	/* postcopy lost its connection; waiting to recover */
+	MFD_STATE_POSTCOPY_RECOVER,	/* reconnecting after a pause */
 };
 
 /**
  * mfd_state_name() - "none", "setup", "active", "device", "completed",
- * "failed", "cancelling", "cancelled" (QEMU's status strings).  Any thread.
+ * "failed", "cancelling", "cancelled", "postcopy-active", "postcopy-paused",
+ * "postcopy-recover" (QEMU's status strings).  Any thread.
  * @state: the state.
  */
 MFD_API const char *mfd_state_name(enum mfd_state state);
@@ -1170,8 +1179,11 @@ struct mfd_policy_info {
  * @throttle: auto-converge: slow the vCPUs to run @percent of the time
  *	less (0 = full speed again).
  * @switchover_policy: precopy policy; return 1 to stop the VM and finish,
- *	0 to keep iterating.  NULL uses the default: pending bytes <=
- *	bandwidth x (downtime-limit - switchover cost).
+ *	0 to keep iterating, MFD_POLICY_POSTCOPY (2) to switch to postcopy
+ *	(only honoured with postcopy-ram on; otherwise it means 0).  NULL uses
+ *	the default: pending bytes <= bandwidth x (downtime-limit - switchover
+ *	cost); with postcopy-ram, also postcopy once a pass ended without the
+ *	pending bytes shrinking (the guest dirties as fast as the link moves).
  * @state_changed: the state moved from @from to @to.  Called on the thread
  *	that changed it (the caller of mfd_migrate*() for none -> setup, the
  *	migration or incoming thread, or the canceller);
@@ -1189,6 +1201,9 @@ typedef struct mfd_vmm_hooks {
 	int (*switchover_policy)(void *opaque, const struct mfd_policy_info *info);
 	void (*state_changed)(void *opaque, enum mfd_state from, enum mfd_state to);
 } mfd_vmm_hooks;
+
+/** MFD_POLICY_POSTCOPY - switchover_policy's answer "start postcopy now". */
+#define MFD_POLICY_POSTCOPY 2
 
 /**
  * mfd_migration_set_hooks() - install the VMM's hooks.
@@ -1276,6 +1291,53 @@ MFD_API int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **err
 MFD_API void mfd_migrate_cancel(mfd_migration *m);
 
 /**
+ * mfd_migrate_start_postcopy() - switch a running precopy migration to
+ * postcopy at the next iteration boundary.  Any thread.
+ * @m: the source side, migrating with postcopy-ram on.
+ * @errp: MFD_ESTATE when no precopy migration with postcopy-ram runs.
+ *
+ * The migration thread runs every section's save_postcopy_prepare (RAM
+ * flushes and syncs multifd there, so no precopy page can land after
+ * postcopy placed a newer one), stops the VM, sends the discard list and
+ * the device state, and the destination starts the guest; the remaining
+ * pages follow on the main channel, requested pages first (on the preempt
+ * channel with postcopy-preempt).  If the connection breaks from here on,
+ * both sides go to postcopy-paused instead of failing: see
+ * mfd_migrate_recover() and mfd_migrate_resume().
+ */
+MFD_API int mfd_migrate_start_postcopy(mfd_migration *m, mfd_error **errp);
+
+/**
+ * mfd_migrate_recover() - destination: listen on @uri for the source to
+ * reconnect a paused postcopy migration.  Any thread.
+ * @m: the destination side, in postcopy-paused.
+ * @uri: as mfd_migrate_incoming(); "tcp:HOST:0" picks a port, see
+ *	mfd_migration_listen_uri().
+ * @errp: MFD_ESTATE when not paused; listener errors.
+ *
+ * The guest keeps running on the pages it has; threads touching a missing
+ * page wait.  Once the source resumes (mfd_migrate_resume()), the
+ * destination sends its received-pages bitmap, re-requests the pages its
+ * guest waits for, and postcopy continues to completion.
+ */
+MFD_API int mfd_migrate_recover(mfd_migration *m, const char *uri, mfd_error **errp);
+
+/**
+ * mfd_migrate_resume() - source: reconnect a paused postcopy migration to
+ * the destination's recovery listener.  Any thread.
+ * @m: the source side, in postcopy-paused.
+ * @uri: where the destination's mfd_migrate_recover() listens.
+ * @errp: MFD_ESTATE when not paused.
+ *
+ * Returns once the request is queued; the migration thread reconnects
+ * (main channel, and the preempt channel with postcopy-preempt), proves it
+ * is the same session, fetches the destination's received-pages bitmap and
+ * sends what is missing.  A failed attempt leaves the migration paused, so
+ * it can be retried.
+ */
+MFD_API int mfd_migrate_resume(mfd_migration *m, const char *uri, mfd_error **errp);
+
+/**
  * mfd_migration_approve_switchover() - a destination device is ready for the
  * source to switch over.  Any thread, typically from a load handler.
  * @m: the destination side.
@@ -1314,6 +1376,14 @@ struct mfd_stats {
 	uint64_t multifd_syncs, multifd_sync_ms_max;
 	double compression_ratio;	/* wire bytes / page bytes, 1 without a codec */
 	uint64_t channel_bytes[256], channel_packets[256], channel_busy_ms[256];
+	/* Postcopy (destination: faults it served; source: requests it served). */
+	uint64_t postcopy_faults;		/* destination: missing-page faults */
+	uint64_t postcopy_fault_us_median;	/* fault to page placed */
+	uint64_t postcopy_fault_us_p99;
+	uint64_t postcopy_fault_us_max;
+	uint64_t postcopy_blocktime_ms;		/* sum of the time faulting threads waited */
+	uint64_t postcopy_pauses;		/* connection losses survived */
+	uint64_t postcopy_time_ms;		/* from the switch to the end */
 };
 
 /**

@@ -1,0 +1,610 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Postcopy end to end, in one process over loopback: the source's synthetic
+ * guest dirties memory during precopy; at the switch the destination starts
+ * its guest at once, whose threads touch pages at random (most not there
+ * yet: each touch is a userfaultfd fault served over the return path) and
+ * check every byte they see against what the source held when it stopped.
+ * At the end the whole of RAM must equal the source's snapshot and pass the
+ * a-b check.  Also: precopy pages racing the switch, the preempt channel, a
+ * network cut (pause, recover, resume) and refusal without userfaultfd.
+ *
+ * Needs userfaultfd (root, or vm.unprivileged_userfaultfd=1): skipped with a
+ * message otherwise.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/lib/testlib.h"
+
+#define PS 4096u
+#define READERS 3
+
+struct pguest {
+	mfd_migration *m;
+	uint8_t *ram;
+	size_t size;
+	bool source;
+	/* source: an a-b writer; destination: readers started by vm_start */
+	pthread_t writer, readers[READERS];
+	atomic_bool run, stop, paused, readers_on;
+	const uint8_t *expect;		/* destination readers compare with this */
+	atomic_ullong touched, bad;
+	uint8_t *snapshot;		/* source: RAM when the VM stopped */
+	uint64_t regs[2];
+	atomic_int vm_stops, vm_starts;
+	atomic_bool started;		/* destination: the guest runs */
+	unsigned touch_pause_us;	/* destination readers: pause between touches */
+};
+
+static bool have_uffd(void)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
+#define NEED_UFFD()                                                                            \
+	do {                                                                                   \
+		if (!have_uffd()) {                                                            \
+			printf("postcopy: userfaultfd unavailable (%s): run as root or set "   \
+			       "vm.unprivileged_userfaultfd=1; skipped\n", strerror(errno));   \
+			return;                                                                \
+		}                                                                              \
+	} while (0)
+
+static void *writer_thread(void *arg)
+{
+	struct pguest *g = arg;
+	size_t pages = g->size / PS;
+
+	while (atomic_load(&g->run)) {
+		for (size_t p = 0; p < pages && atomic_load(&g->run); p++) {
+			while (atomic_load(&g->stop)) {
+				atomic_store(&g->paused, true);
+				if (!atomic_load(&g->run))
+					return NULL;
+				usleep(200);
+			}
+			atomic_store(&g->paused, false);
+			g->ram[p * PS]++;
+			mfd_ram_mark_dirty(g->m, g->ram + p * PS, 1);
+			if (p % 64 == 0)
+				usleep(300);
+		}
+	}
+	return NULL;
+}
+
+/* Destination guest: touch random pages, check them against the source. */
+static void *reader_thread(void *arg)
+{
+	struct pguest *g = arg;
+	unsigned seed = (unsigned)(uintptr_t)pthread_self() ^ (unsigned)time(NULL);
+	size_t pages = g->size / PS;
+
+	while (atomic_load(&g->readers_on)) {
+		size_t p = (size_t)rand_r(&seed) % pages;
+		const volatile uint8_t *page = g->ram + p * PS;
+		size_t off = (size_t)rand_r(&seed) % PS;
+
+		/* Any byte: the first touch faults the whole page in. */
+		if (page[off] != g->expect[p * PS + off] || page[0] != g->expect[p * PS])
+			atomic_fetch_add(&g->bad, 1);
+		/* Busy like a vCPU, but leave the two cores some room. */
+		if (atomic_fetch_add(&g->touched, 1) % 64 == 0 || g->touch_pause_us)
+			usleep(g->touch_pause_us ? g->touch_pause_us : 50);
+	}
+	return NULL;
+}
+
+static int vm_stop(void *opaque, mfd_error **errp)
+{
+	struct pguest *g = opaque;
+
+	(void)errp;
+	atomic_store(&g->stop, true);
+	while (atomic_load(&g->run) && !atomic_load(&g->paused))
+		usleep(100);
+	atomic_fetch_add(&g->vm_stops, 1);
+	/* The vCPU's last burst before it stops: every 8th page dirty, so postcopy
+	 * always has pages the destination's guest must fault in. */
+	for (size_t p = 0; p < g->size / PS; p += 8) {
+		g->ram[p * PS + 1]++;
+		mfd_ram_mark_dirty(g->m, g->ram + p * PS, 1);
+	}
+	memcpy(g->snapshot, g->ram, g->size);
+	return 0;
+}
+
+static int vm_start(void *opaque, mfd_error **errp)
+{
+	struct pguest *g = opaque;
+
+	(void)errp;
+	atomic_fetch_add(&g->vm_starts, 1);
+	if (!g->source && g->expect) {
+		atomic_store(&g->readers_on, true);
+		for (int i = 0; i < READERS; i++)
+			ck_assert_int_eq(pthread_create(&g->readers[i], NULL, reader_thread, g), 0);
+		atomic_store(&g->started, true);
+	}
+	atomic_store(&g->stop, false);
+	return 0;
+}
+
+static int regs_save(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	struct pguest *g = opaque;
+
+	(void)errp;
+	mfd_stream_put_be64(s, g->regs[0]);
+	return mfd_stream_put_be64(s, g->regs[1]);
+}
+
+static int regs_load(mfd_stream *s, void *opaque, uint32_t v, mfd_error **errp)
+{
+	struct pguest *g = opaque;
+	int r;
+
+	(void)v;
+	(void)errp;
+	if ((r = mfd_stream_get_be64(s, &g->regs[0])) < 0)
+		return r;
+	return mfd_stream_get_be64(s, &g->regs[1]);
+}
+
+static const mfd_save_handlers regs_ops = {
+	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.save_state = regs_save,
+	.load_state = regs_load,
+};
+
+/* Sources whose test switches to postcopy itself: precopy never ends alone. */
+static int never_switch(void *opaque, const struct mfd_policy_info *info)
+{
+	(void)opaque;
+	(void)info;
+	return 0;
+}
+
+static const mfd_vmm_hooks hooks = {
+	.abi_version = MFD_VMM_HOOKS_ABI,
+	.vm_stop = vm_stop,
+	.vm_start = vm_start,
+	.switchover_policy = never_switch,
+};
+
+static void set(mfd_migration *m, const char *name, const char *value)
+{
+	mfd_error *err = NULL;
+
+	ck_assert_ok(mfd_set_param(m, name, value, &err), err);
+}
+
+static void pguest_init(struct pguest *g, size_t mib, bool source, unsigned channels,
+			const char *codec, bool preempt)
+{
+	mfd_error *err = NULL;
+	char v[16];
+
+	memset(g, 0, sizeof(*g));
+	g->size = mib << 20;
+	g->source = source;
+	g->ram = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(g->ram, MAP_FAILED);
+	ck_assert_ok(mfd_migration_new(&g->m, &err), err);
+	ck_assert_ok(mfd_ram_block_add(g->m, "pc.ram", g->ram, g->size, PS, &err), err);
+	ck_assert_ok(mfd_register_live(g->m, "cpu", 0, 1, &regs_ops, g, &err), err);
+	ck_assert_ok(mfd_migration_set_hooks(g->m, &hooks, g, &err), err);
+	snprintf(v, sizeof(v), "%u", channels);
+	set(g->m, "multifd-channels", v);
+	set(g->m, "multifd-compression", codec);
+	set(g->m, "channel-timeout-ms", "20000");
+	set(g->m, "postcopy-ram", "on");
+	set(g->m, "postcopy-preempt", preempt ? "on" : "off");
+	if (source) {
+		/* A quarter zero, the rest patterned; byte 0 of every page is the counter. */
+		for (size_t p = 0; p < g->size / PS; p++) {
+			if (p % 4)
+				memset(g->ram + p * PS, (int)(p * 13 + 5), PS);
+			g->ram[p * PS] = 0;
+		}
+		g->regs[0] = 0x0123456789abcdefull;
+		g->regs[1] = 0xfedcba9876543210ull;
+		g->snapshot = malloc(g->size);
+		ck_assert_ptr_nonnull(g->snapshot);
+		atomic_store(&g->run, true);
+		ck_assert_int_eq(pthread_create(&g->writer, NULL, writer_thread, g), 0);
+	}
+}
+
+static void pguest_free(struct pguest *g)
+{
+	if (atomic_load(&g->readers_on)) {
+		atomic_store(&g->readers_on, false);
+		for (int i = 0; i < READERS; i++)
+			pthread_join(g->readers[i], NULL);
+	}
+	if (g->source && atomic_load(&g->run)) {
+		atomic_store(&g->run, false);
+		pthread_join(g->writer, NULL);
+	}
+	mfd_migration_free(g->m);
+	munmap(g->ram, g->size);
+	free(g->snapshot);
+}
+
+static void check_ab(const uint8_t *ram, size_t size)
+{
+	int edges = 0;
+
+	for (size_t p = 1; p < size / PS; p++) {
+		uint8_t prev = ram[(p - 1) * PS], cur = ram[p * PS];
+
+		if (cur == prev)
+			continue;
+		ck_assert_msg((uint8_t)(cur + 1) == prev, "page %zu: %u after %u", p, cur, prev);
+		edges++;
+	}
+	ck_assert_int_le(edges, 1);
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Wait until @m reaches @want (or ends); returns the state seen. */
+static enum mfd_state wait_state(mfd_migration *m, enum mfd_state want, int timeout_ms)
+{
+	uint64_t end = now_ms() + (uint64_t)timeout_ms;
+	enum mfd_state st;
+
+	while ((st = mfd_migration_state(m)) != want && now_ms() < end &&
+	       st != MFD_STATE_COMPLETED && st != MFD_STATE_FAILED && st != MFD_STATE_CANCELLED)
+		usleep(2000);
+	return st;
+}
+
+static void start_pair(struct pguest *src, struct pguest *dst)
+{
+	mfd_error *err = NULL;
+	char uri[256];
+
+	/* The destination's readers check against the source's stopped memory. */
+	dst->expect = src->snapshot;
+	ck_assert_ok(mfd_migrate_incoming(dst->m, "tcp:127.0.0.1:0", &err), err);
+	ck_assert_int_eq(mfd_migration_listen_uri(dst->m, uri, sizeof(uri)), 0);
+	ck_assert_ok(mfd_migrate(src->m, uri, &err), err);
+}
+
+static void finish_pair(struct pguest *src, struct pguest *dst, bool expect_faults)
+{
+	mfd_error *err = NULL;
+	struct mfd_stats st = { .size = sizeof(st) }, sst = { .size = sizeof(st) };
+	char *json;
+
+	ck_assert_ok(mfd_migration_wait(src->m, 120000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst->m, 120000, &err), err);
+	ck_assert_int_eq(mfd_migration_state(src->m), MFD_STATE_COMPLETED);
+	ck_assert_int_eq(mfd_migration_state(dst->m), MFD_STATE_COMPLETED);
+	ck_assert_int_eq(atomic_load(&src->vm_stops), 1);
+	ck_assert_int_eq(atomic_load(&src->vm_starts), 0);
+	ck_assert_int_eq(atomic_load(&dst->vm_starts), 1);
+	/* Let the readers touch a little more, now that every page is there. */
+	usleep(20000);
+	atomic_store(&dst->readers_on, false);
+	for (int i = 0; i < READERS; i++)
+		pthread_join(dst->readers[i], NULL);
+	ck_assert_uint_gt(atomic_load(&dst->touched), 0);
+	ck_assert_msg(atomic_load(&dst->bad) == 0, "%llu reads saw wrong bytes",
+		      (unsigned long long)atomic_load(&dst->bad));
+	ck_assert_msg(memcmp(src->snapshot, dst->ram, src->size) == 0, "RAM differs");
+	check_ab(dst->ram, dst->size);
+	ck_assert_mem_eq(src->regs, dst->regs, sizeof(src->regs));
+	ck_assert_int_eq(mfd_migration_stats(dst->m, &st), 0);
+	ck_assert_int_eq(mfd_migration_stats(src->m, &sst), 0);
+	if (expect_faults) {
+		ck_assert_uint_gt(st.postcopy_faults, 0);
+		ck_assert_uint_gt(sst.ram_postcopy_requests, 0);
+		ck_assert_uint_ge(st.postcopy_fault_us_max, st.postcopy_fault_us_median);
+	}
+	printf("postcopy: %llu faults, latency median %llu us p99 %llu us max %llu us, "
+	       "%llu requests served, downtime %llu ms, postcopy %llu ms\n",
+	       (unsigned long long)st.postcopy_faults,
+	       (unsigned long long)st.postcopy_fault_us_median,
+	       (unsigned long long)st.postcopy_fault_us_p99,
+	       (unsigned long long)st.postcopy_fault_us_max,
+	       (unsigned long long)sst.ram_postcopy_requests, (unsigned long long)sst.downtime,
+	       (unsigned long long)sst.postcopy_time_ms);
+	json = mfd_migration_stats_json(dst->m);
+	ck_assert_ptr_nonnull(strstr(json, "\"postcopy\": {\"requests\""));
+	free(json);
+}
+
+/* Postcopy after @passes precopy passes (0: as soon as some pages are in
+ * flight on multifd, so they race the switch). */
+static void run_postcopy(unsigned channels, const char *codec, bool preempt, unsigned passes)
+{
+	struct pguest src, dst;
+	mfd_error *err = NULL;
+	struct mfd_stats st = { .size = sizeof(st) };
+	uint64_t end = now_ms() + 60000;
+
+	pguest_init(&src, 32, true, channels, codec, preempt);
+	pguest_init(&dst, 32, false, channels, codec, preempt);
+	/* Slow enough that the guest runs well before the last page arrives. */
+	set(src.m, "max-postcopy-bandwidth", "40000000");
+	start_pair(&src, &dst);
+	for (;;) {
+		ck_assert_int_eq(mfd_migration_stats(src.m, &st), 0);
+		if (passes ? st.iterations >= passes : st.ram_multifd_bytes > (2u << 20))
+			break;
+		ck_assert_msg(now_ms() < end, "precopy made no progress: %llu passes",
+			      (unsigned long long)st.iterations);
+		usleep(1000);
+	}
+	ck_assert_ok(mfd_migrate_start_postcopy(src.m, &err), err);
+	/* Only once. */
+	ck_assert_int_eq(wait_state(src.m, MFD_STATE_POSTCOPY_ACTIVE, 30000),
+			 MFD_STATE_POSTCOPY_ACTIVE);
+	finish_pair(&src, &dst, true);
+	pguest_free(&src);
+	pguest_free(&dst);
+}
+
+START_TEST(postcopy_after_precopy_passes)
+{
+	static const unsigned chans[] = { 1, 4 };
+	static const char *const codecs[] = { "none", "zstd" };
+	const char *codec = codecs[_i / 2];
+
+	NEED_UFFD();
+	if (strcmp(codec, "none") && !mfd_compress_find(codec)) {
+		printf("postcopy: %s not built in, skipped\n", codec);
+		return;
+	}
+	run_postcopy(chans[_i % 2], codec, false, 2);
+}
+END_TEST
+
+START_TEST(postcopy_with_preempt)
+{
+	NEED_UFFD();
+	run_postcopy(_i ? 4 : 1, _i ? "lz4" : "none", true, 1);
+}
+END_TEST
+
+START_TEST(precopy_pages_race_the_switch)
+{
+	NEED_UFFD();
+	run_postcopy(_i ? 4 : 1, "none", _i, 0);
+}
+END_TEST
+
+/* The policy switches by itself when precopy does not converge. */
+static int always_postcopy(void *opaque, const struct mfd_policy_info *info)
+{
+	(void)opaque;
+	return info->iteration >= 1 ? MFD_POLICY_POSTCOPY : 0;
+}
+
+static const mfd_vmm_hooks policy_hooks = {
+	.abi_version = MFD_VMM_HOOKS_ABI,
+	.vm_stop = vm_stop,
+	.vm_start = vm_start,
+	.switchover_policy = always_postcopy,
+};
+
+START_TEST(policy_can_choose_postcopy)
+{
+	struct pguest src, dst;
+	mfd_error *err = NULL;
+
+	NEED_UFFD();
+	pguest_init(&src, 16, true, 2, "none", false);
+	pguest_init(&dst, 16, false, 2, "none", false);
+	ck_assert_ok(mfd_migration_set_hooks(src.m, &policy_hooks, &src, &err), err);
+	start_pair(&src, &dst);
+	finish_pair(&src, &dst, false);
+	struct mfd_stats st = { .size = sizeof(st) };
+
+	ck_assert_int_eq(mfd_migration_stats(src.m, &st), 0);
+	ck_assert_uint_gt(st.postcopy_time_ms + 1, 0);
+	ck_assert_uint_ge(st.iterations, 1);
+	pguest_free(&src);
+	pguest_free(&dst);
+}
+END_TEST
+
+/* Cut the connection during postcopy: both pause, then recover. */
+static void cut_and_recover(bool preempt, bool use_ss)
+{
+	struct pguest src, dst;
+	mfd_error *err = NULL;
+	char uri[256], cmd[512];
+	struct mfd_stats st = { .size = sizeof(st) };
+
+	pguest_init(&src, 32, true, 2, "none", preempt);
+	pguest_init(&dst, 32, false, 2, "none", preempt);
+	/* Seconds of postcopy: a slow push, and a guest that touches few pages. */
+	set(src.m, "max-postcopy-bandwidth", "4000000");
+	dst.touch_pause_us = 2000;
+	start_pair(&src, &dst);
+	ck_assert_int_eq(mfd_migration_listen_uri(dst.m, uri, sizeof(uri)), 0);
+	ck_assert_int_eq(wait_state(src.m, MFD_STATE_ACTIVE, 30000), MFD_STATE_ACTIVE);
+	ck_assert_ok(mfd_migrate_start_postcopy(src.m, &err), err);
+	ck_assert_int_eq(wait_state(dst.m, MFD_STATE_POSTCOPY_ACTIVE, 30000),
+			 MFD_STATE_POSTCOPY_ACTIVE);
+	usleep(300000);
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_POSTCOPY_ACTIVE);
+	if (use_ss) {
+		/* From outside, as an operator's network would: kill the sockets. */
+		const char *port = strrchr(uri, ':') + 1;
+
+		snprintf(cmd, sizeof(cmd), "ss -K -t dst 127.0.0.1:%s >/dev/null 2>&1", port);
+		ck_assert_int_eq(system(cmd), 0);
+	} else {
+		/* In-process: cancel during postcopy pauses (migrate-pause). */
+		mfd_migrate_cancel(src.m);
+	}
+	ck_assert_int_eq(wait_state(src.m, MFD_STATE_POSTCOPY_PAUSED, 30000),
+			 MFD_STATE_POSTCOPY_PAUSED);
+	ck_assert_int_eq(wait_state(dst.m, MFD_STATE_POSTCOPY_PAUSED, 30000),
+			 MFD_STATE_POSTCOPY_PAUSED);
+	/* Paused, not lost: the guest keeps its pages; it is not finished. */
+	ck_assert_int_eq(mfd_migration_stats(src.m, &st), 0);
+	ck_assert_uint_gt(st.ram_remaining, 0);
+	/* Resume before recover is refused only by state; recover first. */
+	ck_assert_int_eq(mfd_migrate_recover(src.m, "tcp:127.0.0.1:0", &err), MFD_ESTATE);
+	mfd_error_free(err);
+	err = NULL;
+	ck_assert_ok(mfd_migrate_recover(dst.m, "tcp:127.0.0.1:0", &err), err);
+	ck_assert_int_eq(mfd_migration_listen_uri(dst.m, uri, sizeof(uri)), 0);
+	ck_assert_ok(mfd_migrate_resume(src.m, uri, &err), err);
+	set(src.m, "max-postcopy-bandwidth", "0");
+	finish_pair(&src, &dst, false);
+	ck_assert_int_eq(mfd_migration_stats(src.m, &st), 0);
+	ck_assert_uint_eq(st.postcopy_pauses, 1);
+	ck_assert_int_eq(mfd_migration_stats(dst.m, &st), 0);
+	ck_assert_uint_eq(st.postcopy_pauses, 1);
+	pguest_free(&src);
+	pguest_free(&dst);
+}
+
+START_TEST(pause_and_recover_in_process)
+{
+	NEED_UFFD();
+	cut_and_recover(_i, false);
+}
+END_TEST
+
+START_TEST(network_cut_with_ss_then_recover)
+{
+	NEED_UFFD();
+	if (geteuid() != 0 || system("ss -h >/dev/null 2>&1") != 0) {
+		printf("postcopy: ss -K needs root and iproute2; skipped\n");
+		return;
+	}
+	cut_and_recover(_i, true);
+}
+END_TEST
+
+START_TEST(cancel_while_paused_loses_the_vm_clearly)
+{
+	struct pguest src, dst;
+	mfd_error *err = NULL;
+
+	NEED_UFFD();
+	pguest_init(&src, 16, true, 1, "none", false);
+	pguest_init(&dst, 16, false, 1, "none", false);
+	set(src.m, "max-postcopy-bandwidth", "2000000");
+	dst.touch_pause_us = 2000;
+	start_pair(&src, &dst);
+	ck_assert_int_eq(wait_state(src.m, MFD_STATE_ACTIVE, 30000), MFD_STATE_ACTIVE);
+	ck_assert_ok(mfd_migrate_start_postcopy(src.m, &err), err);
+	ck_assert_int_eq(wait_state(dst.m, MFD_STATE_POSTCOPY_ACTIVE, 30000),
+			 MFD_STATE_POSTCOPY_ACTIVE);
+	mfd_migrate_cancel(src.m);
+	ck_assert_int_eq(wait_state(src.m, MFD_STATE_POSTCOPY_PAUSED, 30000),
+			 MFD_STATE_POSTCOPY_PAUSED);
+	ck_assert_int_eq(wait_state(dst.m, MFD_STATE_POSTCOPY_PAUSED, 30000),
+			 MFD_STATE_POSTCOPY_PAUSED);
+	mfd_migrate_cancel(src.m);
+	mfd_migrate_cancel(dst.m);
+	ck_assert_int_eq(mfd_migration_wait(src.m, 30000, &err), MFD_ECANCELED);
+	ck_assert_mfd_error(err, MFD_ECANCELED, "the VM is lost");
+	ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, &err), 0);
+	ck_assert_mfd_error(err, MFD_ECANCELED, "must be stopped");
+	/* The source never restarts a VM the destination may have run. */
+	ck_assert_int_eq(atomic_load(&src.vm_starts), 0);
+	/* The destination's readers compare with the source's snapshot: stop
+	 * them before it goes. */
+	pguest_free(&dst);
+	pguest_free(&src);
+}
+END_TEST
+
+START_TEST(configuration_errors)
+{
+	mfd_migration *m;
+	mfd_error *err = NULL;
+	uint8_t *ram = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			    -1, 0);
+
+	ck_assert_ok(mfd_migration_new(&m, &err), err);
+	ck_assert_ok(mfd_ram_block_add(m, "pc.ram", ram, 1 << 20, PS, &err), err);
+	set(m, "postcopy-preempt", "on");
+	ck_assert_int_eq(mfd_migrate(m, "tcp:127.0.0.1:9", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "postcopy-preempt needs postcopy-ram");
+	set(m, "postcopy-ram", "on");
+	ck_assert_int_eq(mfd_migrate(m, "file:/dev/null", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "postcopy-ram needs the return path");
+	ck_assert_int_eq(mfd_migrate_start_postcopy(m, &err), MFD_ESTATE);
+	ck_assert_mfd_error(err, MFD_ESTATE, "no outgoing migration");
+	ck_assert_int_eq(mfd_migrate_resume(m, "tcp:127.0.0.1:9", &err), MFD_ESTATE);
+	ck_assert_mfd_error(err, MFD_ESTATE, "no outgoing migration");
+	ck_assert_str_eq(mfd_state_name(MFD_STATE_POSTCOPY_PAUSED), "postcopy-paused");
+	ck_assert_str_eq(mfd_state_name(MFD_STATE_POSTCOPY_ACTIVE), "postcopy-active");
+	ck_assert_str_eq(mfd_state_name(MFD_STATE_POSTCOPY_RECOVER), "postcopy-recover");
+	mfd_migration_free(m);
+	munmap(ram, 1 << 20);
+}
+END_TEST
+
+/* One side with postcopy-ram, the other without: refused at setup, both ways. */
+START_TEST(mismatched_postcopy_refused_at_setup)
+{
+	struct pguest src, dst;
+	mfd_error *err = NULL;
+
+	pguest_init(&src, 4, true, 1, "none", false);
+	pguest_init(&dst, 4, false, 1, "none", false);
+	set(_i ? src.m : dst.m, "postcopy-ram", "off");
+	start_pair(&src, &dst);
+	ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, &err), 0);
+	ck_assert_mfd_error(err, MFD_EPROTO, "set them alike on both sides");
+	ck_assert_int_ne(mfd_migration_wait(src.m, 30000, &err), 0);
+	mfd_error_free(err);
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+	/* Precopy had not stopped the VM: nothing to restart, nothing lost. */
+	ck_assert_int_eq(atomic_load(&src.vm_stops), 0);
+	pguest_free(&src);
+	pguest_free(&dst);
+}
+END_TEST
+
+Suite *suite_postcopy(void)
+{
+	Suite *s = suite_create("postcopy");
+	TCase *tc = tcase_create("postcopy");
+
+	tcase_set_timeout(tc, 300);
+	tcase_add_loop_test(tc, postcopy_after_precopy_passes, 0, 4);
+	tcase_add_loop_test(tc, postcopy_with_preempt, 0, 2);
+	tcase_add_loop_test(tc, precopy_pages_race_the_switch, 0, 2);
+	tcase_add_test(tc, policy_can_choose_postcopy);
+	tcase_add_loop_test(tc, pause_and_recover_in_process, 0, 2);
+	tcase_add_loop_test(tc, network_cut_with_ss_then_recover, 0, 2);
+	tcase_add_test(tc, cancel_while_paused_loses_the_vm_clearly);
+	tcase_add_test(tc, configuration_errors);
+	tcase_add_loop_test(tc, mismatched_postcopy_refused_at_setup, 0, 2);
+	suite_add_tcase(s, tc);
+	return s;
+}
