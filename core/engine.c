@@ -1786,11 +1786,14 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 		mfd_channel_set_option(first, "timeout-ms", m->params.i[MFD_P_CHANNEL_TIMEOUT_MS],
 				       NULL);
 	if (r == 0 && (r = identify(first, e, errp)) < 0) {
+		/* out_lock: a canceller may be writing a RESULT on it (rp_send). */
+		pthread_mutex_lock(&e->out_lock);
 		pthread_mutex_lock(&e->lock);
 		mfd_channel *wrap = e->main_raw ? e->main_ch : NULL;
 
 		e->main_ch = e->main_raw = NULL;
 		pthread_mutex_unlock(&e->lock);
+		pthread_mutex_unlock(&e->out_lock);
 		mfd_channel_free(wrap);
 		mfd_channel_free(first);
 	}
