@@ -2404,7 +2404,9 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 	st.ram_postcopy_requests = e->pc_requests;
 	st.postcopy_pauses = e->pauses;
 	if (e->t_pc_ns)
-		st.postcopy_time_ms = ((e->t_pc_end_ns ? e->t_pc_end_ns : now) - e->t_pc_ns) / 1000000;
+		/* Rounded up: a postcopy that happened never reads as 0 ms. */
+		st.postcopy_time_ms =
+			((e->t_pc_end_ns ? e->t_pc_end_ns : now) - e->t_pc_ns + 999999) / 1000000;
 	if (e->pcd) {
 		pcd_stats(e, &st);
 	} else {

@@ -27,6 +27,7 @@
 	X(multifd)        \
 	X(engine)         \
 	X(postcopy)       \
+	X(cli)            \
 	X(symbols)        \
 	X(install)
 

@@ -79,6 +79,7 @@ enum {
 	OPT_TLS_PSK_FILE,
 	OPT_TLS_CREDS,
 	OPT_JSON,
+	OPT_POSTCOPY,
 };
 
 /* getopt_long entries of the shared options. */
@@ -90,6 +91,7 @@ enum {
 	{ "tls-psk-file", required_argument, NULL, OPT_TLS_PSK_FILE }, \
 	{ "tls-creds", required_argument, NULL, OPT_TLS_CREDS }
 #define OUTPUT_LONG_OPTIONS \
+	{ "postcopy", optional_argument, NULL, OPT_POSTCOPY }, \
 	{ "json", no_argument, NULL, OPT_JSON }, \
 	{ "verbose", no_argument, NULL, 'v' }, \
 	{ "quiet", no_argument, NULL, 'q' }, \
@@ -107,6 +109,7 @@ struct common_opts {
 	struct param_list params;
 	bool quiet, json;
 	int verbose;
+	unsigned postcopy_after;	/* --postcopy: switch after this many passes (0: off) */
 };
 
 /* Like param_option(), for the parameters plus --json, -q and -v. */
@@ -223,6 +226,7 @@ struct source {
 	double stopped_at;	/* the guest's vCPUs stopped for switchover */
 	unsigned restarts;	/* vm_start after a failed or cancelled switchover */
 	int throttled;		/* the highest auto-converge throttle asked for */
+	unsigned postcopy_after;	/* set before source_setup(): postcopy after N passes */
 };
 
 /* Create the migration object for a prepared s->g: RAM, sections, hooks.

@@ -421,6 +421,7 @@ static int demo_prepare(struct demo *d, mfd_error **errp)
 
 	if (d->o.tls_psk && (r = psk_create(d, errp)) < 0)
 		return r;
+	s->postcopy_after = d->o.c.postcopy_after;
 	if ((r = guest_alloc(&s->g, d->o.size, errp)) < 0 || (r = source_setup(s, errp)) < 0)
 		return r;
 	/* Parameters are checked here, before a second process repeats the

@@ -26,6 +26,9 @@ const char tls_help[] =
 	"                         client-cert.pem/client-key.pem (tls-creds)\n";
 
 const char output_help[] =
+	"  --postcopy[=PASSES]    postcopy-ram on; the source switches to postcopy\n"
+	"                         after PASSES passes over RAM (default 1); give it\n"
+	"                         to both sides\n"
 	"  --json                 one JSON statistics object (query-migrate keys) per\n"
 	"                         second on stdout, and a final one, instead of the\n"
 	"                         progress line and the table\n"
@@ -122,6 +125,14 @@ int common_option(struct common_opts *o, const char *cmd, int c, const char *arg
 	case 'v':
 		o->verbose++;
 		return 1;
+	case OPT_POSTCOPY: {
+		uint64_t passes = 1;
+
+		if (arg && parse_u64(cmd, "--postcopy", arg, 1, 1000000, &passes) < 0)
+			return -1;
+		o->postcopy_after = (unsigned)passes;
+		return param_add(&o->params, cmd, "postcopy-ram", "on") < 0 ? -1 : 1;
+	}
 	default:
 		return param_option(&o->params, cmd, c, arg);
 	}

@@ -164,6 +164,7 @@ int wait_with_progress(mfd_migration *m, struct progress *p, mfd_error **errp)
 		r = wait_step(m, errp, &ended);
 		if (!ended)
 			progress_tick(m, p);
+
 	}
 	progress_close(p);
 	/* Scripts see how it ended either way; a success gets its object from
@@ -248,5 +249,14 @@ void print_summary(mfd_migration *m, const struct progress *p, FILE *f)
 	print_row(f, "downtime", "%" PRIu64 " ms", st.downtime);
 	print_ram(f, p, &st);
 	print_multifd(f, &st);
+	if (st.postcopy_time_ms || st.postcopy_faults || st.ram_postcopy_requests)
+		print_row(f, "postcopy", "%.3f s, %" PRIu64 " page requests, %" PRIu64 " pauses",
+			  (double)st.postcopy_time_ms / 1e3, st.ram_postcopy_requests,
+			  st.postcopy_pauses);
+	if (st.postcopy_faults)
+		print_row(f, "page faults", "%" PRIu64 ", latency median %" PRIu64 " us, p99 %"
+			  PRIu64 " us, max %" PRIu64 " us, blocktime %" PRIu64 " ms",
+			  st.postcopy_faults, st.postcopy_fault_us_median, st.postcopy_fault_us_p99,
+			  st.postcopy_fault_us_max, st.postcopy_blocktime_ms);
 	fflush(f);
 }

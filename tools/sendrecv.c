@@ -48,6 +48,14 @@ static void source_throttle(void *opaque, int percent)
 	dirtier_throttle(&s->dirtier, percent);
 }
 
+/* --postcopy=N: precopy for N passes, then postcopy. */
+static int source_policy(void *opaque, const struct mfd_policy_info *info)
+{
+	const struct source *s = opaque;
+
+	return info->iteration >= s->postcopy_after ? MFD_POLICY_POSTCOPY : 0;
+}
+
 int source_setup(struct source *s, mfd_error **errp)
 {
 	static const mfd_vmm_hooks hooks = {
@@ -56,12 +64,20 @@ int source_setup(struct source *s, mfd_error **errp)
 		.vm_start = source_vm_start,
 		.throttle = source_throttle,
 	};
+	static const mfd_vmm_hooks postcopy_hooks = {
+		.abi_version = MFD_VMM_HOOKS_ABI,
+		.vm_stop = source_vm_stop,
+		.vm_start = source_vm_start,
+		.throttle = source_throttle,
+		.switchover_policy = source_policy,
+	};
 	int r = mfd_migration_new(&s->m, errp);
 
 	if (r == 0)
 		r = guest_register(&s->g, s->m, errp);
 	if (r == 0)
-		r = mfd_migration_set_hooks(s->m, &hooks, s, errp);
+		r = mfd_migration_set_hooks(s->m, s->postcopy_after ? &postcopy_hooks : &hooks, s,
+					    errp);
 	return r;
 }
 
@@ -258,6 +274,7 @@ static int send_prepare(struct source *s, const struct send_opts *o)
 	int r = o->image ? guest_map_image(&s->g, o->image, &err)
 			 : guest_alloc(&s->g, o->size, &err);
 
+	s->postcopy_after = o->c.postcopy_after;
 	if (r < 0 || source_setup(s, &err) < 0)
 		return report_error("send", err);
 	if (params_apply(&o->c.params, s->m, &err) < 0) {

@@ -426,7 +426,7 @@ START_TEST(policy_can_choose_postcopy)
 	struct mfd_stats st = { .size = sizeof(st) };
 
 	ck_assert_int_eq(mfd_migration_stats(src.m, &st), 0);
-	ck_assert_uint_gt(st.postcopy_time_ms + 1, 0);
+	ck_assert_uint_gt(st.postcopy_time_ms, 0);	/* it did switch */
 	ck_assert_uint_ge(st.iterations, 1);
 	pguest_free(&src);
 	pguest_free(&dst);
