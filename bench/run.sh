@@ -9,7 +9,8 @@
 # Limits: iperf3 over loopback (1, 2, 4 streams), memcpy, each codec's own
 # single-thread speed on the bench data, `openssl speed` (one core).
 # Ours: stream-bench (raw channels, plain and TLS) and multifd-bench (guest RAM
-# over multifd: {random, zero, mixed} x {1, 2, 4} channels x each codec).
+# over multifd: {random, zero, mixed} x {1, 2, 4} channels x each codec) and
+# postcopy-bench (fault latency with and without the preempt channel).
 # Ratios compare figures of this run only: the machine is shared and noisy.
 set -eu
 
@@ -130,6 +131,27 @@ echo "  limits: none = iperf3 with as many streams / wire ratio (zero pages: mem
 echo "  codecs on mixed pages = the codec's own speed on the cores in use (see above);"
 echo "  codecs on random pages = nocomp's figure with as many channels (packets go raw)"
 
-echo "{\"mib\": $mib, \"cpus\": $cores, \"limits\": {\"iperf3\": {\"1\": $ip1, \"2\": $ip2, \"4\": $ip4}, \"openssl_aes128gcm\": $aes, \"openssl_chacha20\": $cha, \"local\": $limits}, \"stream\": [$json_stream], \"multifd\": [$json_mfd]}" | jq . >"$out"
+# ---- postcopy: page-fault latency under a busy background push ----
+printf '\n%-40s %9s %9s %9s %7s\n' "postcopy (postcopy-bench, 512 MiB)" "median" "p99" "faults" "time"
+json_pc=""
+for preempt in off on; do
+	set +e
+	r=$("$bin/postcopy-bench" --mib 512 --preempt "$preempt" --json)
+	rc=$?
+	set -e
+	if [ "$rc" = 77 ]; then
+		echo "  skipped: userfaultfd needs root"
+		break
+	fi
+	[ "$rc" = 0 ] || { echo "bench: postcopy-bench failed" >&2; exit 1; }
+	printf '%-40s %7s us %6s us %9s %5s ms\n' "preempt $preempt, push unlimited" \
+		"$(echo "$r" | jq .median_us)" "$(echo "$r" | jq .p99_us)" \
+		"$(echo "$r" | jq .faults)" "$(echo "$r" | jq .postcopy_ms)"
+	json_pc="$json_pc${json_pc:+, }$r"
+done
+echo "  fault -> page placed on the destination, measured by the library; target:"
+echo "  median <= 100 us with the preempt channel (MISSION §7)"
+
+echo "{\"mib\": $mib, \"cpus\": $cores, \"limits\": {\"iperf3\": {\"1\": $ip1, \"2\": $ip2, \"4\": $ip4}, \"openssl_aes128gcm\": $aes, \"openssl_chacha20\": $cha, \"local\": $limits}, \"stream\": [$json_stream], \"multifd\": [$json_mfd], \"postcopy\": [$json_pc]}" | jq . >"$out"
 echo
 echo "results: $out"
