@@ -1116,36 +1116,7 @@ static int source_reconnect(struct mfd_engine *e, mfd_error **errp)
 	return 0;
 }
 
-/* Source: the connection broke during postcopy.  Returns 0 once resumed. */
-static int source_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
-{
-	mfd_log_warn("postcopy paused: %s", cause ? mfd_error_message(cause) : "connection lost");
-	mfd_error_free(cause);
-	pthread_mutex_lock(&e->lock);
-	e->pauses++;
-	pthread_mutex_unlock(&e->lock);
-	for (;;) {
-		drop_connection(e);
-		set_state(e, MFD_STATE_POSTCOPY_PAUSED);
-		int r = wait_resume(e, errp);
-
-		if (r < 0)
-			return r;
-		set_state(e, MFD_STATE_POSTCOPY_RECOVER);
-		mfd_error *err = NULL;
-
-		if ((r = source_reconnect(e, &err)) == 0) {
-			set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
-			return 0;
-		}
-		if (atomic_load(&e->user_cancel)) {
-			mfd_error_propagate(errp, err);
-			return r;
-		}
-		mfd_log_warn("postcopy: resume failed, still paused: %s", mfd_error_message(err));
-		mfd_error_free(err);
-	}
-}
+static int postcopy_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp);
 
 static bool pausable(struct mfd_engine *e, int r)
 {
@@ -1197,7 +1168,7 @@ static int postcopy_run(struct mfd_engine *e, mfd_error **errp)
 				mfd_error_propagate(errp, err);
 				return r;
 			}
-			if ((r = source_pause(e, err, errp)) < 0)
+			if ((r = postcopy_pause(e, err, errp)) < 0)
 				return r;
 			continue;
 		}
@@ -1685,7 +1656,10 @@ static bool dest_pausable(struct mfd_engine *e, int r)
 	return atomic_load(&e->in_postcopy) && !failed && (asked || network_error(e, r));
 }
 
-static int dest_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
+/* Either side: the connection broke during postcopy.  Waits, paused, for
+ * mfd_migrate_resume()/mfd_migrate_recover() and reconnects; a failed attempt
+ * pauses again.  Returns 0 once reconnected, an error once cancelled. */
+static int postcopy_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
 {
 	mfd_log_warn("postcopy paused: %s", cause ? mfd_error_message(cause) : "connection lost");
 	mfd_error_free(cause);
@@ -1702,13 +1676,19 @@ static int dest_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
 		set_state(e, MFD_STATE_POSTCOPY_RECOVER);
 		mfd_error *err = NULL;
 
-		if ((r = dest_reconnect(e, &err)) == 0)
+		/* The destination goes active at POSTCOPY_RESUME (lh_resume). */
+		r = e->incoming ? dest_reconnect(e, &err) : source_reconnect(e, &err);
+		if (r == 0) {
+			if (!e->incoming)
+				set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
 			return 0;
+		}
 		if (atomic_load(&e->user_cancel)) {
 			mfd_error_propagate(errp, err);
 			return r;
 		}
-		mfd_log_warn("postcopy: recovery failed, still paused: %s", mfd_error_message(err));
+		mfd_log_warn("postcopy: %s failed, still paused: %s",
+			     e->incoming ? "recovery" : "resume", mfd_error_message(err));
 		mfd_error_free(err);
 	}
 }
@@ -1736,7 +1716,7 @@ static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, 
 			mfd_error_propagate(errp, err);
 			break;
 		}
-		r = dest_pause(e, err, errp);
+		r = postcopy_pause(e, err, errp);
 		resumed = true;
 	}
 	if (r == 0 && atomic_load(&e->in_postcopy)) {
