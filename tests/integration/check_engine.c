@@ -185,21 +185,6 @@ static void guest_free(struct guest *g)
 
 /* The a-b checker: byte 0 of every page equals its predecessor or is one less,
  * with at most one step down (where the writer was when the VM stopped). */
-static void check_ab(const uint8_t *ram, size_t size)
-{
-	int edges = 0;
-
-	for (size_t p = 1; p < size / PS; p++) {
-		uint8_t prev = ram[(p - 1) * PS], cur = ram[p * PS];
-
-		if (cur == prev)
-			continue;
-		ck_assert_msg((uint8_t)(cur + 1) == prev, "page %zu: %u after %u", p, cur, prev);
-		edges++;
-	}
-	ck_assert_int_le(edges, 1);
-}
-
 static void start_pair(struct guest *src, struct guest *dst, const char *listen)
 {
 	mfd_error *err = NULL;
@@ -233,7 +218,7 @@ static void migrate_live(unsigned channels, const char *codec, const char *liste
 	/* Byte for byte what the source held when it stopped. */
 	ck_assert_msg(memcmp(src.snapshot, dst.ram, src.size) == 0, "%u x %s: RAM differs",
 		      channels, codec);
-	check_ab(dst.ram, dst.size);
+	ck_assert_ab(dst.ram, dst.size, PS);
 	ck_assert_mem_eq(src.cpu_regs, dst.cpu_regs, sizeof(src.cpu_regs));
 	ck_assert_int_eq(mfd_migration_stats(src.m, &st), 0);
 	ck_assert_int_eq(st.status, MFD_STATE_COMPLETED);
@@ -329,7 +314,7 @@ START_TEST(cancel_then_retry)
 	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
 	ck_assert_ok(mfd_migration_wait(dst2.m, 60000, &err), err);
 	ck_assert_int_eq(memcmp(src.snapshot, dst2.ram, src.size), 0);
-	check_ab(dst2.ram, dst2.size);
+	ck_assert_ab(dst2.ram, dst2.size, PS);
 	guest_free(&src);
 	guest_free(&dst);
 	guest_free(&dst2);
@@ -560,7 +545,7 @@ START_TEST(destination_dies_mid_iteration)
 	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
 	ck_assert_ok(mfd_migration_wait(dst2.m, 60000, &err), err);
 	ck_assert_int_eq(memcmp(src.snapshot, dst2.ram, src.size), 0);
-	check_ab(dst2.ram, dst2.size);
+	ck_assert_ab(dst2.ram, dst2.size, PS);
 	guest_free(&src);
 	guest_free(&dst);
 	guest_free(&dst2);

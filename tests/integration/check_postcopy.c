@@ -247,36 +247,13 @@ static void pguest_free(struct pguest *g)
 	free(g->snapshot);
 }
 
-static void check_ab(const uint8_t *ram, size_t size)
-{
-	int edges = 0;
-
-	for (size_t p = 1; p < size / PS; p++) {
-		uint8_t prev = ram[(p - 1) * PS], cur = ram[p * PS];
-
-		if (cur == prev)
-			continue;
-		ck_assert_msg((uint8_t)(cur + 1) == prev, "page %zu: %u after %u", p, cur, prev);
-		edges++;
-	}
-	ck_assert_int_le(edges, 1);
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Wait until @m reaches @want (or ends); returns the state seen. */
 static enum mfd_state wait_state(mfd_migration *m, enum mfd_state want, int timeout_ms)
 {
-	uint64_t end = now_ms() + (uint64_t)timeout_ms;
+	uint64_t end = test_now_ms() + (uint64_t)timeout_ms;
 	enum mfd_state st;
 
-	while ((st = mfd_migration_state(m)) != want && now_ms() < end &&
+	while ((st = mfd_migration_state(m)) != want && test_now_ms() < end &&
 	       st != MFD_STATE_COMPLETED && st != MFD_STATE_FAILED && st != MFD_STATE_CANCELLED)
 		usleep(2000);
 	return st;
@@ -316,7 +293,7 @@ static void finish_pair(struct pguest *src, struct pguest *dst, bool expect_faul
 	ck_assert_msg(atomic_load(&dst->bad) == 0, "%llu reads saw wrong bytes",
 		      (unsigned long long)atomic_load(&dst->bad));
 	ck_assert_msg(memcmp(src->snapshot, dst->ram, src->size) == 0, "RAM differs");
-	check_ab(dst->ram, dst->size);
+	ck_assert_ab(dst->ram, dst->size, PS);
 	ck_assert_mem_eq(src->regs, dst->regs, sizeof(src->regs));
 	ck_assert_int_eq(mfd_migration_stats(dst->m, &st), 0);
 	ck_assert_int_eq(mfd_migration_stats(src->m, &sst), 0);
@@ -345,7 +322,7 @@ static void run_postcopy(unsigned channels, const char *codec, bool preempt, uns
 	struct pguest src, dst;
 	mfd_error *err = NULL;
 	struct mfd_stats st = { .size = sizeof(st) };
-	uint64_t end = now_ms() + 60000;
+	uint64_t end = test_now_ms() + 60000;
 
 	pguest_init(&src, 32, true, channels, codec, preempt);
 	pguest_init(&dst, 32, false, channels, codec, preempt);
@@ -356,7 +333,7 @@ static void run_postcopy(unsigned channels, const char *codec, bool preempt, uns
 		ck_assert_int_eq(mfd_migration_stats(src.m, &st), 0);
 		if (passes ? st.iterations >= passes : st.ram_multifd_bytes > (2u << 20))
 			break;
-		ck_assert_msg(now_ms() < end, "precopy made no progress: %llu passes",
+		ck_assert_msg(test_now_ms() < end, "precopy made no progress: %llu passes",
 			      (unsigned long long)st.iterations);
 		usleep(1000);
 	}

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tests/lib/testlib.h"
 
@@ -388,4 +389,27 @@ void b_free(struct bytes *b)
 	free(b->p);
 	b->p = NULL;
 	b->len = b->cap = 0;
+}
+
+void ck_assert_ab(const uint8_t *ram, size_t size, size_t page)
+{
+	int edges = 0;
+
+	for (size_t p = 1; p < size / page; p++) {
+		uint8_t prev = ram[(p - 1) * page], cur = ram[p * page];
+
+		if (cur == prev)
+			continue;
+		ck_assert_msg((uint8_t)(cur + 1) == prev, "page %zu: %u after %u", p, cur, prev);
+		edges++;
+	}
+	ck_assert_int_le(edges, 1);
+}
+
+uint64_t test_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }

@@ -122,4 +122,11 @@ void b_str(struct bytes *b, const char *s);	/* u8 length + bytes */
 void b_header(struct bytes *b);
 void b_free(struct bytes *b);
 
+/* The a-b checker over RAM of @page-byte pages: byte 0 of every page equals
+ * its predecessor or is one less, with at most one step down (where the
+ * writer was when the VM stopped).  Fails the test otherwise. */
+void ck_assert_ab(const uint8_t *ram, size_t size, size_t page);
+/* CLOCK_MONOTONIC in milliseconds. */
+uint64_t test_now_ms(void);
+
 #endif /* MFD_TESTLIB_H */
