@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/lib/certs.h"
 #include "tests/lib/testlib.h"
 
 #define PS 4096u
@@ -315,17 +316,39 @@ static void finish_pair(struct pguest *src, struct pguest *dst, bool expect_faul
 	free(json);
 }
 
+/* TLS on both sides of a pair: "psk" or "x509" (every channel, the preempt
+ * one included), with a fresh PKI in @pki that the caller destroys. */
+static void use_tls(struct pguest *src, struct pguest *dst, const char *kind,
+		    struct test_pki *pki)
+{
+	char path[512];
+
+	ck_assert_msg(certs_create(pki) == 0, "cannot create the test PKI (see stderr)");
+	if (strcmp(kind, "psk") == 0) {
+		certs_path(pki, "psk-main", NULL, path, sizeof(path));
+		set(src->m, "tls-psk-file", path);
+		set(dst->m, "tls-psk-file", path);
+	} else {
+		set(src->m, "tls-creds", certs_path(pki, "client", NULL, path, sizeof(path)));
+		set(dst->m, "tls-creds", certs_path(pki, "server", NULL, path, sizeof(path)));
+	}
+}
+
 /* Postcopy after @passes precopy passes (0: as soon as some pages are in
- * flight on multifd, so they race the switch). */
-static void run_postcopy(unsigned channels, const char *codec, bool preempt, unsigned passes)
+ * flight on multifd, so they race the switch); @tls NULL, "psk" or "x509". */
+static void run_postcopy_tls(unsigned channels, const char *codec, bool preempt,
+			     unsigned passes, const char *tls)
 {
 	struct pguest src, dst;
 	mfd_error *err = NULL;
 	struct mfd_stats st = { .size = sizeof(st) };
+	struct test_pki pki;
 	uint64_t end = test_now_ms() + 60000;
 
 	pguest_init(&src, 32, true, channels, codec, preempt);
 	pguest_init(&dst, 32, false, channels, codec, preempt);
+	if (tls)
+		use_tls(&src, &dst, tls, &pki);
 	/* Slow enough that the guest runs well before the last page arrives. */
 	set(src.m, "max-postcopy-bandwidth", "40000000");
 	start_pair(&src, &dst);
@@ -344,6 +367,13 @@ static void run_postcopy(unsigned channels, const char *codec, bool preempt, uns
 	finish_pair(&src, &dst, true);
 	pguest_free(&src);
 	pguest_free(&dst);
+	if (tls)
+		certs_destroy(&pki);
+}
+
+static void run_postcopy(unsigned channels, const char *codec, bool preempt, unsigned passes)
+{
+	run_postcopy_tls(channels, codec, preempt, passes, NULL);
 }
 
 START_TEST(postcopy_after_precopy_passes)
@@ -365,6 +395,14 @@ START_TEST(postcopy_with_preempt)
 {
 	NEED_UFFD();
 	run_postcopy(_i ? 4 : 1, _i ? "lz4" : "none", true, 1);
+}
+END_TEST
+
+/* Requested pages on a TLS preempt channel, pushed pages on a TLS main one. */
+START_TEST(postcopy_over_tls)
+{
+	NEED_UFFD();
+	run_postcopy_tls(2, "none", true, 1, _i ? "x509" : "psk");
 }
 END_TEST
 
@@ -576,6 +614,7 @@ Suite *suite_postcopy(void)
 	tcase_add_loop_test(tc, postcopy_after_precopy_passes, 0, 4);
 	tcase_add_loop_test(tc, postcopy_with_preempt, 0, 2);
 	tcase_add_loop_test(tc, precopy_pages_race_the_switch, 0, 2);
+	tcase_add_loop_test(tc, postcopy_over_tls, 0, 2);
 	tcase_add_test(tc, policy_can_choose_postcopy);
 	tcase_add_loop_test(tc, pause_and_recover_in_process, 0, 2);
 	tcase_add_loop_test(tc, network_cut_with_ss_then_recover, 0, 2);
