@@ -721,9 +721,15 @@ static int load_blocks(struct mfd_engine *e, mfd_stream *s, uint64_t total, mfd_
 		uint64_t size, ps;
 		int r;
 
-		if ((r = mfd_stream_get_str(s, name, NULL)) < 0 ||
+		size_t len;
+
+		if ((r = mfd_stream_get_str(s, name, &len)) < 0 ||
 		    (r = mfd_stream_get_be64(s, &size)) < 0 || (r = mfd_stream_get_be64(s, &ps)) < 0)
 			return r;
+		/* strcmp() would stop at an inner NUL: "pc.ram\0x" must not pass. */
+		if (strlen(name) != len)
+			return mfd_error_set(errp, MFD_EPROTO,
+					     "ram: block name '%s' contains a NUL byte", name);
 		if (b >= m->nblocks || strcmp(name, m->blocks[b].name) != 0)
 			return mfd_error_set(errp, MFD_EPROTO,
 					     "ram: the source's block %u is '%s', this side has '%s'", b,
@@ -757,10 +763,15 @@ static int record_block(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsi
 
 	if (!(flags & RAM_FLAG_CONTINUE)) {
 		char name[256];
+		size_t len;
 
-		if ((r = mfd_stream_get_str(s, name, NULL)) < 0)
+		if ((r = mfd_stream_get_str(s, name, &len)) < 0)
 			return r;
 		*last_block = -1;
+		/* As in the block list: a name with an inner NUL names no block. */
+		if (strlen(name) != len)
+			return mfd_error_set(errp, MFD_EPROTO,
+					     "ram: block name '%s' contains a NUL byte", name);
 		for (unsigned b = 0; b < m->nblocks; b++)
 			if (strcmp(name, m->blocks[b].name) == 0)
 				*last_block = (int)b;

@@ -87,8 +87,14 @@ static void recv_fail(struct mfd_multifd_recv *r, mfd_error *err)
 		mfd_error_free(err);
 	atomic_store(&r->failed, true);
 	pthread_cond_broadcast(&r->cond);
+	/* Only started channels are ours to unblock.  Before the start, identify
+	 * merely borrowed them: the caller's gather owns them and frees them when
+	 * a later hello is refused, so touching them here would be a use after
+	 * free (and nothing of ours reads them yet). */
+	bool started = r->started;
+
 	pthread_mutex_unlock(&r->lock);
-	for (unsigned i = 0; i < r->n; i++)
+	for (unsigned i = 0; started && i < r->n; i++)
 		if (r->chans[i].ch)
 			mfd_channel_shutdown(r->chans[i].ch);
 }

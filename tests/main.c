@@ -23,6 +23,7 @@
 	X(registry)       \
 	X(savevm)         \
 	X(loadvm_bad)     \
+	X(bad_input)      \
 	X(compress)       \
 	X(multifd)        \
 	X(engine)         \
