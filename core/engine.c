@@ -116,6 +116,24 @@ static void shutdown_all(struct mfd_engine *e)
 	pthread_mutex_unlock(&e->lock);
 }
 
+/* Test hook (engine.h): wraps each channel as it is created.  Set only while
+ * no migration runs, so the threads that read it were created after it. */
+static engine_wrap_fn chan_wrap_fn;
+static void *chan_wrap_opaque;
+
+void engine_set_channel_wrapper(engine_wrap_fn fn, void *opaque)
+{
+	chan_wrap_fn = fn;
+	chan_wrap_opaque = opaque;
+}
+
+static int wrap_channel(struct mfd_engine *e, mfd_channel *ch, enum engine_chan_kind kind,
+			unsigned index, mfd_error **errp)
+{
+	return chan_wrap_fn ? chan_wrap_fn(chan_wrap_opaque, ch, e->m, e->incoming, kind, index,
+					   errp) : 0;
+}
+
 /* Publish a channel (or other object) so that cancel can reach it. */
 #define PUBLISH(e, field, value)                         \
 	do {                                             \
@@ -259,6 +277,11 @@ static int open_out(struct mfd_engine *e, int slot, mfd_error **errp)
 		return mfd_error_set(errp, MFD_ECANCELED, "migration cancelled");
 	if ((r = mfd_channel_connect(e->uri, (int)t, &raw, errp)) < 0)
 		return r;
+	if ((r = wrap_channel(e, raw, slot == -2 ? ENGINE_CH_PREEMPT : slot < 0 ? ENGINE_CH_MAIN
+				: ENGINE_CH_MULTIFD, slot < 0 ? 0 : (unsigned)slot, errp)) < 0) {
+		mfd_channel_free(raw);
+		return r;
+	}
 	tune_channel(e, raw);
 	if (slot == -2)
 		PUBLISH(e, pre_raw, raw);
@@ -383,6 +406,42 @@ static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **e
 }
 
 /* ---- return path ------------------------------------------------------------------- */
+
+/*
+ * A channel error that a stream latched names only the transport
+ * ("tcp:host:port: ..."): when @s failed, say which channel it was.  Refusals
+ * already start with the label, so they are left alone.
+ */
+static void name_stream(mfd_stream *s, const char *label, mfd_error **errp)
+{
+	if (s && errp && *errp && mfd_stream_error(s, NULL) < 0 &&
+	    !strstr(mfd_error_message(*errp), label))
+		mfd_error_prefix(*errp, "%s", label);
+}
+
+/* The phase a return-path failure interrupted, for its message. */
+static const char *phase_name(struct mfd_engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	enum mfd_state st = e->state;
+
+	pthread_mutex_unlock(&e->lock);
+	switch (st) {
+	case MFD_STATE_SETUP:
+		return "setup";
+	case MFD_STATE_ACTIVE:
+		return "iteration";
+	case MFD_STATE_DEVICE:
+		return "switchover";
+	case MFD_STATE_POSTCOPY_ACTIVE:
+	case MFD_STATE_POSTCOPY_PAUSED:
+	case MFD_STATE_POSTCOPY_RECOVER:
+		return "postcopy";
+	default:
+		return mfd_state_name(st);
+	}
+}
+
 
 static int rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
 		   mfd_error **errp)
@@ -584,6 +643,7 @@ static void *rp_thread(void *arg)
 	struct mfd_engine *e = arg;
 	mfd_stream *s = NULL;
 	mfd_error *err = NULL;
+	bool theirs = false;	/* err is the destination's RESULT */
 	int r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &s, &err);
 
 	if (r == 0)
@@ -649,6 +709,7 @@ static void *rp_thread(void *arg)
 				mfd_error_set(&err, e->rp_result, "the destination failed: %s",
 					      (char *)buf + 4);
 				r = e->rp_result;
+				theirs = true;
 			}
 			break;
 		} else {
@@ -658,6 +719,8 @@ static void *rp_thread(void *arg)
 		}
 	}
 	if (r < 0) {
+		/* The destination's RESULT carries its own context; anything else
+		 * broke here, on the main channel, in the phase under way. */
 		if (!err)
 			mfd_stream_error(s, &err);
 		pthread_mutex_lock(&e->lock);
@@ -679,6 +742,8 @@ static void *rp_thread(void *arg)
 				mfd_error_set(&err, MFD_EEOF, "the destination closed the connection "
 					      "without a result (it failed, was cancelled or died)");
 			}
+			if (!theirs)
+				mfd_error_prefix(err, "%s: main channel (return path)", phase_name(e));
 			if (!done && !engine_cancelled(e)) {
 				record_error(e, err);
 				err = NULL;
@@ -851,10 +916,14 @@ static int source_connect(struct mfd_engine *e, mfd_error **errp)
 		return r;
 	}
 	main_hello_encode(e, hello, false);
-	if ((r = mfd_channel_writev_full(e->main_ch, &iov, 1, errp)) < 0)
+	if ((r = mfd_channel_writev_full(e->main_ch, &iov, 1, errp)) < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "setup: main channel: hello");
 		return r;
-	if (e->preempt && (r = open_preempt(e, errp)) < 0)
+	}
+	if (e->preempt && (r = open_preempt(e, errp)) < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "setup");
 		return r;
+	}
 	if (!e->use_multifd)
 		return 0;
 	/* Each hello right after its channel opens: the destination identifies
@@ -1164,6 +1233,7 @@ static int postcopy_run(struct mfd_engine *e, mfd_error **errp)
 		}
 		if (r < 0) {
 			if (!pausable(e, r)) {
+				name_stream(e->out, "main channel", &err);
 				mfd_error_prefix(err, "postcopy");
 				mfd_error_propagate(errp, err);
 				return r;
@@ -1217,6 +1287,7 @@ static int source_run(struct mfd_engine *e, mfd_error **errp)
 	}
 	if ((r = mfd_savevm_setup(m, e->out, errp)) < 0 ||
 	    (r = mfd_stream_flush(e->out) < 0 ? mfd_stream_error(e->out, errp) : 0) < 0) {
+		name_stream(e->out, "main channel", errp);
 		mfd_error_prefix(errp ? *errp : NULL, "setup");
 		return r;
 	}
@@ -1235,6 +1306,7 @@ static int source_run(struct mfd_engine *e, mfd_error **errp)
 		if (r >= 0 && mfd_stream_flush(e->out) < 0)
 			r = mfd_stream_error(e->out, errp);
 		if (r < 0) {
+			name_stream(e->out, "main channel", errp);
 			mfd_error_prefix(errp ? *errp : NULL, "iteration %llu",
 					 (unsigned long long)e->iterations + 1);
 			return r;
@@ -1273,6 +1345,7 @@ static int source_run(struct mfd_engine *e, mfd_error **errp)
 	if (r == 0 && e->send)
 		r = mfd_multifd_send_finish(e->send, errp);
 	if (r < 0) {
+		name_stream(e->out, "main channel", errp);
 		mfd_error_prefix(errp ? *errp : NULL, "switchover");
 		return r;
 	}
@@ -1328,6 +1401,14 @@ static int identify(mfd_channel *raw, void *opaque, mfd_error **errp)
 	}
 	if (!e->recv)
 		return mfd_error_set(errp, MFD_EPROTO, "an extra channel on a single-channel URI");
+	/* The test hook's index is the arrival order, which is the channel id:
+	 * the source connects them in order, one hello at a time. */
+	unsigned arrived = 0;
+
+	for (unsigned i = 0; i < e->nchan; i++)
+		arrived += e->mf[i] != NULL;
+	if ((r = wrap_channel(e, raw, ENGINE_CH_MULTIFD, arrived, errp)) < 0)
+		return r;
 	if ((r = wrap_in(e, raw, &ch, errp)) < 0)
 		return r;
 	r = mfd_multifd_recv_identify(ch, e->recv, errp);
@@ -1577,6 +1658,10 @@ static int accept_preempt(struct mfd_engine *e, mfd_error **errp)
 
 	if (r < 0)
 		goto out;
+	if ((r = wrap_channel(e, raw, ENGINE_CH_PREEMPT, 0, errp)) < 0) {
+		mfd_channel_free(raw);
+		goto out;
+	}
 	mfd_channel_set_option(raw, "timeout-ms", t, NULL);
 	if ((r = wrap_in(e, raw, &ch, errp)) < 0) {
 		mfd_channel_free(raw);
@@ -1616,6 +1701,10 @@ static int dest_reconnect(struct mfd_engine *e, mfd_error **errp)
 
 	if (r < 0)
 		return r;
+	if ((r = wrap_channel(e, raw, ENGINE_CH_MAIN, 0, errp)) < 0) {
+		mfd_channel_free(raw);
+		return r;
+	}
 	mfd_channel_set_option(raw, "timeout-ms", e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], NULL);
 	if ((r = wrap_in(e, raw, &ch, errp)) < 0) {
 		mfd_channel_free(raw);
@@ -1762,6 +1851,10 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 	 * channels must follow within channel-timeout-ms. */
 	int r = mfd_listener_accept(e->listener, 0, &first, errp);
 
+	if (r == 0 && (r = wrap_channel(e, first, ENGINE_CH_MAIN, 0, errp)) < 0) {
+		mfd_channel_free(first);
+		first = NULL;
+	}
 	if (r == 0)
 		mfd_channel_set_option(first, "timeout-ms", m->params.i[MFD_P_CHANNEL_TIMEOUT_MS],
 				       NULL);
@@ -1809,6 +1902,8 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 		return r;
 	mfd_stream_set_label(e->in, "main channel");
 	r = load_all(e, &hooks, errp);
+	if (r < 0)
+		name_stream(e->in, "main channel", errp);
 	if (r == 0 && e->recv && !e->pc_listening)
 		r = mfd_multifd_recv_finish(e->recv, errp);
 	if (r < 0)

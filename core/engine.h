@@ -242,4 +242,16 @@ uint64_t engine_bytes_sent(struct mfd_engine *e);
 void engine_publish(struct mfd_engine *e);
 void mfd_engine_free(mfd_migration *m);
 
+/*
+ * Test hook (fault injection, tests/integration/check_faults.c): when set,
+ * @fn sees every channel the engine connects or accepts, right after it
+ * exists and before TLS, and may wrap it in place (channels/fault.h).  Not
+ * exported; set it only while no migration runs.  A non-zero return fails
+ * the channel's setup with that error.
+ */
+enum engine_chan_kind { ENGINE_CH_MAIN, ENGINE_CH_MULTIFD, ENGINE_CH_PREEMPT };
+typedef int (*engine_wrap_fn)(void *opaque, mfd_channel *ch, mfd_migration *m, bool incoming,
+			      enum engine_chan_kind kind, unsigned index, mfd_error **errp);
+void engine_set_channel_wrapper(engine_wrap_fn fn, void *opaque);
+
 #endif /* MFD_CORE_ENGINE_H */

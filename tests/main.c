@@ -28,6 +28,7 @@
 	X(multifd)        \
 	X(engine)         \
 	X(postcopy)       \
+	X(faults)         \
 	X(cli)            \
 	X(symbols)        \
 	X(install)
