@@ -319,6 +319,16 @@ static int open_out(struct mfd_engine *e, int slot, mfd_error **errp)
 
 /* ---- main-channel hello -------------------------------------------------------------- */
 
+/* Reserved bytes are zero on the wire; a peer that sets them speaks something
+ * we do not know.  Returns the offset of the first non-zero byte or -1. */
+static int first_nonzero(const uint8_t *h, size_t from, size_t to)
+{
+	for (size_t i = from; i < to; i++)
+		if (h[i])
+			return (int)i;
+	return -1;
+}
+
 static void main_hello_encode(struct mfd_engine *e, uint8_t h[MAIN_HELLO_SIZE], bool resume)
 {
 	const char *codec = e->mcfg.codec ? e->mcfg.codec->name : "none";
@@ -395,10 +405,22 @@ static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **e
 		return mfd_error_set(errp, MFD_EPROTO, "main channel: codec name length %u", h[80]);
 	memcpy(codec, h + 81, h[80]);
 	codec[h[80]] = '\0';
+	if (strlen(codec) != h[80])
+		return mfd_error_set(errp, MFD_EPROTO, "main channel: codec name of %u bytes "
+				     "contains a NUL byte", h[80]);
 	if (strcmp(codec, want) != 0)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "the source compresses with '%s', this side expects '%s' (set "
 				     "multifd-compression alike)", codec, want);
+	int bad = first_nonzero(h, 14, 16);
+
+	if (bad < 0)
+		bad = first_nonzero(h, 20, 32);
+	if (bad < 0)
+		bad = first_nonzero(h, 81 + (size_t)h[80], MAIN_HELLO_SIZE);
+	if (bad >= 0)
+		return mfd_error_set(errp, MFD_EPROTO, "main channel: reserved hello byte %d is "
+				     "0x%02x, not 0", bad, h[bad]);
 	e->use_rp = flags & MAIN_HELLO_RETURN_PATH;
 	memcpy(e->mcfg.uuid, h + 32, MFD_UUID_LEN);
 	memcpy(e->mcfg.token, h + 48, MFD_TOKEN_LEN);
@@ -660,7 +682,15 @@ static void *rp_thread(void *arg)
 		}
 		if ((r = mfd_stream_get_buf(s, buf, len)) < 0)
 			break;
-		if (type == RP_PONG && len == 4) {
+		if ((type == RP_PONG && len != 4) || (type == RP_SWITCHOVER_ACK && len != 0) ||
+		    (type == RP_RESULT && len < 4)) {
+			r = mfd_error_set(&err, MFD_EPROTO, "return path: %s of %u bytes, expected %s",
+					  type == RP_PONG ? "PONG" : type == RP_RESULT ? "RESULT"
+					  : "SWITCHOVER_ACK", len, type == RP_PONG ? "4"
+					  : type == RP_RESULT ? "at least 4" : "0");
+			break;
+		}
+		if (type == RP_PONG) {
 			/* PING 4 follows the postcopy package: the destination runs the guest. */
 			if (mfd_load_be32(buf) == 4 && atomic_load(&e->in_postcopy)) {
 				pthread_mutex_lock(&e->lock);
@@ -669,7 +699,7 @@ static void *rp_thread(void *arg)
 				pthread_mutex_unlock(&e->lock);
 			}
 			continue;
-		} else if (type == RP_SWITCHOVER_ACK && len == 0) {
+		} else if (type == RP_SWITCHOVER_ACK) {
 			pthread_mutex_lock(&e->lock);
 			e->switchover_acked = true;
 			pthread_cond_broadcast(&e->cond);
@@ -689,18 +719,29 @@ static void *rp_thread(void *arg)
 						  "or with a value other than 1", len);
 				break;
 			}
+			if (atomic_load(&e->state_pub) != MFD_STATE_POSTCOPY_RECOVER) {
+				r = mfd_error_set(&err, MFD_EPROTO, "return path: RESUME_ACK outside "
+						  "postcopy recovery");
+				break;
+			}
 			pthread_mutex_lock(&e->lock);
 			e->resume_acked = true;
 			pthread_cond_broadcast(&e->cond);
 			pthread_mutex_unlock(&e->lock);
 			continue;
-		} else if (type == RP_RESULT && len >= 4) {
+		} else if (type == RP_RESULT) {
 			int code = (int32_t)mfd_load_be32(buf);
 
+			if (code > 0) {
+				/* Not a result at all: no waiter may take it for one. */
+				r = mfd_error_set(&err, MFD_EPROTO, "return path: RESULT with code %d "
+						  "(neither 0 nor an error code)", code);
+				break;
+			}
 			buf[len] = '\0';
 			pthread_mutex_lock(&e->lock);
 			e->rp_result_seen = true;
-			e->rp_result = code > 0 || code < MFD_ERRCODE_MIN ? MFD_EPROTO : code;
+			e->rp_result = code < MFD_ERRCODE_MIN ? MFD_EPROTO : code;
 			free(e->rp_message);
 			e->rp_message = strdup((char *)buf + 4);
 			pthread_cond_broadcast(&e->cond);
@@ -1194,8 +1235,11 @@ static bool pausable(struct mfd_engine *e, int r)
 	pthread_mutex_lock(&e->lock);
 	broken = !e->rp_result_seen && (e->rp_broken || e->pause_req);
 	bool seen = e->rp_result_seen;
+	/* An error recorded by the return-path thread (a malformed request, say)
+	 * is no network loss: reconnecting would not cure it. */
+	bool failed = e->err != NULL;
 	pthread_mutex_unlock(&e->lock);
-	return !seen && (broken || network_error(e, r));
+	return !seen && !failed && (broken || network_error(e, r));
 }
 
 /* Source: everything from the switch to the destination's RESULT. */
@@ -1654,7 +1698,7 @@ static int accept_preempt(struct mfd_engine *e, mfd_error **errp)
 	struct iovec iov = { h, sizeof(h) };
 	mfd_channel *raw = NULL, *ch = NULL;
 	int64_t t = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
-	int r = mfd_listener_accept(e->listener, (int)t, &raw, errp);
+	int bad, r = mfd_listener_accept(e->listener, (int)t, &raw, errp);
 
 	if (r < 0)
 		goto out;
@@ -1683,6 +1727,10 @@ static int accept_preempt(struct mfd_engine *e, mfd_error **errp)
 		 mfd_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
 		r = mfd_error_set(errp, MFD_EPROTO,
 				  "preempt channel: it belongs to another session (UUID or token)");
+	else if ((bad = first_nonzero(h, 8, 32)) >= 0 ||
+		 (bad = first_nonzero(h, 80, PREEMPT_HELLO_SIZE)) >= 0)
+		r = mfd_error_set(errp, MFD_EPROTO, "preempt channel: reserved hello byte %d is "
+				  "0x%02x, not 0", bad, h[bad]);
 	if (r == 0 && (r = mfd_stream_new(ch, MFD_STREAM_READ, &e->pre_in, errp)) == 0)
 		mfd_stream_set_label(e->pre_in, "preempt channel");
 out:

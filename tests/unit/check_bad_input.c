@@ -1339,8 +1339,14 @@ static const struct ecase eng_cases[] = {
 	MH("codec zstd", 81, 4, 0x7a737464, MFD_EPROTO, "the source compresses with 'zstd', this side expects 'none' (set multifd-compression alike)"),
 	MH("codec NONE", 81, 4, 0x4e4f4e45, MFD_EPROTO, "the source compresses with 'NONE'"),
 	MH("codec 'non'", 80, 1, 3, MFD_EPROTO, "the source compresses with 'non', this side expects 'none'"),
-	/* Not here: a codec name of length 5 "none\0" (or bytes after the name) is
-	 * accepted by main_hello_check; see the report on core/engine.c. */
+	MH("codec 'none\\0' of 5 bytes", 80, 1, 5, MFD_EPROTO, "main channel: codec name of 5 bytes contains a NUL byte"),
+	/* reserved bytes */
+	MH("reserved byte 14", 14, 1, 1, MFD_EPROTO, "main channel: reserved hello byte 14 is 0x01, not 0"),
+	MH("reserved byte 15", 15, 1, 0x80, MFD_EPROTO, "reserved hello byte 15 is 0x80"),
+	MH("reserved byte 20", 20, 1, 0xff, MFD_EPROTO, "reserved hello byte 20 is 0xff"),
+	MH("reserved byte 31", 31, 1, 2, MFD_EPROTO, "reserved hello byte 31 is 0x02"),
+	MH("byte after the codec name", 85, 1, 0x41, MFD_EPROTO, "reserved hello byte 85 is 0x41"),
+	MH("reserved byte 127", 127, 1, 1, MFD_EPROTO, "reserved hello byte 127 is 0x01"),
 	{ "codec none to a zlib side", "multifd-compression=zlib", 1, 2, C_MAIN, 0, 0, 0, -1, MFD_EPROTO, "the source compresses with 'none', this side expects 'zlib'" },
 	/* cut */
 	MHCUT("main hello empty", 0),
@@ -1364,6 +1370,9 @@ static const struct ecase eng_cases[] = {
 	{ "preempt token", PRE, 0xb, 2, C_PREEMPT, 79, 1, 0x55, -1, MFD_EPROTO, "preempt channel: it belongs to another session" },
 	{ "preempt cut", PRE, 0xb, 2, C_PREEMPT, 0, 0, 0, 100, MFD_EEOF, "end of data" },
 	{ "preempt main hello", PRE, 0xb, 2, C_PREEMPT, 0, 4, 0x4d46444d, -1, MFD_EBADMAGIC, "preempt channel: hello 0x4d46444d" },
+	{ "preempt reserved 8", PRE, 0xb, 2, C_PREEMPT, 8, 1, 1, -1, MFD_EPROTO, "preempt channel: reserved hello byte 8 is 0x01, not 0" },
+	{ "preempt reserved 31", PRE, 0xb, 2, C_PREEMPT, 31, 1, 7, -1, MFD_EPROTO, "preempt channel: reserved hello byte 31 is 0x07" },
+	{ "preempt reserved 127", PRE, 0xb, 2, C_PREEMPT, 127, 1, 9, -1, MFD_EPROTO, "preempt channel: reserved hello byte 127 is 0x09" },
 };
 
 static void spoil(uint8_t *h, const struct ecase *c)
@@ -2065,6 +2074,11 @@ static void rp_build(struct bytes *b, uint64_t i)
 	case 21: b_be16(b, RP_PONG); break;			/* header cut */
 	case 22: break;						/* nothing at all */
 	case 23: b_be16(b, RP_REQ_PAGES); b_be16(b, 16); b_raw(b, zeros, 5); break;
+	case 24: rp_msg(b, RP_PONG, 3, zeros); break;
+	case 25: rp_msg(b, RP_SWITCHOVER_ACK, 1, zeros); break;
+	case 26: rp_msg(b, RP_RESULT, 2, zeros); break;
+	case 27: result(b, 5, "a positive code"); break;
+	case 28: rp_msg(b, RP_RESUME_ACK, 4, one); break;
 	}
 }
 
@@ -2093,13 +2107,17 @@ static const struct bcase rp_cases[] = {
 	{ "message header cut", rp_build, 21, MFD_EEOF, "the destination closed the connection without a result" },
 	{ "closed at once", rp_build, 22, MFD_EEOF, "the destination closed the connection without a result" },
 	{ "REQ_PAGES body cut", rp_build, 23, MFD_EEOF, "the destination closed the connection without a result" },
+	{ "PONG of 3", rp_build, 24, MFD_EPROTO, "return path: PONG of 3 bytes, expected 4" },
+	{ "SWITCHOVER_ACK of 1", rp_build, 25, MFD_EPROTO, "return path: SWITCHOVER_ACK of 1 bytes, expected 0" },
+	{ "RESULT of 2", rp_build, 26, MFD_EPROTO, "return path: RESULT of 2 bytes, expected at least 4" },
+	{ "RESULT with a positive code", rp_build, 27, MFD_EPROTO, "return path: RESULT with code 5 (neither 0 nor an error code)" },
+	{ "RESUME_ACK in precopy", rp_build, 28, MFD_EPROTO, "return path: RESUME_ACK outside postcopy recovery" },
 	/*
 	 * Not here: REQ_PAGES and RECV_BITMAP checks that need the source in
 	 * postcopy (block index, reserved field, length, alignment, range, bitmap
-	 * size and end marker).  The source does refuse each of them, but then
-	 * pauses instead of failing (core/engine.c pausable() treats the channel
-	 * shutdown that follows its own protocol error as a network loss), so
-	 * such a case waits forever for mfd_migrate_resume().  See the report.
+	 * size and end marker): this fake destination cannot take a source that
+	 * far.  A refused request now fails the source (pausable() no longer
+	 * takes the shutdown after its own protocol error for a network loss).
 	 */
 };
 
@@ -2145,12 +2163,13 @@ END_TEST
 
 /*
  * The corpus in this file, by table (every codec built in): 126 stream, 56
- * hello, 43 packet, 39 codec (none 6, zlib/zstd/lz4 11 each), 53 engine
- * hello, 62 RAM-section and engine-command, 24 return-path cases: 403, plus
- * the two every-byte truncation sweeps.  count_cases() prints the exact
- * figure for the build at hand.
+ * hello, 43 packet, 39 codec (none 6, zlib/zstd/lz4 11 each), 63 engine
+ * hello, 62 RAM-section and engine-command, 29 return-path cases: 418, plus
+ * the two every-byte truncation sweeps (with 87 in check_loadvm_bad.c and 81
+ * in check_multifd.c).  count_cases() prints the exact figure for the build
+ * at hand and returns it.
  */
-static void count_cases(void)
+static int count_cases(void)
 {
 	int codec = 0;
 
@@ -2164,11 +2183,14 @@ static void count_cases(void)
 	       "engine hello %d, RAM/commands %d, return path %d) + 2 truncation sweeps\n",
 	       total, NCASES(stream_cases), NCASES(hello_cases), NCASES(pkt_cases), codec,
 	       NCASES(eng_cases), NCASES(file_cases), NCASES(rp_cases));
+	return total;
 }
 
+/* The bar of the reliability brief: at least 300 hand-written cases here
+ * alone (a build without some codec has fewer codec cases). */
 START_TEST(corpus_size)
 {
-	count_cases();
+	ck_assert_int_ge(count_cases(), 300);
 }
 END_TEST
 
