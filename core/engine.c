@@ -995,19 +995,27 @@ static int source_connect(struct mfd_engine *e, mfd_error **errp)
 	return 0;
 }
 
-static int wait_result(struct mfd_engine *e, mfd_error **errp)
+/* A pthread_cond_timedwait() deadline @ms from now (CLOCK_REALTIME). */
+static struct timespec deadline_in(int64_t ms)
 {
-	int64_t timeout = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
 	struct timespec dl;
-	int r = 0;
 
 	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += timeout / 1000;
-	dl.tv_nsec += (timeout % 1000) * 1000000;
+	dl.tv_sec += ms / 1000;
+	dl.tv_nsec += (long)(ms % 1000) * 1000000;
 	if (dl.tv_nsec >= 1000000000) {
 		dl.tv_sec++;
 		dl.tv_nsec -= 1000000000;
 	}
+	return dl;
+}
+
+static int wait_result(struct mfd_engine *e, mfd_error **errp)
+{
+	int64_t timeout = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
+	struct timespec dl = deadline_in(timeout);
+	int r = 0;
+
 	pthread_mutex_lock(&e->lock);
 	while (!e->rp_result_seen && !e->err && !engine_cancelled(e) && !e->rp_done && r == 0)
 		r = pthread_cond_timedwait(&e->cond, &e->lock, &dl);
@@ -1156,17 +1164,9 @@ static int wait_resume(struct mfd_engine *e, mfd_error **errp)
 static int wait_flag(struct mfd_engine *e, bool *flag, unsigned *count, unsigned want,
 		     const char *what, mfd_error **errp)
 {
-	int64_t timeout = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
-	struct timespec dl;
+	struct timespec dl = deadline_in(e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS]);
 	int r = 0;
 
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += timeout / 1000;
-	dl.tv_nsec += (timeout % 1000) * 1000000;
-	if (dl.tv_nsec >= 1000000000) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000;
-	}
 	pthread_mutex_lock(&e->lock);
 	while (!(flag ? *flag : *count >= want) && !e->rp_done && !atomic_load(&e->user_cancel) &&
 	       r == 0)
@@ -2291,13 +2291,7 @@ int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp)
 
 	if (!e || atomic_load(&e->state_pub) == MFD_STATE_NONE)
 		return mfd_error_set(errp, MFD_ESTATE, "no migration was started");
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += timeout_ms / 1000;
-	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-	if (dl.tv_nsec >= 1000000000) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000;
-	}
+	dl = deadline_in(timeout_ms);
 	pthread_mutex_lock(&e->lock);
 	while (!e->ended && r == 0)
 		r = timeout_ms > 0 ? pthread_cond_timedwait(&e->cond, &e->lock, &dl)
