@@ -26,6 +26,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1898,7 +1899,7 @@ struct fake_dest {
 	pthread_t accepter, drainers[8];
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	volatile bool stop;
+	atomic_bool stop;		/* the threads leave */
 };
 
 struct drainer {
@@ -1916,7 +1917,7 @@ static void *drain(void *arg)
 		struct pollfd p = { d->fd, POLLIN, 0 };
 		int n = poll(&p, 1, 100);
 
-		if (d->f->stop)
+		if (atomic_load(&d->f->stop))
 			break;
 		if (n <= 0)
 			continue;
@@ -1933,7 +1934,7 @@ static void *accepter(void *arg)
 {
 	struct fake_dest *f = arg;
 
-	while (!f->stop && f->nfds < 8) {
+	while (!atomic_load(&f->stop) && f->nfds < 8) {
 		struct pollfd p = { f->lfd, POLLIN, 0 };
 
 		if (poll(&p, 1, 50) <= 0)
@@ -1963,6 +1964,7 @@ static void fake_dest_start(struct fake_dest *f, char *uri, size_t len)
 	socklen_t sl = sizeof(sa);
 
 	memset(f, 0, sizeof(*f));
+	atomic_init(&f->stop, false);
 	pthread_mutex_init(&f->lock, NULL);
 	pthread_cond_init(&f->cond, NULL);
 	f->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -1995,7 +1997,7 @@ static int fake_dest_main(struct fake_dest *f)
 
 static void fake_dest_stop(struct fake_dest *f)
 {
-	f->stop = true;
+	atomic_store(&f->stop, true);
 	pthread_join(f->accepter, NULL);
 	for (int i = 0; i < f->nfds; i++) {
 		shutdown(f->fds[i], SHUT_RDWR);
