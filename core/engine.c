@@ -1691,29 +1691,42 @@ static int lh_resume(void *opaque, mfd_error **errp)
 	return 0;
 }
 
+/* Destination: accept one connection within @accept_ms (0: no limit), give it
+ * the channel timeout and its TLS wrapper.  *@ch is what to read, *@raw the
+ * transport under it when TLS wraps it (else NULL). */
+static int accept_one(struct mfd_engine *e, int accept_ms, enum engine_chan_kind kind,
+		      mfd_channel **ch, mfd_channel **raw, mfd_error **errp)
+{
+	mfd_channel *c = NULL;
+	int r = mfd_listener_accept(e->listener, accept_ms, &c, errp);
+
+	if (r == 0 && (r = wrap_channel(e, c, kind, 0, errp)) == 0) {
+		mfd_channel_set_option(c, "timeout-ms", e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS],
+				       NULL);
+		r = wrap_in(e, c, ch, errp);
+	}
+	if (r < 0) {
+		mfd_channel_free(c);
+		return r;
+	}
+	*raw = *ch != c ? c : NULL;
+	return 0;
+}
+
 /* Destination: take the preempt channel (the connection after the main one). */
 static int accept_preempt(struct mfd_engine *e, mfd_error **errp)
 {
 	uint8_t h[PREEMPT_HELLO_SIZE];
 	struct iovec iov = { h, sizeof(h) };
 	mfd_channel *raw = NULL, *ch = NULL;
-	int64_t t = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
-	int bad, r = mfd_listener_accept(e->listener, (int)t, &raw, errp);
+	int bad, r = accept_one(e, (int)e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS],
+				ENGINE_CH_PREEMPT, &ch, &raw, errp);
 
 	if (r < 0)
 		goto out;
-	if ((r = wrap_channel(e, raw, ENGINE_CH_PREEMPT, 0, errp)) < 0) {
-		mfd_channel_free(raw);
-		goto out;
-	}
-	mfd_channel_set_option(raw, "timeout-ms", t, NULL);
-	if ((r = wrap_in(e, raw, &ch, errp)) < 0) {
-		mfd_channel_free(raw);
-		goto out;
-	}
 	pthread_mutex_lock(&e->lock);
 	e->pre_ch = ch;
-	e->pre_raw = ch != raw ? raw : NULL;
+	e->pre_raw = raw;
 	pthread_mutex_unlock(&e->lock);
 	if ((r = mfd_channel_readv_full(ch, &iov, 1, errp)) < 0)
 		goto out;
@@ -1745,22 +1758,13 @@ static int dest_reconnect(struct mfd_engine *e, mfd_error **errp)
 	uint8_t h[MAIN_HELLO_SIZE];
 	struct iovec iov = { h, sizeof(h) };
 	mfd_channel *raw = NULL, *ch = NULL;
-	int r = mfd_listener_accept(e->listener, 0, &raw, errp);
+	int r = accept_one(e, 0, ENGINE_CH_MAIN, &ch, &raw, errp);
 
 	if (r < 0)
 		return r;
-	if ((r = wrap_channel(e, raw, ENGINE_CH_MAIN, 0, errp)) < 0) {
-		mfd_channel_free(raw);
-		return r;
-	}
-	mfd_channel_set_option(raw, "timeout-ms", e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], NULL);
-	if ((r = wrap_in(e, raw, &ch, errp)) < 0) {
-		mfd_channel_free(raw);
-		return r;
-	}
 	pthread_mutex_lock(&e->lock);
 	e->main_ch = ch;
-	e->main_raw = ch != raw ? raw : NULL;
+	e->main_raw = raw;
 	pthread_mutex_unlock(&e->lock);
 	if ((r = mfd_channel_readv_full(ch, &iov, 1, errp)) < 0)
 		return r;
