@@ -43,6 +43,13 @@ struct mfd_ram_block {
 	uint64_t size;
 	uint64_t page_size;
 	unsigned page_shift;
+
+	/* Destination, while an incoming migration loads (NULL otherwise, and
+	 * when dest-ram-zeroed is off): one bit per page, set once a page was
+	 * placed.  A zero page for a page never placed needs no write at all.
+	 * Bits are set with atomics by the channel threads and the incoming
+	 * thread; the pointer is set before they start and cleared after. */
+	_Atomic uint64_t *recvmap;
 };
 
 struct mfd_migration {

@@ -814,10 +814,10 @@ static int load_page(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsigne
 	if (flags & RAM_FLAG_ZERO) {
 		if ((r = get_zero_fill(s, errp)) < 0)
 			return r;
-		if (!mfd_page_is_zero(bk->host + off, bk->page_size))
-			memset(bk->host + off, 0, bk->page_size);
+		mfd_page_place_zero(bk, off);
 		return 0;
 	}
+	mfd_page_placed(bk, off);
 	return mfd_stream_get_buf(s, bk->host + off, bk->page_size);
 }
 

@@ -18,6 +18,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <multifd/multifd.h>
 
@@ -110,6 +111,38 @@ void mfd_multifd_recv_free(struct mfd_multifd_recv *r);
 /* ---- shared helpers ----------------------------------------------------- */
 
 bool mfd_page_is_zero(const void *page, size_t len);
+
+/* Destination: page @off of @b was placed (its recvmap bit, when there is one). */
+static inline void mfd_page_placed(const struct mfd_ram_block *b, uint64_t off)
+{
+	if (b->recvmap) {
+		uint64_t p = off >> b->page_shift;
+
+		atomic_fetch_or_explicit(&b->recvmap[p / 64], 1ull << (p % 64),
+					 memory_order_relaxed);
+	}
+}
+
+/*
+ * Destination: page @off of @b is a zero page.  A page never placed during
+ * this load still holds the block's initial zeroes (dest-ram-zeroed) and is
+ * left alone, so it is neither read nor allocated; one placed before is
+ * cleared.  Without a recvmap, the page is cleared only where it is not zero.
+ */
+static inline void mfd_page_place_zero(const struct mfd_ram_block *b, uint64_t off)
+{
+	uint8_t *host = b->host + off;
+
+	if (b->recvmap) {
+		uint64_t p = off >> b->page_shift, bit = 1ull << (p % 64);
+
+		if (atomic_fetch_or_explicit(&b->recvmap[p / 64], bit, memory_order_relaxed) & bit)
+			memset(host, 0, b->page_size);
+		return;
+	}
+	if (!mfd_page_is_zero(host, b->page_size))
+		memset(host, 0, b->page_size);
+}
 /* Constant-time comparison: 0 when equal. */
 int mfd_consttime_memcmp(const void *a, const void *b, size_t len);
 void mfd_hello_encode(uint8_t out[MFD_HELLO_SIZE], const struct mfd_multifd_config *cfg,

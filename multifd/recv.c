@@ -377,6 +377,7 @@ static int recv_data(struct recv_channel *c, uint16_t flags, uint32_t block, uin
 	for (uint32_t i = 0; i < nn; i++) {
 		uint8_t *p = b->host + offs[i];
 
+		mfd_page_placed(b, offs[i]);
 		if (iovcnt && (uint8_t *)c->iov[iovcnt - 1].iov_base + c->iov[iovcnt - 1].iov_len == p)
 			c->iov[iovcnt - 1].iov_len += ps;
 		else
@@ -397,14 +398,9 @@ static int recv_data(struct recv_channel *c, uint16_t flags, uint32_t block, uin
 		if (rc < 0)
 			return rc;
 	}
-	/* A page that already reads as zero is left alone, so untouched memory stays
-	 * unallocated. */
-	for (uint32_t i = 0; i < nz; i++) {
-		uint8_t *p = b->host + offs[nn + i];
-
-		if (!mfd_page_is_zero(p, ps))
-			memset(p, 0, ps);
-	}
+	/* Untouched memory stays untouched (and unallocated). */
+	for (uint32_t i = 0; i < nz; i++)
+		mfd_page_place_zero(b, offs[nn + i]);
 	c->work.packets++;
 	c->work.normal_pages += nn;
 	c->work.zero_pages += nz;

@@ -1048,6 +1048,11 @@ MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
  *   channel-timeout-ms        int 100..3600000: deadline for connecting and
  *                             gathering channels and for any stalled I/O, 30000
  *   return-path               bool, on: the destination reports its result
+ *   dest-ram-zeroed           bool, on (destination): its RAM blocks read as
+ *                             zero when the load starts (fresh anonymous or
+ *                             file memory), so a zero page that arrives for
+ *                             a page not yet written is not touched at all;
+ *                             off: every zero page is checked and cleared
  *
  * Booleans accept on/off, true/false, yes/no, 1/0.  Parameters may be set
  * until mfd_migrate()/mfd_migrate_incoming() starts; then MFD_ESTATE, except
