@@ -6,6 +6,8 @@
  *   multifd-bench [--mib M] [--pages random|zero|mixed] [--channels N]
  *                 [--codec none|zlib|zstd|lz4] [--json]
  *   multifd-bench --limits [--mib M] [--json]
+ *   (either with --image FILE: the first M MiB of FILE instead of generated
+ *   pages, so that figures are measured on the bench data make bench uses)
  *
  * A run: a source image of M MiB is filled, a destination image of the same
  * size is prefaulted (so the figure is not capped by first-touch page faults,
@@ -14,9 +16,13 @@
  * The time covers queueing to the last page placed, plus a verification
  * that is not timed.
  *
- * --limits prints memcpy bandwidth and each codec's single-thread compress
- * and decompress speed on mixed 512 KiB packets.
+ * --limits prints memcpy bandwidth, first-touch bandwidth (writing fresh
+ * anonymous memory: page faults and zeroing, what a destination that does
+ * not prefault pays; also with MADV_HUGEPAGE) and each codec's single-thread compress and decompress
+ * speed on mixed 512 KiB packets.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -24,6 +30,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/migration.h"
 #include "core/util.h"
@@ -74,6 +81,42 @@ static void fill(uint8_t *ram, size_t size, const char *kind)
 			}
 		}
 	}
+}
+
+/* The image the pages come from (--image), or NULL for generated pages. */
+static const char *image_path;
+
+/* Fill from the image file: exactly SIZE bytes of it, or fail. */
+static void fill_from_image(uint8_t *ram, size_t size)
+{
+	int fd = open(image_path, O_RDONLY | O_CLOEXEC);
+	size_t done = 0;
+
+	if (fd < 0) {
+		fprintf(stderr, "multifd-bench: %s: %s\n", image_path, strerror(errno));
+		exit(1);
+	}
+	while (done < size) {
+		ssize_t n = read(fd, ram + done, size - done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			fprintf(stderr, "multifd-bench: %s: shorter than %zu MiB\n", image_path,
+				size >> 20);
+			exit(1);
+		}
+		done += (size_t)n;
+	}
+	close(fd);
+}
+
+static void fill_pages(uint8_t *ram, size_t size, const char *kind)
+{
+	if (image_path)
+		fill_from_image(ram, size);
+	else
+		fill(ram, size, kind);
 }
 
 static void *map(size_t size, bool populate)
@@ -141,7 +184,7 @@ static int run(size_t mib, const char *pages, unsigned channels, const char *cod
 	uint64_t wire = 0;
 	int r;
 
-	fill(sram, size, pages);
+	fill_pages(sram, size, pages);
 	if ((r = mfd_multifd_config_init(&cfg, &err)) < 0)
 		goto out;
 	cfg.channels = channels;
@@ -244,13 +287,37 @@ static int limits(size_t mib, bool json)
 	double t0, t1;
 	const char *sep = "";
 
-	fill(a, size, "mixed");
+	fill_pages(a, size, "mixed");
 	memcpy(b, a, size);	/* warm */
 	t0 = now();
 	for (int rep = 0; rep < 4; rep++)
 		memcpy(b, a, size);
 	t1 = now();
 	double memcpy_gibs = 4.0 * (double)size / (t1 - t0) / (1 << 30);
+
+	/* First touch: one write per page of fresh memory (fault + zeroing),
+	 * with 4 KiB pages and with transparent huge pages asked for; best of
+	 * two fresh mappings each (the first may also pay the host's faults
+	 * when this machine is itself a VM). */
+	double touch_gibs = 0, touch_thp_gibs = 0;
+
+	for (int rep = 0; rep < 4; rep++) {
+		uint8_t *fresh = map(size, false);
+		double g;
+
+		if (rep >= 2)
+			madvise(fresh, size, MADV_HUGEPAGE);
+		t0 = now();
+		for (size_t p = 0; p < size; p += PS)
+			fresh[p] = 1;
+		t1 = now();
+		g = (double)size / (t1 - t0) / (1 << 30);
+		if (rep < 2 && g > touch_gibs)
+			touch_gibs = g;
+		if (rep >= 2 && g > touch_thp_gibs)
+			touch_thp_gibs = g;
+		munmap(fresh, size);
+	}
 
 	/* Packet i's normal pages, packed at packed + i * pkt. */
 	for (size_t i = 0; i < npk; i++)
@@ -263,9 +330,12 @@ static int limits(size_t mib, bool json)
 			}
 		}
 	if (json)
-		printf("{\"memcpy_gib_per_s\": %.3f, \"codecs\": [", memcpy_gibs);
+		printf("{\"memcpy_gib_per_s\": %.3f, \"first_touch_gib_per_s\": %.3f, "
+		       "\"first_touch_thp_gib_per_s\": %.3f, \"codecs\": [", memcpy_gibs,
+		       touch_gibs, touch_thp_gibs);
 	else
-		printf("limits: memcpy %.2f GiB/s (one thread)\n", memcpy_gibs);
+		printf("limits: memcpy %.2f GiB/s, first touch %.2f GiB/s (%.2f with "
+		       "MADV_HUGEPAGE) (one thread)\n", memcpy_gibs, touch_gibs, touch_thp_gibs);
 	for (size_t k = 0; k < 3; k++) {
 		const mfd_compress_ops *c = mfd_compress_find(names[k]);
 		void *cctx = NULL, *dctx = NULL;
@@ -337,6 +407,7 @@ int main(int argc, char **argv)
 		{ "channels", required_argument, NULL, 'c' },
 		{ "codec", required_argument, NULL, 'z' },
 		{ "limits", no_argument, NULL, 'l' },
+		{ "image", required_argument, NULL, 'i' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -354,11 +425,12 @@ int main(int argc, char **argv)
 		case 'c': channels = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'z': codec = optarg; break;
 		case 'l': lim = true; break;
+		case 'i': image_path = optarg; break;
 		case 'j': json = true; break;
 		default:
 			fprintf(c == 'h' ? stdout : stderr,
 				"usage: multifd-bench [--mib M] [--pages random|zero|mixed] "
-				"[--channels N] [--codec NAME] [--json] | --limits\n");
+				"[--channels N] [--codec NAME] [--image FILE] [--json] | --limits\n");
 			return c == 'h' ? 0 : 2;
 		}
 	}
