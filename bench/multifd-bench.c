@@ -200,6 +200,8 @@ static int run(size_t mib, const char *pages, unsigned channels, const char *cod
 	    (r = mfd_ram_block_add(msrc, "ram", sram, size, PS, &err)) < 0 ||
 	    (r = mfd_ram_block_add(mdst, "ram", dram, size, PS, &err)) < 0 ||
 	    (r = mfd_listener_new("tcp:127.0.0.1:0", &l, &err)) < 0 ||
+	    /* As the engine does by default (dest-ram-zeroed). */
+	    (r = mfd_ram_recvmap_alloc(mdst->blocks, mdst->nblocks, &err)) < 0 ||
 	    (r = mfd_multifd_recv_new(&cfg, mdst->blocks, mdst->nblocks, &recv, &err)) < 0)
 		goto out;
 	con = (struct connector){ .uri = mfd_listener_uri(l), .n = channels, .out = out };
@@ -260,6 +262,8 @@ out:
 	mfd_error_free(con.err);
 	mfd_multifd_send_free(src.send);
 	mfd_multifd_recv_free(recv);
+	if (mdst)
+		mfd_ram_recvmap_free(mdst->blocks, mdst->nblocks);
 	for (unsigned i = 0; i < channels; i++) {
 		mfd_channel_free(out[i]);
 		mfd_channel_free(in[i]);

@@ -1882,37 +1882,6 @@ static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, 
 	return r;
 }
 
-/*
- * Destination: with dest-ram-zeroed, a bitmap per block of the pages placed
- * so far (struct mfd_ram_block.recvmap), before any page can arrive.
- */
-static int recvmap_alloc(struct mfd_engine *e, mfd_error **errp)
-{
-	mfd_migration *m = e->m;
-
-	if (!m->params.i[MFD_P_DEST_RAM_ZEROED])
-		return 0;
-	for (unsigned b = 0; b < m->nblocks; b++) {
-		uint64_t words = ramsec_words(m->blocks[b].size >> m->blocks[b].page_shift);
-
-		m->blocks[b].recvmap = calloc(words, sizeof(uint64_t));
-		if (!m->blocks[b].recvmap)
-			return mfd_error_set(errp, MFD_ENOMEM,
-					     "setup: out of memory for the received-pages map of "
-					     "block '%s'", m->blocks[b].name);
-	}
-	return 0;
-}
-
-/* After every thread that places pages is gone. */
-static void recvmap_free(struct mfd_engine *e)
-{
-	for (unsigned b = 0; b < e->m->nblocks; b++) {
-		free((void *)e->m->blocks[b].recvmap);
-		e->m->blocks[b].recvmap = NULL;
-	}
-}
-
 static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 {
 	mfd_migration *m = e->m;
@@ -1975,7 +1944,8 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 
 	/* The raw channels are ours now; identify recorded each of them. */
 	relax_timeouts(e);
-	if ((r = recvmap_alloc(e, errp)) < 0)
+	if (m->params.i[MFD_P_DEST_RAM_ZEROED] &&
+	    (r = mfd_ram_recvmap_alloc(m->blocks, m->nblocks, errp)) < 0)
 		return r;
 	if (e->recv && (r = mfd_multifd_recv_start(e->recv, errp)) < 0)
 		return r;
@@ -2032,8 +2002,8 @@ static void release_channels(struct mfd_engine *e)
 	mfd_multifd_recv_free(e->recv);
 	e->send = NULL;
 	e->recv = NULL;
-	if (e->incoming)
-		recvmap_free(e);
+	if (e->incoming)	/* every thread that places pages is gone */
+		mfd_ram_recvmap_free(e->m->blocks, e->m->nblocks);
 	/* TLS wrappers go before the channels they wrap. */
 	mfd_channel_free(e->main_ch);
 	mfd_channel_free(e->main_raw);

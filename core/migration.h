@@ -79,6 +79,12 @@ struct mfd_migration {
  * multifd hello so both sides prove they index the same blocks. */
 uint64_t mfd_ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n);
 
+/* Destination: an empty recvmap for each of the @n blocks (dest-ram-zeroed),
+ * before any page can arrive; MFD_ENOMEM naming the block.  Free them (also
+ * after a failure) with mfd_ram_recvmap_free() once no thread places pages. */
+int mfd_ram_recvmap_alloc(struct mfd_ram_block *blocks, unsigned n, mfd_error **errp);
+void mfd_ram_recvmap_free(struct mfd_ram_block *blocks, unsigned n);
+
 struct mfd_section *mfd_section_find(mfd_migration *m, const char *idstr, uint32_t instance_id);
 void mfd_engine_free(mfd_migration *m);
 

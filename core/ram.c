@@ -102,3 +102,25 @@ uint64_t mfd_ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n)
 #undef MIX
 	return h;
 }
+
+int mfd_ram_recvmap_alloc(struct mfd_ram_block *blocks, unsigned n, mfd_error **errp)
+{
+	for (unsigned b = 0; b < n; b++) {
+		uint64_t pages = blocks[b].size >> blocks[b].page_shift;
+
+		blocks[b].recvmap = calloc((pages + 63) / 64, sizeof(uint64_t));
+		if (!blocks[b].recvmap)
+			return mfd_error_set(errp, MFD_ENOMEM,
+					     "setup: out of memory for the received-pages map of "
+					     "block '%s'", blocks[b].name);
+	}
+	return 0;
+}
+
+void mfd_ram_recvmap_free(struct mfd_ram_block *blocks, unsigned n)
+{
+	for (unsigned b = 0; b < n; b++) {
+		free((void *)blocks[b].recvmap);
+		blocks[b].recvmap = NULL;
+	}
+}

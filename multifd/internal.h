@@ -112,15 +112,20 @@ void mfd_multifd_recv_free(struct mfd_multifd_recv *r);
 
 bool mfd_page_is_zero(const void *page, size_t len);
 
-/* Destination: page @off of @b was placed (its recvmap bit, when there is one). */
+/* Destination: marks page @off of @b placed in its recvmap (there must be
+ * one); returns whether it was placed before. */
+static inline bool mfd_recvmap_test_and_set(const struct mfd_ram_block *b, uint64_t off)
+{
+	uint64_t p = off >> b->page_shift, bit = 1ull << (p % 64);
+
+	return atomic_fetch_or_explicit(&b->recvmap[p / 64], bit, memory_order_relaxed) & bit;
+}
+
+/* Destination: page @off of @b was placed. */
 static inline void mfd_page_placed(const struct mfd_ram_block *b, uint64_t off)
 {
-	if (b->recvmap) {
-		uint64_t p = off >> b->page_shift;
-
-		atomic_fetch_or_explicit(&b->recvmap[p / 64], 1ull << (p % 64),
-					 memory_order_relaxed);
-	}
+	if (b->recvmap)
+		(void)mfd_recvmap_test_and_set(b, off);
 }
 
 /*
@@ -133,14 +138,7 @@ static inline void mfd_page_place_zero(const struct mfd_ram_block *b, uint64_t o
 {
 	uint8_t *host = b->host + off;
 
-	if (b->recvmap) {
-		uint64_t p = off >> b->page_shift, bit = 1ull << (p % 64);
-
-		if (atomic_fetch_or_explicit(&b->recvmap[p / 64], bit, memory_order_relaxed) & bit)
-			memset(host, 0, b->page_size);
-		return;
-	}
-	if (!mfd_page_is_zero(host, b->page_size))
+	if (b->recvmap ? mfd_recvmap_test_and_set(b, off) : !mfd_page_is_zero(host, b->page_size))
 		memset(host, 0, b->page_size);
 }
 /* Constant-time comparison: 0 when equal. */

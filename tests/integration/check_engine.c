@@ -234,6 +234,43 @@ static void migrate_live(unsigned channels, const char *codec, const char *liste
 	guest_free(&dst);
 }
 
+/* dest-ram-zeroed on (the default) trusts the destination's RAM to start
+ * zero and never touches it for a zero page; off clears whatever is there. */
+static void migrate_onto_dirty_ram(bool zeroed)
+{
+	struct guest src, dst;
+	mfd_error *err = NULL;
+
+	guest_init(&src, 8, true, 2, "none");
+	guest_init(&dst, 8, false, 2, "none");
+	memset(dst.ram, 0xa5, dst.size);
+	ck_assert_ok(mfd_set_param(dst.m, "dest-ram-zeroed", zeroed ? "on" : "off", &err), err);
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
+	for (size_t p = 0; p < src.size / PS; p++) {
+		const uint8_t *sp = src.snapshot + p * PS, *dp = dst.ram + p * PS;
+		bool zero = true;
+
+		for (size_t i = 0; i < PS && zero; i++)
+			zero = sp[i] == 0;
+		if (!zero || !zeroed)
+			ck_assert_msg(memcmp(sp, dp, PS) == 0, "page %zu differs", p);
+		else
+			ck_assert_msg(dp[0] == 0xa5 && dp[PS - 1] == 0xa5,
+				      "zero page %zu was written", p);
+	}
+	guest_free(&src);
+	guest_free(&dst);
+}
+
+START_TEST(zero_pages_and_dest_ram_zeroed)
+{
+	migrate_onto_dirty_ram(false);
+	migrate_onto_dirty_ram(true);
+}
+END_TEST
+
 static const unsigned live_channels[] = { 1, 2, 4 };
 static const char *const live_codecs[] = { "none", "zstd" };
 
@@ -710,6 +747,7 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, parameters);
 	tcase_add_loop_test(tc, live_precopy_matrix, 0, 6);
 	tcase_add_test(tc, live_precopy_over_unix);
+	tcase_add_test(tc, zero_pages_and_dest_ram_zeroed);
 	tcase_add_test(tc, migrate_to_file_and_back);
 	tcase_add_test(tc, cancel_then_retry);
 	tcase_add_test(tc, destination_refusal_reaches_the_source);

@@ -926,6 +926,32 @@ START_TEST(channel_truncated_at_every_offset)
 }
 END_TEST
 
+/* A zero page leaves a page never placed alone (recvmap) and clears one
+ * placed before; without a recvmap it clears what is not zero. */
+START_TEST(zero_page_placement)
+{
+	static uint8_t ram[4 * PS];
+	_Atomic uint64_t map[1] = { 0 };
+	struct mfd_ram_block b = { .name = "ram", .host = ram, .size = sizeof(ram),
+				   .page_size = PS, .page_shift = 12, .recvmap = map };
+
+	memset(ram, 0x5a, sizeof(ram));
+	mfd_page_place_zero(&b, 0);		/* never placed: untouched */
+	ck_assert_uint_eq(ram[0], 0x5a);
+	mfd_page_place_zero(&b, 0);		/* now it was: cleared */
+	ck_assert(mfd_page_is_zero(ram, PS));
+	mfd_page_placed(&b, PS);
+	mfd_page_place_zero(&b, PS);
+	ck_assert(mfd_page_is_zero(ram + PS, PS));
+	ck_assert_uint_eq(atomic_load(&map[0]), 3);
+	ck_assert_uint_eq(ram[2 * PS], 0x5a);
+	b.recvmap = NULL;
+	mfd_page_place_zero(&b, 3 * PS);
+	ck_assert(mfd_page_is_zero(ram + 3 * PS, PS));
+	ck_assert_uint_eq(ram[2 * PS + PS - 1], 0x5a);
+}
+END_TEST
+
 Suite *suite_multifd(void)
 {
 	Suite *s = suite_create("multifd");
@@ -947,6 +973,7 @@ Suite *suite_multifd(void)
 	tcase_add_test(bad, bad_compressed_payloads);
 	tcase_add_test(bad, channel_truncated_at_every_offset);
 	tcase_add_test(tc, receiver_holds_channels_at_sync);
+	tcase_add_test(tc, zero_page_placement);
 	tcase_add_test(tc, sender_puts_pages_before_sync);
 	tcase_set_timeout(bad, 120);
 	suite_add_tcase(s, tc);
