@@ -30,6 +30,7 @@
 	X(postcopy)       \
 	X(faults)         \
 	X(cli)            \
+	X(dump)           \
 	X(symbols)        \
 	X(install)
 

@@ -18,6 +18,8 @@
 /* The synthetic guest and images are migrated in 4 KiB pages. */
 #define GUEST_PAGE 4096u
 #define GUEST_RAM_NAME "pc.ram"
+/* The guest's CONFIGURATION identity: what its "cpu" and "image" sections mean. */
+#define GUEST_IDENTITY "multifd-tool-guest-1"
 
 /* Exit statuses, documented in multifd(1). */
 enum {
@@ -53,12 +55,23 @@ int parse_double(const char *cmd, const char *opt, const char *arg, double min, 
 /* "N[K|M|G]" (plain N is MiB), a non-zero multiple of GUEST_PAGE. */
 int parse_guest_size(const char *cmd, const char *arg, uint64_t *bytes);
 
-/* Library log messages to stderr: 0 = warnings and errors, 1 = info, 2+ = debug. */
+/* Library log messages to stderr, one line each with its level: -1 = errors
+ * only (-q), 0 = warnings and errors, 1 = info (-v), 2+ = debug (-vv). */
 void log_setup(int verbosity);
+
+/* The log_setup() level of -q and -v: -v wins over -q. */
+static inline int log_verbosity(bool quiet, int verbose)
+{
+	return verbose ? verbose : quiet ? -1 : 0;
+}
 
 /* Ctrl-C asks for a cancel; the wait loop notices it. */
 extern volatile sig_atomic_t interrupted;
 void signals_setup(void);
+/* All @len bytes to / from @fd (retrying after EINTR and short transfers);
+ * 0, or -1 with errno set (or 0 at an early end of file). */
+int write_full(int fd, const void *buf, size_t len);
+int read_full(int fd, void *buf, size_t len);
 
 /* ---- params.c: --param NAME=VALUE and its shortcuts ------------------------- */
 
@@ -152,6 +165,8 @@ static inline uint64_t guest_pages(const struct guest *g)
 }
 
 uint64_t page_hash(const uint8_t *page);
+/* All GUEST_PAGE bytes at @p are zero. */
+bool page_is_zero(const uint8_t *p);
 void guest_checksums(const struct guest *g, uint64_t *sums);
 
 /* ---- dirty.c: the guest's vCPUs ------------------------------------------------ */
@@ -204,6 +219,8 @@ struct progress {
 	bool quiet, json, tty;
 	double next_plain, next_json;
 	bool line_open;		/* a \r line is on the terminal */
+	/* The terminal bar's pass: its number and what was left when it began. */
+	uint64_t pass, pass_start;
 };
 
 void progress_init(struct progress *p, const char *side, bool quiet, bool json);
@@ -278,5 +295,7 @@ struct report_header {
 int cmd_demo(int argc, char **argv);
 int cmd_send(int argc, char **argv);
 int cmd_recv(int argc, char **argv);
+int cmd_dump(int argc, char **argv);
+int cmd_tune(int argc, char **argv);
 
 #endif /* MULTIFD_TOOL_CLI_H */

@@ -478,7 +478,7 @@ int cmd_demo(int argc, char **argv)
 		params_free(&d.o.c.params);
 		return r == PARSE_HELP ? EXIT_OK : r;
 	}
-	log_setup(d.o.c.verbose);
+	log_setup(log_verbosity(d.o.c.quiet, d.o.c.verbose));
 	signals_setup();
 	r = demo_run(&d);
 	dest_stop(&d);

@@ -160,7 +160,7 @@ int guest_map_image(struct guest *g, const char *path, mfd_error **errp)
 	return r;
 }
 
-static bool page_is_zero(const uint8_t *p)
+bool page_is_zero(const uint8_t *p)
 {
 	uint64_t acc = 0;
 
@@ -277,7 +277,7 @@ int guest_register(struct guest *g, mfd_migration *m, mfd_error **errp)
 		.save_state = image_save,
 		.load_state = image_load,
 	};
-	int r = mfd_migration_set_identity(m, "multifd-tool-guest-1", errp);
+	int r = mfd_migration_set_identity(m, GUEST_IDENTITY, errp);
 
 	if (r == 0)
 		r = mfd_ram_block_add(m, GUEST_RAM_NAME, g->ram, g->size, GUEST_PAGE, errp);

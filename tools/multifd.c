@@ -6,12 +6,15 @@
  *                                   verified byte for byte
  *   multifd send --to URI [options] migrate a synthetic guest or an image
  *   multifd recv [options]          receive one
+ *   multifd dump FILE [options]     decode a saved stream, or --check it
+ *   multifd tune --to URI [options] recommend channels and a codec for a
+ *                                   link to a 'multifd tune --listen' peer
  *   multifd version | help
  *
  * The tool is a VMM in miniature: it uses only <multifd/multifd.h>.  Files:
- * demo.c and sendrecv.c are the commands, guest.c the guest's RAM and
- * devices, dirty.c its vCPU threads, report.c what is printed, params.c and
- * util.c the command line.
+ * demo.c, sendrecv.c, dump.c and tune.c are the commands, guest.c the
+ * guest's RAM and devices, dirty.c its vCPU threads, report.c what is
+ * printed, params.c and util.c the command line.
  */
 #include <string.h>
 
@@ -27,6 +30,8 @@ static void usage(FILE *f)
 		"             while it runs, then verify it byte for byte\n"
 		"  send       migrate a synthetic guest or a memory image to 'multifd recv'\n"
 		"  recv       receive a guest from 'multifd send'\n"
+		"  dump       decode a saved stream (a file: migration), or --check it\n"
+		"  tune       measure a link and the codecs, recommend channels and codec\n"
 		"  version    print the tool's and the library's versions\n"
 		"  help       this text\n"
 		"\n"
@@ -61,6 +66,8 @@ int main(int argc, char **argv)
 		{ "demo", cmd_demo },
 		{ "send", cmd_send },
 		{ "recv", cmd_recv },
+		{ "dump", cmd_dump },
+		{ "tune", cmd_tune },
 		{ "version", cmd_version },
 		{ "--version", cmd_version },
 	};

@@ -59,11 +59,48 @@ static void source_line(char *line, size_t len, const struct progress *p,
 		snprintf(line + n, len - (size_t)n, "  throttle %d%%", st->throttle_percent);
 }
 
+/*
+ * On a terminal the source shows a bar: how far the current pass over RAM
+ * got (what was left when the pass began against what is left now), the
+ * rate in GiB/s, what remains dirty, and the pass number.
+ */
+static void source_bar(char *line, size_t len, struct progress *p, const struct mfd_stats *st)
+{
+	enum { WIDTH = 20 };
+	char bar[WIDTH + 1];
+	unsigned pct, fill;
+	int n;
+
+	if (st->iterations != p->pass || p->pass_start == 0 || st->ram_remaining > p->pass_start) {
+		p->pass = st->iterations;
+		/* The first pass starts with all of RAM dirty. */
+		p->pass_start = st->iterations == 0 && st->ram_total ? st->ram_total
+									: st->ram_remaining;
+	}
+	pct = p->pass_start ? (unsigned)(100.0 * (double)(p->pass_start - st->ram_remaining) /
+					 (double)p->pass_start) : 100;
+	pct = pct > 100 ? 100 : pct;
+	fill = pct * WIDTH / 100;
+	memset(bar, '#', fill);
+	memset(bar + fill, '.', WIDTH - fill);
+	bar[WIDTH] = '\0';
+	n = snprintf(line, len, "%s: %-10s pass %-3" PRIu64 " [%s] %3u%%  %5.2f GiB/s  "
+		     "remaining %8.1f MiB  dirty %6.1f MiB/s  %5.1f s", p->side,
+		     mfd_state_name(st->status), st->iterations + 1, bar, pct,
+		     mbps_to_mib(st->ram_mbps) / 1024.0, (double)st->ram_remaining / MIB,
+		     (double)st->ram_dirty_pages_rate * GUEST_PAGE / MIB,
+		     (double)st->total_time / 1e3);
+	if (st->throttle_percent > 0 && n > 0 && (size_t)n < len)
+		snprintf(line + n, len - (size_t)n, "  throttle %d%%", st->throttle_percent);
+}
+
 static void progress_line(struct progress *p, const struct mfd_stats *st)
 {
-	char line[256];
+	char line[320];
 
-	if (!strcmp(p->side, "source"))
+	if (!strcmp(p->side, "source") && p->tty)
+		source_bar(line, sizeof(line), p, st);
+	else if (!strcmp(p->side, "source"))
 		source_line(line, sizeof(line), p, st);
 	else
 		dest_line(line, sizeof(line), p, st);

@@ -307,7 +307,7 @@ int cmd_send(int argc, char **argv)
 		r = r == PARSE_HELP ? EXIT_OK : r;
 		goto out;
 	}
-	log_setup(o.c.verbose);
+	log_setup(log_verbosity(o.c.quiet, o.c.verbose));
 	signals_setup();
 	if ((r = send_prepare(&s, &o)) != 0)
 		goto out;
@@ -391,23 +391,6 @@ static int recv_parse(int argc, char **argv, struct recv_opts *o)
 	}
 	if (optind != argc)
 		return usage_error("recv", "unexpected argument '%s'", argv[optind]);
-	return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		p += n;
-		len -= (size_t)n;
-	}
 	return 0;
 }
 
@@ -496,7 +479,8 @@ int cmd_recv(int argc, char **argv)
 		r = r == PARSE_HELP ? EXIT_OK : r;
 		goto out;
 	}
-	log_setup(o.c.verbose);
+	/* The demo's destination runs --quiet; its warnings still show. */
+	log_setup(o.report_fd >= 0 ? o.c.verbose : log_verbosity(o.c.quiet, o.c.verbose));
 	signals_setup();
 	if (dest_setup(&d, o.size, &err) < 0) {
 		r = report_error("recv", err);

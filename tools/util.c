@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -133,7 +134,8 @@ static void log_to_stderr(enum mfd_log_level level, const char *msg, void *opaqu
 void log_setup(int verbosity)
 {
 	enum mfd_log_level max = verbosity >= 2 ? MFD_LOG_DEBUG
-			       : verbosity == 1 ? MFD_LOG_INFO : MFD_LOG_WARNING;
+			       : verbosity == 1 ? MFD_LOG_INFO
+			       : verbosity == 0 ? MFD_LOG_WARNING : MFD_LOG_ERROR;
 
 	mfd_log_set_handler(log_to_stderr, NULL, max);
 }
@@ -155,4 +157,41 @@ void signals_setup(void)
 	sigaction(SIGTERM, &sa, NULL);
 	/* A peer that goes away must be an error from write(), not a silent exit. */
 	signal(SIGPIPE, SIG_IGN);
+}
+
+int write_full(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int read_full(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = read(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = 0;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
 }

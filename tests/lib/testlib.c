@@ -1,9 +1,13 @@
 /* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tests/lib/testlib.h"
 
@@ -412,4 +416,53 @@ uint64_t test_now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int test_run_tool(char *out, size_t len, bool with_stderr, const char *const *args)
+{
+	const char *builddir = getenv("MFD_BUILDDIR");
+	char tool[4096];
+	const char *argv[32];
+	int fds[2], status, n = 0;
+	size_t have = 0;
+	ssize_t got;
+	pid_t pid;
+
+	ck_assert_int_lt(snprintf(tool, sizeof(tool), "%s/tools/multifd", builddir),
+			 (int)sizeof(tool));
+	argv[n++] = tool;
+	while (*args && n < 31)
+		argv[n++] = *args++;
+	argv[n] = NULL;
+	ck_assert_int_eq(pipe(fds), 0);
+	pid = fork();
+	ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		int nullfd = open("/dev/null", O_RDWR);
+
+		if (nullfd < 0 || dup2(nullfd, STDIN_FILENO) < 0 || dup2(fds[1], STDOUT_FILENO) < 0 ||
+		    dup2(with_stderr ? fds[1] : nullfd, STDERR_FILENO) < 0)
+			_exit(126);
+		close(fds[0]);
+		execv(tool, (char *const *)argv);
+		_exit(127);
+	}
+	close(fds[1]);
+	while (have + 1 < len && (got = read(fds[0], out + have, len - 1 - have)) > 0)
+		have += (size_t)got;
+	out[have] = '\0';
+	close(fds[0]);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+bool test_have_tool(const char *suite)
+{
+	const char *builddir = getenv("MFD_BUILDDIR");
+
+	if (!builddir || !*builddir) {
+		printf("%s: skipped, MFD_BUILDDIR is not set (run through `make check`)\n", suite);
+		return false;
+	}
+	return true;
 }

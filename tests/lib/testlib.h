@@ -129,4 +129,13 @@ void ck_assert_ab(const uint8_t *ram, size_t size, size_t page);
 /* CLOCK_MONOTONIC in milliseconds. */
 uint64_t test_now_ms(void);
 
+/* The build's tools/multifd can be run (MFD_BUILDDIR set, as `make check`
+ * does); otherwise prints "@suite: skipped ..." and returns false. */
+bool test_have_tool(const char *suite);
+/* Runs tools/multifd with @args (NULL-terminated, at most 30), stdin from
+ * /dev/null; its stdout, and its stderr when @with_stderr, into @out (NUL-
+ * terminated, truncated to @len - 1).  Returns the exit status, or 128 plus
+ * the signal that ended it. */
+int test_run_tool(char *out, size_t len, bool with_stderr, const char *const *args);
+
 #endif /* MFD_TESTLIB_H */
