@@ -2260,7 +2260,9 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 		release_channels(e);
 		return mfd_error_set(errp, MFD_ENOMEM, "cannot start the migration thread");
 	}
+	pthread_mutex_lock(&e->lock);
 	e->thread_started = true;
+	pthread_mutex_unlock(&e->lock);
 	return 0;
 }
 
@@ -2315,10 +2317,20 @@ int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp)
 	if (!ended)
 		return mfd_error_set(errp, MFD_ETIMEDOUT, "migration still %s after %d ms",
 				     mfd_state_name(st), timeout_ms);
-	if (e->thread_started) {
+	/* Several threads may wait: one joins, the others wait for the join. */
+	pthread_mutex_lock(&e->lock);
+	if (e->thread_started && !e->joining) {
+		e->joining = true;
+		pthread_mutex_unlock(&e->lock);
 		pthread_join(e->thread, NULL);
+		pthread_mutex_lock(&e->lock);
 		e->thread_started = false;
+		e->joining = false;
+		pthread_cond_broadcast(&e->cond);
 	}
+	while (e->thread_started)
+		pthread_cond_wait(&e->cond, &e->lock);
+	pthread_mutex_unlock(&e->lock);
 	if (st == MFD_STATE_COMPLETED)
 		return 0;
 	return code ? code : MFD_ECANCELED;

@@ -133,6 +133,7 @@ struct mfd_engine {
 	/* Owned by the migration (or incoming) thread. */
 	pthread_t thread;
 	bool thread_started;
+	bool joining;			/* a waiter is joining the thread (under lock) */
 	pthread_t rp_thread;
 	bool rp_started;
 	mfd_listener *listener;
