@@ -574,13 +574,31 @@ MFD_API int mfd_stream_new(mfd_channel *ch, enum mfd_stream_mode mode,
  */
 MFD_API void mfd_stream_free(mfd_stream *s);
 
-/** mfd_stream_put_u8() - write one byte.  Returns 0 or the latched error. */
+/**
+ * mfd_stream_put_u8() - write one byte.
+ * @s: a write stream.
+ * @v: the value.
+ *
+ * Returns 0 or the latched error, like every put and get function.
+ */
 MFD_API int mfd_stream_put_u8(mfd_stream *s, uint8_t v);
-/** mfd_stream_put_be16() - write a big-endian 16-bit value. */
+/**
+ * mfd_stream_put_be16() - write a big-endian 16-bit value.
+ * @s: a write stream.
+ * @v: the value.
+ */
 MFD_API int mfd_stream_put_be16(mfd_stream *s, uint16_t v);
-/** mfd_stream_put_be32() - write a big-endian 32-bit value. */
+/**
+ * mfd_stream_put_be32() - write a big-endian 32-bit value.
+ * @s: a write stream.
+ * @v: the value.
+ */
 MFD_API int mfd_stream_put_be32(mfd_stream *s, uint32_t v);
-/** mfd_stream_put_be64() - write a big-endian 64-bit value. */
+/**
+ * mfd_stream_put_be64() - write a big-endian 64-bit value.
+ * @s: a write stream.
+ * @v: the value.
+ */
 MFD_API int mfd_stream_put_be64(mfd_stream *s, uint64_t v);
 
 /**
@@ -617,13 +635,31 @@ MFD_API int mfd_stream_put_str(mfd_stream *s, const char *str);
  */
 MFD_API int mfd_stream_flush(mfd_stream *s);
 
-/** mfd_stream_get_u8() - read one byte. */
+/**
+ * mfd_stream_get_u8() - read one byte.
+ * @s: a read stream.
+ * @v: receives the value.
+ *
+ * Data that ends before the value is complete gives MFD_EEOF (latched).
+ */
 MFD_API int mfd_stream_get_u8(mfd_stream *s, uint8_t *v);
-/** mfd_stream_get_be16() - read a big-endian 16-bit value. */
+/**
+ * mfd_stream_get_be16() - read a big-endian 16-bit value.
+ * @s: a read stream.
+ * @v: receives the value.
+ */
 MFD_API int mfd_stream_get_be16(mfd_stream *s, uint16_t *v);
-/** mfd_stream_get_be32() - read a big-endian 32-bit value. */
+/**
+ * mfd_stream_get_be32() - read a big-endian 32-bit value.
+ * @s: a read stream.
+ * @v: receives the value.
+ */
 MFD_API int mfd_stream_get_be32(mfd_stream *s, uint32_t *v);
-/** mfd_stream_get_be64() - read a big-endian 64-bit value. */
+/**
+ * mfd_stream_get_be64() - read a big-endian 64-bit value.
+ * @s: a read stream.
+ * @v: receives the value.
+ */
 MFD_API int mfd_stream_get_be64(mfd_stream *s, uint64_t *v);
 
 /**

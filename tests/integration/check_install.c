@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * `make install` into a scratch DESTDIR yields a library that an outside
- * program can build against with pkg-config and run; `make uninstall`
- * removes it again.  The work is done by install-test.sh; this test runs it
- * and shows its output when it fails.
+ * program can build against with pkg-config and run, with the man pages
+ * (multifd.1 and the generated man3 pages); `make uninstall` removes it
+ * again.  The same holds with LIBDIR, BINDIR, MANDIR and INCLUDEDIR given on
+ * the make command line.  The work is done by install-test.sh; this test
+ * runs it and shows its output when it fails.
  */
 #include <check.h>
 #include <errno.h>
