@@ -31,7 +31,9 @@
 	X(faults)         \
 	X(cli)            \
 	X(dump)           \
+	X(minivmm)        \
 	X(symbols)        \
+	X(embed)          \
 	X(install)
 
 #define DECLARE(name) Suite *suite_##name(void);

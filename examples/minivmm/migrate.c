@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * minivmm and libmultifd: each memory slot is one RAM block ("pc.ram.N"),
+ * the vCPU is the "cpu" section and COM1 the "serial" section, and the VMM
+ * hooks map onto the vCPU thread (stop, start, throttle) and KVM's dirty
+ * log (KVM_MEM_LOG_DIRTY_PAGES, KVM_GET_DIRTY_LOG).
+ */
+#include <string.h>
+
+#include "vm.h"
+
+/* ---- sections ------------------------------------------------------------------ */
+
+static int cpu_save(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	return vm_save_cpu(opaque, s, errp);
+}
+
+static int cpu_load(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error **errp)
+{
+	(void)version_id;
+	return vm_load_cpu(opaque, s, errp);
+}
+
+/* serial, version 1: be64 bytes written so far, be64 "L\n" markers, u8 last byte. */
+static int serial_save(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	struct vm *vm = opaque;
+	int r;
+
+	(void)errp;
+	r = mfd_stream_put_be64(s, atomic_load(&vm->serial_bytes));
+	if (r == 0)
+		r = mfd_stream_put_be64(s, atomic_load(&vm->serial_laps));
+	if (r == 0)
+		r = mfd_stream_put_u8(s, vm->serial_last);
+	return r;
+}
+
+static int serial_load(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error **errp)
+{
+	struct vm *vm = opaque;
+	uint64_t bytes, laps;
+	int r;
+
+	(void)version_id;
+	(void)errp;
+	r = mfd_stream_get_be64(s, &bytes);
+	if (r == 0)
+		r = mfd_stream_get_be64(s, &laps);
+	if (r == 0)
+		r = mfd_stream_get_u8(s, &vm->serial_last);
+	if (r == 0) {
+		atomic_store(&vm->serial_bytes, bytes);
+		atomic_store(&vm->serial_laps, laps);
+	}
+	return r;
+}
+
+/* ---- hooks ---------------------------------------------------------------------- */
+
+static int hook_vm_stop(void *opaque, mfd_error **errp)
+{
+	(void)errp;
+	vm_pause(opaque);
+	return 0;
+}
+
+static int hook_vm_start(void *opaque, mfd_error **errp)
+{
+	(void)errp;
+	vm_resume(opaque);
+	return 0;
+}
+
+static int hook_log_start(void *opaque, mfd_error **errp)
+{
+	return vm_dirty_log(opaque, true, errp);
+}
+
+static void hook_log_stop(void *opaque)
+{
+	mfd_error *err = NULL;
+
+	if (vm_dirty_log(opaque, false, &err) < 0) {
+		fprintf(stderr, "%s\n", mfd_error_message(err));
+		mfd_error_free(err);
+	}
+}
+
+static int hook_dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint64_t npages,
+			   mfd_error **errp)
+{
+	return vm_dirty_sync(opaque, block, bitmap, npages, errp);
+}
+
+static void hook_throttle(void *opaque, int percent)
+{
+	vm_throttle(opaque, percent);
+}
+
+int vm_register(struct vm *vm, mfd_migration *m, mfd_error **errp)
+{
+	static const mfd_save_handlers cpu_ops = {
+		.abi_version = MFD_SAVE_HANDLERS_ABI,
+		.save_state = cpu_save,
+		.load_state = cpu_load,
+	};
+	static const mfd_save_handlers serial_ops = {
+		.abi_version = MFD_SAVE_HANDLERS_ABI,
+		.save_state = serial_save,
+		.load_state = serial_load,
+	};
+	static const mfd_vmm_hooks hooks = {
+		.abi_version = MFD_VMM_HOOKS_ABI,
+		.vm_stop = hook_vm_stop,
+		.vm_start = hook_vm_start,
+		.dirty_log_start = hook_log_start,
+		.dirty_log_stop = hook_log_stop,
+		.dirty_sync = hook_dirty_sync,
+		.throttle = hook_throttle,
+	};
+	int r = mfd_migration_set_identity(m, "minivmm-pc-1", errp);
+
+	/* Block i is slot i: dirty_sync's block index is the KVM slot number. */
+	for (unsigned i = 0; r == 0 && i < vm->nslots; i++)
+		r = mfd_ram_block_add(m, vm->slots[i].name, vm->slots[i].host, vm->slots[i].size,
+				      4096, errp);
+	if (r == 0)
+		r = mfd_register_live(m, "cpu", 0, 1, &cpu_ops, vm, errp);
+	if (r == 0)
+		r = mfd_register_live(m, "serial", 0, 1, &serial_ops, vm, errp);
+	if (r == 0)
+		r = mfd_migration_set_hooks(m, &hooks, vm, errp);
+	return r;
+}

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * minivmm: a small KVM virtual machine monitor that live-migrates its guest
+ * with libmultifd.  One vCPU, RAM in one or more memory slots, a PC-like
+ * port contract (COM1 output, the A20 port, everything else open bus).
+ *
+ * This header is the example's own; it uses only the public libmultifd
+ * header, as a VMM outside the tree would.
+ */
+#ifndef MINIVMM_VM_H
+#define MINIVMM_VM_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <multifd/multifd.h>
+
+#define MIB (1ull << 20)
+#define GIB (1ull << 30)
+
+#define VM_RAM_MIN_MIB 64
+#define VM_RAM_MAX_MIB 8192
+#define VM_LOW_MAX (3 * GIB)		/* RAM above this goes above 4 GiB */
+#define VM_HIGH_BASE (4 * GIB)
+#define VM_SLOTS_MAX 32
+
+/* The boot sector contract (examples/minivmm/guest.S). */
+#define BOOT_ADDR 0x7c00
+#define BOOT_SIZE 512
+#define PARAM_OFFSET 480		/* in the image */
+#define PARAM_MAGIC 0x504D564Du		/* "MVMP" */
+#define STATUS_ADDR 0x9000		/* u64 laps, u64 running magic */
+#define STATUS_MAGIC 0x534D564Dull	/* "MVMS" */
+#define WS_START MIB
+
+/* The guest's knobs, as they sit in its image (little-endian u32s). */
+struct guest_params {
+	uint32_t magic, version;
+	uint32_t low_end_mib, high_end_mib, delay;
+};
+
+struct vm_slot {
+	uint64_t gpa, size;
+	uint8_t *host;
+	char name[32];
+};
+
+enum vcpu_run_state { VCPU_RUNNING, VCPU_PAUSED, VCPU_HALTED, VCPU_FAILED };
+
+struct vm {
+	int kvm_fd, vm_fd, vcpu_fd;
+	struct kvm_run *run;
+	size_t run_size;
+	struct kvm_cpuid2 *cpuid;
+
+	uint64_t ram_size;
+	unsigned nslots;
+	struct vm_slot slots[VM_SLOTS_MAX];
+	bool dirty_logging;
+	uint64_t *dirty_buf;		/* KVM_GET_DIRTY_LOG scratch, largest slot */
+
+	/* The vCPU thread and what others ask of it. */
+	pthread_t thread;
+	bool thread_started;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool pause_req;			/* under lock */
+	bool quit_req;
+	enum vcpu_run_state state;	/* under lock; what the thread does now */
+	char fail_msg[160];
+	atomic_int throttle_pct;
+	atomic_bool throttle_kick;
+	pthread_t ticker;
+	bool ticker_started;
+
+	/* Devices. */
+	FILE *serial;
+	atomic_ullong serial_bytes, serial_laps;
+	uint8_t serial_last;		/* previous byte, to count "L\n" */
+	uint64_t logged_ports[65536 / 64];
+	uint64_t mmio_exits;
+	bool verbose;
+};
+
+struct vm_config {
+	uint64_t ram_mib;
+	uint64_t slot_mib;		/* most MiB per memory slot; 0 = one per region */
+	const char *serial_path;	/* NULL: stdout */
+	bool verbose;
+};
+
+int vm_create(struct vm *vm, const struct vm_config *cfg, mfd_error **errp);
+void vm_destroy(struct vm *vm);
+/* Copy a boot sector to 0x7c00 and point the vCPU at it (real mode). */
+int vm_load_boot(struct vm *vm, const uint8_t *image, size_t len, mfd_error **errp);
+/* Starts the vCPU thread, paused or running. */
+int vm_start_vcpu(struct vm *vm, bool running, mfd_error **errp);
+void vm_pause(struct vm *vm);
+void vm_resume(struct vm *vm);
+enum vcpu_run_state vm_state(struct vm *vm, char *msg, size_t len);
+void vm_throttle(struct vm *vm, int percent);
+/* Host address of guest physical @gpa with @len bytes in one slot, or NULL. */
+void *vm_gpa(struct vm *vm, uint64_t gpa, uint64_t len);
+
+/* Dirty logging on every slot. */
+int vm_dirty_log(struct vm *vm, bool on, mfd_error **errp);
+int vm_dirty_sync(struct vm *vm, unsigned slot, uint64_t *bitmap, uint64_t npages,
+		  mfd_error **errp);
+
+/* vCPU state to and from a stream (the "cpu" section); vCPU paused. */
+int vm_save_cpu(struct vm *vm, mfd_stream *s, mfd_error **errp);
+int vm_load_cpu(struct vm *vm, mfd_stream *s, mfd_error **errp);
+
+/* The a-b check of our guest's working set; vCPU paused.  0 when it holds. */
+int vm_ab_check(struct vm *vm, char *msg, size_t len);
+uint64_t vm_laps(struct vm *vm);
+
+/* migrate.c: registration with libmultifd. */
+int vm_register(struct vm *vm, mfd_migration *m, mfd_error **errp);
+
+#endif
