@@ -515,12 +515,13 @@ void vm_destroy(struct vm *vm)
 	vm->quit_req = true;
 	pthread_cond_broadcast(&vm->cond);
 	pthread_mutex_unlock(&vm->lock);
+	/* The ticker first: it kicks the vCPU thread, which must still exist. */
+	if (vm->ticker_started)
+		pthread_join(vm->ticker, NULL);
 	if (vm->thread_started) {
 		kick(vm);
 		pthread_join(vm->thread, NULL);
 	}
-	if (vm->ticker_started)
-		pthread_join(vm->ticker, NULL);
 	if (vm->serial)
 		fclose(vm->serial);
 	else

@@ -29,6 +29,7 @@ extern const unsigned char minivmm_guest[BOOT_SIZE];
 
 #define MAX_PARAMS 64
 #define LINE_MAX_LEN 4096
+#define MAX_CLIENTS 32
 
 struct vmm {
 	struct vm vm;
@@ -37,12 +38,29 @@ struct vmm {
 	bool own_guest;			/* the boot sector carries our parameter block */
 	const char *control_path;
 	int control_fd;
+	pthread_t control_thread;
+	bool control_started;
 	pthread_t main_thread;
 	pthread_mutex_t mig_lock;	/* serialises migration commands */
-	int exit_status;
+	atomic_int exit_status;
+
+	/*
+	 * Control clients, each served by a detached thread.  Shutdown waits
+	 * for every one of them to finish before the migration and the VM are
+	 * freed: a client may be inside a libmultifd call on vmm.m.
+	 */
+	pthread_mutex_t clients_lock;
+	pthread_cond_t clients_cond;
+	bool clients_closed;		/* under clients_lock: no new clients */
+	unsigned nclients;		/* under clients_lock */
+	int client_fds[MAX_CLIENTS];	/* under clients_lock; -1 = free */
 };
 
-static struct vmm vmm;
+static struct vmm vmm = {
+	.control_fd = -1,
+	.clients_lock = PTHREAD_MUTEX_INITIALIZER,
+	.clients_cond = PTHREAD_COND_INITIALIZER,
+};
 
 static void usage(FILE *f)
 {
@@ -340,6 +358,45 @@ static void command(int fd, char *line)
 	}
 }
 
+/* Takes a slot for a new client; false when shutting down or full. */
+static bool client_add(int fd, const char **why)
+{
+	bool ok = false;
+
+	pthread_mutex_lock(&vmm.clients_lock);
+	if (vmm.clients_closed) {
+		*why = "minivmm is shutting down";
+	} else if (vmm.nclients == MAX_CLIENTS) {
+		*why = "too many control clients at once";
+	} else {
+		for (unsigned i = 0; i < MAX_CLIENTS; i++) {
+			if (vmm.client_fds[i] < 0) {
+				vmm.client_fds[i] = fd;
+				break;
+			}
+		}
+		vmm.nclients++;
+		ok = true;
+	}
+	pthread_mutex_unlock(&vmm.clients_lock);
+	return ok;
+}
+
+/* The client on @fd is finished with vmm (its socket is closed next). */
+static void client_done(int fd)
+{
+	pthread_mutex_lock(&vmm.clients_lock);
+	for (unsigned i = 0; i < MAX_CLIENTS; i++) {
+		if (vmm.client_fds[i] == fd) {
+			vmm.client_fds[i] = -1;
+			break;
+		}
+	}
+	vmm.nclients--;
+	pthread_cond_broadcast(&vmm.clients_cond);
+	pthread_mutex_unlock(&vmm.clients_lock);
+}
+
 static void *client_thread(void *arg)
 {
 	int fd = (int)(intptr_t)arg;
@@ -360,6 +417,7 @@ static void *client_thread(void *arg)
 		reply(fd, "error: command longer than %d bytes", LINE_MAX_LEN - 2);
 	else if (len)
 		command(fd, line);
+	client_done(fd);	/* before close: the number may be reused at once */
 	close(fd);
 	return NULL;
 }
@@ -369,16 +427,23 @@ static void *control_thread(void *arg)
 	(void)arg;
 	for (;;) {
 		int fd = accept4(vmm.control_fd, NULL, NULL, SOCK_CLOEXEC);
+		const char *why = NULL;
 		pthread_t t;
 
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
-			break;
+			break;	/* shut down by control_stop() */
+		}
+		if (!client_add(fd, &why)) {
+			reply(fd, "error: %s", why);
+			close(fd);
+			continue;
 		}
 		if (pthread_create(&t, NULL, client_thread, (void *)(intptr_t)fd) != 0) {
 			reply(fd, "error: out of threads");
 			close(fd);
+			client_done(fd);
 			continue;
 		}
 		pthread_detach(t);
@@ -402,7 +467,6 @@ static int unix_addr(const char *path, struct sockaddr_un *sa)
 static int control_start(const char *path)
 {
 	struct sockaddr_un sa;
-	pthread_t t;
 
 	if (unix_addr(path, &sa) < 0)
 		return -1;
@@ -414,12 +478,41 @@ static int control_start(const char *path)
 		return -1;
 	}
 	vmm.control_path = path;
-	if (pthread_create(&t, NULL, control_thread, NULL) != 0) {
+	if (pthread_create(&vmm.control_thread, NULL, control_thread, NULL) != 0) {
 		fprintf(stderr, "minivmm: cannot start the control thread\n");
 		return -1;
 	}
-	pthread_detach(t);
+	vmm.control_started = true;
 	return 0;
+}
+
+/*
+ * Stops accepting commands and waits until every client thread has
+ * finished.  Called after the migration was cancelled, so that a client
+ * waiting for it returns; a client still reading its command line is cut
+ * off by shutting its socket down.
+ */
+static void control_stop(void)
+{
+	if (vmm.control_path)
+		unlink(vmm.control_path);
+	pthread_mutex_lock(&vmm.clients_lock);
+	vmm.clients_closed = true;
+	for (unsigned i = 0; i < MAX_CLIENTS; i++)
+		if (vmm.client_fds[i] >= 0)
+			shutdown(vmm.client_fds[i], SHUT_RD);
+	pthread_mutex_unlock(&vmm.clients_lock);
+	if (vmm.control_fd >= 0)
+		shutdown(vmm.control_fd, SHUT_RDWR);	/* accept() returns EINVAL */
+	if (vmm.control_started)
+		pthread_join(vmm.control_thread, NULL);
+	pthread_mutex_lock(&vmm.clients_lock);
+	while (vmm.nclients)
+		pthread_cond_wait(&vmm.clients_cond, &vmm.clients_lock);
+	pthread_mutex_unlock(&vmm.clients_lock);
+	if (vmm.control_fd >= 0)
+		close(vmm.control_fd);
+	vmm.control_fd = -1;
 }
 
 /* ---- the control client ----------------------------------------------------------- */
@@ -636,7 +729,7 @@ static void *incoming_waiter(void *arg)
 		fprintf(stderr, "minivmm: incoming migration failed: %s\n",
 			err ? mfd_error_message(err) : "unknown error");
 		mfd_error_free(err);
-		vmm.exit_status = 1;
+		atomic_store(&vmm.exit_status, 1);
 		pthread_kill(vmm.main_thread, SIGTERM);
 	} else {
 		fprintf(stderr, "minivmm: incoming migration completed; the guest runs\n");
@@ -698,6 +791,8 @@ static int cmd_run(int argc, char **argv, bool incoming)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	vmm.main_thread = pthread_self();
 	pthread_mutex_init(&vmm.mig_lock, NULL);
+	for (unsigned i = 0; i < MAX_CLIENTS; i++)
+		vmm.client_fds[i] = -1;
 	vmm.incoming = incoming;
 	if (o.verbose)
 		mfd_log_set_handler(log_handler, NULL, MFD_LOG_INFO);
@@ -749,14 +844,17 @@ static int cmd_run(int argc, char **argv, bool incoming)
 	do {
 		r = sigwait(&set, &sig);
 	} while (r != 0);
-	r = vmm.exit_status;
+	r = 0;
 out:
-	if (vmm.control_path)
-		unlink(vmm.control_path);
+	/* Nothing may touch vmm.m or the VM once they are freed: end the
+	 * migration, then every thread that might still call into either. */
 	if (vmm.m)
 		mfd_migrate_cancel(vmm.m);
+	control_stop();
 	if (waiter_started)
 		pthread_join(waiter, NULL);
+	if (r == 0)
+		r = atomic_load(&vmm.exit_status);
 	vm_pause(&vmm.vm);
 	mfd_migration_free(vmm.m);
 	vm_destroy(&vmm.vm);
