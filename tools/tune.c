@@ -12,8 +12,11 @@
  * stream count, and compress and decompress on min(channels, CPUs) threads.
  * The slowest of the three sets the rate R; with the guest writing D MiB/s
  * the passes shrink by D/R each, so the time is about size / (R - D).
+ *
+ * With --plot FILE, gnuplot draws the model as a PNG chart as well.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -22,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -330,6 +335,7 @@ static void model(struct candidate *c, double zero_frac, uint64_t size, double d
 #define TUNE_SYNOPSIS \
 	"usage: multifd tune --to tcp:HOST:PORT [--size SIZE | --image FILE]\n" \
 	"                    [--max-channels N] [--seconds S] [--dirty-rate MIB] [--json]\n" \
+	"                    [--plot FILE]\n" \
 	"       multifd tune --listen tcp:HOST:PORT\n"
 
 static void tune_usage(FILE *f)
@@ -350,12 +356,16 @@ static void tune_usage(FILE *f)
 		"  --seconds S            how long each link measurement runs (default 1)\n"
 		"  --dirty-rate MIB       the guest writes MIB MiB/s while it migrates\n"
 		"  --json                 one JSON object instead of the table\n"
+		"  --plot FILE            also draw the model as a PNG chart in FILE: time and\n"
+		"                         guest GiB/s per channel count, a line per codec, the\n"
+		"                         recommendation marked (runs gnuplot; exit status 1,\n"
+		"                         after the table, when it cannot)\n"
 		"  -q, --quiet            no progress lines\n"
 		"  -h, --help             this text\n");
 }
 
 struct tune_opts {
-	const char *to, *listen, *image;
+	const char *to, *listen, *image, *plot;
 	uint64_t size, max_channels;
 	double seconds, dirty;
 	bool json, quiet;
@@ -372,6 +382,7 @@ static int tune_parse(int argc, char **argv, struct tune_opts *o)
 		{ "seconds", required_argument, NULL, 'S' },
 		{ "dirty-rate", required_argument, NULL, 'd' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "plot", required_argument, NULL, 'p' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
@@ -385,6 +396,7 @@ static int tune_parse(int argc, char **argv, struct tune_opts *o)
 		case 'l': o->listen = optarg; break;
 		case 'i': o->image = optarg; break;
 		case 'j': o->json = true; break;
+		case 'p': o->plot = optarg; break;
 		case 'q': o->quiet = true; break;
 		case 'v': break;
 		case 's':
@@ -415,6 +427,11 @@ static int tune_parse(int argc, char **argv, struct tune_opts *o)
 		return usage_error("tune", "unexpected argument '%s'", argv[optind]);
 	if (!o->to == !o->listen)
 		return usage_error("tune", "give exactly one of --to URI and --listen URI");
+	if (o->plot && o->listen)
+		return usage_error("tune", "--plot draws what --to measures; the --listen peer "
+				   "has nothing to plot");
+	if (o->plot && !*o->plot)
+		return usage_error("tune", "--plot needs a file name");
 	return 0;
 }
 
@@ -457,25 +474,38 @@ static const struct candidate *recommend(const struct candidate *cand, unsigned 
 	return best;
 }
 
-static void print_results(const struct tune_opts *o, const double *links, unsigned nlinks,
-			  const struct codec_result *codecs, int ncodecs, struct candidate *cand,
-			  unsigned ncand, double zero_frac, uint64_t size, unsigned cpus)
+/* What was measured and modelled: what the table, the JSON and the chart show. */
+struct tune_model {
+	const double *links;	/* bytes/s with 1, 2, 4 ... streams */
+	unsigned nlinks;
+	const struct codec_result *codecs;
+	int ncodecs;
+	const struct candidate *cand;	/* best first */
+	unsigned ncand;
+	double zero_frac;
+	uint64_t size;
+	unsigned cpus;
+};
+
+static void print_results(const struct tune_opts *o, const struct tune_model *m)
 {
-	const struct candidate *rec = recommend(cand, ncand);
+	const struct codec_result *codecs = m->codecs;
+	const struct candidate *cand = m->cand;
+	const struct candidate *rec = recommend(cand, m->ncand);
 
 	if (o->json) {
 		printf("{\"size\":%" PRIu64 ",\"zero-fraction\":%.4f,\"cpus\":%u,\"dirty-rate\":%.1f,"
-		       "\"link\":[", size, zero_frac, cpus, o->dirty);
-		for (unsigned i = 0; i < nlinks; i++)
+		       "\"link\":[", m->size, m->zero_frac, m->cpus, o->dirty);
+		for (unsigned i = 0; i < m->nlinks; i++)
 			printf("%s{\"streams\":%u,\"bytes-per-second\":%.0f}", i ? "," : "", 1u << i,
-			       links[i]);
+			       m->links[i]);
 		printf("],\"codecs\":[");
-		for (int i = 0; i < ncodecs; i++)
+		for (int i = 0; i < m->ncodecs; i++)
 			printf("%s{\"name\":\"%s\",\"ratio\":%.4f,\"compress-bytes-per-second\":%.0f,"
 			       "\"decompress-bytes-per-second\":%.0f}", i ? "," : "", codecs[i].name,
 			       codecs[i].ratio, codecs[i].compress, codecs[i].decompress);
 		printf("],\"candidates\":[");
-		for (unsigned i = 0; i < ncand; i++)
+		for (unsigned i = 0; i < m->ncand; i++)
 			printf("%s{\"multifd-channels\":%u,\"multifd-compression\":\"%s\","
 			       "\"guest-bytes-per-second\":%.0f,\"limit\":\"%s\",\"seconds\":%.3f}",
 			       i ? "," : "", cand[i].channels, cand[i].codec->name, cand[i].rate,
@@ -486,11 +516,11 @@ static void print_results(const struct tune_opts *o, const double *links, unsign
 		return;
 	}
 	printf("link\n");
-	for (unsigned i = 0; i < nlinks; i++)
-		printf("  %2u stream%s %8.3f GiB/s\n", 1u << i, i ? "s" : " ", links[i] / GIB);
+	for (unsigned i = 0; i < m->nlinks; i++)
+		printf("  %2u stream%s %8.3f GiB/s\n", 1u << i, i ? "s" : " ", m->links[i] / GIB);
 	printf("codecs (one thread, on a sample of the guest's normal pages; %.0f%% zero pages)\n",
-	       zero_frac * 100);
-	for (int i = 0; i < ncodecs; i++) {
+	       m->zero_frac * 100);
+	for (int i = 0; i < m->ncodecs; i++) {
 		if (codecs[i].compress > 0)
 			printf("  %-8s ratio %.3f  compress %7.3f GiB/s  decompress %7.3f GiB/s\n",
 			       codecs[i].name, codecs[i].ratio, codecs[i].compress / GIB,
@@ -500,10 +530,10 @@ static void print_results(const struct tune_opts *o, const double *links, unsign
 			       codecs[i].ratio);
 	}
 	printf("model (%" PRIu64 " MiB guest, %u CPUs, dirty rate %.1f MiB/s), best first\n",
-	       size >> 20, cpus, o->dirty);
+	       m->size >> 20, m->cpus, o->dirty);
 	printf("  %-8s %-8s %14s %-10s %10s\n", "channels", "codec", "guest GiB/s", "limit",
 	       "time");
-	for (unsigned i = 0; i < ncand; i++) {
+	for (unsigned i = 0; i < m->ncand; i++) {
 		char t[32];
 
 		if (cand[i].seconds < 0)
@@ -521,6 +551,374 @@ static void print_results(const struct tune_opts *o, const double *links, unsign
 		       rec->channels, rec->codec->name, rec->seconds);
 }
 
+/* ---- the chart (--plot) ---------------------------------------------------------- */
+
+/*
+ * gnuplot draws it.  Its data and script go to a private temporary directory
+ * and it runs there, so no path is ever quoted into the script; it writes the
+ * PNG on its standard output into FILE.XXXXXX beside FILE, renamed over FILE
+ * once complete: a failed run never leaves half a chart behind.
+ */
+struct plot {
+	const char *path;	/* FILE */
+	char tmp[4096];		/* FILE.XXXXXX until it is complete */
+	int fd;			/* open on tmp, or -1 */
+};
+
+/* Create FILE.XXXXXX now, so that a path we cannot write fails before the
+ * measurements rather than after them.  0, or -1 after saying why. */
+static int plot_prepare(struct plot *p, const char *path)
+{
+	struct stat st;
+	mode_t mask;
+
+	*p = (struct plot){ .path = path, .fd = -1 };
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		fprintf(stderr, "multifd tune: --plot %s: exists and is not a regular file\n",
+			path);
+		return -1;
+	}
+	if (snprintf(p->tmp, sizeof(p->tmp), "%s.XXXXXX", path) >= (int)sizeof(p->tmp)) {
+		fprintf(stderr, "multifd tune: --plot %s: the path is too long\n", path);
+		return -1;
+	}
+	p->fd = mkostemp(p->tmp, O_CLOEXEC);
+	if (p->fd < 0) {
+		fprintf(stderr, "multifd tune: --plot %s: cannot create the chart there: %s\n",
+			path, strerror(errno));
+		return -1;
+	}
+	/* mkostemp() makes it 0600; the chart gets what a new file would get. */
+	mask = umask(0);
+	umask(mask);
+	if (fchmod(p->fd, 0666 & ~mask) < 0) {
+		fprintf(stderr, "multifd tune: --plot %s: %s\n", p->tmp, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* Drop FILE.XXXXXX (after a failure, or when the chart was never drawn). */
+static void plot_discard(struct plot *p)
+{
+	if (p->fd < 0)
+		return;
+	close(p->fd);
+	unlink(p->tmp);
+	p->fd = -1;
+}
+
+/* @s as a gnuplot single-quoted string: only the quote is special, doubled. */
+static void gp_string(FILE *f, const char *s)
+{
+	fputc('\'', f);
+	for (; *s; s++) {
+		if (*s == '\'')
+			fputc('\'', f);
+		if ((unsigned char)*s >= ' ')
+			fputc(*s, f);
+	}
+	fputc('\'', f);
+}
+
+/* A data value, or NaN (a gap in its line) when there is none: the time of a
+ * pair that never converges, the unbounded rate of a guest of zero pages. */
+static void gp_value(FILE *f, double v, bool known)
+{
+	if (known)
+		fprintf(f, " %.6g", v);
+	else
+		fputs(" NaN", f);
+}
+
+/*
+ * tune.dat: block k (gnuplot's "index k") is codec k, a row per channel
+ * count: channels, seconds, guest GiB/s.  Block ncodecs is the link: streams,
+ * GiB/s.  Block ncodecs + 1 is the recommended pair, like a codec's rows.
+ */
+static void write_data(FILE *f, const struct tune_model *m, const struct candidate *rec)
+{
+	fprintf(f, "# multifd tune: channels, seconds, guest GiB/s per codec; then the link\n");
+	for (int k = 0; k < m->ncodecs; k++) {
+		fprintf(f, "# %s\n", m->codecs[k].name);
+		/* By channel count: m->cand is sorted by time. */
+		for (unsigned l = 0; l < m->nlinks; l++)
+			for (unsigned i = 0; i < m->ncand; i++) {
+				const struct candidate *c = &m->cand[i];
+
+				if (c->codec != &m->codecs[k] || c->channels != 1u << l)
+					continue;
+				fprintf(f, "%u", c->channels);
+				gp_value(f, c->seconds, c->seconds >= 0);
+				gp_value(f, c->rate / GIB, c->rate < 1e300);
+				fputc('\n', f);
+			}
+		fprintf(f, "\n\n");
+	}
+	fprintf(f, "# link\n");
+	for (unsigned i = 0; i < m->nlinks; i++)
+		fprintf(f, "%u %.6g\n", 1u << i, m->links[i] / GIB);
+	fprintf(f, "\n\n# recommended\n%u", rec->channels);
+	gp_value(f, rec->seconds, rec->seconds >= 0);
+	gp_value(f, rec->rate / GIB, rec->rate < 1e300);
+	fputc('\n', f);
+}
+
+/* One panel: a line per codec of column @col, the link when @link, the dirty
+ * rate as a level when @dirty > 0, and the recommended pair when @mark. */
+static void write_panel(FILE *f, const struct tune_model *m, int col, bool link, double dirty,
+			bool mark)
+{
+	static const char next[] = ", \\\n     ";
+
+	fprintf(f, "plot ");
+	for (int k = 0; k < m->ncodecs; k++) {
+		fprintf(f, "%s'tune.dat' index %d using 1:%d with linespoints lw 2 pt 7 title ",
+			k ? next : "", k, col);
+		gp_string(f, m->codecs[k].name);
+	}
+	if (link)
+		fprintf(f, "%s'tune.dat' index %d using 1:2 with linespoints dt 2 lw 2 pt 4 "
+			"lc rgb 'gray40' title 'link (wire bytes)'", next, m->ncodecs);
+	if (dirty > 0)
+		fprintf(f, "%s%.6g with lines dt 3 lw 2 lc rgb 'red' title 'dirty rate'", next,
+			dirty);
+	if (mark)
+		fprintf(f, "%s'tune.dat' index %d using 1:%d with points pt 6 ps 4 lw 3 "
+			"lc rgb 'black' title 'recommended'", next, m->ncodecs + 1, col);
+	fputc('\n', f);
+}
+
+static void write_script(FILE *f, const struct tune_opts *o, const struct tune_model *m,
+			 const struct candidate *rec)
+{
+	/* A panel needs one defined point or gnuplot fails: times exist when the
+	 * best converges, rates unless every page is zero (then all converge). */
+	bool times = rec->seconds >= 0, rates = m->zero_frac < 1;
+	char line[1024];
+	size_t n;
+
+	fprintf(f, "# multifd tune --plot\n"
+		"set datafile missing 'NaN'\n"
+		"if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
+		"\tset terminal pngcairo size %d,720 noenhanced font ',10'\n"
+		"} else {\n"
+		"\tset terminal png size %d,720 noenhanced\n"
+		"}\n"
+		"set output\n", times && rates ? 1600 : 900, times && rates ? 1600 : 900);
+
+	/* The title: what was modelled, the link as measured, the verdict. */
+	fprintf(f, "set multiplot layout 1,%d title ", times && rates ? 2 : 1);
+	snprintf(line, sizeof(line), "multifd tune --to %s: %" PRIu64 " MiB guest, %.0f%% zero "
+		 "pages, %u CPUs, dirty rate %.1f MiB/s", o->to, m->size >> 20,
+		 m->zero_frac * 100, m->cpus, o->dirty);
+	gp_string(f, line);
+	n = (size_t)snprintf(line, sizeof(line), "link measured: %.3f GiB/s (1 stream)",
+			     m->links[0] / GIB);
+	for (unsigned i = 1; i < m->nlinks && n < sizeof(line); i++)
+		n += (size_t)snprintf(line + n, sizeof(line) - n, ", %.3f (%u)",
+				      m->links[i] / GIB, 1u << i);
+	fprintf(f, ".\"\\n\".");
+	gp_string(f, line);
+	if (rec->seconds < 0)
+		snprintf(line, sizeof(line), "no pair converges at this dirty rate: use postcopy "
+			 "or auto-converge");
+	else
+		snprintf(line, sizeof(line), "recommended: %u channel%s, %s, about %.2f s",
+			 rec->channels, rec->channels > 1 ? "s" : "", rec->codec->name,
+			 rec->seconds);
+	fprintf(f, ".\"\\n\".");
+	gp_string(f, line);
+	fprintf(f, " font ',12'\n");
+
+	/* Channels double: a log2 axis spaces them evenly. */
+	fprintf(f, "set logscale x 2\nset xrange [0.7:%g]\nset xtics (",
+		(1u << (m->nlinks - 1)) * 1.4);
+	for (unsigned i = 0; i < m->nlinks; i++)
+		fprintf(f, "%s%u", i ? ", " : "", 1u << i);
+	fprintf(f, ")\nset xlabel 'multifd-channels'\nset grid\nset yrange [0:*]\n"
+		"set key outside right top vertical\n");
+	if (times) {
+		fprintf(f, "set title 'estimated migration time (lower is better)'\n"
+			"set ylabel 'seconds'\n");
+		write_panel(f, m, 2, false, 0, true);
+	}
+	if (rates) {
+		fprintf(f, "set title 'guest RAM moved per second (higher is better)'\n"
+			"set ylabel 'GiB/s'\n");
+		write_panel(f, m, 3, true, o->dirty / 1024, times);
+	}
+	fprintf(f, "unset multiplot\n");
+}
+
+/* fopen(@path, "w"); NULL after saying why. */
+static FILE *tmp_create(const char *path)
+{
+	FILE *f = fopen(path, "we");
+
+	if (!f)
+		fprintf(stderr, "multifd tune: --plot: cannot create %s: %s\n", path,
+			strerror(errno));
+	return f;
+}
+
+/* fclose() what tmp_create() opened, once written; 0, or -1 after saying why. */
+static int tmp_close(FILE *f, const char *path)
+{
+	bool bad = ferror(f);
+
+	if (fclose(f) == 0 && !bad)
+		return 0;
+	fprintf(stderr, "multifd tune: --plot: cannot write %s: %s\n", path, strerror(errno));
+	return -1;
+}
+
+/* gnuplot's messages after a failure, indented (its caret lines stay aligned). */
+static void show_messages(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	char buf[512];
+
+	if (!f)
+		return;
+	for (unsigned n = 0; n < 40 && fgets(buf, sizeof(buf), f); n++)
+		fprintf(stderr, "    %s%s", buf, strchr(buf, '\n') ? "" : "\n");
+	fclose(f);
+}
+
+/*
+ * gnuplot tune.gp in @dir: its standard output (the PNG) into @out_fd, its
+ * messages into @errpath.  0, or -1 after saying why.  The child tells the
+ * parent through a close-on-exec pipe when it could not exec, so a missing
+ * gnuplot is told apart from a failing one.
+ */
+static int run_gnuplot(const char *dir, const char *errpath, int out_fd)
+{
+	static char gnuplot[] = "gnuplot", script[] = "tune.gp";
+	char *argv[] = { gnuplot, script, NULL };
+	int pfd[2], status, why[2] = { 0, 0 };	/* the step that failed, errno */
+	ssize_t n;
+	pid_t pid;
+
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		fprintf(stderr, "multifd tune: --plot: pipe: %s\n", strerror(errno));
+		return -1;
+	}
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		int err = open(errpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+		why[0] = 1;
+		if (in >= 0 && err >= 0 && chdir(dir) == 0 && dup2(in, STDIN_FILENO) >= 0 &&
+		    dup2(out_fd, STDOUT_FILENO) >= 0 && dup2(err, STDERR_FILENO) >= 0) {
+			why[0] = 2;
+			execvp(gnuplot, argv);
+		}
+		why[1] = errno;
+		if (write(pfd[1], why, sizeof(why)) < 0)
+			_exit(126);
+		_exit(127);
+	}
+	close(pfd[1]);
+	if (pid < 0) {
+		close(pfd[0]);
+		fprintf(stderr, "multifd tune: --plot: fork: %s\n", strerror(errno));
+		return -1;
+	}
+	while ((n = read(pfd[0], why, sizeof(why))) < 0 && errno == EINTR)
+		;
+	close(pfd[0]);
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR) {
+			fprintf(stderr, "multifd tune: --plot: waitpid: %s\n", strerror(errno));
+			return -1;
+		}
+	if (n == (ssize_t)sizeof(why)) {
+		if (why[0] == 2 && why[1] == ENOENT)
+			fprintf(stderr, "multifd tune: --plot: gnuplot is not installed (no "
+				"'gnuplot' in PATH); install it (Debian: apt-get install "
+				"gnuplot-nox) or leave out --plot\n");
+		else
+			fprintf(stderr, "multifd tune: --plot: cannot %s: %s\n",
+				why[0] == 2 ? "run gnuplot" : "prepare gnuplot's files",
+				strerror(why[1]));
+		return -1;
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return 0;
+	if (WIFEXITED(status))
+		fprintf(stderr, "multifd tune: --plot: gnuplot failed with exit status %d:\n",
+			WEXITSTATUS(status));
+	else
+		fprintf(stderr, "multifd tune: --plot: gnuplot was killed by signal %d:\n",
+			WTERMSIG(status));
+	show_messages(errpath);
+	return -1;
+}
+
+/* Draw the chart into FILE.  0, or -1 after saying why; FILE.XXXXXX is then
+ * left to plot_discard(), and FILE is untouched. */
+static int plot_draw(struct plot *p, const struct tune_opts *o, const struct tune_model *m)
+{
+	static const uint8_t png_signature[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
+	const struct candidate *rec = recommend(m->cand, m->ncand);
+	const char *tmpdir = getenv("TMPDIR");
+	char dir[4096], data[4200], script[4200], errpath[4200];
+	uint8_t head[sizeof(png_signature)];
+	FILE *f;
+	int r = -1;
+
+	if (!tmpdir || !*tmpdir)
+		tmpdir = "/tmp";
+	if (snprintf(dir, sizeof(dir), "%s/multifd-tune.XXXXXX", tmpdir) >= (int)sizeof(dir)) {
+		fprintf(stderr, "multifd tune: --plot: TMPDIR %s: the path is too long\n", tmpdir);
+		return -1;
+	}
+	if (!mkdtemp(dir)) {
+		fprintf(stderr, "multifd tune: --plot: cannot make a temporary directory in %s: "
+			"%s\n", tmpdir, strerror(errno));
+		return -1;
+	}
+	snprintf(data, sizeof(data), "%s/tune.dat", dir);
+	snprintf(script, sizeof(script), "%s/tune.gp", dir);
+	snprintf(errpath, sizeof(errpath), "%s/gnuplot.err", dir);
+	f = tmp_create(data);
+	if (!f)
+		goto out;
+	write_data(f, m, rec);
+	if (tmp_close(f, data) < 0)
+		goto out;
+	f = tmp_create(script);
+	if (!f)
+		goto out;
+	write_script(f, o, m, rec);
+	if (tmp_close(f, script) < 0 || run_gnuplot(dir, errpath, p->fd) < 0)
+		goto out;
+	/* Exit status 0 is not enough: a script that never drew leaves nothing. */
+	if (pread(p->fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) ||
+	    memcmp(head, png_signature, sizeof(head))) {
+		fprintf(stderr, "multifd tune: --plot: gnuplot exited 0 but wrote no PNG\n");
+		show_messages(errpath);
+		goto out;
+	}
+	if (rename(p->tmp, p->path) < 0) {
+		fprintf(stderr, "multifd tune: --plot: cannot rename %s to %s: %s\n", p->tmp,
+			p->path, strerror(errno));
+		goto out;
+	}
+	close(p->fd);
+	p->fd = -1;
+	r = 0;
+out:
+	unlink(data);
+	unlink(script);
+	unlink(errpath);
+	rmdir(dir);
+	return r;
+}
+
 static int tune_run(const struct tune_opts *o)
 {
 	const char *names[32];
@@ -533,6 +931,8 @@ static int tune_run(const struct tune_opts *o)
 	unsigned cpus = ncpu > 0 ? (unsigned)ncpu : 1;
 	struct addrinfo *ai = NULL;
 	struct guest g = { 0 };
+	struct plot plot = { .fd = -1 };
+	struct tune_model m;
 	mfd_error *err = NULL;
 	uint8_t *sample = NULL, *chunk = NULL;
 	size_t sample_len = 0;
@@ -541,6 +941,8 @@ static int tune_run(const struct tune_opts *o)
 	ncodecs = ncodecs > 32 ? 32 : ncodecs;
 	if (tune_resolve(o->to, false, &ai, &err) < 0)
 		return report_error("tune", err);
+	if (o->plot && plot_prepare(&plot, o->plot) < 0)
+		goto out;
 	chunk = malloc(CHUNK);
 	if (!chunk) {
 		fprintf(stderr, "multifd tune: out of memory\n");
@@ -572,7 +974,8 @@ static int tune_run(const struct tune_opts *o)
 	if (!sample) {
 		fprintf(stderr, "multifd tune: out of memory\n");
 		goto out;
-	}	for (int i = 0; i < ncodecs; i++) {
+	}
+	for (int i = 0; i < ncodecs; i++) {
 		if (!o->quiet && !o->json)
 			fprintf(stderr, "multifd tune: codec %s ...\n", names[i]);
 		if (codec_measure(names[i], sample, sample_len, &codecs[i], &err) < 0) {
@@ -588,9 +991,21 @@ static int tune_run(const struct tune_opts *o)
 			ncand++;
 		}
 	qsort(cand, ncand, sizeof(cand[0]), cand_cmp);
-	print_results(o, links, nlinks, codecs, ncodecs, cand, ncand, zero_frac, g.size, cpus);
+	m = (struct tune_model){ .links = links, .nlinks = nlinks, .codecs = codecs,
+				 .ncodecs = ncodecs, .cand = cand, .ncand = ncand,
+				 .zero_frac = zero_frac, .size = g.size, .cpus = cpus };
+	print_results(o, &m);
+	/* The table stands even when the chart fails. */
+	fflush(stdout);
 	r = EXIT_OK;
+	if (o->plot) {
+		if (!o->quiet && !o->json)
+			fprintf(stderr, "multifd tune: drawing %s ...\n", o->plot);
+		if (plot_draw(&plot, o, &m) < 0)
+			r = EXIT_FAIL;
+	}
 out:
+	plot_discard(&plot);
 	free(sample);
 	free(chunk);
 	guest_free(&g);

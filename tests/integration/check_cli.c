@@ -3,7 +3,8 @@
  * The multifd tool end to end: `multifd demo` migrates a small guest
  * between two processes (precopy, and postcopy with --postcopy) and verifies
  * it byte for byte; a bad option is a usage error (exit status 2); `multifd
- * tune` measures a link to a `tune --listen` peer and recommends settings.
+ * tune` measures a link to a `tune --listen` peer and recommends settings,
+ * and draws them as a PNG chart with --plot (through gnuplot).
  */
 #include <check.h>
 #include <errno.h>
@@ -13,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -140,6 +143,124 @@ START_TEST(tune_recommends_channels_and_codec)
 }
 END_TEST
 
+/* A fresh directory under $TMPDIR (or /tmp) in @dir. */
+static void make_tmpdir(char *dir, size_t len, const char *what)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	snprintf(dir, len, "%s/mfd-%s.XXXXXX", tmp && *tmp ? tmp : "/tmp", what);
+	ck_assert_msg(mkdtemp(dir) != NULL, "mkdtemp %s: %s", dir, strerror(errno));
+}
+
+/* How many entries @dir holds besides . and .. */
+static unsigned dir_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	unsigned n = 0;
+
+	ck_assert_msg(d != NULL, "opendir %s: %s", dir, strerror(errno));
+	while ((e = readdir(d)))
+		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+	closedir(d);
+	return n;
+}
+
+START_TEST(tune_plot_draws_a_png)
+{
+	static const unsigned char png[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
+	char uri[256], dir[4096], tmp[4200], chart[4200], nochart[4200];
+	const char *args[] = { "tune", "--to", uri, "--size", "16M", "--seconds", "0.1",
+			       "--max-channels", "2", "-q", "--plot", chart, NULL };
+	const char *missing[] = { "tune", "--to", uri, "--size", "16M", "--seconds", "0.1",
+				  "--max-channels", "1", "-q", "--plot", nochart, NULL };
+	const char *path = getenv("PATH");
+	char *saved_path = path ? strdup(path) : NULL;
+	unsigned char head[8];
+	struct stat st;
+	int status;
+	pid_t peer;
+	FILE *f;
+
+	if (!test_have_tool("cli"))
+		return;
+	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+		printf("cli: tune --plot skipped, gnuplot is not installed (scripts/install-deps "
+		       "installs gnuplot-nox)\n");
+		return;
+	}
+	make_tmpdir(dir, sizeof(dir), "plot");
+	snprintf(chart, sizeof(chart), "%s/tune.png", dir);
+	snprintf(nochart, sizeof(nochart), "%s/none.png", dir);
+	/* gnuplot's data and script go to TMPDIR: they must be gone afterwards. */
+	snprintf(tmp, sizeof(tmp), "%s/tmp", dir);
+	ck_assert_int_eq(mkdir(tmp, 0700), 0);
+	ck_assert_int_eq(setenv("TMPDIR", tmp, 1), 0);
+	peer = start_tune_peer(uri, sizeof(uri));
+
+	ck_assert_msg(test_run_tool(out, sizeof(out), true, args) == 0, "tune --plot failed:\n%s",
+		      out);
+	ck_assert_ptr_nonnull(strstr(out, "recommendation: --channels "));
+	f = fopen(chart, "rb");
+	ck_assert_msg(f != NULL, "no chart at %s: %s\n%s", chart, strerror(errno), out);
+	ck_assert_int_eq(fread(head, 1, sizeof(head), f), sizeof(head));
+	fclose(f);
+	ck_assert_msg(memcmp(head, png, sizeof(png)) == 0, "%s is not a PNG", chart);
+	ck_assert_int_eq(stat(chart, &st), 0);
+	ck_assert_int_gt(st.st_size, 1000);
+	/* Nothing else left: not the temporary chart beside it, not gnuplot's files. */
+	ck_assert_uint_eq(dir_entries(dir), 2);
+	ck_assert_uint_eq(dir_entries(tmp), 0);
+
+	/* Without gnuplot: the table still, then a clear failure, and no file. */
+	ck_assert_int_eq(setenv("PATH", "/nonexistent", 1), 0);
+	ck_assert_int_eq(test_run_tool(out, sizeof(out), true, missing), 1);
+	if (saved_path)
+		setenv("PATH", saved_path, 1);
+	free(saved_path);
+	ck_assert_ptr_nonnull(strstr(out, "recommendation: --channels "));
+	ck_assert_msg(strstr(out, "gnuplot is not installed") != NULL, "tune said:\n%s", out);
+	ck_assert_int_eq(access(nochart, F_OK), -1);
+	ck_assert_uint_eq(dir_entries(dir), 2);
+	ck_assert_uint_eq(dir_entries(tmp), 0);
+
+	ck_assert_int_eq(kill(peer, SIGTERM), 0);
+	ck_assert_int_eq(waitpid(peer, &status, 0), peer);
+	unlink(chart);
+	rmdir(tmp);
+	rmdir(dir);
+}
+END_TEST
+
+START_TEST(tune_plot_refuses_a_path_it_cannot_write)
+{
+	char dir[4096], chart[4200];
+	/* Nothing listens on port 1: the path must fail first, before any measurement. */
+	const char *args[] = { "tune", "--to", "tcp:127.0.0.1:1", "--seconds", "0.1", "-q",
+			       "--plot", chart, NULL };
+	const char *listen[] = { "tune", "--listen", "tcp:127.0.0.1:0", "--plot", "x.png", NULL };
+
+	if (!test_have_tool("cli"))
+		return;
+	make_tmpdir(dir, sizeof(dir), "plot");
+	snprintf(chart, sizeof(chart), "%s/no-such-dir/tune.png", dir);
+	ck_assert_int_eq(test_run_tool(out, sizeof(out), true, args), 1);
+	ck_assert_msg(strstr(out, "cannot create the chart there: No such file or directory"),
+		      "tune said:\n%s", out);
+	ck_assert_ptr_nonnull(strstr(out, chart));
+	ck_assert_ptr_null(strstr(out, "the link measurement failed"));
+	/* A directory is no chart either. */
+	snprintf(chart, sizeof(chart), "%s", dir);
+	ck_assert_int_eq(test_run_tool(out, sizeof(out), true, args), 1);
+	ck_assert_msg(strstr(out, "exists and is not a regular file"), "tune said:\n%s", out);
+	ck_assert_uint_eq(dir_entries(dir), 0);
+	rmdir(dir);
+	/* The peer has nothing to draw. */
+	ck_assert_int_eq(test_run_tool(out, sizeof(out), true, listen), 2);
+	ck_assert_ptr_nonnull(strstr(out, "--plot draws what --to measures"));
+}
+END_TEST
+
 Suite *suite_cli(void)
 {
 	Suite *s = suite_create("cli");
@@ -150,6 +271,8 @@ Suite *suite_cli(void)
 	tcase_add_test(tc, demo_postcopy_verifies);
 	tcase_add_test(tc, bad_options_are_usage_errors);
 	tcase_add_test(tc, tune_recommends_channels_and_codec);
+	tcase_add_test(tc, tune_plot_draws_a_png);
+	tcase_add_test(tc, tune_plot_refuses_a_path_it_cannot_write);
 	suite_add_tcase(s, tc);
 	return s;
 }
