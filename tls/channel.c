@@ -3,8 +3,11 @@
  * The TLS channel: an mfd_channel that runs OpenSSL over any other channel.
  *
  * OpenSSL never touches the inner channel.  It reads ciphertext from one
- * memory BIO and writes ciphertext to another; this file moves the bytes
- * between those BIOs and the inner channel.  That is what lets one thread
+ * byte queue and writes ciphertext to another (each behind a small BIO of
+ * ours, below); this file moves the bytes between those queues and the
+ * inner channel.  The queues are read and written in place: ciphertext goes
+ * from OpenSSL's record buffer to the socket and from the socket to
+ * OpenSSL's record buffer with no copy of our own in between.  That is what lets one thread
  * block reading the inner channel while another thread writes (the main
  * channel carries the stream one way and the return path the other way on
  * one connection), which an SSL on a socket BIO cannot do: an SSL* is not
@@ -40,9 +43,146 @@
 
 #define TLS_RECORD 16384			/* the largest TLS plaintext record */
 #define TLS_WRITE_BATCH (4 * TLS_RECORD)	/* plaintext per SSL_write_ex() */
-#define TLS_DRAIN_AT (4 * TLS_RECORD)		/* queued ciphertext that triggers a send */
-#define TLS_IN_BUF (64 * 1024)			/* one inner read */
-#define TLS_OUT_BUF (128 * 1024)		/* one inner write */
+#define TLS_DRAIN_AT (16 * TLS_RECORD)		/* queued ciphertext that triggers a send */
+#define TLS_IN_BUF (256 * 1024)			/* the most one inner read asks for */
+#define TLS_OUT_BUF (512 * 1024)		/* initial capacity of a write queue */
+
+/*
+ * A byte queue: [head, tail) holds data, [tail, cap) is free.  OpenSSL sees
+ * it through queue_bio_method(); who may touch it when is said where the
+ * queues live (struct tls_chan).
+ */
+struct byteq {
+	uint8_t *buf;
+	size_t cap, head, tail;
+};
+
+static size_t q_len(const struct byteq *q)
+{
+	return q->tail - q->head;
+}
+
+/* Room for @n more bytes at the tail; false when out of memory. */
+static bool q_reserve(struct byteq *q, size_t n)
+{
+	if (q->head == q->tail)
+		q->head = q->tail = 0;
+	if (q->cap - q->tail >= n)
+		return true;
+	if (q->head) {	/* slide the data to the front first */
+		memmove(q->buf, q->buf + q->head, q_len(q));
+		q->tail -= q->head;
+		q->head = 0;
+		if (q->cap - q->tail >= n)
+			return true;
+	}
+	size_t cap = q->cap ? q->cap : TLS_OUT_BUF;
+
+	while (cap - q->tail < n)
+		cap *= 2;
+	uint8_t *b = realloc(q->buf, cap);
+
+	if (!b)
+		return false;
+	q->buf = b;
+	q->cap = cap;
+	return true;
+}
+
+static void q_free(struct byteq *q)
+{
+	if (q->buf)
+		OPENSSL_cleanse(q->buf, q->cap);
+	free(q->buf);
+	memset(q, 0, sizeof(*q));
+}
+
+/*
+ * The BIO over a byte queue.  OpenSSL writes records to the tail of the
+ * write queue and reads from the head of the read queue; an empty read
+ * queue asks it to retry, like an empty memory BIO, so SSL_read() reports
+ * SSL_ERROR_WANT_READ and we feed it from the inner channel.
+ */
+static int qbio_write(BIO *b, const char *data, size_t len, size_t *written)
+{
+	struct byteq *q = BIO_get_data(b);
+
+	BIO_clear_retry_flags(b);
+	if (!q_reserve(q, len))
+		return 0;
+	memcpy(q->buf + q->tail, data, len);
+	q->tail += len;
+	*written = len;
+	return 1;
+}
+
+static int qbio_read(BIO *b, char *data, size_t len, size_t *readbytes)
+{
+	struct byteq *q = BIO_get_data(b);
+	size_t n = MFD_MIN(len, q_len(q));
+
+	BIO_clear_retry_flags(b);
+	if (n == 0) {
+		BIO_set_retry_read(b);
+		return 0;
+	}
+	memcpy(data, q->buf + q->head, n);
+	q->head += n;
+	*readbytes = n;
+	return 1;
+}
+
+static long qbio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	struct byteq *q = BIO_get_data(b);
+
+	(void)num;
+	(void)ptr;
+	switch (cmd) {
+	case BIO_CTRL_PENDING:
+		return (long)q_len(q);
+	case BIO_CTRL_WPENDING:
+		return 0;
+	case BIO_CTRL_FLUSH:
+	case BIO_CTRL_DUP:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static int qbio_create(BIO *b)
+{
+	BIO_set_init(b, 1);
+	return 1;
+}
+
+static BIO_METHOD *qbio_method;
+static pthread_once_t qbio_once = PTHREAD_ONCE_INIT;
+
+static void qbio_method_init(void)
+{
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mfd byte queue");
+
+	if (m && BIO_meth_set_write_ex(m, qbio_write) && BIO_meth_set_read_ex(m, qbio_read) &&
+	    BIO_meth_set_ctrl(m, qbio_ctrl) && BIO_meth_set_create(m, qbio_create)) {
+		qbio_method = m;
+		return;
+	}
+	BIO_meth_free(m);
+}
+
+/* A BIO over @q (which must outlive it), or NULL when out of memory. */
+static BIO *qbio_new(struct byteq *q)
+{
+	BIO *b;
+
+	pthread_once(&qbio_once, qbio_method_init);
+	if (!qbio_method || !(b = BIO_new(qbio_method)))
+		return NULL;
+	BIO_set_data(b, q);
+	return b;
+}
 
 struct tls_chan {
 	/* Set at creation. */
@@ -53,24 +193,27 @@ struct tls_chan {
 	char peer_name[256];	/* client: the name the server certificate must carry */
 
 	/* Protected by ssl_lock: the SSL object, its BIOs, the note its
-	 * callbacks fill, and the latched fatal error. */
+	 * callbacks fill, the latched fatal error, the write queue, and the
+	 * data part [head, tail) of the read queue. */
 	pthread_mutex_t ssl_lock;
 	SSL *ssl;
-	BIO *rbio;		/* ciphertext from the peer, fed by the reader */
-	BIO *wbio;		/* ciphertext for the peer, drained under out_lock */
+	BIO *rbio;		/* over inq: ciphertext from the peer */
+	BIO *wbio;		/* over outq: ciphertext for the peer */
 	struct tls_hs_note note;
 	mfd_error *fatal;	/* the session is dead; every call reports this */
+	struct byteq outq;	/* swapped with sending by the drainer */
+	/* The free part [tail, cap) of inq is the reading thread's (the
+	 * handshake's before that): it reads the inner channel straight into
+	 * it without the lock, then publishes the bytes by moving tail. */
+	struct byteq inq;
 
 	/* Protected by out_lock: the ciphertext stream on the inner channel, and
 	 * the write side's buffers. */
 	pthread_mutex_t out_lock;
-	uint8_t *outbuf;	/* ciphertext on its way to the inner channel */
+	struct byteq sending;	/* ciphertext taken from outq, going out now */
 	uint8_t *stage;		/* small writes are gathered into one record */
 	mfd_error *out_err;	/* an inner write failed: the record stream is cut */
 	bool finished;		/* close_notify is out */
-
-	/* Owned by the reading thread (by the handshake before that). */
-	uint8_t *inbuf;
 
 	/* Any thread: threads inside a write-side call, which send everything
 	 * pending before they leave. */
@@ -254,23 +397,34 @@ static size_t pending_out(struct tls_chan *tc)
 	return n;
 }
 
-/* Send every queued ciphertext byte.  Caller holds out_lock. */
+/*
+ * Send every queued ciphertext byte.  Caller holds out_lock.  The queue
+ * OpenSSL filled is swapped for the empty one we sent last time, so the
+ * bytes go to the inner channel from where OpenSSL put them.
+ */
 static int drain_locked(struct tls_chan *tc, mfd_error **errp)
 {
 	if (tc->out_err)
 		return report_latched(tc->out_err, errp);
 	for (;;) {
+		struct byteq full;
 		struct iovec iov;
 		mfd_error *err = NULL;
-		int n, r;
+		int r;
 
 		pthread_mutex_lock(&tc->ssl_lock);
-		n = BIO_read(tc->wbio, tc->outbuf, TLS_OUT_BUF);
-		pthread_mutex_unlock(&tc->ssl_lock);
-		if (n <= 0)
+		if (q_len(&tc->outq) == 0) {
+			pthread_mutex_unlock(&tc->ssl_lock);
 			return 0;
-		iov.iov_base = tc->outbuf;
-		iov.iov_len = (size_t)n;
+		}
+		full = tc->outq;
+		tc->outq = tc->sending;
+		tc->outq.head = tc->outq.tail = 0;
+		pthread_mutex_unlock(&tc->ssl_lock);
+		tc->sending = full;
+		iov.iov_base = full.buf + full.head;
+		iov.iov_len = q_len(&full);
+		tc->sending.head = tc->sending.tail = 0;
 		r = mfd_channel_writev_full(tc->inner, &iov, 1, &err);
 		if (r < 0) {
 			/* Part of a record may be out: nothing can follow it. */
@@ -325,8 +479,18 @@ static void reader_flush(struct tls_chan *tc)
 static int feed(struct tls_chan *tc, const char *name, bool handshake, mfd_error **errp)
 {
 	mfd_error *err = NULL;
-	ssize_t n = mfd_channel_read_some(tc->inner, tc->inbuf, TLS_IN_BUF, &err);
-	int w;
+	uint8_t *at;
+	ssize_t n;
+	bool room;
+
+	pthread_mutex_lock(&tc->ssl_lock);
+	room = q_reserve(&tc->inq, TLS_IN_BUF);
+	at = tc->inq.buf + tc->inq.tail;
+	pthread_mutex_unlock(&tc->ssl_lock);
+	if (!room)
+		return mfd_error_set(errp, MFD_ENOMEM, "%s: out of memory buffering %d bytes",
+				     name, TLS_IN_BUF);
+	n = mfd_channel_read_some(tc->inner, at, TLS_IN_BUF, &err);
 
 	if (n < 0) {
 		if (handshake)
@@ -343,11 +507,8 @@ static int feed(struct tls_chan *tc, const char *name, bool handshake, mfd_error
 				     "(truncated)", name);
 	}
 	pthread_mutex_lock(&tc->ssl_lock);
-	w = BIO_write(tc->rbio, tc->inbuf, (int)n);
+	tc->inq.tail += (size_t)n;
 	pthread_mutex_unlock(&tc->ssl_lock);
-	if (w != (int)n)
-		return mfd_error_set(errp, MFD_ENOMEM, "%s: out of memory buffering %zd bytes",
-				     name, n);
 	return 0;
 }
 
@@ -633,8 +794,9 @@ static void tls_chan_free(struct tls_chan *tc)
 	if (tc->stage)
 		OPENSSL_cleanse(tc->stage, TLS_RECORD);
 	free(tc->stage);
-	free(tc->outbuf);
-	free(tc->inbuf);
+	q_free(&tc->outq);
+	q_free(&tc->sending);
+	q_free(&tc->inq);
 	free(tc);
 }
 
@@ -733,14 +895,14 @@ int mfd_channel_tls_wrap(mfd_channel *inner, mfd_tls_creds *creds, const char *h
 	tc->inner = inner;
 	tc->creds = creds;
 	tc->role = creds->role;
-	tc->inbuf = malloc(TLS_IN_BUF);
-	tc->outbuf = malloc(TLS_OUT_BUF);
 	tc->stage = malloc(TLS_RECORD);
 	ERR_clear_error();
 	tc->ssl = SSL_new(creds->ctx);
-	tc->rbio = BIO_new(BIO_s_mem());
-	tc->wbio = BIO_new(BIO_s_mem());
-	if (!tc->inbuf || !tc->outbuf || !tc->stage || !tc->ssl || !tc->rbio || !tc->wbio) {
+	tc->rbio = qbio_new(&tc->inq);
+	tc->wbio = qbio_new(&tc->outq);
+	if (!q_reserve(&tc->inq, TLS_IN_BUF) || !q_reserve(&tc->outq, TLS_OUT_BUF) ||
+	    !q_reserve(&tc->sending, TLS_OUT_BUF) || !tc->stage || !tc->ssl || !tc->rbio ||
+	    !tc->wbio) {
 		/* Not attached to the SSL yet, so SSL_free() would not free them. */
 		BIO_free(tc->rbio);
 		BIO_free(tc->wbio);
