@@ -315,7 +315,8 @@ class Bench:
     def run_qemu(self, image, ch, codec):
         return self.run_json([sys.executable, os.path.join(self.src, "bench", "qemu-peer.py"),
                               "--mode", "static", "--image-file", image, "--channels", str(ch),
-                              "--compression", codec, "--timeout", "600"], timeout=700)
+                              "--compression", codec, "--src-prealloc", "--timeout", "600"],
+                             timeout=700)
 
     def matrix(self):
         out()

@@ -5,7 +5,7 @@ over loopback TCP, driven through QMP, and print one JSON object.
 
   qemu-peer.py --mode static --image-mib N --content random|zero|mixed
                --channels N --compression none|zlib|zstd|lz4 [--level L]
-               [--prealloc] [--image-file FILE] [--tls]
+               [--prealloc] [--src-prealloc] [--image-file FILE] [--tls]
   qemu-peer.py --mode kvm --image BOOTSECTOR --ram-mib N --channels N
                --compression C [--postcopy]
   qemu-peer.py --mode fill --image-mib N --content C --out FILE
@@ -15,7 +15,8 @@ share=on over an image file: the file `--image-file` names, or one this script
 fills (in /dev/shm) with the bench data generator below, the same bytes
 `make bench` gives libmultifd.  The destination's RAM is anonymous
 (memory-backend-ram), untouched until pages arrive, like libmultifd's
-`multifd recv`; --prealloc preallocates it.
+`multifd recv`; --prealloc preallocates it.  --src-prealloc maps the source's
+RAM in before the migration (prealloc=on), as `multifd send --image` does.
 kvm: qemu-system-x86_64 -enable-kvm, machine pc, the boot sector as a raw
 IDE disk; --postcopy switches to postcopy after the first pass.
 fill: write the bench data to FILE and exit (what `make bench` uses so that
@@ -375,8 +376,8 @@ def run_static(a, qemu, tmp, deadline):
         fill_image(image, mib, a.content)
     base = common_argv(qemu) + ["-machine", "none,memory-backend=mem0", "-m", "%dM" % mib,
                                 "-accel", a.accel]
-    src = base + ["-object", "memory-backend-file,id=mem0,size=%dM,mem-path=%s,share=on"
-                  % (mib, image)]
+    src = base + ["-object", "memory-backend-file,id=mem0,size=%dM,mem-path=%s,share=on%s"
+                  % (mib, image, ",prealloc=on" if a.src_prealloc else "")]
     dst = base + ["-object", "memory-backend-ram,id=mem0,size=%dM,prealloc=%s"
                   % (mib, "on" if a.prealloc else "off")]
     if a.tls:
@@ -384,7 +385,8 @@ def run_static(a, qemu, tmp, deadline):
         dst += tls_objects(tmp, "server")
     out = migrate(a, src, dst, tmp, deadline)
     out.update({"content": a.content if not a.image_file else a.content or "file",
-                "image_mib": mib, "prealloc": bool(a.prealloc)})
+                "image_mib": mib, "prealloc": bool(a.prealloc),
+                "src_prealloc": bool(a.src_prealloc)})
     return out
 
 
@@ -422,6 +424,8 @@ def main():
     p.add_argument("--compression", default="none")
     p.add_argument("--level", type=int, default=1)
     p.add_argument("--prealloc", action="store_true")
+    p.add_argument("--src-prealloc", action="store_true",
+                   help="static: map the source's RAM in before migrating (prealloc=on)")
     p.add_argument("--postcopy", action="store_true")
     p.add_argument("--tls", action="store_true", help="TLS-PSK on every channel")
     p.add_argument("--downtime-limit", type=int, default=300)
