@@ -172,6 +172,25 @@ static uint32_t sort_unique(uint64_t *v, uint32_t n)
 	return out;
 }
 
+/* Pages a probe compresses before it tries a whole packet again. */
+#define PROBE_PAGES 4
+
+/* Compression is worth it only when it saves at least 1/32 of the bytes. */
+static bool worth_it(size_t out_len, size_t in_len)
+{
+	return out_len > 0 && out_len < in_len - in_len / 32;
+}
+
+/* A packet went raw: skip the codec for the next 1, 3, 7 or 15 packets.  A
+ * probe costs 1/32 of a packet, so probing often costs little and notices
+ * soon when memory turns compressible again. */
+static void note_raw(struct send_channel *c)
+{
+	if (c->raw_streak < 4)
+		c->raw_streak++;
+	c->skip = (1u << c->raw_streak) - 1;
+}
+
 /* Build and write one packet from a job. */
 static int send_job(struct send_channel *c, const struct send_job *job, mfd_error **errp)
 {
@@ -204,12 +223,28 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 	 * Memory that does not compress (encrypted or already compressed data)
 	 * would cost codec time for nothing: after packets that did not shrink,
 	 * skip the codec for exponentially more packets, probing again now and
-	 * then, so incompressible memory moves at nocomp speed.
+	 * then, so incompressible memory moves at nocomp speed.  A probe first
+	 * compresses a sample of the packet: with a slow codec a whole packet
+	 * costs as much as dozens of raw ones.
 	 */
 	bool try_codec = codec && nn && c->skip == 0;
 
 	if (codec && nn && c->skip > 0)
 		c->skip--;
+	if (try_codec && c->raw_streak > 0 && nn > PROBE_PAGES) {
+		size_t sample = (size_t)PROBE_PAGES * ps, clen = 0;
+
+		for (uint32_t i = 0; i < PROBE_PAGES; i++)
+			memcpy(c->bounce + (size_t)i * ps, b->host + c->normal[i], ps);
+		r = mfd_compress_send(codec, c->cctx, c->bounce, sample, c->cbuf, c->cbuf_cap, &clen,
+				      errp);
+		if (r < 0)
+			return r;
+		if (!worth_it(clen, sample)) {
+			try_codec = false;
+			note_raw(c);
+		}
+	}
 	if (try_codec) {
 		size_t in_len = (size_t)nn * ps, clen = 0;
 
@@ -220,8 +255,7 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 				      errp);
 		if (r < 0)
 			return r;
-		/* Worth it only when it saves at least 1/32 of the bytes. */
-		if (clen > 0 && clen < in_len - in_len / 32) {
+		if (worth_it(clen, in_len)) {
 			flags |= MFD_PACKET_COMPRESSED;
 			c->iov[iovcnt++] = (struct iovec){ c->cbuf, clen };
 			payload = (uint32_t)clen;
@@ -230,9 +264,7 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 			c->work.raw_packets++;
 			c->iov[iovcnt++] = (struct iovec){ c->bounce, in_len };
 			payload = (uint32_t)in_len;
-			if (c->raw_streak < 6)
-				c->raw_streak++;
-			c->skip = (1u << c->raw_streak) - 1;
+			note_raw(c);
 		}
 	} else {
 		if (codec && nn)

@@ -5,6 +5,8 @@
  * and packets.
  */
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -365,6 +367,112 @@ END_TEST
 
 
 /* ---- a VMM's own codec ------------------------------------------------------------ */
+
+/*
+ * "test-count": test-rle, counting what the sender asks of it: whole packets
+ * of incompressible input, and probes (inputs smaller than a packet).
+ */
+static atomic_uint count_full_random, count_probes;
+
+static bool all_same(const uint8_t *p, size_t len)
+{
+	for (size_t i = 1; i < len; i++)
+		if (p[i] != p[0])
+			return false;
+	return true;
+}
+
+static int count_send_prepare(void *ctx, const void *in, size_t in_len, void *out, size_t out_cap,
+			      size_t *out_len, mfd_error **errp)
+{
+	if (in_len < (512u << 10))
+		atomic_fetch_add(&count_probes, 1);
+	else if (!all_same(in, in_len))
+		atomic_fetch_add(&count_full_random, 1);
+	return test_rle_ops.send_prepare(ctx, in, in_len, out, out_cap, out_len, errp);
+}
+
+static const mfd_compress_ops *count_ops(void)
+{
+	static mfd_compress_ops ops;
+	mfd_error *err = NULL;
+
+	if (!mfd_compress_find("test-count")) {
+		ops = test_rle_ops;
+		ops.name = "test-count";
+		ops.send_prepare = count_send_prepare;
+		ck_assert_ok(mfd_compress_register(&ops, &err), err);
+	}
+	return mfd_compress_find("test-count");
+}
+
+struct in_order {
+	struct rig *g;
+	int result;
+	mfd_error *err;
+};
+
+/* Every page of "ram" in ascending order, one sync, the end. */
+static void *queue_in_order(void *arg)
+{
+	struct in_order *o = arg;
+
+	for (uint64_t off = 0; off < o->g->ram_size && o->result == 0; off += PS)
+		o->result = mfd_multifd_queue_page(o->g->send, 0, off, &o->err);
+	if (o->result == 0)
+		o->result = mfd_multifd_send_sync(o->g->send, &o->err);
+	if (o->result == 0)
+		o->result = mfd_multifd_send_finish(o->g->send, &o->err);
+	return NULL;
+}
+
+/*
+ * 96 packets of random pages, then 32 of constant ones, on one channel with
+ * a codec.  Random packets go raw; after the first one the codec only sees
+ * small probes, never a whole random packet again; once the memory turns
+ * compressible a probe notices and the packets are compressed again.
+ */
+START_TEST(incompressible_memory_costs_probes_only)
+{
+	struct rig g;
+	struct in_order o = { .g = &g };
+	struct mfd_multifd_stats st;
+	mfd_error *err = NULL;
+	uint64_t s = 77;
+	size_t split = 96 * (512u << 10);
+	pthread_t t;
+
+	count_ops();
+	atomic_store(&count_full_random, 0);
+	atomic_store(&count_probes, 0);
+	rig_init(&g, 1, "test-count", 64, 512u << 10);
+	for (size_t i = 0; i < split; i += 8) {
+		uint64_t v = rng(&s);
+
+		memcpy(g.sram + i, &v, 8);
+	}
+	memset(g.sram + split, 0x5a, g.ram_size - split);
+	rig_connect(&g);
+	ck_assert_int_eq(pthread_create(&t, NULL, queue_in_order, &o), 0);
+	ck_assert_ok(mfd_multifd_recv_sync(g.recv, &err), err);
+	ck_assert_ok(mfd_multifd_recv_finish(g.recv, &err), err);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_ok(o.result, o.err);
+	ck_assert_int_eq(memcmp(g.sram, g.dram, g.ram_size), 0);
+
+	mfd_multifd_send_stats(g.send, &st);
+	ck_assert_uint_eq(st.ch[0].packets, 128);
+	ck_assert_msg(atomic_load(&count_full_random) == 1,
+		      "the codec compressed %u whole random packets; only the first should be",
+		      atomic_load(&count_full_random));
+	ck_assert_uint_ge(atomic_load(&count_probes), 4);
+	ck_assert_uint_ge(st.ch[0].raw_packets, 96);
+	ck_assert_msg(st.ch[0].packets - st.ch[0].raw_packets >= 16,
+		      "only %llu of 32 compressible packets were compressed",
+		      (unsigned long long)(st.ch[0].packets - st.ch[0].raw_packets));
+	rig_free(&g);
+}
+END_TEST
 
 START_TEST(custom_codec_migrates)
 {
@@ -966,6 +1074,7 @@ Suite *suite_multifd(void)
 	tcase_add_test(tc, cancel_unblocks_both_sides);
 	tcase_add_test(tc, source_refuses_bad_pages);
 	tcase_add_test(tc, custom_codec_migrates);
+	tcase_add_test(tc, incompressible_memory_costs_probes_only);
 	tcase_set_timeout(tc, 240);
 	tcase_add_loop_test(bad, bad_hello, 0, HM_COUNT_ALL);
 	tcase_add_test(bad, duplicate_channel_id_and_early_start);
