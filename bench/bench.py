@@ -69,7 +69,10 @@ class Bench:
         self.pc_mib = 256 if q else 512
         self.net_rates = [1, 10] if q else [1, 10, 25]
         self.net_channels = [4] if q else [1, 4]
-        self.net_codecs = ["none", "lz4", "zstd"]
+        # "X-adaptive": codec X with multifd-compression-adaptive on (the
+        # default); plain X: every packet that shrinks is compressed.
+        self.net_codecs = ["none", "lz4", "zstd", "zstd-adaptive"]
+        self.adaptive_codecs = ["lz4", "zstd"]
         self.has_qemu = shutil.which("qemu-system-x86_64") is not None and not a.no_qemu
         self.r = {"meta": {}, "limits": {}, "stream": {}, "ours": {}, "qemu": {},
                   "datapath": {}, "live": {}, "postcopy": {}, "netns": {}, "targets": {}}
@@ -289,8 +292,15 @@ class Bench:
                         yield content, codec, tls, ch
 
     def run_ours(self, image, ch, codec, tls=False, extra=(), netns=None):
+        """CODEC alone measures the codec (adaptive compression off, every
+        packet that shrinks is compressed); CODEC-adaptive lets each channel
+        send raw when that is faster (the library's default)."""
+        adaptive = codec.endswith("-adaptive")
+        codec = codec[:-len("-adaptive")] if adaptive else codec
         argv = [sys.executable, os.path.join(self.src, "bench", "mfd-peer.py"), "--tool",
                 self.tool, "--image-file", image, "--channels", str(ch), "--compression", codec]
+        if codec != "none":
+            argv += ["--param", "multifd-compression-adaptive=%s" % ("on" if adaptive else "off")]
         if tls:
             argv.append("--tls")
         if netns:
@@ -380,6 +390,35 @@ class Bench:
             "maximum only). QEMU n/a: lz4 is not in 7.2.")
         out("  A cell that took under 5 s is run twice and the faster run counts, for both "
             "peers (runs_gib_s in results.json).")
+
+    def adaptive(self):
+        """Adaptive compression (the library's default) on loopback, where the
+        link is faster than any codec: it should come close to nocomp."""
+        out()
+        out("%-32s %9s %9s %6s %9s %6s %6s" % (
+            "adaptive compression, loopback", "GiB/s", "nocomp", "ratio", "forced", "x", "wire"))
+        for codec in self.adaptive_codecs:
+            for ch in self.channels:
+                key = "mixed.%s-adaptive.plain.%dch" % (codec, ch)
+                res = self.best_of_two(lambda: self.run_ours(self.image("mixed"), ch,
+                                                             codec + "-adaptive"))
+                self.r["ours"][key] = res
+                none = self.r["ours"].get("mixed.none.plain.%dch" % ch, {})
+                forced = self.r["ours"].get("mixed.%s.plain.%dch" % (codec, ch), {})
+                v = res.get("throughput_gib_s")
+                res["ratio_nocomp"] = ratio(v, none.get("throughput_gib_s"))
+                res["ratio_forced"] = ratio(v, forced.get("throughput_gib_s"))
+                label = "mixed %s adaptive %d ch" % (codec, ch)
+                if res.get("error"):
+                    out("%-32s FAILED: %s" % (label, res["error"][:80]))
+                    continue
+                out("%-32s %9s %9s %6s %9s %6s %6s" % (
+                    label, fmt(v), fmt(none.get("throughput_gib_s")), pct(res["ratio_nocomp"]),
+                    fmt(forced.get("throughput_gib_s")),
+                    ("%.1fx" % res["ratio_forced"]) if res["ratio_forced"] else "",
+                    fmt(res.get("wire_ratio"), "%.2f")))
+        out("  nocomp and forced: the same cell without codec, and with the codec on every "
+            "packet (multifd-compression-adaptive=off)")
 
     def datapath(self):
         out()
@@ -508,6 +547,23 @@ class Bench:
                 add("codec_random_vs_nocomp.%s.%dch" % (codec, ch),
                     "%s random >= nocomp (5%% noise), %d ch" % (codec, ch), c, g(c),
                     g("random.none.plain.%dch" % ch), 0.95)
+        for codec in self.adaptive_codecs:
+            for ch in self.channels:
+                c = "mixed.%s-adaptive.plain.%dch" % (codec, ch)
+                add("adaptive_vs_nocomp.%s.%dch" % (codec, ch),
+                    "%s adaptive mixed >= 95%% nocomp, %d ch" % (codec, ch), c, g(c),
+                    g("mixed.none.plain.%dch" % ch), 0.95)
+        nn = self.r["netns"]
+        for rate in self.net_rates:
+            cells = nn.get("%dgbit" % rate, {}).get("cells", {})
+            for ch in self.net_channels:
+                best = max([cells.get("mixed.%s.%dch" % (z, ch), {}).get("throughput_gib_s") or 0
+                            for z in ("none", "zstd")])
+                v = cells.get("mixed.zstd-adaptive.%dch" % ch, {}).get("throughput_gib_s")
+                if best and v is not None:
+                    add("adaptive_net.%dgbit.%dch" % (rate, ch),
+                        "zstd adaptive >= 90%% max(none, zstd), %d Gb %dch" % (rate, ch),
+                        "netns %d Gbit/s" % rate, v, best, 0.9)
         for ch in self.channels:
             c = "random.none.tls.%dch" % ch
             add("tls_vs_aes.%dch" % ch, "TLS random >= 80%% AES-GCM x cores, %d ch" % ch, c, g(c),
@@ -628,6 +684,7 @@ class Bench:
             self.noise_probe("start")
             self.stream()
             self.matrix()
+            self.adaptive()
             self.datapath()
             self.live()
             self.postcopy()

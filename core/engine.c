@@ -204,6 +204,7 @@ static int make_config(struct mfd_engine *e, mfd_error **errp)
 	e->mcfg.channels = (unsigned)m->params.i[MFD_P_MULTIFD_CHANNELS];
 	e->mcfg.packet_bytes = (uint32_t)(m->params.i[MFD_P_MULTIFD_PACKET_SIZE] * 4096);
 	e->mcfg.zero_detect = (enum mfd_zero_detect)m->params.i[MFD_P_ZERO_PAGE_DETECTION];
+	e->mcfg.adaptive_codec = m->params.i[MFD_P_MULTIFD_COMPRESSION_ADAPTIVE] != 0;
 	if (strcmp(codec, "none") != 0) {
 		e->mcfg.codec = mfd_compress_find(codec);
 		if (!e->mcfg.codec)

@@ -37,6 +37,9 @@ struct mfd_multifd_config {
 	int level;
 	uint32_t packet_bytes;			/* page data per packet */
 	enum mfd_zero_detect zero_detect;
+	/* With a codec: each channel compresses only while that moves its
+	 * pages sooner than sending them raw (send.c, codec_pays()). */
+	bool adaptive_codec;
 	uint8_t uuid[MFD_UUID_LEN];
 	uint8_t token[MFD_TOKEN_LEN];
 	/* The caller already wrote each channel's hello (mfd_hello_encode), e.g.

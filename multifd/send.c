@@ -53,6 +53,11 @@ struct send_channel {
 	void *cctx;
 	unsigned raw_streak;	/* packets in a row that did not shrink */
 	unsigned skip;		/* packets to send raw without trying the codec */
+	/* What the adaptive choice knows (cfg.adaptive_codec): exponential
+	 * averages of the cost of writing a byte to this channel, of
+	 * compressing a byte, and of the codec's output/input ratio. */
+	double write_ns, compress_ns, ratio;
+	unsigned raw_by_choice;	/* packets sent raw because the codec did not pay */
 	struct mfd_multifd_channel_stats work;	/* counted as the thread goes */
 
 	/* Protected by s->lock: a copy of work, published after each handoff. */
@@ -191,6 +196,70 @@ static void note_raw(struct send_channel *c)
 	c->skip = (1u << c->raw_streak) - 1;
 }
 
+/* Weight of a new sample in the averages of the adaptive choice. */
+#define COST_WEIGHT 0.125
+/* Packets sent raw by choice before a probe measures the codec again. */
+#define COST_PROBE_EVERY 16
+/* Writes shorter than this say more about syscalls than about the link:
+ * they are left out of the write cost. */
+#define COST_MIN_WRITE (64u << 10)
+
+static void average_in(double *avg, double sample)
+{
+	*avg = *avg > 0 ? *avg + COST_WEIGHT * (sample - *avg) : sample;
+}
+
+/*
+ * Adaptive compression: compress when that moves this channel's pages
+ * sooner than sending them raw, that is when the time to compress a byte
+ * is below the time its compression saves on the wire:
+ * compress_ns < (1 - ratio) x write_ns.  The write cost is measured on
+ * every large write, so it is the link's (or the destination's) pace when
+ * they hold the writes back, and a memory copy when they do not.  Raw wins
+ * ties: it leaves the CPU to the other channels.
+ */
+static bool codec_pays(const struct send_channel *c)
+{
+	if (!c->s->cfg.adaptive_codec || c->compress_ns <= 0)
+		return true;	/* first learn what the codec costs */
+	if (c->write_ns <= 0)
+		return false;	/* then what a large raw write costs */
+	return c->compress_ns < 0.9 * (1.0 - c->ratio) * c->write_ns;
+}
+
+/* Compress @len bytes from the bounce buffer, timing it for the adaptive
+ * choice. */
+static int compress_timed(struct send_channel *c, size_t len, size_t *clen, mfd_error **errp)
+{
+	const mfd_compress_ops *codec = c->s->cfg.codec;
+	uint64_t t0 = mfd_now_ns();
+	int r = mfd_compress_send(codec, c->cctx, c->bounce, len, c->cbuf, c->cbuf_cap, clen,
+				  errp);
+
+	if (r == 0 && len) {
+		average_in(&c->compress_ns, (double)(mfd_now_ns() - t0) / (double)len);
+		average_in(&c->ratio, MFD_MIN(1.0, (double)*clen / (double)len));
+	}
+	return r;
+}
+
+/*
+ * A probe: compress the first PROBE_PAGES pages only.  Returns 1 when the
+ * sample shrank (the whole packet is worth a try), 0 when not, or an error.
+ */
+static int probe_sample(struct send_channel *c, const struct mfd_ram_block *b, mfd_error **errp)
+{
+	size_t ps = (size_t)b->page_size, sample = (size_t)PROBE_PAGES * ps, clen = 0;
+	int r;
+
+	for (uint32_t i = 0; i < PROBE_PAGES; i++)
+		memcpy(c->bounce + (size_t)i * ps, b->host + c->normal[i], ps);
+	r = compress_timed(c, sample, &clen, errp);
+	if (r < 0)
+		return r;
+	return worth_it(clen, sample);
+}
+
 /* Build and write one packet from a job. */
 static int send_job(struct send_channel *c, const struct send_job *job, mfd_error **errp)
 {
@@ -231,16 +300,22 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 
 	if (codec && nn && c->skip > 0)
 		c->skip--;
-	if (try_codec && c->raw_streak > 0 && nn > PROBE_PAGES) {
-		size_t sample = (size_t)PROBE_PAGES * ps, clen = 0;
-
-		for (uint32_t i = 0; i < PROBE_PAGES; i++)
-			memcpy(c->bounce + (size_t)i * ps, b->host + c->normal[i], ps);
-		r = mfd_compress_send(codec, c->cctx, c->bounce, sample, c->cbuf, c->cbuf_cap, &clen,
-				      errp);
+	/* Adaptive: raw while the codec does not pay, measuring it again now
+	 * and then on a sample (the link or the memory may have changed). */
+	if (try_codec && !codec_pays(c)) {
+		try_codec = false;
+		if (++c->raw_by_choice >= COST_PROBE_EVERY && nn > PROBE_PAGES) {
+			c->raw_by_choice = 0;
+			r = probe_sample(c, b, errp);
+			if (r < 0)
+				return r;
+			try_codec = r == 1 && codec_pays(c);
+		}
+	} else if (try_codec && c->raw_streak > 0 && nn > PROBE_PAGES) {
+		r = probe_sample(c, b, errp);
 		if (r < 0)
 			return r;
-		if (!worth_it(clen, sample)) {
+		if (r == 0) {
 			try_codec = false;
 			note_raw(c);
 		}
@@ -251,8 +326,7 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 		/* A stable copy: the guest may write these pages while we compress. */
 		for (uint32_t i = 0; i < nn; i++)
 			memcpy(c->bounce + (size_t)i * ps, b->host + c->normal[i], ps);
-		r = mfd_compress_send(codec, c->cctx, c->bounce, in_len, c->cbuf, c->cbuf_cap, &clen,
-				      errp);
+		r = compress_timed(c, in_len, &clen, errp);
 		if (r < 0)
 			return r;
 		if (worth_it(clen, in_len)) {
@@ -282,9 +356,13 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 		payload = (uint32_t)(nn * ps);
 	}
 	put_header(c, flags, job->block, nn, nz, payload);
+	uint64_t t0 = mfd_now_ns();
+
 	r = mfd_channel_writev_full(c->ch, c->iov, iovcnt, errp);
 	if (r < 0)
 		return r;
+	if (codec && payload >= COST_MIN_WRITE)
+		average_in(&c->write_ns, (double)(mfd_now_ns() - t0) / (double)payload);
 	c->work.packets++;
 	c->work.normal_pages += nn;
 	c->work.zero_pages += nz;

@@ -1062,6 +1062,12 @@ MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
  *   multifd-zlib-level        int 0..9, 1
  *   multifd-zstd-level        int 1..20, 1
  *   multifd-lz4-level         int 1..65537 (acceleration), 1
+ *   multifd-compression-adaptive bool, on (source): with a codec, each
+ *                             channel compresses only while that moves its
+ *                             pages sooner than sending them raw, measured
+ *                             as it goes (a fast link goes raw, a slow one
+ *                             compressed; the destination accepts both);
+ *                             off: every packet that shrinks is compressed
  *   multifd-packet-size       int pages per packet 1..4096, 128
  *   zero-page-detection       string: none|legacy|multifd, multifd
  *   max-bandwidth             int bytes/s, 0 = unlimited, 0

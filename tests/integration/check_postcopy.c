@@ -213,6 +213,7 @@ static void pguest_init(struct pguest *g, size_t mib, bool source, unsigned chan
 	snprintf(v, sizeof(v), "%u", channels);
 	set(g->m, "multifd-channels", v);
 	set(g->m, "multifd-compression", codec);
+	set(g->m, "multifd-compression-adaptive", "off");	/* carry the codec's packets */
 	set(g->m, "channel-timeout-ms", "20000");
 	set(g->m, "postcopy-ram", "on");
 	set(g->m, "postcopy-preempt", preempt ? "on" : "off");

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "core/channel.h"
 #include "core/migration.h"
 #include "core/util.h"
 #include "multifd/internal.h"
@@ -425,6 +426,127 @@ static void *queue_in_order(void *arg)
 		o->result = mfd_multifd_send_finish(o->g->send, &o->err);
 	return NULL;
 }
+
+/* "test-slow": test-rle taking 20 ms per call, a codec far slower than a
+ * socketpair. */
+static int slow_send_prepare(void *ctx, const void *in, size_t in_len, void *out, size_t out_cap,
+			     size_t *out_len, mfd_error **errp)
+{
+	usleep(20 * 1000);
+	return test_rle_ops.send_prepare(ctx, in, in_len, out, out_cap, out_len, errp);
+}
+
+static void register_variant(mfd_compress_ops *ops, const char *name,
+			     int (*prep)(void *, const void *, size_t, void *, size_t, size_t *,
+					 mfd_error **))
+{
+	mfd_error *err = NULL;
+
+	if (mfd_compress_find(name))
+		return;
+	*ops = test_rle_ops;
+	ops->name = name;
+	ops->send_prepare = prep;
+	ck_assert_ok(mfd_compress_register(ops, &err), err);
+}
+
+/* A link of about @rate bytes/s between @from and @to, until @from ends. */
+struct slow_link {
+	mfd_channel *from, *to;
+	double rate;
+};
+
+static void *relay(void *arg)
+{
+	struct slow_link *l = arg;
+	size_t chunk = 64u << 10;
+	uint8_t *buf = malloc(chunk);
+
+	ck_assert_ptr_nonnull(buf);
+	for (;;) {
+		ssize_t n = mfd_channel_read_some(l->from, buf, chunk, NULL);
+		struct iovec iov = { buf, (size_t)(n > 0 ? n : 0) };
+
+		if (n <= 0 || mfd_channel_writev_full(l->to, &iov, 1, NULL) < 0)
+			break;
+		usleep((useconds_t)((double)n / l->rate * 1e6));
+	}
+	free(buf);
+	return NULL;
+}
+
+/* 128 packets of constant (compressible) pages on one channel: the share of
+ * packets compressed, with adaptive compression on or off, over a
+ * socketpair or a link slowed down to @rate bytes/s (0 = not slowed). */
+static double compressed_share(const char *codec, bool adaptive, double rate, size_t mib)
+{
+	struct rig g;
+	struct in_order o = { .g = &g };
+	struct mfd_multifd_stats st;
+	struct slow_link link = { .rate = rate };
+	mfd_channel *near = NULL;
+	mfd_error *err = NULL;
+	pthread_t t, lt;
+	double share;
+
+	rig_init(&g, 1, codec, mib, 512u << 10);
+	g.cfg.adaptive_codec = adaptive;
+	for (size_t p = 0; p < g.ram_size / PS; p++)
+		memset(g.sram + p * PS, (int)(p % 200) + 1, PS);
+	if (rate > 0) {
+		/* source -> a[0] ~ link.from -> relay -> link.to ~ b[0] -> destination */
+		link.from = g.b[0];
+		ck_assert_ok(mfd_channel_socketpair(&link.to, &near, &err), err);
+		mfd_channel_set_option(near, "timeout-ms", 20000, NULL);
+		g.b[0] = near;
+		ck_assert_int_eq(pthread_create(&lt, NULL, relay, &link), 0);
+	}
+	rig_connect(&g);
+	ck_assert_int_eq(pthread_create(&t, NULL, queue_in_order, &o), 0);
+	ck_assert_ok(mfd_multifd_recv_sync(g.recv, &err), err);
+	ck_assert_ok(mfd_multifd_recv_finish(g.recv, &err), err);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_ok(o.result, o.err);
+	ck_assert_int_eq(memcmp(g.sram, g.dram, g.ram_size), 0);
+	mfd_multifd_send_stats(g.send, &st);
+	share = (double)(st.ch[0].packets - st.ch[0].raw_packets) / (double)st.ch[0].packets;
+	if (rate > 0) {
+		mfd_channel_shutdown(link.from);
+		ck_assert_int_eq(pthread_join(lt, NULL), 0);
+		mfd_channel_free(link.from);
+		mfd_channel_free(link.to);
+	}
+	rig_free(&g);
+	return share;
+}
+
+/*
+ * Adaptive compression sends raw where the codec is slower than the link
+ * (a 20 ms-per-packet codec on a socketpair) and compresses where the link
+ * is slower than the codec (RLE at memory speed over a 4 MiB/s link).
+ * Off, every packet that shrinks is compressed.
+ */
+START_TEST(adaptive_compression_follows_the_link)
+{
+	static mfd_compress_ops slow;
+	double share;
+
+	register_variant(&slow, "test-slow", slow_send_prepare);
+	if (!mfd_compress_find("test-rle")) {
+		mfd_error *err = NULL;
+
+		ck_assert_ok(mfd_compress_register(&test_rle_ops, &err), err);
+	}
+	share = compressed_share("test-slow", false, 0, 16);
+	ck_assert_msg(share == 1.0, "adaptive off: %.2f of the packets compressed", share);
+	share = compressed_share("test-slow", true, 0, 64);
+	ck_assert_msg(share < 0.25, "slow codec, fast link: %.2f of the packets compressed",
+		      share);
+	share = compressed_share("test-rle", true, 4 << 20, 32);
+	ck_assert_msg(share > 0.75, "fast codec, 4 MiB/s link: only %.2f of the packets "
+		      "compressed", share);
+}
+END_TEST
 
 /*
  * 96 packets of random pages, then 32 of constant ones, on one channel with
@@ -1075,6 +1197,7 @@ Suite *suite_multifd(void)
 	tcase_add_test(tc, source_refuses_bad_pages);
 	tcase_add_test(tc, custom_codec_migrates);
 	tcase_add_test(tc, incompressible_memory_costs_probes_only);
+	tcase_add_test(tc, adaptive_compression_follows_the_link);
 	tcase_set_timeout(tc, 240);
 	tcase_add_loop_test(bad, bad_hello, 0, HM_COUNT_ALL);
 	tcase_add_test(bad, duplicate_channel_id_and_early_start);
