@@ -427,6 +427,22 @@ static void *queue_in_order(void *arg)
 	return NULL;
 }
 
+/* Connects the rig, sends "ram" in order and checks that it arrived. */
+static void transfer_in_order(struct rig *g)
+{
+	struct in_order o = { .g = g };
+	mfd_error *err = NULL;
+	pthread_t t;
+
+	rig_connect(g);
+	ck_assert_int_eq(pthread_create(&t, NULL, queue_in_order, &o), 0);
+	ck_assert_ok(mfd_multifd_recv_sync(g->recv, &err), err);
+	ck_assert_ok(mfd_multifd_recv_finish(g->recv, &err), err);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_ok(o.result, o.err);
+	ck_assert_int_eq(memcmp(g->sram, g->dram, g->ram_size), 0);
+}
+
 /* "test-slow": test-rle taking 20 ms per call, a codec far slower than a
  * socketpair. */
 static int slow_send_prepare(void *ctx, const void *in, size_t in_len, void *out, size_t out_cap,
@@ -481,12 +497,11 @@ static void *relay(void *arg)
 static double compressed_share(const char *codec, bool adaptive, double rate, size_t mib)
 {
 	struct rig g;
-	struct in_order o = { .g = &g };
 	struct mfd_multifd_stats st;
 	struct slow_link link = { .rate = rate };
 	mfd_channel *near = NULL;
 	mfd_error *err = NULL;
-	pthread_t t, lt;
+	pthread_t lt;
 	double share;
 
 	rig_init(&g, 1, codec, mib, 512u << 10);
@@ -501,13 +516,7 @@ static double compressed_share(const char *codec, bool adaptive, double rate, si
 		g.b[0] = near;
 		ck_assert_int_eq(pthread_create(&lt, NULL, relay, &link), 0);
 	}
-	rig_connect(&g);
-	ck_assert_int_eq(pthread_create(&t, NULL, queue_in_order, &o), 0);
-	ck_assert_ok(mfd_multifd_recv_sync(g.recv, &err), err);
-	ck_assert_ok(mfd_multifd_recv_finish(g.recv, &err), err);
-	ck_assert_int_eq(pthread_join(t, NULL), 0);
-	ck_assert_ok(o.result, o.err);
-	ck_assert_int_eq(memcmp(g.sram, g.dram, g.ram_size), 0);
+	transfer_in_order(&g);
 	mfd_multifd_send_stats(g.send, &st);
 	share = (double)(st.ch[0].packets - st.ch[0].raw_packets) / (double)st.ch[0].packets;
 	if (rate > 0) {
@@ -557,12 +566,9 @@ END_TEST
 START_TEST(incompressible_memory_costs_probes_only)
 {
 	struct rig g;
-	struct in_order o = { .g = &g };
 	struct mfd_multifd_stats st;
-	mfd_error *err = NULL;
 	uint64_t s = 77;
 	size_t split = 96 * (512u << 10);
-	pthread_t t;
 
 	count_ops();
 	atomic_store(&count_full_random, 0);
@@ -574,13 +580,7 @@ START_TEST(incompressible_memory_costs_probes_only)
 		memcpy(g.sram + i, &v, 8);
 	}
 	memset(g.sram + split, 0x5a, g.ram_size - split);
-	rig_connect(&g);
-	ck_assert_int_eq(pthread_create(&t, NULL, queue_in_order, &o), 0);
-	ck_assert_ok(mfd_multifd_recv_sync(g.recv, &err), err);
-	ck_assert_ok(mfd_multifd_recv_finish(g.recv, &err), err);
-	ck_assert_int_eq(pthread_join(t, NULL), 0);
-	ck_assert_ok(o.result, o.err);
-	ck_assert_int_eq(memcmp(g.sram, g.dram, g.ram_size), 0);
+	transfer_in_order(&g);
 
 	mfd_multifd_send_stats(g.send, &st);
 	ck_assert_uint_eq(st.ch[0].packets, 128);
