@@ -53,11 +53,16 @@ struct send_channel {
 	void *cctx;
 	unsigned raw_streak;	/* packets in a row that did not shrink */
 	unsigned skip;		/* packets to send raw without trying the codec */
-	/* What the adaptive choice knows (cfg.adaptive_codec): exponential
-	 * averages of the cost of writing a byte to this channel, of
-	 * compressing a byte, and of the codec's output/input ratio. */
-	double write_ns, compress_ns, ratio;
-	unsigned raw_by_choice;	/* packets sent raw because the codec did not pay */
+	/* What the adaptive choice knows (cfg.adaptive_codec): running
+	 * averages of the time to compress a byte, of the codec's output/input
+	 * ratio, and of the time a packet takes per byte of normal pages from
+	 * its first to its last step, compressed and raw. */
+	double compress_ns, ratio, cycle_c, cycle_r;
+	unsigned since_look;	/* packets since the other choice was looked at */
+	unsigned look_every;	/* packets between looks at raw while compressing */
+	bool learned;		/* both costs measured once */
+	bool compressing;	/* the choice now */
+	bool trying_raw;	/* this packet goes raw to measure raw again */
 	struct mfd_multifd_channel_stats work;	/* counted as the thread goes */
 
 	/* Protected by s->lock: a copy of work, published after each handoff. */
@@ -198,33 +203,71 @@ static void note_raw(struct send_channel *c)
 
 /* Weight of a new sample in the averages of the adaptive choice. */
 #define COST_WEIGHT 0.125
-/* Packets sent raw by choice before a probe measures the codec again. */
-#define COST_PROBE_EVERY 16
-/* Writes shorter than this say more about syscalls than about the link:
- * they are left out of the write cost. */
-#define COST_MIN_WRITE (64u << 10)
+/* Packets between two looks at the choice not taken; while compressing,
+ * each look that finds raw slower doubles the wait, up to the most. */
+#define COST_LOOK_EVERY 8
+#define COST_LOOK_MOST 128
+/* Packets with fewer bytes of normal pages say more about per-packet costs
+ * than about the codec or the link: they are left out of the averages. */
+#define COST_MIN_BYTES (32u << 10)
 
 static void average_in(double *avg, double sample)
 {
 	*avg = *avg > 0 ? *avg + COST_WEIGHT * (sample - *avg) : sample;
 }
 
+static int probe_sample(struct send_channel *c, const struct mfd_ram_block *b, mfd_error **errp);
+
 /*
- * Adaptive compression: compress when that moves this channel's pages
- * sooner than sending them raw, that is when the time to compress a byte
- * is below the time its compression saves on the wire:
- * compress_ns < (1 - ratio) x write_ns.  The write cost is measured on
- * every large write, so it is the link's (or the destination's) pace when
- * they hold the writes back, and a memory copy when they do not.  Raw wins
- * ties: it leaves the CPU to the other channels.
+ * Adaptive compression: compress while a channel's packets go out sooner
+ * compressed than raw.  What a packet costs is measured on the packets
+ * themselves, from the zero-page scan to the end of the write, per byte of
+ * normal pages: so it is the pace of whatever holds the channel back (the
+ * codec, the link, the destination), compression and transmission
+ * overlapping as they do through the socket's buffer.  The choice not taken
+ * is looked at every COST_LOOK_EVERY packets: while raw, the codec is
+ * measured on a sample, and compressed packets would go at the slower of
+ * the codec and the wire (compress_ns against ratio x raw cost); while
+ * compressing with the codec setting the pace, one packet goes raw, less
+ * and less often while raw keeps losing (a raw packet on a slow link costs
+ * many compressed ones).  Compression must promise a clear gain (a quarter)
+ * to be taken up and keeps it while it saves a tenth: raw leaves the CPU to
+ * the other channels, and on one machine to the destination.  Returns 1 to
+ * compress, 0 to send raw, or an error from a probe.
  */
-static bool codec_pays(const struct send_channel *c)
+static int adaptive_choice(struct send_channel *c, const struct mfd_ram_block *b, uint32_t nn,
+			   mfd_error **errp)
 {
-	if (!c->s->cfg.adaptive_codec || c->compress_ns <= 0)
-		return true;	/* first learn what the codec costs */
-	if (c->write_ns <= 0)
-		return false;	/* then what a large raw write costs */
-	return c->compress_ns < 0.9 * (1.0 - c->ratio) * c->write_ns;
+	if (c->cycle_c <= 0)
+		return 1;	/* first learn what a compressed packet costs */
+	if (c->cycle_r <= 0)
+		return 0;	/* then a raw one */
+	if (!c->learned) {
+		c->learned = true;
+		c->compressing = c->cycle_c < 0.75 * c->cycle_r;
+	} else if (c->compressing && c->cycle_c >= 0.9 * c->cycle_r) {
+		c->compressing = false;
+	}
+	if (++c->since_look >= (c->compressing ? c->look_every : COST_LOOK_EVERY)) {
+		c->since_look = 0;
+		if (c->compressing && c->cycle_c < 1.5 * c->compress_ns) {
+			c->trying_raw = true;
+			return 0;
+		}
+		if (!c->compressing && nn > PROBE_PAGES) {
+			int r = probe_sample(c, b, errp);
+			double estimate;
+
+			if (r < 0)
+				return r;
+			estimate = MFD_MAX(c->compress_ns, c->ratio * c->cycle_r);
+			if (estimate < 0.75 * c->cycle_r) {
+				c->compressing = true;
+				c->cycle_c = estimate;
+			}
+		}
+	}
+	return c->compressing;
 }
 
 /* Compress @len bytes from the bounce buffer, timing it for the adaptive
@@ -269,6 +312,7 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 	size_t ps = (size_t)b->page_size;
 	uint32_t nn = 0, nz = 0, payload = 0;
 	uint16_t flags = 0;
+	uint64_t t_start = mfd_now_ns();
 	int iovcnt = 2, r;
 
 	for (uint32_t i = 0; i < job->npages; i++) {
@@ -300,17 +344,11 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 
 	if (codec && nn && c->skip > 0)
 		c->skip--;
-	/* Adaptive: raw while the codec does not pay, measuring it again now
-	 * and then on a sample (the link or the memory may have changed). */
-	if (try_codec && !codec_pays(c)) {
-		try_codec = false;
-		if (++c->raw_by_choice >= COST_PROBE_EVERY && nn > PROBE_PAGES) {
-			c->raw_by_choice = 0;
-			r = probe_sample(c, b, errp);
-			if (r < 0)
-				return r;
-			try_codec = r == 1 && codec_pays(c);
-		}
+	if (try_codec && s->cfg.adaptive_codec) {
+		r = adaptive_choice(c, b, nn, errp);
+		if (r < 0)
+			return r;
+		try_codec = r == 1;
 	} else if (try_codec && c->raw_streak > 0 && nn > PROBE_PAGES) {
 		r = probe_sample(c, b, errp);
 		if (r < 0)
@@ -356,13 +394,23 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 		payload = (uint32_t)(nn * ps);
 	}
 	put_header(c, flags, job->block, nn, nz, payload);
-	uint64_t t0 = mfd_now_ns();
-
 	r = mfd_channel_writev_full(c->ch, c->iov, iovcnt, errp);
 	if (r < 0)
 		return r;
-	if (codec && payload >= COST_MIN_WRITE)
-		average_in(&c->write_ns, (double)(mfd_now_ns() - t0) / (double)payload);
+	if (codec && s->cfg.adaptive_codec && nn * ps >= COST_MIN_BYTES) {
+		double cost = (double)(mfd_now_ns() - t_start) / (double)(nn * ps);
+
+		/* A look at raw now and then replaces what raw cost long ago. */
+		if (c->trying_raw)
+			c->cycle_r = cost;
+		else
+			average_in(try_codec ? &c->cycle_c : &c->cycle_r, cost);
+	}
+	if (c->trying_raw) {
+		c->trying_raw = false;
+		c->look_every = c->cycle_c < 0.9 * c->cycle_r
+				? MFD_MIN(2 * c->look_every, COST_LOOK_MOST) : COST_LOOK_EVERY;
+	}
 	c->work.packets++;
 	c->work.normal_pages += nn;
 	c->work.zero_pages += nz;
@@ -441,6 +489,7 @@ static int channel_init(struct mfd_multifd_send *s, struct send_channel *c, unsi
 	c->id = id;
 	c->ch = ch;
 	pthread_cond_init(&c->cond, NULL);
+	c->look_every = COST_LOOK_EVERY;
 	c->job = malloc(sizeof(struct send_job) + s->max_pages * sizeof(uint64_t));
 	c->offsets = malloc(8 * (size_t)s->max_pages);
 	c->normal = malloc(sizeof(uint64_t) * s->max_pages);
