@@ -305,8 +305,8 @@ static int cand_cmp(const void *a, const void *b)
 	return x->channels < y->channels ? -1 : x->channels > y->channels;
 }
 
-static void model(struct candidate *c, double zero_frac, uint64_t size, double dirty,
-		  unsigned cpus)
+static void model(struct candidate *c, double zero_frac, double scan_rate, uint64_t size,
+		  double dirty, unsigned cpus)
 {
 	unsigned threads = c->channels < cpus ? c->channels : cpus;
 	double normal = 1.0 - zero_frac;
@@ -317,8 +317,15 @@ static void model(struct candidate *c, double zero_frac, uint64_t size, double d
 	double dec = c->codec->decompress > 0 && normal > 0
 		     ? c->codec->decompress * threads / normal : 1e300;
 
+	/* Every page is scanned for zeroes on the source, one thread a channel. */
+	double scan = scan_rate > 0 ? scan_rate * threads : 1e300;
+
 	c->rate = wire;
 	c->limit = "link";
+	if (scan < c->rate) {
+		c->rate = scan;
+		c->limit = "zero scan";
+	}
 	if (comp < c->rate) {
 		c->rate = comp;
 		c->limit = "compress";
@@ -436,15 +443,21 @@ static int tune_parse(int argc, char **argv, struct tune_opts *o)
 }
 
 /* The sample: up to SAMPLE_MAX bytes of normal pages spread over the guest,
- * and the fraction of zero pages in all of it. */
-static uint8_t *take_sample(const struct guest *g, size_t *bytes, double *zero_frac)
+ * the fraction of zero pages in all of it, and how fast one thread tells
+ * zero pages apart (bytes/s of guest RAM): every page costs the source that
+ * much, zero or not. */
+static uint8_t *take_sample(const struct guest *g, size_t *bytes, double *zero_frac,
+			    double *scan_rate)
 {
 	uint64_t n = guest_pages(g), zero = 0, want = SAMPLE_MAX / GUEST_PAGE, taken = 0;
 	uint64_t nonzero = 0;
+	double t0 = now_s(), t;
 	uint8_t *s;
 
 	for (uint64_t p = 0; p < n; p++)
 		zero += page_is_zero(g->ram + p * GUEST_PAGE);
+	t = now_s() - t0;
+	*scan_rate = t > 0 ? (double)(n * GUEST_PAGE) / t : 0;
 	nonzero = n - zero;
 	*zero_frac = n ? (double)zero / (double)n : 0;
 	want = want < nonzero ? want : nonzero;
@@ -483,6 +496,7 @@ struct tune_model {
 	const struct candidate *cand;	/* best first */
 	unsigned ncand;
 	double zero_frac;
+	double scan_rate;	/* one thread's zero-page scan, guest bytes/s */
 	uint64_t size;
 	unsigned cpus;
 };
@@ -494,8 +508,9 @@ static void print_results(const struct tune_opts *o, const struct tune_model *m)
 	const struct candidate *rec = recommend(cand, m->ncand);
 
 	if (o->json) {
-		printf("{\"size\":%" PRIu64 ",\"zero-fraction\":%.4f,\"cpus\":%u,\"dirty-rate\":%.1f,"
-		       "\"link\":[", m->size, m->zero_frac, m->cpus, o->dirty);
+		printf("{\"size\":%" PRIu64 ",\"zero-fraction\":%.4f,\"zero-scan-bytes-per-second\":"
+		       "%.0f,\"cpus\":%u,\"dirty-rate\":%.1f,\"link\":[", m->size, m->zero_frac,
+		       m->scan_rate, m->cpus, o->dirty);
 		for (unsigned i = 0; i < m->nlinks; i++)
 			printf("%s{\"streams\":%u,\"bytes-per-second\":%.0f}", i ? "," : "", 1u << i,
 			       m->links[i]);
@@ -518,6 +533,8 @@ static void print_results(const struct tune_opts *o, const struct tune_model *m)
 	printf("link\n");
 	for (unsigned i = 0; i < m->nlinks; i++)
 		printf("  %2u stream%s %8.3f GiB/s\n", 1u << i, i ? "s" : " ", m->links[i] / GIB);
+	printf("zero-page scan (one thread, every page of the guest) %7.3f GiB/s\n",
+	       m->scan_rate / GIB);
 	printf("codecs (one thread, on a sample of the guest's normal pages; %.0f%% zero pages)\n",
 	       m->zero_frac * 100);
 	for (int i = 0; i < m->ncodecs; i++) {
@@ -925,7 +942,7 @@ static int tune_run(const struct tune_opts *o)
 	int ncodecs = mfd_compress_list(names, 32);
 	struct codec_result codecs[32];
 	struct candidate cand[32 * 8];
-	double links[8], zero_frac = 0;
+	double links[8], zero_frac = 0, scan_rate = 0;
 	unsigned nlinks = 0, ncand = 0;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned cpus = ncpu > 0 ? (unsigned)ncpu : 1;
@@ -970,7 +987,7 @@ static int tune_run(const struct tune_opts *o)
 		r = report_error("tune", err);
 		goto out;
 	}
-	sample = take_sample(&g, &sample_len, &zero_frac);
+	sample = take_sample(&g, &sample_len, &zero_frac, &scan_rate);
 	if (!sample) {
 		fprintf(stderr, "multifd tune: out of memory\n");
 		goto out;
@@ -987,12 +1004,13 @@ static int tune_run(const struct tune_opts *o)
 		for (int k = 0; k < ncodecs; k++) {
 			cand[ncand] = (struct candidate){ .channels = 1u << l, .codec = &codecs[k],
 							  .link = links[l] };
-			model(&cand[ncand], zero_frac, g.size, o->dirty * 1024 * 1024, cpus);
+			model(&cand[ncand], zero_frac, scan_rate, g.size, o->dirty * 1024 * 1024,
+			      cpus);
 			ncand++;
 		}
 	qsort(cand, ncand, sizeof(cand[0]), cand_cmp);
 	m = (struct tune_model){ .links = links, .nlinks = nlinks, .codecs = codecs,
-				 .ncodecs = ncodecs, .cand = cand, .ncand = ncand,
+				 .ncodecs = ncodecs, .cand = cand, .ncand = ncand, .scan_rate = scan_rate,
 				 .zero_frac = zero_frac, .size = g.size, .cpus = cpus };
 	print_results(o, &m);
 	/* The table stands even when the chart fails. */

@@ -129,11 +129,28 @@ START_TEST(tune_recommends_channels_and_codec)
 	/* Half the synthetic guest is zero pages; every codec shows up twice
 	 * (1 and 2 channels) in the model. */
 	ck_assert_ptr_nonnull(strstr(out, "50% zero pages"));
+	ck_assert_ptr_nonnull(strstr(out, "zero-page scan (one thread, every page of the guest)"));
 	ck_assert_ptr_nonnull(strstr(out, "model (16 MiB guest"));
 	ck_assert_ptr_nonnull(strstr(out, "recommendation: --channels "));
 	ck_assert_msg(test_run_tool(out, sizeof(out), true, json) == 0, "tune --json failed:\n%s", out);
-	ck_assert_ptr_nonnull(strstr(out, "{\"size\":16777216,"));
+	ck_assert_ptr_nonnull(strstr(out, "{\"size\":16777216,\"zero-fraction\":0.5"));
+	ck_assert_ptr_nonnull(strstr(out, ",\"zero-scan-bytes-per-second\":"));
 	ck_assert_ptr_nonnull(strstr(out, "\"recommendation\":{\"multifd-channels\":1,"));
+	/* A guest of zero pages only: the scan, not an unbounded rate, limits it. */
+	char zimg[] = "/tmp/mfd-tune-zero.XXXXXX";
+	int zfd = mkstemp(zimg);
+
+	ck_assert_int_ge(zfd, 0);
+	ck_assert_int_eq(ftruncate(zfd, 16 << 20), 0);
+	close(zfd);
+	const char *zero[] = { "tune", "--to", uri, "--image", zimg, "--seconds", "0.1",
+			       "--max-channels", "1", "-q", NULL };
+
+	ck_assert_msg(test_run_tool(out, sizeof(out), true, zero) == 0, "tune failed:\n%s", out);
+	unlink(zimg);
+	ck_assert_ptr_nonnull(strstr(out, "100% zero pages"));
+	ck_assert_msg(strstr(out, " zero scan ") != NULL, "no zero-scan limit:\n%s", out);
+	ck_assert_msg(strstr(out, "recommendation: --channels 1 ") != NULL, "%s", out);
 	ck_assert_int_eq(kill(peer, SIGTERM), 0);
 	ck_assert_int_eq(waitpid(peer, &status, 0), peer);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "peer status %d", status);
