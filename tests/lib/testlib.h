@@ -16,6 +16,19 @@
 
 /* Assert the error variable err has this code and a message containing substr;
  * frees it and sets the variable back to NULL for the next call. */
+/* TEST_SANITIZED: 1 in an ASan or TSan build, where every syscall wrapper
+ * and memory access is slower: tests move less data and allow more time. */
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define TEST_SANITIZED 1
+#endif
+#endif
+#ifndef TEST_SANITIZED
+#define TEST_SANITIZED 0
+#endif
+
 #define ck_assert_mfd_error(err, code, substr)                                              \
 	do {                                                                                \
 		mfd_error *e__ = (err);                                                     \

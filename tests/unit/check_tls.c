@@ -539,22 +539,12 @@ static void *reader_thread(void *arg)
 }
 
 /* Sanitizer builds run the same tests on less data. */
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
 
 START_TEST(both_directions_at_once_with_key_updates)
 {
 	struct side cl = { .creds = psk("psk-main", MFD_TLS_CLIENT) };
 	struct side sv = { .creds = psk("psk-main", MFD_TLS_SERVER) };
-	size_t total = (SANITIZED ? 8u : 32u) << 20;
+	size_t total = (TEST_SANITIZED ? 8u : 32u) << 20;
 	struct flow up_w, up_r, down_w, down_r;
 	pthread_t t[4];
 
