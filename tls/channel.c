@@ -5,17 +5,19 @@
  * OpenSSL never touches the inner channel.  It reads ciphertext from one
  * byte queue and writes ciphertext to another (each behind a small BIO of
  * ours, below); this file moves the bytes between those queues and the
- * inner channel.  The queues are read and written in place: ciphertext goes
- * from OpenSSL's record buffer to the socket and from the socket to
- * OpenSSL's record buffer with no copy of our own in between.  That is what lets one thread
- * block reading the inner channel while another thread writes (the main
- * channel carries the stream one way and the return path the other way on
- * one connection), which an SSL on a socket BIO cannot do: an SSL* is not
- * safe for simultaneous use, so every SSL_* call is made under ssl_lock,
- * and ssl_lock is never held across blocking inner I/O.
+ * inner channel, in place: the socket is written from the queue OpenSSL
+ * filled and read into the queue OpenSSL reads, one copy each way between
+ * OpenSSL's record buffer and the socket (memory BIOs took two).
+ *
+ * Keeping OpenSSL off the inner channel is what lets one thread block
+ * reading it while another thread writes (the main channel carries the
+ * stream one way and the return path the other way on one connection),
+ * which an SSL on a socket BIO cannot do: an SSL* is not safe for
+ * simultaneous use, so every SSL_* call is made under ssl_lock, and
+ * ssl_lock is never held across blocking inner I/O.
  *
  * Ciphertext leaves in the order OpenSSL produced it because only the
- * holder of out_lock pulls it from the write BIO and writes it out (lock
+ * holder of out_lock takes it from the write queue and writes it out (lock
  * order: out_lock, then ssl_lock).  SSL_read can produce ciphertext too (a
  * TLS 1.3 KeyUpdate answer); the reader never waits for out_lock, because a
  * writer blocked on a full socket would then stop us reading, and the peer,
@@ -49,7 +51,7 @@
 
 /*
  * A byte queue: [head, tail) holds data, [tail, cap) is free.  OpenSSL sees
- * it through queue_bio_method(); who may touch it when is said where the
+ * it through qbio_new()'s BIO; who may touch it when is said where the
  * queues live (struct tls_chan).
  */
 struct byteq {
@@ -91,9 +93,7 @@ static bool q_reserve(struct byteq *q, size_t n)
 
 static void q_free(struct byteq *q)
 {
-	if (q->buf)
-		OPENSSL_cleanse(q->buf, q->cap);
-	free(q->buf);
+	free(q->buf);	/* ciphertext only: nothing to wipe */
 	memset(q, 0, sizeof(*q));
 }
 

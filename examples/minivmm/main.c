@@ -719,6 +719,27 @@ static void log_handler(enum mfd_log_level level, const char *msg, void *opaque)
 	fprintf(stderr, "libmultifd: %s\n", msg);
 }
 
+static bool migration_over(enum mfd_state st)
+{
+	return st == MFD_STATE_NONE || st == MFD_STATE_COMPLETED || st == MFD_STATE_FAILED ||
+	       st == MFD_STATE_CANCELLED;
+}
+
+/*
+ * Quitting ends any migration.  In postcopy a first cancel only pauses it
+ * (the guest's memory is split between the hosts): quitting loses the guest
+ * anyway, so cancel again until it is over, for ten seconds at most.
+ */
+static void migration_end(void)
+{
+	if (!vmm.m)
+		return;
+	for (int i = 0; i < 100 && !migration_over(mfd_migration_state(vmm.m)); i++) {
+		mfd_migrate_cancel(vmm.m);
+		mfd_migration_wait(vmm.m, 100, NULL);
+	}
+}
+
 /* The incoming migration's outcome, reported from a thread of its own. */
 static void *incoming_waiter(void *arg)
 {
@@ -848,8 +869,7 @@ static int cmd_run(int argc, char **argv, bool incoming)
 out:
 	/* Nothing may touch vmm.m or the VM once they are freed: end the
 	 * migration, then every thread that might still call into either. */
-	if (vmm.m)
-		mfd_migrate_cancel(vmm.m);
+	migration_end();
 	control_stop();
 	if (waiter_started)
 		pthread_join(waiter, NULL);
