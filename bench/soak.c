@@ -278,12 +278,21 @@ int main(int argc, char **argv)
 		bool stuck = false;
 		int rs, rd;
 
+		/* Half the destinations start from fresh zero memory, as
+		 * dest-ram-zeroed (the default) assumes; the other half from
+		 * garbage with it off, so that every page must be written. */
+		bool zeroed = rnd_below(2) == 0;
+
 		fill_guest(sram, size);
-		memset(dram, 0xee, size);	/* every page must be overwritten */
+		if (zeroed)
+			madvise(dram, size, MADV_DONTNEED);
+		else
+			memset(dram, 0xee, size);
 		for (int i = 0; i < 8; i++)
 			src.cpu.regs[i] = rnd();
 		if (side_new(&src, sram, size, channels, codec, tls ? psk : NULL, &err) < 0 ||
 		    side_new(&dst, dram, size, channels, codec, tls ? psk : NULL, &err) < 0 ||
+		    mfd_set_param(dst.m, "dest-ram-zeroed", zeroed ? "on" : "off", &err) < 0 ||
 		    mfd_migrate_incoming(dst.m, "tcp:127.0.0.1:0", &err) < 0 ||
 		    mfd_migration_listen_uri(dst.m, uri, sizeof(uri)) < 0 ||
 		    mfd_migrate(src.m, uri, &err) < 0) {
@@ -315,9 +324,9 @@ int main(int argc, char **argv)
 				while (p < size / PAGE &&
 				       memcmp(sram + p * PAGE, dram + p * PAGE, PAGE) == 0)
 					p++;
-				fprintf(stderr, "soak: migration %u (%u channels, %s%s): "
+				fprintf(stderr, "soak: migration %u (%u channels, %s%s%s): "
 					"VERIFICATION FAILED at page %zu\n", it, channels, codec,
-					tls ? ", tls" : "", p);
+					tls ? ", tls" : "", zeroed ? "" : ", dest-ram-zeroed off", p);
 				bad++;
 			}
 		} else if (rs == 0 && rd != 0) {
