@@ -742,6 +742,25 @@ START_TEST(parameters)
 }
 END_TEST
 
+/*
+ * bench/soak, short: back-to-back migrations with random channels, codecs,
+ * TLS, destination RAM modes and cancels, each completed one verified byte
+ * for byte, fds and RSS watched.  Under TSan any report fails it too.
+ */
+START_TEST(soak_of_back_to_back_migrations)
+{
+	static char out[16384];
+	const char *args[] = { "--count", "16", "--seed", "3", "--mib", "16", NULL };
+	int status;
+
+	if (!test_have_tool("engine"))
+		return;
+	status = test_run_program("bench/soak", out, sizeof(out), true, args);
+	ck_assert_msg(status == 0 && strstr(out, "soak: PASS"), "soak exited %d:\n%s", status,
+		      out);
+}
+END_TEST
+
 Suite *suite_engine(void)
 {
 	Suite *s = suite_create("engine");
@@ -760,6 +779,7 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, destination_dies_mid_iteration);
 	tcase_add_test(tc, no_convergence_without_auto_converge);
 	tcase_add_test(tc, switchover_waits_for_the_destination_ack);
+	tcase_add_test(tc, soak_of_back_to_back_migrations);
 	tcase_set_timeout(tc, 180);
 	suite_add_tcase(s, tc);
 	return s;

@@ -420,6 +420,12 @@ uint64_t test_now_ms(void)
 
 int test_run_tool(char *out, size_t len, bool with_stderr, const char *const *args)
 {
+	return test_run_program("tools/multifd", out, len, with_stderr, args);
+}
+
+int test_run_program(const char *prog, char *out, size_t len, bool with_stderr,
+		     const char *const *args)
+{
 	const char *builddir = getenv("MFD_BUILDDIR");
 	char tool[4096];
 	const char *argv[32];
@@ -428,8 +434,7 @@ int test_run_tool(char *out, size_t len, bool with_stderr, const char *const *ar
 	ssize_t got;
 	pid_t pid;
 
-	ck_assert_int_lt(snprintf(tool, sizeof(tool), "%s/tools/multifd", builddir),
-			 (int)sizeof(tool));
+	ck_assert_int_lt(snprintf(tool, sizeof(tool), "%s/%s", builddir, prog), (int)sizeof(tool));
 	argv[n++] = tool;
 	while (*args && n < 31)
 		argv[n++] = *args++;

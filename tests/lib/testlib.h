@@ -150,5 +150,8 @@ bool test_have_tool(const char *suite);
  * terminated, truncated to @len - 1).  Returns the exit status, or 128 plus
  * the signal that ended it. */
 int test_run_tool(char *out, size_t len, bool with_stderr, const char *const *args);
+/* The same for @prog, a path under the build directory ("bench/soak"). */
+int test_run_program(const char *prog, char *out, size_t len, bool with_stderr,
+		     const char *const *args);
 
 #endif /* MFD_TESTLIB_H */
