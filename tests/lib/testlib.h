@@ -14,8 +14,6 @@
 
 #include <multifd/multifd.h>
 
-/* Assert the error variable err has this code and a message containing substr;
- * frees it and sets the variable back to NULL for the next call. */
 /* TEST_SANITIZED: 1 in an ASan or TSan build, where every syscall wrapper
  * and memory access is slower: tests move less data and allow more time. */
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
@@ -29,6 +27,8 @@
 #define TEST_SANITIZED 0
 #endif
 
+/* Assert the error variable err has this code and a message containing substr;
+ * frees it and sets the variable back to NULL for the next call. */
 #define ck_assert_mfd_error(err, code, substr)                                              \
 	do {                                                                                \
 		mfd_error *e__ = (err);                                                     \

@@ -369,6 +369,21 @@ END_TEST
 
 /* ---- a VMM's own codec ------------------------------------------------------------ */
 
+/* Registers @ops once: test-rle under @name with @prep as its compressor. */
+static void register_variant(mfd_compress_ops *ops, const char *name,
+			     int (*prep)(void *, const void *, size_t, void *, size_t, size_t *,
+					 mfd_error **))
+{
+	mfd_error *err = NULL;
+
+	if (mfd_compress_find(name))
+		return;
+	*ops = test_rle_ops;
+	ops->name = name;
+	ops->send_prepare = prep;
+	ck_assert_ok(mfd_compress_register(ops, &err), err);
+}
+
 /*
  * "test-count": test-rle, counting what the sender asks of it: whole packets
  * of incompressible input, and probes (inputs smaller than a packet).
@@ -393,19 +408,6 @@ static int count_send_prepare(void *ctx, const void *in, size_t in_len, void *ou
 	return test_rle_ops.send_prepare(ctx, in, in_len, out, out_cap, out_len, errp);
 }
 
-static const mfd_compress_ops *count_ops(void)
-{
-	static mfd_compress_ops ops;
-	mfd_error *err = NULL;
-
-	if (!mfd_compress_find("test-count")) {
-		ops = test_rle_ops;
-		ops.name = "test-count";
-		ops.send_prepare = count_send_prepare;
-		ck_assert_ok(mfd_compress_register(&ops, &err), err);
-	}
-	return mfd_compress_find("test-count");
-}
 
 struct in_order {
 	struct rig *g;
@@ -450,20 +452,6 @@ static int slow_send_prepare(void *ctx, const void *in, size_t in_len, void *out
 {
 	usleep(20 * 1000);
 	return test_rle_ops.send_prepare(ctx, in, in_len, out, out_cap, out_len, errp);
-}
-
-static void register_variant(mfd_compress_ops *ops, const char *name,
-			     int (*prep)(void *, const void *, size_t, void *, size_t, size_t *,
-					 mfd_error **))
-{
-	mfd_error *err = NULL;
-
-	if (mfd_compress_find(name))
-		return;
-	*ops = test_rle_ops;
-	ops->name = name;
-	ops->send_prepare = prep;
-	ck_assert_ok(mfd_compress_register(ops, &err), err);
 }
 
 /* A link of about @rate bytes/s between @from and @to, until @from ends. */
@@ -532,6 +520,59 @@ static double compressed_share(const char *codec, bool adaptive, double rate, si
 	return share;
 }
 
+/* "test-failprobe": test-rle that fails on anything smaller than a packet,
+ * that is on the probes the sender makes of incompressible memory. */
+static int failprobe_send_prepare(void *ctx, const void *in, size_t in_len, void *out,
+				  size_t out_cap, size_t *out_len, mfd_error **errp)
+{
+	if (in_len < (512u << 10))
+		return mfd_error_set(errp, MFD_EIO, "test-failprobe: probe of %zu bytes refused",
+				     in_len);
+	return test_rle_ops.send_prepare(ctx, in, in_len, out, out_cap, out_len, errp);
+}
+
+/* A codec failing on a probe fails the channel with the codec's own message,
+ * with adaptive compression on and off (each path has its probe). */
+START_TEST(a_failing_probe_fails_the_sender)
+{
+	static mfd_compress_ops failprobe;
+	uint64_t s = 5;
+
+	register_variant(&failprobe, "test-failprobe", failprobe_send_prepare);
+	for (int adaptive = 0; adaptive < 2; adaptive++) {
+		struct rig g;
+		struct in_order o;
+		mfd_error *err = NULL;
+		pthread_t t;
+
+		rig_init(&g, 1, "test-failprobe", 16, 512u << 10);
+		g.cfg.adaptive_codec = adaptive;
+		o = (struct in_order){ .g = &g };
+		/* Random pages: the first packet does not shrink, so the next
+		 * attempts at the codec are probes (adaptive: after one raw packet
+		 * to learn its cost, within 8 packets). */
+		for (size_t i = 0; i < g.ram_size; i += 8) {
+			uint64_t v = rng(&s);
+
+			memcpy(g.sram + i, &v, 8);
+		}
+		rig_connect(&g);
+		ck_assert_int_eq(pthread_create(&t, NULL, queue_in_order, &o), 0);
+		(void)mfd_multifd_recv_sync(g.recv, &err);
+		mfd_error_free(err);
+		err = NULL;
+		mfd_multifd_recv_cancel(g.recv);
+		ck_assert_int_eq(pthread_join(t, NULL), 0);
+		ck_assert_msg(o.result == MFD_EIO, "adaptive %d: sender result %d", adaptive,
+			      o.result);
+		ck_assert_msg(strstr(mfd_error_message(o.err), "multifd channel 0"), "%s",
+			      mfd_error_message(o.err));
+		ck_assert_mfd_error(o.err, MFD_EIO, "test-failprobe: probe of 16384 bytes refused");
+		rig_free(&g);
+	}
+}
+END_TEST
+
 /*
  * Adaptive compression sends raw where the codec is slower than the link
  * (a 20 ms-per-packet codec on a socketpair) and compresses where the link
@@ -573,7 +614,9 @@ START_TEST(incompressible_memory_costs_probes_only)
 	uint64_t s = 77;
 	size_t split = 96 * (512u << 10);
 
-	count_ops();
+	static mfd_compress_ops counting;
+
+	register_variant(&counting, "test-count", count_send_prepare);
 	atomic_store(&count_full_random, 0);
 	atomic_store(&count_probes, 0);
 	rig_init(&g, 1, "test-count", 64, 512u << 10);
@@ -1201,6 +1244,7 @@ Suite *suite_multifd(void)
 	tcase_add_test(tc, custom_codec_migrates);
 	tcase_add_test(tc, incompressible_memory_costs_probes_only);
 	tcase_add_test(tc, adaptive_compression_follows_the_link);
+	tcase_add_test(tc, a_failing_probe_fails_the_sender);
 	tcase_set_timeout(tc, 240);
 	tcase_add_loop_test(bad, bad_hello, 0, HM_COUNT_ALL);
 	tcase_add_test(bad, duplicate_channel_id_and_early_start);
