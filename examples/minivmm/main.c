@@ -52,7 +52,6 @@ struct vmm {
 	pthread_mutex_t clients_lock;
 	pthread_cond_t clients_cond;
 	bool clients_closed;		/* under clients_lock: no new clients */
-	unsigned nclients;		/* under clients_lock */
 	int client_fds[MAX_CLIENTS];	/* under clients_lock; -1 = free */
 };
 
@@ -358,41 +357,46 @@ static void command(int fd, char *line)
 	}
 }
 
+/* The slot holding @fd (-1: a free slot), or -1.  clients_lock held. */
+static int client_slot(int fd)
+{
+	for (int i = 0; i < MAX_CLIENTS; i++)
+		if (vmm.client_fds[i] == fd)
+			return i;
+	return -1;
+}
+
 /* Takes a slot for a new client; false when shutting down or full. */
 static bool client_add(int fd, const char **why)
 {
-	bool ok = false;
+	int i;
 
 	pthread_mutex_lock(&vmm.clients_lock);
-	if (vmm.clients_closed) {
-		*why = "minivmm is shutting down";
-	} else if (vmm.nclients == MAX_CLIENTS) {
-		*why = "too many control clients at once";
-	} else {
-		for (unsigned i = 0; i < MAX_CLIENTS; i++) {
-			if (vmm.client_fds[i] < 0) {
-				vmm.client_fds[i] = fd;
-				break;
-			}
-		}
-		vmm.nclients++;
-		ok = true;
-	}
+	i = vmm.clients_closed ? -1 : client_slot(-1);
+	if (i >= 0)
+		vmm.client_fds[i] = fd;
+	else
+		*why = vmm.clients_closed ? "minivmm is shutting down"
+					  : "too many control clients at once";
 	pthread_mutex_unlock(&vmm.clients_lock);
-	return ok;
+	return i >= 0;
 }
 
-/* The client on @fd is finished with vmm (its socket is closed next). */
+/* Whether any client is still being served.  clients_lock held. */
+static bool clients_left(void)
+{
+	for (int i = 0; i < MAX_CLIENTS; i++)
+		if (vmm.client_fds[i] >= 0)
+			return true;
+	return false;
+}
+
+/* The client on @fd is finished with vmm (its socket is closed next, so
+ * the number is still its own here). */
 static void client_done(int fd)
 {
 	pthread_mutex_lock(&vmm.clients_lock);
-	for (unsigned i = 0; i < MAX_CLIENTS; i++) {
-		if (vmm.client_fds[i] == fd) {
-			vmm.client_fds[i] = -1;
-			break;
-		}
-	}
-	vmm.nclients--;
+	vmm.client_fds[client_slot(fd)] = -1;
 	pthread_cond_broadcast(&vmm.clients_cond);
 	pthread_mutex_unlock(&vmm.clients_lock);
 }
@@ -442,8 +446,8 @@ static void *control_thread(void *arg)
 		}
 		if (pthread_create(&t, NULL, client_thread, (void *)(intptr_t)fd) != 0) {
 			reply(fd, "error: out of threads");
-			close(fd);
 			client_done(fd);
+			close(fd);
 			continue;
 		}
 		pthread_detach(t);
@@ -507,7 +511,7 @@ static void control_stop(void)
 	if (vmm.control_started)
 		pthread_join(vmm.control_thread, NULL);
 	pthread_mutex_lock(&vmm.clients_lock);
-	while (vmm.nclients)
+	while (clients_left())
 		pthread_cond_wait(&vmm.clients_cond, &vmm.clients_lock);
 	pthread_mutex_unlock(&vmm.clients_lock);
 	if (vmm.control_fd >= 0)
