@@ -37,6 +37,7 @@ struct fault_dirstate {
 	uint64_t phase_bytes;	/* bytes moved while the phase held */
 	bool short_on;
 	uint64_t rng;
+	bool zerocopy;		/* this write goes with the transport's zero-copy send */
 };
 
 struct fault_chan_priv {
@@ -302,6 +303,8 @@ static size_t iov_len(const struct iovec *iov, int iovcnt)
 static ssize_t inner_op(struct fault_chan_priv *fc, enum fault_dir dir, const struct iovec *iov,
 			int iovcnt, mfd_error **errp)
 {
+	if (dir == FAULT_DIR_WRITE && fc->d[dir].zerocopy)
+		return fc->inner->ops->writev_zerocopy(fc->inner, iov, iovcnt, errp);
 	return dir == FAULT_DIR_WRITE ? fc->inner->ops->writev(fc->inner, iov, iovcnt, errp)
 				      : fc->inner->ops->readv(fc->inner, iov, iovcnt, errp);
 }
@@ -438,6 +441,30 @@ static ssize_t fault_writev(mfd_channel *ch, const struct iovec *iov, int iovcnt
 	return fault_io(ch, FAULT_DIR_WRITE, iov, iovcnt, errp);
 }
 
+/* Zero-copy writes meet the same faults as copied ones. */
+static ssize_t fault_writev_zerocopy(mfd_channel *ch, const struct iovec *iov, int iovcnt,
+				     mfd_error **errp)
+{
+	struct fault_chan_priv *fc = ch->priv;
+	ssize_t n;
+
+	if (!mfd_channel_has_zerocopy(fc->inner))
+		return mfd_error_set(errp, MFD_ENOTSUP, "%s: a %s channel has no zero-copy send",
+				     ch->name, fc->inner->ops->kind);
+	fc->d[FAULT_DIR_WRITE].zerocopy = true;
+	n = fault_io(ch, FAULT_DIR_WRITE, iov, iovcnt, errp);
+	fc->d[FAULT_DIR_WRITE].zerocopy = false;
+	return n;
+}
+
+static int fault_flush_zerocopy(mfd_channel *ch, struct mfd_zerocopy_report *rep,
+				mfd_error **errp)
+{
+	struct fault_chan_priv *fc = ch->priv;
+
+	return mfd_channel_flush_zerocopy(fc->inner, rep, errp);
+}
+
 static void fault_shutdown(mfd_channel *ch)
 {
 	struct fault_chan_priv *fc = ch->priv;
@@ -482,6 +509,8 @@ static const struct mfd_channel_ops fault_ops = {
 	.finish = fault_finish,
 	.set_option = fault_set_option,
 	.close = fault_close,
+	.writev_zerocopy = fault_writev_zerocopy,
+	.flush_zerocopy = fault_flush_zerocopy,
 };
 
 int fault_channel_interpose(struct fault_ctl *ctl, mfd_channel *ch, mfd_migration *m,

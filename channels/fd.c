@@ -10,10 +10,20 @@
  * Deadlines ("timeout-ms"): a socket then moves data with MSG_DONTWAIT and
  * sleeps only in poll(2).  The descriptor's own flags are never changed: a
  * borrowed fd shares them with its owner.
+ *
+ * Zero-copy send ("zero-copy" option, TCP only): writev_zerocopy passes
+ * MSG_ZEROCOPY, so the kernel pins the caller's pages instead of copying
+ * them, and reports on the socket's error queue when it is done with each
+ * send (a range of send numbers, marked "copied" when it had to copy after
+ * all, as loopback does).  flush_zerocopy waits for every report.  When
+ * the kernel refuses to pin (ENOBUFS: the locked-memory limit) with
+ * nothing in flight to wait for, the channel copies from then on and says
+ * so once in the log and in the next report.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/errqueue.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -24,6 +34,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +55,14 @@ struct fd_chan {
 	int wake_fd;		/* eventfd signalled by shutdown, pipes only; else -1 */
 	/* Any thread: one thread may set it while another reads or writes. */
 	atomic_int timeout_ms;	/* "timeout-ms"; 0 waits forever */
+	/* Zero-copy send: set before the writing thread starts, then owned by it. */
+	struct {
+		bool on;		/* SO_ZEROCOPY is set */
+		bool refused;		/* the kernel would not pin pages: copying */
+		uint64_t queued;	/* zero-copy sendmsg calls that moved bytes */
+		uint64_t done;		/* of which the kernel reported the end */
+		uint64_t sends, copied, copy_bytes;	/* since the last report */
+	} zc;
 };
 
 static const struct mfd_channel_ops fd_ops;
@@ -121,6 +140,107 @@ static int fd_io_error(mfd_channel *ch, const char *op, int err, mfd_error **err
 					   "%s: %s: the peer stopped answering (peer-timeout-ms)",
 					   ch->name, op);
 	return mfd_error_set_errno(errp, MFD_EIO, err, "%s: %s", ch->name, op);
+}
+
+static size_t iov_bytes(const struct iovec *iov, int iovcnt)
+{
+	size_t n = 0;
+
+	for (int i = 0; i < iovcnt; i++)
+		n += iov[i].iov_len;
+	return n;
+}
+
+/*
+ * Read every zero-copy completion waiting on the error queue, without
+ * blocking.  The kernel numbers zero-copy sends from 0 and reports ranges
+ * [ee_info, ee_data] (32-bit, wrapping) of sends it is done with.
+ */
+static int zc_reap(mfd_channel *ch, struct fd_chan *fc, mfd_error **errp)
+{
+	for (;;) {
+		union {
+			char buf[CMSG_SPACE(sizeof(struct sock_extended_err)) + 64];
+			struct cmsghdr align;
+		} control;
+		struct msghdr msg = { .msg_control = control.buf,
+				      .msg_controllen = sizeof(control.buf) };
+		ssize_t n = recvmsg(fc->fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return 0;
+		if (n < 0)
+			return fd_io_error(ch, "reading zero-copy completions", errno, errp);
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+			struct sock_extended_err ee;
+
+			if (!((cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) ||
+			      (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR)) ||
+			    cm->cmsg_len < CMSG_LEN(sizeof(ee)))
+				continue;
+			memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
+			if (ee.ee_origin != SO_EE_ORIGIN_ZEROCOPY) {
+				if (ee.ee_errno)
+					return fd_io_error(ch, "write", (int)ee.ee_errno, errp);
+				continue;
+			}
+			uint32_t count = ee.ee_data - ee.ee_info + 1;
+
+			if (count > fc->zc.queued - fc->zc.done)
+				return mfd_error_set(errp, MFD_EIO, "%s: the kernel reported %u "
+						     "zero-copy sends done, only %llu were pending",
+						     ch->name, count,
+						     (unsigned long long)(fc->zc.queued -
+									  fc->zc.done));
+			fc->zc.done += count;
+			fc->zc.sends += count;
+			if (ee.ee_code & SO_EE_CODE_ZEROCOPY_COPIED)
+				fc->zc.copied += count;
+		}
+	}
+}
+
+/* Sleep until the kernel reports zero-copy sends done (or the deadline). */
+static int zc_wait(mfd_channel *ch, struct fd_chan *fc, int64_t deadline, int timeout_ms,
+		   mfd_error **errp)
+{
+	/* No events asked: poll() reports POLLERR, a non-empty error queue. */
+	struct pollfd p = { .fd = fc->fd, .events = 0 };
+	uint64_t before = fc->zc.done;
+
+	for (;;) {
+		int r, soerr = 0;
+		socklen_t len = sizeof(soerr);
+
+		if (mfd_channel_is_shut(ch))
+			return fd_cancelled(ch, errp);
+		r = poll(&p, 1, deadline_poll_ms(deadline));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: poll", ch->name);
+		if (r == 0) {
+			if (deadline_poll_ms(deadline) != 0)
+				continue;
+			return mfd_error_set(errp, MFD_ETIMEDOUT, "%s: zero-copy sends still in "
+					     "flight after %d ms, the peer is not reading "
+					     "(timeout-ms)", ch->name, timeout_ms);
+		}
+		if ((r = zc_reap(ch, fc, errp)) < 0)
+			return r;
+		if (fc->zc.done != before)
+			return 0;
+		if (mfd_channel_is_shut(ch))
+			return fd_cancelled(ch, errp);
+		if (getsockopt(fc->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr)
+			return fd_io_error(ch, "write", soerr, errp);
+		if (p.revents & (POLLHUP | POLLNVAL))
+			return mfd_error_set(errp, MFD_EEOF, "%s: connection closed with %llu "
+					     "zero-copy sends in flight", ch->name,
+					     (unsigned long long)(fc->zc.queued - fc->zc.done));
+	}
 }
 
 static ssize_t fd_readv(mfd_channel *ch, const struct iovec *iov, int iovcnt, mfd_error **errp)
@@ -264,6 +384,10 @@ static ssize_t fd_writev(mfd_channel *ch, const struct iovec *iov, int iovcnt, m
 		if (err == EINTR)
 			continue;
 		if (err == EAGAIN || err == EWOULDBLOCK) {
+			/* A pending completion makes poll() report POLLERR at
+			 * once: read them, or the wait would spin. */
+			if (fc->zc.queued != fc->zc.done && (r = zc_reap(ch, fc, errp)) < 0)
+				return r;
 			r = fd_wait(ch, fc, POLLOUT, deadline, timeout, errp);
 			if (r < 0)
 				return r;
@@ -271,6 +395,109 @@ static ssize_t fd_writev(mfd_channel *ch, const struct iovec *iov, int iovcnt, m
 		}
 		return fd_io_error(ch, "write", err, errp);
 	}
+}
+
+static ssize_t fd_writev_zerocopy(mfd_channel *ch, const struct iovec *iov, int iovcnt,
+				  mfd_error **errp)
+{
+	struct fd_chan *fc = ch->priv;
+	int timeout = atomic_load_explicit(&fc->timeout_ms, memory_order_relaxed);
+	int64_t deadline = deadline_after(timeout);
+	int flags = MSG_NOSIGNAL | MSG_ZEROCOPY | (timeout > 0 ? MSG_DONTWAIT : 0);
+	struct msghdr msg = { .msg_iov = (struct iovec *)iov,
+			      .msg_iovlen = (size_t)MFD_MIN(iovcnt, IOV_MAX) };
+
+	if (!fc->zc.on || fc->zc.refused) {
+		ssize_t n = fd_writev(ch, iov, iovcnt, errp);
+
+		if (n > 0 && fc->zc.on)
+			fc->zc.copy_bytes += (uint64_t)n;
+		return n;
+	}
+	for (;;) {
+		ssize_t n;
+		int err, r;
+
+		if (mfd_channel_is_shut(ch))
+			return fd_cancelled(ch, errp);
+		n = sendmsg(fc->fd, &msg, flags);
+		err = errno;
+		if (n >= 0) {
+			if (n > 0)
+				fc->zc.queued++;
+			return n;
+		}
+		if (err == EINTR)
+			continue;
+		if (err == EAGAIN || err == EWOULDBLOCK) {
+			if ((r = zc_reap(ch, fc, errp)) < 0 ||
+			    (r = fd_wait(ch, fc, POLLOUT, deadline, timeout, errp)) < 0)
+				return r;
+			continue;
+		}
+		if (err != ENOBUFS)
+			return fd_io_error(ch, "write", err, errp);
+		/* Pinned pages are charged to the locked-memory limit (unless
+		 * CAP_IPC_LOCK): wait for sends in flight to release theirs. */
+		if ((r = zc_reap(ch, fc, errp)) < 0)
+			return r;
+		if (fc->zc.queued != fc->zc.done) {
+			if ((r = zc_wait(ch, fc, deadline, timeout, errp)) < 0)
+				return r;
+			continue;
+		}
+		struct rlimit rl = { 0, 0 };
+		char lim[32] = "unlimited";
+
+		getrlimit(RLIMIT_MEMLOCK, &rl);
+		if (rl.rlim_cur != RLIM_INFINITY)
+			snprintf(lim, sizeof(lim), "%llu KiB", (unsigned long long)rl.rlim_cur >> 10);
+		mfd_log_warn("%s: zero-copy-send: the kernel refused to pin %zu bytes with "
+			     "nothing in flight (ENOBUFS; locked-memory limit %s): this channel "
+			     "sends by copy from now on; raise RLIMIT_MEMLOCK (ulimit -l) or "
+			     "grant CAP_IPC_LOCK for zero-copy", ch->name,
+			     iov_bytes(msg.msg_iov, (int)msg.msg_iovlen), lim);
+		fc->zc.refused = true;
+		return fd_writev_zerocopy(ch, iov, iovcnt, errp);
+	}
+}
+
+static int fd_flush_zerocopy(mfd_channel *ch, struct mfd_zerocopy_report *rep,
+			     mfd_error **errp)
+{
+	struct fd_chan *fc = ch->priv;
+	int timeout = atomic_load_explicit(&fc->timeout_ms, memory_order_relaxed);
+	int64_t deadline = deadline_after(timeout);
+	int r;
+
+	while (fc->zc.done != fc->zc.queued) {
+		if ((r = zc_reap(ch, fc, errp)) < 0)
+			return r;
+		if (fc->zc.done != fc->zc.queued && (r = zc_wait(ch, fc, deadline, timeout, errp)) < 0)
+			return r;
+	}
+	rep->sends = fc->zc.sends;
+	rep->copied = fc->zc.copied;
+	rep->copy_bytes = fc->zc.copy_bytes;
+	rep->refused = fc->zc.refused;
+	fc->zc.sends = fc->zc.copied = fc->zc.copy_bytes = 0;
+	return 0;
+}
+
+static int set_zerocopy(mfd_channel *ch, struct fd_chan *fc, int64_t value, mfd_error **errp)
+{
+	int v = (int)value;
+
+	if (setsockopt(fc->fd, SOL_SOCKET, SO_ZEROCOPY, &v, sizeof(v)) < 0) {
+		if (errno == ENOPROTOOPT || errno == EOPNOTSUPP)
+			return mfd_error_set_errno(errp, MFD_ENOTSUP, errno,
+						   "%s: this kernel has no zero-copy send "
+						   "(SO_ZEROCOPY, Linux 4.14 or later)", ch->name);
+		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: cannot set SO_ZEROCOPY",
+					   ch->name);
+	}
+	fc->zc.on = v != 0;
+	return 0;
 }
 
 static void fd_shutdown(mfd_channel *ch)
@@ -346,13 +573,15 @@ static int set_peer_timeout(mfd_channel *ch, int64_t value, mfd_error **errp)
 static int fd_set_option(mfd_channel *ch, const char *name, int64_t value, mfd_error **errp)
 {
 	struct fd_chan *fc = ch->priv;
-	bool tcp_only = strcmp(name, "peer-timeout-ms") == 0 || strcmp(name, "nodelay") == 0;
+	bool tcp_only = strcmp(name, "peer-timeout-ms") == 0 || strcmp(name, "nodelay") == 0 ||
+			strcmp(name, "zero-copy") == 0;
 	bool socket_only = tcp_only || strcmp(name, "sndbuf") == 0 || strcmp(name, "rcvbuf") == 0;
-	int64_t max = strcmp(name, "nodelay") == 0 ? 1 : INT_MAX;
+	int64_t max = strcmp(name, "nodelay") == 0 || strcmp(name, "zero-copy") == 0 ? 1 : INT_MAX;
 
 	if (!socket_only && strcmp(name, "timeout-ms") != 0)
 		return mfd_error_set(errp, MFD_EINVAL, "%s: unknown option '%s' (expected "
-				     "timeout-ms, peer-timeout-ms, nodelay, sndbuf or rcvbuf)",
+				     "timeout-ms, peer-timeout-ms, nodelay, zero-copy, sndbuf or "
+				     "rcvbuf)",
 				     ch->name, name);
 	if (value < 0 || value > max)
 		return mfd_error_set(errp, MFD_EINVAL, "%s: %s %lld is out of range 0..%lld",
@@ -369,6 +598,8 @@ static int fd_set_option(mfd_channel *ch, const char *name, int64_t value, mfd_e
 		return set_peer_timeout(ch, value, errp);
 	if (strcmp(name, "nodelay") == 0)
 		return set_int_opt(ch, IPPROTO_TCP, TCP_NODELAY, "TCP_NODELAY", (int)value, errp);
+	if (strcmp(name, "zero-copy") == 0)
+		return set_zerocopy(ch, fc, value, errp);
 	/* Setting a size switches autotuning off for good, so 0 must not touch it. */
 	if (value == 0)
 		return 0;
@@ -396,6 +627,8 @@ static const struct mfd_channel_ops fd_ops = {
 	.finish = fd_finish,
 	.set_option = fd_set_option,
 	.close = fd_close,
+	.writev_zerocopy = fd_writev_zerocopy,
+	.flush_zerocopy = fd_flush_zerocopy,
 };
 
 static int sock_int(int fd, int opt)

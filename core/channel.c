@@ -85,6 +85,35 @@ int mfd_channel_writev_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_
 	return 0;
 }
 
+int mfd_channel_writev_zerocopy_full(mfd_channel *ch, struct iovec *iov, int iovcnt,
+				     mfd_error **errp)
+{
+	if (!mfd_channel_has_zerocopy(ch))
+		return mfd_error_set(errp, MFD_ENOTSUP, "%s: a %s channel has no zero-copy send",
+				     ch->name, ch->ops->kind);
+	iov = mfd_iov_advance(iov, &iovcnt, 0);
+	while (iovcnt > 0) {
+		ssize_t n = ch->ops->writev_zerocopy(ch, iov, iovcnt, errp);
+
+		if (n < 0)
+			return (int)n;
+		if (n == 0)
+			return mfd_error_set(errp, MFD_EIO, "%s: write made no progress", ch->name);
+		iov = mfd_iov_advance(iov, &iovcnt, (size_t)n);
+	}
+	return 0;
+}
+
+int mfd_channel_flush_zerocopy(mfd_channel *ch, struct mfd_zerocopy_report *rep,
+			       mfd_error **errp)
+{
+	*rep = (struct mfd_zerocopy_report){ 0 };
+	if (!mfd_channel_has_zerocopy(ch))
+		return mfd_error_set(errp, MFD_ENOTSUP, "%s: a %s channel has no zero-copy send",
+				     ch->name, ch->ops->kind);
+	return ch->ops->flush_zerocopy(ch, rep, errp);
+}
+
 ssize_t mfd_channel_read_some(mfd_channel *ch, void *buf, size_t len, mfd_error **errp)
 {
 	struct iovec iov = { .iov_base = buf, .iov_len = len };

@@ -10,10 +10,13 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
 #include <multifd/multifd.h>
+
+struct mfd_zerocopy_report;
 
 struct mfd_channel_ops {
 	const char *kind;
@@ -33,6 +36,27 @@ struct mfd_channel_ops {
 	int (*set_option)(mfd_channel *ch, const char *name, int64_t value, mfd_error **errp);
 	/* Release transport resources (the struct itself is freed by the core). */
 	void (*close)(mfd_channel *ch);
+	/*
+	 * Optional, zero-copy send (set_option "zero-copy" 1 succeeded): like
+	 * writev, but the transport may go on reading the buffers after the
+	 * call returns, until flush_zerocopy() has returned.  A transport that
+	 * cannot pin the buffers (locked-memory limit) may copy instead; it
+	 * says so in the next report.
+	 */
+	ssize_t (*writev_zerocopy)(mfd_channel *ch, const struct iovec *iov, int iovcnt,
+				   mfd_error **errp);
+	/* Wait until the transport is done with every writev_zerocopy buffer
+	 * and report what happened since the last flush. */
+	int (*flush_zerocopy)(mfd_channel *ch, struct mfd_zerocopy_report *rep,
+			      mfd_error **errp);
+};
+
+/* What zero-copy sends did between two flushes. */
+struct mfd_zerocopy_report {
+	uint64_t sends;		/* zero-copy sends the kernel completed */
+	uint64_t copied;	/* of which it had copied after all (loopback, no SG) */
+	uint64_t copy_bytes;	/* bytes sent by copy since pinning was refused */
+	bool refused;		/* the kernel refused to pin pages: copying from now on */
 };
 
 struct mfd_channel {
@@ -51,6 +75,22 @@ mfd_channel *mfd_channel_alloc(const struct mfd_channel_ops *ops, const char *na
 int mfd_channel_readv_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp);
 /* Write all of the iovec's bytes. The iovec is consumed. */
 int mfd_channel_writev_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp);
+/*
+ * Write all of the iovec's bytes with writev_zerocopy: the buffers must stay
+ * unchanged (or may change only where a later send repairs it, like guest
+ * pages that dirty tracking resends) until mfd_channel_flush_zerocopy().
+ * MFD_ENOTSUP when the transport has no zero-copy send.
+ */
+int mfd_channel_writev_zerocopy_full(mfd_channel *ch, struct iovec *iov, int iovcnt,
+				     mfd_error **errp);
+/* Wait for the transport to release every zero-copy buffer; fills @rep. */
+int mfd_channel_flush_zerocopy(mfd_channel *ch, struct mfd_zerocopy_report *rep,
+			       mfd_error **errp);
+/* Whether the transport has zero-copy send at all. */
+static inline bool mfd_channel_has_zerocopy(const mfd_channel *ch)
+{
+	return ch->ops->writev_zerocopy && ch->ops->flush_zerocopy;
+}
 /* Read up to len bytes (at least one unless at end of data): >0, 0 = end, <0 = error. */
 ssize_t mfd_channel_read_some(mfd_channel *ch, void *buf, size_t len, mfd_error **errp);
 

@@ -193,6 +193,29 @@ static int level_param(mfd_migration *m, const char *codec)
 	return mfd_compress_find(codec)->level_default;
 }
 
+/* zero-copy-send hands guest pages to the kernel's TCP zero-copy send
+ * (MSG_ZEROCOPY), QEMU's conditions: multifd, no codec, no TLS. */
+static int check_zero_copy(mfd_migration *m, bool stream, bool unix_uri, mfd_error **errp)
+{
+	const char *codec = m->params.s[MFD_P_MULTIFD_COMPRESSION];
+
+	if (stream)
+		return mfd_error_set(errp, MFD_EINVAL, "zero-copy-send works on multifd channels: "
+				     "it needs a tcp: URI, not fd: or file:");
+	if (unix_uri)
+		return mfd_error_set(errp, MFD_EINVAL, "zero-copy-send needs a tcp: URI: the "
+				     "kernel's zero-copy send (MSG_ZEROCOPY) is for TCP, not unix "
+				     "sockets");
+	if (strcmp(codec, "none") != 0)
+		return mfd_error_set(errp, MFD_EINVAL, "zero-copy-send sends guest pages as they "
+				     "are: it needs multifd-compression none, not %s", codec);
+	if (*m->params.s[MFD_P_TLS_CREDS] || *m->params.s[MFD_P_TLS_PSK_FILE])
+		return mfd_error_set(errp, MFD_EINVAL, "zero-copy-send cannot be used with TLS "
+				     "(tls-creds or tls-psk-file): encryption writes every page "
+				     "into a new buffer anyway");
+	return 0;
+}
+
 static int make_config(struct mfd_engine *e, mfd_error **errp)
 {
 	mfd_migration *m = e->m;
@@ -205,6 +228,7 @@ static int make_config(struct mfd_engine *e, mfd_error **errp)
 	e->mcfg.packet_bytes = (uint32_t)(m->params.i[MFD_P_MULTIFD_PACKET_SIZE] * 4096);
 	e->mcfg.zero_detect = (enum mfd_zero_detect)m->params.i[MFD_P_ZERO_PAGE_DETECTION];
 	e->mcfg.adaptive_codec = m->params.i[MFD_P_MULTIFD_COMPRESSION_ADAPTIVE] != 0;
+	e->mcfg.zero_copy = !e->incoming && m->params.i[MFD_P_ZERO_COPY_SEND] != 0;
 	if (strcmp(codec, "none") != 0) {
 		e->mcfg.codec = mfd_compress_find(codec);
 		if (!e->mcfg.codec)
@@ -284,6 +308,12 @@ static int open_out(struct mfd_engine *e, int slot, mfd_error **errp)
 		return r;
 	}
 	tune_channel(e, raw);
+	if (slot >= 0 && e->mcfg.zero_copy &&
+	    (r = mfd_channel_set_option(raw, "zero-copy", 1, errp)) < 0) {
+		mfd_error_prefix(errp ? *errp : NULL, "zero-copy-send");
+		mfd_channel_free(raw);
+		return r;
+	}
 	if (slot == -2)
 		PUBLISH(e, pre_raw, raw);
 	else if (slot < 0)
@@ -2215,6 +2245,7 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	}
 	/* fd: and file: are one channel: no multifd, no return path. */
 	bool stream = tu.scheme == URI_FD || tu.scheme == URI_FILE;
+	bool unix_uri = tu.scheme == URI_UNIX;
 
 	if ((r = engine_reset(m, incoming, uri, errp)) < 0) {
 		transport_uri_clear(&tu);
@@ -2235,6 +2266,9 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 		return mfd_error_set(errp, MFD_EINVAL, "postcopy-ram needs the return path: a tcp: "
 				     "or unix: URI and return-path on (not %s)",
 				     stream ? "fd: or file:" : "return-path off");
+	if (!incoming && m->params.i[MFD_P_ZERO_COPY_SEND] &&
+	    (r = check_zero_copy(m, stream, unix_uri, errp)) < 0)
+		return r;
 	if ((r = make_config(e, errp)) < 0 ||
 	    (r = make_creds(e, incoming ? MFD_TLS_SERVER : MFD_TLS_CLIENT, errp)) < 0) {
 		mfd_tls_creds_free(e->creds);
@@ -2538,6 +2572,11 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 		st.channel_busy_ms[i] = ms->ch[i].busy_ns / 1000000;
 		page_bytes += ms->ch[i].normal_bytes;
 		wire += ms->ch[i].wire_bytes;
+		st.zero_copy_bytes += ms->ch[i].zc_bytes;
+		st.zero_copy_sends += ms->ch[i].zc_sends;
+		st.zero_copy_copied += ms->ch[i].zc_copied;
+		st.dirty_sync_missed_zero_copy += ms->ch[i].zc_missed_syncs;
+		st.zero_copy_refused_channels += ms->ch[i].zc_refused;
 	}
 	pthread_mutex_lock(&e->lock);
 	st.ram_postcopy_requests = e->pc_requests;
@@ -2597,9 +2636,12 @@ char *mfd_migration_stats_json(mfd_migration *m)
 		     "\"duplicate\": %llu, \"normal\": %llu, \"normal-bytes\": %llu, "
 		     "\"dirty-sync-count\": %llu, \"dirty-pages-rate\": %llu, \"mbps\": %.3f, "
 		     "\"pages-per-second\": %llu, \"multifd-bytes\": %llu, "
-		     "\"postcopy-requests\": %llu, \"page-size\": %llu}, "
+		     "\"postcopy-requests\": %llu, \"page-size\": %llu, "
+		     "\"dirty-sync-missed-zero-copy\": %llu}, "
 		     "\"multifd\": {\"channels\": %u, \"iterations\": %llu, \"syncs\": %llu, "
-		     "\"sync-ms-max\": %llu, \"compression-ratio\": %.4f, \"per-channel\": [%s]}, "
+		     "\"sync-ms-max\": %llu, \"compression-ratio\": %.4f, "
+		     "\"zero-copy\": {\"bytes\": %llu, \"sends\": %llu, \"copied\": %llu, "
+		     "\"refused-channels\": %u}, \"per-channel\": [%s]}, "
 		     "\"postcopy\": {\"requests\": %llu, \"faults\": %llu, "
 		     "\"fault-us-median\": %llu, \"fault-us-p99\": %llu, \"fault-us-max\": %llu, "
 		     "\"blocktime-ms\": %llu, \"pauses\": %llu, \"time-ms\": %llu}}",
@@ -2614,9 +2656,12 @@ char *mfd_migration_stats_json(mfd_migration *m)
 		     (unsigned long long)st.ram_pages_per_second,
 		     (unsigned long long)st.ram_multifd_bytes,
 		     (unsigned long long)st.ram_postcopy_requests,
-		     (unsigned long long)(m->nblocks ? m->blocks[0].page_size : 4096), st.channels,
+		     (unsigned long long)(m->nblocks ? m->blocks[0].page_size : 4096),
+		     (unsigned long long)st.dirty_sync_missed_zero_copy, st.channels,
 		     (unsigned long long)st.iterations, (unsigned long long)st.multifd_syncs,
 		     (unsigned long long)st.multifd_sync_ms_max, st.compression_ratio,
+		     (unsigned long long)st.zero_copy_bytes, (unsigned long long)st.zero_copy_sends,
+		     (unsigned long long)st.zero_copy_copied, st.zero_copy_refused_channels,
 		     chans ? chans : "", (unsigned long long)st.ram_postcopy_requests,
 		     (unsigned long long)st.postcopy_faults,
 		     (unsigned long long)st.postcopy_fault_us_median,

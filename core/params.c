@@ -21,7 +21,6 @@ struct pdef {
 	int64_t def, min, max;
 	const char *sdef;
 	const char *const *choices;	/* P_ENUM */
-	bool unsupported;		/* enabling it fails: not implemented yet */
 	bool live;			/* may change while migrating (read atomically) */
 };
 
@@ -45,7 +44,7 @@ static const struct pdef defs[MFD_P__COUNT] = {
 	[MFD_P_POSTCOPY_RAM] = { .name = "postcopy-ram", .type = P_BOOL, .def = 0, .min = 0, .max = 1 },
 	[MFD_P_POSTCOPY_PREEMPT] = { .name = "postcopy-preempt", .type = P_BOOL, .def = 0, .min = 0, .max = 1 },
 	[MFD_P_MAX_POSTCOPY_BANDWIDTH] = { .name = "max-postcopy-bandwidth", .type = P_INT, .def = 0, .min = 0, .max = INT64_MAX, .live = true },
-	[MFD_P_ZERO_COPY_SEND] = { .name = "zero-copy-send", .type = P_BOOL, .def = 0, .min = 0, .max = 1, .unsupported = true },
+	[MFD_P_ZERO_COPY_SEND] = { .name = "zero-copy-send", .type = P_BOOL, .def = 0, .min = 0, .max = 1 },
 	[MFD_P_TLS_CREDS] = { .name = "tls-creds", .type = P_STR, .def = 0, .min = 0, .max = 0, .sdef = "" },
 	[MFD_P_TLS_PSK_FILE] = { .name = "tls-psk-file", .type = P_STR, .def = 0, .min = 0, .max = 0, .sdef = "" },
 	[MFD_P_TLS_HOSTNAME] = { .name = "tls-hostname", .type = P_STR, .def = 0, .min = 0, .max = 0, .sdef = "" },
@@ -107,9 +106,6 @@ static int set_int(mfd_migration *m, int id, int64_t v, mfd_error **errp)
 		return mfd_error_set(errp, MFD_EINVAL, "%s %lld is outside %lld..%lld", d->name,
 				     (long long)v, (long long)d->min, (long long)d->max);
 	}
-	if (d->unsupported && v)
-		return mfd_error_set(errp, MFD_ENOTSUP, "%s is not supported by this version yet",
-				     d->name);
 	__atomic_store_n(&m->params.i[id], v, __ATOMIC_RELAXED);
 	return 0;
 }

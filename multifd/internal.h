@@ -40,6 +40,10 @@ struct mfd_multifd_config {
 	/* With a codec: each channel compresses only while that moves its
 	 * pages sooner than sending them raw (send.c, codec_pays()). */
 	bool adaptive_codec;
+	/* zero-copy-send: pages leave with the transport's zero-copy send (no
+	 * codec); header and offsets are copied; every SYNC and END waits for
+	 * the transport to release the pages. */
+	bool zero_copy;
 	uint8_t uuid[MFD_UUID_LEN];
 	uint8_t token[MFD_TOKEN_LEN];
 	/* The caller already wrote each channel's hello (mfd_hello_encode), e.g.
@@ -55,6 +59,13 @@ struct mfd_multifd_channel_stats {
 	uint64_t wire_bytes;	/* bytes written or read, headers included */
 	uint64_t raw_packets;	/* compressed codec, but sent raw (did not shrink) */
 	uint64_t busy_ns;	/* time spent working (not waiting) */
+	/* zero-copy-send (source). */
+	uint64_t zc_bytes;	/* page bytes handed over without a copy */
+	uint64_t zc_sends;	/* zero-copy sends the kernel completed */
+	uint64_t zc_copied;	/* of which it copied after all */
+	uint64_t zc_missed_syncs;	/* syncs that found a send copied */
+	uint64_t zc_copy_bytes;	/* bytes copied since the kernel refused to pin */
+	bool zc_refused;	/* the kernel refused to pin: this channel copies */
 };
 
 struct mfd_multifd_stats {

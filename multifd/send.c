@@ -393,7 +393,18 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 		payload = (uint32_t)(nn * ps);
 	}
 	put_header(c, flags, job->block, nn, nz, payload);
-	r = mfd_channel_writev_full(c->ch, c->iov, iovcnt, errp);
+	if (s->cfg.zero_copy && nn) {
+		/* Header and offsets are this thread's reused buffers: copied.
+		 * Guest pages go as they are; a page the guest writes before the
+		 * kernel reads it is dirty and goes again. */
+		r = mfd_channel_writev_full(c->ch, c->iov, 2, errp);
+		if (r == 0)
+			r = mfd_channel_writev_zerocopy_full(c->ch, c->iov + 2, iovcnt - 2, errp);
+		if (r == 0)
+			c->work.zc_bytes += (uint64_t)nn * ps;
+	} else {
+		r = mfd_channel_writev_full(c->ch, c->iov, iovcnt, errp);
+	}
 	if (r < 0)
 		return r;
 	if (codec && s->cfg.adaptive_codec && nn * ps >= COST_MIN_BYTES) {
@@ -416,6 +427,24 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 	c->work.page_bytes += (uint64_t)(nn + nz) * ps;
 	c->work.normal_bytes += (uint64_t)nn * ps;
 	c->work.wire_bytes += MFD_PACKET_HEADER_SIZE + 8ull * (nn + nz) + payload;
+	return 0;
+}
+
+/* Wait until the transport is done with the pages given to zero-copy
+ * sends, so that none is still in flight past a SYNC or END. */
+static int flush_zerocopy(struct send_channel *c, bool at_sync, mfd_error **errp)
+{
+	struct mfd_zerocopy_report rep;
+	int r = mfd_channel_flush_zerocopy(c->ch, &rep, errp);
+
+	if (r < 0)
+		return r;
+	c->work.zc_sends += rep.sends;
+	c->work.zc_copied += rep.copied;
+	c->work.zc_copy_bytes += rep.copy_bytes;
+	c->work.zc_refused = rep.refused;
+	if (at_sync && rep.copied)
+		c->work.zc_missed_syncs++;
 	return 0;
 }
 
@@ -447,9 +476,13 @@ static void *send_thread(void *arg)
 		if (r == 0 && sync) {
 			r = write_control(c, MFD_PACKET_SYNC, &err);
 			c->work.sync_packets++;
+			if (r == 0 && s->cfg.zero_copy)
+				r = flush_zerocopy(c, true, &err);
 		}
 		if (r == 0 && end)
 			r = write_control(c, MFD_PACKET_END, &err);
+		if (r == 0 && end && s->cfg.zero_copy)
+			r = flush_zerocopy(c, false, &err);
 		c->work.busy_ns += mfd_now_ns() - t0;
 		if (r < 0) {
 			mfd_error_prefix(err, "multifd channel %u", c->id);
@@ -567,6 +600,15 @@ int mfd_multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_
 				     cfg->packet_bytes, MFD_PACKET_BYTES_MIN, MFD_PACKET_BYTES_MAX);
 	if (cfg->codec && mfd_compress_check_level(cfg->codec, cfg->level, errp) < 0)
 		return MFD_EINVAL;
+	if (cfg->zero_copy && cfg->codec)
+		return mfd_error_set(errp, MFD_EINVAL, "zero-copy-send sends guest pages as they "
+				     "are: it needs multifd-compression none, not %s",
+				     cfg->codec->name);
+	for (unsigned i = 0; cfg->zero_copy && i < cfg->channels; i++)
+		if (!mfd_channel_has_zerocopy(channels[i]))
+			return mfd_error_set(errp, MFD_ENOTSUP, "zero-copy-send: multifd channel %u "
+					     "(%s, a %s channel) has no zero-copy send", i,
+					     channels[i]->name, channels[i]->ops->kind);
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return mfd_error_set(errp, MFD_ENOMEM, "multifd: out of memory");

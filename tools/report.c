@@ -266,6 +266,12 @@ static void print_multifd(FILE *f, const struct mfd_stats *st)
 	if (st->multifd_syncs)
 		print_row(f, "multifd syncs", "%" PRIu64 ", slowest %" PRIu64 " ms",
 			  st->multifd_syncs, st->multifd_sync_ms_max);
+	if (st->zero_copy_bytes || st->zero_copy_refused_channels)
+		print_row(f, "zero-copy", "%.1f MiB in %" PRIu64 " sends, %" PRIu64 " copied by "
+			  "the kernel after all, %" PRIu64 " syncs missed, %u channels refused",
+			  (double)st->zero_copy_bytes / (1 << 20), st->zero_copy_sends,
+			  st->zero_copy_copied, st->dirty_sync_missed_zero_copy,
+			  st->zero_copy_refused_channels);
 	print_channels(f, st);
 }
 

@@ -315,6 +315,8 @@ MFD_API int mfd_channel_finish(mfd_channel *ch, mfd_error **errp);
  *		the kernel coalesce them.
  *	"sndbuf", "rcvbuf": socket buffer sizes in bytes (0 leaves the
  *		kernel's autotuning on, the default).
+ *	"zero-copy": TCP only: 1 lets the library's zero-copy sends use
+ *		MSG_ZEROCOPY (SO_ZEROCOPY); MFD_ENOTSUP on a kernel without it.
  * @value: the value.
  * @errp: error details: MFD_ENOTSUP when the option does not apply to this
  *	transport, MFD_EINVAL for an unknown name or a value out of range.
@@ -1082,7 +1084,19 @@ MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
  *   postcopy-preempt          bool, off  (both sides; requested pages on a
  *                             channel of their own)
  *   max-postcopy-bandwidth    int bytes/s, 0 = unlimited (background push)
- *   zero-copy-send            bool, off  (not supported yet: enabling fails)
+ *   zero-copy-send            bool, off (source): multifd pages go with the
+ *                             kernel's TCP zero-copy send (MSG_ZEROCOPY), the
+ *                             kernel pinning guest pages instead of copying
+ *                             them; every sync waits until it is done with
+ *                             them.  Needs a tcp: URI, multifd-compression
+ *                             none and no TLS (mfd_migrate() fails otherwise).
+ *                             Pinned pages count against RLIMIT_MEMLOCK unless
+ *                             the process has CAP_IPC_LOCK; a channel whose
+ *                             pages cannot be pinned even with none in flight
+ *                             copies from then on (logged once as a warning,
+ *                             counted in mfd_stats).  Gains on real NICs; on
+ *                             loopback and veth the kernel copies at delivery
+ *                             (zero_copy_copied) and it gains nothing.
  *   tls-creds                 string: directory of x509 PEM files, "" = no TLS
  *   tls-psk-file              string: identity:hexkey file, "" = no PSK
  *   tls-hostname              string: server name to verify, "" = the URI's host
@@ -1431,6 +1445,12 @@ struct mfd_stats {
 	uint64_t postcopy_blocktime_ms;		/* sum of the time faulting threads waited */
 	uint64_t postcopy_pauses;		/* connection losses survived */
 	uint64_t postcopy_time_ms;		/* from the switch to the end */
+	/* zero-copy-send (source). */
+	uint64_t zero_copy_bytes;		/* page bytes handed over without a copy */
+	uint64_t zero_copy_sends;		/* zero-copy sends the kernel completed */
+	uint64_t zero_copy_copied;		/* of which it copied after all (loopback) */
+	uint64_t dirty_sync_missed_zero_copy;	/* channel syncs that found a send copied */
+	unsigned zero_copy_refused_channels;	/* copying: the kernel refused to pin pages */
 };
 
 /**

@@ -198,7 +198,10 @@ static void start_pair(struct guest *src, struct guest *dst, const char *listen)
 	ck_assert_ok(mfd_migrate(src->m, uri, &err), err);
 }
 
-static void migrate_live(unsigned channels, const char *codec, const char *listen)
+/* A live migration of a 32 MiB guest, checked byte for byte; @st gets the
+ * source's statistics. */
+static void migrate_live_stats(unsigned channels, const char *codec, const char *listen,
+			       bool zero_copy, struct mfd_stats *out)
 {
 	struct guest src, dst;
 	mfd_error *err = NULL;
@@ -209,6 +212,8 @@ static void migrate_live(unsigned channels, const char *codec, const char *liste
 	guest_init(&dst, 32, false, channels, codec);
 	/* Sanitizer builds run the codecs many times slower: give them room. */
 	ck_assert_ok(mfd_set_param(src.m, "downtime-limit", "1000", &err), err);
+	if (zero_copy)
+		ck_assert_ok(mfd_set_param(src.m, "zero-copy-send", "on", &err), err);
 	guest_start_writer(&src);
 	start_pair(&src, &dst, listen);
 	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
@@ -232,9 +237,17 @@ static void migrate_live(unsigned channels, const char *codec, const char *liste
 	ck_assert_ptr_nonnull(json);
 	ck_assert_ptr_nonnull(strstr(json, "\"status\": \"completed\""));
 	ck_assert_ptr_nonnull(strstr(json, "\"dirty-sync-count\""));
+	ck_assert_ptr_nonnull(strstr(json, "\"dirty-sync-missed-zero-copy\": "));
 	free(json);
+	if (out)
+		*out = st;
 	guest_free(&src);
 	guest_free(&dst);
+}
+
+static void migrate_live(unsigned channels, const char *codec, const char *listen)
+{
+	migrate_live_stats(channels, codec, listen, false, NULL);
 }
 
 /* dest-ram-zeroed on (the default) trusts the destination's RAM to start
@@ -743,6 +756,80 @@ START_TEST(parameters)
 END_TEST
 
 /*
+ * zero-copy-send: the guest keeps writing pages the kernel may not have
+ * read yet; dirty tracking sends them again and the final pass runs with
+ * the guest stopped, so the destination still ends byte for byte equal.
+ */
+START_TEST(zero_copy_send_live)
+{
+	struct mfd_stats st;
+
+	migrate_live_stats(4, "none", "tcp:127.0.0.1:0", true, &st);
+	ck_assert_uint_gt(st.zero_copy_bytes, 0);
+	ck_assert_uint_le(st.zero_copy_bytes, st.ram_normal_bytes);
+	ck_assert_uint_ge(st.zero_copy_sends, 1);
+	ck_assert_uint_le(st.zero_copy_copied, st.zero_copy_sends);
+	/* Loopback copies at delivery: then syncs count as missed. */
+	ck_assert(st.zero_copy_copied == 0 || st.dirty_sync_missed_zero_copy >= 1);
+	ck_assert_uint_le(st.dirty_sync_missed_zero_copy, (uint64_t)st.multifd_syncs * 4);
+	ck_assert_uint_eq(st.zero_copy_refused_channels, 0);
+
+	migrate_live_stats(2, "none", "tcp:127.0.0.1:0", false, &st);
+	ck_assert_uint_eq(st.zero_copy_bytes, 0);
+	ck_assert_uint_eq(st.zero_copy_sends, 0);
+}
+END_TEST
+
+/* What zero-copy-send cannot be combined with fails mfd_migrate() at once. */
+START_TEST(zero_copy_send_refusals)
+{
+	static const struct {
+		const char *uri, *param, *value, *msg;
+	} cases[] = {
+		{ "unix:/tmp/mfd-zc.sock", NULL, NULL, "zero-copy-send needs a tcp: URI" },
+		{ "file:/tmp/mfd-zc.img", NULL, NULL, "it needs a tcp: URI, not fd: or file:" },
+		{ "tcp:127.0.0.1:1", "multifd-compression", "zlib",
+		  "it needs multifd-compression none, not zlib" },
+		{ "tcp:127.0.0.1:1", "tls-psk-file", "/nonexistent",
+		  "zero-copy-send cannot be used with TLS" },
+	};
+	mfd_error *err = NULL;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		mfd_migration *m = NULL;
+
+		ck_assert_ok(mfd_migration_new(&m, &err), err);
+		ck_assert_ok(mfd_set_param(m, "zero-copy-send", "on", &err), err);
+		if (cases[i].param)
+			ck_assert_ok(mfd_set_param(m, cases[i].param, cases[i].value, &err), err);
+		ck_assert_int_eq(mfd_migrate(m, cases[i].uri, &err), MFD_EINVAL);
+		ck_assert_mfd_error(err, MFD_EINVAL, cases[i].msg);
+		ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_NONE);
+		mfd_migration_free(m);
+	}
+}
+END_TEST
+
+/* With no locked memory to pin pages, every channel falls back to copying,
+ * says so in the log, and the migration completes. */
+START_TEST(zero_copy_send_without_locked_memory)
+{
+	struct test_memlock ml;
+	struct mfd_stats st;
+	const char *log;
+
+	test_memlock_limit(&ml, 0);
+	test_log_capture_start();
+	migrate_live_stats(2, "none", "tcp:127.0.0.1:0", true, &st);
+	log = test_log_capture_stop();
+	test_memlock_restore(&ml);
+	ck_assert_uint_eq(st.zero_copy_refused_channels, 2);
+	ck_assert_uint_eq(st.zero_copy_sends, 0);
+	ck_assert_msg(strstr(log, "zero-copy-send: the kernel refused to pin"), "log: %s", log);
+}
+END_TEST
+
+/*
  * bench/soak, short: back-to-back migrations with random channels, codecs,
  * TLS, destination RAM modes and cancels, each completed one verified byte
  * for byte, fds and RSS watched.  Under TSan any report fails it too.
@@ -779,6 +866,9 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, destination_dies_mid_iteration);
 	tcase_add_test(tc, no_convergence_without_auto_converge);
 	tcase_add_test(tc, switchover_waits_for_the_destination_ack);
+	tcase_add_test(tc, zero_copy_send_live);
+	tcase_add_test(tc, zero_copy_send_refusals);
+	tcase_add_test(tc, zero_copy_send_without_locked_memory);
 	tcase_add_test(tc, soak_of_back_to_back_migrations);
 	tcase_set_timeout(tc, 180);
 	suite_add_tcase(s, tc);

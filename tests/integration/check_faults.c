@@ -207,6 +207,7 @@ struct setup {
 	bool postcopy, preempt;
 	const char *psk_file;		/* TLS-PSK when set */
 	unsigned timeout_ms;		/* channel-timeout-ms */
+	bool zero_copy;			/* zero-copy-send on the source */
 };
 
 static void guest_init(struct fguest *g, size_t mib, bool source, const struct setup *su)
@@ -236,6 +237,8 @@ static void guest_init(struct fguest *g, size_t mib, bool source, const struct s
 	}
 	if (su->psk_file)
 		set(g->m, "tls-psk-file", su->psk_file);
+	if (su->zero_copy && source)
+		set(g->m, "zero-copy-send", "on");
 	if (source) {
 		for (size_t p = 0; p < g->size / PS; p++) {
 			if (p % 2)
@@ -426,6 +429,7 @@ struct scenario {
 	enum expect ex;
 	int code;		/* EX_FAIL: the code of the source's error */
 	const char *phase_txt;	/* EX_FAIL: what the message says of the phase */
+	bool zero_copy;		/* zero-copy-send on the source */
 };
 
 #define SRC false
@@ -438,10 +442,15 @@ struct scenario {
 #define SC(side_, ch_, idx_, ph_, kind_, dir_, aft_, stall_, pc_, pre_, tls_, ex_, code_, txt_) \
 	{ { .incoming = side_, .chan = FAULT_CH_##ch_, .index = idx_, .phase = FAULT_PH_##ph_,  \
 	    .kind = FAULT_##kind_, .dir = dir_, .after = aft_, .stall_ms = stall_,             \
-	    .seed = 0x5eed }, pc_, pre_, tls_, ex_, code_, txt_ }
+	    .seed = 0x5eed }, pc_, pre_, tls_, ex_, code_, txt_, false }
 /* Precopy, plain, source side. */
 #define P(ch_, idx_, ph_, kind_, aft_, stall_, ex_, code_, txt_) \
 	SC(SRC, ch_, idx_, ph_, kind_, W, aft_, stall_, false, false, false, ex_, code_, txt_)
+/* Precopy, zero-copy-send, either side. */
+#define Z(side_, ch_, idx_, ph_, kind_, dir_, aft_, stall_, ex_, code_, txt_)                  \
+	{ { .incoming = side_, .chan = FAULT_CH_##ch_, .index = idx_, .phase = FAULT_PH_##ph_,  \
+	    .kind = FAULT_##kind_, .dir = dir_, .after = aft_, .stall_ms = stall_,             \
+	    .seed = 0x5eed }, false, false, false, ex_, code_, txt_, true }
 /* Precopy, TLS-PSK, source side. */
 #define T(ch_, idx_, ph_, kind_, aft_, stall_, ex_, code_, txt_) \
 	SC(SRC, ch_, idx_, ph_, kind_, W, aft_, stall_, false, false, true, ex_, code_, txt_)
@@ -535,6 +544,15 @@ static const struct scenario scenarios[] = {
 	   "postcopy"),
 	SC(SRC, MAIN, 0, POSTCOPY, CLOSE, W, 50000, 0, true, false, true, EX_PAUSE, 0, NULL),
 	SC(SRC, PREEMPT, 0, POSTCOPY, FAIL, W, 0, 0, true, true, true, EX_PAUSE, 0, NULL),
+	/* zero-copy-send: a broken channel while pages are in flight, and a
+	 * SYNC whose flush waits for them */
+	Z(SRC, MULTIFD, 1, ITERATION, FAIL, W, 65536, 0, EX_FAIL, MFD_EIO, "multifd channel 1"),
+	Z(SRC, MULTIFD, 0, ITERATION, CLOSE, W, 100000, 0, EX_FAIL, 0, "multifd channel"),
+	Z(SRC, MULTIFD, 1, ITERATION, SHORT, W, 4096, 0, EX_OK, 0, NULL),
+	Z(SRC, MULTIFD, 0, SYNC, STALL, W, 0, LONG_STALL, EX_FAIL, MFD_ETIMEDOUT,
+	  "multifd channel 0"),
+	Z(DST, MULTIFD, 1, SYNC, CLOSE, R, 0, 0, EX_FAIL, 0, "channel"),
+	Z(DST, MULTIFD, 1, ITERATION, STALL, R, 4096, SHORT_STALL, EX_OK, 0, NULL),
 };
 
 #define N_SCENARIOS ((int)(sizeof(scenarios) / sizeof(scenarios[0])))
@@ -620,7 +638,8 @@ START_TEST(fault_matrix)
 {
 	const struct scenario *sc = &scenarios[_i];
 	struct setup su = { .channels = 2, .postcopy = sc->postcopy, .preempt = sc->preempt,
-			    .timeout_ms = sc->f.kind == FAULT_STALL ? 1000 : 5000 };
+			    .timeout_ms = sc->f.kind == FAULT_STALL ? 1000 : 5000,
+			    .zero_copy = sc->zero_copy };
 	struct fguest src, dst, dst2;
 	struct fault_ctl *ctl = NULL;
 	mfd_error *err = NULL;
@@ -628,6 +647,8 @@ START_TEST(fault_matrix)
 	uint64_t t0 = test_now_ms();
 
 	fault_spec_describe(&sc->f, desc, sizeof(desc));
+	if (sc->zero_copy)
+		snprintf(desc + strlen(desc), sizeof(desc) - strlen(desc), ", zero-copy-send");
 	if (sc->postcopy && !have_uffd()) {
 		printf("faults: #%d %s: userfaultfd unavailable (run as root); skipped\n", _i, desc);
 		return;

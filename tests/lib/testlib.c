@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -470,4 +472,67 @@ bool test_have_tool(const char *suite)
 		return false;
 	}
 	return true;
+}
+
+void test_memlock_limit(struct test_memlock *st, rlim_t bytes)
+{
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[2];
+	struct rlimit rl;
+
+	memset(st, 0, sizeof(*st));
+	ck_assert_int_eq(getrlimit(RLIMIT_MEMLOCK, &st->old), 0);
+	rl = st->old;
+	rl.rlim_cur = bytes;
+	ck_assert_msg(setrlimit(RLIMIT_MEMLOCK, &rl) == 0, "setrlimit(RLIMIT_MEMLOCK): %s",
+		      strerror(errno));
+	ck_assert_int_eq(syscall(SYS_capget, &hdr, data), 0);
+	if (data[CAP_TO_INDEX(CAP_IPC_LOCK)].effective & CAP_TO_MASK(CAP_IPC_LOCK)) {
+		data[CAP_TO_INDEX(CAP_IPC_LOCK)].effective &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+		ck_assert_msg(syscall(SYS_capset, &hdr, data) == 0, "capset: %s", strerror(errno));
+		st->cap_dropped = true;
+	}
+}
+
+void test_memlock_restore(struct test_memlock *st)
+{
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[2];
+
+	if (st->cap_dropped) {
+		/* Still permitted: taking it back needs no privilege. */
+		ck_assert_int_eq(syscall(SYS_capget, &hdr, data), 0);
+		data[CAP_TO_INDEX(CAP_IPC_LOCK)].effective |= CAP_TO_MASK(CAP_IPC_LOCK);
+		ck_assert_int_eq(syscall(SYS_capset, &hdr, data), 0);
+		st->cap_dropped = false;
+	}
+	ck_assert_int_eq(setrlimit(RLIMIT_MEMLOCK, &st->old), 0);
+}
+
+static pthread_mutex_t capture_lock = PTHREAD_MUTEX_INITIALIZER;
+static char capture_buf[16384];
+
+static void capture_line(enum mfd_log_level level, const char *msg, void *opaque)
+{
+	(void)level;
+	(void)opaque;
+	pthread_mutex_lock(&capture_lock);
+	size_t len = strlen(capture_buf);
+
+	snprintf(capture_buf + len, sizeof(capture_buf) - len, "%s\n", msg);
+	pthread_mutex_unlock(&capture_lock);
+}
+
+void test_log_capture_start(void)
+{
+	pthread_mutex_lock(&capture_lock);
+	capture_buf[0] = '\0';
+	pthread_mutex_unlock(&capture_lock);
+	mfd_log_set_handler(capture_line, NULL, MFD_LOG_DEBUG);
+}
+
+const char *test_log_capture_stop(void)
+{
+	mfd_log_set_handler(NULL, NULL, MFD_LOG_WARNING);
+	return capture_buf;
 }

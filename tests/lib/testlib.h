@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <sys/resource.h>
+
 #include <multifd/multifd.h>
 
 /* TEST_SANITIZED: 1 in an ASan or TSan build, where every syscall wrapper
@@ -153,5 +155,23 @@ int test_run_tool(char *out, size_t len, bool with_stderr, const char *const *ar
 /* The same for @prog, a path under the build directory ("bench/soak"). */
 int test_run_program(const char *prog, char *out, size_t len, bool with_stderr,
 		     const char *const *args);
+
+/*
+ * Put the calling thread, and the threads it starts from then on, under a
+ * locked-memory limit of @bytes (RLIMIT_MEMLOCK, process-wide) by dropping
+ * CAP_IPC_LOCK from the thread's effective capabilities (root ignores the
+ * limit otherwise).  test_memlock_restore() undoes both.
+ */
+struct test_memlock {
+	struct rlimit old;
+	bool cap_dropped;
+};
+void test_memlock_limit(struct test_memlock *st, rlim_t bytes);
+void test_memlock_restore(struct test_memlock *st);
+
+/* Collects the library's log lines (mfd_log_set_handler) while installed. */
+void test_log_capture_start(void);
+/* Stops collecting; returns what was collected (valid until the next start). */
+const char *test_log_capture_stop(void);
 
 #endif /* MFD_TESTLIB_H */

@@ -752,7 +752,7 @@ START_TEST(socket_options)
 	ck_assert_mfd_error(err, MFD_EINVAL, "timeout-ms 1099511627776 is out of range");
 	ck_assert_int_eq(mfd_channel_set_option(c, "linger", 1, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "unknown option 'linger' (expected timeout-ms, "
-			    "peer-timeout-ms, nodelay, sndbuf or rcvbuf)");
+			    "peer-timeout-ms, nodelay, zero-copy, sndbuf or rcvbuf)");
 	mfd_channel_free(c);
 	mfd_channel_free(s);
 	mfd_listener_free(l);
@@ -783,6 +783,214 @@ START_TEST(socket_options)
 	ck_assert_int_eq(mfd_channel_set_option(m, "timeout-ms", 10, &err), MFD_ENOTSUP);
 	ck_assert_mfd_error(err, MFD_ENOTSUP, "mem:writer: option 'timeout-ms' does not apply");
 	mfd_channel_free(m);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------- */
+/* Zero-copy send                                                          */
+
+struct zc_job {
+	mfd_channel *ch;
+	const uint8_t *data;
+	size_t len, chunk;
+	int result;
+	mfd_error *err;
+	struct mfd_zerocopy_report rep;
+};
+
+/* Zero-copy writes of @chunk bytes each, then a flush. */
+static void *zc_writer(void *arg)
+{
+	struct zc_job *z = arg;
+
+	for (size_t off = 0; off < z->len && z->result == 0; off += z->chunk) {
+		size_t n = z->len - off < z->chunk ? z->len - off : z->chunk;
+		struct iovec iov = { (void *)(z->data + off), n };
+
+		z->result = mfd_channel_writev_zerocopy_full(z->ch, &iov, 1, &z->err);
+	}
+	if (z->result == 0)
+		z->result = mfd_channel_flush_zerocopy(z->ch, &z->rep, &z->err);
+	return NULL;
+}
+
+/* @len bytes through zero-copy sends from c to s; returns the report. */
+static struct mfd_zerocopy_report zc_transfer(mfd_channel *c, mfd_channel *s, size_t len)
+{
+	uint8_t *data = pattern(len, 7), *got = malloc(len);
+	struct zc_job z = { .ch = c, .data = data, .len = len, .chunk = 512u << 10 };
+	mfd_error *err = NULL;
+	pthread_t t;
+
+	ck_assert_ptr_nonnull(got);
+	ck_assert_int_eq(pthread_create(&t, NULL, zc_writer, &z), 0);
+	ck_assert_ok(read_exact(s, got, len, &err), err);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_msg(z.result == 0, "zero-copy writer: %s", mfd_error_message(z.err));
+	ck_assert_int_eq(memcmp(got, data, len), 0);
+	free(data);
+	free(got);
+	return z.rep;
+}
+
+START_TEST(zero_copy_send_and_flush)
+{
+	mfd_listener *l = NULL;
+	mfd_channel *c = NULL, *s = NULL, *a = NULL, *b = NULL, *m = NULL;
+	struct mfd_zerocopy_report rep;
+	mfd_error *err = NULL;
+	struct iovec iov = { "x", 1 };
+
+	tcp_pair(&l, &c, &s);
+	ck_assert_ok(mfd_channel_set_option(c, "zero-copy", 1, &err), err);
+	ck_assert_int_eq(sockopt_int(fd_channel_fd(c), SOL_SOCKET, SO_ZEROCOPY), 1);
+	rep = zc_transfer(c, s, 16u << 20);
+	/* 32 calls, each at least one sendmsg; the flush waited for them all. */
+	ck_assert_uint_ge(rep.sends, 32);
+	ck_assert_uint_le(rep.copied, rep.sends);
+	ck_assert(!rep.refused);
+	ck_assert_uint_eq(rep.copy_bytes, 0);
+	/* A report covers what happened since the last one. */
+	ck_assert_ok(mfd_channel_flush_zerocopy(c, &rep, &err), err);
+	ck_assert_uint_eq(rep.sends, 0);
+	ck_assert_int_eq(mfd_channel_set_option(c, "zero-copy", 2, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "zero-copy 2 is out of range 0..1");
+	mfd_channel_free(c);
+	mfd_channel_free(s);
+	mfd_listener_free(l);
+
+	/* MSG_ZEROCOPY is for TCP; other transports have no zero-copy send. */
+	ck_assert_ok(mfd_channel_socketpair(&a, &b, &err), err);
+	ck_assert_int_eq(mfd_channel_set_option(a, "zero-copy", 1, &err), MFD_ENOTSUP);
+	ck_assert_mfd_error(err, MFD_ENOTSUP, "option 'zero-copy' needs a TCP socket, this is a "
+			    "unix socket");
+	mfd_channel_free(a);
+	mfd_channel_free(b);
+	ck_assert_ok(mfd_channel_new_mem_writer(0, &m, &err), err);
+	ck_assert_int_eq(mfd_channel_writev_zerocopy_full(m, &iov, 1, &err), MFD_ENOTSUP);
+	ck_assert_mfd_error(err, MFD_ENOTSUP, "channel has no zero-copy send");
+	ck_assert_int_eq(mfd_channel_flush_zerocopy(m, &rep, &err), MFD_ENOTSUP);
+	ck_assert_mfd_error(err, MFD_ENOTSUP, "channel has no zero-copy send");
+	mfd_channel_free(m);
+}
+END_TEST
+
+static double thread_cpu_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+struct zc_flush_job {
+	mfd_channel *ch;
+	int result;
+	mfd_error *err;
+};
+
+static void *zc_flusher(void *arg)
+{
+	struct zc_flush_job *f = arg;
+	struct mfd_zerocopy_report rep;
+
+	f->result = mfd_channel_flush_zerocopy(f->ch, &rep, &f->err);
+	return NULL;
+}
+
+/*
+ * The peer stops reading: a zero-copy write and then a flush run into the
+ * deadline, sleeping (completions waiting on the error queue make poll()
+ * return at once, so a wait that did not read them would spin), and a
+ * flush with no deadline ends at a cancel.
+ */
+START_TEST(zero_copy_deadlines_and_cancel)
+{
+	size_t len = 64u << 20;
+	uint8_t *data = calloc(1, len);
+	mfd_listener *l = NULL;
+	mfd_channel *c = NULL, *s = NULL;
+	struct mfd_zerocopy_report rep;
+	struct zc_flush_job f = { 0 };
+	mfd_error *err = NULL;
+	struct iovec iov;
+	double cpu0, cpu;
+	pthread_t t;
+
+	ck_assert_ptr_nonnull(data);
+	tcp_pair(&l, &c, &s);
+	ck_assert_ok(mfd_channel_set_option(c, "zero-copy", 1, &err), err);
+	ck_assert_ok(mfd_channel_set_option(c, "timeout-ms", 200, &err), err);
+	iov = (struct iovec){ data, len };
+	cpu0 = thread_cpu_ms();
+	ck_assert_int_eq(mfd_channel_writev_zerocopy_full(c, &iov, 1, &err), MFD_ETIMEDOUT);
+	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "could not write for 200 ms, the peer is not reading");
+	ck_assert_int_eq(mfd_channel_flush_zerocopy(c, &rep, &err), MFD_ETIMEDOUT);
+	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "zero-copy sends still in flight after 200 ms");
+	cpu = thread_cpu_ms() - cpu0;
+	ck_assert_msg(cpu < 200, "waiting 400 ms took %.0f ms of CPU: a busy wait", cpu);
+
+	ck_assert_ok(mfd_channel_set_option(c, "timeout-ms", 0, &err), err);
+	f.ch = c;
+	ck_assert_int_eq(pthread_create(&t, NULL, zc_flusher, &f), 0);
+	usleep(50 * 1000);
+	mfd_channel_shutdown(c);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_int_eq(f.result, MFD_ECANCELED);
+	ck_assert_mfd_error(f.err, MFD_ECANCELED, "channel shut down");
+	mfd_channel_free(c);
+	mfd_channel_free(s);
+	mfd_listener_free(l);
+	free(data);
+}
+END_TEST
+
+/*
+ * Pinned pages count against RLIMIT_MEMLOCK.  A limit smaller than what is
+ * in flight makes sends wait for completions; a limit too small for one
+ * send makes the channel copy from then on, saying so once in the log.
+ */
+START_TEST(zero_copy_under_a_locked_memory_limit)
+{
+	struct test_memlock ml;
+	mfd_listener *l = NULL;
+	mfd_channel *c = NULL, *s = NULL;
+	struct mfd_zerocopy_report rep;
+	mfd_error *err = NULL;
+	const char *log;
+
+	/* 1 MiB: two 512 KiB sends in flight at most. */
+	test_memlock_limit(&ml, 1u << 20);
+	tcp_pair(&l, &c, &s);
+	ck_assert_ok(mfd_channel_set_option(c, "zero-copy", 1, &err), err);
+	test_log_capture_start();
+	rep = zc_transfer(c, s, 16u << 20);
+	log = test_log_capture_stop();
+	ck_assert_msg(!rep.refused && rep.copy_bytes == 0, "refused with 1 MiB: %s", log);
+	ck_assert_uint_ge(rep.sends, 32);
+	mfd_channel_free(c);
+	mfd_channel_free(s);
+	mfd_listener_free(l);
+	test_memlock_restore(&ml);
+
+	test_memlock_limit(&ml, 0);
+	tcp_pair(&l, &c, &s);
+	ck_assert_ok(mfd_channel_set_option(c, "zero-copy", 1, &err), err);
+	test_log_capture_start();
+	rep = zc_transfer(c, s, 4u << 20);
+	log = test_log_capture_stop();
+	test_memlock_restore(&ml);
+	ck_assert(rep.refused);
+	ck_assert_uint_eq(rep.copy_bytes, 4u << 20);
+	ck_assert_uint_eq(rep.sends, 0);
+	ck_assert_msg(strstr(log, "zero-copy-send: the kernel refused to pin 524288 bytes") &&
+		      strstr(log, "locked-memory limit 0 KiB") && strstr(log, "by copy from now on"),
+		      "log: %s", log);
+	/* Said once, not per write. */
+	ck_assert_ptr_null(strstr(strstr(log, "refused to pin") + 1, "refused to pin"));
+	mfd_channel_free(c);
+	mfd_channel_free(s);
+	mfd_listener_free(l);
 }
 END_TEST
 
@@ -1314,6 +1522,9 @@ Suite *suite_transport(void)
 	tcase_add_test(opts, write_timeout_when_the_peer_does_not_read);
 	tcase_add_test(opts, socket_options);
 	tcase_add_test(opts, finish_ends_one_direction_only);
+	tcase_add_test(opts, zero_copy_send_and_flush);
+	tcase_add_test(opts, zero_copy_deadlines_and_cancel);
+	tcase_add_test(opts, zero_copy_under_a_locked_memory_limit);
 	suite_add_tcase(s, opts);
 
 	tcase_add_test(cancel, cancel_of_a_blocked_reader_is_prompt);
