@@ -420,6 +420,43 @@ class Bench:
         out("  nocomp and forced: the same cell without codec, and with the codec on every "
             "packet (multifd-compression-adaptive=off)")
 
+    def zerocopy(self):
+        """zero-copy-send against the same cell without it: random pages, no
+        codec.  On loopback the kernel copies at delivery (copied = sends), so
+        what is left to win is the source's CPU."""
+        out()
+        out("%-32s %9s %9s %6s %11s %11s %8s" % (
+            "zero-copy-send, loopback", "GiB/s", "nocomp", "ratio", "src cpu/GiB",
+            "nocomp", "copied"))
+        for ch in self.channels:
+            key = "random.none-zerocopy.plain.%dch" % ch
+            res = self.best_of_two(lambda: self.run_ours(self.image("random"), ch, "none",
+                                                         extra=["--param",
+                                                                "zero-copy-send=on"]))
+            gib = res.get("ram_bytes", 0) / GIB
+            for side in ("src", "dst"):
+                if gib and "cpu_s_" + side in res:
+                    res["cpu_s_per_gib_" + side] = round(res["cpu_s_" + side] / gib, 3)
+            self.r["ours"][key] = res
+            none = self.r["ours"].get("random.none.plain.%dch" % ch, {})
+            v = res.get("throughput_gib_s")
+            res["ratio_nocomp"] = ratio(v, none.get("throughput_gib_s"))
+            res["cpu_ratio_nocomp"] = ratio(res.get("cpu_s_per_gib_src"),
+                                            none.get("cpu_s_per_gib_src"))
+            label = "random zero-copy %d ch" % ch
+            if res.get("error"):
+                out("%-32s FAILED: %s" % (label, res["error"][:80]))
+                continue
+            sends = res.get("zero_copy_sends", 0)
+            out("%-32s %9s %9s %6s %11s %11s %8s" % (
+                label, fmt(v), fmt(none.get("throughput_gib_s")), pct(res["ratio_nocomp"]),
+                fmt(res.get("cpu_s_per_gib_src"), "%.2f"),
+                fmt(none.get("cpu_s_per_gib_src"), "%.2f"),
+                ("%.0f%%" % (100.0 * res.get("zero_copy_copied", 0) / sends)) if sends
+                else "-"))
+        out("  nocomp: the matrix's random/none/plain cell; copied: sends the kernel copied "
+            "after all (loopback and veth copy at delivery)")
+
     def datapath(self):
         out()
         out("%-40s %9s %9s %6s" % ("multifd data path alone (multifd-bench)", "GiB/s", "iperf3",
@@ -685,6 +722,7 @@ class Bench:
             self.stream()
             self.matrix()
             self.adaptive()
+            self.zerocopy()
             self.datapath()
             self.live()
             self.postcopy()

@@ -185,6 +185,10 @@ def run(a, tmp):
             "syncs": ms.get("syncs", 0),
             "sync_ms_max_src": ms.get("sync-ms-max", 0),
             "sync_ms_max_dst": md.get("sync-ms-max", 0),
+            "zero_copy_bytes": ms.get("zero-copy", {}).get("bytes", 0),
+            "zero_copy_sends": ms.get("zero-copy", {}).get("sends", 0),
+            "zero_copy_copied": ms.get("zero-copy", {}).get("copied", 0),
+            "zero_copy_refused_channels": ms.get("zero-copy", {}).get("refused-channels", 0),
         }
     finally:
         for s in (src, dst):
