@@ -322,11 +322,11 @@ class Bench:
         best["runs_gib_s"] = runs
         return best
 
-    def run_qemu(self, image, ch, codec):
+    def run_qemu(self, image, ch, codec, dst_prealloc=False):
         return self.run_json([sys.executable, os.path.join(self.src, "bench", "qemu-peer.py"),
                               "--mode", "static", "--image-file", image, "--channels", str(ch),
-                              "--compression", codec, "--src-prealloc", "--timeout", "600"],
-                             timeout=700)
+                              "--compression", codec, "--src-prealloc", "--timeout", "600"] +
+                             (["--prealloc"] if dst_prealloc else []), timeout=700)
 
     def matrix(self):
         out()
@@ -457,6 +457,46 @@ class Bench:
         out("  nocomp: the matrix's random/none/plain cell; copied: sends the kernel copied "
             "after all (loopback and veth copy at delivery)")
 
+    def prealloc(self):
+        """Random pages without codec into a destination that faulted its RAM
+        in before listening (recv --prealloc; QEMU prealloc=on): what the
+        data path gives once first touch is out of the way, against iperf3."""
+        out()
+        out("%-34s %7s %7s %6s %7s %7s %11s" % (
+            "preallocated destination, random", "GiB/s", "iperf3", "ratio", "QEMU", "x QEMU",
+            "cpu s/GiB"))
+        for ch in self.channels:
+            lim = self.iperf_n(ch)
+            q = None
+            if self.has_qemu:
+                q = self.best_of_two(lambda: self.run_qemu(self.image("random"), ch, "none",
+                                                           dst_prealloc=True))
+                self.r["qemu"]["random.none-prealloc.plain.%dch" % ch] = q
+            for zc in (False, True):
+                key = "random.none-prealloc%s.plain.%dch" % ("-zerocopy" if zc else "", ch)
+                extra = ["--dst-prealloc"] + (["--param", "zero-copy-send=on"] if zc else [])
+                res = self.best_of_two(lambda: self.run_ours(self.image("random"), ch, "none",
+                                                             extra=extra))
+                gib = res.get("ram_bytes", 0) / GIB
+                if gib and "cpu_s_src" in res:
+                    res["cpu_s_per_gib_src"] = round(res["cpu_s_src"] / gib, 3)
+                v = res.get("throughput_gib_s")
+                res["limit_gib_s"], res["limit_kind"] = lim, "iperf3"
+                res["ratio"] = ratio(v, lim)
+                qv = q.get("throughput_gib_s") if q else None
+                res["vs_qemu"] = ratio(v, qv)
+                self.r["ours"][key] = res
+                label = "%s%d ch" % ("zero-copy-send, " if zc else "", ch)
+                if res.get("error"):
+                    out("%-34s FAILED: %s" % (label, res["error"][:80]))
+                    continue
+                out("%-34s %7s %7s %6s %7s %7s %11s" % (
+                    label, fmt(v), fmt(lim), pct(res["ratio"]),
+                    fmt(qv) if q else "", ("%.1fx" % res["vs_qemu"]) if res["vs_qemu"] else "",
+                    fmt(res.get("cpu_s_per_gib_src"), "%.2f")))
+        out("  recv --prealloc and QEMU's destination prealloc=on fault the RAM in before "
+            "listening; cpu s/GiB: the source's")
+
     def datapath(self):
         out()
         out("%-40s %9s %9s %6s" % ("multifd data path alone (multifd-bench)", "GiB/s", "iperf3",
@@ -568,6 +608,10 @@ class Bench:
             c = "random.none.plain.%dch" % ch
             add("nocomp_vs_iperf3.%dch" % ch, "nocomp random >= 90%% iperf3 -P %d" % ch, c, g(c),
                 self.iperf_n(ch), 0.9)
+        for ch in self.channels:
+            c = "random.none-prealloc-zerocopy.plain.%dch" % ch
+            add("nocomp_prealloc_vs_iperf3.%dch" % ch,
+                "  same, dst prealloc + zero-copy, %d ch" % ch, c, g(c), self.iperf_n(ch), 0.9)
         for ch in self.channels:
             c = "zero.none.plain.%dch" % ch
             add("zero_pages.%dch" % ch, "zero pages >= 6 GiB/s, %d ch" % ch, c, g(c), 6.0, 6.0,
@@ -723,6 +767,7 @@ class Bench:
             self.matrix()
             self.adaptive()
             self.zerocopy()
+            self.prealloc()
             self.datapath()
             self.live()
             self.postcopy()

@@ -126,7 +126,8 @@ def run(a, tmp):
     dst = src = None
     try:
         dst = Side("dst", dst_pre + [a.tool, "recv", "--listen", "tcp:%s:%d" % (a.dst_addr, port),
-                                     "--size", str(mib)] + params, tmp)
+                                     "--size", str(mib)] +
+                   (["--prealloc"] if a.dst_prealloc else []) + params, tmp)
         while not listening(dst.proc.pid, port):
             if dst.poll():
                 raise PeerError("multifd recv exited: %s" % dst.stderr_tail())
@@ -167,6 +168,7 @@ def run(a, tmp):
             "level": a.level if a.compression != "none" else None,
             "tls": bool(a.tls),
             "image_mib": mib,
+            "dst_prealloc": bool(a.dst_prealloc),
             "total_ms": total_ms,
             "downtime_ms": fs.get("downtime", 0),
             "setup_ms": fs.get("setup-time", 0),
@@ -211,6 +213,9 @@ def main():
     p.add_argument("--dst-netns")
     p.add_argument("--dst-addr", default="127.0.0.1")
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--dst-prealloc", action="store_true",
+                   help="recv --prealloc: the destination faults its RAM in before "
+                   "listening (QEMU's prealloc=on)")
     a = p.parse_args()
     a.param = [x for kv in a.param for x in ("--param", kv)]
 

@@ -151,6 +151,8 @@ struct guest {
 };
 
 int guest_alloc(struct guest *g, uint64_t size, mfd_error **errp);
+/* Fault every page of the RAM in now (writable), as QEMU's prealloc=on. */
+int guest_prealloc(struct guest *g, mfd_error **errp);
 int guest_fill(struct guest *g, uint64_t seed, mfd_error **errp);
 int guest_map_image(struct guest *g, const char *path, mfd_error **errp);
 int guest_write_image(const struct guest *g, const char *path, mfd_error **errp);

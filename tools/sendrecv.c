@@ -328,7 +328,7 @@ out:
 /* ---- multifd recv ------------------------------------------------------------- */
 
 #define RECV_SYNOPSIS \
-	"usage: multifd recv [--listen URI] [--size SIZE] [--out FILE]\n" \
+	"usage: multifd recv [--listen URI] [--size SIZE] [--prealloc] [--out FILE]\n" \
 	"                    [--param NAME=VALUE]... [options]\n"
 
 static void recv_usage(FILE *f)
@@ -343,6 +343,9 @@ static void recv_usage(FILE *f)
 		"                         unix:PATH, fd:N, file:PATH (default " DEFAULT_LISTEN ")\n"
 		"  --size SIZE            guest RAM: N MiB, or N with a K, M or G suffix;\n"
 		"                         must match the sender's (default 1024 MiB)\n"
+		"  --prealloc             fault all guest RAM in before listening (QEMU's\n"
+		"                         prealloc=on); default: pages are touched as they\n"
+		"                         arrive, and zero pages never\n"
 		"  --out FILE             write the received memory to FILE (mode 0600, zero\n"
 		"                         pages as holes; an image's exact length)\n"
 		"  --report-fd FD         for 'multifd demo': write \"listen URI\" and, at the\n"
@@ -355,6 +358,7 @@ struct recv_opts {
 	const char *listen, *out;
 	uint64_t size;
 	int report_fd;
+	bool prealloc;
 };
 
 static int recv_parse(int argc, char **argv, struct recv_opts *o)
@@ -364,6 +368,7 @@ static int recv_parse(int argc, char **argv, struct recv_opts *o)
 		{ "size", required_argument, NULL, 's' },
 		{ "out", required_argument, NULL, 'o' },
 		{ "report-fd", required_argument, NULL, 'r' },
+		{ "prealloc", no_argument, NULL, 'P' },
 		PARAM_LONG_OPTIONS, TLS_LONG_OPTIONS, OUTPUT_LONG_OPTIONS,
 		{ NULL, 0, NULL, 0 },
 	};
@@ -378,6 +383,8 @@ static int recv_parse(int argc, char **argv, struct recv_opts *o)
 				return EXIT_USAGE;
 		} else if (c == 'o') {
 			o->out = optarg;
+		} else if (c == 'P') {
+			o->prealloc = true;
 		} else if (c == 'r') {
 			if (parse_u64("recv", "--report-fd", optarg, 0, 1 << 20, &fd) < 0)
 				return EXIT_USAGE;
@@ -482,7 +489,7 @@ int cmd_recv(int argc, char **argv)
 	/* The demo's destination runs --quiet; its warnings still show. */
 	log_setup(o.report_fd >= 0 ? o.c.verbose : log_verbosity(o.c.quiet, o.c.verbose));
 	signals_setup();
-	if (dest_setup(&d, o.size, &err) < 0) {
+	if (dest_setup(&d, o.size, &err) < 0 || (o.prealloc && guest_prealloc(&d.g, &err) < 0)) {
 		r = report_error("recv", err);
 		goto out;
 	}

@@ -62,6 +62,51 @@ START_TEST(demo_postcopy_verifies)
 }
 END_TEST
 
+/* zero-copy-send through the tool: the summary says what the kernel did. */
+START_TEST(demo_with_zero_copy_send)
+{
+	static const char *const args[] = { "demo", "--size", "64M", "--dirty-rate", "32",
+					    "--param", "zero-copy-send=on", NULL };
+
+	if (!test_have_tool("cli"))
+		return;
+	ck_assert_msg(test_run_tool(out, sizeof(out), true, args) == 0, "demo failed:\n%s", out);
+	ck_assert_ptr_nonnull(strstr(out, "status           completed"));
+	ck_assert_ptr_nonnull(strstr(out, "  zero-copy        "));
+	ck_assert_ptr_nonnull(strstr(out, "0 channels refused"));
+	ck_assert_ptr_nonnull(strstr(out, "verified: 16384 pages identical"));
+}
+END_TEST
+
+/* recv --prealloc: a stream saved to a file, received into preallocated RAM,
+ * gives the same memory as into untouched RAM. */
+START_TEST(recv_prealloc_gives_the_same_memory)
+{
+	char img[64], a[64], b[64], to[80];
+	const char *send[] = { "send", "--size", "16M", "--to", to, "-q", NULL };
+	const char *recv_a[] = { "recv", "--size", "16M", "--listen", to, "--out", a, "-q", NULL };
+	const char *recv_b[] = { "recv", "--size", "16M", "--listen", to, "--prealloc", "--out", b,
+				 "-q", NULL };
+	char cmp[256];
+
+	if (!test_have_tool("cli"))
+		return;
+	snprintf(img, sizeof(img), "/tmp/mfd-cli-prealloc-%d.stream", (int)getpid());
+	snprintf(a, sizeof(a), "/tmp/mfd-cli-prealloc-%d.a", (int)getpid());
+	snprintf(b, sizeof(b), "/tmp/mfd-cli-prealloc-%d.b", (int)getpid());
+	snprintf(to, sizeof(to), "file:%s", img);
+	ck_assert_msg(test_run_tool(out, sizeof(out), true, send) == 0, "send:\n%s", out);
+	ck_assert_msg(test_run_tool(out, sizeof(out), true, recv_a) == 0, "recv:\n%s", out);
+	ck_assert_msg(test_run_tool(out, sizeof(out), true, recv_b) == 0, "recv --prealloc:\n%s",
+		      out);
+	snprintf(cmp, sizeof(cmp), "cmp -s %s %s", a, b);
+	ck_assert_msg(system(cmp) == 0, "%s and %s differ", a, b);
+	unlink(img);
+	unlink(a);
+	unlink(b);
+}
+END_TEST
+
 START_TEST(bad_options_are_usage_errors)
 {
 	static const char *const zero[] = { "demo", "--postcopy=0", NULL };
@@ -286,6 +331,8 @@ Suite *suite_cli(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, demo_precopy_verifies);
 	tcase_add_test(tc, demo_postcopy_verifies);
+	tcase_add_test(tc, demo_with_zero_copy_send);
+	tcase_add_test(tc, recv_prealloc_gives_the_same_memory);
 	tcase_add_test(tc, bad_options_are_usage_errors);
 	tcase_add_test(tc, tune_recommends_channels_and_codec);
 	tcase_add_test(tc, tune_plot_draws_a_png);
