@@ -136,7 +136,8 @@ def run(a, tmp):
             time.sleep(0.005)
         t0 = time.monotonic()
         src = Side("src", src_pre + [a.tool, "send", "--to", "tcp:%s:%d" % (a.dst_addr, port),
-                                     "--image", a.image_file,
+                                     "--image", a.image_file] +
+                  (["--load"] if a.src_load else []) + [
                                      "--dirty-rate", str(a.dirty_rate)] + params, tmp)
         while not (src.poll() and dst.poll()):
             if time.monotonic() > deadline:
@@ -169,6 +170,7 @@ def run(a, tmp):
             "tls": bool(a.tls),
             "image_mib": mib,
             "dst_prealloc": bool(a.dst_prealloc),
+            "src_load": bool(a.src_load),
             "total_ms": total_ms,
             "downtime_ms": fs.get("downtime", 0),
             "setup_ms": fs.get("setup-time", 0),
@@ -213,6 +215,9 @@ def main():
     p.add_argument("--dst-netns")
     p.add_argument("--dst-addr", default="127.0.0.1")
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--src-load", action="store_true",
+                   help="send --image FILE --load: the source copies the image into "
+                   "anonymous huge-page RAM, as a VMM's guest RAM, instead of mapping it")
     p.add_argument("--dst-prealloc", action="store_true",
                    help="recv --prealloc: the destination faults its RAM in before "
                    "listening (QEMU's prealloc=on)")

@@ -155,6 +155,8 @@ int guest_alloc(struct guest *g, uint64_t size, mfd_error **errp);
 int guest_prealloc(struct guest *g, mfd_error **errp);
 int guest_fill(struct guest *g, uint64_t seed, mfd_error **errp);
 int guest_map_image(struct guest *g, const char *path, mfd_error **errp);
+/* Copy FILE into freshly allocated guest RAM instead of mapping it. */
+int guest_load_image(struct guest *g, const char *path, mfd_error **errp);
 int guest_write_image(const struct guest *g, const char *path, mfd_error **errp);
 void guest_free(struct guest *g);
 

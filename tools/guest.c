@@ -59,6 +59,43 @@ int guest_alloc(struct guest *g, uint64_t size, mfd_error **errp)
 	return 0;
 }
 
+int guest_load_image(struct guest *g, const char *path, mfd_error **errp)
+{
+	struct stat st;
+	uint64_t size, done = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int r;
+
+	if (fd < 0)
+		return mfd_error_set(errp, MFD_EIO, "%s: %s", path, strerror(errno));
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
+		close(fd);
+		return mfd_error_set(errp, MFD_EINVAL, "%s: not a non-empty regular file", path);
+	}
+	size = ((uint64_t)st.st_size + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
+	r = guest_alloc(g, size, errp);
+	/* Read into place: the guest's anonymous (huge-page) RAM ends up
+	 * holding the image, resident, as a running VMM's RAM would. */
+	while (r == 0 && done < (uint64_t)st.st_size) {
+		uint64_t want = (uint64_t)st.st_size - done;
+		ssize_t n = read(fd, g->ram + done, (size_t)(want < (1u << 30) ? want : 1u << 30));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			r = mfd_error_set(errp, MFD_EIO, "%s: read: %s", path,
+					  n < 0 ? strerror(errno) : "shorter than its size");
+			guest_free(g);
+			break;
+		}
+		done += (uint64_t)n;
+	}
+	if (r == 0)
+		g->content_len = (uint64_t)st.st_size;
+	close(fd);
+	return r;
+}
+
 int guest_prealloc(struct guest *g, mfd_error **errp)
 {
 	/* MADV_POPULATE_WRITE (Linux 5.14): the kernel faults every page in

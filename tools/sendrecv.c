@@ -193,7 +193,8 @@ void print_params(const char *cmd, mfd_migration *m, const char *what, bool quie
 /* ---- multifd send ------------------------------------------------------------- */
 
 #define SEND_SYNOPSIS \
-	"usage: multifd send --to URI [--size SIZE | --image FILE] [--dirty-rate MIB]\n" \
+	"usage: multifd send --to URI [--size SIZE | --image FILE [--load]]\n" \
+	"                    [--dirty-rate MIB]\n" \
 	"                    [--param NAME=VALUE]... [options]\n"
 
 static void send_usage(FILE *f)
@@ -211,6 +212,9 @@ static void send_usage(FILE *f)
 		"  --image FILE           migrate the contents of FILE instead (mapped\n"
 		"                         copy-on-write, never modified; rounded up to whole\n"
 		"                         MiB: give recv the --size this prints)\n"
+		"  --load                 with --image: copy FILE into the guest's anonymous\n"
+		"                         RAM (transparent huge pages, as a VMM's guest RAM)\n"
+		"                         instead of mapping it from the page cache\n"
 		"  --dirty-rate MIB       two threads keep writing the guest at MIB MiB/s\n"
 		"                         while it migrates (default 0: a stopped guest)\n"
 		"%s%s%s", params_help, tls_help, output_help);
@@ -221,6 +225,7 @@ struct send_opts {
 	const char *to, *image;
 	uint64_t size;
 	double dirty_rate;
+	bool load;
 };
 
 /* 0 to run, PARSE_HELP after --help, EXIT_USAGE on an error. */
@@ -231,6 +236,7 @@ static int send_parse(int argc, char **argv, struct send_opts *o)
 		{ "size", required_argument, NULL, 's' },
 		{ "image", required_argument, NULL, 'i' },
 		{ "dirty-rate", required_argument, NULL, 'd' },
+		{ "load", no_argument, NULL, 'L' },
 		PARAM_LONG_OPTIONS, TLS_LONG_OPTIONS, OUTPUT_LONG_OPTIONS,
 		{ NULL, 0, NULL, 0 },
 	};
@@ -246,6 +252,8 @@ static int send_parse(int argc, char **argv, struct send_opts *o)
 			size_set = true;
 		} else if (c == 'i') {
 			o->image = optarg;
+		} else if (c == 'L') {
+			o->load = true;
 		} else if (c == 'd') {
 			if (parse_double("send", "--dirty-rate", optarg, 0, 1e6, &o->dirty_rate) < 0)
 				return EXIT_USAGE;
@@ -262,6 +270,8 @@ static int send_parse(int argc, char **argv, struct send_opts *o)
 		return usage_error("send", "--to URI is required");
 	if (o->image && size_set)
 		return usage_error("send", "--size and --image exclude each other");
+	if (o->load && !o->image)
+		return usage_error("send", "--load needs --image FILE");
 	return 0;
 }
 
@@ -271,8 +281,9 @@ static int send_prepare(struct source *s, const struct send_opts *o)
 {
 	mfd_error *err = NULL;
 	char what[600];
-	int r = o->image ? guest_map_image(&s->g, o->image, &err)
-			 : guest_alloc(&s->g, o->size, &err);
+	int r = o->image && o->load ? guest_load_image(&s->g, o->image, &err)
+		: o->image ? guest_map_image(&s->g, o->image, &err)
+		: guest_alloc(&s->g, o->size, &err);
 
 	s->postcopy_after = o->c.postcopy_after;
 	if (r < 0 || source_setup(s, &err) < 0)

@@ -79,8 +79,9 @@ START_TEST(demo_with_zero_copy_send)
 END_TEST
 
 /* recv --prealloc: a stream saved to a file, received into preallocated RAM,
- * gives the same memory as into untouched RAM. */
-START_TEST(recv_prealloc_gives_the_same_memory)
+ * gives the same memory as into untouched RAM; send --image --load sends the
+ * same bytes as the image mapped. */
+START_TEST(recv_prealloc_and_send_load_keep_the_bytes)
 {
 	char img[64], a[64], b[64], to[80];
 	const char *send[] = { "send", "--size", "16M", "--to", to, "-q", NULL };
@@ -101,6 +102,19 @@ START_TEST(recv_prealloc_gives_the_same_memory)
 		      out);
 	snprintf(cmp, sizeof(cmp), "cmp -s %s %s", a, b);
 	ck_assert_msg(system(cmp) == 0, "%s and %s differ", a, b);
+
+	/* send --image --load: the image copied into anonymous RAM migrates the
+	 * same bytes as the image mapped. */
+	const char *send_load[] = { "send", "--image", a, "--load", "--to", to, "-q", NULL };
+	const char *recv_c[] = { "recv", "--size", "16M", "--listen", to, "--out", b, "-q", NULL };
+	const char *load_alone[] = { "send", "--load", "--to", to, NULL };
+
+	ck_assert_msg(test_run_tool(out, sizeof(out), true, send_load) == 0, "send --load:\n%s",
+		      out);
+	ck_assert_msg(test_run_tool(out, sizeof(out), true, recv_c) == 0, "recv:\n%s", out);
+	ck_assert_msg(system(cmp) == 0, "the image sent with --load arrived different");
+	ck_assert_int_eq(test_run_tool(out, sizeof(out), true, load_alone), 2);
+	ck_assert_ptr_nonnull(strstr(out, "--load needs --image FILE"));
 	unlink(img);
 	unlink(a);
 	unlink(b);
@@ -332,7 +346,7 @@ Suite *suite_cli(void)
 	tcase_add_test(tc, demo_precopy_verifies);
 	tcase_add_test(tc, demo_postcopy_verifies);
 	tcase_add_test(tc, demo_with_zero_copy_send);
-	tcase_add_test(tc, recv_prealloc_gives_the_same_memory);
+	tcase_add_test(tc, recv_prealloc_and_send_load_keep_the_bytes);
 	tcase_add_test(tc, bad_options_are_usage_errors);
 	tcase_add_test(tc, tune_recommends_channels_and_codec);
 	tcase_add_test(tc, tune_plot_draws_a_png);
