@@ -70,11 +70,14 @@ int mfd_channel_readv_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_e
 	return 0;
 }
 
-int mfd_channel_writev_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp)
+/* Loop @op (writev or writev_zerocopy) until the iovec is consumed. */
+static int write_all(mfd_channel *ch,
+		     ssize_t (*op)(mfd_channel *, const struct iovec *, int, mfd_error **),
+		     struct iovec *iov, int iovcnt, mfd_error **errp)
 {
 	iov = mfd_iov_advance(iov, &iovcnt, 0);
 	while (iovcnt > 0) {
-		ssize_t n = ch->ops->writev(ch, iov, iovcnt, errp);
+		ssize_t n = op(ch, iov, iovcnt, errp);
 
 		if (n < 0)
 			return (int)n;
@@ -85,23 +88,18 @@ int mfd_channel_writev_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_
 	return 0;
 }
 
+int mfd_channel_writev_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp)
+{
+	return write_all(ch, ch->ops->writev, iov, iovcnt, errp);
+}
+
 int mfd_channel_writev_zerocopy_full(mfd_channel *ch, struct iovec *iov, int iovcnt,
 				     mfd_error **errp)
 {
 	if (!mfd_channel_has_zerocopy(ch))
 		return mfd_error_set(errp, MFD_ENOTSUP, "%s: a %s channel has no zero-copy send",
 				     ch->name, ch->ops->kind);
-	iov = mfd_iov_advance(iov, &iovcnt, 0);
-	while (iovcnt > 0) {
-		ssize_t n = ch->ops->writev_zerocopy(ch, iov, iovcnt, errp);
-
-		if (n < 0)
-			return (int)n;
-		if (n == 0)
-			return mfd_error_set(errp, MFD_EIO, "%s: write made no progress", ch->name);
-		iov = mfd_iov_advance(iov, &iovcnt, (size_t)n);
-	}
-	return 0;
+	return write_all(ch, ch->ops->writev_zerocopy, iov, iovcnt, errp);
 }
 
 int mfd_channel_flush_zerocopy(mfd_channel *ch, struct mfd_zerocopy_report *rep,

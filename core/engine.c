@@ -2572,7 +2572,9 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 		st.channel_busy_ms[i] = ms->ch[i].busy_ns / 1000000;
 		page_bytes += ms->ch[i].normal_bytes;
 		wire += ms->ch[i].wire_bytes;
-		st.zero_copy_bytes += ms->ch[i].zc_bytes;
+		/* Bytes a channel copied since pinning was refused went to the
+		 * zero-copy write too: not zero-copy. */
+		st.zero_copy_bytes += ms->ch[i].zc_bytes - ms->ch[i].zc_copy_bytes;
 		st.zero_copy_sends += ms->ch[i].zc_sends;
 		st.zero_copy_copied += ms->ch[i].zc_copied;
 		st.dirty_sync_missed_zero_copy += ms->ch[i].zc_missed_syncs;

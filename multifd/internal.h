@@ -60,7 +60,7 @@ struct mfd_multifd_channel_stats {
 	uint64_t raw_packets;	/* compressed codec, but sent raw (did not shrink) */
 	uint64_t busy_ns;	/* time spent working (not waiting) */
 	/* zero-copy-send (source). */
-	uint64_t zc_bytes;	/* page bytes handed over without a copy */
+	uint64_t zc_bytes;	/* page bytes given to the zero-copy write */
 	uint64_t zc_sends;	/* zero-copy sends the kernel completed */
 	uint64_t zc_copied;	/* of which it copied after all */
 	uint64_t zc_missed_syncs;	/* syncs that found a send copied */

@@ -825,6 +825,7 @@ START_TEST(zero_copy_send_without_locked_memory)
 	test_memlock_restore(&ml);
 	ck_assert_uint_eq(st.zero_copy_refused_channels, 2);
 	ck_assert_uint_eq(st.zero_copy_sends, 0);
+	ck_assert_uint_eq(st.zero_copy_bytes, 0);
 	ck_assert_msg(strstr(log, "zero-copy-send: the kernel refused to pin"), "log: %s", log);
 }
 END_TEST
