@@ -59,21 +59,40 @@ int guest_alloc(struct guest *g, uint64_t size, mfd_error **errp)
 	return 0;
 }
 
-int guest_load_image(struct guest *g, const char *path, mfd_error **errp)
+/*
+ * Open an image and allocate a guest for it: whole MiB, so the destination
+ * can be given the same --size (the "image" section carries the exact
+ * length for recv --out).  Returns the open descriptor, or an error.
+ */
+static int image_open(struct guest *g, const char *path, struct stat *st, mfd_error **errp)
 {
-	struct stat st;
-	uint64_t size, done = 0;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	int r;
 
 	if (fd < 0)
 		return mfd_error_set(errp, MFD_EIO, "%s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
+	if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode) || st->st_size == 0) {
 		close(fd);
 		return mfd_error_set(errp, MFD_EINVAL, "%s: not a non-empty regular file", path);
 	}
-	size = ((uint64_t)st.st_size + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
-	r = guest_alloc(g, size, errp);
+	r = guest_alloc(g, ((uint64_t)st->st_size + (1u << 20) - 1) &
+			   ~(uint64_t)((1u << 20) - 1), errp);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+int guest_load_image(struct guest *g, const char *path, mfd_error **errp)
+{
+	struct stat st;
+	uint64_t done = 0;
+	int fd = image_open(g, path, &st, errp);
+	int r = 0;
+
+	if (fd < 0)
+		return fd;
 	/* Read into place: the guest's anonymous (huge-page) RAM ends up
 	 * holding the image, resident, as a running VMM's RAM would. */
 	while (r == 0 && done < (uint64_t)st.st_size) {
@@ -189,20 +208,11 @@ int guest_fill(struct guest *g, uint64_t seed, mfd_error **errp)
 int guest_map_image(struct guest *g, const char *path, mfd_error **errp)
 {
 	struct stat st;
-	uint64_t size;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	int r;
+	int fd = image_open(g, path, &st, errp);
+	int r = 0;
 
 	if (fd < 0)
-		return mfd_error_set(errp, MFD_EIO, "%s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
-		close(fd);
-		return mfd_error_set(errp, MFD_EINVAL, "%s: not a non-empty regular file", path);
-	}
-	/* Whole MiB, so the destination can be given the same --size; the
-	 * "image" section carries the exact length for recv --out. */
-	size = ((uint64_t)st.st_size + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
-	r = guest_alloc(g, size, errp);
+		return fd;
 	/* A private file mapping over the front: pages come in from the page
 	 * cache as the migration reads them, and the dirtying threads' writes
 	 * never reach the file. */
