@@ -116,6 +116,11 @@ static int fd_wait(mfd_channel *ch, struct fd_chan *fc, short events, int64_t de
 				return mfd_error_set(errp, MFD_ETIMEDOUT,
 						     "%s: no data arrived within %d ms (timeout-ms)",
 						     ch->name, timeout_ms);
+			if (events == 0)
+				return mfd_error_set(errp, MFD_ETIMEDOUT,
+						     "%s: zero-copy sends still in flight after %d ms, "
+						     "the peer is not reading (timeout-ms)",
+						     ch->name, timeout_ms);
 			return mfd_error_set(errp, MFD_ETIMEDOUT,
 					     "%s: could not write for %d ms, the peer is not "
 					     "reading (timeout-ms)", ch->name, timeout_ms);
@@ -154,11 +159,12 @@ static size_t iov_bytes(const struct iovec *iov, int iovcnt)
 /*
  * Read every zero-copy completion waiting on the error queue, without
  * blocking.  The kernel numbers zero-copy sends from 0 and reports ranges
- * [ee_info, ee_data] (32-bit, wrapping) of sends it is done with.
+ * [ee_info, ee_data] (32-bit, wrapping) of sends it is done with.  Returns
+ * the number of error-queue messages read, or an error.
  */
 static int zc_reap(mfd_channel *ch, struct fd_chan *fc, mfd_error **errp)
 {
-	for (;;) {
+	for (int read = 0;; read++) {
 		union {
 			char buf[CMSG_SPACE(sizeof(struct sock_extended_err)) + 64];
 			struct cmsghdr align;
@@ -170,7 +176,7 @@ static int zc_reap(mfd_channel *ch, struct fd_chan *fc, mfd_error **errp)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return 0;
+			return read;
 		if (n < 0)
 			return fd_io_error(ch, "reading zero-copy completions", errno, errp);
 		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
@@ -202,45 +208,30 @@ static int zc_reap(mfd_channel *ch, struct fd_chan *fc, mfd_error **errp)
 	}
 }
 
-/* Sleep until the kernel reports zero-copy sends done (or the deadline). */
+/*
+ * Sleep until the kernel reports zero-copy sends done (or the deadline).
+ * With no events asked, poll() reports POLLERR (a non-empty error queue)
+ * and hang-ups only; a wake-up that read nothing and left no socket error
+ * is a hang-up, after which no completion comes.
+ */
 static int zc_wait(mfd_channel *ch, struct fd_chan *fc, int64_t deadline, int timeout_ms,
 		   mfd_error **errp)
 {
-	/* No events asked: poll() reports POLLERR, a non-empty error queue. */
-	struct pollfd p = { .fd = fc->fd, .events = 0 };
-	uint64_t before = fc->zc.done;
+	int r, soerr = 0;
+	socklen_t len = sizeof(soerr);
 
-	for (;;) {
-		int r, soerr = 0;
-		socklen_t len = sizeof(soerr);
-
-		if (mfd_channel_is_shut(ch))
-			return fd_cancelled(ch, errp);
-		r = poll(&p, 1, deadline_poll_ms(deadline));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: poll", ch->name);
-		if (r == 0) {
-			if (deadline_poll_ms(deadline) != 0)
-				continue;
-			return mfd_error_set(errp, MFD_ETIMEDOUT, "%s: zero-copy sends still in "
-					     "flight after %d ms, the peer is not reading "
-					     "(timeout-ms)", ch->name, timeout_ms);
-		}
-		if ((r = zc_reap(ch, fc, errp)) < 0)
-			return r;
-		if (fc->zc.done != before)
-			return 0;
-		if (mfd_channel_is_shut(ch))
-			return fd_cancelled(ch, errp);
-		if (getsockopt(fc->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr)
-			return fd_io_error(ch, "write", soerr, errp);
-		if (p.revents & (POLLHUP | POLLNVAL))
-			return mfd_error_set(errp, MFD_EEOF, "%s: connection closed with %llu "
-					     "zero-copy sends in flight", ch->name,
-					     (unsigned long long)(fc->zc.queued - fc->zc.done));
-	}
+	if ((r = fd_wait(ch, fc, 0, deadline, timeout_ms, errp)) < 0 ||
+	    (r = zc_reap(ch, fc, errp)) < 0)
+		return r;
+	if (r > 0)
+		return 0;
+	if (getsockopt(fc->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr)
+		return fd_io_error(ch, "write", soerr, errp);
+	if (mfd_channel_is_shut(ch))
+		return fd_cancelled(ch, errp);
+	return mfd_error_set(errp, MFD_EEOF, "%s: connection closed with %llu zero-copy sends "
+			     "in flight", ch->name,
+			     (unsigned long long)(fc->zc.queued - fc->zc.done));
 }
 
 static ssize_t fd_readv(mfd_channel *ch, const struct iovec *iov, int iovcnt, mfd_error **errp)

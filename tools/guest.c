@@ -115,12 +115,16 @@ int guest_load_image(struct guest *g, const char *path, mfd_error **errp)
 	return r;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23	/* Linux 5.14; older headers lack it */
+#endif
+
 int guest_prealloc(struct guest *g, mfd_error **errp)
 {
 	/* MADV_POPULATE_WRITE (Linux 5.14): the kernel faults every page in
 	 * writable at once; older kernels say EINVAL and get one write per
 	 * page, of the zero the page already reads as. */
-	if (madvise(g->ram, g->size, 23 /* MADV_POPULATE_WRITE */) == 0)
+	if (madvise(g->ram, g->size, MADV_POPULATE_WRITE) == 0)
 		return 0;
 	if (errno != EINVAL)
 		return mfd_error_set(errp, MFD_ENOMEM, "cannot preallocate %" PRIu64
