@@ -550,6 +550,33 @@ int engine_rp_send_raw(struct mfd_engine *e, uint16_t type, const void *payload,
 	return r;
 }
 
+/*
+ * Destination: one page request.  With postcopy-preempt it goes on the
+ * preempt channel (whose other direction brings the page back), else on the
+ * main channel's return path.
+ */
+int engine_send_page_request(struct mfd_engine *e, const uint8_t msg[RP_REQ_PAGES_LEN],
+			     mfd_error **errp)
+{
+	uint8_t hdr[4];
+	struct iovec iov[2] = { { hdr, sizeof(hdr) }, { (void *)msg, RP_REQ_PAGES_LEN } };
+	mfd_channel *ch;
+	int r;
+
+	if (!e->preempt)
+		return rp_send(e, RP_REQ_PAGES, msg, RP_REQ_PAGES_LEN, errp);
+	mfd_store_be16(hdr, RP_REQ_PAGES);
+	mfd_store_be16(hdr + 2, RP_REQ_PAGES_LEN);
+	pthread_mutex_lock(&e->pre_lock);
+	pthread_mutex_lock(&e->lock);
+	ch = e->pre_ch;
+	pthread_mutex_unlock(&e->lock);
+	r = ch ? mfd_channel_writev_full(ch, iov, 2, errp)
+	       : mfd_error_set(errp, MFD_ESTATE, "preempt channel: not connected");
+	pthread_mutex_unlock(&e->pre_lock);
+	return r;
+}
+
 static void rp_send_result(struct mfd_engine *e, int code, const char *msg)
 {
 	uint8_t buf[4 + RP_MSG_MAX];
@@ -585,47 +612,54 @@ static void break_connections(struct mfd_engine *e)
 	pthread_mutex_unlock(&e->lock);
 }
 
-/* Source: a page request from the destination (which we do not trust). */
-static int rp_page_request(struct mfd_engine *e, const uint8_t *buf, uint16_t len,
-			   mfd_error **errp)
+/* Source: check a page request from the destination (which we do not trust);
+ * @where names the channel it came on. */
+static int page_request_parse(struct mfd_engine *e, const char *where, const uint8_t *buf,
+			      uint16_t len, struct pc_req *rq, mfd_error **errp)
 {
 	mfd_migration *m = e->m;
-	struct pc_req rq;
 
 	if (len != RP_REQ_PAGES_LEN)
-		return mfd_error_set(errp, MFD_EPROTO, "return path: page request of %u bytes, "
-				     "expected %u", len, RP_REQ_PAGES_LEN);
-	rq.block = mfd_load_be16(buf);
-	rq.len = mfd_load_be32(buf + 4);
-	rq.offset = mfd_load_be64(buf + 8);
+		return mfd_error_set(errp, MFD_EPROTO, "%s: page request of %u bytes, "
+				     "expected %u", where, len, RP_REQ_PAGES_LEN);
+	rq->block = mfd_load_be16(buf);
+	rq->len = mfd_load_be32(buf + 4);
+	rq->offset = mfd_load_be64(buf + 8);
 	if (!e->postcopy || !atomic_load(&e->in_postcopy))
-		return mfd_error_set(errp, MFD_EPROTO, "return path: page request outside postcopy");
-	if (rq.block >= m->nblocks)
-		return mfd_error_set(errp, MFD_EPROTO, "return path: page request for block %u of %u",
-				     rq.block, m->nblocks);
-	const struct mfd_ram_block *bk = &m->blocks[rq.block];
+		return mfd_error_set(errp, MFD_EPROTO, "%s: page request outside postcopy", where);
+	if (rq->block >= m->nblocks)
+		return mfd_error_set(errp, MFD_EPROTO, "%s: page request for block %u of %u",
+				     where, rq->block, m->nblocks);
+	const struct mfd_ram_block *bk = &m->blocks[rq->block];
 
-	if (mfd_load_be16(buf + 2) || rq.len == 0 || rq.len > RP_REQ_MAX_BYTES ||
-	    ((rq.offset | rq.len) & (bk->page_size - 1)) || rq.offset >= bk->size ||
-	    rq.len > bk->size - rq.offset)
+	if (mfd_load_be16(buf + 2) || rq->len == 0 || rq->len > RP_REQ_MAX_BYTES ||
+	    ((rq->offset | rq->len) & (bk->page_size - 1)) || rq->offset >= bk->size ||
+	    rq->len > bk->size - rq->offset)
 		return mfd_error_set(errp, MFD_EPROTO,
-				     "return path: page request 0x%llx+%u is not whole pages of block "
-				     "'%s' (%llu bytes)", (unsigned long long)rq.offset, rq.len,
-				     bk->name, (unsigned long long)bk->size);
+				     "%s: page request 0x%llx+%u is not whole pages of block "
+				     "'%s' (%llu bytes)", where, (unsigned long long)rq->offset,
+				     rq->len, bk->name, (unsigned long long)bk->size);
 	pthread_mutex_lock(&e->lock);
 	e->pc_requests++;
 	pthread_mutex_unlock(&e->lock);
-	if (e->preempt) {
-		int r;
+	return 0;
+}
 
-		pthread_mutex_lock(&e->pre_lock);
-		r = e->pre_out ? ramsec_serve_request(e, e->pre_out, &e->ram.pre_last_block, &rq, errp)
-			       : mfd_error_set(errp, MFD_EEOF, "preempt channel: not connected");
-		pthread_mutex_unlock(&e->pre_lock);
-		if (r < 0)
-			mfd_error_prefix(errp ? *errp : NULL, "postcopy: preempt channel");
+/* Source: a page request on the main channel's return path (no preempt
+ * channel): queued for the migration thread, which sends it before the next
+ * pushed page. */
+static int rp_page_request(struct mfd_engine *e, const uint8_t *buf, uint16_t len,
+			   mfd_error **errp)
+{
+	struct pc_req rq;
+	int r;
+
+	if (e->preempt)
+		return mfd_error_set(errp, MFD_EPROTO, "return path: page request on the main "
+				     "channel; with postcopy-preempt requests travel on the preempt "
+				     "channel");
+	if ((r = page_request_parse(e, "return path", buf, len, &rq, errp)) < 0)
 		return r;
-	}
 	pthread_mutex_lock(&e->lock);
 	if (e->req_count < PC_REQ_QUEUE) {
 		e->reqs[(e->req_head + e->req_count++) % PC_REQ_QUEUE] = rq;
@@ -634,6 +668,96 @@ static int rp_page_request(struct mfd_engine *e, const uint8_t *buf, uint16_t le
 		e->pc_requests_dropped++;
 	}
 	pthread_mutex_unlock(&e->lock);
+	return 0;
+}
+
+/*
+ * Source, postcopy-preempt: the destination writes its page requests on the
+ * preempt channel, the other way from the pages; this thread reads each and
+ * answers it at once on the same channel.  Neither direction shares a socket
+ * with the bulk push, so a request does not queue behind it (on the main
+ * socket it waited up to milliseconds for the pushing thread's socket lock).
+ */
+static void *pre_server(void *arg)
+{
+	struct mfd_engine *e = arg;
+	mfd_stream *s = NULL;
+	mfd_error *err = NULL;
+	mfd_channel *ch;
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	ch = e->pre_ch;
+	pthread_mutex_unlock(&e->lock);
+	r = ch ? mfd_stream_new(ch, MFD_STREAM_READ, &s, &err)
+	       : mfd_error_set(&err, MFD_EEOF, "not connected");
+	if (r == 0)
+		mfd_stream_set_label(s, "preempt channel");
+	while (r == 0) {
+		uint16_t type, len;
+		uint8_t buf[RP_REQ_PAGES_LEN];
+		struct pc_req rq;
+
+		if ((r = mfd_stream_get_be16(s, &type)) < 0 || (r = mfd_stream_get_be16(s, &len)) < 0)
+			break;
+		if (type != RP_REQ_PAGES) {
+			r = mfd_error_set(&err, MFD_EPROTO, "preempt channel: message type %u (%u "
+					  "bytes) from the destination; only REQ_PAGES (%u) travels "
+					  "this way", type, len, RP_REQ_PAGES);
+			break;
+		}
+		/* (A request of another length is refused before its body is read.) */
+		if ((len == RP_REQ_PAGES_LEN && (r = mfd_stream_get_buf(s, buf, len)) < 0) ||
+		    (r = page_request_parse(e, "preempt channel", buf, len, &rq, &err)) < 0)
+			break;
+		pthread_mutex_lock(&e->pre_lock);
+		r = e->pre_out ? ramsec_serve_request(e, e->pre_out, &e->ram.pre_last_block, &rq, &err)
+			       : mfd_error_set(&err, MFD_EEOF, "not connected");
+		pthread_mutex_unlock(&e->pre_lock);
+	}
+	if (!err)
+		mfd_stream_error(s, &err);
+	int code = mfd_error_code(err);
+	bool net = network_error(e, code), done;
+
+	pthread_mutex_lock(&e->lock);
+	done = e->rp_result_seen;
+	pthread_mutex_unlock(&e->lock);
+	/* Once the end of the preempt stream is out, the pages are all sent and
+	 * the return path tells how the migration ended: a lost channel is news
+	 * only before that. */
+	if (done || engine_cancelled(e) || (net && atomic_load(&e->pre_eos_sent))) {
+		/* over: nothing to add */
+	} else if (net && atomic_load(&e->in_postcopy)) {
+		/* Postcopy survives this: the migration thread pauses. */
+		mfd_log_warn("postcopy: preempt channel lost: %s", mfd_error_message(err));
+		pthread_mutex_lock(&e->lock);
+		e->rp_broken = true;
+		pthread_mutex_unlock(&e->lock);
+		break_connections(e);
+	} else {
+		mfd_error_prefix(err, "postcopy");
+		record_error(e, err);
+		err = NULL;
+		atomic_store(&e->cancel, true);
+		shutdown_all(e);
+	}
+	mfd_error_free(err);
+	mfd_stream_free(s);
+	return NULL;
+}
+
+/* Source: serve requests from the preempt channel from now on (after the
+ * switch, and after a recovery). */
+static int start_pre_server(struct mfd_engine *e, mfd_error **errp)
+{
+	if (!e->preempt || e->pre_started)
+		return 0;
+	/* Idle while the guest does not fault: no read deadline. */
+	mfd_channel_set_option(e->pre_ch, "timeout-ms", 0, NULL);
+	if (pthread_create(&e->pre_thread, NULL, pre_server, e) != 0)
+		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: cannot start the preempt thread");
+	e->pre_started = true;
 	return 0;
 }
 
@@ -1133,6 +1257,8 @@ static int postcopy_start(struct mfd_engine *e, mfd_error **errp)
 		mfd_error_prefix(errp ? *errp : NULL, "postcopy: device state");
 		return r;
 	}
+	if ((r = start_pre_server(e, errp)) < 0)
+		return r;
 	pthread_mutex_lock(&e->lock);
 	e->t_pc_ns = engine_now_ns();
 	pthread_mutex_unlock(&e->lock);
@@ -1154,12 +1280,12 @@ static void drop_connection(struct mfd_engine *e)
 		pthread_join(e->pre_thread, NULL);
 		e->pre_started = false;
 	}
+	/* pre_lock: the destination's fault thread may be writing a request. */
 	pthread_mutex_lock(&e->pre_lock);
-	mfd_stream_free(e->pre_out);
-	e->pre_out = NULL;
-	pthread_mutex_unlock(&e->pre_lock);
 	pthread_mutex_lock(&e->out_lock);
 	pthread_mutex_lock(&e->lock);
+	mfd_stream_free(e->pre_out);
+	e->pre_out = NULL;
 	mfd_stream_free(e->out);
 	mfd_stream_free(e->in);
 	mfd_stream_free(e->pre_in);
@@ -1171,8 +1297,10 @@ static void drop_connection(struct mfd_engine *e)
 	e->main_ch = e->main_raw = e->pre_ch = e->pre_raw = NULL;
 	e->rp_broken = e->rp_done = e->pause_req = false;
 	e->req_count = e->req_head = 0;
+	atomic_store(&e->pre_eos_sent, false);
 	pthread_mutex_unlock(&e->lock);
 	pthread_mutex_unlock(&e->out_lock);
+	pthread_mutex_unlock(&e->pre_lock);
 }
 
 /* Wait for mfd_migrate_resume()/mfd_migrate_recover() or a cancel. */
@@ -1250,7 +1378,8 @@ static int source_reconnect(struct mfd_engine *e, mfd_error **errp)
 		return r;
 	mfd_savevm_send_postcopy_resume(e->out);
 	if ((r = flush_out(e->out, errp)) < 0 ||
-	    (r = wait_flag(e, &e->resume_acked, NULL, 0, "RESUME_ACK", errp)) < 0)
+	    (r = wait_flag(e, &e->resume_acked, NULL, 0, "RESUME_ACK", errp)) < 0 ||
+	    (r = start_pre_server(e, errp)) < 0)
 		return r;
 	mfd_log_info("postcopy: resumed; %llu bytes still to push",
 		     (unsigned long long)ramsec_remaining(e));
@@ -1296,6 +1425,7 @@ static int postcopy_run(struct mfd_engine *e, mfd_error **errp)
 				pthread_mutex_lock(&e->pre_lock);
 				mfd_stream_put_be64(e->pre_out, RAM_FLAG_EOS);
 				r = flush_out(e->pre_out, &err);
+				atomic_store(&e->pre_eos_sent, r == 0);
 				pthread_mutex_unlock(&e->pre_lock);
 			}
 			if (r == 0)
@@ -2016,16 +2146,16 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 
 static void release_channels(struct mfd_engine *e)
 {
+	/* Lock order everywhere: pre_lock, out_lock, lock. */
+	pthread_mutex_lock(&e->pre_lock);
 	pthread_mutex_lock(&e->out_lock);
 	pthread_mutex_lock(&e->lock);
 	mfd_stream_free(e->out);
 	mfd_stream_free(e->in);
 	mfd_stream_free(e->pre_in);
 	e->out = e->in = e->pre_in = NULL;
-	pthread_mutex_lock(&e->pre_lock);
 	mfd_stream_free(e->pre_out);
 	e->pre_out = NULL;
-	pthread_mutex_unlock(&e->pre_lock);
 	mfd_channel_free(e->pre_ch);
 	mfd_channel_free(e->pre_raw);
 	e->pre_ch = e->pre_raw = NULL;
@@ -2050,6 +2180,7 @@ static void release_channels(struct mfd_engine *e)
 	e->creds = NULL;
 	pthread_mutex_unlock(&e->lock);
 	pthread_mutex_unlock(&e->out_lock);
+	pthread_mutex_unlock(&e->pre_lock);
 }
 
 static void finish(struct mfd_engine *e, int r, mfd_error *err)
@@ -2097,7 +2228,8 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 		e->rp_started = false;
 	}
 	if (e->pre_started) {
-		if (r < 0)
+		/* The source's request server reads until the channel closes. */
+		if (r < 0 || !e->incoming)
 			mfd_channel_shutdown(e->pre_ch);
 		pthread_join(e->pre_thread, NULL);
 		e->pre_started = false;

@@ -39,7 +39,7 @@
 
 /* Preempt-channel hello, 128 bytes: magic, version, flags, UUID at 32, token at 48. */
 #define PREEMPT_HELLO_MAGIC 0x4d464451u	/* "MFDQ" */
-#define PREEMPT_HELLO_VERSION 1u
+#define PREEMPT_HELLO_VERSION 2u	/* 2: page requests travel on it (7.4) */
 #define PREEMPT_HELLO_SIZE 128
 
 /* Return-path messages: be16 type, be16 length, payload. */
@@ -169,11 +169,12 @@ struct mfd_engine {
 	atomic_bool in_postcopy;	/* the switch happened (both sides) */
 	bool pc_listening;		/* destination: LISTEN done, pages go through uffd */
 	mfd_channel *pre_ch, *pre_raw;	/* the preempt channel (published under lock) */
-	mfd_stream *pre_out;		/* source: written by the return-path thread */
+	mfd_stream *pre_out;		/* source: written by the preempt thread */
 	mfd_stream *pre_in;		/* destination: read by the preempt thread */
-	pthread_mutex_t pre_lock;	/* source: pre_out writers */
-	pthread_t pre_thread;
+	pthread_mutex_t pre_lock;	/* source: pre_out writers; destination: pre_ch writers */
+	pthread_t pre_thread;		/* source: serves requests; destination: places pages */
 	bool pre_started;
+	atomic_bool pre_eos_sent;	/* source: the preempt stream's end is out */
 	struct pc_req reqs[PC_REQ_QUEUE];	/* source: requests for the pusher, under lock */
 	unsigned req_head, req_count;
 	uint64_t pc_requests, pc_requests_dropped;
@@ -237,6 +238,9 @@ int engine_rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uin
 /* Destination: a message followed by raw bytes, under the return path's lock. */
 int engine_rp_send_raw(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
 		       const struct iovec *extra, int nextra, mfd_error **errp);
+/* Destination: a REQ_PAGES message on the channel that carries them. */
+int engine_send_page_request(struct mfd_engine *e, const uint8_t msg[RP_REQ_PAGES_LEN],
+			     mfd_error **errp);
 uint64_t engine_now_ns(void);
 bool engine_cancelled(struct mfd_engine *e);
 uint64_t engine_bytes_sent(struct mfd_engine *e);

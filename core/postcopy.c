@@ -239,7 +239,7 @@ static int request(struct pc_dest *d, unsigned b, uint64_t page)
 	mfd_store_be32(msg + 4, (uint32_t)bk->page_size);
 	mfd_store_be64(msg + 8, page << bk->page_shift);
 	/* While paused this fails; recovery sends it again (reqd stays set). */
-	return engine_rp_send(d->e, RP_REQ_PAGES, msg, sizeof(msg), NULL);
+	return engine_send_page_request(d->e, msg, NULL);
 }
 
 static void wake(struct pc_dest *d, uint64_t addr, uint64_t len)

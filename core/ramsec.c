@@ -408,7 +408,7 @@ static int end_of_pass(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 /* ---- source, postcopy ------------------------------------------------------------- */
 
 /*
- * After the switch the return-path thread (serving requests on the preempt
+ * After the switch the preempt thread (serving requests from the preempt
  * channel) and the migration thread (background push) both take pages out
  * of the send bitmap: a page is sent by whoever clears its bit.
  */

@@ -1081,8 +1081,8 @@ MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
  *   max-cpu-throttle          int percent 1..99, 99
  *   postcopy-ram              bool, off  (both sides; needs the return path
  *                             and, on the destination, userfaultfd)
- *   postcopy-preempt          bool, off  (both sides; requested pages on a
- *                             channel of their own)
+ *   postcopy-preempt          bool, off  (both sides; page requests and the
+ *                             pages they ask for on a channel of their own)
  *   max-postcopy-bandwidth    int bytes/s, 0 = unlimited (background push)
  *   zero-copy-send            bool, off (source): multifd pages go with the
  *                             kernel's TCP zero-copy send (MSG_ZEROCOPY), the

@@ -1264,7 +1264,7 @@ static void preempt_hello(uint8_t h[128])
 {
 	memset(h, 0, 128);
 	mfd_store_be32(h, 0x4d464451);
-	mfd_store_be32(h + 4, 1);
+	mfd_store_be32(h + 4, 2);
 	memcpy(h + 32, session_uuid, 16);
 	memcpy(h + 48, session_token, 32);
 }
@@ -1365,8 +1365,8 @@ static const struct ecase eng_cases[] = {
 	{ "multifd magic", NULL, 1, 2, C_MF0, 0, 4, 0x4d46444d, -1, MFD_EBADMAGIC, "magic 0x4d46444d, expected 0x4d464448" },
 	{ "multifd hello cut", NULL, 1, 2, C_MF1, 0, 0, 0, 50, MFD_EEOF, "end of data" },
 	/* preempt hello */
-	{ "preempt magic", PRE, 0xb, 2, C_PREEMPT, 0, 4, 0x4d464448, -1, MFD_EBADMAGIC, "preempt channel: hello 0x4d464448 version 1, expected 0x4d464451 version 1" },
-	{ "preempt version", PRE, 0xb, 2, C_PREEMPT, 4, 4, 2, -1, MFD_EBADMAGIC, "preempt channel: hello 0x4d464451 version 2" },
+	{ "preempt magic", PRE, 0xb, 2, C_PREEMPT, 0, 4, 0x4d464448, -1, MFD_EBADMAGIC, "preempt channel: hello 0x4d464448 version 2, expected 0x4d464451 version 2" },
+	{ "preempt version", PRE, 0xb, 2, C_PREEMPT, 4, 4, 1, -1, MFD_EBADMAGIC, "preempt channel: hello 0x4d464451 version 1, expected 0x4d464451 version 2" },
 	{ "preempt uuid", PRE, 0xb, 2, C_PREEMPT, 33, 1, 0, -1, MFD_EPROTO, "preempt channel: it belongs to another session (UUID or token)" },
 	{ "preempt token", PRE, 0xb, 2, C_PREEMPT, 79, 1, 0x55, -1, MFD_EPROTO, "preempt channel: it belongs to another session" },
 	{ "preempt cut", PRE, 0xb, 2, C_PREEMPT, 0, 0, 0, 100, MFD_EEOF, "end of data" },
@@ -2115,11 +2115,11 @@ static const struct bcase rp_cases[] = {
 	{ "RESULT with a positive code", rp_build, 27, MFD_EPROTO, "return path: RESULT with code 5 (neither 0 nor an error code)" },
 	{ "RESUME_ACK in precopy", rp_build, 28, MFD_EPROTO, "return path: RESUME_ACK outside postcopy recovery" },
 	/*
-	 * Not here: REQ_PAGES and RECV_BITMAP checks that need the source in
-	 * postcopy (block index, reserved field, length, alignment, range, bitmap
-	 * size and end marker): this fake destination cannot take a source that
-	 * far.  A refused request now fails the source (pausable() no longer
-	 * takes the shutdown after its own protocol error for a network loss).
+	 * Not here: REQ_PAGES checks that need the source in postcopy (pc_cases
+	 * below) and RECV_BITMAP's (bitmap size and end marker), which need it in
+	 * postcopy recovery: this fake destination cannot take a source that far.
+	 * A refused request fails the source (pausable() does not take the
+	 * shutdown after its own protocol error for a network loss).
 	 */
 };
 
@@ -2162,6 +2162,128 @@ START_TEST(bad_return_path)
 }
 END_TEST
 
+
+/*
+ * Page requests once the source is in postcopy: the fake destination lets
+ * the source switch (it never answers), then writes one crafted request on
+ * the channel that carries them: the preempt channel's reverse direction
+ * with postcopy-preempt (fds[1]), else the main channel's return path.
+ * The arg's low bits pick the bytes; PC_PRE says preempt is on, PC_ON_MAIN
+ * sends on the main channel even so.
+ */
+#define PC_PRE 0x100u
+#define PC_ON_MAIN 0x200u
+#define PC_BLOCK (ENG_PAGES * PS)
+
+static void pc_build(struct bytes *b, uint64_t i)
+{
+	switch (i & 0xff) {
+	case 0: rp_msg(b, RP_REQ_PAGES, 15, zeros); break;
+	case 1: rp_msg(b, RP_PONG, 4, zeros); break;
+	case 2: req(b, 1, 0, PS, 0); break;			/* block 1 of 1 */
+	case 3: req(b, 0, 1, PS, 0); break;			/* reserved field */
+	case 4: req(b, 0, 0, 0, 0); break;			/* no length */
+	case 5: req(b, 0, 0, PS + 1, 0); break;			/* not whole pages */
+	case 6: req(b, 0, 0, PS, 100); break;			/* unaligned offset */
+	case 7: req(b, 0, 0, PS, PC_BLOCK); break;		/* past the block */
+	case 8: req(b, 0, 0, 2 * PS, PC_BLOCK - PS); break;	/* runs past the end */
+	case 9: req(b, 0, 0, 4 << 20, 0); break;		/* over 2 MiB */
+	case 10: req(b, 0, 0, PS, 0); req(b, 0, 0, PS, 0); req(b, 0xffff, 0, PS, 0); break;
+	case 11: req(b, 0, 0, PS, 0); break;			/* on main, with preempt */
+	case 12: rp_msg(b, RP_REQ_PAGES, 17, zeros); break;
+	}
+}
+
+static const struct bcase pc_cases[] = {
+	{ "preempt: request of 15", pc_build, PC_PRE | 0, MFD_EPROTO, "postcopy: preempt channel: page request of 15 bytes, expected 16" },
+	{ "preempt: request of 17", pc_build, PC_PRE | 12, MFD_EPROTO, "preempt channel: page request of 17 bytes, expected 16" },
+	{ "preempt: PONG", pc_build, PC_PRE | 1, MFD_EPROTO, "preempt channel: message type 1 (4 bytes) from the destination; only REQ_PAGES (4) travels this way" },
+	{ "preempt: block 1", pc_build, PC_PRE | 2, MFD_EPROTO, "preempt channel: page request for block 1 of 1" },
+	{ "preempt: reserved", pc_build, PC_PRE | 3, MFD_EPROTO, "preempt channel: page request 0x0+4096 is not whole pages of block 'pc.ram' (262144 bytes)" },
+	{ "preempt: length 0", pc_build, PC_PRE | 4, MFD_EPROTO, "page request 0x0+0 is not whole pages" },
+	{ "preempt: length 4097", pc_build, PC_PRE | 5, MFD_EPROTO, "page request 0x0+4097 is not whole pages" },
+	{ "preempt: offset 100", pc_build, PC_PRE | 6, MFD_EPROTO, "page request 0x64+4096 is not whole pages" },
+	{ "preempt: past the block", pc_build, PC_PRE | 7, MFD_EPROTO, "page request 0x40000+4096 is not whole pages" },
+	{ "preempt: over the end", pc_build, PC_PRE | 8, MFD_EPROTO, "page request 0x3f000+8192 is not whole pages" },
+	{ "preempt: 4 MiB", pc_build, PC_PRE | 9, MFD_EPROTO, "page request 0x0+4194304 is not whole pages" },
+	{ "preempt: served, then bad", pc_build, PC_PRE | 10, MFD_EPROTO, "preempt channel: page request for block 65535 of 1" },
+	{ "preempt: request on main", pc_build, PC_PRE | PC_ON_MAIN | 11, MFD_EPROTO, "return path: page request on the main channel; with postcopy-preempt requests travel on the preempt channel" },
+	{ "main: block 1", pc_build, 2, MFD_EPROTO, "return path: page request for block 1 of 1" },
+	{ "main: reserved", pc_build, 3, MFD_EPROTO, "return path: page request 0x0+4096 is not whole pages of block 'pc.ram'" },
+	{ "main: offset 100", pc_build, 6, MFD_EPROTO, "return path: page request 0x64+4096 is not whole pages" },
+	{ "main: over the end", pc_build, 8, MFD_EPROTO, "return path: page request 0x3f000+8192" },
+	{ "main: served, then bad", pc_build, 10, MFD_EPROTO, "return path: page request for block 65535 of 1" },
+};
+
+static int fake_dest_fd(struct fake_dest *f, int i)
+{
+	struct timespec dl;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += WAIT_MS / 1000;
+	pthread_mutex_lock(&f->lock);
+	while (f->nfds <= i)
+		if (pthread_cond_timedwait(&f->cond, &f->lock, &dl) != 0)
+			break;
+	int fd = f->nfds > i ? f->fds[i] : -1;
+
+	pthread_mutex_unlock(&f->lock);
+	ck_assert_int_ge(fd, 0);
+	return fd;
+}
+
+START_TEST(bad_page_request)
+{
+	const struct bcase *c = &pc_cases[_i];
+	bool pre = c->arg & PC_PRE, on_main = !pre || (c->arg & PC_ON_MAIN);
+	struct fake_dest f;
+	struct bytes b = { 0 };
+	mfd_migration *src = NULL;
+	mfd_error *err = NULL;
+	uint8_t *ram = mmap(NULL, PC_BLOCK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			    -1, 0);
+	char uri[64];
+
+	ck_assert_ptr_ne(ram, MAP_FAILED);
+	for (size_t p = 0; p < ENG_PAGES; p++)
+		memset(ram + p * PS, (int)p + 1, PS);
+	ck_assert_ok(mfd_migration_new(&src, &err), err);
+	ck_assert_ok(mfd_ram_block_add(src, "pc.ram", ram, PC_BLOCK, PS, &err), err);
+	set(src, "multifd-channels", "1");
+	set(src, "channel-timeout-ms", "5000");
+	set(src, "postcopy-ram", "on");
+	set(src, "postcopy-preempt", pre ? "on" : "off");
+	/* 16 KiB/s both ways: the push is far from done when the request comes. */
+	set(src, "max-bandwidth", "16384");
+	set(src, "max-postcopy-bandwidth", "16384");
+	fake_dest_start(&f, uri, sizeof(uri));
+	c->build(&b, c->arg);
+	ck_assert_ok(mfd_migrate(src, uri, &err), err);
+	ck_assert_ok(mfd_migrate_start_postcopy(src, &err), err);
+	int fd = fake_dest_fd(&f, on_main ? 0 : 1);
+	uint64_t end = test_now_ms() + WAIT_MS;
+
+	while (mfd_migration_state(src) != MFD_STATE_POSTCOPY_ACTIVE && test_now_ms() < end)
+		usleep(1000);
+	ck_assert_int_eq(mfd_migration_state(src), MFD_STATE_POSTCOPY_ACTIVE);
+	write_all_fd(fd, b.p, b.len);
+	int r = mfd_migration_wait(src, WAIT_MS, &err);
+
+	check_result(c, _i, r, err, NULL);
+	if ((c->arg & 0xff) == 10) {
+		/* The two good requests went through before the bad one. */
+		struct mfd_stats st = { .size = sizeof(st) };
+
+		ck_assert_int_eq(mfd_migration_stats(src, &st), 0);
+		ck_assert_uint_eq(st.ram_postcopy_requests, 2);
+	}
+	mfd_error_free(err);
+	fake_dest_stop(&f);
+	b_free(&b);
+	mfd_migration_free(src);
+	munmap(ram, PC_BLOCK);
+}
+END_TEST
 
 /*
  * The corpus in this file, by table (every codec built in): 126 stream, 56
@@ -2217,6 +2339,7 @@ Suite *suite_bad_input(void)
 	tcase_add_test(eng, valid_file_loads);
 	tcase_add_test(eng, engine_stream_cut_at_every_byte);
 	tcase_add_loop_test(eng, bad_return_path, 0, NCASES(rp_cases));
+	tcase_add_loop_test(eng, bad_page_request, 0, NCASES(pc_cases));
 	tcase_set_timeout(eng, 120);
 	suite_add_tcase(s, eng);
 	return s;
