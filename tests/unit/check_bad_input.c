@@ -2288,7 +2288,8 @@ END_TEST
 /*
  * The corpus in this file, by table (every codec built in): 126 stream, 56
  * hello, 43 packet, 39 codec (none 6, zlib/zstd/lz4 11 each), 63 engine
- * hello, 62 RAM-section and engine-command, 29 return-path cases: 418, plus
+ * hello, 62 RAM-section and engine-command, 29 return-path and 18 postcopy
+ * page-request cases: 436, plus
  * the two every-byte truncation sweeps (with 87 in check_loadvm_bad.c and 81
  * in check_multifd.c).  count_cases() prints the exact figure for the build
  * at hand and returns it.
@@ -2301,12 +2302,13 @@ static int count_cases(void)
 		for (int cc = 0; cc < CC_COUNT; cc++)
 			codec += codec_case_applies(k, cc) && mfd_compress_find(codec_names[k]);
 	int total = NCASES(stream_cases) + NCASES(hello_cases) + NCASES(pkt_cases) + codec +
-		    NCASES(eng_cases) + NCASES(file_cases) + NCASES(rp_cases);
+		    NCASES(eng_cases) + NCASES(file_cases) + NCASES(rp_cases) + NCASES(pc_cases);
 
 	printf("bad_input: %d malformed cases (stream %d, hello %d, packet %d, codec %d, "
-	       "engine hello %d, RAM/commands %d, return path %d) + 2 truncation sweeps\n",
-	       total, NCASES(stream_cases), NCASES(hello_cases), NCASES(pkt_cases), codec,
-	       NCASES(eng_cases), NCASES(file_cases), NCASES(rp_cases));
+	       "engine hello %d, RAM/commands %d, return path %d, page requests %d) + 2 "
+	       "truncation sweeps\n", total, NCASES(stream_cases), NCASES(hello_cases),
+	       NCASES(pkt_cases), codec, NCASES(eng_cases), NCASES(file_cases), NCASES(rp_cases),
+	       NCASES(pc_cases));
 	return total;
 }
 
