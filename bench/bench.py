@@ -59,6 +59,7 @@ class Bench:
         self.bin = os.path.join(self.build, "bench")
         self.peer = load_peer(self.src)
         self.cpus = os.cpu_count() or 1
+        self.iperf_cpu = {}  # (streams, client netns) -> (sender, receiver) cores
         self.root = os.geteuid() == 0
         q = a.quick
         self.mib = a.mib or (256 if q else 1024)
@@ -133,9 +134,17 @@ class Bench:
                 srv.kill()
                 srv.wait()
         try:
-            return round(r["end"]["sum_received"]["bits_per_second"] / 8 / GIB, 3)
+            gib = round(r["end"]["sum_received"]["bits_per_second"] / 8 / GIB, 3)
         except (KeyError, TypeError):
             return None
+        try:
+            # CPU both ends used: what moving a GiB through TCP costs here.
+            cpu = r["end"]["cpu_utilization_percent"]
+            self.iperf_cpu[(streams, client_ns)] = (cpu["host_total"] / 100.0,
+                                                    cpu["remote_total"] / 100.0)
+        except (KeyError, TypeError):
+            pass
+        return gib
 
     def ossl(self, cipher):
         try:
@@ -186,6 +195,11 @@ class Bench:
     def limits(self):
         L = self.r["limits"]
         L["iperf3_gib_s"] = {str(n): self.iperf(n) for n in sorted(set(self.channels + [2]))}
+        cpu = self.iperf_cpu.get((1, None))
+        if cpu and L["iperf3_gib_s"].get("1"):
+            # Core-seconds per GiB of TCP over loopback, sending and receiving side.
+            L["tcp_core_s_per_gib"] = {"send": round(cpu[0] / L["iperf3_gib_s"]["1"], 3),
+                                       "recv": round(cpu[1] / L["iperf3_gib_s"]["1"], 3)}
         L["openssl_aes128gcm_gib_s"] = self.ossl("aes-128-gcm")
         L["openssl_chacha20_gib_s"] = self.ossl("chacha20-poly1305")
         lim = self.run_json([os.path.join(self.bin, "multifd-bench"), "--limits", "--mib",
@@ -201,6 +215,10 @@ class Bench:
         for n, v in L["iperf3_gib_s"].items():
             out("%-52s %9s" % ("iperf3 loopback, %s stream%s" % (n, "s" if n != "1" else ""),
                                fmt(v)))
+        t = L.get("tcp_core_s_per_gib")
+        if t:
+            out("%-52s %9s" % ("  TCP's CPU per GiB, sender + receiver (core-s)",
+                               "%.2f+%.2f" % (t["send"], t["recv"])))
         out("%-52s %9s" % ("memcpy", fmt(L["memcpy_gib_s"])))
         out("%-52s %9s" % ("first touch of fresh anonymous memory", fmt(L["first_touch_gib_s"])))
         out("%-52s %9s" % ("first touch, MADV_HUGEPAGE", fmt(L["first_touch_thp_gib_s"])))
@@ -235,6 +253,19 @@ class Bench:
         if not A:
             return None
         return round(min(ch * A, self.cpus * A / 2), 3)
+
+    def tls_ceiling(self, ch):
+        """What TLS can reach on this machine when AES-GCM and TCP share its
+        cores: each channel's sending thread encrypts and pays TCP's sending
+        side, and all threads together pay encryption, decryption and both
+        sides of TCP (iperf3 -P 1's CPU, per GiB) on self.cpus cores."""
+        A = self.r["limits"].get("openssl_aes128gcm_gib_s")
+        t = self.r["limits"].get("tcp_core_s_per_gib")
+        if not A or not t:
+            return None
+        per_thread = ch / (1 / A + t["send"])
+        machine = self.cpus / (2 / A + t["send"] + t["recv"])
+        return round(min(per_thread, machine), 3)
 
     def tls_limit(self, ch):
         """TLS over the loopback link: AES-GCM on the cores in use, but never
@@ -662,6 +693,15 @@ class Bench:
             c = "random.none-vmm.tls.%dch" % ch
             add("tls_vmm_memory_vs_aes.%dch" % ch, "  same, VMM-like memory, %d ch" % ch, c,
                 g(c), self.tls_limit(ch), 0.8)
+        # Context, not a target: the bar above counts AES alone, but TCP over
+        # loopback takes as much CPU again on the same cores.
+        for ch in self.channels:
+            c = "random.none-vmm.tls.%dch" % ch
+            ceil, v = self.tls_ceiling(ch), g(c)
+            if ceil:
+                T["tls_vs_ceiling.%dch" % ch] = {
+                    "target": "  (TLS vs AES+TCP ceiling, %d ch)" % ch, "cell": c, "ours": v,
+                    "reference": ceil, "ratio": ratio(v, ceil), "bar": None, "met": None}
         for cell, q in qemu.items():
             if not q.get("throughput_gib_s"):
                 continue  # QEMU failed there: reported in the matrix
