@@ -675,8 +675,8 @@ static int rp_page_request(struct mfd_engine *e, const uint8_t *buf, uint16_t le
  * Source, postcopy-preempt: the destination writes its page requests on the
  * preempt channel, the other way from the pages; this thread reads each and
  * answers it at once on the same channel.  Neither direction shares a socket
- * with the bulk push, so a request does not queue behind it (on the main
- * socket it waited up to milliseconds for the pushing thread's socket lock).
+ * with the bulk push (on the main socket a request took up to milliseconds
+ * to reach the source's reader while the push kept that socket busy).
  */
 static void *pre_server(void *arg)
 {
