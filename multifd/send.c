@@ -260,7 +260,7 @@ static int probe_sample(struct send_channel *c, const struct mfd_ram_block *b, m
  * is looked at every COST_LOOK_EVERY packets: while raw, the codec is
  * measured on a sample, and compressed packets would go at the slower of
  * the codec and the wire (compress_ns against ratio x raw cost), less and
- * less often while raw keeps winning (up to COST_LOOK_MOST); while
+ * less often while raw wins by far (up to COST_LOOK_MOST); while
  * compressing with the codec setting the pace, one packet goes raw, less
  * and less often while raw keeps losing (a raw packet on a slow link costs
  * many compressed ones).  Compression must promise a clear gain (a quarter)
@@ -298,11 +298,15 @@ static int adaptive_choice(struct send_channel *c, const struct mfd_ram_block *b
 				c->compressing = true;
 				c->cycle_c = estimate;
 				c->probe_every = COST_LOOK_EVERY;
-			} else {
-				/* A probe costs a slice of a packet: on a fast link where
-				 * raw keeps winning, that slice adds up (2 % of the time
-				 * on loopback at every 8th packet). */
+			} else if (estimate >= 2 * c->cycle_r) {
+				/* A probe costs a slice of a packet: where raw wins by
+				 * far (a link faster than the codec) that slice adds up,
+				 * 2 % of the time on loopback at every 8th packet. */
 				c->probe_every = MFD_MIN(2 * c->probe_every, COST_LOOK_MOST);
+			} else {
+				/* Close: a sample of 4 pages says little about the ratio,
+				 * keep looking often (a slow link must not stay raw). */
+				c->probe_every = COST_LOOK_EVERY;
 			}
 		}
 	}
