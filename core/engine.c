@@ -686,6 +686,7 @@ static void *pre_server(void *arg)
 	mfd_channel *ch;
 	int r;
 
+	mfd_thread_name("mfd-preempt");
 	pthread_mutex_lock(&e->lock);
 	ch = e->pre_ch;
 	pthread_mutex_unlock(&e->lock);
@@ -821,7 +822,10 @@ static void *rp_thread(void *arg)
 	mfd_stream *s = NULL;
 	mfd_error *err = NULL;
 	bool theirs = false;	/* err is the destination's RESULT */
-	int r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &s, &err);
+	int r;
+
+	mfd_thread_name("mfd-return-path");
+	r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &s, &err);
 
 	if (r == 0)
 		mfd_stream_set_label(s, "return path");
@@ -1731,6 +1735,8 @@ static void *pre_reader(void *arg)
 	mfd_error *err = NULL;
 	int last = -1, r = bounce ? 0 : mfd_error_set(&err, MFD_ENOMEM, "preempt: out of memory");
 
+	mfd_thread_name("mfd-preempt");
+
 	while (r == 0) {
 		uint64_t word;
 
@@ -2289,7 +2295,10 @@ static void *migration_thread(void *arg)
 {
 	struct mfd_engine *e = arg;
 	mfd_error *err = NULL;
-	int r = e->incoming ? incoming_run(e, &err) : source_run(e, &err);
+	int r;
+
+	mfd_thread_name(e->incoming ? "mfd-incoming" : "mfd-migration");
+	r = e->incoming ? incoming_run(e, &err) : source_run(e, &err);
 
 	if (r < 0 && atomic_load(&e->user_cancel) && !e->incoming) {
 		/* Errors caused by our own shutdown are the cancel, not the cause. */

@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 
 #include "core/util.h"
 
@@ -56,4 +57,15 @@ void mfd_log(enum mfd_log_level level, const char *fmt, ...)
 		log_fn(level, msg, log_opaque);
 	pthread_mutex_unlock(&log_lock);
 	free(big);
+}
+
+void mfd_thread_name(const char *fmt, ...)
+{
+	char name[16];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(name, sizeof(name), fmt, ap);
+	va_end(ap);
+	(void)prctl(PR_SET_NAME, name, 0, 0, 0);	/* a name is a courtesy: ignore failure */
 }

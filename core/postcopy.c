@@ -299,6 +299,7 @@ static void *fault_thread(void *arg)
 	struct pc_dest *d = arg;
 	struct uffd_msg msgs[16];
 
+	mfd_thread_name("mfd-pc-faults");
 	for (;;) {
 		struct pollfd pfd[2] = { { d->uffd, POLLIN, 0 }, { d->stop_fd, POLLIN, 0 } };
 

@@ -19,6 +19,10 @@
 #define MFD_LIKELY(x) __builtin_expect(!!(x), 1)
 #define MFD_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
+/* Name the calling thread (at most 15 characters are kept), so that top -H,
+ * perf and gdb tell the library's threads apart inside the VMM. */
+void mfd_thread_name(const char *fmt, ...) MFD_PRINTF(1, 2);
+
 /* Log through the handler installed with mfd_log_set_handler(). */
 void mfd_log(enum mfd_log_level level, const char *fmt, ...) MFD_PRINTF(2, 3);
 /* True when a message at this level would reach a handler. */

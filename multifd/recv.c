@@ -439,6 +439,8 @@ static void *recv_thread(void *arg)
 	mfd_error *err = NULL;
 	int rc = offs ? 0 : mfd_error_set(&err, MFD_ENOMEM, "out of memory");
 
+	mfd_thread_name("mfd-recv/%u", c->id);
+
 	while (rc == 0) {
 		struct iovec iov = { c->header, MFD_PACKET_HEADER_SIZE };
 		const uint8_t *h = c->header;

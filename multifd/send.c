@@ -465,6 +465,7 @@ static void *send_thread(void *arg)
 	struct send_channel *c = arg;
 	struct mfd_multifd_send *s = c->s;
 
+	mfd_thread_name("mfd-send/%u", c->id);
 	for (;;) {
 		bool job, sync, end;
 		mfd_error *err = NULL;
