@@ -222,6 +222,10 @@ uint64_t ramsec_words(uint64_t npages);
 int pcd_new(struct mfd_engine *e, mfd_error **errp);
 int pcd_discard(struct mfd_engine *e, unsigned b, uint64_t start, uint64_t len, mfd_error **errp);
 int pcd_listen(struct mfd_engine *e, mfd_error **errp);
+/* Place @n contiguous pages from @offset, their bytes at @data; pages already
+ * there are left alone. */
+int pcd_place_run(struct mfd_engine *e, unsigned b, uint64_t offset, const uint8_t *data,
+		  uint32_t n, mfd_error **errp);
 /* Place a page (data NULL: a zero page); a page already there is left alone. */
 int pcd_place(struct mfd_engine *e, unsigned b, uint64_t offset, const void *data,
 	      mfd_error **errp);

@@ -367,6 +367,67 @@ int pcd_listen(struct mfd_engine *e, mfd_error **errp)
 	return 0;
 }
 
+/* Page @page of block @b is in place: count it, and time its fault if any. */
+static void placed(struct pc_dest *d, unsigned b, uint64_t page)
+{
+	if (set_bit(d->recv[b], page))
+		atomic_fetch_sub(&d->missing, 1);
+	if (clear_bit(d->reqd[b], page))
+		record_latency(d, b, page);
+}
+
+/*
+ * @n contiguous pages of block @b from @offset, their bytes at @data: placed
+ * with as few UFFDIO_COPY calls as the pages already in place allow (one per
+ * run of missing pages; a page placed meanwhile by the preempt channel makes
+ * the kernel stop there, and the rest follows).  Each call wakes the threads
+ * waiting on its pages.
+ */
+int pcd_place_run(struct mfd_engine *e, unsigned b, uint64_t offset, const uint8_t *data,
+		  uint32_t n, mfd_error **errp)
+{
+	struct pc_dest *d = e->pcd;
+	const struct mfd_ram_block *bk = &e->m->blocks[b];
+	uint64_t first = offset >> bk->page_shift, ps = bk->page_size;
+	uint32_t i = 0;
+
+	while (i < n) {
+		uint32_t j = i, done;
+
+		if (test_bit(d->recv[b], first + i)) {
+			i++;	/* placed already: never twice */
+			continue;
+		}
+		while (j < n && !test_bit(d->recv[b], first + j))
+			j++;
+		struct uffdio_copy c = {
+			.dst = (uint64_t)(uintptr_t)(bk->host + offset + i * ps),
+			.src = (uint64_t)(uintptr_t)(data + i * ps),
+			.len = (j - i) * ps,
+		};
+
+		if (ioctl(d->uffd, UFFDIO_COPY, &c) == 0) {
+			done = j - i;
+		} else if (errno == EAGAIN) {
+			/* Stopped at a page in place (the next call says EEXIST for
+			 * it), or nothing copied while the mappings changed: again. */
+			done = c.copy > 0 ? (uint32_t)((uint64_t)c.copy / ps) : 0;
+		} else if (errno == EEXIST) {
+			done = 1;	/* this one was there */
+		} else {
+			return mfd_error_set(errp, MFD_EIO, "postcopy: cannot place pages 0x%llx+%llu "
+					     "of block '%s' (%s)",
+					     (unsigned long long)(offset + i * ps),
+					     (unsigned long long)((j - i) * ps), bk->name,
+					     strerror(errno));
+		}
+		for (uint32_t k = i; k < i + done; k++)
+			placed(d, b, first + k);
+		i += done;
+	}
+	return 0;
+}
+
 int pcd_place(struct mfd_engine *e, unsigned b, uint64_t offset, const void *data,
 	      mfd_error **errp)
 {
@@ -393,10 +454,7 @@ int pcd_place(struct mfd_engine *e, unsigned b, uint64_t offset, const void *dat
 		return mfd_error_set(errp, MFD_EIO,
 				     "postcopy: cannot place page 0x%llx of block '%s' (%s)",
 				     (unsigned long long)offset, bk->name, strerror(errno));
-	if (set_bit(d->recv[b], page))
-		atomic_fetch_sub(&d->missing, 1);
-	if (clear_bit(d->reqd[b], page))
-		record_latency(d, b, page);
+	placed(d, b, page);
 	return 0;
 }
 

@@ -443,6 +443,11 @@ int mfd_stream_get_be64(mfd_stream *s, uint64_t *v)
 	return r;
 }
 
+size_t mfd_stream_buffered(const mfd_stream *s)
+{
+	return s && s->mode == MFD_STREAM_READ && !s->err_code ? s->end - s->pos : 0;
+}
+
 int mfd_stream_get_buf(mfd_stream *s, void *buf, size_t len)
 {
 	if (len && !buf)
