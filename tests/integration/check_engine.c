@@ -333,6 +333,32 @@ START_TEST(migrate_to_file_and_back)
 }
 END_TEST
 
+/* True when a thread of this process carries @name (/proc/self/task/N/comm). */
+static bool thread_named(const char *name)
+{
+	DIR *dir = opendir("/proc/self/task");
+	struct dirent *de;
+	bool found = false;
+
+	ck_assert_ptr_nonnull(dir);
+	while (!found && (de = readdir(dir)) != NULL) {
+		char path[300], comm[32] = "";
+		FILE *f;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", de->d_name);
+		if ((f = fopen(path, "r")) == NULL)
+			continue;	/* the thread ended meanwhile */
+		if (fgets(comm, sizeof(comm), f))
+			comm[strcspn(comm, "\n")] = '\0';
+		fclose(f);
+		found = strcmp(comm, name) == 0;
+	}
+	closedir(dir);
+	return found;
+}
+
 START_TEST(cancel_then_retry)
 {
 	struct guest src, dst, dst2;
@@ -348,6 +374,13 @@ START_TEST(cancel_then_retry)
 	       mfd_migration_state(src.m) != MFD_STATE_FAILED)
 		usleep(1000);
 	usleep(100 * 1000);
+	/* While it runs, each of the library's threads goes by its own name. */
+	static const char *const names[] = { "mfd-migration", "mfd-incoming", "mfd-return-path",
+					     "mfd-send/0", "mfd-send/1", "mfd-recv/0",
+					     "mfd-recv/1" };
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		ck_assert_msg(thread_named(names[i]), "no thread named %s", names[i]);
 	mfd_migrate_cancel(src.m);
 	ck_assert_int_eq(mfd_migration_wait(src.m, 30000, &err), MFD_ECANCELED);
 	ck_assert_mfd_error(err, MFD_ECANCELED, "cancelled");
