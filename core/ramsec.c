@@ -883,6 +883,9 @@ static int load_pc_main(struct mfd_engine *e, mfd_stream *s, uint64_t word, stru
 			return r;
 		return ramsec_load_pc_record(e, s, word, &e->recv_last_block, run->buf, errp);
 	}
+	/* A named record starts another block (and its name may not be here yet). */
+	if (!(flags & RAM_FLAG_CONTINUE) && (r = run_flush(e, run, errp)) < 0)
+		return r;
 	if ((b = record_block(e, s, word, flags, &e->recv_last_block, errp)) < 0)
 		return b;
 	uint64_t ps = e->m->blocks[b].page_size;
