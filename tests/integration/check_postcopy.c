@@ -6,7 +6,8 @@
  * yet: each touch is a userfaultfd fault served over the return path) and
  * check every byte they see against what the source held when it stopped.
  * At the end the whole of RAM must equal the source's snapshot and pass the
- * a-b check.  Also: precopy pages racing the switch, the preempt channel, a
+ * a-b check.  Also: precopy pages racing the switch, the preempt channel, two
+ * RAM blocks, a
  * network cut (pause, recover, resume) and refusal without userfaultfd.
  *
  * Needs userfaultfd (root, or vm.unprivileged_userfaultfd=1): skipped with a
@@ -195,6 +196,10 @@ static void set(mfd_migration *m, const char *name, const char *value)
 	ck_assert_ok(mfd_set_param(m, name, value, &err), err);
 }
 
+/* Register the guest's RAM as two blocks (the first three quarters, the last
+ * quarter) instead of one: set by a test around its pair. */
+static bool two_blocks;
+
 static void pguest_init(struct pguest *g, size_t mib, bool source, unsigned channels,
 			const char *codec, bool preempt)
 {
@@ -207,7 +212,15 @@ static void pguest_init(struct pguest *g, size_t mib, bool source, unsigned chan
 	g->ram = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert_ptr_ne(g->ram, MAP_FAILED);
 	ck_assert_ok(mfd_migration_new(&g->m, &err), err);
-	ck_assert_ok(mfd_ram_block_add(g->m, "pc.ram", g->ram, g->size, PS, &err), err);
+	if (two_blocks) {
+		size_t lo = g->size / 4 * 3;
+
+		ck_assert_ok(mfd_ram_block_add(g->m, "pc.ram", g->ram, lo, PS, &err), err);
+		ck_assert_ok(mfd_ram_block_add(g->m, "pc.ram.high", g->ram + lo, g->size - lo, PS,
+					       &err), err);
+	} else {
+		ck_assert_ok(mfd_ram_block_add(g->m, "pc.ram", g->ram, g->size, PS, &err), err);
+	}
 	ck_assert_ok(mfd_register_live(g->m, "cpu", 0, 1, &regs_ops, g, &err), err);
 	ck_assert_ok(mfd_migration_set_hooks(g->m, &hooks, g, &err), err);
 	snprintf(v, sizeof(v), "%u", channels);
@@ -396,6 +409,17 @@ START_TEST(postcopy_with_preempt)
 {
 	NEED_UFFD();
 	run_postcopy(_i ? 4 : 1, _i ? "lz4" : "none", true, 1);
+}
+END_TEST
+
+/* Two RAM blocks: the push crosses from one to the other (the destination's
+ * runs of pushed pages end at the block), requests name either. */
+START_TEST(postcopy_two_blocks)
+{
+	NEED_UFFD();
+	two_blocks = true;
+	run_postcopy(2, "none", _i, 1);
+	two_blocks = false;
 }
 END_TEST
 
@@ -614,6 +638,7 @@ Suite *suite_postcopy(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_loop_test(tc, postcopy_after_precopy_passes, 0, 4);
 	tcase_add_loop_test(tc, postcopy_with_preempt, 0, 2);
+	tcase_add_loop_test(tc, postcopy_two_blocks, 0, 2);
 	tcase_add_loop_test(tc, precopy_pages_race_the_switch, 0, 2);
 	tcase_add_loop_test(tc, postcopy_over_tls, 0, 2);
 	tcase_add_test(tc, policy_can_choose_postcopy);
