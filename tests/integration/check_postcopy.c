@@ -7,8 +7,8 @@
  * check every byte they see against what the source held when it stopped.
  * At the end the whole of RAM must equal the source's snapshot and pass the
  * a-b check.  Also: precopy pages racing the switch, the preempt channel, two
- * RAM blocks, a
- * network cut (pause, recover, resume) and refusal without userfaultfd.
+ * RAM blocks, a network cut (pause, recover, resume) and refusal without
+ * userfaultfd.
  *
  * Needs userfaultfd (root, or vm.unprivileged_userfaultfd=1): skipped with a
  * message otherwise.
