@@ -116,6 +116,15 @@ static void shutdown_all(struct mfd_engine *e)
 	pthread_mutex_unlock(&e->lock);
 }
 
+/* A helper thread met an error no reconnection cures: record it (taking
+ * @err) and stop every thread. */
+static void fail_all(struct mfd_engine *e, mfd_error *err)
+{
+	record_error(e, err);
+	atomic_store(&e->cancel, true);
+	shutdown_all(e);
+}
+
 /* Test hook (engine.h): wraps each channel as it is created.  Set only while
  * no migration runs, so the threads that read it were created after it. */
 static engine_wrap_fn chan_wrap_fn;
@@ -738,10 +747,8 @@ static void *pre_server(void *arg)
 		break_connections(e);
 	} else {
 		mfd_error_prefix(err, "postcopy");
-		record_error(e, err);
+		fail_all(e, err);
 		err = NULL;
-		atomic_store(&e->cancel, true);
-		shutdown_all(e);
 	}
 	mfd_error_free(err);
 	mfd_stream_free(s);
@@ -945,11 +952,9 @@ static void *rp_thread(void *arg)
 			if (!theirs)
 				mfd_error_prefix(err, "%s: main channel (return path)", phase_name(e));
 			if (!done && !engine_cancelled(e)) {
-				record_error(e, err);
-				err = NULL;
 				/* The destination gave up: stop sending now. */
-				atomic_store(&e->cancel, true);
-				shutdown_all(e);
+				fail_all(e, err);
+				err = NULL;
 			}
 		}
 	}
@@ -1757,10 +1762,8 @@ static void *pre_reader(void *arg)
 		break_connections(e);
 	} else if (r < 0) {
 		mfd_error_prefix(err, "postcopy: preempt channel");
-		record_error(e, err);
+		fail_all(e, err);
 		err = NULL;
-		atomic_store(&e->cancel, true);
-		shutdown_all(e);
 	}
 	mfd_error_free(err);
 	return NULL;
