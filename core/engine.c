@@ -505,26 +505,47 @@ static const char *phase_name(struct mfd_engine *e)
 }
 
 
-static int rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
-		   mfd_error **errp)
+/*
+ * Destination: one message (be16 type, be16 length, payload, then @extra
+ * pieces outside the length) to the source: on the main channel's return
+ * path, or on the preempt channel.  The writer's lock (out_lock, pre_lock)
+ * orders writers and keeps the channel alive: the channels are released only
+ * under it (release_channels, drop_connection).
+ */
+static int msg_send(struct mfd_engine *e, bool preempt, uint16_t type, const void *payload,
+		    uint16_t len, const struct iovec *extra, int nextra, mfd_error **errp)
 {
+	pthread_mutex_t *wlock = preempt ? &e->pre_lock : &e->out_lock;
 	uint8_t hdr[4];
-	struct iovec iov[2] = { { hdr, 4 }, { (void *)payload, len } };
+	struct iovec iov[2 + 4];
+	int n = 1;
 	mfd_channel *ch;
 	int r;
 
+	if (nextra > 4)
+		return mfd_error_set(errp, MFD_EINVAL, "return path: too many pieces");
 	mfd_store_be16(hdr, type);
 	mfd_store_be16(hdr + 2, len);
-	/* out_lock orders writers and keeps the channel alive: the incoming
-	 * thread releases channels only after taking it (release_channels). */
-	pthread_mutex_lock(&e->out_lock);
+	iov[0] = (struct iovec){ hdr, sizeof(hdr) };
+	if (len)
+		iov[n++] = (struct iovec){ (void *)payload, len };
+	for (int i = 0; i < nextra; i++)
+		iov[n++] = extra[i];
+	pthread_mutex_lock(wlock);
 	pthread_mutex_lock(&e->lock);
-	ch = e->main_ch;
+	ch = preempt ? e->pre_ch : e->main_ch;
 	pthread_mutex_unlock(&e->lock);
-	r = ch ? mfd_channel_writev_full(ch, iov, len ? 2 : 1, errp)
-	       : mfd_error_set(errp, MFD_ESTATE, "return path: no main channel");
-	pthread_mutex_unlock(&e->out_lock);
+	r = ch ? mfd_channel_writev_full(ch, iov, n, errp)
+	       : mfd_error_set(errp, MFD_ESTATE, preempt ? "preempt channel: not connected"
+							 : "return path: no main channel");
+	pthread_mutex_unlock(wlock);
 	return r;
+}
+
+static int rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
+		   mfd_error **errp)
+{
+	return msg_send(e, false, type, payload, len, NULL, 0, errp);
 }
 
 int engine_rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
@@ -536,27 +557,7 @@ int engine_rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uin
 int engine_rp_send_raw(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
 		       const struct iovec *extra, int nextra, mfd_error **errp)
 {
-	uint8_t hdr[4];
-	struct iovec iov[2 + 4];
-	mfd_channel *ch;
-	int r;
-
-	if (nextra > 4)
-		return mfd_error_set(errp, MFD_EINVAL, "return path: too many pieces");
-	mfd_store_be16(hdr, type);
-	mfd_store_be16(hdr + 2, len);
-	iov[0] = (struct iovec){ hdr, 4 };
-	iov[1] = (struct iovec){ (void *)payload, len };
-	for (int i = 0; i < nextra; i++)
-		iov[2 + i] = extra[i];
-	pthread_mutex_lock(&e->out_lock);
-	pthread_mutex_lock(&e->lock);
-	ch = e->main_ch;
-	pthread_mutex_unlock(&e->lock);
-	r = ch ? mfd_channel_writev_full(ch, iov, 2 + nextra, errp)
-	       : mfd_error_set(errp, MFD_ESTATE, "return path: no main channel");
-	pthread_mutex_unlock(&e->out_lock);
-	return r;
+	return msg_send(e, false, type, payload, len, extra, nextra, errp);
 }
 
 /*
@@ -567,23 +568,7 @@ int engine_rp_send_raw(struct mfd_engine *e, uint16_t type, const void *payload,
 int engine_send_page_request(struct mfd_engine *e, const uint8_t msg[RP_REQ_PAGES_LEN],
 			     mfd_error **errp)
 {
-	uint8_t hdr[4];
-	struct iovec iov[2] = { { hdr, sizeof(hdr) }, { (void *)msg, RP_REQ_PAGES_LEN } };
-	mfd_channel *ch;
-	int r;
-
-	if (!e->preempt)
-		return rp_send(e, RP_REQ_PAGES, msg, RP_REQ_PAGES_LEN, errp);
-	mfd_store_be16(hdr, RP_REQ_PAGES);
-	mfd_store_be16(hdr + 2, RP_REQ_PAGES_LEN);
-	pthread_mutex_lock(&e->pre_lock);
-	pthread_mutex_lock(&e->lock);
-	ch = e->pre_ch;
-	pthread_mutex_unlock(&e->lock);
-	r = ch ? mfd_channel_writev_full(ch, iov, 2, errp)
-	       : mfd_error_set(errp, MFD_ESTATE, "preempt channel: not connected");
-	pthread_mutex_unlock(&e->pre_lock);
-	return r;
+	return msg_send(e, e->preempt, RP_REQ_PAGES, msg, RP_REQ_PAGES_LEN, NULL, 0, errp);
 }
 
 static void rp_send_result(struct mfd_engine *e, int code, const char *msg)
