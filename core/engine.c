@@ -173,7 +173,8 @@ uint64_t engine_bytes_sent(struct mfd_engine *e)
 /* Refresh the figures other threads read through mfd_migration_stats(). */
 void engine_publish(struct mfd_engine *e)
 {
-	uint64_t main_bytes = e->out ? mfd_stream_bytes(e->out) : e->in ? mfd_stream_bytes(e->in) : 0;
+	uint64_t main_bytes = e->main_bytes_dropped +
+			      (e->out ? mfd_stream_bytes(e->out) : e->in ? mfd_stream_bytes(e->in) : 0);
 	uint64_t remaining = e->incoming ? 0 : ramsec_remaining(e);
 
 	pthread_mutex_lock(&e->lock);
@@ -1256,6 +1257,7 @@ static int postcopy_start(struct mfd_engine *e, mfd_error **errp)
 	pthread_mutex_lock(&e->lock);
 	e->t_pc_ns = engine_now_ns();
 	pthread_mutex_unlock(&e->lock);
+	engine_publish(e);
 	set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
 	mfd_log_info("postcopy: the destination runs the guest; %llu bytes to push",
 		     (unsigned long long)ramsec_remaining(e));
@@ -1278,6 +1280,8 @@ static void drop_connection(struct mfd_engine *e)
 	pthread_mutex_lock(&e->pre_lock);
 	pthread_mutex_lock(&e->out_lock);
 	pthread_mutex_lock(&e->lock);
+	/* The next connection's stream counts from 0: keep what this one carried. */
+	e->main_bytes_dropped += e->out ? mfd_stream_bytes(e->out) : e->in ? mfd_stream_bytes(e->in) : 0;
 	mfd_stream_free(e->pre_out);
 	e->pre_out = NULL;
 	mfd_stream_free(e->out);
@@ -1410,6 +1414,7 @@ static int postcopy_run(struct mfd_engine *e, mfd_error **errp)
 		r = mfd_savevm_iterate(m, e->out, true, &err);
 		if (r >= 0 && flush_out(e->out, &err) < 0)
 			r = mfd_error_code(err);
+		engine_publish(e);
 		if (r == 1) {
 			/* Everything pushed: END, EOF, and the end of the preempt stream. */
 			r = mfd_savevm_complete_postcopy(m, e->out, &err);
@@ -1959,6 +1964,7 @@ static int postcopy_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **er
 {
 	mfd_log_warn("postcopy paused: %s", cause ? mfd_error_message(cause) : "connection lost");
 	mfd_error_free(cause);
+	engine_publish(e);	/* what is left, as the pause finds it */
 	pthread_mutex_lock(&e->lock);
 	e->pauses++;
 	pthread_mutex_unlock(&e->lock);
