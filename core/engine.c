@@ -173,7 +173,7 @@ uint64_t engine_bytes_sent(struct mfd_engine *e)
 /* Refresh the figures other threads read through mfd_migration_stats(). */
 void engine_publish(struct mfd_engine *e)
 {
-	uint64_t main_bytes = e->main_bytes_dropped +
+	uint64_t main_bytes = e->main_bytes_dropped + atomic_load(&e->pre_bytes) +
 			      (e->out ? mfd_stream_bytes(e->out) : e->in ? mfd_stream_bytes(e->in) : 0);
 	uint64_t remaining = e->incoming ? 0 : ramsec_remaining(e);
 
@@ -709,6 +709,8 @@ static void *pre_server(void *arg)
 		pthread_mutex_lock(&e->pre_lock);
 		r = e->pre_out ? ramsec_serve_request(e, e->pre_out, &e->ram.pre_last_block, &rq, &err)
 			       : mfd_error_set(&err, MFD_EEOF, "not connected");
+		if (e->pre_out)
+			atomic_store(&e->pre_bytes, mfd_stream_bytes(e->pre_out));
 		pthread_mutex_unlock(&e->pre_lock);
 	}
 	if (!err)
@@ -1282,6 +1284,7 @@ static void drop_connection(struct mfd_engine *e)
 	pthread_mutex_lock(&e->lock);
 	/* The next connection's stream counts from 0: keep what this one carried. */
 	e->main_bytes_dropped += e->out ? mfd_stream_bytes(e->out) : e->in ? mfd_stream_bytes(e->in) : 0;
+	e->main_bytes_dropped += atomic_exchange(&e->pre_bytes, 0);
 	mfd_stream_free(e->pre_out);
 	e->pre_out = NULL;
 	mfd_stream_free(e->out);
@@ -1424,6 +1427,7 @@ static int postcopy_run(struct mfd_engine *e, mfd_error **errp)
 				pthread_mutex_lock(&e->pre_lock);
 				mfd_stream_put_be64(e->pre_out, RAM_FLAG_EOS);
 				r = flush_out(e->pre_out, &err);
+				atomic_store(&e->pre_bytes, mfd_stream_bytes(e->pre_out));
 				atomic_store(&e->pre_eos_sent, r == 0);
 				pthread_mutex_unlock(&e->pre_lock);
 			}

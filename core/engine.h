@@ -159,7 +159,8 @@ struct mfd_engine {
 	uint64_t expected_downtime_ms;
 	double bandwidth;		/* bytes/s, smoothed */
 	uint64_t main_bytes_pub, remaining_pub, zero_pub, normal_pub, normal_bytes_pub;
-	uint64_t main_bytes_dropped;	/* main-stream bytes of connections postcopy lost */
+	uint64_t main_bytes_dropped;	/* main and preempt bytes of connections postcopy lost */
+	_Atomic uint64_t pre_bytes;	/* source: the preempt stream's bytes (pre_lock writes) */
 	uint64_t iterations_pub, dirty_syncs_pub, dirty_rate_pub, expected_downtime_pub;
 	struct mfd_multifd_stats *final_ms;	/* multifd figures kept at the end */
 
