@@ -233,6 +233,12 @@ static void migrate_live_stats(unsigned channels, const char *codec, const char 
 	ck_assert_uint_ge(st.ram_transferred, 1);
 	ck_assert_uint_eq(st.ram_total, 32u << 20);
 	ck_assert_uint_ge(st.iterations, 1);
+	/* Both sides count the same bytes; the destination also each channel's
+	 * 128-byte hello. */
+	struct mfd_stats dst_st = { .size = sizeof(dst_st) };
+
+	ck_assert_int_eq(mfd_migration_stats(dst.m, &dst_st), 0);
+	ck_assert_uint_eq(st.ram_transferred + 128u * st.channels, dst_st.ram_transferred);
 	json = mfd_migration_stats_json(src.m);
 	ck_assert_ptr_nonnull(json);
 	ck_assert_ptr_nonnull(strstr(json, "\"status\": \"completed\""));
