@@ -603,6 +603,8 @@ START_TEST(cancel_while_paused_loses_the_vm_clearly)
 	dst.touch_pause_us = 2000;
 	start_pair(&src, &dst);
 	ck_assert_int_eq(wait_state(src.m, MFD_STATE_ACTIVE, 30000), MFD_STATE_ACTIVE);
+	/* All of RAM to push after the switch (8 s): the cancel finds postcopy. */
+	mfd_ram_mark_dirty(src.m, src.ram, src.size);
 	ck_assert_ok(mfd_migrate_start_postcopy(src.m, &err), err);
 	ck_assert_int_eq(wait_state(dst.m, MFD_STATE_POSTCOPY_ACTIVE, 30000),
 			 MFD_STATE_POSTCOPY_ACTIVE);
