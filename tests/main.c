@@ -28,6 +28,7 @@
 	X(multifd)        \
 	X(engine)         \
 	X(postcopy)       \
+	X(pcdest)         \
 	X(faults)         \
 	X(cli)            \
 	X(dump)           \
