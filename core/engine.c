@@ -170,11 +170,17 @@ uint64_t engine_bytes_sent(struct mfd_engine *e)
 	return bytes;
 }
 
+/* Bytes of this connection's main stream: written (source) or read (destination). */
+static uint64_t main_stream_bytes(struct mfd_engine *e)
+{
+	return e->out ? mfd_stream_bytes(e->out) : e->in ? mfd_stream_bytes(e->in) : 0;
+}
+
 /* Refresh the figures other threads read through mfd_migration_stats(). */
 void engine_publish(struct mfd_engine *e)
 {
 	uint64_t main_bytes = e->main_bytes_dropped + atomic_load(&e->pre_bytes) +
-			      (e->out ? mfd_stream_bytes(e->out) : e->in ? mfd_stream_bytes(e->in) : 0);
+			      main_stream_bytes(e);
 	uint64_t remaining = e->incoming ? 0 : ramsec_remaining(e);
 
 	pthread_mutex_lock(&e->lock);
@@ -1283,8 +1289,7 @@ static void drop_connection(struct mfd_engine *e)
 	pthread_mutex_lock(&e->out_lock);
 	pthread_mutex_lock(&e->lock);
 	/* The next connection's stream counts from 0: keep what this one carried. */
-	e->main_bytes_dropped += e->out ? mfd_stream_bytes(e->out) : e->in ? mfd_stream_bytes(e->in) : 0;
-	e->main_bytes_dropped += atomic_exchange(&e->pre_bytes, 0);
+	e->main_bytes_dropped += main_stream_bytes(e) + atomic_exchange(&e->pre_bytes, 0);
 	mfd_stream_free(e->pre_out);
 	e->pre_out = NULL;
 	mfd_stream_free(e->out);
