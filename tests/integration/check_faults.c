@@ -33,7 +33,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -560,16 +559,6 @@ static const struct scenario scenarios[] = {
 static struct test_pki pki;
 static bool pki_ok;
 
-static bool have_uffd(void)
-{
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
-
-	if (fd < 0)
-		return false;
-	close(fd);
-	return true;
-}
-
 /* Postcopy: switch as soon as precopy runs, and push slowly enough that the
  * guest faults pages in while the fault lands. */
 static void switch_to_postcopy(struct fguest *src)
@@ -649,9 +638,12 @@ START_TEST(fault_matrix)
 	fault_spec_describe(&sc->f, desc, sizeof(desc));
 	if (sc->zero_copy)
 		snprintf(desc + strlen(desc), sizeof(desc) - strlen(desc), ", zero-copy-send");
-	if (sc->postcopy && !have_uffd()) {
-		printf("faults: #%d %s: userfaultfd unavailable (run as root); skipped\n", _i, desc);
-		return;
+	if (sc->postcopy) {
+		char who[sizeof(desc) + 32];
+
+		snprintf(who, sizeof(who), "faults: #%d %s", _i, desc);
+		if (!test_have_uffd(who))
+			return;
 	}
 	if (sc->tls) {
 		ck_assert_msg(pki_ok, "test PKI not created");

@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,23 +47,10 @@ struct pguest {
 	unsigned touch_pause_us;	/* destination readers: pause between touches */
 };
 
-static bool have_uffd(void)
-{
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
-
-	if (fd < 0)
-		return false;
-	close(fd);
-	return true;
-}
-
 #define NEED_UFFD()                                                                            \
 	do {                                                                                   \
-		if (!have_uffd()) {                                                            \
-			printf("postcopy: userfaultfd unavailable (%s): run as root or set "   \
-			       "vm.unprivileged_userfaultfd=1; skipped\n", strerror(errno));   \
+		if (!test_have_uffd("postcopy"))                                               \
 			return;                                                                \
-		}                                                                              \
 	} while (0)
 
 static void *writer_thread(void *arg)

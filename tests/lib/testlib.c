@@ -420,6 +420,19 @@ uint64_t test_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+bool test_have_uffd(const char *who)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+
+	if (fd < 0) {
+		printf("%s: userfaultfd unavailable (%s): run as root or set "
+		       "vm.unprivileged_userfaultfd=1; skipped\n", who, strerror(errno));
+		return false;
+	}
+	close(fd);
+	return true;
+}
+
 int test_run_tool(char *out, size_t len, bool with_stderr, const char *const *args)
 {
 	return test_run_program("tools/multifd", out, len, with_stderr, args);

@@ -143,6 +143,9 @@ void b_free(struct bytes *b);
 void ck_assert_ab(const uint8_t *ram, size_t size, size_t page);
 /* CLOCK_MONOTONIC in milliseconds. */
 uint64_t test_now_ms(void);
+/* userfaultfd can be opened here (postcopy's destination needs it); otherwise
+ * prints "@who: userfaultfd unavailable ...; skipped" and returns false. */
+bool test_have_uffd(const char *who);
 
 /* The build's tools/multifd can be run (MFD_BUILDDIR set, as `make check`
  * does); otherwise prints "@suite: skipped ..." and returns false. */

@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "core/engine.h"
@@ -28,16 +27,6 @@
 
 #define PS 4096u
 #define PAGES 16u
-
-static bool have_uffd(void)
-{
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
-
-	if (fd < 0)
-		return false;
-	close(fd);
-	return true;
-}
 
 struct pcfix {
 	mfd_migration *m;
@@ -82,11 +71,8 @@ START_TEST(run_around_pages_in_place)
 	struct pcfix f;
 	mfd_error *err = NULL;
 
-	if (!have_uffd()) {
-		printf("pcdest: userfaultfd unavailable (%s): run as root or set "
-		       "vm.unprivileged_userfaultfd=1; skipped\n", strerror(errno));
+	if (!test_have_uffd("pcdest"))
 		return;
-	}
 	pcfix_init(&f);
 	/* Present, unknown to the bitmap: the kernel refuses these. */
 	memset(f.ram + 5 * PS, 0xee, PS);
@@ -124,10 +110,8 @@ START_TEST(run_edges)
 	struct pcfix f;
 	mfd_error *err = NULL;
 
-	if (!have_uffd()) {
-		printf("pcdest: userfaultfd unavailable; skipped\n");
+	if (!test_have_uffd("pcdest"))
 		return;
-	}
 	pcfix_init(&f);
 	memset(f.ram + 2 * PS, 0xee, PS);	/* first page of the run below */
 	memset(f.ram + 9 * PS, 0xee, PS);	/* its last page */
