@@ -34,11 +34,18 @@ struct pcfix {
 	uint8_t *ram, *data;
 };
 
-/* A destination of one 16-page block, every page discarded (missing). */
-static void pcfix_init(struct pcfix *f)
+/*
+ * A destination of one 16-page block, every page discarded (missing); the
+ * pages in @present (a bit per page) then made present behind the bitmap's
+ * back (0xee bytes), and the block registered.  False (the test skips)
+ * without userfaultfd.
+ */
+static bool pcfix_init(struct pcfix *f, uint32_t present)
 {
 	mfd_error *err = NULL;
 
+	if (!test_have_uffd("pcdest"))
+		return false;
 	f->ram = mmap(NULL, PAGES * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert_ptr_ne(f->ram, MAP_FAILED);
 	f->data = malloc(PAGES * PS);
@@ -54,6 +61,11 @@ static void pcfix_init(struct pcfix *f)
 	ck_assert_ok(pcd_new(f->e, &err), err);
 	ck_assert_ok(pcd_discard(f->e, 0, 0, PAGES * PS, &err), err);
 	ck_assert_uint_eq(pcd_missing(f->e), PAGES);
+	for (unsigned p = 0; p < PAGES; p++)
+		if (present & (1u << p))
+			memset(f->ram + p * PS, 0xee, PS);
+	ck_assert_ok(pcd_listen(f->e, &err), err);
+	return true;
 }
 
 static void pcfix_free(struct pcfix *f)
@@ -71,13 +83,9 @@ START_TEST(run_around_pages_in_place)
 	struct pcfix f;
 	mfd_error *err = NULL;
 
-	if (!test_have_uffd("pcdest"))
+	/* Pages 5 and 11 present, unknown to the bitmap: the kernel refuses them. */
+	if (!pcfix_init(&f, 1u << 5 | 1u << 11))
 		return;
-	pcfix_init(&f);
-	/* Present, unknown to the bitmap: the kernel refuses these. */
-	memset(f.ram + 5 * PS, 0xee, PS);
-	memset(f.ram + 11 * PS, 0xee, PS);
-	ck_assert_ok(pcd_listen(f.e, &err), err);
 	/* Known to the bitmap: the run splits around it. */
 	ck_assert_ok(pcd_place(f.e, 0, 8 * PS, f.data + 8 * PS, &err), err);
 	ck_assert_uint_eq(pcd_missing(f.e), PAGES - 1);
@@ -110,12 +118,9 @@ START_TEST(run_edges)
 	struct pcfix f;
 	mfd_error *err = NULL;
 
-	if (!test_have_uffd("pcdest"))
+	/* Pages 2 and 9 present: the first and the last of the run below. */
+	if (!pcfix_init(&f, 1u << 2 | 1u << 9))
 		return;
-	pcfix_init(&f);
-	memset(f.ram + 2 * PS, 0xee, PS);	/* first page of the run below */
-	memset(f.ram + 9 * PS, 0xee, PS);	/* its last page */
-	ck_assert_ok(pcd_listen(f.e, &err), err);
 	ck_assert_ok(pcd_place_run(f.e, 0, 2 * PS, f.data + 2 * PS, 8, &err), err);
 	ck_assert_uint_eq(pcd_missing(f.e), PAGES - 8);
 	ck_assert_ok(pcd_place_run(f.e, 0, 15 * PS, f.data + 15 * PS, 1, &err), err);
