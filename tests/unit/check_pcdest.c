@@ -138,6 +138,24 @@ START_TEST(run_edges)
 }
 END_TEST
 
+/* The kernel refuses a copy for a reason other than a page in place (here:
+ * the range is no longer registered): a clear error, nothing counted. */
+START_TEST(run_refused_is_an_error)
+{
+	struct pcfix f;
+	mfd_error *err = NULL;
+
+	if (!pcfix_init(&f, 0))
+		return;
+	pcd_stop(f.e);
+	ck_assert_int_eq(pcd_place_run(f.e, 0, 4 * PS, f.data + 4 * PS, 3, &err), MFD_EIO);
+	ck_assert_mfd_error(err, MFD_EIO, "postcopy: cannot place pages 0x4000+12288 of block "
+			    "'pc.ram'");
+	ck_assert_uint_eq(pcd_missing(f.e), PAGES);
+	pcfix_free(&f);
+}
+END_TEST
+
 Suite *suite_pcdest(void)
 {
 	Suite *s = suite_create("pcdest");
@@ -146,6 +164,7 @@ Suite *suite_pcdest(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, run_around_pages_in_place);
 	tcase_add_test(tc, run_edges);
+	tcase_add_test(tc, run_refused_is_an_error);
 	suite_add_tcase(s, tc);
 	return s;
 }
