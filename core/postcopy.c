@@ -433,28 +433,30 @@ int pcd_place(struct mfd_engine *e, unsigned b, uint64_t offset, const void *dat
 {
 	struct pc_dest *d = e->pcd;
 	const struct mfd_ram_block *bk = &e->m->blocks[b];
-	uint64_t page = offset >> bk->page_shift, dst = (uint64_t)(uintptr_t)(bk->host + offset);
+	uint64_t dst = (uint64_t)(uintptr_t)(bk->host + offset);
 	int r;
 
-	if (test_bit(d->recv[b], page) && data)
-		return 0;	/* placed already: never twice */
-	if (!data && d->can_zeropage) {
-		struct uffdio_zeropage z = { .range = { dst, bk->page_size } };
+	if (data)
+		return pcd_place_run(e, b, offset, data, 1, errp);
+	/* A zero page: the kernel's shared zero page where the block allows. */
+	do {
+		if (d->can_zeropage) {
+			struct uffdio_zeropage z = { .range = { dst, bk->page_size } };
 
-		r = ioctl(d->uffd, UFFDIO_ZEROPAGE, &z);
-	} else {
-		struct uffdio_copy c = {
-			.dst = dst, .src = (uint64_t)(uintptr_t)(data ? data : d->zero),
-			.len = bk->page_size,
-		};
+			r = ioctl(d->uffd, UFFDIO_ZEROPAGE, &z);
+		} else {
+			struct uffdio_copy c = {
+				.dst = dst, .src = (uint64_t)(uintptr_t)d->zero, .len = bk->page_size,
+			};
 
-		r = ioctl(d->uffd, UFFDIO_COPY, &c);
-	}
+			r = ioctl(d->uffd, UFFDIO_COPY, &c);
+		}
+	} while (r < 0 && errno == EAGAIN);	/* the mappings changed meanwhile: again */
 	if (r < 0 && errno != EEXIST)
 		return mfd_error_set(errp, MFD_EIO,
-				     "postcopy: cannot place page 0x%llx of block '%s' (%s)",
+				     "postcopy: cannot place zero page 0x%llx of block '%s' (%s)",
 				     (unsigned long long)offset, bk->name, strerror(errno));
-	placed(d, b, page);
+	placed(d, b, offset >> bk->page_shift);
 	return 0;
 }
 
