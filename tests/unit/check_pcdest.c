@@ -138,6 +138,31 @@ START_TEST(run_edges)
 }
 END_TEST
 
+/* Zero pages (the kernel's zero page) and single pages go through the same
+ * rules: a page in place is left alone, each page counts once. */
+START_TEST(single_and_zero_pages)
+{
+	struct pcfix f;
+	mfd_error *err = NULL;
+
+	if (!pcfix_init(&f, 1u << 3))
+		return;
+	ck_assert_ok(pcd_place(f.e, 0, 3 * PS, NULL, &err), err);	/* present: kept */
+	ck_assert_ok(pcd_place(f.e, 0, 4 * PS, NULL, &err), err);
+	ck_assert_ok(pcd_place(f.e, 0, 5 * PS, f.data + 5 * PS, &err), err);
+	ck_assert_ok(pcd_place(f.e, 0, 5 * PS, f.data + 6 * PS, &err), err);	/* twice: kept */
+	ck_assert_uint_eq(pcd_missing(f.e), PAGES - 3);
+	ck_assert_uint_eq(f.ram[3 * PS], 0xee);
+	for (unsigned i = 0; i < PS; i++)
+		ck_assert_uint_eq(f.ram[4 * PS + i], 0);
+	ck_assert_int_eq(memcmp(f.ram + 5 * PS, f.data + 5 * PS, PS), 0);
+	ck_assert_ok(pcd_place_run(f.e, 0, 0, f.data, PAGES, &err), err);
+	ck_assert_uint_eq(pcd_missing(f.e), 0);
+	ck_assert_uint_eq(f.ram[4 * PS], 0);
+	pcfix_free(&f);
+}
+END_TEST
+
 /* The kernel refuses a copy for a reason other than a page in place (here:
  * the range is no longer registered): a clear error, nothing counted. */
 START_TEST(run_refused_is_an_error)
@@ -164,6 +189,7 @@ Suite *suite_pcdest(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, run_around_pages_in_place);
 	tcase_add_test(tc, run_edges);
+	tcase_add_test(tc, single_and_zero_pages);
 	tcase_add_test(tc, run_refused_is_an_error);
 	suite_add_tcase(s, tc);
 	return s;
