@@ -898,6 +898,59 @@ START_TEST(not_yet_valid_certificate)
 }
 END_TEST
 
+/* ca-crl.pem (QEMU's name, next to ca-cert.pem) revokes certificates. */
+START_TEST(crl_revoked_client_refused)
+{
+	struct side cl = { .creds = x509("client", MFD_TLS_CLIENT), .hostname = "localhost" };
+	struct side sv = { .creds = x509("server-crl", MFD_TLS_SERVER) };
+
+	connect_pair(&cl, &sv);
+	assert_refused(&sv, MFD_EPROTO, "TLS handshake: the peer's certificate is revoked "
+		       "(ca-crl.pem): the client certificate 'CN=client1,O=libmultifd test' "
+		       "(depth 0) is listed in ");
+	assert_client_told(&cl, MFD_EPROTO, "certificate revoked (it rejected our certificate)");
+	side_free(&cl);
+	side_free(&sv);
+}
+END_TEST
+
+START_TEST(crl_revoked_server_refused)
+{
+	struct side cl = { .creds = x509("client-crl", MFD_TLS_CLIENT), .hostname = "localhost" };
+	struct side sv = { .creds = x509("server", MFD_TLS_SERVER) };
+
+	connect_pair(&cl, &sv);
+	assert_refused(&cl, MFD_EPROTO, "TLS handshake: the peer's certificate is revoked "
+		       "(ca-crl.pem): the server certificate 'CN=localhost,O=libmultifd test' "
+		       "(depth 0) is listed in ");
+	assert_refused(&sv, MFD_EPROTO, "the client refused the connection: sslv3 alert "
+		       "certificate revoked (it rejected our certificate)");
+	side_free(&cl);
+	side_free(&sv);
+}
+END_TEST
+
+/* Both sides check a CRL that revokes neither: the connection works. */
+START_TEST(crl_not_revoking_works)
+{
+	struct side cl = { .creds = x509("client2-crl", MFD_TLS_CLIENT), .hostname = "localhost" };
+	struct side sv = { .creds = x509("server-crl", MFD_TLS_SERVER) };
+
+	/* Revocation is checked (on the peer's own certificate) on both sides... */
+	ck_assert(X509_VERIFY_PARAM_get_flags(SSL_CTX_get0_param(cl.creds->ctx)) &
+		  X509_V_FLAG_CRL_CHECK);
+	ck_assert(X509_VERIFY_PARAM_get_flags(SSL_CTX_get0_param(sv.creds->ctx)) &
+		  X509_V_FLAG_CRL_CHECK);
+	/* ...and passes. */
+	connect_pair(&cl, &sv);
+	assert_up(&cl, "client");
+	assert_up(&sv, "server");
+	exchange(&cl, &sv);
+	side_free(&cl);
+	side_free(&sv);
+}
+END_TEST
+
 START_TEST(mixed_credential_kinds)
 {
 	struct side cl = { .creds = psk("psk-main", MFD_TLS_CLIENT) };
@@ -1117,6 +1170,29 @@ START_TEST(x509_files_are_checked)
 	ck_assert_mfd_error(err, MFD_EINVAL, "no directory given");
 	ck_assert_ptr_null(c);
 	mfd_tls_creds_free(NULL);
+}
+END_TEST
+
+/* A ca-crl.pem that is present but unusable fails the credentials, both roles. */
+START_TEST(crl_malformed_refused_at_load)
+{
+	char dir[256], want[512];
+	mfd_tls_creds *c = NULL;
+	mfd_error *err = NULL;
+
+	snprintf(want, sizeof(want), "x509 credentials: %s/ca-crl.pem holds no usable PEM CRL",
+		 path_of("server-badcrl", NULL, dir, sizeof(dir)));
+	ck_assert_int_eq(mfd_tls_creds_new_x509(dir, MFD_TLS_SERVER, &c, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, want);
+	ck_assert_ptr_null(c);
+	ck_assert_int_eq(mfd_tls_creds_new_x509(dir, MFD_TLS_CLIENT, &c, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, want);
+	ck_assert_ptr_null(c);
+	/* An empty file is no CRL either. */
+	write_file("server-badcrl/ca-crl.pem", "");
+	ck_assert_int_eq(mfd_tls_creds_new_x509(dir, MFD_TLS_SERVER, &c, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, want);
+	ck_assert_ptr_null(c);
 }
 END_TEST
 
@@ -1570,6 +1646,7 @@ Suite *suite_tls(void)
 	tcase_add_test(pass, shutdown_unblocks_a_reader);
 	tcase_add_test(pass, options_reach_the_inner_channel);
 	tcase_add_test(pass, owned_inner_is_freed_with_the_channel);
+	tcase_add_test(pass, crl_not_revoking_works);
 
 	tcase_add_test(refuse, psk_key_mismatch);
 	tcase_add_test(refuse, psk_unknown_identity);
@@ -1582,12 +1659,15 @@ Suite *suite_tls(void)
 	tcase_add_test(refuse, expired_certificate);
 	tcase_add_test(refuse, not_yet_valid_certificate);
 	tcase_add_test(refuse, mixed_credential_kinds);
+	tcase_add_test(refuse, crl_revoked_client_refused);
+	tcase_add_test(refuse, crl_revoked_server_refused);
 	tcase_add_test(refuse, plaintext_client_to_tls_server);
 	tcase_add_test(refuse, tls_client_to_plaintext_server);
 
 	tcase_add_test(creds, psk_file_errors_name_file_and_line);
 	tcase_add_test(creds, x509_files_are_checked);
 	tcase_add_test(creds, creds_options);
+	tcase_add_test(creds, crl_malformed_refused_at_load);
 
 	tcase_add_test(interop, interop_client_x509_with_s_server);
 	tcase_add_test(interop, interop_client_psk_with_s_server);
