@@ -284,7 +284,20 @@ static int tls_error(struct tls_chan *tc, const char *name, const char *phase,
 		const char *hint = "";
 		char extra[400] = "";
 
-		if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) {
+		if (v == X509_V_ERR_CERT_REVOKED)
+			return mfd_error_set(errp, MFD_EPROTO, "%s: %s: the peer's certificate is "
+					     "revoked (ca-crl.pem): the %s certificate '%s' (depth %d) "
+					     "is listed in %s/ca-crl.pem", name, phase, peer,
+					     n->peer_dn[0] ? n->peer_dn : "?", n->verify_depth,
+					     tc->creds->source);
+		if (v == X509_V_ERR_UNABLE_TO_GET_CRL || v == X509_V_ERR_CRL_HAS_EXPIRED ||
+		    v == X509_V_ERR_CRL_NOT_YET_VALID || v == X509_V_ERR_CRL_SIGNATURE_FAILURE ||
+		    v == X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER) {
+			snprintf(extra, sizeof(extra), "; revocation is checked against %s/ca-crl.pem, "
+				 "which needs a current CRL from the CA that issued this certificate",
+				 tc->creds->source);
+			hint = extra;
+		} else if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) {
 			snprintf(extra, sizeof(extra), "; the certificate was not issued for '%s'",
 				 tc->peer_name);
 			hint = extra;

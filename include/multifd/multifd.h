@@ -452,10 +452,14 @@ typedef struct mfd_tls_creds mfd_tls_creds;
  * mfd_tls_creds_new_x509() - x509 credentials from a directory.
  * @dir: holds ca-cert.pem, and server-cert.pem + server-key.pem (server)
  *	or client-cert.pem + client-key.pem (client; may be absent when the
- *	server runs with "verify-peer" off).
+ *	server runs with "verify-peer" off), and optionally ca-crl.pem: CRLs
+ *	(PEM) from the CA; when present, a peer whose own certificate is
+ *	revoked is refused during the handshake (its issuer's CRL must be in
+ *	the file and current; the CAs above the peer are not checked).
  * @role: which side these credentials are for.
  * @out: receives the credentials.
- * @errp: names the missing or unreadable file, or the key that does not
+ * @errp: names the missing or unreadable file (a ca-crl.pem that is
+ *	present but holds no PEM CRL included), or the key that does not
  *	match its certificate.
  *
  * The client always verifies the server's chain and name; the server
