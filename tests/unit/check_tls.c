@@ -898,6 +898,36 @@ START_TEST(not_yet_valid_certificate)
 }
 END_TEST
 
+/* With PSK, authz lists the client identities the server accepts (QEMU
+ * applies tls-authz to the PSK username). */
+START_TEST(psk_authz)
+{
+	struct side cl = { .creds = psk("psk-main", MFD_TLS_CLIENT) };
+	struct side sv = { .creds = psk("psk-main", MFD_TLS_SERVER) };
+
+	/* The client's identity "qemu" is in the file but not in the list. */
+	set(sv.creds, "authz", "spare");
+	connect_pair(&cl, &sv);
+	assert_refused(&sv, MFD_EPROTO, "tls:socketpair:1: TLS handshake: PSK identity 'qemu' is "
+		       "not in the authz allow-list");
+	assert_client_told(&cl, MFD_EPROTO, "the server refused the connection");
+	side_free(&cl);
+	side_free(&sv);
+
+	/* Listed: accepted. */
+	cl = (struct side){ .creds = psk("psk-main", MFD_TLS_CLIENT) };
+	sv = (struct side){ .creds = psk("psk-main", MFD_TLS_SERVER) };
+	set(sv.creds, "authz", "spare");
+	set(sv.creds, "authz", "qemu");
+	connect_pair(&cl, &sv);
+	assert_up(&cl, "client");
+	assert_up(&sv, "server");
+	exchange(&cl, &sv);
+	side_free(&cl);
+	side_free(&sv);
+}
+END_TEST
+
 /* ca-crl.pem (QEMU's name, next to ca-cert.pem) revokes certificates. */
 START_TEST(crl_revoked_client_refused)
 {
@@ -1214,7 +1244,9 @@ START_TEST(creds_options)
 	ck_assert_int_eq(mfd_tls_creds_set(cl, "verify-peer", "off", &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "clients always verify");
 	ck_assert_int_eq(mfd_tls_creds_set(cl, "authz", "CN=x", &err), MFD_EINVAL);
-	ck_assert_mfd_error(err, MFD_EINVAL, "authz applies to x509 server credentials only");
+	ck_assert_mfd_error(err, MFD_EINVAL, "authz applies to server credentials only");
+	ck_assert_int_eq(mfd_tls_creds_set(pc, "authz", "qemu", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "authz applies to server credentials only");
 	ck_assert_int_eq(mfd_tls_creds_set(sv, "authz", "", &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "authz: empty DN");
 	ck_assert_int_eq(mfd_tls_creds_set(sv, "psk-identity", "qemu", &err), MFD_EINVAL);
@@ -1492,6 +1524,41 @@ START_TEST(interop_client_psk_with_s_server)
 }
 END_TEST
 
+/* The tls-min-version parameter reaches the source's credentials: 1.3
+ * against a destination that speaks TLS 1.2 only is refused. */
+START_TEST(interop_min_version_parameter_vs_tls_1_2_server)
+{
+	char cert[256], key[256], ca[256], dir[256], uri[64], buf[2048];
+	const char *argv[] = { "openssl", "s_server", "-accept", NULL, "-naccept", "1", "-tls1_2",
+			       "-cert", path_of("server", "server-cert.pem", cert, sizeof(cert)),
+			       "-key", path_of("server", "server-key.pem", key, sizeof(key)),
+			       "-CAfile", path_of("server", "ca-cert.pem", ca, sizeof(ca)), NULL };
+	mfd_migration *m = NULL;
+	mfd_error *err = NULL;
+	struct proc p;
+	int port;
+
+	if (!have_openssl("tls-min-version interop"))
+		return;
+	signal(SIGPIPE, SIG_IGN);
+	port = start_s_server(&p, argv, 3);
+	ck_assert_ok(mfd_migration_new(&m, &err), err);
+	ck_assert_ok(mfd_set_param(m, "tls-creds", path_of("client", NULL, dir, sizeof(dir)), &err),
+		     err);
+	ck_assert_ok(mfd_set_param(m, "tls-min-version", "1.3", &err), err);
+	ck_assert_ok(mfd_set_param(m, "multifd-channels", "1", &err), err);
+	ck_assert_ok(mfd_set_param(m, "channel-timeout-ms", "10000", &err), err);
+	snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%d", port);
+	ck_assert_ok(mfd_migrate(m, uri, &err), err);
+	ck_assert_msg(mfd_migration_wait(m, 20000, &err) == MFD_EPROTO, "%s; s_server said: %s",
+		      mfd_error_message(err), proc_stderr(&p, buf, sizeof(buf)));
+	ck_assert_mfd_error(err, MFD_EPROTO, "no TLS version in common; see min-version");
+	ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_FAILED);
+	mfd_migration_free(m);
+	proc_end(&p, 5000);
+}
+END_TEST
+
 /*
  * s_client against our server: s_client sends a line from its stdin, we
  * answer and finish; s_client prints the answer and, at our close_notify,
@@ -1660,6 +1727,7 @@ Suite *suite_tls(void)
 	tcase_add_test(refuse, not_yet_valid_certificate);
 	tcase_add_test(refuse, mixed_credential_kinds);
 	tcase_add_test(refuse, crl_revoked_client_refused);
+	tcase_add_test(refuse, psk_authz);
 	tcase_add_test(refuse, crl_revoked_server_refused);
 	tcase_add_test(refuse, plaintext_client_to_tls_server);
 	tcase_add_test(refuse, tls_client_to_plaintext_server);
@@ -1675,6 +1743,7 @@ Suite *suite_tls(void)
 	tcase_add_test(interop, interop_s_client_psk_with_server);
 	tcase_add_test(interop, interop_s_client_tls_1_2);
 	tcase_add_test(interop, interop_s_client_wrong_psk);
+	tcase_add_test(interop, interop_min_version_parameter_vs_tls_1_2_server);
 	return s;
 }
 
