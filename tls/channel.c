@@ -271,6 +271,9 @@ static int tls_error(struct tls_chan *tc, const char *name, const char *phase,
 		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: unknown PSK identity '%s' (not in "
 				     "the PSK file %s)", name, phase, n->psk_identity,
 				     tc->creds->source);
+	if (n->authz_denied && psk)
+		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: PSK identity '%s' is not in the "
+				     "authz allow-list (tls-authz)", name, phase, n->psk_identity);
 	if (n->authz_denied)
 		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: client certificate subject '%s' "
 				     "is not in the authz allow-list", name, phase, n->peer_dn);
@@ -358,7 +361,7 @@ static int tls_error(struct tls_chan *tc, const char *name, const char *phase,
 		if (psk && (alert == SSL_AD_DECRYPT_ERROR || alert == SSL_AD_ILLEGAL_PARAMETER))
 			hint = " (PSK key mismatch?)";
 		else if (psk && alert == SSL_AD_HANDSHAKE_FAILURE)
-			hint = " (unknown PSK identity or key mismatch?)";
+			hint = " (unknown PSK identity, key mismatch or authz refusal?)";
 		else if (alert == SSL_AD_UNKNOWN_CA || alert == SSL_AD_BAD_CERTIFICATE ||
 			 alert == SSL_AD_CERTIFICATE_EXPIRED || alert == SSL_AD_CERTIFICATE_REVOKED ||
 			 alert == SSL_AD_UNSUPPORTED_CERTIFICATE || alert == SSL_AD_CERTIFICATE_UNKNOWN)

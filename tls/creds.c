@@ -191,6 +191,15 @@ static int psk_use_cb(SSL *ssl, const EVP_MD *md, const unsigned char **id, size
 	return 1;
 }
 
+/* Whether a PSK server's authz list holds this identity (bytes, not a string). */
+static bool authz_lists(const mfd_tls_creds *c, const unsigned char *identity, size_t len)
+{
+	for (size_t i = 0; i < c->n_authz; i++)
+		if (strlen(c->authz[i]) == len && memcmp(c->authz[i], identity, len) == 0)
+			return true;
+	return false;
+}
+
 static int psk_find_cb(SSL *ssl, const unsigned char *identity, size_t len, SSL_SESSION **sessp)
 {
 	mfd_tls_creds *c = creds_of(ssl);
@@ -202,6 +211,13 @@ static int psk_find_cb(SSL *ssl, const unsigned char *identity, size_t len, SSL_
 	for (size_t i = 0; i < c->n_psk; i++) {
 		/* Identities are names, not secrets: an ordinary byte compare. */
 		if (c->psk[i].identity_len == len && memcmp(c->psk[i].identity, identity, len) == 0) {
+			if (c->n_authz && !authz_lists(c, identity, len)) {
+				/* Known but not allowed: no session, so the handshake fails
+				 * before the key is even tried. */
+				if (note)
+					note->authz_denied = true;
+				return 1;
+			}
 			*sessp = psk_session(ssl, &c->psk[i]);
 			return *sessp != NULL;
 		}
@@ -655,11 +671,13 @@ int mfd_tls_creds_set(mfd_tls_creds *c, const char *name, const char *value, mfd
 	if (strcmp(name, "authz") == 0) {
 		char *dn, **grown;
 
-		if (c->kind != TLS_X509 || c->role != MFD_TLS_SERVER)
-			return mfd_error_set(errp, MFD_EINVAL, "TLS option authz applies to x509 "
-					     "server credentials only");
+		if (c->role != MFD_TLS_SERVER)
+			return mfd_error_set(errp, MFD_EINVAL, "TLS option authz applies to server "
+					     "credentials only (it lists the client certificate DNs "
+					     "or PSK identities the server accepts)");
 		if (!*value)
-			return mfd_error_set(errp, MFD_EINVAL, "TLS option authz: empty DN");
+			return mfd_error_set(errp, MFD_EINVAL, "TLS option authz: empty %s",
+					     c->kind == TLS_PSK ? "PSK identity" : "DN");
 		grown = realloc(c->authz, (c->n_authz + 1) * sizeof(*c->authz));
 		if (!grown)
 			return mfd_error_set(errp, MFD_ENOMEM, "TLS option authz: out of memory");
