@@ -260,25 +260,55 @@ static int make_creds(struct mfd_engine *e, enum mfd_tls_role role, mfd_error **
 	mfd_migration *m = e->m;
 	const char *x509 = m->params.s[MFD_P_TLS_CREDS], *psk = m->params.s[MFD_P_TLS_PSK_FILE];
 	const char *authz = m->params.s[MFD_P_TLS_AUTHZ];
+	const char *host = m->params.s[MFD_P_TLS_HOSTNAME];
+	int64_t minv = m->params.i[MFD_P_TLS_MIN_VERSION];
 	int r;
 
-	if (!*x509 && !*psk)
+	/* A TLS option that would have no effect is refused, never ignored. */
+	if (!*x509 && !*psk) {
+		const char *knob = *authz ? "tls-authz" : *host ? "tls-hostname"
+				 : minv ? "tls-min-version" : NULL;
+
+		if (knob)
+			return mfd_error_set(errp, MFD_EINVAL, "%s needs TLS (tls-creds or "
+					     "tls-psk-file): without it the migration is not "
+					     "encrypted and %s would do nothing", knob, knob);
 		return 0;
+	}
 	if (*x509 && *psk)
 		return mfd_error_set(errp, MFD_EINVAL, "tls-creds and tls-psk-file are both set; "
 				     "choose x509 or PSK");
+	if (*authz && role != MFD_TLS_SERVER)
+		return mfd_error_set(errp, MFD_EINVAL, "tls-authz applies to the destination (it "
+				     "lists the client certificate DNs or PSK identities it "
+				     "accepts); unset it on the source");
+	if (*host && *psk)
+		return mfd_error_set(errp, MFD_EINVAL, "tls-hostname applies to x509 (tls-creds): "
+				     "a PSK connection verifies no server name; unset it");
+	if (*host && role == MFD_TLS_SERVER)
+		return mfd_error_set(errp, MFD_EINVAL, "tls-hostname applies to the source (the "
+				     "name it checks the server certificate against); unset it on "
+				     "the destination");
 	r = *x509 ? mfd_tls_creds_new_x509(x509, role, &e->creds, errp)
 		  : mfd_tls_creds_new_psk(psk, role, &e->creds, errp);
-	if (r < 0 || !*authz || role != MFD_TLS_SERVER || !*x509)
+	if (r == 0 && (r = mfd_tls_creds_set(e->creds, "min-version", minv ? "1.3" : "1.2",
+					      errp)) < 0)
+		mfd_error_prefix(errp ? *errp : NULL, "tls-min-version");
+	if (r < 0 || !*authz)
 		return r;
-	/* One DN per '|'-separated entry. */
+	/* One DN (x509) or PSK identity per '|'-separated entry. */
 	char *list = strdup(authz), *save = NULL;
 
 	if (!list)
 		return mfd_error_set(errp, MFD_ENOMEM, "tls-authz: out of memory");
-	for (char *dn = strtok_r(list, "|", &save); dn && r == 0; dn = strtok_r(NULL, "|", &save))
+	unsigned n = 0;
+
+	for (char *dn = strtok_r(list, "|", &save); dn && r == 0; dn = strtok_r(NULL, "|", &save), n++)
 		r = mfd_tls_creds_set(e->creds, "authz", dn, errp);
 	free(list);
+	if (r == 0 && n == 0)
+		r = mfd_error_set(errp, MFD_EINVAL, "tls-authz lists no DN or PSK identity (only "
+				  "'|' separators)");
 	return r;
 }
 

@@ -25,6 +25,7 @@ struct pdef {
 };
 
 static const char *const zero_choices[] = { "none", "legacy", "multifd", NULL };
+static const char *const tls_version_choices[] = { "1.2", "1.3", NULL };
 
 static const struct pdef defs[MFD_P__COUNT] = {
 	[MFD_P_MULTIFD_CHANNELS] = { .name = "multifd-channels", .type = P_INT, .def = 2, .min = 1, .max = 255 },
@@ -53,6 +54,7 @@ static const struct pdef defs[MFD_P__COUNT] = {
 	[MFD_P_RETURN_PATH] = { .name = "return-path", .type = P_BOOL, .def = 1, .min = 0, .max = 1 },
 	[MFD_P_DEST_RAM_ZEROED] = { .name = "dest-ram-zeroed", .type = P_BOOL, .def = 1, .min = 0, .max = 1 },
 	[MFD_P_MULTIFD_COMPRESSION_ADAPTIVE] = { .name = "multifd-compression-adaptive", .type = P_BOOL, .def = 1, .min = 0, .max = 1 },
+	[MFD_P_TLS_MIN_VERSION] = { .name = "tls-min-version", .type = P_ENUM, .def = 0, .min = 0, .max = 1, .sdef = NULL, .choices = tls_version_choices },
 };
 
 int mfd_params_init(struct mfd_params *p)
@@ -169,12 +171,18 @@ int mfd_set_param(mfd_migration *m, const char *name, const char *value, mfd_err
 		m->params.s[id] = copy;
 		return 0;
 	}
-	case P_ENUM:
-		for (int k = 0; d->choices[k]; k++)
+	case P_ENUM: {
+		char list[64] = "";
+
+		for (int k = 0; d->choices[k]; k++) {
 			if (strcmp(d->choices[k], value) == 0)
 				return set_int(m, id, k, errp);
-		return mfd_error_set(errp, MFD_EINVAL, "%s '%s' is not one of none, legacy, multifd",
-				     name, value);
+			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+				 k ? ", " : "", d->choices[k]);
+		}
+		return mfd_error_set(errp, MFD_EINVAL, "%s '%s' is not one of %s", name, value,
+				     list);
+	}
 	case P_BOOL:
 		if (parse_bool(value, &v) < 0)
 			return mfd_error_set(errp, MFD_EINVAL,

@@ -271,6 +271,9 @@ static int tls_error(struct tls_chan *tc, const char *name, const char *phase,
 		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: unknown PSK identity '%s' (not in "
 				     "the PSK file %s)", name, phase, n->psk_identity,
 				     tc->creds->source);
+	if (n->authz_denied && psk)
+		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: PSK identity '%s' is not in the "
+				     "authz allow-list (tls-authz)", name, phase, n->psk_identity);
 	if (n->authz_denied)
 		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: client certificate subject '%s' "
 				     "is not in the authz allow-list", name, phase, n->peer_dn);
@@ -284,7 +287,20 @@ static int tls_error(struct tls_chan *tc, const char *name, const char *phase,
 		const char *hint = "";
 		char extra[400] = "";
 
-		if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) {
+		if (v == X509_V_ERR_CERT_REVOKED)
+			return mfd_error_set(errp, MFD_EPROTO, "%s: %s: the peer's certificate is "
+					     "revoked (ca-crl.pem): the %s certificate '%s' (depth %d) "
+					     "is listed in %s/ca-crl.pem", name, phase, peer,
+					     n->peer_dn[0] ? n->peer_dn : "?", n->verify_depth,
+					     tc->creds->source);
+		if (v == X509_V_ERR_UNABLE_TO_GET_CRL || v == X509_V_ERR_CRL_HAS_EXPIRED ||
+		    v == X509_V_ERR_CRL_NOT_YET_VALID || v == X509_V_ERR_CRL_SIGNATURE_FAILURE ||
+		    v == X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER) {
+			snprintf(extra, sizeof(extra), "; revocation is checked against %s/ca-crl.pem, "
+				 "which needs a current CRL from the CA that issued this certificate",
+				 tc->creds->source);
+			hint = extra;
+		} else if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) {
 			snprintf(extra, sizeof(extra), "; the certificate was not issued for '%s'",
 				 tc->peer_name);
 			hint = extra;
@@ -345,7 +361,7 @@ static int tls_error(struct tls_chan *tc, const char *name, const char *phase,
 		if (psk && (alert == SSL_AD_DECRYPT_ERROR || alert == SSL_AD_ILLEGAL_PARAMETER))
 			hint = " (PSK key mismatch?)";
 		else if (psk && alert == SSL_AD_HANDSHAKE_FAILURE)
-			hint = " (unknown PSK identity or key mismatch?)";
+			hint = " (unknown PSK identity, key mismatch or authz refusal?)";
 		else if (alert == SSL_AD_UNKNOWN_CA || alert == SSL_AD_BAD_CERTIFICATE ||
 			 alert == SSL_AD_CERTIFICATE_EXPIRED || alert == SSL_AD_CERTIFICATE_REVOKED ||
 			 alert == SSL_AD_UNSUPPORTED_CERTIFICATE || alert == SSL_AD_CERTIFICATE_UNKNOWN)

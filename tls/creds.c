@@ -4,8 +4,8 @@
  * shared read-only by every channel of a migration (SSL_new() on a context
  * that is no longer modified is thread-safe).
  *
- * x509 reads the QEMU directory convention (ca-cert.pem, server-cert.pem +
- * server-key.pem, client-cert.pem + client-key.pem).  PSK reads
+ * x509 reads the QEMU directory convention (ca-cert.pem, optional ca-crl.pem,
+ * server-cert.pem + server-key.pem, client-cert.pem + client-key.pem).  PSK reads
  * "identity:hexkey" lines and runs TLS 1.3 external PSK with (EC)DHE, so a
  * leaked key does not expose past sessions (SSL_OP_ALLOW_NO_DHE_KEX is never
  * set).
@@ -25,6 +25,7 @@
 #if MFD_HAVE_TLS
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -190,6 +191,15 @@ static int psk_use_cb(SSL *ssl, const EVP_MD *md, const unsigned char **id, size
 	return 1;
 }
 
+/* Whether a PSK server's authz list holds this identity (bytes, not a string). */
+static bool authz_lists(const mfd_tls_creds *c, const unsigned char *identity, size_t len)
+{
+	for (size_t i = 0; i < c->n_authz; i++)
+		if (strlen(c->authz[i]) == len && memcmp(c->authz[i], identity, len) == 0)
+			return true;
+	return false;
+}
+
 static int psk_find_cb(SSL *ssl, const unsigned char *identity, size_t len, SSL_SESSION **sessp)
 {
 	mfd_tls_creds *c = creds_of(ssl);
@@ -201,6 +211,13 @@ static int psk_find_cb(SSL *ssl, const unsigned char *identity, size_t len, SSL_
 	for (size_t i = 0; i < c->n_psk; i++) {
 		/* Identities are names, not secrets: an ordinary byte compare. */
 		if (c->psk[i].identity_len == len && memcmp(c->psk[i].identity, identity, len) == 0) {
+			if (c->n_authz && !authz_lists(c, identity, len)) {
+				/* Known but not allowed: no session, so the handshake fails
+				 * before the key is even tried. */
+				if (note)
+					note->authz_denied = true;
+				return 1;
+			}
 			*sessp = psk_session(ssl, &c->psk[i]);
 			return *sessp != NULL;
 		}
@@ -362,6 +379,55 @@ static int load_own_cert(mfd_tls_creds *c, const char *dir, const char *prefix, 
 	return 0;
 }
 
+/*
+ * ca-crl.pem, when present: every CRL in it goes into the trust store and the
+ * peer's own certificate (the leaf, not the CAs above it) must be listed in
+ * none.  A file that is there but holds no CRL is an error, never skipped.
+ */
+static int load_crl(mfd_tls_creds *c, const char *dir, mfd_error **errp)
+{
+	char crl[PATH_MAX], why[256];
+	X509_STORE *store = SSL_CTX_get_cert_store(c->ctx);
+	X509_CRL *x;
+	BIO *bio;
+	int r, n = 0;
+
+	if ((r = join_path(dir, "ca-crl.pem", crl, sizeof(crl), errp)) < 0)
+		return r;
+	if (!file_exists(crl))
+		return 0;
+	if ((r = check_readable(crl, errp)) < 0)
+		return r;
+	ERR_clear_error();
+	bio = BIO_new_file(crl, "r");
+	if (!bio)
+		return mfd_error_set(errp, MFD_EINVAL, "x509 credentials: cannot read %s: %s", crl,
+				     ossl_reason(why, sizeof(why)));
+	while ((x = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL))) {
+		int ok = X509_STORE_add_crl(store, x);
+
+		X509_CRL_free(x);
+		if (!ok) {
+			BIO_free(bio);
+			return mfd_error_set(errp, MFD_EINVAL, "x509 credentials: %s: CRL %d cannot "
+					     "be used: %s", crl, n + 1, ossl_reason(why, sizeof(why)));
+		}
+		n++;
+	}
+	BIO_free(bio);
+	/* The loop ends at the first read that fails: past the last CRL ("no start
+	 * line") is the normal end, anything else is a damaged entry. */
+	if (n == 0)
+		return mfd_error_set(errp, MFD_EINVAL, "x509 credentials: %s holds no usable PEM "
+				     "CRL: %s", crl, ossl_reason(why, sizeof(why)));
+	if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE)
+		return mfd_error_set(errp, MFD_EINVAL, "x509 credentials: %s: entry %d is not a "
+				     "usable PEM CRL: %s", crl, n + 1, ossl_reason(why, sizeof(why)));
+	ERR_clear_error();
+	X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(c->ctx), X509_V_FLAG_CRL_CHECK);
+	return 0;
+}
+
 int mfd_tls_creds_new_x509(const char *dir, enum mfd_tls_role role, mfd_tls_creds **out,
 			   mfd_error **errp)
 {
@@ -380,6 +446,8 @@ int mfd_tls_creds_new_x509(const char *dir, enum mfd_tls_role role, mfd_tls_cred
 				  "certificate: %s", ca, ossl_reason(why, sizeof(why)));
 		goto fail;
 	}
+	if ((r = load_crl(c, dir, errp)) < 0)
+		goto fail;
 	if (role == MFD_TLS_SERVER) {
 		STACK_OF(X509_NAME) *names;
 
@@ -603,11 +671,13 @@ int mfd_tls_creds_set(mfd_tls_creds *c, const char *name, const char *value, mfd
 	if (strcmp(name, "authz") == 0) {
 		char *dn, **grown;
 
-		if (c->kind != TLS_X509 || c->role != MFD_TLS_SERVER)
-			return mfd_error_set(errp, MFD_EINVAL, "TLS option authz applies to x509 "
-					     "server credentials only");
+		if (c->role != MFD_TLS_SERVER)
+			return mfd_error_set(errp, MFD_EINVAL, "TLS option authz applies to server "
+					     "credentials only (it lists the client certificate DNs "
+					     "or PSK identities the server accepts)");
 		if (!*value)
-			return mfd_error_set(errp, MFD_EINVAL, "TLS option authz: empty DN");
+			return mfd_error_set(errp, MFD_EINVAL, "TLS option authz: empty %s",
+					     c->kind == TLS_PSK ? "PSK identity" : "DN");
 		grown = realloc(c->authz, (c->n_authz + 1) * sizeof(*c->authz));
 		if (!grown)
 			return mfd_error_set(errp, MFD_ENOMEM, "TLS option authz: out of memory");

@@ -452,10 +452,14 @@ typedef struct mfd_tls_creds mfd_tls_creds;
  * mfd_tls_creds_new_x509() - x509 credentials from a directory.
  * @dir: holds ca-cert.pem, and server-cert.pem + server-key.pem (server)
  *	or client-cert.pem + client-key.pem (client; may be absent when the
- *	server runs with "verify-peer" off).
+ *	server runs with "verify-peer" off), and optionally ca-crl.pem: CRLs
+ *	(PEM) from the CA; when present, a peer whose own certificate is
+ *	revoked is refused during the handshake (its issuer's CRL must be in
+ *	the file and current; the CAs above the peer are not checked).
  * @role: which side these credentials are for.
  * @out: receives the credentials.
- * @errp: names the missing or unreadable file, or the key that does not
+ * @errp: names the missing or unreadable file (a ca-crl.pem that is
+ *	present but holds no PEM CRL included), or the key that does not
  *	match its certificate.
  *
  * The client always verifies the server's chain and name; the server
@@ -481,9 +485,10 @@ MFD_API int mfd_tls_creds_new_psk(const char *psk_file, enum mfd_tls_role role,
  * mfd_tls_creds_set() - set a policy option.
  * @c: the credentials (before any channel uses them).
  * @name: "min-version" ("1.2" default, or "1.3"; PSK is always 1.3);
- *	"authz" (server, x509: a subject DN in RFC 2253 form, e.g.
- *	"CN=src1,O=Example"; each call adds one; when any is set, a client
- *	whose DN is not listed is refused);
+ *	"authz" (server; x509: a subject DN in RFC 2253 form, e.g.
+ *	"CN=src1,O=Example"; PSK: an identity of the PSK file; each call adds
+ *	one; when any is set, a client whose DN or PSK identity is not listed
+ *	is refused during the handshake);
  *	"verify-peer" (server, x509: "on" default, "off" accepts clients
  *	without a certificate); "psk-identity" (client, PSK);
  *	"ciphersuites" (TLS 1.3 suites, OpenSSL syntax); "cipher-list"
@@ -1098,9 +1103,21 @@ MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
  *                             loopback and veth the kernel copies at delivery
  *                             (zero_copy_copied) and it gains nothing.
  *   tls-creds                 string: directory of x509 PEM files, "" = no TLS
+ *                             (ca-cert.pem, own cert and key, optional
+ *                             ca-crl.pem: see mfd_tls_creds_new_x509())
  *   tls-psk-file              string: identity:hexkey file, "" = no PSK
- *   tls-hostname              string: server name to verify, "" = the URI's host
- *   tls-authz                 string: allowed client DNs separated by '|', ""
+ *   tls-hostname              string (source, x509 only): server name to
+ *                             verify, "" = the URI's host
+ *   tls-authz                 string (destination): allowed client DNs
+ *                             (x509) or PSK identities (PSK), separated by
+ *                             '|', "" = any client the CA or PSK file admits
+ *   tls-min-version           string: 1.2|1.3, 1.2: the lowest TLS version
+ *                             accepted (x509; PSK is always TLS 1.3)
+ *                             The TLS options above are refused by
+ *                             mfd_migrate()/mfd_migrate_incoming() where
+ *                             they would have no effect: without tls-creds
+ *                             or tls-psk-file, tls-authz on the source,
+ *                             tls-hostname on the destination or with PSK.
  *   channel-timeout-ms        int 100..3600000: deadline for connecting and
  *                             gathering channels and for any stalled I/O, 30000
  *   return-path               bool, on: the destination reports its result

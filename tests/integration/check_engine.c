@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "config.h"
+#include "tests/lib/certs.h"
 #include "tests/lib/testlib.h"
 
 #define PS 4096u
@@ -869,6 +871,117 @@ START_TEST(zero_copy_send_without_locked_memory)
 }
 END_TEST
 
+#if MFD_HAVE_TLS
+/* tls-authz with tls-psk-file: the destination accepts only the PSK
+ * identities listed (QEMU applies authz to the PSK username). */
+START_TEST(tls_psk_authz)
+{
+	struct test_pki pki;
+	struct guest src, dst;
+	mfd_error *err = NULL;
+	char file[256];
+
+	ck_assert_msg(certs_create(&pki) == 0, "cannot create the test PKI (see stderr)");
+	certs_path(&pki, "psk-main", NULL, file, sizeof(file));
+
+	/* The source presents "qemu", the first identity of the file. */
+	guest_init(&src, 4, true, 2, "none");
+	guest_init(&dst, 4, false, 2, "none");
+	ck_assert_ok(mfd_set_param(src.m, "tls-psk-file", file, &err), err);
+	ck_assert_ok(mfd_set_param(dst.m, "tls-psk-file", file, &err), err);
+	ck_assert_ok(mfd_set_param(dst.m, "tls-authz", "spare|someone", &err), err);
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	ck_assert_int_eq(mfd_migration_wait(dst.m, 30000, &err), MFD_EPROTO);
+	ck_assert_mfd_error(err, MFD_EPROTO, "TLS handshake: PSK identity 'qemu' is not in the "
+			    "authz allow-list (tls-authz)");
+	ck_assert_int_ne(mfd_migration_wait(src.m, 30000, &err), 0);
+	ck_assert_mfd_error(err, MFD_EPROTO, "the server refused the connection");
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+	ck_assert_int_eq(dst.vm_starts, 0);
+	guest_free(&src);
+	guest_free(&dst);
+
+	/* Listed: the migration completes. */
+	guest_init(&src, 4, true, 2, "none");
+	guest_init(&dst, 4, false, 2, "none");
+	ck_assert_ok(mfd_set_param(src.m, "tls-psk-file", file, &err), err);
+	ck_assert_ok(mfd_set_param(dst.m, "tls-psk-file", file, &err), err);
+	ck_assert_ok(mfd_set_param(dst.m, "tls-authz", "spare|qemu", &err), err);
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	ck_assert_ok(mfd_migration_wait(src.m, 30000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 30000, &err), err);
+	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_COMPLETED);
+	ck_assert_int_eq(memcmp(src.snapshot, dst.ram, src.size), 0);
+	guest_free(&src);
+	guest_free(&dst);
+	certs_destroy(&pki);
+}
+END_TEST
+
+/* A TLS parameter that would have no effect is refused, never ignored. */
+START_TEST(tls_knobs_are_never_ignored)
+{
+	static const struct {
+		bool incoming;
+		const char *uri;
+		const char *p1, *v1, *p2, *v2;
+		const char *msg;
+	} cases[] = {
+		{ false, "tcp:127.0.0.1:1", "tls-psk-file", "psk-main", "tls-authz", "qemu",
+		  "tls-authz applies to the destination" },
+		{ false, "tcp:127.0.0.1:1", "tls-psk-file", "psk-main", "tls-hostname", "localhost",
+		  "tls-hostname applies to x509 (tls-creds)" },
+		{ true, "tcp:127.0.0.1:0", "tls-creds", "server", "tls-hostname", "localhost",
+		  "tls-hostname applies to the source" },
+		{ false, "tcp:127.0.0.1:1", "tls-authz", "CN=x", NULL, NULL,
+		  "tls-authz needs TLS (tls-creds or tls-psk-file)" },
+		{ false, "tcp:127.0.0.1:1", "tls-hostname", "localhost", NULL, NULL,
+		  "tls-hostname needs TLS (tls-creds or tls-psk-file)" },
+		{ true, "tcp:127.0.0.1:0", "tls-min-version", "1.3", NULL, NULL,
+		  "tls-min-version needs TLS (tls-creds or tls-psk-file)" },
+	};
+	struct test_pki pki;
+	mfd_error *err = NULL;
+	char path[256], buf[16];
+	mfd_migration *m = NULL;
+
+	ck_assert_msg(certs_create(&pki) == 0, "cannot create the test PKI (see stderr)");
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *v1 = cases[i].v1;
+		int r;
+
+		ck_assert_ok(mfd_migration_new(&m, &err), err);
+		if (!strncmp(cases[i].p1, "tls-creds", 9) || !strcmp(cases[i].p1, "tls-psk-file"))
+			v1 = certs_path(&pki, v1, NULL, path, sizeof(path));
+		ck_assert_ok(mfd_set_param(m, cases[i].p1, v1, &err), err);
+		if (cases[i].p2)
+			ck_assert_ok(mfd_set_param(m, cases[i].p2, cases[i].v2, &err), err);
+		r = cases[i].incoming ? mfd_migrate_incoming(m, cases[i].uri, &err)
+				      : mfd_migrate(m, cases[i].uri, &err);
+		ck_assert_msg(r == MFD_EINVAL, "case %zu: %d: %s", i, r, mfd_error_message(err));
+		ck_assert_mfd_error(err, MFD_EINVAL, cases[i].msg);
+		ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_NONE);
+		mfd_migration_free(m);
+	}
+	/* tls-min-version: "1.2" (the default) or "1.3", nothing else. */
+	ck_assert_ok(mfd_migration_new(&m, &err), err);
+	ck_assert_ok(mfd_get_param(m, "tls-min-version", buf, sizeof(buf), &err), err);
+	ck_assert_str_eq(buf, "1.2");
+	ck_assert_ok(mfd_set_param(m, "tls-min-version", "1.3", &err), err);
+	ck_assert_ok(mfd_get_param(m, "tls-min-version", buf, sizeof(buf), &err), err);
+	ck_assert_str_eq(buf, "1.3");
+	ck_assert_int_eq(mfd_set_param(m, "tls-min-version", "1.1", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "tls-min-version '1.1' is not one of 1.2, 1.3");
+	ck_assert_int_eq(mfd_set_param(m, "tls-min-version", "tls1.3", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "tls-min-version 'tls1.3' is not one of 1.2, 1.3");
+	ck_assert_ok(mfd_get_param(m, "tls-min-version", buf, sizeof(buf), &err), err);
+	ck_assert_str_eq(buf, "1.3");
+	mfd_migration_free(m);
+	certs_destroy(&pki);
+}
+END_TEST
+#endif
+
 /*
  * bench/soak, short: back-to-back migrations with random channels, codecs,
  * TLS, destination RAM modes and cancels, each completed one verified byte
@@ -910,6 +1023,10 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, zero_copy_send_refusals);
 	tcase_add_test(tc, zero_copy_send_without_locked_memory);
 	tcase_add_test(tc, soak_of_back_to_back_migrations);
+#if MFD_HAVE_TLS
+	tcase_add_test(tc, tls_psk_authz);
+	tcase_add_test(tc, tls_knobs_are_never_ignored);
+#endif
 	tcase_set_timeout(tc, 180);
 	suite_add_tcase(s, tc);
 	return s;

@@ -182,6 +182,51 @@ static int write_dir(const struct test_pki *pki, const char *name, X509 *ca, con
 	return write_key(certs_path(pki, name, file, path, sizeof(path)), key);
 }
 
+/* A CRL from ca (signed with ca_key) listing the n certificates in revoked. */
+static int write_crl(const struct test_pki *pki, const char *name, X509 *ca, EVP_PKEY *ca_key,
+		     X509 *const *revoked, int n)
+{
+	X509_CRL *crl = X509_CRL_new();
+	ASN1_TIME *last = X509_gmtime_adj(NULL, -DAY), *next = X509_gmtime_adj(NULL, 30 * DAY);
+	char path[256];
+	FILE *f = NULL;
+	int r = -1;
+
+	if (!crl || !last || !next || !X509_CRL_set_version(crl, X509_CRL_VERSION_2) ||
+	    !X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca)) ||
+	    !X509_CRL_set1_lastUpdate(crl, last) || !X509_CRL_set1_nextUpdate(crl, next)) {
+		fail("CRL fields");
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		X509_REVOKED *rev = X509_REVOKED_new();
+
+		if (!rev || !X509_REVOKED_set_serialNumber(rev, X509_get_serialNumber(revoked[i])) ||
+		    !X509_REVOKED_set_revocationDate(rev, last) || !X509_CRL_add0_revoked(crl, rev)) {
+			X509_REVOKED_free(rev);
+			fail("CRL entry");
+			goto out;
+		}
+	}
+	if (!X509_CRL_sort(crl) || !X509_CRL_sign(crl, ca_key, EVP_sha256())) {
+		fail("X509_CRL_sign");
+		goto out;
+	}
+	f = fopen(certs_path(pki, name, "ca-crl.pem", path, sizeof(path)), "w");
+	if (!f) {
+		fprintf(stderr, "certs: %s: %s\n", path, strerror(errno));
+		goto out;
+	}
+	r = PEM_write_X509_CRL(f, crl) ? 0 : fail(path);
+	if (fclose(f) != 0)
+		r = -1;
+out:
+	ASN1_TIME_free(last);
+	ASN1_TIME_free(next);
+	X509_CRL_free(crl);
+	return r;
+}
+
 static void to_hex(const unsigned char *p, size_t n, char *out)
 {
 	for (size_t i = 0; i < n; i++)
@@ -283,6 +328,17 @@ int certs_create(struct test_pki *pki)
 	    write_dir(pki, "client-anon", c[0], NULL, NULL, NULL) ||
 	    write_dir(pki, "client-otherca", c[0], "client", c[9], k[9]) ||
 	    write_psk_files(pki))
+		goto out;
+	/* Revocation: each side's CA directory may carry ca-crl.pem. */
+	if (write_dir(pki, "server-crl", c[0], "server", c[2], k[2]) ||
+	    write_crl(pki, "server-crl", c[0], k[0], &c[7], 1) ||
+	    write_dir(pki, "client-crl", c[0], "client", c[7], k[7]) ||
+	    write_crl(pki, "client-crl", c[0], k[0], &c[2], 1) ||
+	    write_dir(pki, "client2-crl", c[0], "client", c[8], k[8]) ||
+	    write_crl(pki, "client2-crl", c[0], k[0], &c[3], 1) ||
+	    write_dir(pki, "server-badcrl", c[0], "server", c[2], k[2]) ||
+	    write_text(pki, "server-badcrl/ca-crl.pem", "-----BEGIN X509 CRL-----\n"
+		       "bm90IGEgQ1JM\n-----END X509 CRL-----\n"))
 		goto out;
 	r = 0;
 out:

@@ -15,6 +15,11 @@
  *   client2/           client cert CN=client2
  *   client-anon/       ca-cert.pem only
  *   client-otherca/    client cert CN=client1 signed by CA 2
+ *   server-crl/        as server/, plus ca-crl.pem (CA 1) revoking client1
+ *   client-crl/        as client/, plus ca-crl.pem (CA 1) revoking the server cert
+ *   client2-crl/       as client2/, plus ca-crl.pem (CA 1) revoking only the
+ *                      expired server cert (so the live server is not revoked)
+ *   server-badcrl/     as server/, plus a ca-crl.pem that is not a CRL
  *
  * and PSK files: psk-main ("qemu:<key>" then "spare:<key2>"), psk-otherkey
  * ("qemu:<another key>"), psk-stranger ("stranger:<key>").

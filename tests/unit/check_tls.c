@@ -898,6 +898,89 @@ START_TEST(not_yet_valid_certificate)
 }
 END_TEST
 
+/* With PSK, authz lists the client identities the server accepts (QEMU
+ * applies tls-authz to the PSK username). */
+START_TEST(psk_authz)
+{
+	struct side cl = { .creds = psk("psk-main", MFD_TLS_CLIENT) };
+	struct side sv = { .creds = psk("psk-main", MFD_TLS_SERVER) };
+
+	/* The client's identity "qemu" is in the file but not in the list. */
+	set(sv.creds, "authz", "spare");
+	connect_pair(&cl, &sv);
+	assert_refused(&sv, MFD_EPROTO, "tls:socketpair:1: TLS handshake: PSK identity 'qemu' is "
+		       "not in the authz allow-list");
+	assert_client_told(&cl, MFD_EPROTO, "the server refused the connection");
+	side_free(&cl);
+	side_free(&sv);
+
+	/* Listed: accepted. */
+	cl = (struct side){ .creds = psk("psk-main", MFD_TLS_CLIENT) };
+	sv = (struct side){ .creds = psk("psk-main", MFD_TLS_SERVER) };
+	set(sv.creds, "authz", "spare");
+	set(sv.creds, "authz", "qemu");
+	connect_pair(&cl, &sv);
+	assert_up(&cl, "client");
+	assert_up(&sv, "server");
+	exchange(&cl, &sv);
+	side_free(&cl);
+	side_free(&sv);
+}
+END_TEST
+
+/* ca-crl.pem (QEMU's name, next to ca-cert.pem) revokes certificates. */
+START_TEST(crl_revoked_client_refused)
+{
+	struct side cl = { .creds = x509("client", MFD_TLS_CLIENT), .hostname = "localhost" };
+	struct side sv = { .creds = x509("server-crl", MFD_TLS_SERVER) };
+
+	connect_pair(&cl, &sv);
+	assert_refused(&sv, MFD_EPROTO, "TLS handshake: the peer's certificate is revoked "
+		       "(ca-crl.pem): the client certificate 'CN=client1,O=libmultifd test' "
+		       "(depth 0) is listed in ");
+	assert_client_told(&cl, MFD_EPROTO, "certificate revoked (it rejected our certificate)");
+	side_free(&cl);
+	side_free(&sv);
+}
+END_TEST
+
+START_TEST(crl_revoked_server_refused)
+{
+	struct side cl = { .creds = x509("client-crl", MFD_TLS_CLIENT), .hostname = "localhost" };
+	struct side sv = { .creds = x509("server", MFD_TLS_SERVER) };
+
+	connect_pair(&cl, &sv);
+	assert_refused(&cl, MFD_EPROTO, "TLS handshake: the peer's certificate is revoked "
+		       "(ca-crl.pem): the server certificate 'CN=localhost,O=libmultifd test' "
+		       "(depth 0) is listed in ");
+	assert_refused(&sv, MFD_EPROTO, "the client refused the connection: sslv3 alert "
+		       "certificate revoked (it rejected our certificate)");
+	side_free(&cl);
+	side_free(&sv);
+}
+END_TEST
+
+/* Both sides check a CRL that revokes neither: the connection works. */
+START_TEST(crl_not_revoking_works)
+{
+	struct side cl = { .creds = x509("client2-crl", MFD_TLS_CLIENT), .hostname = "localhost" };
+	struct side sv = { .creds = x509("server-crl", MFD_TLS_SERVER) };
+
+	/* Revocation is checked (on the peer's own certificate) on both sides... */
+	ck_assert(X509_VERIFY_PARAM_get_flags(SSL_CTX_get0_param(cl.creds->ctx)) &
+		  X509_V_FLAG_CRL_CHECK);
+	ck_assert(X509_VERIFY_PARAM_get_flags(SSL_CTX_get0_param(sv.creds->ctx)) &
+		  X509_V_FLAG_CRL_CHECK);
+	/* ...and passes. */
+	connect_pair(&cl, &sv);
+	assert_up(&cl, "client");
+	assert_up(&sv, "server");
+	exchange(&cl, &sv);
+	side_free(&cl);
+	side_free(&sv);
+}
+END_TEST
+
 START_TEST(mixed_credential_kinds)
 {
 	struct side cl = { .creds = psk("psk-main", MFD_TLS_CLIENT) };
@@ -1120,6 +1203,29 @@ START_TEST(x509_files_are_checked)
 }
 END_TEST
 
+/* A ca-crl.pem that is present but unusable fails the credentials, both roles. */
+START_TEST(crl_malformed_refused_at_load)
+{
+	char dir[256], want[512];
+	mfd_tls_creds *c = NULL;
+	mfd_error *err = NULL;
+
+	snprintf(want, sizeof(want), "x509 credentials: %s/ca-crl.pem holds no usable PEM CRL",
+		 path_of("server-badcrl", NULL, dir, sizeof(dir)));
+	ck_assert_int_eq(mfd_tls_creds_new_x509(dir, MFD_TLS_SERVER, &c, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, want);
+	ck_assert_ptr_null(c);
+	ck_assert_int_eq(mfd_tls_creds_new_x509(dir, MFD_TLS_CLIENT, &c, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, want);
+	ck_assert_ptr_null(c);
+	/* An empty file is no CRL either. */
+	write_file("server-badcrl/ca-crl.pem", "");
+	ck_assert_int_eq(mfd_tls_creds_new_x509(dir, MFD_TLS_SERVER, &c, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, want);
+	ck_assert_ptr_null(c);
+}
+END_TEST
+
 START_TEST(creds_options)
 {
 	mfd_tls_creds *cl = x509("client", MFD_TLS_CLIENT), *sv = x509("server", MFD_TLS_SERVER);
@@ -1138,7 +1244,9 @@ START_TEST(creds_options)
 	ck_assert_int_eq(mfd_tls_creds_set(cl, "verify-peer", "off", &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "clients always verify");
 	ck_assert_int_eq(mfd_tls_creds_set(cl, "authz", "CN=x", &err), MFD_EINVAL);
-	ck_assert_mfd_error(err, MFD_EINVAL, "authz applies to x509 server credentials only");
+	ck_assert_mfd_error(err, MFD_EINVAL, "authz applies to server credentials only");
+	ck_assert_int_eq(mfd_tls_creds_set(pc, "authz", "qemu", &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "authz applies to server credentials only");
 	ck_assert_int_eq(mfd_tls_creds_set(sv, "authz", "", &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "authz: empty DN");
 	ck_assert_int_eq(mfd_tls_creds_set(sv, "psk-identity", "qemu", &err), MFD_EINVAL);
@@ -1416,6 +1524,41 @@ START_TEST(interop_client_psk_with_s_server)
 }
 END_TEST
 
+/* The tls-min-version parameter reaches the source's credentials: 1.3
+ * against a destination that speaks TLS 1.2 only is refused. */
+START_TEST(interop_min_version_parameter_vs_tls_1_2_server)
+{
+	char cert[256], key[256], ca[256], dir[256], uri[64], buf[2048];
+	const char *argv[] = { "openssl", "s_server", "-accept", NULL, "-naccept", "1", "-tls1_2",
+			       "-cert", path_of("server", "server-cert.pem", cert, sizeof(cert)),
+			       "-key", path_of("server", "server-key.pem", key, sizeof(key)),
+			       "-CAfile", path_of("server", "ca-cert.pem", ca, sizeof(ca)), NULL };
+	mfd_migration *m = NULL;
+	mfd_error *err = NULL;
+	struct proc p;
+	int port;
+
+	if (!have_openssl("tls-min-version interop"))
+		return;
+	signal(SIGPIPE, SIG_IGN);
+	port = start_s_server(&p, argv, 3);
+	ck_assert_ok(mfd_migration_new(&m, &err), err);
+	ck_assert_ok(mfd_set_param(m, "tls-creds", path_of("client", NULL, dir, sizeof(dir)), &err),
+		     err);
+	ck_assert_ok(mfd_set_param(m, "tls-min-version", "1.3", &err), err);
+	ck_assert_ok(mfd_set_param(m, "multifd-channels", "1", &err), err);
+	ck_assert_ok(mfd_set_param(m, "channel-timeout-ms", "10000", &err), err);
+	snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%d", port);
+	ck_assert_ok(mfd_migrate(m, uri, &err), err);
+	ck_assert_msg(mfd_migration_wait(m, 20000, &err) == MFD_EPROTO, "%s; s_server said: %s",
+		      mfd_error_message(err), proc_stderr(&p, buf, sizeof(buf)));
+	ck_assert_mfd_error(err, MFD_EPROTO, "no TLS version in common; see min-version");
+	ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_FAILED);
+	mfd_migration_free(m);
+	proc_end(&p, 5000);
+}
+END_TEST
+
 /*
  * s_client against our server: s_client sends a line from its stdin, we
  * answer and finish; s_client prints the answer and, at our close_notify,
@@ -1570,6 +1713,7 @@ Suite *suite_tls(void)
 	tcase_add_test(pass, shutdown_unblocks_a_reader);
 	tcase_add_test(pass, options_reach_the_inner_channel);
 	tcase_add_test(pass, owned_inner_is_freed_with_the_channel);
+	tcase_add_test(pass, crl_not_revoking_works);
 
 	tcase_add_test(refuse, psk_key_mismatch);
 	tcase_add_test(refuse, psk_unknown_identity);
@@ -1582,12 +1726,16 @@ Suite *suite_tls(void)
 	tcase_add_test(refuse, expired_certificate);
 	tcase_add_test(refuse, not_yet_valid_certificate);
 	tcase_add_test(refuse, mixed_credential_kinds);
+	tcase_add_test(refuse, crl_revoked_client_refused);
+	tcase_add_test(refuse, psk_authz);
+	tcase_add_test(refuse, crl_revoked_server_refused);
 	tcase_add_test(refuse, plaintext_client_to_tls_server);
 	tcase_add_test(refuse, tls_client_to_plaintext_server);
 
 	tcase_add_test(creds, psk_file_errors_name_file_and_line);
 	tcase_add_test(creds, x509_files_are_checked);
 	tcase_add_test(creds, creds_options);
+	tcase_add_test(creds, crl_malformed_refused_at_load);
 
 	tcase_add_test(interop, interop_client_x509_with_s_server);
 	tcase_add_test(interop, interop_client_psk_with_s_server);
@@ -1595,6 +1743,7 @@ Suite *suite_tls(void)
 	tcase_add_test(interop, interop_s_client_psk_with_server);
 	tcase_add_test(interop, interop_s_client_tls_1_2);
 	tcase_add_test(interop, interop_s_client_wrong_psk);
+	tcase_add_test(interop, interop_min_version_parameter_vs_tls_1_2_server);
 	return s;
 }
 
