@@ -2362,6 +2362,8 @@ static void engine_drop_state(struct mfd_engine *e)
 	pthread_mutex_destroy(&e->pre_lock);
 }
 
+static void engine_teardown(mfd_migration *m);
+
 static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_error **errp)
 {
 	struct mfd_engine *e = m->engine;
@@ -2409,6 +2411,7 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 		pthread_mutex_init(&e->out_lock, NULL);
 		pthread_mutex_init(&e->pre_lock, NULL);
 		__atomic_store_n(&m->engine, e, __ATOMIC_RELEASE);
+		m->teardown = engine_teardown;
 	}
 	/* A malformed URI fails here, before any thread starts. */
 	struct transport_uri tu;
@@ -2676,7 +2679,7 @@ int mfd_migration_set_hooks(mfd_migration *m, const mfd_vmm_hooks *hooks, void *
 	return 0;
 }
 
-void mfd_engine_free(mfd_migration *m)
+static void engine_free(mfd_migration *m)
 {
 	struct mfd_engine *e = m->engine;
 
@@ -2689,6 +2692,14 @@ void mfd_engine_free(mfd_migration *m)
 	engine_drop_state(e);
 	free(e);
 	m->engine = NULL;
+}
+
+/* mfd_migration_free() calls this through m->teardown: the engine and the
+ * dirty trackers its migrations left. */
+static void engine_teardown(mfd_migration *m)
+{
+	engine_free(m);
+	ramsec_free_trackers(m);
 }
 
 /* ---- statistics ------------------------------------------------------------------------ */

@@ -251,7 +251,6 @@ uint64_t engine_now_ns(void);
 bool engine_cancelled(struct mfd_engine *e);
 uint64_t engine_bytes_sent(struct mfd_engine *e);
 void engine_publish(struct mfd_engine *e);
-void mfd_engine_free(mfd_migration *m);
 
 /*
  * Test hook (fault injection, tests/integration/check_faults.c): when set,

@@ -12,6 +12,7 @@
 #include <multifd/multifd.h>
 
 #include "core/params.h"
+#include "core/ramblock.h"
 
 struct mfd_section {
 	/* Set at registration. */
@@ -36,22 +37,6 @@ struct mfd_section {
 	struct mfd_section *next;
 };
 
-struct mfd_ram_block {
-	/* Set at registration; read-only while a migration runs. */
-	char name[256];
-	uint8_t *host;
-	uint64_t size;
-	uint64_t page_size;
-	unsigned page_shift;
-
-	/* Destination, while an incoming migration loads (NULL otherwise, and
-	 * when dest-ram-zeroed is off): one bit per page, set once a page was
-	 * placed.  A zero page for a page never placed needs no write at all.
-	 * Bits are set with atomics by the channel threads and the incoming
-	 * thread; the pointer is set before they start and cleared after. */
-	_Atomic uint64_t *recvmap;
-};
-
 struct mfd_migration {
 	/* Changed only while no save or load runs (busy == false), except the
 	 * parameters marked live (core/params.c), read with mfd_param_live(). */
@@ -65,8 +50,11 @@ struct mfd_migration {
 	void *hooks_opaque;
 	atomic_bool busy;
 
-	/* The engine (core/engine.c); NULL until a migration starts. */
+	/* The engine (engine/); NULL until a migration starts.  The engine sets
+	 * teardown when it first attaches its state, and mfd_migration_free()
+	 * calls it: this layer never calls up into the engine by name. */
 	struct mfd_engine *engine;
+	void (*teardown)(mfd_migration *m);
 
 	/* The built-in dirty tracker; published atomically, read by any thread in
 	 * mfd_ram_mark_dirty(), freed only with the object. */
@@ -75,18 +63,7 @@ struct mfd_migration {
 	unsigned nretired;
 };
 
-/* A digest of the block table (names, sizes, page sizes, order), carried in the
- * multifd hello so both sides prove they index the same blocks. */
-uint64_t mfd_ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n);
-
-/* Destination: an empty recvmap for each of the @n blocks (dest-ram-zeroed),
- * before any page can arrive; MFD_ENOMEM naming the block.  Free them (also
- * after a failure) with mfd_ram_recvmap_free() once no thread places pages. */
-int mfd_ram_recvmap_alloc(struct mfd_ram_block *blocks, unsigned n, mfd_error **errp);
-void mfd_ram_recvmap_free(struct mfd_ram_block *blocks, unsigned n);
-
 struct mfd_section *mfd_section_find(mfd_migration *m, const char *idstr, uint32_t instance_id);
-void mfd_engine_free(mfd_migration *m);
 
 #define mfd_for_each_section(m, se) for (struct mfd_section *se = (m)->sections; se; se = se->next)
 

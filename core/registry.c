@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/engine.h"
 #include "core/migration.h"
 #include "core/util.h"
 
@@ -44,8 +43,8 @@ void mfd_migration_free(mfd_migration *m)
 		m->sections = se->next;
 		free(se);
 	}
-	mfd_engine_free(m);
-	ramsec_free_trackers(m);
+	if (m->teardown)
+		m->teardown(m);
 	mfd_params_free(&m->params);
 	free(m->blocks);
 	free(m);

@@ -22,7 +22,7 @@
 
 #include <multifd/multifd.h>
 
-#include "core/migration.h"
+#include "core/ramblock.h"
 #include "multifd/wire.h"
 
 enum mfd_zero_detect {

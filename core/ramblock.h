@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A guest RAM block as every layer sees it (the multifd channels place pages
+ * into it, the RAM section walks it), and the helpers that need nothing else.
+ */
+#ifndef MFD_CORE_RAMBLOCK_H
+#define MFD_CORE_RAMBLOCK_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <multifd/multifd.h>
+
+struct mfd_ram_block {
+	/* Set at registration; read-only while a migration runs. */
+	char name[256];
+	uint8_t *host;
+	uint64_t size;
+	uint64_t page_size;
+	unsigned page_shift;
+
+	/* Destination, while an incoming migration loads (NULL otherwise, and
+	 * when dest-ram-zeroed is off): one bit per page, set once a page was
+	 * placed.  A zero page for a page never placed needs no write at all.
+	 * Bits are set with atomics by the channel threads and the incoming
+	 * thread; the pointer is set before they start and cleared after. */
+	_Atomic uint64_t *recvmap;
+};
+
+/* A digest of the block table (names, sizes, page sizes, order), carried in the
+ * multifd hello so both sides prove they index the same blocks. */
+uint64_t mfd_ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n);
+
+/* Destination: an empty recvmap for each of the @n blocks (dest-ram-zeroed),
+ * before any page can arrive; MFD_ENOMEM naming the block.  Free them (also
+ * after a failure) with mfd_ram_recvmap_free() once no thread places pages. */
+int mfd_ram_recvmap_alloc(struct mfd_ram_block *blocks, unsigned n, mfd_error **errp);
+void mfd_ram_recvmap_free(struct mfd_ram_block *blocks, unsigned n);
+
+#endif /* MFD_CORE_RAMBLOCK_H */
