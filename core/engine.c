@@ -27,6 +27,7 @@
 
 #include "core/channel.h"
 #include "core/engine.h"
+#include "core/escape.h"
 #include "core/savevm.h"
 #include "core/stream.h"
 #include "channels/uri.h"
@@ -432,7 +433,7 @@ static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **e
 	uint8_t h[MAIN_HELLO_SIZE];
 	struct iovec iov = { h, sizeof(h) };
 	const char *want = e->mcfg.codec ? e->mcfg.codec->name : "none";
-	char codec[32];
+	char codec[32], esc[ESCAPE_BUF_SIZE];
 	unsigned n;
 	int r = mfd_channel_readv_full(ch, &iov, 1, errp);
 
@@ -484,11 +485,13 @@ static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **e
 	codec[h[80]] = '\0';
 	if (strlen(codec) != h[80])
 		return mfd_error_set(errp, MFD_EPROTO, "main channel: codec name of %u bytes "
-				     "contains a NUL byte", h[80]);
+				     "contains a NUL byte: '%s'", h[80],
+				     escape_bytes(esc, sizeof(esc), h + 81, h[80]));
 	if (strcmp(codec, want) != 0)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "the source compresses with '%s', this side expects '%s' (set "
-				     "multifd-compression alike)", codec, want);
+				     "multifd-compression alike)",
+				     escape_bytes(esc, sizeof(esc), codec, h[80]), want);
 	int bad = first_nonzero(h, 14, 16);
 
 	if (bad < 0)
@@ -928,17 +931,22 @@ static void *rp_thread(void *arg)
 						  "(neither 0 nor an error code)", code);
 				break;
 			}
-			buf[len] = '\0';
+			/* The destination's words are peer bytes: kept escaped, whole. */
+			size_t tlen = 4 * (size_t)(len - 4) + 1;
+			char *text = malloc(tlen);
+
+			if (text)
+				escape_bytes(text, tlen, buf + 4, len - 4u);
 			pthread_mutex_lock(&e->lock);
 			e->rp_result_seen = true;
 			e->rp_result = code < MFD_ERRCODE_MIN ? MFD_EPROTO : code;
 			free(e->rp_message);
-			e->rp_message = strdup((char *)buf + 4);
+			e->rp_message = text;	/* only this thread replaces it */
 			pthread_cond_broadcast(&e->cond);
 			pthread_mutex_unlock(&e->lock);
 			if (code < 0) {
 				mfd_error_set(&err, e->rp_result, "the destination failed: %s",
-					      (char *)buf + 4);
+					      text ? text : "(no memory for its message)");
 				r = e->rp_result;
 				theirs = true;
 			}
@@ -1852,10 +1860,11 @@ static int lh_discard(void *opaque, const char *block, const uint64_t *ranges, s
 {
 	struct mfd_engine *e = opaque;
 	int b = find_block(e->m, block), r = 0;
+	char esc[ESCAPE_BUF_SIZE];
 
 	if (b < 0)
 		return mfd_error_set(errp, MFD_EPROTO, "POSTCOPY_RAM_DISCARD: unknown block '%s'",
-				     block);
+				     escape_str(esc, sizeof(esc), block));
 	for (size_t i = 0; i < n && r == 0; i++)
 		r = pcd_discard(e, (unsigned)b, ranges[2 * i], ranges[2 * i + 1], errp);
 	return r;
@@ -1865,11 +1874,13 @@ static int lh_recv_bitmap(void *opaque, const char *block, mfd_error **errp)
 {
 	struct mfd_engine *e = opaque;
 	int b = find_block(e->m, block);
+	char esc[ESCAPE_BUF_SIZE];
 
 	if (!e->pc_resumed || !e->pcd)
 		return mfd_error_set(errp, MFD_EPROTO, "RECV_BITMAP outside postcopy recovery");
 	if (b < 0)
-		return mfd_error_set(errp, MFD_EPROTO, "RECV_BITMAP: unknown block '%s'", block);
+		return mfd_error_set(errp, MFD_EPROTO, "RECV_BITMAP: unknown block '%s'",
+				     escape_str(esc, sizeof(esc), block));
 	return pcd_send_bitmap(e, (unsigned)b, errp);
 }
 

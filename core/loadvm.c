@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/channel.h"
+#include "core/escape.h"
 #include "core/migration.h"
 #include "core/savevm.h"
 #include "core/stream.h"
@@ -110,10 +111,14 @@ static int check_header(struct loadvm *lv, mfd_stream *s)
 	if (mfd_stream_get_buf(s, identity, len) < 0)
 		return read_failed(lv, s);
 	identity[len] = '\0';
-	if (strlen(identity) != len || strcmp(identity, lv->m->identity) != 0)
+	if (strlen(identity) != len || strcmp(identity, lv->m->identity) != 0) {
+		char esc[ESCAPE_BUF_SIZE];
+
 		return fail(lv, s, MFD_EBADCONFIG,
 			    "CONFIGURATION at byte 8: the source's identity is '%s', this "
-			    "destination is '%s'", identity, lv->m->identity);
+			    "destination is '%s'", escape_bytes(esc, sizeof(esc), identity, len),
+			    lv->m->identity);
+	}
 	return 0;
 }
 
@@ -181,7 +186,7 @@ static int load_start_full(struct loadvm *lv, mfd_stream *s, uint8_t type)
 {
 	unsigned long long off = at(s) - 1;
 	uint32_t section_id, instance_id, version_id;
-	char idstr[256];
+	char idstr[256], esc[ESCAPE_BUF_SIZE];
 	uint8_t len;
 	struct mfd_section *se, *other;
 	int r;
@@ -195,15 +200,18 @@ static int load_start_full(struct loadvm *lv, mfd_stream *s, uint8_t type)
 		return read_failed(lv, s);
 	idstr[len] = '\0';
 	if (strlen(idstr) != len)
-		return fail(lv, s, MFD_EPROTO, "%s at byte %llu (id %u): idstr contains a NUL byte",
-			    mfd_vm_record_name(type), off, section_id);
+		return fail(lv, s, MFD_EPROTO,
+			    "%s at byte %llu (id %u): idstr contains a NUL byte: '%s'",
+			    mfd_vm_record_name(type), off, section_id,
+			    escape_bytes(esc, sizeof(esc), idstr, len));
 	if (mfd_stream_get_be32(s, &instance_id) < 0 || mfd_stream_get_be32(s, &version_id) < 0)
 		return read_failed(lv, s);
 	se = mfd_section_find(lv->m, idstr, instance_id);
 	if (!se)
 		return fail(lv, s, MFD_EBADSECTION,
 			    "%s at byte %llu: unknown section '%s' instance %u (not registered "
-			    "on this side)", mfd_vm_record_name(type), off, idstr, instance_id);
+			    "on this side)", mfd_vm_record_name(type), off,
+			    escape_bytes(esc, sizeof(esc), idstr, len), instance_id);
 	if (version_id > se->version_id)
 		return fail(lv, s, MFD_EBADVERSION,
 			    "%s at byte %llu: section '%s' instance %u: the stream has version %u, "
@@ -333,10 +341,14 @@ static int load_discard(struct loadvm *lv, mfd_stream *s, const uint8_t *p, uint
 			    "the %u-byte command", off, name_len, len);
 	memcpy(name, p + 2, name_len);
 	name[name_len] = '\0';
-	if (strlen(name) != name_len || p[2 + name_len] != 0)
+	if (strlen(name) != name_len || p[2 + name_len] != 0) {
+		char esc[ESCAPE_BUF_SIZE];
+
 		return fail(lv, s, MFD_EBADCMD,
 			    "POSTCOPY_RAM_DISCARD at byte %llu: block name is not a NUL-terminated "
-			    "string of %u bytes", off, name_len);
+			    "string of %u bytes: '%s'", off, name_len,
+			    escape_bytes(esc, sizeof(esc), p + 2, name_len));
+	}
 	if ((len - 3 - name_len) % 16 != 0 || len - 3 - name_len == 0)
 		return fail(lv, s, MFD_EBADCMD,
 			    "POSTCOPY_RAM_DISCARD at byte %llu: %u bytes of ranges, expected a "
@@ -486,9 +498,13 @@ static int dispatch_command(struct loadvm *lv, mfd_stream *s, uint16_t cmd,
 				    off, payload[0], len);
 		memcpy(name, payload + 1, payload[0]);
 		name[payload[0]] = '\0';
-		if (strlen(name) != payload[0])
+		if (strlen(name) != payload[0]) {
+			char esc[ESCAPE_BUF_SIZE];
+
 			return fail(lv, s, MFD_EBADCMD,
-				    "RECV_BITMAP at byte %llu: block name contains a NUL byte", off);
+				    "RECV_BITMAP at byte %llu: block name contains a NUL byte: '%s'",
+				    off, escape_bytes(esc, sizeof(esc), payload + 1, payload[0]));
+		}
 		if (!h || !h->recv_bitmap)
 			return no_hook(lv, s, cmd, off);
 		r = h->recv_bitmap(o, name, errp);

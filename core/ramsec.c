@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "core/engine.h"
+#include "core/escape.h"
 #include "core/savevm.h"
 #include "core/stream.h"
 #include "core/util.h"
@@ -717,7 +718,7 @@ static int load_blocks(struct mfd_engine *e, mfd_stream *s, uint64_t total, mfd_
 				     "ram: the source has %llu bytes of RAM, this side %llu",
 				     (unsigned long long)total, (unsigned long long)ramsec_total(m));
 	while (sum < total) {
-		char name[256];
+		char name[256], esc[ESCAPE_BUF_SIZE];
 		uint64_t size, ps;
 		int r;
 
@@ -729,11 +730,13 @@ static int load_blocks(struct mfd_engine *e, mfd_stream *s, uint64_t total, mfd_
 		/* strcmp() would stop at an inner NUL: "pc.ram\0x" must not pass. */
 		if (strlen(name) != len)
 			return mfd_error_set(errp, MFD_EPROTO,
-					     "ram: block name '%s' contains a NUL byte", name);
+					     "ram: block name '%s' contains a NUL byte",
+					     escape_bytes(esc, sizeof(esc), name, len));
 		if (b >= m->nblocks || strcmp(name, m->blocks[b].name) != 0)
 			return mfd_error_set(errp, MFD_EPROTO,
 					     "ram: the source's block %u is '%s', this side has '%s'", b,
-					     name, b < m->nblocks ? m->blocks[b].name : "(none)");
+					     escape_bytes(esc, sizeof(esc), name, len),
+					     b < m->nblocks ? m->blocks[b].name : "(none)");
 		if (size != m->blocks[b].size || ps != m->blocks[b].page_size)
 			return mfd_error_set(errp, MFD_EPROTO,
 					     "ram: block '%s' is %llu bytes in %llu-byte pages on the "
@@ -762,7 +765,7 @@ static int record_block(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsi
 	int r;
 
 	if (!(flags & RAM_FLAG_CONTINUE)) {
-		char name[256];
+		char name[256], esc[ESCAPE_BUF_SIZE];
 		size_t len;
 
 		if ((r = mfd_stream_get_str(s, name, &len)) < 0)
@@ -771,12 +774,14 @@ static int record_block(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsi
 		/* As in the block list: a name with an inner NUL names no block. */
 		if (strlen(name) != len)
 			return mfd_error_set(errp, MFD_EPROTO,
-					     "ram: block name '%s' contains a NUL byte", name);
+					     "ram: block name '%s' contains a NUL byte",
+					     escape_bytes(esc, sizeof(esc), name, len));
 		for (unsigned b = 0; b < m->nblocks; b++)
 			if (strcmp(name, m->blocks[b].name) == 0)
 				*last_block = (int)b;
 		if (*last_block < 0)
-			return mfd_error_set(errp, MFD_EPROTO, "ram: page of unknown block '%s'", name);
+			return mfd_error_set(errp, MFD_EPROTO, "ram: page of unknown block '%s'",
+					     escape_bytes(esc, sizeof(esc), name, len));
 	} else if (*last_block < 0) {
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "ram: CONTINUE record with no block named before");

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/channel.h"
+#include "core/escape.h"
 #include "core/migration.h"
 #include "core/savevm.h"
 #include "core/stream.h"
@@ -464,6 +465,7 @@ int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256], uint3
 {
 	uint8_t marker;
 	size_t len, plen = parent ? strlen(parent) : 0;
+	char esc[ESCAPE_BUF_SIZE];
 	int r = mfd_stream_peek_u8(s, &marker);
 
 	if (r < 0)
@@ -477,12 +479,13 @@ int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256], uint3
 	if (r < 0)
 		return r;
 	if (strlen(name) != len)
-		return mfd_stream_set_error(s, MFD_EPROTO, "subsection name contains a NUL byte");
+		return mfd_stream_set_error(s, MFD_EPROTO, "subsection name contains a NUL byte: "
+					    "'%s'", escape_bytes(esc, sizeof(esc), name, len));
 	if (!parent || len <= plen + 1 || memcmp(name, parent, plen) != 0 || name[plen] != '/')
 		return mfd_stream_set_error(s, MFD_EPROTO,
 					    "subsection '%s' does not belong to '%s' (expected "
-					    "'%s/<name>')", name, parent ? parent : "",
-					    parent ? parent : "");
+					    "'%s/<name>')", escape_bytes(esc, sizeof(esc), name, len),
+					    parent ? parent : "", parent ? parent : "");
 	return 1;
 }
 

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "core/channel.h"
+#include "core/escape.h"
 #include "compress/compress.h"
 #include "core/util.h"
 #include "multifd/internal.h"
@@ -184,7 +185,7 @@ int mfd_multifd_recv_identify(mfd_channel *ch, void *opaque, mfd_error **errp)
 	struct iovec iov = { h, sizeof(h) };
 	const char *want_codec = r->cfg.codec ? r->cfg.codec->name : "none";
 	const char *who = mfd_channel_name(ch);
-	char codec[MFD_HELLO_CODEC_MAX + 1];
+	char codec[MFD_HELLO_CODEC_MAX + 1], esc[ESCAPE_BUF_SIZE];
 	uint32_t v;
 	uint16_t id, count;
 	int rc;
@@ -235,12 +236,13 @@ int mfd_multifd_recv_identify(mfd_channel *ch, void *opaque, mfd_error **errp)
 					     "not zero", who);
 	if (strlen(codec) != h[80])
 		return mfd_error_set(errp, MFD_EPROTO,
-				     "multifd hello from %s: the codec name contains a NUL byte", who);
+				     "multifd hello from %s: the codec name contains a NUL byte: '%s'",
+				     who, escape_bytes(esc, sizeof(esc), h + 81, h[80]));
 	if (strcmp(codec, want_codec) != 0)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: the source compresses with '%s', this "
-				     "side expects '%s' (set multifd-compression alike)", who, codec,
-				     want_codec);
+				     "side expects '%s' (set multifd-compression alike)", who,
+				     escape_bytes(esc, sizeof(esc), codec, h[80]), want_codec);
 	if (memcmp(h + 32, r->cfg.uuid, MFD_UUID_LEN) != 0)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: channel %u belongs to another migration "

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "core/escape.h"
 #include "core/util.h"
 #include "tls/tls.h"
 
@@ -56,24 +57,7 @@ static const char *ossl_reason(char *buf, size_t len)
 
 void mfd_tls_escape(const uint8_t *p, size_t len, char *out, size_t outlen)
 {
-	size_t o = 0;
-
-	if (!outlen)
-		return;
-	for (size_t i = 0; i < len; i++) {
-		char tmp[5];
-		int n = (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\')
-			? snprintf(tmp, sizeof(tmp), "%c", p[i])
-			: snprintf(tmp, sizeof(tmp), "\\x%02x", p[i]);
-
-		if (o + (size_t)n + 4 > outlen) {
-			snprintf(out + o, outlen - o, "...");
-			return;
-		}
-		memcpy(out + o, tmp, (size_t)n);
-		o += (size_t)n;
-	}
-	out[o] = '\0';
+	escape_bytes(out, outlen, p, len);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -76,7 +76,7 @@ struct tls_hs_note {
 /* The verify callback for SSL_CTX_set_verify(): records failures, applies authz. */
 int mfd_tls_verify_cb(int preverify_ok, X509_STORE_CTX *store);
 
-/* Escape an identity for messages (non-printable bytes as \xHH, truncated). */
+/* Escape an identity for messages: escape_bytes() (core/escape.h). */
 void mfd_tls_escape(const uint8_t *p, size_t len, char *out, size_t outlen);
 
 #endif /* MFD_HAVE_TLS */

@@ -1674,7 +1674,7 @@ static const struct fcase file_cases[] = {
 	RS("block page size", s_page_size, MFD_EPROTO, "block 'pc.ram' is 262144 bytes in 8192-byte pages on the source"),
 	RS("block list cut", s_list_cut, MFD_EEOF, "unexpected end of data"),
 	RS("page before the block list", s_page_first, MFD_EPROTO, "ram: record 0x8 before the block list"),
-	RS("NUL in a listed block name", s_nul_name, MFD_EPROTO, "ram: block name 'pc.ram' contains a NUL byte"),
+	RS("NUL in a listed block name", s_nul_name, MFD_EPROTO, "ram: block name 'pc.ram\\x00x' contains a NUL byte"),
 	RS("EOS then a stray word", s_eos_only, MFD_EBADFOOTER, "section 'ram' (id 0): expected footer 0x7e"),
 	RP_("second block list", 0, MFD_EPROTO, "ram: second block list"),
 	RP_("flush without multifd", 1, MFD_EPROTO, "ram: multifd flush marker without multifd channels"),
@@ -1701,7 +1701,7 @@ static const struct fcase file_cases[] = {
 	RP_("block name cut", 22, MFD_EEOF, "unexpected end of data"),
 	RP_("no EOS", 23, MFD_EEOF, "unexpected end of data"),
 	RP_("junk after a good page", 24, MFD_EPROTO, "ram: unknown combination of record flags 0x40"),
-	RP_("NUL in a record's block name", 25, MFD_EPROTO, "ram: block name 'pc.ram' contains a NUL byte"),
+	RP_("NUL in a record's block name", 25, MFD_EPROTO, "ram: block name 'pc.ram\\x00x' contains a NUL byte"),
 	RF("flags 0", 0x0),
 	RF("flags 0x1", 0x1),
 	RF("ZERO|MEM_SIZE", 0x6),
@@ -1763,6 +1763,225 @@ START_TEST(bad_ram_and_commands)
 	mfd_error_free(err);
 	b_free(&b);
 	eng_dest_free(&d);
+}
+END_TEST
+
+/* =========================================================================
+ * escape: peer strings reach messages as printable ASCII only
+ * ========================================================================= */
+
+/* A name a peer could send to forge a log line: a newline, an ANSI colour,
+ * printf directives and, in the NUL variant, a 0 byte. */
+#define EVIL "a\n[error] x\x1b[31m%s%n"
+#define EVIL_NUL EVIL "\0z"
+#define EVIL_ESC "'a\\n[error] x\\x1b[31m%s%n'"
+#define EVIL_NUL_ESC "'a\\n[error] x\\x1b[31m%s%n\\x00z'"
+
+enum esc_kind {
+	ESC_IDENTITY, ESC_IDSTR, ESC_SUBSECTION, ESC_RECV_BITMAP, ESC_DISCARD_NAME,
+	ESC_DISCARD_BLOCK, ESC_RAM_LIST, ESC_RAM_PAGE, ESC_MAIN_CODEC, ESC_MF_CODEC,
+	ESC_KINDS
+};
+
+static const char *const esc_kind_name[ESC_KINDS] = {
+	"CONFIGURATION identity", "section idstr", "subsection name", "RECV_BITMAP block name",
+	"DISCARD block name", "DISCARD of an unknown block", "RAM block list name",
+	"RAM page block name", "main hello codec", "multifd hello codec",
+};
+
+static const char *esc_str;	/* the peer string of the case at hand */
+static size_t esc_len;
+
+static void b_evil(struct bytes *b)
+{
+	b_u8(b, (uint8_t)esc_len);
+	b_raw(b, esc_str, esc_len);
+}
+
+static void esc_ram_list(struct bytes *b)
+{
+	blocks(b, ENG_PAGES * PS + HUGE_BYTES);
+	b_evil(b);
+	b_be64(b, ENG_PAGES * PS);
+	b_be64(b, PS);
+}
+
+static void esc_ram_page(struct bytes *b, uint64_t i)
+{
+	(void)i;
+	W(0x2000, RAM_FLAG_PAGE);
+	b_evil(b);
+	b_raw(b, zeros, PS);
+	W(0, RAM_FLAG_EOS);
+}
+
+/* The main hello with the peer string as its codec name. */
+static void esc_hello(uint8_t h[128])
+{
+	main_hello(h, 0, 0, "none");
+	memset(h + 80, 0, 48);
+	h[80] = (uint8_t)esc_len;
+	memcpy(h + 81, esc_str, esc_len);
+}
+
+static void esc_stream(struct bytes *b, enum esc_kind k)
+{
+	uint8_t p[300];
+	size_t n = 0;
+
+	if (k == ESC_IDENTITY) {
+		b_be32(b, 0x5145564d);
+		b_be32(b, 3);
+		b_u8(b, 0x07);
+		b_be32(b, (uint32_t)esc_len);
+		b_raw(b, esc_str, esc_len);
+		return;
+	}
+	b_header(b);
+	switch (k) {
+	case ESC_IDSTR:
+		b_u8(b, 0x04);
+		b_be32(b, 0);
+		b_evil(b);
+		b_be32(b, 0);
+		b_be32(b, 1);
+		break;
+	case ESC_SUBSECTION:
+		sec_hdr(b, 0x04, 0, "sub", 0, 1);
+		b_be32(b, 1);
+		b_u8(b, 0x05);
+		b_evil(b);
+		b_be32(b, 1);
+		break;
+	case ESC_RECV_BITMAP:
+		p[n++] = (uint8_t)esc_len;
+		memcpy(p + n, esc_str, esc_len);
+		cmd(b, 10, (uint16_t)(n + esc_len), p);
+		break;
+	default:	/* ESC_DISCARD_NAME */
+		p[n++] = 0;
+		p[n++] = (uint8_t)esc_len;
+		memcpy(p + n, esc_str, esc_len);
+		n += esc_len;
+		p[n++] = 0;
+		memset(p + n, 0, 16);
+		cmd(b, 6, (uint16_t)(n + 16), p);
+		break;
+	}
+	b_u8(b, 0);
+}
+
+/* Through the engine, from a file: main hello, header, START of "ram", then
+ * what the kind needs. */
+static void esc_file(struct bytes *b, enum esc_kind k)
+{
+	uint8_t h[128], p[300];
+	size_t n = 0;
+
+	if (k == ESC_RAM_LIST) {
+		ram_file(b, 1, esc_ram_list, NULL, 0);
+		return;
+	}
+	if (k == ESC_RAM_PAGE) {
+		ram_file(b, 1, NULL, esc_ram_page, 0);
+		return;
+	}
+	if (k == ESC_MAIN_CODEC)
+		esc_hello(h);
+	else
+		main_hello(h, 0, 0, "none");
+	b_raw(b, h, 128);
+	b_header(b);
+	ram_start(b, 1, NULL);
+	/* ESC_DISCARD_BLOCK: a well-formed DISCARD of a block nobody has. */
+	p[n++] = 0;
+	p[n++] = (uint8_t)esc_len;
+	memcpy(p + n, esc_str, esc_len);
+	n += esc_len;
+	p[n++] = 0;
+	memset(p + n, 0, 16);
+	p[n + 14] = 0x10;
+	cmd(b, 6, (uint16_t)(n + 16), p);
+	b_u8(b, 0);
+}
+
+static int esc_mf_hello(mfd_error **errp)
+{
+	struct mrig g, src;
+	struct mfd_multifd_recv *r = NULL;
+	uint8_t h[MFD_HELLO_SIZE];
+	mfd_channel *ch = NULL;
+	int rc;
+
+	mrig_init(&g, 4, NULL);
+	src = g;
+	mfd_hello_encode(h, &src.cfg, 1, g.digest);
+	memset(h + 80, 0, 32);
+	h[80] = (uint8_t)esc_len;
+	memcpy(h + 81, esc_str, esc_len);
+	ck_assert_ok(mfd_multifd_recv_new(&g.cfg, g.m->blocks, g.m->nblocks, &r, errp), *errp);
+	ck_assert_ok(mfd_channel_new_mem_reader(h, sizeof(h), &ch, errp), *errp);
+	rc = mfd_multifd_recv_identify(ch, r, errp);
+	mfd_channel_free(ch);
+	mfd_multifd_recv_free(r);
+	mrig_free(&g);
+	return rc;
+}
+
+/* Case i: kind i / 2, the NUL variant when i is odd.  Every kind of peer
+ * string, refused, must show in the message escaped and whole (the NUL as
+ * \x00), and the message must hold no control character at all. */
+START_TEST(peer_strings_escaped)
+{
+	enum esc_kind k = (enum esc_kind)(_i / 2);
+	bool nul = _i % 2;
+	const char *want = nul ? EVIL_NUL_ESC : EVIL_ESC;
+	struct bytes b = { 0 };
+	mfd_error *err = NULL;
+	int r;
+
+	/* Without a NUL these reach no message that names them: a hook refuses
+	 * RECV_BITMAP first, and a DISCARD name is only checked for its NUL. */
+	if (!nul && (k == ESC_RECV_BITMAP || k == ESC_DISCARD_NAME))
+		return;
+	/* With a NUL the stream's own check refuses the DISCARD first. */
+	if (nul && k == ESC_DISCARD_BLOCK)
+		return;
+	esc_str = nul ? EVIL_NUL : EVIL;
+	esc_len = nul ? sizeof(EVIL_NUL) - 1 : sizeof(EVIL) - 1;
+	if (k <= ESC_DISCARD_NAME) {
+		mfd_migration *m = stream_dest();
+
+		esc_stream(&b, k);
+		r = load_from_mem(m, b.p, b.len, &err);
+		mfd_migration_free(m);
+	} else if (k == ESC_MF_CODEC) {
+		r = esc_mf_hello(&err);
+	} else {
+		struct eng_dest d;
+
+		eng_dest_init(&d, NULL, true);
+		esc_file(&b, k);
+		r = run_file(&d, b.p, b.len, &err);
+		eng_dest_free(&d);
+	}
+	b_free(&b);
+
+	const char *msg = mfd_error_message(err);
+
+	if (getenv("BAD_INPUT_SHOW"))
+		printf("escape case %d '%s'%s: %d %s\n", _i, esc_kind_name[k], nul ? " (NUL)" : "",
+		       r, msg);
+	ck_assert_msg(r < 0 && err, "%s%s: accepted (%d)", esc_kind_name[k], nul ? " (NUL)" : "",
+		      r);
+	for (const char *c = msg; *c; c++)
+		ck_assert_msg((unsigned char)*c >= 0x20 && *c != 0x7f,
+			      "%s%s: control byte 0x%02x at %zu in the message: %s",
+			      esc_kind_name[k], nul ? " (NUL)" : "", (unsigned char)*c,
+			      (size_t)(c - msg), msg);
+	ck_assert_msg(strstr(msg, want), "%s%s: message lacks %s: %s", esc_kind_name[k],
+		      nul ? " (NUL)" : "", want, msg);
+	mfd_error_free(err);
 }
 END_TEST
 
@@ -2163,6 +2382,52 @@ START_TEST(bad_return_path)
 END_TEST
 
 
+/* The destination's RESULT text is peer bytes too: the source's error shows
+ * it escaped (case 1: with a NUL inside), with no control character. */
+START_TEST(result_text_escaped)
+{
+	static const char text[] = EVIL_NUL;
+	size_t n = _i ? sizeof(text) - 1 : strlen(text);
+	struct fake_dest f;
+	struct bytes b = { 0 };
+	mfd_migration *src = NULL;
+	mfd_error *err = NULL;
+	uint8_t *ram = mmap(NULL, ENG_PAGES * PS, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t p[64];
+	char uri[64];
+
+	ck_assert_ptr_ne(ram, MAP_FAILED);
+	ck_assert_ok(mfd_migration_new(&src, &err), err);
+	ck_assert_ok(mfd_ram_block_add(src, "pc.ram", ram, ENG_PAGES * PS, PS, &err), err);
+	set(src, "multifd-channels", "1");
+	set(src, "channel-timeout-ms", "5000");
+	set(src, "max-bandwidth", "1048576");
+	fake_dest_start(&f, uri, sizeof(uri));
+	mfd_store_be32(p, (uint32_t)MFD_ENOENT);
+	memcpy(p + 4, text, n);
+	rp_msg(&b, RP_RESULT, (uint16_t)(4 + n), p);
+	ck_assert_ok(mfd_migrate(src, uri, &err), err);
+	write_all_fd(fake_dest_main(&f), b.p, b.len);
+	ck_assert_int_eq(mfd_migration_wait(src, WAIT_MS, &err), MFD_ENOENT);
+
+	const char *msg = mfd_error_message(err);
+
+	for (const char *c = msg; *c; c++)
+		ck_assert_msg((unsigned char)*c >= 0x20 && *c != 0x7f,
+			      "control byte 0x%02x at %zu in the message: %s", (unsigned char)*c,
+			      (size_t)(c - msg), msg);
+	ck_assert_msg(strstr(msg, _i ? "the destination failed: a\\n[error] x\\x1b[31m%s%n\\x00z"
+				     : "the destination failed: a\\n[error] x\\x1b[31m%s%n"),
+		      "message lacks the escaped text: %s", msg);
+	mfd_error_free(err);
+	fake_dest_stop(&f);
+	b_free(&b);
+	mfd_migration_free(src);
+	munmap(ram, ENG_PAGES * PS);
+}
+END_TEST
+
 /*
  * Page requests once the source is in postcopy: the fake destination lets
  * the source switch (it never answers), then writes one crafted request on
@@ -2339,8 +2604,10 @@ Suite *suite_bad_input(void)
 	tcase_add_loop_test(eng, bad_engine_hello, 0, NCASES(eng_cases));
 	tcase_add_loop_test(eng, bad_ram_and_commands, 0, NCASES(file_cases));
 	tcase_add_test(eng, valid_file_loads);
+	tcase_add_loop_test(eng, peer_strings_escaped, 0, 2 * ESC_KINDS);
 	tcase_add_test(eng, engine_stream_cut_at_every_byte);
 	tcase_add_loop_test(eng, bad_return_path, 0, NCASES(rp_cases));
+	tcase_add_loop_test(eng, result_text_escaped, 0, 2);
 	tcase_add_loop_test(eng, bad_page_request, 0, NCASES(pc_cases));
 	tcase_set_timeout(eng, 120);
 	suite_add_tcase(s, eng);

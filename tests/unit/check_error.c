@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/escape.h"
 #include "core/util.h"
 #include "tests/lib/testlib.h"
 
@@ -109,6 +110,31 @@ START_TEST(log_handler_filters_by_level)
 }
 END_TEST
 
+/* The one escaping of peer bytes: its forms, and a cut never splits one. */
+START_TEST(escape_forms_and_cuts)
+{
+	char out[ESCAPE_BUF_SIZE], small[8];
+	uint8_t all[256];
+
+	ck_assert_str_eq(escape_bytes(out, sizeof(out), "a\\b\n\r\t\x1b\x7f\0\xff", 10),
+			 "a\\\\b\\n\\r\\t\\x1b\\x7f\\x00\\xff");
+	ck_assert_str_eq(escape_str(out, sizeof(out), "pc.ram %s"), "pc.ram %s");
+	ck_assert_str_eq(escape_str(out, sizeof(out), NULL), "(null)");
+	/* 7 characters and the NUL fit; more is cut with "...". */
+	ck_assert_str_eq(escape_bytes(small, sizeof(small), "1234567", 7), "1234567");
+	ck_assert_str_eq(escape_bytes(small, sizeof(small), "12345678", 8), "1234...");
+	ck_assert_str_eq(escape_bytes(small, sizeof(small), "123\n5678", 8), "123...");
+	ck_assert_str_eq(escape_bytes(small, 3, "abc", 3), "");
+	for (int i = 0; i < 256; i++)
+		all[i] = (uint8_t)i;
+	escape_bytes(out, sizeof(out), all, sizeof(all));
+	ck_assert_uint_lt(strlen(out), sizeof(out));
+	ck_assert_str_eq(out + strlen(out) - 3, "...");
+	for (const char *c = out; *c; c++)
+		ck_assert(*c >= 0x20 && *c < 0x7f);
+}
+END_TEST
+
 Suite *suite_error(void)
 {
 	Suite *s = suite_create("error");
@@ -119,6 +145,7 @@ Suite *suite_error(void)
 	tcase_add_test(tc, error_null_arguments);
 	tcase_add_test(tc, error_positive_code_becomes_einval);
 	tcase_add_test(tc, version_matches_header);
+	tcase_add_test(tc, escape_forms_and_cuts);
 	tcase_add_test(tc, log_handler_filters_by_level);
 	suite_add_tcase(s, tc);
 	return s;

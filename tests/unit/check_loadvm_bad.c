@@ -113,7 +113,7 @@ static const struct bad_case cases[] = {
 	/* 10 */ { "configuration length 256", MFD_EBADCONFIG, "identity length 256" },
 	{ "configuration length max", MFD_EBADCONFIG, "identity length 4294967295" },
 	{ "identity differs", MFD_EBADCONFIG, "the source's identity is 'qemu-pc', this destination is 'libmultifd'" },
-	{ "identity with NUL", MFD_EBADCONFIG, "the source's identity is 'libmulti'" },
+	{ "identity with NUL", MFD_EBADCONFIG, "the source's identity is 'libmulti\\x00d'" },
 	{ "identity prefix", MFD_EBADCONFIG, "identity is 'libmultif'" },
 	/* 15 */ { "record 0x09", MFD_EBADRECORD, "unknown record type 0x09 at byte 23" },
 	{ "record 0xff", MFD_EBADRECORD, "unknown record type 0xff at byte 23" },

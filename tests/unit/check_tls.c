@@ -753,6 +753,42 @@ START_TEST(psk_unknown_identity)
 }
 END_TEST
 
+/* A hostile client's identity (a newline, an ANSI colour, printf directives;
+ * case 1 a NUL too) shows escaped in the server's refusal, like every other
+ * peer string, and the message holds no control character.  The PSK file
+ * cannot hold such an identity: the client's entry is altered in place. */
+START_TEST(psk_identity_escaped)
+{
+	static const char evil[] = "a\n[error] x\x1b[31m%s%n\0z";
+	size_t n = _i ? sizeof(evil) - 1 : strlen(evil);
+	struct side cl = { .creds = psk("psk-stranger", MFD_TLS_CLIENT) };
+	struct side sv = { .creds = psk("psk-main", MFD_TLS_SERVER) };
+	struct tls_psk *id = &cl.creds->psk[cl.creds->psk_client];
+
+	free(id->identity);
+	id->identity = malloc(n + 1);
+	ck_assert_ptr_nonnull(id->identity);
+	memcpy(id->identity, evil, n);
+	id->identity[n] = '\0';
+	id->identity_len = n;
+	connect_pair(&cl, &sv);
+	ck_assert_ptr_null(sv.tls);
+	ck_assert_int_eq(sv.rc, MFD_EPROTO);
+
+	const char *msg = mfd_error_message(sv.err);
+
+	for (const char *c = msg; *c; c++)
+		ck_assert_msg((unsigned char)*c >= 0x20 && *c != 0x7f,
+			      "control byte 0x%02x at %zu in the message: %s", (unsigned char)*c,
+			      (size_t)(c - msg), msg);
+	ck_assert_msg(strstr(msg, _i ? "unknown PSK identity 'a\\n[error] x\\x1b[31m%s%n\\x00z'"
+				     : "unknown PSK identity 'a\\n[error] x\\x1b[31m%s%n'"),
+		      "message lacks the escaped identity: %s", msg);
+	side_free(&cl);
+	side_free(&sv);
+}
+END_TEST
+
 START_TEST(wrong_ca)
 {
 	struct side cl = { .creds = x509("client", MFD_TLS_CLIENT), .hostname = "localhost" };
@@ -1717,6 +1753,7 @@ Suite *suite_tls(void)
 
 	tcase_add_test(refuse, psk_key_mismatch);
 	tcase_add_test(refuse, psk_unknown_identity);
+	tcase_add_loop_test(refuse, psk_identity_escaped, 0, 2);
 	tcase_add_test(refuse, wrong_ca);
 	tcase_add_test(refuse, hostname_mismatch);
 	tcase_add_test(refuse, no_hostname);
