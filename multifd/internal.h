@@ -46,6 +46,10 @@ struct mfd_multifd_config {
 	bool zero_copy;
 	uint8_t uuid[MFD_UUID_LEN];
 	uint8_t token[MFD_TOKEN_LEN];
+	/* Destination: how long a channel parked at a SYNC waits for the main
+	 * stream's marker, and the loader for the channels at a sync or at the
+	 * end, while no channel makes progress; 0 waits until a cancel. */
+	int64_t timeout_ms;
 	/* The caller already wrote each channel's hello (mfd_hello_encode), e.g.
 	 * right after its TLS handshake so the destination can identify it. */
 	bool hellos_sent;
