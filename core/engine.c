@@ -246,6 +246,7 @@ static int make_config(struct mfd_engine *e, mfd_error **errp)
 	e->mcfg.zero_detect = (enum mfd_zero_detect)m->params.i[MFD_P_ZERO_PAGE_DETECTION];
 	e->mcfg.adaptive_codec = m->params.i[MFD_P_MULTIFD_COMPRESSION_ADAPTIVE] != 0;
 	e->mcfg.zero_copy = !e->incoming && m->params.i[MFD_P_ZERO_COPY_SEND] != 0;
+	e->mcfg.timeout_ms = m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
 	if (strcmp(codec, "none") != 0) {
 		e->mcfg.codec = mfd_compress_find(codec);
 		if (!e->mcfg.codec)

@@ -4,13 +4,17 @@
  * decoders behind it (compress/).
  *
  * Input: byte 0 picks the codec (0 none, 1 zlib, 2 zstd, 3 lz4; the low two
- * bits), the rest is what one channel carries on the wire: the 128-byte
- * hello, then packets.  It is fed through a memory reader channel to the
- * real receiver: mfd_multifd_recv_identify() checks the hello, then
- * mfd_multifd_recv_start() runs the channel thread, and this thread plays the
- * main-stream loader, releasing the channel at every SYNC with
+ * bits) and how many markers the main stream has (the high six bits: 0 for
+ * one per SYNC, k for k - 1), the rest is what one channel carries on the
+ * wire: the 128-byte hello, then packets.  It is fed through a memory reader
+ * channel to the real receiver: mfd_multifd_recv_identify() checks the
+ * hello, then mfd_multifd_recv_start() runs the channel thread, and this
+ * thread plays the main-stream loader, releasing the channel with
  * mfd_multifd_recv_sync() until the channel ends (END packet, end of data or
- * a refusal).  Every run is bounded: the reader ends at the input's end.
+ * a refusal) or the markers run out, then ends the load with
+ * mfd_multifd_recv_finish().  So a SYNC the main stream never matches is
+ * reachable.  Every run is bounded: the reader ends at the input's end, and a
+ * channel parked at an unmatched SYNC fails at the finish.
  *
  * Guest RAM, fixed: "ram" 64 pages and "rom" 8 pages of 4 KiB, "huge" one
  * 2 MiB page; each mapping has PROT_NONE guard pages on both sides, so a
@@ -18,8 +22,8 @@
  * not malloc'ed).  Packets hold 64 KiB (16 small pages, or one huge page).
  *
  * Invariants beyond the sanitizers: every failure is a code of enum
- * mfd_errcode with a message, and a channel that ended cleanly leaves no
- * error behind.
+ * mfd_errcode with a message, a channel that ended cleanly leaves no error
+ * behind, and a load that finished cleanly had every SYNC matched.
  *
  * MFD_FUZZ_SEEDS=DIR ./fuzz_multifd_recv writes, for each codec, streams made
  * by the real sender (mfd_multifd_send_*) into DIR and exits.
@@ -207,11 +211,16 @@ static void gen_one(const char *dir, unsigned codec, const struct plan *p, struc
 	if (mfd_multifd_send_finish(send, &err) < 0 ||
 	    mfd_channel_mem_contents(ch, &data, &len) < 0)
 		die("finish", err);
-	snprintf(path, sizeof(path), "%s/%s-%s", dir, codec_names[codec], p->name);
-	f = fopen(path, "wb");
-	if (!f || fputc((int)codec, f) == EOF || fwrite(data, 1, len, f) != len || fclose(f)) {
-		perror(path);
-		exit(1);
+	/* With several SYNCs, also a main stream one marker short of them. */
+	for (unsigned short_ = 0; short_ < (p->syncs > 1 ? 2u : 1u); short_++) {
+		snprintf(path, sizeof(path), "%s/%s-%s%s", dir, codec_names[codec], p->name,
+			 short_ ? "-unmatched" : "");
+		f = fopen(path, "wb");
+		if (!f || fputc((int)(codec | (short_ ? p->syncs << 2 : 0)), f) == EOF ||
+		    fwrite(data, 1, len, f) != len || fclose(f)) {
+			perror(path);
+			exit(1);
+		}
 	}
 	mfd_multifd_send_free(send);
 	mfd_channel_free(ch);
@@ -261,6 +270,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct mfd_multifd_stats *st;
 	mfd_channel *ch = NULL;
 	mfd_error *err = NULL;
+	unsigned markers = size ? data[0] >> 2 : 0;	/* 0: one per SYNC, else markers - 1 */
+	uint64_t released = 0;
 	int r;
 
 	if (size < 1 || config(&cfg, data[0] & 3) < 0)
@@ -280,9 +291,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();	/* one channel: the only valid id */
 		if (mfd_multifd_recv_start(recv, &err) < 0)
 			die("start", err);
-		/* The loader's part: one release per SYNC, until the channel stops. */
-		while ((r = mfd_multifd_recv_sync(recv, &err)) == 0)
-			;
+		/* The loader's part: one release per marker, until the channel stops
+		 * or the main stream has no marker left. */
+		r = 0;
+		while ((markers == 0 || released < markers - 1) &&
+		       (r = mfd_multifd_recv_sync(recv, &err)) == 0)
+			released++;
 		check_error("sync", r, err);
 		mfd_error_free(err);
 		err = NULL;
@@ -295,6 +309,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		st = malloc(sizeof(*st));
 		if (st) {
 			mfd_multifd_recv_stats(recv, st);
+			if (r == 0 && st->ch[0].sync_packets != released) {
+				fprintf(stderr, "finish: clean, but %llu SYNCs, %llu released\n",
+					(unsigned long long)st->ch[0].sync_packets,
+					(unsigned long long)released);
+				abort();
+			}
 			free(st);
 		}
 	}

@@ -21,6 +21,7 @@ int mfd_multifd_config_init(struct mfd_multifd_config *cfg, mfd_error **errp)
 	cfg->level = 0;
 	cfg->packet_bytes = MFD_PACKET_BYTES_DEFAULT;
 	cfg->zero_detect = MFD_ZERO_MULTIFD;
+	cfg->timeout_ms = 30000;	/* channel-timeout-ms's default */
 	while (got < sizeof(rnd)) {
 		ssize_t n = getrandom(rnd + got, sizeof(rnd) - got, 0);
 

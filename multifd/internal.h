@@ -46,6 +46,10 @@ struct mfd_multifd_config {
 	bool zero_copy;
 	uint8_t uuid[MFD_UUID_LEN];
 	uint8_t token[MFD_TOKEN_LEN];
+	/* Destination: how long a channel parked at a SYNC waits for the main
+	 * stream's marker, and the loader for the channels at a sync or at the
+	 * end, while no channel makes progress; 0 waits until a cancel. */
+	int64_t timeout_ms;
 	/* The caller already wrote each channel's hello (mfd_hello_encode), e.g.
 	 * right after its TLS handshake so the destination can identify it. */
 	bool hellos_sent;
@@ -76,7 +80,7 @@ struct mfd_multifd_stats {
 };
 
 /* Fill defaults: 2 channels, no codec, 512 KiB packets, multifd zero detection,
- * a random UUID and token. */
+ * a 30 s wait timeout, a random UUID and token. */
 int mfd_multifd_config_init(struct mfd_multifd_config *cfg, mfd_error **errp);
 
 /* ---- source ------------------------------------------------------------ */
@@ -114,9 +118,13 @@ int mfd_multifd_recv_identify(mfd_channel *ch, void *recv, mfd_error **errp);
 /* Start the threads once every channel was identified. */
 int mfd_multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp);
 /* At the main stream's sync marker: wait until every channel parked at its SYNC
- * packet (every page sent before the sync is in place), then release them. */
+ * packet (every page sent before the sync is in place), then release them.
+ * MFD_ETIMEDOUT after cfg.timeout_ms without progress (naming the channel). */
 int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp);
-/* Wait until every channel received its END packet; joins the threads. */
+/* The main stream ended: wait until every channel received its END packet;
+ * joins the threads.  A channel at a SYNC no marker released, or reaching one
+ * now, is MFD_EPROTO ("multifd channel N (...): SYNC K was never matched by
+ * the main stream"); cfg.timeout_ms without progress is MFD_ETIMEDOUT. */
 int mfd_multifd_recv_finish(struct mfd_multifd_recv *r, mfd_error **errp);
 void mfd_multifd_recv_cancel(struct mfd_multifd_recv *r);
 void mfd_multifd_recv_stats(struct mfd_multifd_recv *r, struct mfd_multifd_stats *st);

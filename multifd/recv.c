@@ -11,9 +11,16 @@
  * reaches the matching marker and calls mfd_multifd_recv_sync(), which waits
  * for every channel to park first.  So a page sent after a sync can never be
  * overwritten by an older copy still travelling on another channel.
+ *
+ * Every wait here ends: on a cancel or a failure (recv_fail broadcasts and
+ * shuts the channels down), or after cfg.timeout_ms without progress of any
+ * channel or of the loader (progress_ns).  Once the main stream ended
+ * (mfd_multifd_recv_finish), a SYNC has no marker left to match it, so a
+ * channel parked there, or parking later, fails the load at once.
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -45,6 +52,7 @@ struct recv_channel {
 	/* Protected by r->lock. */
 	struct mfd_multifd_channel_stats stats;
 	bool ended;
+	bool parked;	/* at a SYNC, not yet released */
 };
 
 struct mfd_multifd_recv {
@@ -68,6 +76,9 @@ struct mfd_multifd_recv {
 	bool started;
 	mfd_error *err;
 	uint64_t syncs, sync_ns_total, sync_ns_max;
+	uint64_t progress_ns;	/* a packet placed, a channel parked, ended or released */
+	bool finishing;		/* the main stream ended: no marker will come */
+	bool syncing;		/* the loader is at a marker: it keeps the deadline */
 
 	atomic_bool failed;
 };
@@ -135,7 +146,13 @@ int mfd_multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_
 	r->digest = mfd_ram_blocks_digest(blocks, nblocks);
 	r->n = cfg->channels;
 	pthread_mutex_init(&r->lock, NULL);
-	pthread_cond_init(&r->cond, NULL);
+	/* Deadlines are on the monotonic clock (mfd_now_ns), like progress_ns. */
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->cond, &ca);
+	pthread_condattr_destroy(&ca);
 	atomic_init(&r->failed, false);
 	r->max_pages = 1;
 	r->max_bytes = 4096;
@@ -412,25 +429,74 @@ static int recv_data(struct recv_channel *c, uint16_t flags, uint32_t block, uin
 	/* One lock per packet keeps live statistics current. */
 	pthread_mutex_lock(&r->lock);
 	c->stats = c->work;
+	r->progress_ns = mfd_now_ns();
 	pthread_mutex_unlock(&r->lock);
 	return 0;
 }
 
+/*
+ * One wait on r->cond (lock held), bounded by cfg.timeout_ms after the
+ * receiver's last progress; false once that passed without any.  Callers
+ * loop on their own condition, so wakeups and timeouts are alike here.
+ */
+static bool wait_progress(struct mfd_multifd_recv *r)
+{
+	if (r->cfg.timeout_ms <= 0) {
+		pthread_cond_wait(&r->cond, &r->lock);
+		return true;
+	}
+	uint64_t dl = r->progress_ns + (uint64_t)r->cfg.timeout_ms * 1000000u;
+
+	if (mfd_now_ns() >= dl)
+		return false;
+	struct timespec ts = { .tv_sec = (time_t)(dl / 1000000000u),
+			       .tv_nsec = (long)(dl % 1000000000u) };
+
+	pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+	return true;
+}
+
 /* Park at a SYNC packet until the loader reaches the marker. */
-static int park(struct recv_channel *c)
+static int park(struct recv_channel *c, mfd_error **errp)
 {
 	struct mfd_multifd_recv *r = c->r;
+	uint64_t n = c->work.sync_packets;
+	bool expired = false;
 
 	pthread_mutex_lock(&r->lock);
 	uint64_t gen = r->release;
 
 	c->stats = c->work;
+	c->parked = true;
 	r->parked++;
+	r->progress_ns = mfd_now_ns();
 	pthread_cond_broadcast(&r->cond);
-	while (r->release == gen && !atomic_load(&r->failed))
-		pthread_cond_wait(&r->cond, &r->lock);
+	while (r->release == gen && !atomic_load(&r->failed) && !r->finishing && !expired) {
+		if (r->syncing)
+			pthread_cond_wait(&r->cond, &r->lock);
+		else
+			expired = !wait_progress(r);
+	}
+	bool released = r->release != gen, finishing = r->finishing;
+	uint64_t syncs = r->syncs;
+
+	if (!released) {
+		c->parked = false;
+		r->parked--;
+	}
 	pthread_mutex_unlock(&r->lock);
-	return atomic_load(&r->failed) ? MFD_ECANCELED : 0;
+	if (atomic_load(&r->failed))
+		return MFD_ECANCELED;
+	if (released)
+		return 0;
+	if (finishing)
+		return mfd_error_set(errp, MFD_EPROTO,
+				     "SYNC %llu was never matched by the main stream (it ended after "
+				     "%llu syncs)", (unsigned long long)n, (unsigned long long)syncs);
+	return mfd_error_set(errp, MFD_ETIMEDOUT,
+			     "SYNC %llu: the main stream did not reach its marker within %lld ms "
+			     "(channel-timeout-ms) and no channel made progress",
+			     (unsigned long long)n, (long long)r->cfg.timeout_ms);
 }
 
 static void *recv_thread(void *arg)
@@ -501,7 +567,7 @@ static void *recv_thread(void *arg)
 			if (flags & MFD_PACKET_END)
 				break;
 			c->work.sync_packets++;
-			rc = park(c);
+			rc = park(c, &err);
 			continue;
 		}
 		rc = recv_data(c, flags, block, nn, nz, payload, pkt, offs, &err);
@@ -513,6 +579,7 @@ static void *recv_thread(void *arg)
 	if (rc == 0) {
 		c->ended = true;
 		r->ended++;
+		r->progress_ns = mfd_now_ns();
 		pthread_cond_broadcast(&r->cond);
 	}
 	pthread_mutex_unlock(&r->lock);
@@ -537,6 +604,7 @@ int mfd_multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp)
 						: "multifd: %u of %u channels identified", have, r->n);
 	}
 	r->started = true;
+	r->progress_ns = mfd_now_ns();
 	pthread_mutex_unlock(&r->lock);
 	for (unsigned i = 0; i < r->n && rc == 0; i++)
 		rc = channel_setup(r, &r->chans[i], errp);
@@ -556,13 +624,46 @@ int mfd_multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp)
 	return rc;
 }
 
+/*
+ * The loader waited cfg.timeout_ms without progress for channel @id (lock
+ * held, released here): fail the receiver, so its threads stop, and report.
+ */
+static int loader_timed_out(struct mfd_multifd_recv *r, unsigned id, const char *what,
+			    mfd_error **errp)
+{
+	mfd_error *err = NULL;
+	int64_t ms = r->cfg.timeout_ms;
+
+	pthread_mutex_unlock(&r->lock);
+	mfd_error_set(&err, MFD_ETIMEDOUT, "multifd: channel %u %s within %lld ms "
+		      "(channel-timeout-ms) and no channel made progress", id, what, (long long)ms);
+	if (errp && !*errp)
+		*errp = mfd_error_copy(err);
+	recv_fail(r, err);
+	return MFD_ETIMEDOUT;
+}
+
 int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp)
 {
 	uint64_t t0 = mfd_now_ns(), dt;
+	bool expired = false;
 
 	pthread_mutex_lock(&r->lock);
-	while (r->parked < r->n && !atomic_load(&r->failed) && r->ended == 0)
-		pthread_cond_wait(&r->cond, &r->lock);
+	r->syncing = true;
+	while (r->parked < r->n && !atomic_load(&r->failed) && r->ended == 0 && !expired)
+		expired = !wait_progress(r);
+	r->syncing = false;
+	pthread_cond_broadcast(&r->cond);	/* parked channels take the deadline back */
+	if (expired && r->parked < r->n && !atomic_load(&r->failed) && r->ended == 0) {
+		unsigned id = 0;
+		char what[64];
+
+		while (id < r->n - 1 && r->chans[id].parked)
+			id++;
+		snprintf(what, sizeof(what), "did not reach SYNC %llu",
+			 (unsigned long long)r->syncs + 1);
+		return loader_timed_out(r, id, what, errp);
+	}
 	if (atomic_load(&r->failed) || r->parked < r->n) {
 		bool early_end = !atomic_load(&r->failed);
 
@@ -574,7 +675,10 @@ int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp)
 		return recv_error(r, errp);
 	}
 	r->parked = 0;
+	for (unsigned i = 0; i < r->n; i++)
+		r->chans[i].parked = false;
 	r->release++;
+	r->progress_ns = mfd_now_ns();
 	pthread_cond_broadcast(&r->cond);
 	dt = mfd_now_ns() - t0;
 	r->syncs++;
@@ -587,10 +691,25 @@ int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp)
 
 int mfd_multifd_recv_finish(struct mfd_multifd_recv *r, mfd_error **errp)
 {
+	bool expired = false;
+
 	pthread_mutex_lock(&r->lock);
-	while (r->ended < r->n && !atomic_load(&r->failed))
-		pthread_cond_wait(&r->cond, &r->lock);
-	pthread_mutex_unlock(&r->lock);
+	/* The main stream ended: a channel at a SYNC now waits for nothing. */
+	r->finishing = true;
+	r->progress_ns = mfd_now_ns();
+	pthread_cond_broadcast(&r->cond);
+	while (r->ended < r->n && !atomic_load(&r->failed) && !expired)
+		expired = !wait_progress(r);
+	if (expired && r->ended < r->n && !atomic_load(&r->failed)) {
+		unsigned id = 0;
+
+		while (id < r->n - 1 && r->chans[id].ended)
+			id++;
+		/* Unlocks; the joins below see the failure. */
+		loader_timed_out(r, id, "sent no END", NULL);
+	} else {
+		pthread_mutex_unlock(&r->lock);
+	}
 	for (unsigned i = 0; i < r->n; i++) {
 		if (r->chans[i].thread_started)
 			pthread_join(r->chans[i].thread, NULL);

@@ -1228,6 +1228,184 @@ START_TEST(zero_page_placement)
 }
 END_TEST
 
+/* ---- waits: every wait of the receiver ends ------------------------------------ */
+
+/* A receiver on @n pipes; channel i is fed hello i + @bytes[i] (NULL: only the
+ * hello, then silence).  Pipe reads have no deadline of their own. */
+struct pipe_rig {
+	struct bad_rig br;
+	struct mfd_multifd_recv *r;
+	mfd_channel *rd[2], *wr[2];
+	unsigned n;
+};
+
+static void pipe_rig_start(struct pipe_rig *pr, unsigned n, int64_t timeout_ms,
+			   const struct bytes *const *bytes)
+{
+	mfd_error *err = NULL;
+	uint8_t h[MFD_HELLO_SIZE];
+
+	memset(pr, 0, sizeof(*pr));
+	pr->n = n;
+	bad_rig_init(&pr->br, n, NULL);
+	pr->br.cfg.timeout_ms = timeout_ms;
+	ck_assert_ok(mfd_multifd_recv_new(&pr->br.cfg, pr->br.m->blocks, pr->br.m->nblocks, &pr->r,
+					  &err), err);
+	for (unsigned i = 0; i < n; i++) {
+		ck_assert_ok(mfd_channel_pipe(&pr->rd[i], &pr->wr[i], &err), err);
+		mfd_hello_encode(h, &pr->br.cfg, (uint16_t)i, pr->br.digest);
+		write_all(pr->wr[i], h, sizeof(h));
+		if (bytes[i])
+			write_all(pr->wr[i], bytes[i]->p, bytes[i]->len);
+		ck_assert_int_eq(mfd_multifd_recv_identify(pr->rd[i], pr->r, &err), (int)i);
+	}
+	ck_assert_ok(mfd_multifd_recv_start(pr->r, &err), err);
+}
+
+static void pipe_rig_free(struct pipe_rig *pr)
+{
+	mfd_multifd_recv_free(pr->r);
+	for (unsigned i = 0; i < pr->n; i++) {
+		mfd_channel_free(pr->rd[i]);
+		mfd_channel_free(pr->wr[i]);
+	}
+	bad_rig_free(&pr->br);
+}
+
+/*
+ * Channel 1 carries one SYNC more than the main stream releases.  At the end
+ * of the load the receiver says so, at once, instead of waiting forever for a
+ * marker that will never come.
+ */
+START_TEST(unmatched_sync_fails_the_load)
+{
+	struct pipe_rig pr;
+	struct bytes c0 = { 0 }, c1 = { 0 };
+	const struct bytes *feed2[2] = { &c0, &c1 };
+	mfd_error *err = NULL;
+	uint64_t t0;
+
+	pkt(&c0, MFD_PACKET_SYNC, 0, 0, 0, 0, 1);
+	pkt(&c0, MFD_PACKET_END, 0, 0, 0, 0, 2);
+	pkt(&c1, MFD_PACKET_SYNC, 0, 0, 0, 0, 1);
+	data_pkt(&c1, 2, one, 1, NULL, 0, 0x33);
+	pkt(&c1, MFD_PACKET_SYNC, 0, 0, 0, 0, 3);	/* the main stream has no marker for it */
+	pkt(&c1, MFD_PACKET_END, 0, 0, 0, 0, 4);
+	pipe_rig_start(&pr, 2, 0, feed2);	/* no deadline: only the end can tell */
+	ck_assert_ok(mfd_multifd_recv_sync(pr.r, &err), err);
+	t0 = mfd_now_ns();
+	ck_assert_int_eq(mfd_multifd_recv_finish(pr.r, &err), MFD_EPROTO);
+	ck_assert_msg(mfd_now_ns() - t0 < 2000000000ull, "the refusal took %llu ms",
+		      (unsigned long long)((mfd_now_ns() - t0) / 1000000));
+	ck_assert_msg(strstr(mfd_error_message(err), "multifd channel 1"), "%s",
+		      mfd_error_message(err));
+	ck_assert_mfd_error(err, MFD_EPROTO, "SYNC 2 was never matched by the main stream");
+	pipe_rig_free(&pr);
+	b_free(&c0);
+	b_free(&c1);
+}
+END_TEST
+
+/* The same through the sender's API: a source that syncs twice while the
+ * destination's main stream has one marker. */
+static void *sync_twice(void *arg)
+{
+	struct plan *p = arg;
+	struct rig *g = p->g;
+
+	for (unsigned pg = 0; pg < 8 && p->result == 0; pg++)
+		p->result = mfd_multifd_queue_page(g->send, 0, pg * PS, &p->err);
+	if (p->result == 0)
+		p->result = mfd_multifd_send_sync(g->send, &p->err);
+	if (p->result == 0)
+		p->result = mfd_multifd_queue_page(g->send, 0, 9 * PS, &p->err);
+	if (p->result == 0)
+		p->result = mfd_multifd_send_sync(g->send, &p->err);
+	if (p->result == 0)
+		p->result = mfd_multifd_send_finish(g->send, &p->err);
+	return NULL;
+}
+
+START_TEST(extra_sync_from_the_source_fails_the_load)
+{
+	struct rig g;
+	struct plan p = { .g = &g };
+	mfd_error *err = NULL;
+	pthread_t t;
+
+	rig_init(&g, 2, "none", 1, 512u << 10);
+	memset(g.sram, 0x44, 16 * PS);
+	rig_connect(&g);
+	ck_assert_int_eq(pthread_create(&t, NULL, sync_twice, &p), 0);
+	ck_assert_ok(mfd_multifd_recv_sync(g.recv, &err), err);
+	/* The source is done (its last packets fit the socket buffers) before
+	 * the load ends, whose failure would cut the channels under it. */
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_ok(p.result, p.err);
+	ck_assert_int_eq(mfd_multifd_recv_finish(g.recv, &err), MFD_EPROTO);
+	ck_assert_mfd_error(err, MFD_EPROTO, "SYNC 2 was never matched by the main stream");
+	rig_free(&g);
+}
+END_TEST
+
+/* A channel parked at its SYNC while the main stream never reaches the marker
+ * (and nothing else moves) gives up after timeout_ms. */
+START_TEST(parked_channel_gives_up_after_the_deadline)
+{
+	struct pipe_rig pr;
+	struct bytes c0 = { 0 };
+	const struct bytes *feed1[1] = { &c0 };
+	mfd_error *err = NULL;
+
+	pkt(&c0, MFD_PACKET_SYNC, 0, 0, 0, 0, 1);
+	pkt(&c0, MFD_PACKET_END, 0, 0, 0, 0, 2);
+	pipe_rig_start(&pr, 1, 200, feed1);
+	usleep(700 * 1000);	/* the loader is stuck elsewhere */
+	ck_assert_int_eq(mfd_multifd_recv_sync(pr.r, &err), MFD_ETIMEDOUT);
+	ck_assert_msg(strstr(mfd_error_message(err), "multifd channel 0"), "%s",
+		      mfd_error_message(err));
+	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "SYNC 1: the main stream did not reach its marker");
+	pipe_rig_free(&pr);
+	b_free(&c0);
+}
+END_TEST
+
+/* The loader at a marker while channel 1 stays silent (its read has no
+ * deadline): the sync gives up after timeout_ms and names the channel. */
+START_TEST(sync_gives_up_on_a_silent_channel)
+{
+	struct pipe_rig pr;
+	struct bytes c0 = { 0 };
+	const struct bytes *feed2[2] = { &c0, NULL };
+	mfd_error *err = NULL;
+
+	pkt(&c0, MFD_PACKET_SYNC, 0, 0, 0, 0, 1);
+	pkt(&c0, MFD_PACKET_END, 0, 0, 0, 0, 2);
+	pipe_rig_start(&pr, 2, 300, feed2);
+	ck_assert_int_eq(mfd_multifd_recv_sync(pr.r, &err), MFD_ETIMEDOUT);
+	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "channel 1 did not reach SYNC 1 within 300 ms");
+	pipe_rig_free(&pr);
+	b_free(&c0);
+}
+END_TEST
+
+/* The end of the load while channel 1 stays silent before its END. */
+START_TEST(finish_gives_up_on_a_silent_channel)
+{
+	struct pipe_rig pr;
+	struct bytes c0 = { 0 };
+	const struct bytes *feed2[2] = { &c0, NULL };
+	mfd_error *err = NULL;
+
+	pkt(&c0, MFD_PACKET_END, 0, 0, 0, 0, 1);
+	pipe_rig_start(&pr, 2, 300, feed2);
+	ck_assert_int_eq(mfd_multifd_recv_finish(pr.r, &err), MFD_ETIMEDOUT);
+	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "channel 1 sent no END within 300 ms");
+	pipe_rig_free(&pr);
+	b_free(&c0);
+}
+END_TEST
+
 Suite *suite_multifd(void)
 {
 	Suite *s = suite_create("multifd");
@@ -1255,7 +1433,17 @@ Suite *suite_multifd(void)
 	tcase_add_test(tc, zero_page_placement);
 	tcase_add_test(tc, sender_puts_pages_before_sync);
 	tcase_set_timeout(bad, 120);
+	/* Short: a wait that never ends fails here rather than hanging the suite. */
+	TCase *waits = tcase_create("waits");
+
+	tcase_add_test(waits, unmatched_sync_fails_the_load);
+	tcase_add_test(waits, extra_sync_from_the_source_fails_the_load);
+	tcase_add_test(waits, parked_channel_gives_up_after_the_deadline);
+	tcase_add_test(waits, sync_gives_up_on_a_silent_channel);
+	tcase_add_test(waits, finish_gives_up_on_a_silent_channel);
+	tcase_set_timeout(waits, 15);
 	suite_add_tcase(s, tc);
 	suite_add_tcase(s, bad);
+	suite_add_tcase(s, waits);
 	return s;
 }
