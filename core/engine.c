@@ -991,6 +991,9 @@ static int policy_says_switch(struct mfd_engine *e)
 	mfd_migration *m = e->m;
 	uint64_t must = 0, can = 0;
 	struct mfd_policy_info info = { 0 };
+	struct policy_input in = { 0 };
+	struct policy_estimate est;
+	int verdict;
 	double bw;
 
 	if (e->use_rp && mfd_savevm_switchover_ack_needed(m)) {
@@ -1010,39 +1013,36 @@ static int policy_says_switch(struct mfd_engine *e)
 		/* Close to the line: ask the sections for their exact figure. */
 		mfd_savevm_pending_exact(m, &must, &can);
 	bw = avail > 0 ? (double)avail : e->bandwidth;
-	info.iteration = e->iterations;
-	info.pending_bytes = must;
-	info.bandwidth = (uint64_t)bw;
-	info.downtime_limit_ms = (uint64_t)limit_ms;
-	info.dirty_rate = e->dirty_rate_bytes;
+	in.iteration = e->iterations;
+	in.pending_bytes = must;
+	in.bandwidth = bw;
+	in.downtime_limit_ms = (uint64_t)limit_ms;
+	in.postcopy = e->postcopy;
 	if (e->send) {
 		struct mfd_multifd_stats *st = malloc(sizeof(*st));
 
 		if (st) {
 			mfd_multifd_send_stats(e->send, st);
-			/* A sync is a round of every channel: the fixed part of a switchover. */
-			info.switchover_cost_ms = st->syncs ? st->sync_ns_max / 1000000 : 0;
+			in.syncs = st->syncs;
+			in.sync_ns_max = st->sync_ns_max;
+			in.sync_ns_recent = st->sync_ns_recent;
 			free(st);
 		}
 	}
-	e->expected_downtime_ms = bw > 0 ? (uint64_t)((double)must * 1000 / bw) : 0;
+	verdict = policy_decide(&in, &e->ram.policy, &est);
+	info.iteration = e->iterations;
+	info.pending_bytes = must;
+	info.bandwidth = (uint64_t)bw;
+	info.downtime_limit_ms = (uint64_t)limit_ms;
+	info.dirty_rate = e->dirty_rate_bytes;
+	info.switchover_cost_ms = est.switchover_cost_ms;
+	e->expected_downtime_ms = est.expected_downtime_ms;
 	if (m->hooks.switchover_policy) {
 		int v = m->hooks.switchover_policy(m->hooks_opaque, &info);
 
 		return v == MFD_POLICY_POSTCOPY ? (e->postcopy ? v : 0) : v > 0;
 	}
-	if (bw <= 0)
-		return must == 0;
-	double budget = (double)info.downtime_limit_ms - (double)info.switchover_cost_ms;
-
-	if (budget > 0 && (double)must <= bw * budget / 1000.0)
-		return 1;
-	/* Precopy does not converge: the pending bytes did not shrink over a pass. */
-	bool stuck = e->iterations >= 3 && e->ram.prev_pending &&
-		     must >= e->ram.prev_pending - e->ram.prev_pending / 10;
-
-	e->ram.prev_pending = must;
-	return e->postcopy && stuck ? MFD_POLICY_POSTCOPY : 0;
+	return verdict;
 }
 
 /* Auto-converge: when the guest dirties more than half of what the link moves,

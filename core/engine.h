@@ -15,6 +15,7 @@
 
 #include "core/migration.h"
 #include "core/params.h"
+#include "core/policy.h"
 #include "multifd/internal.h"
 
 /* RAM record flags in the low bits of a be64 (offset | flags) word, QEMU's values. */
@@ -88,7 +89,7 @@ struct ram_source {
 	uint64_t normal_bytes;
 	int pre_last_block;			/* preempt-stream CONTINUE tracking */
 	uint64_t pc_cursor_block, pc_cursor_page;	/* postcopy background push */
-	uint64_t prev_pending;			/* for the default postcopy policy */
+	struct policy_state policy;		/* the default switchover policy's memory */
 };
 
 struct pc_req {
