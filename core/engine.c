@@ -1030,6 +1030,21 @@ static int policy_says_switch(struct mfd_engine *e)
 		}
 	}
 	verdict = policy_decide(&in, &e->ram.policy, &est);
+	if (est.stalled_now) {
+		/* No event for it in the hooks: a warning with the reason, and a count. */
+		pthread_mutex_lock(&e->lock);
+		e->precopy_stalls++;
+		pthread_mutex_unlock(&e->lock);
+		mfd_log_warn("precopy is not converging: %u passes in a row left more than 90%% "
+			     "of the smallest pending figure (%llu bytes; now %llu, expected "
+			     "downtime %llu ms, downtime-limit %lld ms, %.1f MiB/s); %s",
+			     est.stalled_passes, (unsigned long long)est.best_pending,
+			     (unsigned long long)must, (unsigned long long)est.expected_downtime_ms,
+			     (long long)limit_ms, bw / 1048576,
+			     m->hooks.switchover_policy ? "the switchover_policy hook decides"
+			     : e->postcopy ? "switching to postcopy"
+			     : "iterating on (postcopy-ram is off)");
+	}
 	info.iteration = e->iterations;
 	info.pending_bytes = must;
 	info.bandwidth = (uint64_t)bw;
@@ -2727,6 +2742,7 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 	pthread_mutex_lock(&e->lock);
 	st.ram_postcopy_requests = e->pc_requests;
 	st.postcopy_pauses = e->pauses;
+	st.precopy_stalls = e->precopy_stalls;
 	if (e->t_pc_ns)
 		/* Rounded up: a postcopy that happened never reads as 0 ms. */
 		st.postcopy_time_ms =
@@ -2777,7 +2793,7 @@ char *mfd_migration_stats_json(mfd_migration *m)
 	if (asprintf(&json,
 		     "{\"status\": \"%s\", \"total-time\": %llu, \"setup-time\": %llu, "
 		     "\"downtime\": %llu, \"expected-downtime\": %llu, "
-		     "\"cpu-throttle-percentage\": %d, "
+		     "\"cpu-throttle-percentage\": %d, \"precopy-stalls\": %llu, "
 		     "\"ram\": {\"transferred\": %llu, \"remaining\": %llu, \"total\": %llu, "
 		     "\"duplicate\": %llu, \"normal\": %llu, \"normal-bytes\": %llu, "
 		     "\"dirty-sync-count\": %llu, \"dirty-pages-rate\": %llu, \"mbps\": %.3f, "
@@ -2794,6 +2810,7 @@ char *mfd_migration_stats_json(mfd_migration *m)
 		     mfd_state_name(st.status), (unsigned long long)st.total_time,
 		     (unsigned long long)st.setup_time, (unsigned long long)st.downtime,
 		     (unsigned long long)st.expected_downtime, st.throttle_percent,
+		     (unsigned long long)st.precopy_stalls,
 		     (unsigned long long)st.ram_transferred, (unsigned long long)st.ram_remaining,
 		     (unsigned long long)st.ram_total, (unsigned long long)st.ram_duplicate,
 		     (unsigned long long)st.ram_normal, (unsigned long long)st.ram_normal_bytes,

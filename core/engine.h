@@ -158,6 +158,7 @@ struct mfd_engine {
 	uint64_t t_start_ns, t_setup_ns, t_end_ns, t_stop_ns, downtime_ns;
 	uint64_t iterations, dirty_syncs, dirty_rate_pages, dirty_rate_bytes;
 	uint64_t expected_downtime_ms;
+	uint64_t precopy_stalls;	/* times the no-progress guard fired */
 	double bandwidth;		/* bytes/s, smoothed */
 	uint64_t main_bytes_pub, remaining_pub, zero_pub, normal_pub, normal_bytes_pub;
 	uint64_t main_bytes_dropped;	/* main and preempt bytes of connections postcopy lost */

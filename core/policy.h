@@ -21,21 +21,38 @@ struct policy_input {
 	bool postcopy;			/* postcopy-ram on */
 };
 
-/* What the policy remembers from one pass to the next. */
+/*
+ * The no-progress guard: precopy is stalled after this many passes in a row
+ * that did not bring the pending bytes below 90 % of their smallest figure
+ * since the last such progress.  Five passes: enough for a guest whose
+ * working set shrinks in steps, short enough that a guest dirtying faster
+ * than the link moves reaches postcopy within seconds.
+ */
+#define POLICY_STALL_PASSES 5
+
+/* What the policy remembers from one pass to the next (zeroed at start). */
 struct policy_state {
-	uint64_t prev_pending;
+	uint64_t best_pending;		/* smallest pending bytes since the last progress */
+	bool have_best;
+	unsigned stalled_passes;	/* passes in a row without progress (capped) */
+	bool stalled;			/* the guard fired since the last progress */
 };
 
 /* The figures behind a verdict. */
 struct policy_estimate {
-	uint64_t switchover_cost_ms;	/* the fixed part of a final round */
-	uint64_t expected_downtime_ms;
+	uint64_t switchover_cost_ms;	/* the fixed part of a final round: recent rounds */
+	uint64_t expected_downtime_ms;	/* pending / bandwidth + switchover cost */
+	bool stalled_now;		/* the guard fired at this pass (once per stall) */
+	unsigned stalled_passes;
+	uint64_t best_pending;
 };
 
 /*
- * The default verdict: 0 iterate, 1 stop the VM and complete,
- * MFD_POLICY_POSTCOPY switch to postcopy (only with in->postcopy).  Updates
- * @st; fills @est (may be NULL).
+ * The default verdict: 1 (stop the VM and complete) when pending / bandwidth
+ * plus the recent SYNC rounds' cost fits in downtime-limit;
+ * MFD_POLICY_POSTCOPY when in->postcopy and precopy is stalled; otherwise 0
+ * (iterate).  Updates the guard in @st at every call; fills @est (may be
+ * NULL).
  */
 int policy_decide(const struct policy_input *in, struct policy_state *st,
 		  struct policy_estimate *est);

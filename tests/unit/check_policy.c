@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <multifd/multifd.h>
+
 #include "core/policy.h"
 #include "tests/lib/testlib.h"
 
@@ -106,6 +108,60 @@ START_TEST(without_multifd_pending_over_bandwidth_decides)
 }
 END_TEST
 
+/*
+ * The no-progress guard: POLICY_STALL_PASSES passes in a row without the
+ * pending bytes going below 90 % of their best fire it once; with
+ * postcopy-ram it switches to postcopy, without it precopy goes on.
+ */
+START_TEST(no_progress_guard_fires_once_and_switches_with_postcopy)
+{
+	struct policy_state st;
+	struct policy_estimate est;
+	struct policy_input in = {
+		.pending_bytes = 64 << 20,
+		.bandwidth = 30e6,
+		.downtime_limit_ms = 10,
+		.postcopy = _i == 1,
+	};
+	unsigned fired = 0;
+	uint64_t pass;
+
+	memset(&st, 0, sizeof(st));
+	/* Shrinking passes are progress: 64, 48, 36 MiB... */
+	for (pass = 1; pass <= 4; pass++) {
+		in.iteration = pass;
+		in.pending_bytes = pass > 1 ? in.pending_bytes / 4 * 3 : in.pending_bytes;
+		ck_assert_int_eq(policy_decide(&in, &st, &est), 0);
+		ck_assert(!est.stalled_now);
+		ck_assert_uint_eq(est.stalled_passes, 0);
+	}
+	/* Then the same figure, or 5 % less, is no progress. */
+	for (unsigned i = 1; i <= POLICY_STALL_PASSES; i++, pass++) {
+		int v;
+
+		in.iteration = pass;
+		in.pending_bytes -= i == 3 ? in.pending_bytes / 20 : 0;
+		v = policy_decide(&in, &st, &est);
+		fired += est.stalled_now;
+		ck_assert_uint_eq(est.stalled_passes, i);
+		ck_assert_int_eq(v, i == POLICY_STALL_PASSES && in.postcopy ? MFD_POLICY_POSTCOPY : 0);
+	}
+	ck_assert_uint_eq(fired, 1);
+	/* Without postcopy it iterates on and does not fire again... */
+	for (unsigned i = 0; i < 3 * POLICY_STALL_PASSES; i++, pass++) {
+		in.iteration = pass;
+		ck_assert_int_eq(policy_decide(&in, &st, &est), in.postcopy ? MFD_POLICY_POSTCOPY : 0);
+		ck_assert(!est.stalled_now);
+	}
+	/* ...until progress re-arms it; and a figure that fits still switches. */
+	in.pending_bytes /= 2;
+	ck_assert_int_eq(policy_decide(&in, &st, &est), 0);
+	ck_assert_uint_eq(est.stalled_passes, 0);
+	in.pending_bytes = 100000;	/* 3.3 ms at 30 MB/s */
+	ck_assert_int_eq(policy_decide(&in, &st, &est), 1);
+}
+END_TEST
+
 Suite *suite_policy(void)
 {
 	Suite *s = suite_create("policy");
@@ -114,6 +170,7 @@ Suite *suite_policy(void)
 	tcase_add_test(tc, one_old_slow_sync_round_does_not_block_switchover);
 	tcase_add_test(tc, recent_slow_sync_rounds_count);
 	tcase_add_test(tc, without_multifd_pending_over_bandwidth_decides);
+	tcase_add_loop_test(tc, no_progress_guard_fires_once_and_switches_with_postcopy, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }
