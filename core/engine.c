@@ -1030,6 +1030,9 @@ static int policy_says_switch(struct mfd_engine *e)
 	mfd_migration *m = e->m;
 	uint64_t must = 0, can = 0;
 	struct mfd_policy_info info = { 0 };
+	struct policy_input in = { 0 };
+	struct policy_estimate est;
+	int verdict;
 	double bw;
 
 	if (e->use_rp && mfd_savevm_switchover_ack_needed(m)) {
@@ -1049,39 +1052,51 @@ static int policy_says_switch(struct mfd_engine *e)
 		/* Close to the line: ask the sections for their exact figure. */
 		mfd_savevm_pending_exact(m, &must, &can);
 	bw = avail > 0 ? (double)avail : e->bandwidth;
-	info.iteration = e->iterations;
-	info.pending_bytes = must;
-	info.bandwidth = (uint64_t)bw;
-	info.downtime_limit_ms = (uint64_t)limit_ms;
-	info.dirty_rate = e->dirty_rate_bytes;
+	in.iteration = e->iterations;
+	in.pending_bytes = must;
+	in.bandwidth = bw;
+	in.downtime_limit_ms = (uint64_t)limit_ms;
+	in.postcopy = e->postcopy;
 	if (e->send) {
 		struct mfd_multifd_stats *st = malloc(sizeof(*st));
 
 		if (st) {
 			mfd_multifd_send_stats(e->send, st);
-			/* A sync is a round of every channel: the fixed part of a switchover. */
-			info.switchover_cost_ms = st->syncs ? st->sync_ns_max / 1000000 : 0;
+			in.syncs = st->syncs;
+			in.sync_ns_max = st->sync_ns_max;
+			in.sync_ns_recent = st->sync_ns_recent;
 			free(st);
 		}
 	}
-	e->expected_downtime_ms = bw > 0 ? (uint64_t)((double)must * 1000 / bw) : 0;
+	verdict = policy_decide(&in, &e->ram.policy, &est);
+	if (est.stalled_now) {
+		/* No event for it in the hooks: a warning with the reason, and a count. */
+		pthread_mutex_lock(&e->lock);
+		e->precopy_stalls++;
+		pthread_mutex_unlock(&e->lock);
+		mfd_log_warn("precopy is not converging: %u passes in a row left more than 90%% "
+			     "of the smallest pending figure (%llu bytes; now %llu, expected "
+			     "downtime %llu ms, downtime-limit %lld ms, %.1f MiB/s); %s",
+			     est.stalled_passes, (unsigned long long)est.best_pending,
+			     (unsigned long long)must, (unsigned long long)est.expected_downtime_ms,
+			     (long long)limit_ms, bw / 1048576,
+			     m->hooks.switchover_policy ? "the switchover_policy hook decides"
+			     : e->postcopy ? "switching to postcopy"
+			     : "iterating on (postcopy-ram is off)");
+	}
+	info.iteration = e->iterations;
+	info.pending_bytes = must;
+	info.bandwidth = (uint64_t)bw;
+	info.downtime_limit_ms = (uint64_t)limit_ms;
+	info.dirty_rate = e->dirty_rate_bytes;
+	info.switchover_cost_ms = est.switchover_cost_ms;
+	e->expected_downtime_ms = est.expected_downtime_ms;
 	if (m->hooks.switchover_policy) {
 		int v = m->hooks.switchover_policy(m->hooks_opaque, &info);
 
 		return v == MFD_POLICY_POSTCOPY ? (e->postcopy ? v : 0) : v > 0;
 	}
-	if (bw <= 0)
-		return must == 0;
-	double budget = (double)info.downtime_limit_ms - (double)info.switchover_cost_ms;
-
-	if (budget > 0 && (double)must <= bw * budget / 1000.0)
-		return 1;
-	/* Precopy does not converge: the pending bytes did not shrink over a pass. */
-	bool stuck = e->iterations >= 3 && e->ram.prev_pending &&
-		     must >= e->ram.prev_pending - e->ram.prev_pending / 10;
-
-	e->ram.prev_pending = must;
-	return e->postcopy && stuck ? MFD_POLICY_POSTCOPY : 0;
+	return verdict;
 }
 
 /* Auto-converge: when the guest dirties more than half of what the link moves,
@@ -2780,6 +2795,7 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 	pthread_mutex_lock(&e->lock);
 	st.ram_postcopy_requests = e->pc_requests;
 	st.postcopy_pauses = e->pauses;
+	st.precopy_stalls = e->precopy_stalls;
 	if (e->t_pc_ns)
 		/* Rounded up: a postcopy that happened never reads as 0 ms. */
 		st.postcopy_time_ms =
@@ -2830,7 +2846,7 @@ char *mfd_migration_stats_json(mfd_migration *m)
 	if (asprintf(&json,
 		     "{\"status\": \"%s\", \"total-time\": %llu, \"setup-time\": %llu, "
 		     "\"downtime\": %llu, \"expected-downtime\": %llu, "
-		     "\"cpu-throttle-percentage\": %d, "
+		     "\"cpu-throttle-percentage\": %d, \"precopy-stalls\": %llu, "
 		     "\"ram\": {\"transferred\": %llu, \"remaining\": %llu, \"total\": %llu, "
 		     "\"duplicate\": %llu, \"normal\": %llu, \"normal-bytes\": %llu, "
 		     "\"dirty-sync-count\": %llu, \"dirty-pages-rate\": %llu, \"mbps\": %.3f, "
@@ -2847,6 +2863,7 @@ char *mfd_migration_stats_json(mfd_migration *m)
 		     mfd_state_name(st.status), (unsigned long long)st.total_time,
 		     (unsigned long long)st.setup_time, (unsigned long long)st.downtime,
 		     (unsigned long long)st.expected_downtime, st.throttle_percent,
+		     (unsigned long long)st.precopy_stalls,
 		     (unsigned long long)st.ram_transferred, (unsigned long long)st.ram_remaining,
 		     (unsigned long long)st.ram_total, (unsigned long long)st.ram_duplicate,
 		     (unsigned long long)st.ram_normal, (unsigned long long)st.ram_normal_bytes,

@@ -15,6 +15,7 @@
 
 #include "core/migration.h"
 #include "core/params.h"
+#include "core/policy.h"
 #include "multifd/internal.h"
 
 /* RAM record flags in the low bits of a be64 (offset | flags) word, QEMU's values. */
@@ -88,7 +89,7 @@ struct ram_source {
 	uint64_t normal_bytes;
 	int pre_last_block;			/* preempt-stream CONTINUE tracking */
 	uint64_t pc_cursor_block, pc_cursor_page;	/* postcopy background push */
-	uint64_t prev_pending;			/* for the default postcopy policy */
+	struct policy_state policy;		/* the default switchover policy's memory */
 };
 
 struct pc_req {
@@ -157,6 +158,7 @@ struct mfd_engine {
 	uint64_t t_start_ns, t_setup_ns, t_end_ns, t_stop_ns, downtime_ns;
 	uint64_t iterations, dirty_syncs, dirty_rate_pages, dirty_rate_bytes;
 	uint64_t expected_downtime_ms;
+	uint64_t precopy_stalls;	/* times the no-progress guard fired */
 	double bandwidth;		/* bytes/s, smoothed */
 	uint64_t main_bytes_pub, remaining_pub, zero_pub, normal_pub, normal_bytes_pub;
 	uint64_t main_bytes_dropped;	/* main and preempt bytes of connections postcopy lost */

@@ -72,11 +72,16 @@ struct mfd_multifd_channel_stats {
 	bool zc_refused;	/* the kernel refused to pin: this channel copies */
 };
 
+/* Sync rounds the source remembers for the switchover cost: the bulk
+ * pass's slow rounds are gone after this many. */
+#define SYNC_WINDOW 8
+
 struct mfd_multifd_stats {
 	unsigned channels;
 	struct mfd_multifd_channel_stats ch[256];
 	uint64_t syncs;
 	uint64_t sync_ns_total, sync_ns_max;
+	uint64_t sync_ns_recent;	/* source: the slowest of the last SYNC_WINDOW rounds */
 };
 
 /* Fill defaults: 2 channels, no codec, 512 KiB packets, multifd zero detection,

@@ -89,6 +89,7 @@ struct mfd_multifd_send {
 	pthread_cond_t idle;	/* a channel finished its work */
 	mfd_error *err;
 	uint64_t syncs, sync_ns_total, sync_ns_max;
+	uint64_t sync_ns_last[SYNC_WINDOW];	/* the last rounds, by syncs % SYNC_WINDOW */
 
 	/* Any thread. */
 	atomic_bool failed;
@@ -773,6 +774,7 @@ int mfd_multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp)
 	s->sync_ns_total += dt;
 	if (dt > s->sync_ns_max)
 		s->sync_ns_max = dt;
+	s->sync_ns_last[s->syncs % SYNC_WINDOW] = dt;
 	pthread_mutex_unlock(&s->lock);
 	if (atomic_load(&s->failed))
 		return send_error(s, errp);
@@ -823,5 +825,7 @@ void mfd_multifd_send_stats(struct mfd_multifd_send *s, struct mfd_multifd_stats
 	st->syncs = s->syncs;
 	st->sync_ns_total = s->sync_ns_total;
 	st->sync_ns_max = s->sync_ns_max;
+	for (unsigned i = 0; i < SYNC_WINDOW; i++)
+		st->sync_ns_recent = MFD_MAX(st->sync_ns_recent, s->sync_ns_last[i]);
 	pthread_mutex_unlock(&s->lock);
 }

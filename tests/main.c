@@ -27,6 +27,7 @@
 	X(compress)       \
 	X(multifd)        \
 	X(engine)         \
+	X(policy)         \
 	X(postcopy)       \
 	X(pcdest)         \
 	X(faults)         \

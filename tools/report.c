@@ -292,6 +292,9 @@ void print_summary(mfd_migration *m, const struct progress *p, FILE *f)
 	print_row(f, "downtime", "%" PRIu64 " ms", st.downtime);
 	print_ram(f, p, &st);
 	print_multifd(f, &st);
+	if (st.precopy_stalls)
+		print_row(f, "precopy stalls", "%" PRIu64 " (5 passes in a row without progress)",
+			  st.precopy_stalls);
 	if (st.postcopy_time_ms || st.postcopy_faults || st.ram_postcopy_requests)
 		print_row(f, "postcopy", "%.3f s, %" PRIu64 " page requests, %" PRIu64 " pauses",
 			  (double)st.postcopy_time_ms / 1e3, st.ram_postcopy_requests,

@@ -1223,7 +1223,8 @@ MFD_API const char *mfd_state_name(enum mfd_state state);
  *	pages and what live sections report).
  * @bandwidth: smoothed measured bytes/s of the migration.
  * @downtime_limit_ms: the downtime-limit parameter.
- * @switchover_cost_ms: measured fixed cost of the switchover itself.
+ * @switchover_cost_ms: measured fixed cost of the switchover itself: the
+ *	slowest of the last 8 multifd SYNC rounds (0 without multifd).
  * @dirty_rate: bytes/s the guest dirtied during the last pass.
  */
 struct mfd_policy_info {
@@ -1259,9 +1260,12 @@ struct mfd_policy_info {
  * @switchover_policy: precopy policy; return 1 to stop the VM and finish,
  *	0 to keep iterating, MFD_POLICY_POSTCOPY (2) to switch to postcopy
  *	(only honoured with postcopy-ram on; otherwise it means 0).  NULL uses
- *	the default: pending bytes <= bandwidth x (downtime-limit - switchover
- *	cost); with postcopy-ram, also postcopy once a pass ended without the
- *	pending bytes shrinking (the guest dirties as fast as the link moves).
+ *	the default: pending bytes / bandwidth + switchover cost <=
+ *	downtime-limit; with postcopy-ram, also postcopy once precopy stalled:
+ *	5 passes in a row without the pending bytes going below 90 % of their
+ *	smallest figure (the guest dirties as fast as the link moves).  A
+ *	stall is logged as a warning with its figures and counted in
+ *	mfd_stats.precopy_stalls, with or without this hook.
  * @state_changed: the state moved from @from to @to.  Called on the thread
  *	that changed it (the caller of mfd_migrate*() for none -> setup, the
  *	migration or incoming thread, or the canceller);
@@ -1468,6 +1472,9 @@ struct mfd_stats {
 	uint64_t zero_copy_copied;		/* of which it copied after all (loopback) */
 	uint64_t dirty_sync_missed_zero_copy;	/* channel syncs that found a send copied */
 	unsigned zero_copy_refused_channels;	/* copying: the kernel refused to pin pages */
+	/* Source: times precopy stalled (5 passes in a row without the pending
+	 * bytes going below 90 % of their smallest figure); see switchover_policy. */
+	uint64_t precopy_stalls;
 };
 
 /**

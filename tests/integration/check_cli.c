@@ -54,6 +54,32 @@ START_TEST(demo_postcopy_verifies)
 }
 END_TEST
 
+/*
+ * postcopy-ram on and no postcopy start: a guest dirtying faster than
+ * max-bandwidth moves never converges, so after the no-progress guard's
+ * passes the source says why and switches to postcopy on its own.
+ */
+START_TEST(demo_not_converging_switches_to_postcopy)
+{
+	static const char *const args[] = { "demo", "--size", "8M", "--dirty-rate", "256",
+					    "--param", "postcopy-ram=on",
+					    "--param", "max-bandwidth=33554432",
+					    "--param", "downtime-limit=10", "-v", NULL };
+
+	if (!test_have_tool("cli") || !test_have_uffd("cli: postcopy"))
+		return;
+	ck_assert_msg(test_run_tool(out, sizeof(out), true, args) == 0, "demo failed:\n%s", out);
+	ck_assert_ptr_nonnull(strstr(out, "status           completed"));
+	ck_assert_msg(strstr(out, "precopy is not converging: 5 passes in a row"),
+		      "no reason given for the switch to postcopy:\n%s", out);
+	ck_assert_ptr_nonnull(strstr(out, "switching to postcopy"));
+	ck_assert_ptr_nonnull(strstr(out, "  precopy stalls   1"));
+	ck_assert_ptr_nonnull(strstr(out, "  postcopy "));
+	ck_assert_ptr_nonnull(strstr(out, "verified: 2048 pages identical"));
+	ck_assert_ptr_nonnull(strstr(out, "a-b check: every page"));
+}
+END_TEST
+
 /* zero-copy-send through the tool: the summary says what the kernel did. */
 START_TEST(demo_with_zero_copy_send)
 {
@@ -337,6 +363,7 @@ Suite *suite_cli(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, demo_precopy_verifies);
 	tcase_add_test(tc, demo_postcopy_verifies);
+	tcase_add_test(tc, demo_not_converging_switches_to_postcopy);
 	tcase_add_test(tc, demo_with_zero_copy_send);
 	tcase_add_test(tc, recv_prealloc_and_send_load_keep_the_bytes);
 	tcase_add_test(tc, bad_options_are_usage_errors);
