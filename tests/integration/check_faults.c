@@ -4,7 +4,7 @@
  * channel (main, multifd i, preempt) of one side in one phase (handshake,
  * setup, iteration, sync, switchover, postcopy), of each kind (fail, short
  * I/O, stall, cut after N bytes), precopy and postcopy, plain and TLS-PSK,
- * through the in-process wrapper of channels/fault.h.  Each scenario checks
+ * through the in-process wrapper of tests/lib/fault.h.  Each scenario checks
  * the outcome the fault calls for:
  *   fail   the source ends failed with one error naming the channel and the
  *          phase; its VM runs again (vm_start after every vm_stop) and its
@@ -37,7 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "channels/fault.h"
+#include "tests/lib/fault.h"
 #include "tests/lib/certs.h"
 #include "tests/lib/testlib.h"
 
