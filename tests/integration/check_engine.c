@@ -301,7 +301,7 @@ START_TEST(live_precopy_matrix)
 	const char *codec = live_codecs[_i / 3];
 
 	if (strcmp(codec, "none") && !mfd_compress_find(codec)) {
-		printf("engine: %s not built in, skipped\n", codec);
+		test_skip("codec", "engine: %s not built in", codec);
 		return;
 	}
 	migrate_live(live_channels[_i % 3], codec, "tcp:127.0.0.1:0");

@@ -727,20 +727,6 @@ static void pki_teardown(void)
 
 /* ---- out-of-process faults ---------------------------------------------------------- */
 
-static bool have_root_tool(const char *what, const char *probe)
-{
-	if (geteuid() != 0) {
-		printf("faults: %s needs root; skipped\n", what);
-		return false;
-	}
-	if (system(probe) != 0) {
-		printf("faults: %s: '%s' failed (iproute2 missing or not permitted); skipped\n",
-		       what, probe);
-		return false;
-	}
-	return true;
-}
-
 /* Kill the source's live connections from outside (SOCK_DESTROY). */
 START_TEST(ss_kill_during_precopy)
 {
@@ -749,7 +735,7 @@ START_TEST(ss_kill_during_precopy)
 	mfd_error *err = NULL;
 	char uri[256], cmd[256];
 
-	if (!have_root_tool("ss -K", "ss -h >/dev/null 2>&1"))
+	if (!test_have_root_tool("faults: ss -K", "iproute2", "ss -h >/dev/null 2>&1"))
 		return;
 	warm_up();
 	int fds = count_fds(), threads = count_threads();
@@ -878,8 +864,8 @@ START_TEST(tbf_rate_limit_in_netns)
 	pid_t pid;
 	int status = 0;
 
-	if (!have_root_tool("tc tbf in a netns", "ip netns list >/dev/null 2>&1 && tc -V "
-			    ">/dev/null 2>&1"))
+	if (!test_have_root_tool("faults: tc tbf in a netns", "netns",
+				 "ip netns list >/dev/null 2>&1 && tc -V >/dev/null 2>&1"))
 		return;
 	snprintf(ns, sizeof(ns), "mfd-faults-%d", (int)getpid());
 	snprintf(cmd, sizeof(cmd), "ip netns add %s && ip netns exec %s ip link set lo up && "
@@ -888,7 +874,7 @@ START_TEST(tbf_rate_limit_in_netns)
 	if (system(cmd) != 0) {
 		snprintf(cmd, sizeof(cmd), "ip netns del %s >/dev/null 2>&1", ns);
 		ck_assert_int_ge(system(cmd), 0);
-		printf("faults: cannot create a rate-limited namespace (tbf missing?); skipped\n");
+		test_skip("netns", "faults: cannot create a rate-limited namespace (tbf missing?)");
 		return;
 	}
 	fflush(stdout);
@@ -919,15 +905,10 @@ START_TEST(destination_process_killed)
 	pid_t pid;
 	int status;
 
-	if (!bdir || !*bdir) {
-		printf("faults: MFD_BUILDDIR unset, cannot find tools/multifd; skipped\n");
+	if (!test_have_tool("faults: destination_process_killed"))
 		return;
-	}
 	snprintf(tool, sizeof(tool), "%s/tools/multifd", bdir);
-	if (access(tool, X_OK) != 0) {
-		printf("faults: %s missing; skipped\n", tool);
-		return;
-	}
+	ck_assert_msg(access(tool, X_OK) == 0, "%s: %s (make builds it)", tool, strerror(errno));
 	warm_up();
 	int fds = count_fds(), threads = count_threads();
 

@@ -10,8 +10,8 @@
  * RAM blocks, a network cut (pause, recover, resume) and refusal without
  * userfaultfd.
  *
- * Needs userfaultfd (root, or vm.unprivileged_userfaultfd=1): skipped with a
- * message otherwise.
+ * Needs userfaultfd (root, or vm.unprivileged_userfaultfd=1): skipped and
+ * counted otherwise (test_skip).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -396,7 +396,7 @@ START_TEST(postcopy_after_precopy_passes)
 
 	NEED_UFFD();
 	if (strcmp(codec, "none") && !mfd_compress_find(codec)) {
-		printf("postcopy: %s not built in, skipped\n", codec);
+		test_skip("codec", "postcopy: %s not built in", codec);
 		return;
 	}
 	run_postcopy(chans[_i % 2], codec, false, 2);
@@ -569,10 +569,8 @@ END_TEST
 START_TEST(network_cut_with_ss_then_recover)
 {
 	NEED_UFFD();
-	if (geteuid() != 0 || system("ss -h >/dev/null 2>&1") != 0) {
-		printf("postcopy: ss -K needs root and iproute2; skipped\n");
+	if (!test_have_root_tool("postcopy: ss -K", "iproute2", "ss -h >/dev/null 2>&1"))
 		return;
-	}
 	cut_and_recover(_i, true);
 }
 END_TEST

@@ -422,11 +422,16 @@ uint64_t test_now_ms(void)
 
 bool test_have_uffd(const char *who)
 {
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+	const char *why = "disabled by MFD_TEST_DISABLE";
+	int fd = -1;
 
+	if (!test_cap_disabled("uffd")) {
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+		why = strerror(errno);
+	}
 	if (fd < 0) {
-		printf("%s: userfaultfd unavailable (%s): run as root or set "
-		       "vm.unprivileged_userfaultfd=1; skipped\n", who, strerror(errno));
+		test_skip("uffd", "%s: userfaultfd unavailable (%s): run as root or set "
+			  "vm.unprivileged_userfaultfd=1", who, why);
 		return false;
 	}
 	close(fd);
@@ -480,8 +485,9 @@ bool test_have_tool(const char *suite)
 {
 	const char *builddir = getenv("MFD_BUILDDIR");
 
-	if (!builddir || !*builddir) {
-		printf("%s: skipped, MFD_BUILDDIR is not set (run through `make check`)\n", suite);
+	if (!builddir || !*builddir || test_cap_disabled("builddir")) {
+		test_skip("builddir", "%s: MFD_BUILDDIR is not set (run through `make check`)",
+			  suite);
 		return false;
 	}
 	return true;

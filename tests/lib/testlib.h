@@ -143,12 +143,52 @@ void b_free(struct bytes *b);
 void ck_assert_ab(const uint8_t *ram, size_t size, size_t page);
 /* CLOCK_MONOTONIC in milliseconds. */
 uint64_t test_now_ms(void);
+
+/*
+ * Skips.  Check has no "skipped" result: a test that cannot run here calls
+ * test_skip() and returns, and tests/main.c prints "skipped: N (capability:
+ * count, ...)" before Check's summary; it exits non-zero when a capability
+ * named in $MFD_REQUIRE_CAPS (comma-separated, set by .ci/run from what its
+ * machine has) was skipped.  @capability is one short word:
+ *   uffd      userfaultfd (root, or vm.unprivileged_userfaultfd=1)
+ *   kvm       /dev/kvm, and examples/minivmm built
+ *   root      a test that needs root (ss -K, netns, memlock)
+ *   iproute2  ss -K (iproute2, and a kernel with SOCK_DESTROY)
+ *   netns     ip netns and tc tbf (iproute2, sch_tbf)
+ *   openssl   the openssl command-line tool
+ *   builddir  MFD_BUILDDIR/MFD_SRCDIR, set by `make check`
+ *   codec     a compression codec this build lacks (configure)
+ *   ipv6      an IPv6 loopback
+ *   gnuplot   the gnuplot program
+ *   timeout   the timeout-ms option on an fd channel
+ *   tls       TLS built in (configure found OpenSSL 3)
+ * (tests/lib/skip.c lists them; another name fails the test)
+ * @why (printf format) says what was skipped and why; it is printed with
+ * "; skipped (@capability)" appended.
+ */
+__attribute__((format(printf, 2, 3)))
+void test_skip(const char *capability, const char *why, ...);
+/* True when $MFD_TEST_DISABLE (comma-separated) names @capability: the
+ * capability checks then say "absent", to show that a skip is counted and
+ * that MFD_REQUIRE_CAPS fails the run. */
+bool test_cap_disabled(const char *capability);
+/* tests/main.c: reads the skip file @path and writes into @msg the line
+ * "skipped: N (cap: n, ...)\n" and one line per capability of @required that
+ * was skipped.  Returns how many of @required were skipped, -1 when @path
+ * cannot be read. */
+int test_skips_report(const char *path, const char *required, char *msg, size_t len);
+
 /* userfaultfd can be opened here (postcopy's destination needs it); otherwise
- * prints "@who: userfaultfd unavailable ...; skipped" and returns false. */
+ * skips (capability "uffd", message from @who) and returns false. */
 bool test_have_uffd(const char *who);
 
+/* Root, and the shell command @probe succeeds (a tool such as ss or ip is
+ * there and permitted); otherwise skips (capability "root", or
+ * @capability when @probe fails) and returns false.  @who names the test. */
+bool test_have_root_tool(const char *who, const char *capability, const char *probe);
+
 /* The build's tools/multifd can be run (MFD_BUILDDIR set, as `make check`
- * does); otherwise prints "@suite: skipped ..." and returns false. */
+ * does); otherwise skips (capability "builddir") and returns false. */
 bool test_have_tool(const char *suite);
 /* Runs tools/multifd with @args (NULL-terminated, at most 30), stdin from
  * /dev/null; its stdout, and its stderr when @with_stderr, into @out (NUL-
