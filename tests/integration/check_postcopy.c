@@ -8,21 +8,29 @@
  * At the end the whole of RAM must equal the source's snapshot and pass the
  * a-b check.  Also: precopy pages racing the switch, the preempt channel, two
  * RAM blocks, a network cut (pause, recover, resume) and refusal without
- * userfaultfd.
+ * userfaultfd (postcopy_refused_without_userfaultfd, which denies itself the
+ * syscall and so runs everywhere).
  *
- * Needs userfaultfd (root, or vm.unprivileged_userfaultfd=1): skipped and
- * counted otherwise (test_skip).
+ * Needs userfaultfd (root, or vm.unprivileged_userfaultfd=1): the other tests
+ * are skipped and counted otherwise (test_skip).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 
 #include "tests/lib/certs.h"
 #include "tests/lib/testlib.h"
@@ -661,6 +669,73 @@ START_TEST(mismatched_postcopy_refused_at_setup)
 }
 END_TEST
 
+/* userfaultfd(2) fails with EPERM in this process from now on (seccomp). */
+static void deny_userfaultfd(void)
+{
+	struct sock_filter insns[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_userfaultfd, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(insns) / sizeof(insns[0]), .filter = insns };
+
+	ck_assert_int_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+	ck_assert_msg(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) == 0,
+		      "seccomp: %s", strerror(errno));
+	ck_assert_int_lt(syscall(SYS_userfaultfd, O_CLOEXEC), 0);
+	ck_assert_int_eq(errno, EPERM);
+}
+
+/*
+ * A destination without userfaultfd (as without root): postcopy-ram is
+ * refused at POSTCOPY_ADVISE, during setup, with a message that says why,
+ * before the source stops its VM.  Runs with or without userfaultfd here: a
+ * child process denies itself the syscall (the filter cannot be undone, so
+ * not in the test's own process, which runs the next tests under CK_FORK=no).
+ */
+START_TEST(postcopy_refused_without_userfaultfd)
+{
+	int status;
+	pid_t pid;
+
+	fflush(stdout);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		struct pguest src, dst;
+		mfd_error *err = NULL;
+
+		alarm(60);	/* bounded even if the refusal hangs */
+		deny_userfaultfd();
+		pguest_init(&src, 4, true, 2, "none", false);
+		pguest_init(&dst, 4, false, 2, "none", false);
+		start_pair(&src, &dst);
+		ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, &err), 0);
+		printf("postcopy: without userfaultfd: destination: %s\n", mfd_error_message(err));
+		ck_assert_mfd_error(err, MFD_ENOTSUP, "postcopy-ram: userfaultfd is not available "
+				    "here (Operation not permitted); run as root");
+		ck_assert_int_ne(mfd_migration_wait(src.m, 30000, &err), 0);
+		printf("postcopy: without userfaultfd: source: %s\n", mfd_error_message(err));
+		ck_assert_ptr_nonnull(strstr(mfd_error_message(err), "POSTCOPY_ADVISE"));
+		ck_assert_ptr_nonnull(strstr(mfd_error_message(err), "userfaultfd is not available"));
+		mfd_error_free(err);
+		ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+		ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_FAILED);
+		/* Refused during setup: the source's VM never stopped. */
+		ck_assert_int_eq(atomic_load(&src.vm_stops), 0);
+		ck_assert_int_eq(atomic_load(&dst.vm_starts), 0);
+		pguest_free(&src);
+		pguest_free(&dst);
+		fflush(stdout);
+		_exit(0);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		      "the child without userfaultfd failed (status 0x%x)", status);
+}
+END_TEST
+
 Suite *suite_postcopy(void)
 {
 	Suite *s = suite_create("postcopy");
@@ -678,6 +753,7 @@ Suite *suite_postcopy(void)
 	tcase_add_test(tc, cancel_while_paused_loses_the_vm_clearly);
 	tcase_add_test(tc, configuration_errors);
 	tcase_add_loop_test(tc, mismatched_postcopy_refused_at_setup, 0, 2);
+	tcase_add_test(tc, postcopy_refused_without_userfaultfd);
 	suite_add_tcase(s, tc);
 	return s;
 }
