@@ -141,6 +141,15 @@ void b_free(struct bytes *b);
  * its predecessor or is one less, with at most one step down (where the
  * writer was when the VM stopped).  Fails the test otherwise. */
 void ck_assert_ab(const uint8_t *ram, size_t size, size_t page);
+/* Fill the @page_size bytes at @p with content no other page has, so that a
+ * page placed at the wrong offset shows: a byte pattern drawn from a hash of
+ * (@block, @page, @pass), compressible, and every 64 bytes from byte 8 a
+ * 16-byte stamp naming @block, @pass and @page.  Bytes 0..7 are left for the
+ * a-b counter (byte 0) and a test's own marks; @page_size >= 64. */
+void test_fill_page(uint8_t *p, size_t page_size, uint32_t block, uint64_t page, uint32_t pass);
+/* @got equals @want, compared page by page over @size bytes; a page that
+ * differs is named, with the page its stamp (test_fill_page) says it holds. */
+void ck_assert_pages_eq(const uint8_t *want, const uint8_t *got, size_t size, size_t page_size);
 /* CLOCK_MONOTONIC in milliseconds. */
 uint64_t test_now_ms(void);
 
