@@ -257,7 +257,7 @@ void engine_publish(struct mfd_engine *e);
 /*
  * Test hook (fault injection, tests/integration/check_faults.c): when set,
  * @fn sees every channel the engine connects or accepts, right after it
- * exists and before TLS, and may wrap it in place (channels/fault.h).  Not
+ * exists and before TLS, and may wrap it in place (tests/lib/fault.h).  Not
  * exported; set it only while no migration runs.  A non-zero return fails
  * the channel's setup with that error.
  */

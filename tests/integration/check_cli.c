@@ -279,8 +279,8 @@ START_TEST(tune_plot_draws_a_png)
 	if (!test_have_tool("cli"))
 		return;
 	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-		printf("cli: tune --plot skipped, gnuplot is not installed (scripts/install-deps "
-		       "installs gnuplot-nox)\n");
+		test_skip("gnuplot", "cli: tune --plot: gnuplot is not installed (scripts/install-deps "
+			  "installs gnuplot-nox)");
 		return;
 	}
 	make_tmpdir(dir, sizeof(dir), "plot");

@@ -15,6 +15,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/lib/testlib.h"
+
 /* Runs @path with stdin from /dev/null; stdout and stderr into @out. */
 static int run_program(const char *path, char *out, size_t len)
 {
@@ -66,8 +68,7 @@ START_TEST(test_embed_runs)
 	static char out[1 << 16];
 
 	if (!builddir || !*builddir) {
-		printf("embed: skipped, MFD_BUILDDIR is not set (run through `make check`)\n");
-		fflush(stdout);
+		test_skip("builddir", "embed: MFD_BUILDDIR is not set (run through `make check`)");
 		return;
 	}
 	ck_assert_int_lt(snprintf(path, sizeof(path), "%s/examples/embed/embed", builddir),
@@ -150,8 +151,7 @@ START_TEST(test_walkthrough_matches_code)
 	char doc_steps[32][128], code_steps[32][128];
 
 	if (!srcdir || !*srcdir) {
-		printf("embed: skipped, MFD_SRCDIR is not set (run through `make check`)\n");
-		fflush(stdout);
+		test_skip("builddir", "embed: MFD_SRCDIR is not set (run through `make check`)");
 		return;
 	}
 	char *doc = read_source(srcdir, "docs/api.md");

@@ -4,7 +4,7 @@
  * channel (main, multifd i, preempt) of one side in one phase (handshake,
  * setup, iteration, sync, switchover, postcopy), of each kind (fail, short
  * I/O, stall, cut after N bytes), precopy and postcopy, plain and TLS-PSK,
- * through the in-process wrapper of channels/fault.h.  Each scenario checks
+ * through the in-process wrapper of tests/lib/fault.h.  Each scenario checks
  * the outcome the fault calls for:
  *   fail   the source ends failed with one error naming the channel and the
  *          phase; its VM runs again (vm_start after every vm_stop) and its
@@ -37,7 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "channels/fault.h"
+#include "tests/lib/fault.h"
 #include "tests/lib/certs.h"
 #include "tests/lib/testlib.h"
 
@@ -240,8 +240,8 @@ static void guest_init(struct fguest *g, size_t mib, bool source, const struct s
 		set(g->m, "zero-copy-send", "on");
 	if (source) {
 		for (size_t p = 0; p < g->size / PS; p++) {
-			if (p % 2)
-				memset(g->ram + p * PS, (int)(p * 7 + 1), PS);
+			if (p % 2)	/* unique to the page: a wrong offset shows */
+				test_fill_page(g->ram + p * PS, PS, 0, p, 0);
 			g->ram[p * PS] = 0;	/* the a-b counters start equal */
 		}
 		g->regs[0] = REG0;
@@ -341,9 +341,7 @@ static void assert_no_leaks(int fds, int threads)
 {
 	uint64_t end = test_now_ms() + 5000;
 
-	/* Fewer threads than at the start is no leak: the baseline may still
-	 * have counted the warm-up thread on its way out of /proc. */
-	while ((count_fds() != fds || count_threads() > threads) && test_now_ms() < end)
+	while ((count_fds() != fds || count_threads() != threads) && test_now_ms() < end)
 		usleep(2000);
 	if (count_fds() != fds) {
 		/* Say what is open, to tell a leak from a runtime's own files. */
@@ -363,7 +361,7 @@ static void assert_no_leaks(int fds, int threads)
 			closedir(d);
 	}
 	ck_assert_int_eq(count_fds(), fds);
-	ck_assert_int_le(count_threads(), threads);
+	ck_assert_int_eq(count_threads(), threads);
 }
 
 static void *noop_thread(void *arg)
@@ -373,12 +371,19 @@ static void *noop_thread(void *arg)
 
 /* Runtimes start helpers with the first thread (TSan's background thread):
  * have them before the baseline is counted. */
+/* Also waits until the warm-up thread has left /proc (it does a little after
+ * pthread_join returns), so that the caller's baseline is exact. */
 static void warm_up(void)
 {
+	int before = count_threads();
+	uint64_t end = test_now_ms() + 5000;
 	pthread_t t;
 
 	ck_assert_int_eq(pthread_create(&t, NULL, noop_thread, NULL), 0);
 	pthread_join(t, NULL);
+	while (count_threads() != before && test_now_ms() < end)
+		usleep(1000);
+	ck_assert_int_eq(count_threads(), before);
 }
 
 static enum mfd_state wait_state(mfd_migration *m, enum mfd_state want, int timeout_ms)
@@ -412,7 +417,7 @@ static void assert_completed(struct fguest *src, struct fguest *dst)
 	ck_assert_int_eq(mfd_migration_state(src->m), MFD_STATE_COMPLETED);
 	ck_assert_int_eq(mfd_migration_state(dst->m), MFD_STATE_COMPLETED);
 	ck_assert_int_ge(atomic_load(&dst->vm_starts), 1);
-	ck_assert_msg(memcmp(src->snapshot, dst->ram, src->size) == 0, "RAM differs");
+	ck_assert_pages_eq(src->snapshot, dst->ram, src->size, PS);
 	ck_assert_ab(dst->ram, dst->size, PS);
 	ck_assert_uint_eq(dst->regs[0], REG0);
 	ck_assert_uint_eq(dst->regs[1], REG1);
@@ -649,10 +654,16 @@ START_TEST(fault_matrix)
 		ck_assert_msg(pki_ok, "test PKI not created");
 		su.psk_file = certs_path(&pki, "psk-main", NULL, psk, sizeof(psk));
 	}
-	/* A fault the peer sees (a cut connection, or one on the destination)
-	 * may break another multifd channel first: any of them is right. */
+	/*
+	 * A fault the peer sees (a cut connection, or one on the destination)
+	 * makes the destination fail and close every channel, so which of the
+	 * source's channels reports first is a real race: its own faulted
+	 * channel, another multifd channel the destination closed, or the
+	 * destination's reason read on the return path, which names its own
+	 * multifd channel.  Always true: a multifd channel is named.
+	 */
 	if (sc->f.chan == FAULT_CH_MULTIFD && (sc->f.incoming || sc->f.kind == FAULT_CLOSE))
-		snprintf(chan_txt, sizeof(chan_txt), "channel");
+		snprintf(chan_txt, sizeof(chan_txt), "multifd channel");
 	else if (sc->f.chan == FAULT_CH_MULTIFD)
 		snprintf(chan_txt, sizeof(chan_txt), "multifd channel %u", sc->f.index);
 	else
@@ -727,20 +738,6 @@ static void pki_teardown(void)
 
 /* ---- out-of-process faults ---------------------------------------------------------- */
 
-static bool have_root_tool(const char *what, const char *probe)
-{
-	if (geteuid() != 0) {
-		printf("faults: %s needs root; skipped\n", what);
-		return false;
-	}
-	if (system(probe) != 0) {
-		printf("faults: %s: '%s' failed (iproute2 missing or not permitted); skipped\n",
-		       what, probe);
-		return false;
-	}
-	return true;
-}
-
 /* Kill the source's live connections from outside (SOCK_DESTROY). */
 START_TEST(ss_kill_during_precopy)
 {
@@ -749,7 +746,7 @@ START_TEST(ss_kill_during_precopy)
 	mfd_error *err = NULL;
 	char uri[256], cmd[256];
 
-	if (!have_root_tool("ss -K", "ss -h >/dev/null 2>&1"))
+	if (!test_have_root_tool("faults: ss -K", "iproute2", "ss -h >/dev/null 2>&1"))
 		return;
 	warm_up();
 	int fds = count_fds(), threads = count_threads();
@@ -878,8 +875,8 @@ START_TEST(tbf_rate_limit_in_netns)
 	pid_t pid;
 	int status = 0;
 
-	if (!have_root_tool("tc tbf in a netns", "ip netns list >/dev/null 2>&1 && tc -V "
-			    ">/dev/null 2>&1"))
+	if (!test_have_root_tool("faults: tc tbf in a netns", "netns",
+				 "ip netns list >/dev/null 2>&1 && tc -V >/dev/null 2>&1"))
 		return;
 	snprintf(ns, sizeof(ns), "mfd-faults-%d", (int)getpid());
 	snprintf(cmd, sizeof(cmd), "ip netns add %s && ip netns exec %s ip link set lo up && "
@@ -888,7 +885,7 @@ START_TEST(tbf_rate_limit_in_netns)
 	if (system(cmd) != 0) {
 		snprintf(cmd, sizeof(cmd), "ip netns del %s >/dev/null 2>&1", ns);
 		ck_assert_int_ge(system(cmd), 0);
-		printf("faults: cannot create a rate-limited namespace (tbf missing?); skipped\n");
+		test_skip("netns", "faults: cannot create a rate-limited namespace (tbf missing?)");
 		return;
 	}
 	fflush(stdout);
@@ -919,15 +916,10 @@ START_TEST(destination_process_killed)
 	pid_t pid;
 	int status;
 
-	if (!bdir || !*bdir) {
-		printf("faults: MFD_BUILDDIR unset, cannot find tools/multifd; skipped\n");
+	if (!test_have_tool("faults: destination_process_killed"))
 		return;
-	}
 	snprintf(tool, sizeof(tool), "%s/tools/multifd", bdir);
-	if (access(tool, X_OK) != 0) {
-		printf("faults: %s missing; skipped\n", tool);
-		return;
-	}
+	ck_assert_msg(access(tool, X_OK) == 0, "%s: %s (make builds it)", tool, strerror(errno));
 	warm_up();
 	int fds = count_fds(), threads = count_threads();
 

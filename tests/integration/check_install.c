@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/lib/testlib.h"
+
 /* Copies the file behind @fd to stderr, from its start. */
 static void dump_output(int fd)
 {
@@ -39,8 +41,8 @@ START_TEST(test_install_uninstall)
 	pid_t pid;
 
 	if (!builddir || !*builddir || !srcdir || !*srcdir) {
-		printf("install: skipped, MFD_BUILDDIR and MFD_SRCDIR are not set (run through `make check`)\n");
-		fflush(stdout);
+		test_skip("builddir", "install: MFD_BUILDDIR and MFD_SRCDIR are not set (run through "
+			  "`make check`)");
 		return;
 	}
 	ck_assert_int_lt(snprintf(script, sizeof(script), "%s/tests/integration/install-test.sh", srcdir),

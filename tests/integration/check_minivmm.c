@@ -30,6 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/lib/testlib.h"
+
 #define RAM_MIB "256"
 
 static char vmm_bin[PATH_MAX];
@@ -41,12 +43,16 @@ static bool have_minivmm(void)
 
 	snprintf(vmm_bin, sizeof(vmm_bin), "%s/examples/minivmm/minivmm", bd ? bd : ".");
 	if (access(vmm_bin, X_OK) != 0) {
-		printf("minivmm: %s not built (no <linux/kvm.h>?); skipped\n", vmm_bin);
+		test_skip("kvm", "minivmm: %s not built (no <linux/kvm.h>?)", vmm_bin);
+		return false;
+	}
+	if (test_cap_disabled("kvm")) {
+		test_skip("kvm", "minivmm: /dev/kvm disabled by MFD_TEST_DISABLE");
 		return false;
 	}
 	fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
-		printf("minivmm: /dev/kvm: %s; KVM tests skipped\n", strerror(errno));
+		test_skip("kvm", "minivmm: /dev/kvm: %s", strerror(errno));
 		return false;
 	}
 	close(fd);

@@ -8,21 +8,29 @@
  * At the end the whole of RAM must equal the source's snapshot and pass the
  * a-b check.  Also: precopy pages racing the switch, the preempt channel, two
  * RAM blocks, a network cut (pause, recover, resume) and refusal without
- * userfaultfd.
+ * userfaultfd (postcopy_refused_without_userfaultfd, which denies itself the
+ * syscall and so runs everywhere).
  *
- * Needs userfaultfd (root, or vm.unprivileged_userfaultfd=1): skipped with a
- * message otherwise.
+ * Needs userfaultfd (root, or vm.unprivileged_userfaultfd=1): the other tests
+ * are skipped and counted otherwise (test_skip).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 
 #include "tests/lib/certs.h"
 #include "tests/lib/testlib.h"
@@ -218,10 +226,12 @@ static void pguest_init(struct pguest *g, size_t mib, bool source, unsigned chan
 	set(g->m, "postcopy-ram", "on");
 	set(g->m, "postcopy-preempt", preempt ? "on" : "off");
 	if (source) {
-		/* A quarter zero, the rest patterned; byte 0 of every page is the counter. */
+		/* A quarter zero, the rest unique to each page (a page at the wrong
+		 * offset shows); byte 0 of every page is the counter, byte 1 the
+		 * vCPU's last burst (vm_stop). */
 		for (size_t p = 0; p < g->size / PS; p++) {
 			if (p % 4)
-				memset(g->ram + p * PS, (int)(p * 13 + 5), PS);
+				test_fill_page(g->ram + p * PS, PS, 0, p, 0);
 			g->ram[p * PS] = 0;
 		}
 		g->regs[0] = 0x0123456789abcdefull;
@@ -294,7 +304,7 @@ static void finish_pair(struct pguest *src, struct pguest *dst, bool expect_faul
 	ck_assert_uint_gt(atomic_load(&dst->touched), 0);
 	ck_assert_msg(atomic_load(&dst->bad) == 0, "%llu reads saw wrong bytes",
 		      (unsigned long long)atomic_load(&dst->bad));
-	ck_assert_msg(memcmp(src->snapshot, dst->ram, src->size) == 0, "RAM differs");
+	ck_assert_pages_eq(src->snapshot, dst->ram, src->size, PS);
 	ck_assert_ab(dst->ram, dst->size, PS);
 	ck_assert_mem_eq(src->regs, dst->regs, sizeof(src->regs));
 	ck_assert_int_eq(mfd_migration_stats(dst->m, &st), 0);
@@ -396,7 +406,7 @@ START_TEST(postcopy_after_precopy_passes)
 
 	NEED_UFFD();
 	if (strcmp(codec, "none") && !mfd_compress_find(codec)) {
-		printf("postcopy: %s not built in, skipped\n", codec);
+		test_skip("codec", "postcopy: %s not built in", codec);
 		return;
 	}
 	run_postcopy(chans[_i % 2], codec, false, 2);
@@ -569,10 +579,8 @@ END_TEST
 START_TEST(network_cut_with_ss_then_recover)
 {
 	NEED_UFFD();
-	if (geteuid() != 0 || system("ss -h >/dev/null 2>&1") != 0) {
-		printf("postcopy: ss -K needs root and iproute2; skipped\n");
+	if (!test_have_root_tool("postcopy: ss -K", "iproute2", "ss -h >/dev/null 2>&1"))
 		return;
-	}
 	cut_and_recover(_i, true);
 }
 END_TEST
@@ -663,6 +671,73 @@ START_TEST(mismatched_postcopy_refused_at_setup)
 }
 END_TEST
 
+/* userfaultfd(2) fails with EPERM in this process from now on (seccomp). */
+static void deny_userfaultfd(void)
+{
+	struct sock_filter insns[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_userfaultfd, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(insns) / sizeof(insns[0]), .filter = insns };
+
+	ck_assert_int_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+	ck_assert_msg(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) == 0,
+		      "seccomp: %s", strerror(errno));
+	ck_assert_int_lt(syscall(SYS_userfaultfd, O_CLOEXEC), 0);
+	ck_assert_int_eq(errno, EPERM);
+}
+
+/*
+ * A destination without userfaultfd (as without root): postcopy-ram is
+ * refused at POSTCOPY_ADVISE, during setup, with a message that says why,
+ * before the source stops its VM.  Runs with or without userfaultfd here: a
+ * child process denies itself the syscall (the filter cannot be undone, so
+ * not in the test's own process, which runs the next tests under CK_FORK=no).
+ */
+START_TEST(postcopy_refused_without_userfaultfd)
+{
+	int status;
+	pid_t pid;
+
+	fflush(stdout);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		struct pguest src, dst;
+		mfd_error *err = NULL;
+
+		alarm(60);	/* bounded even if the refusal hangs */
+		deny_userfaultfd();
+		pguest_init(&src, 4, true, 2, "none", false);
+		pguest_init(&dst, 4, false, 2, "none", false);
+		start_pair(&src, &dst);
+		ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, &err), 0);
+		printf("postcopy: without userfaultfd: destination: %s\n", mfd_error_message(err));
+		ck_assert_mfd_error(err, MFD_ENOTSUP, "postcopy-ram: userfaultfd is not available "
+				    "here (Operation not permitted); run as root");
+		ck_assert_int_ne(mfd_migration_wait(src.m, 30000, &err), 0);
+		printf("postcopy: without userfaultfd: source: %s\n", mfd_error_message(err));
+		ck_assert_ptr_nonnull(strstr(mfd_error_message(err), "POSTCOPY_ADVISE"));
+		ck_assert_ptr_nonnull(strstr(mfd_error_message(err), "userfaultfd is not available"));
+		mfd_error_free(err);
+		ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+		ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_FAILED);
+		/* Refused during setup: the source's VM never stopped. */
+		ck_assert_int_eq(atomic_load(&src.vm_stops), 0);
+		ck_assert_int_eq(atomic_load(&dst.vm_starts), 0);
+		pguest_free(&src);
+		pguest_free(&dst);
+		fflush(stdout);
+		_exit(0);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		      "the child without userfaultfd failed (status 0x%x)", status);
+}
+END_TEST
+
 Suite *suite_postcopy(void)
 {
 	Suite *s = suite_create("postcopy");
@@ -680,6 +755,7 @@ Suite *suite_postcopy(void)
 	tcase_add_test(tc, cancel_while_paused_loses_the_vm_clearly);
 	tcase_add_test(tc, configuration_errors);
 	tcase_add_loop_test(tc, mismatched_postcopy_refused_at_setup, 0, 2);
+	tcase_add_test(tc, postcopy_refused_without_userfaultfd);
 	suite_add_tcase(s, tc);
 	return s;
 }

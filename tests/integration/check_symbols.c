@@ -22,6 +22,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "tests/lib/testlib.h"
+
 #define SONAME "libmultifd.so.0"
 
 struct elf_image {
@@ -80,8 +82,7 @@ static int load_library(struct elf_image *img)
 
 	memset(img, 0, sizeof(*img));
 	if (!builddir || !*builddir) {
-		printf("symbols: skipped, MFD_BUILDDIR is not set (run through `make check`)\n");
-		fflush(stdout);
+		test_skip("builddir", "symbols: MFD_BUILDDIR is not set (run through `make check`)");
 		return 1;
 	}
 	ck_assert_int_lt(snprintf(path, sizeof(path), "%s/%s", builddir, SONAME), (int)sizeof(path));
@@ -260,8 +261,8 @@ static const char *test_dir(const char *test, int builddir)
 	const char *dir = getenv(var);
 
 	if (!dir || !*dir) {
-		printf("symbols: %s skipped, %s is not set (run through `make check`)\n", test, var);
-		fflush(stdout);
+		test_skip("builddir", "symbols: %s: %s is not set (run through `make check`)", test,
+			  var);
 		return NULL;
 	}
 	return dir;

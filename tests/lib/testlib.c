@@ -412,6 +412,51 @@ void ck_assert_ab(const uint8_t *ram, size_t size, size_t page)
 	ck_assert_int_le(edges, 1);
 }
 
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+#define STAMP_AT 8
+#define STAMP_EVERY 64
+
+void test_fill_page(uint8_t *p, size_t page_size, uint32_t block, uint64_t page, uint32_t pass)
+{
+	uint64_t h = mix64(page ^ mix64(((uint64_t)block << 32 | pass) + 1));
+	uint8_t stamp[16];
+
+	/* A non-zero byte, so that no stamped page is a zero page. */
+	memset(p, (int)(h % 255 + 1), page_size);
+	memcpy(stamp, &page, 8);
+	memcpy(stamp + 8, &block, 4);
+	memcpy(stamp + 12, &pass, 4);
+	for (size_t off = STAMP_AT; off + sizeof(stamp) <= page_size; off += STAMP_EVERY)
+		memcpy(p + off, stamp, sizeof(stamp));
+}
+
+void ck_assert_pages_eq(const uint8_t *want, const uint8_t *got, size_t size, size_t page_size)
+{
+	for (size_t off = 0; off < size; off += page_size) {
+		size_t len = size - off < page_size ? size - off : page_size;
+		uint64_t held;
+
+		if (memcmp(want + off, got + off, len) == 0)
+			continue;
+		if (len < STAMP_AT + 8) {
+			ck_abort_msg("page %zu differs", off / page_size);
+			return;
+		}
+		memcpy(&held, got + off + STAMP_AT, 8);
+		ck_abort_msg("page %zu differs (its stamp names page %llu, byte 0 is %u, "
+			     "expected %u)", off / page_size, (unsigned long long)held, got[off],
+			     want[off]);
+	}
+}
+
 uint64_t test_now_ms(void)
 {
 	struct timespec ts;
@@ -422,11 +467,16 @@ uint64_t test_now_ms(void)
 
 bool test_have_uffd(const char *who)
 {
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+	const char *why = "disabled by MFD_TEST_DISABLE";
+	int fd = -1;
 
+	if (!test_cap_disabled("uffd")) {
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+		why = strerror(errno);
+	}
 	if (fd < 0) {
-		printf("%s: userfaultfd unavailable (%s): run as root or set "
-		       "vm.unprivileged_userfaultfd=1; skipped\n", who, strerror(errno));
+		test_skip("uffd", "%s: userfaultfd unavailable (%s): run as root or set "
+			  "vm.unprivileged_userfaultfd=1", who, why);
 		return false;
 	}
 	close(fd);
@@ -480,8 +530,9 @@ bool test_have_tool(const char *suite)
 {
 	const char *builddir = getenv("MFD_BUILDDIR");
 
-	if (!builddir || !*builddir) {
-		printf("%s: skipped, MFD_BUILDDIR is not set (run through `make check`)\n", suite);
+	if (!builddir || !*builddir || test_cap_disabled("builddir")) {
+		test_skip("builddir", "%s: MFD_BUILDDIR is not set (run through `make check`)",
+			  suite);
 		return false;
 	}
 	return true;

@@ -141,14 +141,63 @@ void b_free(struct bytes *b);
  * its predecessor or is one less, with at most one step down (where the
  * writer was when the VM stopped).  Fails the test otherwise. */
 void ck_assert_ab(const uint8_t *ram, size_t size, size_t page);
+/* Fill the @page_size bytes at @p with content no other page has, so that a
+ * page placed at the wrong offset shows: a byte pattern drawn from a hash of
+ * (@block, @page, @pass), compressible, and every 64 bytes from byte 8 a
+ * 16-byte stamp naming @block, @pass and @page.  Bytes 0..7 are left for the
+ * a-b counter (byte 0) and a test's own marks; @page_size >= 64. */
+void test_fill_page(uint8_t *p, size_t page_size, uint32_t block, uint64_t page, uint32_t pass);
+/* @got equals @want, compared page by page over @size bytes; a page that
+ * differs is named, with the page its stamp (test_fill_page) says it holds. */
+void ck_assert_pages_eq(const uint8_t *want, const uint8_t *got, size_t size, size_t page_size);
 /* CLOCK_MONOTONIC in milliseconds. */
 uint64_t test_now_ms(void);
+
+/*
+ * Skips.  Check has no "skipped" result: a test that cannot run here calls
+ * test_skip() and returns, and tests/main.c prints "skipped: N (capability:
+ * count, ...)" before Check's summary; it exits non-zero when a capability
+ * named in $MFD_REQUIRE_CAPS (comma-separated, set by .ci/run from what its
+ * machine has) was skipped.  @capability is one short word:
+ *   uffd      userfaultfd (root, or vm.unprivileged_userfaultfd=1)
+ *   kvm       /dev/kvm, and examples/minivmm built
+ *   root      a test that needs root (ss -K, netns, memlock)
+ *   iproute2  ss -K (iproute2, and a kernel with SOCK_DESTROY)
+ *   netns     ip netns and tc tbf (iproute2, sch_tbf)
+ *   openssl   the openssl command-line tool
+ *   builddir  MFD_BUILDDIR/MFD_SRCDIR, set by `make check`
+ *   codec     a compression codec this build lacks (configure)
+ *   ipv6      an IPv6 loopback
+ *   gnuplot   the gnuplot program
+ *   timeout   the timeout-ms option on an fd channel
+ *   tls       TLS built in (configure found OpenSSL 3)
+ * (tests/lib/skip.c lists them; another name fails the test)
+ * @why (printf format) says what was skipped and why; it is printed with
+ * "; skipped (@capability)" appended.
+ */
+__attribute__((format(printf, 2, 3)))
+void test_skip(const char *capability, const char *why, ...);
+/* True when $MFD_TEST_DISABLE (comma-separated) names @capability: the
+ * capability checks then say "absent", to show that a skip is counted and
+ * that MFD_REQUIRE_CAPS fails the run. */
+bool test_cap_disabled(const char *capability);
+/* tests/main.c: reads the skip file @path and writes into @msg the line
+ * "skipped: N (cap: n, ...)\n" and one line per capability of @required that
+ * was skipped.  Returns how many of @required were skipped, -1 when @path
+ * cannot be read. */
+int test_skips_report(const char *path, const char *required, char *msg, size_t len);
+
 /* userfaultfd can be opened here (postcopy's destination needs it); otherwise
- * prints "@who: userfaultfd unavailable ...; skipped" and returns false. */
+ * skips (capability "uffd", message from @who) and returns false. */
 bool test_have_uffd(const char *who);
 
+/* Root, and the shell command @probe succeeds (a tool such as ss or ip is
+ * there and permitted); otherwise skips (capability "root", or
+ * @capability when @probe fails) and returns false.  @who names the test. */
+bool test_have_root_tool(const char *who, const char *capability, const char *probe);
+
 /* The build's tools/multifd can be run (MFD_BUILDDIR set, as `make check`
- * does); otherwise prints "@suite: skipped ..." and returns false. */
+ * does); otherwise skips (capability "builddir") and returns false. */
 bool test_have_tool(const char *suite);
 /* Runs tools/multifd with @args (NULL-terminated, at most 30), stdin from
  * /dev/null; its stdout, and its stderr when @with_stderr, into @out (NUL-

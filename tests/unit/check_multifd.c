@@ -218,7 +218,7 @@ START_TEST(transfer_matrix)
 	uint64_t zero = 0, normal = 0;
 
 	if (strcmp(codec, "none") != 0 && !mfd_compress_find(codec)) {
-		printf("multifd transfer: codec %s not built in, skipped\n", codec);
+		test_skip("codec", "multifd transfer: codec %s not built in", codec);
 		return;
 	}
 	rig_init(&g, channels, codec, 16, 512u << 10);
@@ -1058,7 +1058,7 @@ START_TEST(bad_compressed_payloads)
 		bad_rig_free(&br);
 	}
 	if (!tried)
-		printf("multifd: no codec built in, compressed payload cases skipped\n");
+		test_skip("codec", "multifd: no codec built in, compressed payload cases");
 }
 END_TEST
 

@@ -1137,7 +1137,8 @@ START_TEST(tls_client_to_plaintext_server)
 		wrap_thread(&cl);
 		assert_refused(&cl, MFD_ETIMEDOUT, "TLS handshake");
 	} else {
-		printf("tls: silent plaintext server case skipped: %s\n", mfd_error_message(err));
+		test_skip("timeout", "tls: silent plaintext server case: %s",
+			  mfd_error_message(err));
 		mfd_error_free(err);
 		err = NULL;
 	}
@@ -1331,7 +1332,7 @@ static bool have_openssl(const char *test)
 
 	if (!path || !*path)
 		path = "/usr/bin:/bin";
-	while (*path) {
+	while (*path && !test_cap_disabled("openssl")) {
 		size_t len = strcspn(path, ":");
 
 		snprintf(openssl_path, sizeof(openssl_path), "%.*s/openssl", (int)len, path);
@@ -1339,7 +1340,7 @@ static bool have_openssl(const char *test)
 			return true;
 		path += len + (path[len] == ':');
 	}
-	printf("tls: %s skipped: no openssl binary in PATH\n", test);
+	test_skip("openssl", "tls: %s: no openssl binary in PATH", test);
 	return false;
 }
 
@@ -1792,8 +1793,8 @@ START_TEST(built_without_tls)
 	mfd_channel *a = NULL, *b = NULL, *tls = (mfd_channel *)1;
 	mfd_error *err = NULL;
 
-	printf("tls: built without TLS (configure --disable-tls): only the ENOTSUP paths are "
-	       "tested\n");
+	/* Counted as a skip: the TLS cases do not run; only the ENOTSUP paths do. */
+	test_skip("tls", "tls: built without TLS (configure --disable-tls): the TLS cases");
 	ck_assert_int_eq(mfd_tls_creds_new_x509("/tmp", MFD_TLS_CLIENT, &c, &err), MFD_ENOTSUP);
 	ck_assert_mfd_error(err, MFD_ENOTSUP, "built without TLS");
 	ck_assert_ptr_null(c);

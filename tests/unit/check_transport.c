@@ -210,8 +210,7 @@ START_TEST(tcp_ipv6_transfer)
 	char reason[128];
 
 	if (!ipv6_loopback_available(reason, sizeof(reason))) {
-		printf("transport: tcp_ipv6_transfer SKIPPED: cannot bind [::1] (%s)\n", reason);
-		fflush(stdout);
+		test_skip("ipv6", "transport: tcp_ipv6_transfer: cannot bind [::1] (%s)", reason);
 		return;
 	}
 	open_pair("tcp:[::1]:0", &l, &c, &s);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Fault-injecting channel wrapper (channels/fault.h): what a broken, slow
+ * Fault-injecting channel wrapper (tests/lib/fault.h): what a broken, slow
  * or cut network does to one channel, on demand and repeatable, so the
  * tests can check that the engine ends every such migration cleanly.
  */
@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "channels/fault.h"
+#include "tests/lib/fault.h"
 #include "channels/fd.h"
 #include "core/channel.h"
 #include "core/engine.h"

@@ -2,8 +2,9 @@
 /*
  * Fault injection for tests: a channel wrapper that fails, shortens, stalls
  * or cuts the I/O of one chosen channel (main, multifd i, preempt) of one
- * side in one phase of a migration.  Internal, never exported: the tests
- * install it through the engine's channel hook (core/engine.h).
+ * side in one phase of a migration.  Part of the test library, never of
+ * libmultifd: the tests install it through the engine's channel hook
+ * (engine_set_channel_wrapper(), core/engine.h).
  *
  * The wrapper sits right above the transport, below TLS, where a real
  * network fault would hit.  It wraps in place: the mfd_channel pointer the
@@ -26,8 +27,8 @@
  * One fault fires once per controller, whatever the number of channels; the
  * controller keeps counting bytes so a test can tell whether it fired.
  */
-#ifndef MFD_CHANNELS_FAULT_H
-#define MFD_CHANNELS_FAULT_H
+#ifndef MFD_TESTS_FAULT_H
+#define MFD_TESTS_FAULT_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -103,4 +104,4 @@ const char *fault_chan_name(enum fault_chan c);
 int fault_channel_interpose(struct fault_ctl *ctl, mfd_channel *ch, mfd_migration *m,
 			    bool incoming, enum fault_chan chan, unsigned index, mfd_error **errp);
 
-#endif /* MFD_CHANNELS_FAULT_H */
+#endif /* MFD_TESTS_FAULT_H */
