@@ -15,6 +15,7 @@
 
 #define SUITES(X)         \
 	X(error)          \
+	X(json)           \
 	X(channel)        \
 	X(uri)            \
 	X(transport)      \
