@@ -28,6 +28,7 @@
 #include "core/channel.h"
 #include "core/engine.h"
 #include "core/escape.h"
+#include "core/json.h"
 #include "core/savevm.h"
 #include "core/stream.h"
 #include "channels/uri.h"
@@ -2828,65 +2829,77 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 char *mfd_migration_stats_json(mfd_migration *m)
 {
 	struct mfd_stats st = { .size = sizeof(st) };
-	char *json = NULL, *chans = NULL;
-	size_t len = 0;
-	FILE *f;
+	struct json_writer w;
 
 	if (!m || mfd_migration_stats(m, &st) < 0)
 		return NULL;
-	f = open_memstream(&chans, &len);
-	if (!f)
-		return NULL;
-	for (unsigned i = 0; i < st.channels; i++)
-		fprintf(f, "%s{\"id\": %u, \"bytes\": %llu, \"packets\": %llu, \"busy-ms\": %llu}",
-			i ? ", " : "", i, (unsigned long long)st.channel_bytes[i],
-			(unsigned long long)st.channel_packets[i],
-			(unsigned long long)st.channel_busy_ms[i]);
-	fclose(f);
-	if (asprintf(&json,
-		     "{\"status\": \"%s\", \"total-time\": %llu, \"setup-time\": %llu, "
-		     "\"downtime\": %llu, \"expected-downtime\": %llu, "
-		     "\"cpu-throttle-percentage\": %d, \"precopy-stalls\": %llu, "
-		     "\"ram\": {\"transferred\": %llu, \"remaining\": %llu, \"total\": %llu, "
-		     "\"duplicate\": %llu, \"normal\": %llu, \"normal-bytes\": %llu, "
-		     "\"dirty-sync-count\": %llu, \"dirty-pages-rate\": %llu, \"mbps\": %.3f, "
-		     "\"pages-per-second\": %llu, \"multifd-bytes\": %llu, "
-		     "\"postcopy-requests\": %llu, \"page-size\": %llu, "
-		     "\"dirty-sync-missed-zero-copy\": %llu}, "
-		     "\"multifd\": {\"channels\": %u, \"iterations\": %llu, \"syncs\": %llu, "
-		     "\"sync-ms-max\": %llu, \"compression-ratio\": %.4f, "
-		     "\"zero-copy\": {\"bytes\": %llu, \"sends\": %llu, \"copied\": %llu, "
-		     "\"refused-channels\": %u}, \"per-channel\": [%s]}, "
-		     "\"postcopy\": {\"requests\": %llu, \"faults\": %llu, "
-		     "\"fault-us-median\": %llu, \"fault-us-p99\": %llu, \"fault-us-max\": %llu, "
-		     "\"blocktime-ms\": %llu, \"pauses\": %llu, \"time-ms\": %llu}}",
-		     mfd_state_name(st.status), (unsigned long long)st.total_time,
-		     (unsigned long long)st.setup_time, (unsigned long long)st.downtime,
-		     (unsigned long long)st.expected_downtime, st.throttle_percent,
-		     (unsigned long long)st.precopy_stalls,
-		     (unsigned long long)st.ram_transferred, (unsigned long long)st.ram_remaining,
-		     (unsigned long long)st.ram_total, (unsigned long long)st.ram_duplicate,
-		     (unsigned long long)st.ram_normal, (unsigned long long)st.ram_normal_bytes,
-		     (unsigned long long)st.ram_dirty_sync_count,
-		     (unsigned long long)st.ram_dirty_pages_rate, st.ram_mbps,
-		     (unsigned long long)st.ram_pages_per_second,
-		     (unsigned long long)st.ram_multifd_bytes,
-		     (unsigned long long)st.ram_postcopy_requests,
-		     (unsigned long long)(m->nblocks ? m->blocks[0].page_size : 4096),
-		     (unsigned long long)st.dirty_sync_missed_zero_copy, st.channels,
-		     (unsigned long long)st.iterations, (unsigned long long)st.multifd_syncs,
-		     (unsigned long long)st.multifd_sync_ms_max, st.compression_ratio,
-		     (unsigned long long)st.zero_copy_bytes, (unsigned long long)st.zero_copy_sends,
-		     (unsigned long long)st.zero_copy_copied, st.zero_copy_refused_channels,
-		     chans ? chans : "", (unsigned long long)st.ram_postcopy_requests,
-		     (unsigned long long)st.postcopy_faults,
-		     (unsigned long long)st.postcopy_fault_us_median,
-		     (unsigned long long)st.postcopy_fault_us_p99,
-		     (unsigned long long)st.postcopy_fault_us_max,
-		     (unsigned long long)st.postcopy_blocktime_ms,
-		     (unsigned long long)st.postcopy_pauses,
-		     (unsigned long long)st.postcopy_time_ms) < 0)
-		json = NULL;
-	free(chans);
-	return json;
+	json_init(&w, JSON_SPACED);
+	json_begin_object(&w);
+	json_key_str(&w, "status", mfd_state_name(st.status));
+	json_key_u64(&w, "total-time", st.total_time);
+	json_key_u64(&w, "setup-time", st.setup_time);
+	json_key_u64(&w, "downtime", st.downtime);
+	json_key_u64(&w, "expected-downtime", st.expected_downtime);
+	json_key(&w, "cpu-throttle-percentage");
+	json_i64(&w, st.throttle_percent);
+	json_key_u64(&w, "precopy-stalls", st.precopy_stalls);
+
+	json_key(&w, "ram");
+	json_begin_object(&w);
+	json_key_u64(&w, "transferred", st.ram_transferred);
+	json_key_u64(&w, "remaining", st.ram_remaining);
+	json_key_u64(&w, "total", st.ram_total);
+	json_key_u64(&w, "duplicate", st.ram_duplicate);
+	json_key_u64(&w, "normal", st.ram_normal);
+	json_key_u64(&w, "normal-bytes", st.ram_normal_bytes);
+	json_key_u64(&w, "dirty-sync-count", st.ram_dirty_sync_count);
+	json_key_u64(&w, "dirty-pages-rate", st.ram_dirty_pages_rate);
+	json_key_double(&w, "mbps", st.ram_mbps, 3);
+	json_key_u64(&w, "pages-per-second", st.ram_pages_per_second);
+	json_key_u64(&w, "multifd-bytes", st.ram_multifd_bytes);
+	json_key_u64(&w, "postcopy-requests", st.ram_postcopy_requests);
+	json_key_u64(&w, "page-size", m->nblocks ? m->blocks[0].page_size : 4096);
+	json_key_u64(&w, "dirty-sync-missed-zero-copy", st.dirty_sync_missed_zero_copy);
+	json_end_object(&w);
+
+	json_key(&w, "multifd");
+	json_begin_object(&w);
+	json_key_u64(&w, "channels", st.channels);
+	json_key_u64(&w, "iterations", st.iterations);
+	json_key_u64(&w, "syncs", st.multifd_syncs);
+	json_key_u64(&w, "sync-ms-max", st.multifd_sync_ms_max);
+	json_key_double(&w, "compression-ratio", st.compression_ratio, 4);
+	json_key(&w, "zero-copy");
+	json_begin_object(&w);
+	json_key_u64(&w, "bytes", st.zero_copy_bytes);
+	json_key_u64(&w, "sends", st.zero_copy_sends);
+	json_key_u64(&w, "copied", st.zero_copy_copied);
+	json_key_u64(&w, "refused-channels", st.zero_copy_refused_channels);
+	json_end_object(&w);
+	json_key(&w, "per-channel");
+	json_begin_array(&w);
+	for (unsigned i = 0; i < st.channels; i++) {
+		json_begin_object(&w);
+		json_key_u64(&w, "id", i);
+		json_key_u64(&w, "bytes", st.channel_bytes[i]);
+		json_key_u64(&w, "packets", st.channel_packets[i]);
+		json_key_u64(&w, "busy-ms", st.channel_busy_ms[i]);
+		json_end_object(&w);
+	}
+	json_end_array(&w);
+	json_end_object(&w);
+
+	json_key(&w, "postcopy");
+	json_begin_object(&w);
+	json_key_u64(&w, "requests", st.ram_postcopy_requests);
+	json_key_u64(&w, "faults", st.postcopy_faults);
+	json_key_u64(&w, "fault-us-median", st.postcopy_fault_us_median);
+	json_key_u64(&w, "fault-us-p99", st.postcopy_fault_us_p99);
+	json_key_u64(&w, "fault-us-max", st.postcopy_fault_us_max);
+	json_key_u64(&w, "blocktime-ms", st.postcopy_blocktime_ms);
+	json_key_u64(&w, "pauses", st.postcopy_pauses);
+	json_key_u64(&w, "time-ms", st.postcopy_time_ms);
+	json_end_object(&w);
+	json_end_object(&w);
+	return json_finish(&w);
 }

@@ -24,6 +24,7 @@
 
 #define SUITES(X)         \
 	X(error)          \
+	X(json)           \
 	X(channel)        \
 	X(uri)            \
 	X(transport)      \

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "core/json.h"
 
 #define DUMP_BUF (1u << 16)
 #define MAX_SECTIONS 1024	/* distinct section ids one stream may bind */
@@ -105,6 +106,8 @@ struct ram_sum {
  * @rd: the input
  * @out: where records go (NULL with --check)
  * @json: JSON lines instead of text
+ * @w: the JSON line being written
+ * @out_of_memory: a JSON line could not be written
  * @verbose: text mode lists every RAM page record
  * @tool_guest: the CONFIGURATION names the tool's guest (its devices known)
  * @failed: an error was recorded
@@ -121,6 +124,8 @@ struct dump {
 	struct reader *rd;
 	FILE *out;
 	bool json;
+	struct json_writer w;
+	bool out_of_memory;
 	int verbose;
 	bool tool_guest;
 	bool failed;
@@ -295,22 +300,6 @@ static int get_name(struct dump *d, char s[256], const char *what)
 
 /* ---- output ------------------------------------------------------------------- */
 
-/* A name as a JSON string: control characters and bytes >= 0x80 escaped,
- * so every line is valid JSON whatever the file holds. */
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p >= 0x7f)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
-	}
-	fputc('"', f);
-}
-
 /* A name for a text line: printable ASCII kept, the rest as \xNN. */
 static void text_str(FILE *f, const char *s)
 {
@@ -329,23 +318,45 @@ static bool rec_begin(struct dump *d, uint64_t off, unsigned depth, const char *
 {
 	if (!d->out)
 		return false;
-	if (d->json)
-		fprintf(d->out, "{\"offset\":%" PRIu64 ",\"depth\":%u,\"type\":\"%s\"", off, depth,
-			type);
-	else
+	if (d->json) {
+		json_init(&d->w, JSON_COMPACT);
+		json_begin_object(&d->w);
+		json_key_u64(&d->w, "offset", off);
+		json_key_u64(&d->w, "depth", depth);
+		json_key_str(&d->w, "type", type);
+	} else {
 		fprintf(d->out, "%10" PRIu64 " %*s%s", off, (int)depth * 2, "", type);
+	}
 	return true;
+}
+
+/* Close the JSON object of @d->w and print it as one line: whole, or (out
+ * of memory) not at all. */
+static void json_line(struct dump *d)
+{
+	char *line;
+
+	json_end_object(&d->w);
+	line = json_finish(&d->w);
+	if (line)
+		fprintf(d->out, "%s\n", line);
+	else
+		d->out_of_memory = true;
+	free(line);
 }
 
 static void rec_end(struct dump *d)
 {
-	fputs(d->json ? "}\n" : "\n", d->out);
+	if (d->json)
+		json_line(d);
+	else
+		fputc('\n', d->out);
 }
 
 static void field_u64(struct dump *d, const char *key, uint64_t v)
 {
 	if (d->json)
-		fprintf(d->out, ",\"%s\":%" PRIu64, key, v);
+		json_key_u64(&d->w, key, v);
 	else
 		fprintf(d->out, " %s %" PRIu64, key, v);
 }
@@ -353,7 +364,7 @@ static void field_u64(struct dump *d, const char *key, uint64_t v)
 static void field_hex(struct dump *d, const char *key, uint64_t v)
 {
 	if (d->json)
-		fprintf(d->out, ",\"%s\":%" PRIu64, key, v);
+		json_key_u64(&d->w, key, v);
 	else
 		fprintf(d->out, " %s 0x%" PRIx64, key, v);
 }
@@ -361,8 +372,7 @@ static void field_hex(struct dump *d, const char *key, uint64_t v)
 static void field_str(struct dump *d, const char *key, const char *v)
 {
 	if (d->json) {
-		fprintf(d->out, ",\"%s\":", key);
-		json_str(d->out, v);
+		json_key_str(&d->w, key, v);
 	} else {
 		fprintf(d->out, " %s ", key);
 		text_str(d->out, v);
@@ -372,7 +382,7 @@ static void field_str(struct dump *d, const char *key, const char *v)
 static void field_bool(struct dump *d, const char *key, bool v)
 {
 	if (d->json)
-		fprintf(d->out, ",\"%s\":%s", key, v ? "true" : "false");
+		json_key_bool(&d->w, key, v);
 	else if (v)
 		fprintf(d->out, " %s", key);
 }
@@ -1060,22 +1070,28 @@ int cmd_dump(int argc, char **argv)
 			" zero pages, %" PRIu64 " bytes\n", d.records, d.pages, d.zero_pages,
 			rd_off(rd));
 	if (d.out && d.json) {
-		fprintf(d.out, "{\"type\":\"%s\",\"valid\":%s,\"records\":%" PRIu64 ",\"pages\":%"
-			PRIu64 ",\"zero_pages\":%" PRIu64 ",\"bytes\":%" PRIu64,
-			r == 0 ? "SUMMARY" : "ERROR", r == 0 ? "true" : "false", d.records, d.pages,
-			d.zero_pages, rd_off(rd));
+		json_init(&d.w, JSON_COMPACT);
+		json_begin_object(&d.w);
+		json_key_str(&d.w, "type", r == 0 ? "SUMMARY" : "ERROR");
+		json_key_bool(&d.w, "valid", r == 0);
+		json_key_u64(&d.w, "records", d.records);
+		json_key_u64(&d.w, "pages", d.pages);
+		json_key_u64(&d.w, "zero_pages", d.zero_pages);
+		json_key_u64(&d.w, "bytes", rd_off(rd));
 		if (r < 0) {
-			fprintf(d.out, ",\"error_offset\":%" PRIu64 ",\"error\":", d.err_off);
-			json_str(d.out, d.err);
+			json_key_u64(&d.w, "error_offset", d.err_off);
+			json_key_str(&d.w, "error", d.err);
 		}
-		fputs("}\n", d.out);
+		json_line(&d);
 	}
 	if (r < 0)
 		fprintf(stderr, "multifd dump: %s: offset %" PRIu64 ": %s\n", path, d.err_off, d.err);
+	if (d.out_of_memory)
+		fprintf(stderr, "multifd dump: out of memory: JSON lines are missing\n");
 	fflush(stdout);
 	if (rd->fd != STDIN_FILENO)
 		close(rd->fd);
 	free(rd);
 	free(d.sections);
-	return r < 0 ? EXIT_FAIL : EXIT_OK;
+	return r < 0 || d.out_of_memory ? EXIT_FAIL : EXIT_OK;
 }

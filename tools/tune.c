@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "core/json.h"
 
 #define TUNE_MAGIC "MFDTUNE1"
 #define TUNE_HELLO 16		/* magic, be32 stream index, be32 reserved */
@@ -501,35 +502,78 @@ struct tune_model {
 	unsigned cpus;
 };
 
-static void print_results(const struct tune_opts *o, const struct tune_model *m)
+/* The model as one JSON object on standard output; -1 if out of memory. */
+static int print_json(const struct tune_opts *o, const struct tune_model *m,
+		       const struct candidate *rec)
+{
+	struct json_writer w;
+	char *text;
+
+	json_init(&w, JSON_COMPACT);
+	json_begin_object(&w);
+	json_key_u64(&w, "size", m->size);
+	json_key_double(&w, "zero-fraction", m->zero_frac, 4);
+	json_key_double(&w, "zero-scan-bytes-per-second", m->scan_rate, 0);
+	json_key_u64(&w, "cpus", m->cpus);
+	json_key_double(&w, "dirty-rate", o->dirty, 1);
+	json_key(&w, "link");
+	json_begin_array(&w);
+	for (unsigned i = 0; i < m->nlinks; i++) {
+		json_begin_object(&w);
+		json_key_u64(&w, "streams", 1u << i);
+		json_key_double(&w, "bytes-per-second", m->links[i], 0);
+		json_end_object(&w);
+	}
+	json_end_array(&w);
+	json_key(&w, "codecs");
+	json_begin_array(&w);
+	for (int i = 0; i < m->ncodecs; i++) {
+		json_begin_object(&w);
+		json_key_str(&w, "name", m->codecs[i].name);
+		json_key_double(&w, "ratio", m->codecs[i].ratio, 4);
+		json_key_double(&w, "compress-bytes-per-second", m->codecs[i].compress, 0);
+		json_key_double(&w, "decompress-bytes-per-second", m->codecs[i].decompress, 0);
+		json_end_object(&w);
+	}
+	json_end_array(&w);
+	json_key(&w, "candidates");
+	json_begin_array(&w);
+	for (unsigned i = 0; i < m->ncand; i++) {
+		json_begin_object(&w);
+		json_key_u64(&w, "multifd-channels", m->cand[i].channels);
+		json_key_str(&w, "multifd-compression", m->cand[i].codec->name);
+		json_key_double(&w, "guest-bytes-per-second", m->cand[i].rate, 0);
+		json_key_str(&w, "limit", m->cand[i].limit);
+		json_key_double(&w, "seconds", m->cand[i].seconds, 3);
+		json_end_object(&w);
+	}
+	json_end_array(&w);
+	json_key(&w, "recommendation");
+	json_begin_object(&w);
+	json_key_u64(&w, "multifd-channels", rec->channels);
+	json_key_str(&w, "multifd-compression", rec->codec->name);
+	json_key_double(&w, "seconds", rec->seconds, 3);
+	json_end_object(&w);
+	json_end_object(&w);
+	text = json_finish(&w);
+	if (!text) {
+		fprintf(stderr, "multifd tune: out of memory\n");
+		return -1;
+	}
+	printf("%s\n", text);
+	free(text);
+	return 0;
+}
+
+/* The table, or the JSON; -1 if it could not be printed. */
+static int print_results(const struct tune_opts *o, const struct tune_model *m)
 {
 	const struct codec_result *codecs = m->codecs;
 	const struct candidate *cand = m->cand;
 	const struct candidate *rec = recommend(cand, m->ncand);
 
-	if (o->json) {
-		printf("{\"size\":%" PRIu64 ",\"zero-fraction\":%.4f,\"zero-scan-bytes-per-second\":"
-		       "%.0f,\"cpus\":%u,\"dirty-rate\":%.1f,\"link\":[", m->size, m->zero_frac,
-		       m->scan_rate, m->cpus, o->dirty);
-		for (unsigned i = 0; i < m->nlinks; i++)
-			printf("%s{\"streams\":%u,\"bytes-per-second\":%.0f}", i ? "," : "", 1u << i,
-			       m->links[i]);
-		printf("],\"codecs\":[");
-		for (int i = 0; i < m->ncodecs; i++)
-			printf("%s{\"name\":\"%s\",\"ratio\":%.4f,\"compress-bytes-per-second\":%.0f,"
-			       "\"decompress-bytes-per-second\":%.0f}", i ? "," : "", codecs[i].name,
-			       codecs[i].ratio, codecs[i].compress, codecs[i].decompress);
-		printf("],\"candidates\":[");
-		for (unsigned i = 0; i < m->ncand; i++)
-			printf("%s{\"multifd-channels\":%u,\"multifd-compression\":\"%s\","
-			       "\"guest-bytes-per-second\":%.0f,\"limit\":\"%s\",\"seconds\":%.3f}",
-			       i ? "," : "", cand[i].channels, cand[i].codec->name, cand[i].rate,
-			       cand[i].limit, cand[i].seconds);
-		printf("],\"recommendation\":{\"multifd-channels\":%u,\"multifd-compression\":"
-		       "\"%s\",\"seconds\":%.3f}}\n", rec->channels, rec->codec->name,
-		       rec->seconds);
-		return;
-	}
+	if (o->json)
+		return print_json(o, m, rec);
 	printf("link\n");
 	for (unsigned i = 0; i < m->nlinks; i++)
 		printf("  %2u stream%s %8.3f GiB/s\n", 1u << i, i ? "s" : " ", m->links[i] / GIB);
@@ -566,6 +610,7 @@ static void print_results(const struct tune_opts *o, const struct tune_model *m)
 	else
 		printf("recommendation: --channels %u --compression %s (about %.2f s)\n",
 		       rec->channels, rec->codec->name, rec->seconds);
+	return 0;
 }
 
 /* ---- the chart (--plot) ---------------------------------------------------------- */
@@ -1012,10 +1057,9 @@ static int tune_run(const struct tune_opts *o)
 	m = (struct tune_model){ .links = links, .nlinks = nlinks, .codecs = codecs,
 				 .ncodecs = ncodecs, .cand = cand, .ncand = ncand, .scan_rate = scan_rate,
 				 .zero_frac = zero_frac, .size = g.size, .cpus = cpus };
-	print_results(o, &m);
+	r = print_results(o, &m) < 0 ? EXIT_FAIL : EXIT_OK;
 	/* The table stands even when the chart fails. */
 	fflush(stdout);
-	r = EXIT_OK;
 	if (o->plot) {
 		if (!o->quiet && !o->json)
 			fprintf(stderr, "multifd tune: drawing %s ...\n", o->plot);

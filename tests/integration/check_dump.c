@@ -540,6 +540,82 @@ START_TEST(dump_counts_ram_records)
 }
 END_TEST
 
+/* Exit status of `python3 -c @script @arg`. */
+static int run_python(const char *script, const char *arg)
+{
+	int status;
+	pid_t pid = fork();
+
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		execlp("python3", "python3", "-c", script, arg, (char *)NULL);
+		_exit(127);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/* Names with a quote, a newline, a control byte, a byte that is not UTF-8
+ * and a character that is: every --json line must still be JSON (python3's
+ * parser decides), with the names as they were, the bad byte as U+00FF. */
+START_TEST(dump_json_escapes_hostile_names)
+{
+	static struct buf b;
+	static const char name[] = "pc\"ram\n\x01\xff\xc3\xa9";
+	static const char idstr[] = "dev\"\\\n\x1b[2J\xc3";
+	static const char script[] =
+		"import json, sys\n"
+		"recs = [json.loads(l) for l in open(sys.argv[1], encoding='utf-8')]\n"
+		"names = [r.get('name') for r in recs if r['type'] == 'RAM_BLOCK']\n"
+		"ids = [r.get('idstr') for r in recs if r['type'] == 'SECTION_FULL']\n"
+		"assert names == ['pc\"ram\\n\\x01\\xff\\xe9'], names\n"
+		"assert ids == ['dev\"\\\\\\n\\x1b[2J\\xc3'], ids\n"
+		"assert recs[-1]['type'] == 'SUMMARY' and recs[-1]['valid'], recs[-1]\n";
+	const char *args[] = { "dump", "--json", copy, NULL };
+	const char *tmp = getenv("TMPDIR");
+	char json_path[4300];
+
+	if (!test_have_tool("dump"))
+		return;
+	snprintf(dir, sizeof(dir), "%s/mfd-dump.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(mig, sizeof(mig), "%s/none", dir);
+	snprintf(copy, sizeof(copy), "%s/names.mig", dir);
+	snprintf(json_path, sizeof(json_path), "%s/names.json", dir);
+	b.n = 0;
+	put(&b, "QEVM", 4);
+	put_be(&b, 3, 4);
+	put_u8(&b, 0x07);
+	put_be(&b, 4, 4);
+	put(&b, "test", 4);
+	put_section(&b, 0x01, 0);			/* START "ram" */
+	put_be(&b, 0x40000 | 0x004, 8);			/* MEM_SIZE, 256 KiB */
+	put_name(&b, name);
+	put_be(&b, 0x40000, 8);
+	put_be(&b, 4096, 8);
+	put_be(&b, 0x010, 8);				/* EOS */
+	put_footer(&b, 0);
+	put_u8(&b, 0x04);				/* FULL, a device */
+	put_be(&b, 1, 4);
+	put_name(&b, idstr);
+	put_be(&b, 0, 4);
+	put_be(&b, 1, 4);
+	put(&b, "\xca\xfe", 2);
+	put_footer(&b, 1);
+	put_u8(&b, 0x00);				/* EOF */
+	write_file(copy, b.b, b.n);
+	ck_assert_msg(test_run_tool(out, sizeof(out), false, args) == 0, "dump failed:\n%s", out);
+	write_file(json_path, out, strlen(out));
+	ck_assert_msg(run_python(script, json_path) == 0, "python3 rejects:\n%s", out);
+	/* No raw control byte in the text at all, the lines included. */
+	for (const char *p = out; *p; p++)
+		ck_assert_msg((unsigned char)*p >= 0x20 || *p == '\n', "raw byte 0x%02x in:\n%s",
+			      (unsigned char)*p, out);
+	unlink(json_path);
+	cleanup();
+}
+END_TEST
+
 START_TEST(send_verbose_shows_library_info)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -572,6 +648,7 @@ Suite *suite_dump(void)
 	tcase_add_test(tc, dump_survives_corruption);
 	tcase_add_test(tc, dump_decodes_commands_and_packages);
 	tcase_add_test(tc, dump_counts_ram_records);
+	tcase_add_test(tc, dump_json_escapes_hostile_names);
 	tcase_add_test(tc, send_verbose_shows_library_info);
 	suite_add_tcase(s, tc);
 	return s;
