@@ -282,10 +282,19 @@ static int make_creds(struct mfd_engine *e, enum mfd_tls_role role, mfd_error **
 	return r;
 }
 
+/*
+ * Once connected, a channel may stay quiet as long as the guest is: the main
+ * channel's return path between messages, a multifd channel between passes,
+ * the preempt channel while the guest does not fault (postcopy can push for
+ * minutes without one request).  Each side clears the deadline here, on the
+ * first connection as after a recovery.
+ */
 static void relax_timeouts(struct mfd_engine *e)
 {
 	pthread_mutex_lock(&e->lock);
 	mfd_channel_set_option(e->main_ch, "timeout-ms", 0, NULL);
+	if (e->pre_ch)
+		mfd_channel_set_option(e->pre_ch, "timeout-ms", 0, NULL);
 	for (unsigned i = 0; i < 256; i++)
 		if (e->mf[i])
 			mfd_channel_set_option(e->mf[i], "timeout-ms", 0, NULL);
