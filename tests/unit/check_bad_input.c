@@ -2191,6 +2191,17 @@ static void pc_build(struct bytes *b, uint64_t i)
 	case 10: req(b, 0, 0, PS, 0); req(b, 0, 0, PS, 0); req(b, 0xffff, 0, PS, 0); break;
 	case 11: req(b, 0, 0, PS, 0); break;			/* on main, with preempt */
 	case 12: rp_msg(b, RP_REQ_PAGES, 17, zeros); break;
+	case 13: {
+		/* "Every page received" in postcopy-active, not in recovery: taken, it
+		 * would empty the pusher's map with the pages still missing. */
+		uint8_t ones[8];
+
+		memset(ones, 0xff, sizeof(ones));
+		bitmap_hdr(b, 0, 8);
+		b_raw(b, ones, 8);
+		b_be64(b, RECV_BITMAP_END);
+		break;
+	}
 	}
 }
 
@@ -2213,6 +2224,8 @@ static const struct bcase pc_cases[] = {
 	{ "main: offset 100", pc_build, 6, MFD_EPROTO, "return path: page request 0x64+4096 is not whole pages" },
 	{ "main: over the end", pc_build, 8, MFD_EPROTO, "return path: page request 0x3f000+8192" },
 	{ "main: served, then bad", pc_build, 10, MFD_EPROTO, "return path: page request for block 65535 of 1" },
+	{ "main: RECV_BITMAP in postcopy-active", pc_build, 13, MFD_EPROTO, "return path: RECV_BITMAP outside postcopy recovery (the source is postcopy-active)" },
+	{ "preempt: RECV_BITMAP in postcopy-active", pc_build, PC_PRE | PC_ON_MAIN | 13, MFD_EPROTO, "return path: RECV_BITMAP outside postcopy recovery (the source is postcopy-active)" },
 };
 
 static int fake_dest_fd(struct fake_dest *f, int i)
@@ -2288,8 +2301,8 @@ END_TEST
 /*
  * The corpus in this file, by table (every codec built in): 126 stream, 56
  * hello, 43 packet, 39 codec (none 6, zlib/zstd/lz4 11 each), 63 engine
- * hello, 62 RAM-section and engine-command, 29 return-path and 18 postcopy
- * page-request cases: 436, plus
+ * hello, 62 RAM-section and engine-command, 29 return-path and 20 postcopy
+ * page-request cases: 438, plus
  * the two every-byte truncation sweeps (with 87 in check_loadvm_bad.c and 81
  * in check_multifd.c).  count_cases() prints the exact figure for the build
  * at hand and returns it.
