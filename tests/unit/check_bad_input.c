@@ -2097,11 +2097,11 @@ static const struct bcase rp_cases[] = {
 	{ "REQ_PAGES in precopy", rp_build, 9, MFD_EPROTO, "return path: page request outside postcopy" },
 	{ "RECV_BITMAP of 15", rp_build, 10, MFD_EPROTO, "return path: RECV_BITMAP of 15 bytes" },
 	{ "RECV_BITMAP of 0", rp_build, 11, MFD_EPROTO, "return path: RECV_BITMAP of 0 bytes" },
-	{ "RECV_BITMAP in precopy", rp_build, 12, MFD_EPROTO, "return path: RECV_BITMAP for block 0 (1 blocks) outside postcopy" },
-	{ "RESUME_ACK of 0", rp_build, 13, MFD_EPROTO, "return path: RESUME_ACK of 0 bytes or with a value other than 1" },
-	{ "RESUME_ACK of 8", rp_build, 14, MFD_EPROTO, "return path: RESUME_ACK of 8 bytes" },
-	{ "RESUME_ACK 0", rp_build, 15, MFD_EPROTO, "RESUME_ACK of 4 bytes or with a value other than 1" },
-	{ "RESUME_ACK 2", rp_build, 16, MFD_EPROTO, "RESUME_ACK of 4 bytes or with a value other than 1" },
+	{ "RECV_BITMAP in precopy", rp_build, 12, MFD_EPROTO, "return path: RECV_BITMAP outside postcopy recovery (the source is " },
+	{ "RESUME_ACK of 0", rp_build, 13, MFD_EPROTO, "return path: RESUME_ACK of 0 bytes, expected 4" },
+	{ "RESUME_ACK of 8", rp_build, 14, MFD_EPROTO, "return path: RESUME_ACK of 8 bytes, expected 4" },
+	{ "RESUME_ACK 0", rp_build, 15, MFD_EPROTO, "return path: RESUME_ACK outside postcopy recovery" },
+	{ "RESUME_ACK 2", rp_build, 16, MFD_EPROTO, "return path: RESUME_ACK outside postcopy recovery" },
 	{ "RESULT with a known code", rp_build, 17, MFD_ENOENT, "the destination failed: disk image gone" },
 	{ "RESULT with an unknown code", rp_build, 18, MFD_EPROTO, "the destination failed: an odd code" },
 	{ "RESULT with EBADMAGIC", rp_build, 19, MFD_EBADMAGIC, "the destination failed: not a migration stream" },
@@ -2118,8 +2118,10 @@ static const struct bcase rp_cases[] = {
 	 * Not here: REQ_PAGES checks that need the source in postcopy (pc_cases
 	 * below) and RECV_BITMAP's (bitmap size and end marker), which need it in
 	 * postcopy recovery: this fake destination cannot take a source that far.
-	 * A refused request fails the source (pausable() does not take the
-	 * shutdown after its own protocol error for a network loss).
+	 * For the same reason RESUME_ACK's value (cases 15 and 16) is not reached:
+	 * the state comes first, as for every message (rp_specs[]).  A refused
+	 * request fails the source (pausable() does not take the shutdown after
+	 * its own protocol error for a network loss).
 	 */
 };
 
