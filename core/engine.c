@@ -315,10 +315,19 @@ static int make_creds(struct mfd_engine *e, enum mfd_tls_role role, mfd_error **
 	return r;
 }
 
+/*
+ * Once connected, a channel may stay quiet as long as the guest is: the main
+ * channel's return path between messages, a multifd channel between passes,
+ * the preempt channel while the guest does not fault (postcopy can push for
+ * minutes without one request).  Each side clears the deadline here, on the
+ * first connection as after a recovery.
+ */
 static void relax_timeouts(struct mfd_engine *e)
 {
 	pthread_mutex_lock(&e->lock);
 	mfd_channel_set_option(e->main_ch, "timeout-ms", 0, NULL);
+	if (e->pre_ch)
+		mfd_channel_set_option(e->pre_ch, "timeout-ms", 0, NULL);
 	for (unsigned i = 0; i < 256; i++)
 		if (e->mf[i])
 			mfd_channel_set_option(e->mf[i], "timeout-ms", 0, NULL);
@@ -807,14 +816,12 @@ static int rp_recv_bitmap(struct mfd_engine *e, mfd_stream *s, const uint8_t *bu
 	uint64_t bytes, end, *bm;
 	int r;
 
-	if (len != RP_RECV_BITMAP_LEN)
-		return mfd_error_set(errp, MFD_EPROTO, "return path: RECV_BITMAP of %u bytes", len);
+	(void)len;	/* RP_RECV_BITMAP_LEN, and in recovery: rp_check() saw to both */
 	b = mfd_load_be16(buf);
 	bytes = mfd_load_be64(buf + 8);
-	if (b >= m->nblocks || !atomic_load(&e->in_postcopy))
+	if (b >= m->nblocks)
 		return mfd_error_set(errp, MFD_EPROTO, "return path: RECV_BITMAP for block %u "
-				     "(%u blocks)%s", b, m->nblocks,
-				     atomic_load(&e->in_postcopy) ? "" : " outside postcopy");
+				     "(%u blocks)", b, m->nblocks);
 	uint64_t want = ramsec_words(e->ram.npages[b]) * 8;
 
 	if (bytes != want)
@@ -851,6 +858,63 @@ static int rp_recv_bitmap(struct mfd_engine *e, mfd_stream *s, const uint8_t *bu
 	return 0;
 }
 
+/* Source states (enum mfd_state) as a bitmask, for rp_specs[].phases. */
+#define RP_IN(st) (1u << (st))
+#define RP_IN_ANY UINT32_MAX
+
+/*
+ * What the source accepts on the return path, by message type: the payload's
+ * length (fixed when min == max) and the source states that expect the
+ * message.  rp_check() applies it to every message before its handler runs;
+ * a type without a name here is unknown.
+ */
+static const struct rp_spec {
+	const char *name;	/* as errors give it */
+	uint16_t min, max;	/* payload bytes */
+	uint32_t phases;	/* RP_IN() of each state in which it is legal */
+	const char *legal;	/* those states, in words */
+} rp_specs[] = {
+	/* PING 1 at setup, PING 3/4 with the postcopy package: any time. */
+	[RP_PONG] = { "PONG", 4, 4, RP_IN_ANY, "any state" },
+	/* Any state for now: which states expect a RESULT (the destination
+	 * loaded, failed or was cancelled) is the switchover rule's to say. */
+	[RP_RESULT] = { "RESULT", 4, 4 + RP_MSG_MAX, RP_IN_ANY, "any state" },
+	/* Sent at OPEN_RETURN_PATH or when the VMM approves, which may be late:
+	 * any state, as for RESULT. */
+	[RP_SWITCHOVER_ACK] = { "SWITCHOVER_ACK", 0, 0, RP_IN_ANY, "any state" },
+	/* From the postcopy package (sent in device) on, and again after a
+	 * recovery's RESUME_ACK; the handler also wants in_postcopy. */
+	[RP_REQ_PAGES] = { "page request", RP_REQ_PAGES_LEN, RP_REQ_PAGES_LEN,
+			   RP_IN(MFD_STATE_DEVICE) | RP_IN(MFD_STATE_POSTCOPY_ACTIVE) |
+			   RP_IN(MFD_STATE_POSTCOPY_RECOVER), "postcopy" },
+	/* Recovery only: it rewrites the map of pages still to push. */
+	[RP_RECV_BITMAP] = { "RECV_BITMAP", RP_RECV_BITMAP_LEN, RP_RECV_BITMAP_LEN,
+			     RP_IN(MFD_STATE_POSTCOPY_RECOVER), "postcopy recovery" },
+	[RP_RESUME_ACK] = { "RESUME_ACK", 4, 4, RP_IN(MFD_STATE_POSTCOPY_RECOVER),
+			    "postcopy recovery" },
+};
+
+/* Source: is a return-path message of @type and @len legal now? */
+static int rp_check(struct mfd_engine *e, uint16_t type, uint16_t len, mfd_error **errp)
+{
+	const struct rp_spec *sp = type < MFD_ARRAY_SIZE(rp_specs) ? &rp_specs[type] : NULL;
+	enum mfd_state st = (enum mfd_state)atomic_load(&e->state_pub);
+
+	if (!sp || !sp->name)
+		return mfd_error_set(errp, MFD_EPROTO, "return path: unknown message type %u "
+				     "(%u bytes)", type, len);
+	if (len < sp->min || len > sp->max)
+		return sp->min == sp->max
+		       ? mfd_error_set(errp, MFD_EPROTO, "return path: %s of %u bytes, expected %u",
+				       sp->name, len, sp->min)
+		       : mfd_error_set(errp, MFD_EPROTO, "return path: %s of %u bytes, expected at "
+				       "least %u and at most %u", sp->name, len, sp->min, sp->max);
+	if ((unsigned)st >= 32 || !(sp->phases & RP_IN(st)))
+		return mfd_error_set(errp, MFD_EPROTO, "return path: %s outside %s (the source is "
+				     "%s)", sp->name, sp->legal, mfd_state_name(st));
+	return 0;
+}
+
 /* Source: read what the destination says until its RESULT. */
 static void *rp_thread(void *arg)
 {
@@ -875,16 +939,8 @@ static void *rp_thread(void *arg)
 			r = mfd_error_set(&err, MFD_EPROTO, "return path: message of %u bytes", len);
 			break;
 		}
-		if ((r = mfd_stream_get_buf(s, buf, len)) < 0)
+		if ((r = mfd_stream_get_buf(s, buf, len)) < 0 || (r = rp_check(e, type, len, &err)) < 0)
 			break;
-		if ((type == RP_PONG && len != 4) || (type == RP_SWITCHOVER_ACK && len != 0) ||
-		    (type == RP_RESULT && len < 4)) {
-			r = mfd_error_set(&err, MFD_EPROTO, "return path: %s of %u bytes, expected %s",
-					  type == RP_PONG ? "PONG" : type == RP_RESULT ? "RESULT"
-					  : "SWITCHOVER_ACK", len, type == RP_PONG ? "4"
-					  : type == RP_RESULT ? "at least 4" : "0");
-			break;
-		}
 		if (type == RP_PONG) {
 			/* PING 4 follows the postcopy package: the destination runs the guest. */
 			if (mfd_load_be32(buf) == 4 && atomic_load(&e->in_postcopy)) {
@@ -909,14 +965,9 @@ static void *rp_thread(void *arg)
 				break;
 			continue;
 		} else if (type == RP_RESUME_ACK) {
-			if (len != 4 || mfd_load_be32(buf) != 1) {
-				r = mfd_error_set(&err, MFD_EPROTO, "return path: RESUME_ACK of %u bytes "
-						  "or with a value other than 1", len);
-				break;
-			}
-			if (atomic_load(&e->state_pub) != MFD_STATE_POSTCOPY_RECOVER) {
-				r = mfd_error_set(&err, MFD_EPROTO, "return path: RESUME_ACK outside "
-						  "postcopy recovery");
+			if (mfd_load_be32(buf) != 1) {
+				r = mfd_error_set(&err, MFD_EPROTO, "return path: RESUME_ACK with "
+						  "value %u, expected 1", mfd_load_be32(buf));
 				break;
 			}
 			pthread_mutex_lock(&e->lock);
@@ -952,10 +1003,6 @@ static void *rp_thread(void *arg)
 				r = e->rp_result;
 				theirs = true;
 			}
-			break;
-		} else {
-			r = mfd_error_set(&err, MFD_EPROTO, "return path: unknown message type %u "
-					  "(%u bytes)", type, len);
 			break;
 		}
 	}
