@@ -53,8 +53,15 @@ extern "C" {
  * enum mfd_errcode - negative return codes.
  *
  * The codes are coarse classes; the mfd_error message says exactly what was
- * wrong, where, and with which value.  Protocol codes (MFD_EBADMAGIC and
- * below) always mean the peer's data was rejected, never the caller's.
+ * wrong, where, and with which value.  Protocol codes (MFD_EBADMAGIC to
+ * MFD_EPROTO) always mean the peer's data was rejected, never the caller's.
+ *
+ * MFD_EUNKNOWN is the one code that does not mean "nothing happened": the
+ * source sent the end of the stream but never learned whether the
+ * destination took the VM over (its RESULT was lost, late or cut off).  The
+ * source VM stays stopped; the VMM must ask the destination (or its
+ * orchestrator) whether the VM runs there, then call its own vm_start only
+ * if it does not.  See "Switchover" in docs/architecture.md.
  */
 enum mfd_errcode {
 	MFD_OK = 0,
@@ -78,10 +85,11 @@ enum mfd_errcode {
 	MFD_EBADCMD = -18,	/* peer: unknown command or wrong command length */
 	MFD_EBADCONFIG = -19,	/* peer: configuration record missing or different */
 	MFD_EPROTO = -20,	/* peer: other malformed data */
+	MFD_EUNKNOWN = -21,	/* switchover outcome unknown: the destination may run the VM */
 };
 
 /** MFD_ERRCODE_MIN - the most negative code in enum mfd_errcode. */
-#define MFD_ERRCODE_MIN (-20)
+#define MFD_ERRCODE_MIN (-21)
 
 /**
  * typedef mfd_error - an error: a code from enum mfd_errcode and a message.
