@@ -1043,6 +1043,104 @@ START_TEST(switchover_result_during_postcopy)
 }
 END_TEST
 
+/* switchover-confirm: the destination starts the VM only once the source
+ * confirmed it got RESULT 0; so a source that got nothing may restart. */
+static void confirm_case(bool on_src, bool on_dst, const struct fault_spec *f, int *rs,
+			 mfd_error **es, int *rd, mfd_error **ed, int *src_starts, int *dst_starts)
+{
+	struct setup su = { .channels = 2, .timeout_ms = 1000 };
+	struct fguest src, dst;
+	struct fault_ctl *ctl = NULL;
+	mfd_error *err = NULL;
+
+	if (f) {
+		ck_assert_ok(fault_ctl_new(f, &ctl, &err), err);
+		fault_ctl_install(ctl);
+	}
+	guest_init(&src, GUEST_MIB, true, &su);
+	guest_init(&dst, GUEST_MIB, false, &su);
+	set(src.m, "switchover-confirm", on_src ? "on" : "off");
+	set(dst.m, "switchover-confirm", on_dst ? "on" : "off");
+	start_pair(&src, &dst);
+	wait_both(&src, &dst, rs, es, rd, ed);
+	if (f)
+		ck_assert_msg(fault_ctl_fired(ctl), "the fault never fired");
+	*src_starts = atomic_load(&src.vm_starts);
+	*dst_starts = atomic_load(&dst.vm_starts);
+	if (*rs == 0)
+		ck_assert_msg(memcmp(src.snapshot, dst.ram, src.size) == 0, "RAM differs");
+	guest_free(&dst);
+	guest_free(&src);
+	fault_ctl_free(ctl);
+}
+
+START_TEST(switchover_confirm_completes)
+{
+	mfd_error *es = NULL, *ed = NULL;
+	int rs, rd, ss, ds;
+
+	confirm_case(true, true, NULL, &rs, &es, &rd, &ed, &ss, &ds);
+	ck_assert_ok(rs, es);
+	ck_assert_ok(rd, ed);
+	ck_assert_int_eq(ss, 0);
+	ck_assert_int_eq(ds, 1);
+}
+END_TEST
+
+START_TEST(switchover_confirm_mismatch)
+{
+	mfd_error *es = NULL, *ed = NULL;
+	int rs, rd, ss, ds;
+
+	confirm_case(true, false, NULL, &rs, &es, &rd, &ed, &ss, &ds);
+	ck_assert_int_lt(rs, 0);
+	ck_assert_mfd_error(ed, MFD_EPROTO, "switchover-confirm");
+	mfd_error_free(es);
+	ck_assert_int_eq(ds, 0);
+}
+END_TEST
+
+/* RESULT lost: the destination never got to confirm-waiting; the source
+ * never confirmed, so its VM runs again (and only it). */
+START_TEST(switchover_confirm_result_lost)
+{
+	struct fault_spec f = { .incoming = true, .chan = FAULT_CH_MAIN, .phase = FAULT_PH_RESULT,
+				.kind = FAULT_FAIL, .dir = FAULT_DIR_WRITE, .seed = 1 };
+	mfd_error *es = NULL, *ed = NULL;
+	int rs, rd, ss, ds;
+
+	confirm_case(true, true, &f, &rs, &es, &rd, &ed, &ss, &ds);
+	ck_assert_int_lt(rs, 0);
+	ck_assert_int_ne(rs, MFD_EUNKNOWN);
+	ck_assert_msg(strstr(mfd_error_message(es), "will not start the VM"), "unclear: %s",
+		      mfd_error_message(es));
+	ck_assert_int_eq(ss, 1);
+	ck_assert_int_lt(rd, 0);
+	ck_assert_int_eq(ds, 0);
+	mfd_error_free(es);
+	mfd_error_free(ed);
+}
+END_TEST
+
+/* The confirmation lost: the source's write failed, so it restarts; the
+ * destination waits in vain, starts nothing and says the source may own
+ * the VM. */
+START_TEST(switchover_confirm_lost)
+{
+	struct fault_spec f = { .incoming = false, .chan = FAULT_CH_MAIN, .phase = FAULT_PH_RESULT,
+				.kind = FAULT_FAIL, .dir = FAULT_DIR_WRITE, .seed = 1 };
+	mfd_error *es = NULL, *ed = NULL;
+	int rs, rd, ss, ds;
+
+	confirm_case(true, true, &f, &rs, &es, &rd, &ed, &ss, &ds);
+	ck_assert_int_lt(rs, 0);
+	ck_assert_int_eq(ss, 1);
+	ck_assert_int_eq(ds, 0);
+	ck_assert_mfd_error(ed, MFD_EUNKNOWN, "the source may still own the VM");
+	mfd_error_free(es);
+}
+END_TEST
+
 /* ---- out-of-process faults ---------------------------------------------------------- */
 
 static bool have_root_tool(const char *what, const char *probe)
@@ -1322,6 +1420,10 @@ Suite *suite_faults(void)
 	tcase_add_test(sw, switchover_destination_start_fails);
 	tcase_add_test(sw, switchover_result_before_eof);
 	tcase_add_test(sw, switchover_result_during_postcopy);
+	tcase_add_test(sw, switchover_confirm_completes);
+	tcase_add_test(sw, switchover_confirm_mismatch);
+	tcase_add_test(sw, switchover_confirm_result_lost);
+	tcase_add_test(sw, switchover_confirm_lost);
 	suite_add_tcase(s, sw);
 	tcase_set_timeout(ext, 120);
 	tcase_add_test(ext, ss_kill_during_precopy);
