@@ -1237,13 +1237,27 @@ static int switchover_commit(struct mfd_engine *e, mfd_error **errp)
 	bool theirs = e->rp_result_seen && e->rp_result < 0;
 
 	pthread_mutex_unlock(&e->lock);
-	if (theirs || e->confirm) {
-		/* The destination failed and said so (its reason is the error), or
-		 * it waits in vain for our confirmation: the VM may run here again. */
-		if (e->confirm && !theirs)
-			mfd_error_prefix(err, "switchover-confirm: no confirmation sent, so the "
-					 "destination will not start the VM");
+	if (theirs) {
+		/* The destination failed and said so: its reason is the error. */
 		mfd_error_propagate(errp, err);
+		return r;
+	}
+	if (e->confirm) {
+		/* It waits in vain for our confirmation: the VM may run here again.
+		 * This replaces whatever the return path recorded. */
+		mfd_error *mine = NULL;
+
+		pthread_mutex_lock(&e->lock);
+		const char *why = mfd_error_message(e->err ? e->err : err);
+
+		r = mfd_error_set(&mine, mfd_error_code(e->err ? e->err : err), "switchover: no "
+				  "result from the destination (%s); no confirmation was sent, so "
+				  "the destination will not start the VM and it runs here again", why);
+		mfd_error_set(errp, r, "%s", mfd_error_message(mine));
+		mfd_error_free(e->err);
+		e->err = mine;
+		pthread_mutex_unlock(&e->lock);
+		mfd_error_free(err);
 		return r;
 	}
 	pthread_mutex_lock(&e->lock);
