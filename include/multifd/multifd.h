@@ -1117,6 +1117,12 @@ MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
  *                             file memory), so a zero page that arrives for
  *                             a page not yet written is not touched at all;
  *                             off: every zero page is checked and cleared
+ *   switchover-confirm        bool, off (both sides; needs the return path):
+ *                             the destination starts the VM only after the
+ *                             source confirmed it got RESULT 0 (one more
+ *                             round trip in the downtime); a source without
+ *                             the result then restarts its VM instead of
+ *                             ending in MFD_EUNKNOWN
  *
  * Booleans accept on/off, true/false, yes/no, 1/0.  Parameters may be set
  * until mfd_migrate()/mfd_migrate_incoming() starts; then MFD_ESTATE, except
@@ -1236,8 +1242,11 @@ struct mfd_policy_info {
  * @vm_stop: stop the vCPUs (source, at switchover); a failure fails the
  *	migration and the VM keeps running.
  * @vm_start: resume the vCPUs: on the source after a failure or cancel
- *	that happened while they were stopped; on the destination after the
- *	state is in place.
+ *	that happened while they were stopped, but never after the end of
+ *	the stream went out unless the destination reported failure (the
+ *	migration then ends with MFD_EUNKNOWN and the VMM decides); on the
+ *	destination after the state is in place and RESULT 0 was written
+ *	(with switchover-confirm, once the source confirmed).
  * @dirty_log_start: begin dirty tracking (e.g. KVM_MEM_LOG_DIRTY_PAGES).
  * @dirty_log_stop: end it (migration over, whatever the outcome).
  * @dirty_sync: report the pages of block @block written since the last
@@ -1307,8 +1316,10 @@ MFD_API void mfd_ram_mark_dirty(mfd_migration *m, const void *addr, size_t len);
  *
  * The migration thread connects, runs the section handlers in QEMU's
  * order, asks @vm_stop at switchover, and ends completed, failed or
- * cancelled; see mfd_migration_wait().  A finished migration object can
- * migrate again.
+ * cancelled; see mfd_migration_wait().  A failure after the end of the
+ * stream went out, without the destination's result, is MFD_EUNKNOWN and
+ * leaves the VM stopped (see enum mfd_errcode).  A finished migration
+ * object can migrate again.
  */
 MFD_API int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp);
 
@@ -1323,7 +1334,9 @@ MFD_API int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp);
  * it) for the source's main channel, then for its multifd channels within
  * channel-timeout-ms, loads the stream, places RAM, reports the result to
  * the source through the return path, calls @vm_start and ends completed
- * or failed.
+ * or failed.  @vm_start is called only once that report was written; if
+ * it fails afterwards the error says the VM runs nowhere (the source has
+ * completed).
  */
 MFD_API int mfd_migrate_incoming(mfd_migration *m, const char *uri, mfd_error **errp);
 
