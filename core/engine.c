@@ -2176,7 +2176,7 @@ static int switchover_answer(struct mfd_engine *e, mfd_error **errp)
 		mfd_error_propagate(errp, err);
 		return r;
 	}
-	e->result_sent = true;
+	atomic_store(&e->result_sent, true);
 	if (!e->confirm || atomic_load(&e->in_postcopy))
 		return 0;
 	mfd_channel_set_option(e->main_ch, "timeout-ms", timeout, NULL);
@@ -2353,7 +2353,7 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 					 "postcopy failed and the VM is lost (its memory is split "
 					 "between the two hosts)");
 		/* Not after a RESULT 0: the source may have handed the VM over. */
-		if (e->incoming && !e->result_sent)
+		if (e->incoming && !atomic_load(&e->result_sent))
 			rp_send_result(e, mfd_error_code(err), mfd_error_message(err), NULL);
 		if (!e->incoming && e->rp_started && !atomic_load(&e->user_cancel)) {
 			mfd_error *why = destination_reason(e);
@@ -2705,7 +2705,7 @@ void mfd_migrate_cancel(mfd_migration *m)
 	atomic_store(&e->cancel, true);
 	if (!e->incoming)
 		set_state(e, MFD_STATE_CANCELLING);
-	else if (e->use_rp && !e->result_sent)
+	else if (e->use_rp && !atomic_load(&e->result_sent))
 		/* Best effort, so the source can say why. */
 		rp_send_result(e, MFD_ECANCELED, "migration cancelled on the destination", NULL);
 	shutdown_all(e);

@@ -124,7 +124,7 @@ struct mfd_engine {
 	bool rp_done;			/* the return-path thread is leaving */
 	atomic_bool eof_sent;		/* source: EOF is on its way: a RESULT 0 is legal */
 	bool outcome_unknown;		/* source: past EOF without the destination's word */
-	bool result_sent;		/* destination: its RESULT 0 went out */
+	atomic_bool result_sent;	/* destination: its RESULT 0 went out */
 	bool confirm;			/* switchover-confirm on both sides */
 	bool switchover_acked;		/* source: SWITCHOVER_ACK arrived */
 	int approvals_needed;		/* destination: -1 until the return path opens */
