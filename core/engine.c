@@ -423,7 +423,7 @@ static void main_hello_encode(struct mfd_engine *e, uint8_t h[MAIN_HELLO_SIZE], 
 	const char *codec = e->mcfg.codec ? e->mcfg.codec->name : "none";
 	uint32_t flags = (e->use_rp ? MAIN_HELLO_RETURN_PATH : 0) |
 			 (e->postcopy ? MAIN_HELLO_POSTCOPY : 0) | (e->preempt ? MAIN_HELLO_PREEMPT : 0) |
-			 (resume ? MAIN_HELLO_RESUME : 0);
+			 (resume ? MAIN_HELLO_RESUME : 0) | (e->confirm ? MAIN_HELLO_CONFIRM : 0);
 
 	memset(h, 0, MAIN_HELLO_SIZE);
 	mfd_store_be32(h, MAIN_HELLO_MAGIC);
@@ -480,6 +480,10 @@ static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **e
 	if (e->postcopy && !(flags & MAIN_HELLO_RETURN_PATH))
 		return mfd_error_set(errp, MFD_EPROTO, "postcopy-ram needs the return path, which "
 				     "the source turned off");
+	if (!!(flags & MAIN_HELLO_CONFIRM) != e->confirm)
+		return mfd_error_set(errp, MFD_EPROTO, "the source has switchover-confirm %s, this "
+				     "side %s (set it alike on both sides)",
+				     flags & MAIN_HELLO_CONFIRM ? "on" : "off", e->confirm ? "on" : "off");
 	n = mfd_load_be16(h + 12);
 	if (n != (e->use_multifd ? e->nchan : 0))
 		return mfd_error_set(errp, MFD_EPROTO,
@@ -622,19 +626,19 @@ int engine_send_page_request(struct mfd_engine *e, const uint8_t msg[RP_REQ_PAGE
 	return msg_send(e, e->preempt, RP_REQ_PAGES, msg, RP_REQ_PAGES_LEN, NULL, 0, errp);
 }
 
-static void rp_send_result(struct mfd_engine *e, int code, const char *msg)
+static int rp_send_result(struct mfd_engine *e, int code, const char *msg, mfd_error **errp)
 {
 	uint8_t buf[4 + RP_MSG_MAX];
 	size_t len = msg ? strlen(msg) : 0;
 
 	if (!e->use_rp)
-		return;
+		return 0;
 	if (len > RP_MSG_MAX)
 		len = RP_MSG_MAX;	/* the full message stays in the destination's error */
 	mfd_store_be32(buf, (uint32_t)code);
 	if (len)
 		memcpy(buf + 4, msg, len);
-	rp_send(e, RP_RESULT, buf, (uint16_t)(4 + len), NULL);
+	return rp_send(e, RP_RESULT, buf, (uint16_t)(4 + len), errp);
 }
 
 /* An error that a reconnection can cure: the connection broke or stalled. */
@@ -876,8 +880,9 @@ static const struct rp_spec {
 } rp_specs[] = {
 	/* PING 1 at setup, PING 3/4 with the postcopy package: any time. */
 	[RP_PONG] = { "PONG", 4, 4, RP_IN_ANY, "any state" },
-	/* Any state for now: which states expect a RESULT (the destination
-	 * loaded, failed or was cancelled) is the switchover rule's to say. */
+	/* A failure may come in any state; "loaded" (code 0) only after EOF went
+	 * out, which is a fact of the stream, not a state: the handler checks
+	 * eof_sent (docs/architecture.md, "Switchover"). */
 	[RP_RESULT] = { "RESULT", 4, 4 + RP_MSG_MAX, RP_IN_ANY, "any state" },
 	/* Sent at OPEN_RETURN_PATH or when the VMM approves, which may be late:
 	 * any state, as for RESULT. */
@@ -982,6 +987,13 @@ static void *rp_thread(void *arg)
 				/* Not a result at all: no waiter may take it for one. */
 				r = mfd_error_set(&err, MFD_EPROTO, "return path: RESULT with code %d "
 						  "(neither 0 nor an error code)", code);
+				break;
+			}
+			/* "Loaded" is legal only once the stream ended; a failure at any time. */
+			if (code == 0 && !atomic_load(&e->eof_sent)) {
+				r = mfd_error_set(&err, MFD_EPROTO, "return path: the destination "
+						  "reported a result before the end of the stream "
+						  "(RESULT 0 before EOF was sent)");
 				break;
 			}
 			/* The destination's words are peer bytes: kept escaped, whole. */
@@ -1292,6 +1304,78 @@ static int wait_result(struct mfd_engine *e, mfd_error **errp)
 	return mfd_error_set(errp, MFD_ECANCELED, "switchover: the destination did not confirm");
 }
 
+/*
+ * Source, precopy, EOF out: learn whether the destination took the VM over.
+ * RESULT 0: it did (with switchover-confirm, once our confirmation went
+ * out).  RESULT < 0: it failed, the VM runs here again.  No RESULT: without
+ * switchover-confirm the destination may be running the VM, and the VM
+ * stays stopped here with MFD_EUNKNOWN for the VMM to resolve; with it, the
+ * destination starts nothing without our confirmation, so the VM runs here
+ * again.
+ */
+static int switchover_commit(struct mfd_engine *e, mfd_error **errp)
+{
+	mfd_error *err = NULL;
+	int r = wait_result(e, &err);
+
+	if (r == 0 && e->confirm) {
+		uint8_t c[SWITCHOVER_CONFIRM_LEN];
+
+		mfd_store_be32(c, SWITCHOVER_CONFIRM_MAGIC);
+		mfd_store_be32(c + 4, 1);
+		/* A failed write did not deliver it whole: the destination will not
+		 * start the VM, so it may run here again. */
+		if (mfd_stream_put_buf(e->out, c, sizeof(c)) < 0 || mfd_stream_flush(e->out) < 0) {
+			r = mfd_stream_error(e->out, errp);
+			name_stream(e->out, "main channel", errp);
+			mfd_error_prefix(errp ? *errp : NULL, "switchover: sending the confirmation "
+					 "(the destination will not start the VM)");
+		}
+		mfd_error_free(err);
+		return r;
+	}
+	if (r == 0)
+		return 0;
+	pthread_mutex_lock(&e->lock);
+	bool theirs = e->rp_result_seen && e->rp_result < 0;
+
+	pthread_mutex_unlock(&e->lock);
+	if (theirs) {
+		/* The destination failed and said so: its reason is the error. */
+		mfd_error_propagate(errp, err);
+		return r;
+	}
+	if (e->confirm) {
+		/* It waits in vain for our confirmation: the VM may run here again.
+		 * This replaces whatever the return path recorded. */
+		mfd_error *mine = NULL;
+
+		pthread_mutex_lock(&e->lock);
+		const char *why = mfd_error_message(e->err ? e->err : err);
+
+		r = mfd_error_set(&mine, mfd_error_code(e->err ? e->err : err), "switchover: no "
+				  "result from the destination (%s); no confirmation was sent, so "
+				  "the destination will not start the VM and it runs here again", why);
+		mfd_error_set(errp, r, "%s", mfd_error_message(mine));
+		mfd_error_free(e->err);
+		e->err = mine;
+		pthread_mutex_unlock(&e->lock);
+		mfd_error_free(err);
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	e->outcome_unknown = true;
+	mfd_error *cause = e->err;
+
+	r = mfd_error_set(errp, MFD_EUNKNOWN, "switchover: the end of the stream went out but "
+			  "no result came back (%s): the destination may be running the VM; the "
+			  "VM stays stopped here until the VMM learns whether it runs there",
+			  mfd_error_message(cause ? cause : err));
+	pthread_mutex_unlock(&e->lock);
+	mfd_error_free(err);
+	return r;
+}
+
 /* ---- source, postcopy ------------------------------------------------------------ */
 
 static int flush_out(mfd_stream *s, mfd_error **errp)
@@ -1472,6 +1556,7 @@ static int source_reconnect(struct mfd_engine *e, mfd_error **errp)
 	e->bitmaps_got = 0;
 	e->resume_acked = false;
 	e->rp_done = false;
+	atomic_store(&e->eof_sent, false);	/* sent again once the push ends */
 	pthread_mutex_unlock(&e->lock);
 	if (pthread_create(&e->rp_thread, NULL, rp_thread, e) != 0)
 		return mfd_error_set(errp, MFD_ENOMEM, "recovery: cannot start the return path");
@@ -1528,6 +1613,8 @@ static int postcopy_run(struct mfd_engine *e, mfd_error **errp)
 		if (r == 1) {
 			/* Everything pushed: END, EOF, and the end of the preempt stream. */
 			r = mfd_savevm_complete_postcopy(m, e->out, &err);
+			if (r == 0)
+				atomic_store(&e->eof_sent, true);
 			if (r == 0 && (r = mfd_savevm_eof(e->out)) == 0)
 				r = flush_out(e->out, &err);
 			if (r == 0 && e->preempt) {
@@ -1652,20 +1739,27 @@ static int source_run(struct mfd_engine *e, mfd_error **errp)
 		}
 	}
 	e->vm_stopped = true;
+	/* EOF goes last, once everything else is out: it is the commit point.
+	 * Before it the destination cannot complete, and any failure restarts
+	 * the VM here; after it only the destination's word decides. */
 	r = mfd_savevm_complete_precopy(m, e->out, false, errp);
-	if (r == 0)
-		r = mfd_savevm_eof(e->out);
 	if (r == 0 && mfd_stream_flush(e->out) < 0)
 		r = mfd_stream_error(e->out, errp);
 	if (r == 0 && e->send)
 		r = mfd_multifd_send_finish(e->send, errp);
+	if (r == 0) {
+		atomic_store(&e->eof_sent, true);
+		r = mfd_savevm_eof(e->out);
+	}
+	if (r == 0 && mfd_stream_flush(e->out) < 0)
+		r = mfd_stream_error(e->out, errp);
 	if (r < 0) {
 		name_stream(e->out, "main channel", errp);
 		mfd_error_prefix(errp ? *errp : NULL, "switchover");
 		return r;
 	}
 	engine_publish(e);
-	if (e->use_rp && (r = wait_result(e, errp)) < 0)
+	if (e->use_rp && (r = switchover_commit(e, errp)) < 0)
 		return r;
 	e->downtime_ns = engine_now_ns() - e->t_stop_ns;
 	/* A clean end for TLS peers; reading is done by then. */
@@ -2157,6 +2251,56 @@ static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, 
 	return r;
 }
 
+/*
+ * Destination, everything loaded: tell the source, and learn whether the VM
+ * may start here.  RESULT 0 must have gone out whole before the VM starts:
+ * a source that never gets it keeps its VM stopped and reports the outcome
+ * unknown, so starting here would be a guess.  With switchover-confirm the
+ * source's confirmation must come back within channel-timeout-ms too.
+ */
+static int switchover_answer(struct mfd_engine *e, mfd_error **errp)
+{
+	int64_t timeout = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
+	mfd_error *err = NULL;
+	uint32_t magic = 0, one = 0;
+	int r;
+
+	if (!e->use_rp)
+		return 0;
+	if ((r = rp_send_result(e, 0, "loaded", &err)) < 0) {
+		/* Nothing more on that channel: a partial message is there. */
+		mfd_channel_shutdown(e->main_ch);
+		if (atomic_load(&e->in_postcopy)) {
+			/* The guest runs here since POSTCOPY_RUN: nothing to undo. */
+			mfd_log_warn("postcopy: RESULT not sent: %s", mfd_error_message(err));
+			mfd_error_free(err);
+			return 0;
+		}
+		mfd_error_prefix(err, "switchover: sending RESULT 0 on the main channel (return "
+				 "path) failed, so the VM is not started here (the source reports "
+				 "the outcome unknown)");
+		mfd_error_propagate(errp, err);
+		return r;
+	}
+	atomic_store(&e->result_sent, true);
+	if (!e->confirm || atomic_load(&e->in_postcopy))
+		return 0;
+	mfd_channel_set_option(e->main_ch, "timeout-ms", timeout, NULL);
+	if (mfd_stream_get_be32(e->in, &magic) < 0 || mfd_stream_get_be32(e->in, &one) < 0) {
+		mfd_stream_error(e->in, &err);
+		r = mfd_error_set(errp, MFD_EUNKNOWN, "switchover-confirm: no confirmation from the "
+				  "source within %lld ms (%s): the source may still own the VM, so it "
+				  "is not started here", (long long)timeout, mfd_error_message(err));
+		mfd_error_free(err);
+		return r;
+	}
+	if (magic != SWITCHOVER_CONFIRM_MAGIC || one != 1)
+		return mfd_error_set(errp, MFD_EPROTO, "switchover-confirm: main channel: 0x%08x "
+				     "0x%08x after EOF, expected the confirmation 0x%08x 0x00000001; "
+				     "the VM is not started here", magic, one, SWITCHOVER_CONFIRM_MAGIC);
+	return 0;
+}
+
 static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 {
 	mfd_migration *m = e->m;
@@ -2239,7 +2383,8 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 	if (r < 0)
 		return r;
 	engine_publish(e);
-	rp_send_result(e, 0, "loaded");
+	if ((r = switchover_answer(e, errp)) < 0)
+		return r;
 	if (atomic_load(&e->in_postcopy)) {
 		pthread_mutex_lock(&e->lock);
 		e->t_pc_end_ns = engine_now_ns();
@@ -2249,7 +2394,9 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 		return 0;
 	}
 	if (m->hooks.vm_start && (r = m->hooks.vm_start(m->hooks_opaque, errp)) < 0) {
-		mfd_error_prefix(errp ? *errp : NULL, "vm_start hook");
+		mfd_error_prefix(errp ? *errp : NULL, "switchover: the source handed the VM over "
+				 "(RESULT 0 sent) but the vm_start hook failed, so the VM runs "
+				 "nowhere; start it here, or on the source");
 		return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
 	}
 	mfd_channel_finish(e->main_ch, NULL);
@@ -2311,8 +2458,9 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 					 "and must be stopped" :
 					 "postcopy failed and the VM is lost (its memory is split "
 					 "between the two hosts)");
-		if (e->incoming)
-			rp_send_result(e, mfd_error_code(err), mfd_error_message(err));
+		/* Not after a RESULT 0: the source may have handed the VM over. */
+		if (e->incoming && !atomic_load(&e->result_sent))
+			rp_send_result(e, mfd_error_code(err), mfd_error_message(err), NULL);
 		if (!e->incoming && e->rp_started && !atomic_load(&e->user_cancel)) {
 			mfd_error *why = destination_reason(e);
 
@@ -2321,8 +2469,17 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 				pthread_mutex_lock(&e->lock);
 				mfd_error_free(e->err);
 				e->err = why;
+				e->outcome_unknown = false;	/* it failed: the VM runs here */
 				pthread_mutex_unlock(&e->lock);
 			}
+		}
+		if (e->outcome_unknown) {
+			/* Whatever broke on the way, the VMM must hear "unknown". */
+			pthread_mutex_lock(&e->lock);
+			mfd_error_free(e->err);
+			e->err = err;
+			err = NULL;
+			pthread_mutex_unlock(&e->lock);
 		}
 		record_error(e, err);
 		pthread_mutex_lock(&e->lock);
@@ -2369,7 +2526,9 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 			m->hooks.throttle(m->hooks_opaque, 0);
 		e->throttle = 0;
 		/* Not after postcopy began: the destination may run the guest. */
-		if (r < 0 && e->vm_stopped && !atomic_load(&e->in_postcopy) && m->hooks.vm_start)
+		/* Nor when the destination may run it: the VMM decides. */
+		if (r < 0 && e->vm_stopped && !atomic_load(&e->in_postcopy) &&
+		    !e->outcome_unknown && m->hooks.vm_start)
 			m->hooks.vm_start(m->hooks_opaque, NULL);
 		mfd_savevm_cleanup(m);
 	}
@@ -2408,7 +2567,7 @@ static void *migration_thread(void *arg)
 	mfd_thread_name(e->incoming ? "mfd-incoming" : "mfd-migration");
 	r = e->incoming ? incoming_run(e, &err) : source_run(e, &err);
 
-	if (r < 0 && atomic_load(&e->user_cancel) && !e->incoming) {
+	if (r < 0 && atomic_load(&e->user_cancel) && !e->incoming && !e->outcome_unknown) {
 		/* Errors caused by our own shutdown are the cancel, not the cause. */
 		pthread_mutex_lock(&e->lock);
 		bool have = e->err != NULL;
@@ -2512,6 +2671,10 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	e->use_rp = m->params.i[MFD_P_RETURN_PATH] && !stream;
 	e->postcopy = m->params.i[MFD_P_POSTCOPY_RAM];
 	e->preempt = e->postcopy && m->params.i[MFD_P_POSTCOPY_PREEMPT];
+	e->confirm = m->params.i[MFD_P_SWITCHOVER_CONFIRM];
+	if (e->confirm && !e->use_rp)
+		return mfd_error_set(errp, MFD_EINVAL, "switchover-confirm needs the return path: a "
+				     "tcp: or unix: URI and return-path on");
 	if (m->params.i[MFD_P_POSTCOPY_PREEMPT] && !e->postcopy)
 		return mfd_error_set(errp, MFD_EINVAL, "postcopy-preempt needs postcopy-ram");
 	if (e->postcopy && !e->use_rp)
@@ -2651,9 +2814,9 @@ void mfd_migrate_cancel(mfd_migration *m)
 	atomic_store(&e->cancel, true);
 	if (!e->incoming)
 		set_state(e, MFD_STATE_CANCELLING);
-	else if (e->use_rp)
+	else if (e->use_rp && !atomic_load(&e->result_sent))
 		/* Best effort, so the source can say why. */
-		rp_send_result(e, MFD_ECANCELED, "migration cancelled on the destination");
+		rp_send_result(e, MFD_ECANCELED, "migration cancelled on the destination", NULL);
 	shutdown_all(e);
 	pthread_mutex_lock(&e->lock);
 	pthread_cond_broadcast(&e->cond);	/* a paused postcopy waits on it */

@@ -36,7 +36,12 @@
 #define MAIN_HELLO_PREEMPT 0x2u		/* a preempt channel follows the main channel */
 #define MAIN_HELLO_RESUME 0x4u		/* postcopy recovery: reconnecting a paused session */
 #define MAIN_HELLO_POSTCOPY 0x8u	/* postcopy-ram is on at the source */
-#define MAIN_HELLO_FLAGS 0xfu
+#define MAIN_HELLO_CONFIRM 0x10u	/* switchover-confirm is on at the source */
+#define MAIN_HELLO_FLAGS 0x1fu
+/* switchover-confirm: after the destination's RESULT 0 the source writes
+ * be32 SWITCHOVER_CONFIRM_MAGIC, be32 1 on the main channel, after EOF. */
+#define SWITCHOVER_CONFIRM_MAGIC 0x4d464443u	/* "MFDC" */
+#define SWITCHOVER_CONFIRM_LEN 8
 
 /* Preempt-channel hello, 128 bytes: magic, version, flags, UUID at 32, token at 48. */
 #define PREEMPT_HELLO_MAGIC 0x4d464451u	/* "MFDQ" */
@@ -118,6 +123,10 @@ struct mfd_engine {
 	bool ended;
 	bool rp_result_seen;
 	bool rp_done;			/* the return-path thread is leaving */
+	atomic_bool eof_sent;		/* source: EOF is on its way: a RESULT 0 is legal */
+	bool outcome_unknown;		/* source: past EOF without the destination's word */
+	atomic_bool result_sent;	/* destination: its RESULT 0 went out */
+	bool confirm;			/* switchover-confirm on both sides */
 	bool switchover_acked;		/* source: SWITCHOVER_ACK arrived */
 	int approvals_needed;		/* destination: -1 until the return path opens */
 	int approvals_early;		/* approvals that came before the count */

@@ -36,6 +36,7 @@ static const char *const errcode_text[] = {
 	[-MFD_EBADCMD] = "invalid command",
 	[-MFD_EBADCONFIG] = "configuration mismatch",
 	[-MFD_EPROTO] = "malformed peer data",
+	[-MFD_EUNKNOWN] = "outcome unknown: the destination may be running the VM",
 };
 
 _Static_assert(MFD_ARRAY_SIZE(errcode_text) == 1 - MFD_ERRCODE_MIN,

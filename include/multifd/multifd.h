@@ -53,8 +53,15 @@ extern "C" {
  * enum mfd_errcode - negative return codes.
  *
  * The codes are coarse classes; the mfd_error message says exactly what was
- * wrong, where, and with which value.  Protocol codes (MFD_EBADMAGIC and
- * below) always mean the peer's data was rejected, never the caller's.
+ * wrong, where, and with which value.  Protocol codes (MFD_EBADMAGIC to
+ * MFD_EPROTO) always mean the peer's data was rejected, never the caller's.
+ *
+ * MFD_EUNKNOWN is the one code that does not mean "nothing happened": the
+ * source sent the end of the stream but never learned whether the
+ * destination took the VM over (its RESULT was lost, late or cut off).  The
+ * source VM stays stopped; the VMM must ask the destination (or its
+ * orchestrator) whether the VM runs there, then call its own vm_start only
+ * if it does not.  See "Switchover" in docs/architecture.md.
  */
 enum mfd_errcode {
 	MFD_OK = 0,
@@ -78,10 +85,11 @@ enum mfd_errcode {
 	MFD_EBADCMD = -18,	/* peer: unknown command or wrong command length */
 	MFD_EBADCONFIG = -19,	/* peer: configuration record missing or different */
 	MFD_EPROTO = -20,	/* peer: other malformed data */
+	MFD_EUNKNOWN = -21,	/* switchover outcome unknown: the destination may run the VM */
 };
 
 /** MFD_ERRCODE_MIN - the most negative code in enum mfd_errcode. */
-#define MFD_ERRCODE_MIN (-20)
+#define MFD_ERRCODE_MIN (-21)
 
 /**
  * typedef mfd_error - an error: a code from enum mfd_errcode and a message.
@@ -1126,6 +1134,12 @@ MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
  *                             file memory), so a zero page that arrives for
  *                             a page not yet written is not touched at all;
  *                             off: every zero page is checked and cleared
+ *   switchover-confirm        bool, off (both sides; needs the return path):
+ *                             the destination starts the VM only after the
+ *                             source confirmed it got RESULT 0 (one more
+ *                             round trip in the downtime); a source without
+ *                             the result then restarts its VM instead of
+ *                             ending in MFD_EUNKNOWN
  *
  * Booleans accept on/off, true/false, yes/no, 1/0.  Parameters may be set
  * until mfd_migrate()/mfd_migrate_incoming() starts; then MFD_ESTATE, except
@@ -1246,8 +1260,11 @@ struct mfd_policy_info {
  * @vm_stop: stop the vCPUs (source, at switchover); a failure fails the
  *	migration and the VM keeps running.
  * @vm_start: resume the vCPUs: on the source after a failure or cancel
- *	that happened while they were stopped; on the destination after the
- *	state is in place.
+ *	that happened while they were stopped, but never after the end of
+ *	the stream went out unless the destination reported failure (the
+ *	migration then ends with MFD_EUNKNOWN and the VMM decides); on the
+ *	destination after the state is in place and RESULT 0 was written
+ *	(with switchover-confirm, once the source confirmed).
  * @dirty_log_start: begin dirty tracking (e.g. KVM_MEM_LOG_DIRTY_PAGES).
  * @dirty_log_stop: end it (migration over, whatever the outcome).
  * @dirty_sync: report the pages of block @block written since the last
@@ -1320,8 +1337,10 @@ MFD_API void mfd_ram_mark_dirty(mfd_migration *m, const void *addr, size_t len);
  *
  * The migration thread connects, runs the section handlers in QEMU's
  * order, asks @vm_stop at switchover, and ends completed, failed or
- * cancelled; see mfd_migration_wait().  A finished migration object can
- * migrate again.
+ * cancelled; see mfd_migration_wait().  A failure after the end of the
+ * stream went out, without the destination's result, is MFD_EUNKNOWN and
+ * leaves the VM stopped (see enum mfd_errcode).  A finished migration
+ * object can migrate again.
  */
 MFD_API int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp);
 
@@ -1336,7 +1355,9 @@ MFD_API int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp);
  * it) for the source's main channel, then for its multifd channels within
  * channel-timeout-ms, loads the stream, places RAM, reports the result to
  * the source through the return path, calls @vm_start and ends completed
- * or failed.
+ * or failed.  @vm_start is called only once that report was written; if
+ * it fails afterwards the error says the VM runs nowhere (the source has
+ * completed).
  */
 MFD_API int mfd_migrate_incoming(mfd_migration *m, const char *uri, mfd_error **errp);
 

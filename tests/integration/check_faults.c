@@ -32,7 +32,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -736,6 +740,418 @@ static void pki_teardown(void)
 	pki_ok = false;
 }
 
+/* ---- switchover: a commit protocol --------------------------------------------------- */
+
+/*
+ * At every instant exactly one side runs the VM, or the VMM is told the
+ * outcome is unknown.  The source VM runs unless stopped and not restarted;
+ * the destination's runs once its vm_start succeeded (it never stops it).
+ */
+static int running(struct fguest *src, struct fguest *dst)
+{
+	return 1 - atomic_load(&src->vm_stops) + atomic_load(&src->vm_starts) +
+	       atomic_load(&dst->vm_starts);
+}
+
+/* Wait for both ends; check the one-VM rule; return the two errors. */
+static void wait_both(struct fguest *src, struct fguest *dst, int *rs, mfd_error **es, int *rd,
+		      mfd_error **ed)
+{
+	*rs = mfd_migration_wait(src->m, 30000, es);
+	*rd = mfd_migration_wait(dst->m, 30000, ed);
+	printf("faults:   source: %d %s\n", *rs, mfd_error_message(*es));
+	printf("faults:   destination: %d %s\n", *rd, mfd_error_message(*ed));
+	ck_assert_int_ne(mfd_migration_state(src->m), MFD_STATE_CANCELLING);
+	ck_assert_int_ne(mfd_migration_state(dst->m), MFD_STATE_CANCELLING);
+	int n = running(src, dst);
+
+	ck_assert_msg(n <= 1, "%d VMs run (source stops %d starts %d, destination starts %d)", n,
+		      atomic_load(&src->vm_stops), atomic_load(&src->vm_starts),
+		      atomic_load(&dst->vm_starts));
+	if (n == 0)
+		ck_assert_msg(mfd_error_code(*es) == MFD_EUNKNOWN ||
+			      mfd_error_code(*ed) == MFD_EUNKNOWN ||
+			      strstr(mfd_error_message(*ed), "runs nowhere"),
+			      "the VM runs nowhere and neither side says so: source '%s', "
+			      "destination '%s'", mfd_error_message(*es), mfd_error_message(*ed));
+}
+
+/* The destination's RESULT never reaches the source (its write fails, or
+ * the connection is cut as it goes): the source cannot know whether the
+ * destination runs the VM, so it must not restart its own. */
+static void result_lost(enum fault_kind kind)
+{
+	struct fault_spec f = { .incoming = true, .chan = FAULT_CH_MAIN, .phase = FAULT_PH_RESULT,
+				.kind = kind, .dir = FAULT_DIR_WRITE, .seed = 1 };
+	struct setup su = { .channels = 2, .timeout_ms = 1000 };
+	struct fguest src, dst;
+	struct fault_ctl *ctl = NULL;
+	mfd_error *err = NULL, *es = NULL, *ed = NULL;
+	int rs, rd;
+
+	ck_assert_ok(fault_ctl_new(&f, &ctl, &err), err);
+	fault_ctl_install(ctl);
+	guest_init(&src, GUEST_MIB, true, &su);
+	guest_init(&dst, GUEST_MIB, false, &su);
+	start_pair(&src, &dst);
+	wait_both(&src, &dst, &rs, &es, &rd, &ed);
+	ck_assert_msg(fault_ctl_fired(ctl), "the fault never fired");
+	ck_assert_int_eq(rs, MFD_EUNKNOWN);
+	ck_assert_mfd_error(es, MFD_EUNKNOWN, "the destination may be running the VM");
+	ck_assert_int_eq(atomic_load(&src.vm_stops), 1);
+	ck_assert_int_eq(atomic_load(&src.vm_starts), 0);
+	/* The destination could not say it took over: it does not run it. */
+	ck_assert_int_lt(rd, 0);
+	ck_assert_int_eq(atomic_load(&dst.vm_starts), 0);
+	ck_assert_msg(strstr(mfd_error_message(ed), "RESULT"), "unclear: %s",
+		      mfd_error_message(ed));
+	mfd_error_free(ed);
+	guest_free(&dst);
+	guest_free(&src);
+	fault_ctl_free(ctl);
+}
+
+START_TEST(switchover_result_write_fails)
+{
+	result_lost(FAULT_FAIL);
+}
+END_TEST
+
+START_TEST(switchover_result_cut)
+{
+	result_lost(FAULT_CLOSE);
+}
+END_TEST
+
+/* A device whose load takes longer than channel-timeout-ms on the destination. */
+static atomic_int slow_load_ms;
+
+static int slow_save(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	(void)opaque;
+	(void)errp;
+	return mfd_stream_put_be32(s, 0x51040);
+}
+
+static int slow_load(mfd_stream *s, void *opaque, uint32_t v, mfd_error **errp)
+{
+	uint32_t x;
+
+	(void)opaque;
+	(void)v;
+	(void)errp;
+	usleep((useconds_t)atomic_load(&slow_load_ms) * 1000);
+	return mfd_stream_get_be32(s, &x);
+}
+
+static const mfd_save_handlers slow_ops = {
+	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.save_state = slow_save,
+	.load_state = slow_load,
+};
+
+START_TEST(switchover_slow_destination)
+{
+	struct setup su = { .channels = 2, .timeout_ms = 500 };
+	struct fguest src, dst;
+	mfd_error *err = NULL, *es = NULL, *ed = NULL;
+	int rs, rd;
+
+	atomic_store(&slow_load_ms, 2000);
+	guest_init(&src, GUEST_MIB, true, &su);
+	guest_init(&dst, GUEST_MIB, false, &su);
+	ck_assert_ok(mfd_register_live(src.m, "slow", 0, 1, &slow_ops, NULL, &err), err);
+	ck_assert_ok(mfd_register_live(dst.m, "slow", 0, 1, &slow_ops, NULL, &err), err);
+	start_pair(&src, &dst);
+	wait_both(&src, &dst, &rs, &es, &rd, &ed);
+	ck_assert_int_eq(rs, MFD_EUNKNOWN);
+	ck_assert_mfd_error(es, MFD_EUNKNOWN, "500 ms");
+	ck_assert_int_eq(atomic_load(&src.vm_stops), 1);
+	ck_assert_int_eq(atomic_load(&src.vm_starts), 0);
+	mfd_error_free(ed);
+	guest_free(&dst);
+	guest_free(&src);
+}
+END_TEST
+
+/* The destination's vm_start fails after its RESULT 0 went out: the source
+ * handed the VM over and completed; the destination says the VM runs
+ * nowhere. */
+static atomic_int failed_starts;
+static enum mfd_state dst_last_state;
+
+static int vm_start_fails(void *opaque, mfd_error **errp)
+{
+	(void)opaque;
+	atomic_fetch_add(&failed_starts, 1);
+	return mfd_error_set(errp, MFD_EHANDLER, "KVM_RUN: no vCPU (test)");
+}
+
+static void dst_state(void *opaque, enum mfd_state from, enum mfd_state to)
+{
+	(void)opaque;
+	(void)from;
+	dst_last_state = to;
+}
+
+START_TEST(switchover_destination_start_fails)
+{
+	struct setup su = { .channels = 2, .timeout_ms = 5000 };
+	struct fguest src, dst;
+	mfd_error *err = NULL, *es = NULL, *ed = NULL;
+	const mfd_vmm_hooks bad = { .abi_version = MFD_VMM_HOOKS_ABI, .vm_start = vm_start_fails,
+				    .state_changed = dst_state };
+	int rs, rd;
+
+	atomic_store(&failed_starts, 0);
+	dst_last_state = MFD_STATE_NONE;
+	guest_init(&src, GUEST_MIB, true, &su);
+	guest_init(&dst, GUEST_MIB, false, &su);
+	ck_assert_ok(mfd_migration_set_hooks(dst.m, &bad, &dst, &err), err);
+	start_pair(&src, &dst);
+	wait_both(&src, &dst, &rs, &es, &rd, &ed);
+	ck_assert_int_eq(atomic_load(&failed_starts), 1);
+	/* The source handed the VM over: completed, stopped for good. */
+	ck_assert_ok(rs, es);
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_COMPLETED);
+	ck_assert_int_eq(atomic_load(&src.vm_starts), 0);
+	/* The destination says so, with an event. */
+	ck_assert_int_eq(rd, MFD_EHANDLER);
+	ck_assert_int_eq(dst_last_state, MFD_STATE_FAILED);
+	ck_assert_mfd_error(ed, MFD_EHANDLER, "the VM runs nowhere");
+	guest_free(&dst);
+	guest_free(&src);
+}
+END_TEST
+
+/* A destination that only drains what the source sends, and says RESULT
+ * when the test wants: a peer that breaks the protocol. */
+struct fake_dst {
+	int lfd;
+	atomic_int main_fd;
+	int fds[16];
+	int nfds;
+	atomic_bool stop;
+	pthread_t t;
+	char uri[64];
+};
+
+static void *fake_dst_thread(void *arg)
+{
+	struct fake_dst *f = arg;
+	static char sink[65536];
+
+	while (!atomic_load(&f->stop)) {
+		struct pollfd p[17];
+		int n = 0;
+
+		p[n++] = (struct pollfd){ .fd = f->lfd, .events = POLLIN };
+		for (int i = 0; i < f->nfds; i++)
+			p[n++] = (struct pollfd){ .fd = f->fds[i], .events = POLLIN };
+		if (poll(p, (nfds_t)n, 50) <= 0)
+			continue;
+		if ((p[0].revents & POLLIN) && f->nfds < 16) {
+			int c = accept(f->lfd, NULL, NULL);
+
+			if (c >= 0) {
+				f->fds[f->nfds++] = c;
+				if (f->nfds == 1)
+					atomic_store(&f->main_fd, c);
+			}
+		}
+		for (int i = 1; i < n; i++)
+			if (p[i].revents & (POLLIN | POLLHUP | POLLERR))
+				(void)!read(p[i].fd, sink, sizeof(sink));
+	}
+	return NULL;
+}
+
+static void fake_dst_start(struct fake_dst *f)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+
+	memset(f, 0, sizeof(*f));
+	atomic_store(&f->main_fd, -1);
+	f->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(f->lfd, 0);
+	ck_assert_int_eq(bind(f->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(f->lfd, 16), 0);
+	ck_assert_int_eq(getsockname(f->lfd, (struct sockaddr *)&a, &len), 0);
+	snprintf(f->uri, sizeof(f->uri), "tcp:127.0.0.1:%u", ntohs(a.sin_port));
+	ck_assert_int_eq(pthread_create(&f->t, NULL, fake_dst_thread, f), 0);
+}
+
+/* RESULT 0 ("loaded") on the return path, now. */
+static void fake_dst_result0(struct fake_dst *f)
+{
+	static const uint8_t msg[] = { 0, 2, 0, 6, 0, 0, 0, 0, 'l', 'o' };
+
+	ck_assert_int_ge(atomic_load(&f->main_fd), 0);
+	ck_assert_int_eq(write(atomic_load(&f->main_fd), msg, sizeof(msg)), (ssize_t)sizeof(msg));
+}
+
+static void fake_dst_stop(struct fake_dst *f)
+{
+	atomic_store(&f->stop, true);
+	pthread_join(f->t, NULL);
+	for (int i = 0; i < f->nfds; i++)
+		close(f->fds[i]);
+	close(f->lfd);
+}
+
+START_TEST(switchover_result_before_eof)
+{
+	struct setup su = { .channels = 2, .timeout_ms = 5000 };
+	struct fguest src;
+	struct fake_dst f;
+	mfd_error *err = NULL;
+
+	guest_init(&src, GUEST_MIB, true, &su);
+	/* Slow enough to be iterating when the early RESULT comes. */
+	set(src.m, "max-bandwidth", "4000000");
+	fake_dst_start(&f);
+	ck_assert_ok(mfd_migrate(src.m, f.uri, &err), err);
+	ck_assert_int_eq(wait_state(src.m, MFD_STATE_ACTIVE, 10000), MFD_STATE_ACTIVE);
+	usleep(100000);
+	fake_dst_result0(&f);
+	set(src.m, "max-bandwidth", "0");
+	ck_assert_int_eq(mfd_migration_wait(src.m, 30000, &err), MFD_EPROTO);
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+	ck_assert_mfd_error(err, MFD_EPROTO, "before the end of the stream");
+	/* Nothing was handed over: the source VM runs. */
+	ck_assert_int_eq(atomic_load(&src.vm_starts), atomic_load(&src.vm_stops));
+	fake_dst_stop(&f);
+	guest_free(&src);
+}
+END_TEST
+
+START_TEST(switchover_result_during_postcopy)
+{
+	struct setup su = { .channels = 2, .timeout_ms = 5000, .postcopy = true };
+	struct fguest src;
+	struct fake_dst f;
+	mfd_error *err = NULL;
+
+	guest_init(&src, GUEST_MIB, true, &su);
+	/* 8 MiB at 1 MB/s: the push is far from done when the RESULT comes. */
+	set(src.m, "max-postcopy-bandwidth", "1000000");
+	fake_dst_start(&f);
+	ck_assert_ok(mfd_migrate(src.m, f.uri, &err), err);
+	ck_assert_int_eq(wait_state(src.m, MFD_STATE_ACTIVE, 10000), MFD_STATE_ACTIVE);
+	ck_assert_ok(mfd_migrate_start_postcopy(src.m, &err), err);
+	ck_assert_int_eq(wait_state(src.m, MFD_STATE_POSTCOPY_ACTIVE, 10000),
+			 MFD_STATE_POSTCOPY_ACTIVE);
+	usleep(100000);
+	fake_dst_result0(&f);
+	ck_assert_int_eq(mfd_migration_wait(src.m, 30000, &err), MFD_EPROTO);
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+	ck_assert_mfd_error(err, MFD_EPROTO, "before the end of the stream");
+	/* Postcopy committed at RUN: the source never runs it again. */
+	ck_assert_int_eq(atomic_load(&src.vm_starts), 0);
+	fake_dst_stop(&f);
+	guest_free(&src);
+}
+END_TEST
+
+/* switchover-confirm: the destination starts the VM only once the source
+ * confirmed it got RESULT 0; so a source that got nothing may restart. */
+static void confirm_case(bool on_src, bool on_dst, const struct fault_spec *f, int *rs,
+			 mfd_error **es, int *rd, mfd_error **ed, int *src_starts, int *dst_starts)
+{
+	struct setup su = { .channels = 2, .timeout_ms = 1000 };
+	struct fguest src, dst;
+	struct fault_ctl *ctl = NULL;
+	mfd_error *err = NULL;
+
+	if (f) {
+		ck_assert_ok(fault_ctl_new(f, &ctl, &err), err);
+		fault_ctl_install(ctl);
+	}
+	guest_init(&src, GUEST_MIB, true, &su);
+	guest_init(&dst, GUEST_MIB, false, &su);
+	set(src.m, "switchover-confirm", on_src ? "on" : "off");
+	set(dst.m, "switchover-confirm", on_dst ? "on" : "off");
+	start_pair(&src, &dst);
+	wait_both(&src, &dst, rs, es, rd, ed);
+	if (f)
+		ck_assert_msg(fault_ctl_fired(ctl), "the fault never fired");
+	*src_starts = atomic_load(&src.vm_starts);
+	*dst_starts = atomic_load(&dst.vm_starts);
+	if (*rs == 0)
+		ck_assert_msg(memcmp(src.snapshot, dst.ram, src.size) == 0, "RAM differs");
+	guest_free(&dst);
+	guest_free(&src);
+	fault_ctl_free(ctl);
+}
+
+START_TEST(switchover_confirm_completes)
+{
+	mfd_error *es = NULL, *ed = NULL;
+	int rs, rd, ss, ds;
+
+	confirm_case(true, true, NULL, &rs, &es, &rd, &ed, &ss, &ds);
+	ck_assert_ok(rs, es);
+	ck_assert_ok(rd, ed);
+	ck_assert_int_eq(ss, 0);
+	ck_assert_int_eq(ds, 1);
+}
+END_TEST
+
+START_TEST(switchover_confirm_mismatch)
+{
+	mfd_error *es = NULL, *ed = NULL;
+	int rs, rd, ss, ds;
+
+	confirm_case(true, false, NULL, &rs, &es, &rd, &ed, &ss, &ds);
+	ck_assert_int_lt(rs, 0);
+	ck_assert_mfd_error(ed, MFD_EPROTO, "switchover-confirm");
+	mfd_error_free(es);
+	ck_assert_int_eq(ds, 0);
+}
+END_TEST
+
+/* RESULT lost: the destination never got to confirm-waiting; the source
+ * never confirmed, so its VM runs again (and only it). */
+START_TEST(switchover_confirm_result_lost)
+{
+	struct fault_spec f = { .incoming = true, .chan = FAULT_CH_MAIN, .phase = FAULT_PH_RESULT,
+				.kind = FAULT_FAIL, .dir = FAULT_DIR_WRITE, .seed = 1 };
+	mfd_error *es = NULL, *ed = NULL;
+	int rs, rd, ss, ds;
+
+	confirm_case(true, true, &f, &rs, &es, &rd, &ed, &ss, &ds);
+	ck_assert_int_lt(rs, 0);
+	ck_assert_int_ne(rs, MFD_EUNKNOWN);
+	ck_assert_msg(strstr(mfd_error_message(es), "will not start the VM"), "unclear: %s",
+		      mfd_error_message(es));
+	ck_assert_int_eq(ss, 1);
+	ck_assert_int_lt(rd, 0);
+	ck_assert_int_eq(ds, 0);
+	mfd_error_free(es);
+	mfd_error_free(ed);
+}
+END_TEST
+
+/* The confirmation lost: the source's write failed, so it restarts; the
+ * destination waits in vain, starts nothing and says the source may own
+ * the VM. */
+START_TEST(switchover_confirm_lost)
+{
+	struct fault_spec f = { .incoming = false, .chan = FAULT_CH_MAIN, .phase = FAULT_PH_RESULT,
+				.kind = FAULT_FAIL, .dir = FAULT_DIR_WRITE, .seed = 1 };
+	mfd_error *es = NULL, *ed = NULL;
+	int rs, rd, ss, ds;
+
+	confirm_case(true, true, &f, &rs, &es, &rd, &ed, &ss, &ds);
+	ck_assert_int_lt(rs, 0);
+	ck_assert_int_eq(ss, 1);
+	ck_assert_int_eq(ds, 0);
+	ck_assert_mfd_error(ed, MFD_EUNKNOWN, "the source may still own the VM");
+	mfd_error_free(es);
+}
+END_TEST
+
 /* ---- out-of-process faults ---------------------------------------------------------- */
 
 /* Kill the source's live connections from outside (SOCK_DESTROY). */
@@ -987,6 +1403,20 @@ Suite *suite_faults(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, fault_matrix, 0, N_SCENARIOS);
 	suite_add_tcase(s, tc);
+	TCase *sw = tcase_create("switchover");
+
+	tcase_set_timeout(sw, 60);
+	tcase_add_test(sw, switchover_result_write_fails);
+	tcase_add_test(sw, switchover_result_cut);
+	tcase_add_test(sw, switchover_slow_destination);
+	tcase_add_test(sw, switchover_destination_start_fails);
+	tcase_add_test(sw, switchover_result_before_eof);
+	tcase_add_test(sw, switchover_result_during_postcopy);
+	tcase_add_test(sw, switchover_confirm_completes);
+	tcase_add_test(sw, switchover_confirm_mismatch);
+	tcase_add_test(sw, switchover_confirm_result_lost);
+	tcase_add_test(sw, switchover_confirm_lost);
+	suite_add_tcase(s, sw);
 	tcase_set_timeout(ext, 120);
 	tcase_add_test(ext, ss_kill_during_precopy);
 	tcase_add_test(ext, tbf_rate_limit_in_netns);

@@ -16,6 +16,7 @@
 #include "channels/fd.h"
 #include "core/channel.h"
 #include "core/engine.h"
+#include "core/engine.h"
 #include "core/util.h"
 #include "multifd/wire.h"
 
@@ -38,6 +39,7 @@ struct fault_dirstate {
 	bool short_on;
 	uint64_t rng;
 	bool zerocopy;		/* this write goes with the transport's zero-copy send */
+	bool answer;		/* this write starts a RESULT or a switchover confirmation */
 };
 
 struct fault_chan_priv {
@@ -56,7 +58,7 @@ struct fault_chan_priv {
 };
 
 static const char *const phase_names[] = {
-	"handshake", "setup", "iteration", "sync", "switchover", "postcopy",
+	"handshake", "setup", "iteration", "sync", "switchover", "postcopy", "result",
 };
 static const char *const kind_names[] = { "fail", "short", "stall", "close" };
 static const char *const chan_names[] = { "main", "multifd", "preempt" };
@@ -193,8 +195,22 @@ static bool phase_holds(struct fault_chan_priv *fc, enum fault_dir dir, bool syn
 		return st == MFD_STATE_DEVICE;
 	case FAULT_PH_POSTCOPY:
 		return st == MFD_STATE_POSTCOPY_ACTIVE;
+	case FAULT_PH_RESULT:
+		return dir == FAULT_DIR_WRITE && fc->chan == FAULT_CH_MAIN && fc->d[dir].answer;
 	}
 	return false;
+}
+
+/* A write on a main channel that starts the switchover's answer: the
+ * destination's RESULT (a return-path message), or the source's
+ * confirmation. */
+static bool is_answer(const struct fault_chan_priv *fc, const struct iovec *iov, int iovcnt)
+{
+	if (fc->chan != FAULT_CH_MAIN || iovcnt < 1)
+		return false;
+	if (fc->incoming)
+		return iov[0].iov_len >= 2 && mfd_load_be16(iov[0].iov_base) == RP_RESULT;
+	return iov[0].iov_len >= 4 && mfd_load_be32(iov[0].iov_base) == SWITCHOVER_CONFIRM_MAGIC;
 }
 
 /* Multifd channels tell the main channel of their side that a sync passed. */
@@ -335,8 +351,10 @@ static ssize_t fault_io(mfd_channel *ch, enum fault_dir dir, const struct iovec 
 		return mfd_error_set(errp, MFD_ECANCELED, "%s: channel shut down", ch->name);
 	if (dir == FAULT_DIR_WRITE && iovcnt > 0)
 		sync = is_sync_header(iov[0].iov_base, iov[0].iov_len);
-	if (dir == FAULT_DIR_WRITE)
+	if (dir == FAULT_DIR_WRITE) {
 		note_sync(fc, sync);
+		ds->answer = is_answer(fc, iov, iovcnt);
+	}
 	bool mine = fc->target && sp->dir == dir && !atomic_load(&fc->cut);
 
 	if (!mine) {

@@ -24,6 +24,10 @@
  *               passed an active SYNC;
  *   switchover  the state is device (the source's VM is stopped);
  *   postcopy    the state is postcopy-active.
+ *   result      a write on the main channel that starts the switchover's
+ *               answer: the destination's RESULT, or the source's
+ *               switchover confirmation (plain channels only: under TLS the
+ *               wrapper sees records).
  * One fault fires once per controller, whatever the number of channels; the
  * controller keeps counting bytes so a test can tell whether it fired.
  */
@@ -45,6 +49,7 @@ enum fault_phase {
 	FAULT_PH_SYNC,
 	FAULT_PH_SWITCHOVER,
 	FAULT_PH_POSTCOPY,
+	FAULT_PH_RESULT,
 };
 
 enum fault_kind {

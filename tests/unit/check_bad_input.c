@@ -1316,7 +1316,8 @@ static const struct ecase eng_cases[] = {
 	MH("main version 2", 4, 4, 2, MFD_EBADVERSION, "hello version 2, this library speaks 1"),
 	MH("main version max", 4, 4, 0xffffffff, MFD_EBADVERSION, "hello version 4294967295"),
 	/* flags */
-	MH("flag 0x10", 8, 4, 0x11, MFD_EPROTO, "main channel: unknown hello flags 0x11"),
+	MH("flag 0x20", 8, 4, 0x21, MFD_EPROTO, "main channel: unknown hello flags 0x21"),
+	MH("switchover-confirm to a side without it", 8, 4, 0x11, MFD_EPROTO, "the source has switchover-confirm on, this side off"),
 	MH("flag 0x100", 8, 4, 0x101, MFD_EPROTO, "unknown hello flags 0x101"),
 	MH("flag bit 31", 8, 4, 0x80000001, MFD_EPROTO, "unknown hello flags 0x80000001"),
 	MH("resume to a new destination", 8, 4, 0x5, MFD_ESTATE, "the source resumes a paused postcopy migration, but this side starts a new one"),
