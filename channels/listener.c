@@ -554,7 +554,7 @@ int listener_gather_screened(mfd_listener *l, unsigned count, int timeout_ms,
 	while (filled < count) {
 		mfd_channel *ch = NULL;
 		bool stray = false;
-		int64_t hello = mono_ms() + scr->hello_ms;
+		int64_t hello;
 		int slot;
 
 		r = listener_accept(l, deadline, timeout_ms, &ch, &err);
@@ -566,6 +566,7 @@ int listener_gather_screened(mfd_listener *l, unsigned count, int timeout_ms,
 		if (r < 0)
 			break;
 		/* A silent peer holds up the ones behind it for hello_ms at most. */
+		hello = mono_ms() + scr->hello_ms;
 		slot = identify_channel(l, ch, deadline >= 0 && deadline < hello ? deadline : hello,
 					NULL, scr, scr->opaque, &stray, &err);
 		/* A listener of one channel (file:, a connected fd:) has nothing to wait for. */
