@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "channels/fd.h"
+#include "channels/listener.h"
 #include "channels/uri.h"
 #include "core/util.h"
 
@@ -396,7 +397,8 @@ static int gather_timed_out(const mfd_listener *l, mfd_channel *const *slots, un
  * errp is gather's own error, empty on entry.
  */
 static int identify_channel(mfd_listener *l, mfd_channel *ch, int64_t deadline,
-			    mfd_identify_fn identify, void *opaque, mfd_error **errp)
+			    mfd_identify_fn identify, const struct listener_screen *scr,
+			    void *opaque, bool *stray, mfd_error **errp)
 {
 	int slot;
 
@@ -413,7 +415,7 @@ static int identify_channel(mfd_listener *l, mfd_channel *ch, int64_t deadline,
 	l->identifying = ch;
 	pthread_mutex_unlock(&l->lock);
 
-	slot = identify(ch, opaque, errp);
+	slot = scr ? scr->identify(ch, opaque, stray, errp) : identify(ch, opaque, errp);
 
 	pthread_mutex_lock(&l->lock);
 	l->identifying = NULL;
@@ -480,7 +482,8 @@ int mfd_listener_gather(mfd_listener *l, unsigned count, int timeout_ms,
 		}
 		if (r < 0)
 			break;
-		slot = identify ? identify_channel(l, ch, deadline, identify, opaque, &err)
+		slot = identify ? identify_channel(l, ch, deadline, identify, NULL, opaque, NULL,
+						   &err)
 				: (int)filled;
 		if (slot == MFD_ETIMEDOUT && deadline >= 0 && deadline_poll_ms(deadline) == 0) {
 			mfd_error *why = err;
@@ -515,6 +518,102 @@ int mfd_listener_gather(mfd_listener *l, unsigned count, int timeout_ms,
 		return r;
 	}
 	stop_listening(l);
+	return 0;
+}
+
+void listener_stop(mfd_listener *l)
+{
+	if (l)
+		stop_listening(l);
+}
+
+/* A peer's words for a log line: printable ASCII only. */
+static void printable(const char *in, char *out, size_t size)
+{
+	size_t i = 0;
+
+	for (; in && *in && i + 1 < size; in++)
+		out[i++] = *in >= 0x20 && *in < 0x7f ? *in : '?';
+	out[i] = '\0';
+}
+
+int listener_gather_screened(mfd_listener *l, unsigned count, int timeout_ms,
+			     const struct listener_screen *scr, mfd_channel **slots,
+			     mfd_error **errp)
+{
+	int64_t deadline;
+	unsigned filled = 0;
+	mfd_error *err = NULL;
+	int r = 0;
+
+	for (unsigned i = 0; i < count; i++)
+		slots[i] = NULL;
+	deadline = deadline_after(timeout_ms);
+	if (l->mode == LISTEN_ACCEPT && l->own_fd && l->fd >= 0 && count > LISTEN_BACKLOG)
+		listen(l->fd, count < SOMAXCONN ? (int)count : SOMAXCONN);
+	while (filled < count) {
+		mfd_channel *ch = NULL;
+		bool stray = false;
+		int64_t hello;
+		int slot;
+
+		r = listener_accept(l, deadline, timeout_ms, &ch, &err);
+		if (r == MFD_ETIMEDOUT) {
+			mfd_error_free(err);
+			err = NULL;
+			r = gather_timed_out(l, slots, count, filled, timeout_ms, &err);
+		}
+		if (r < 0)
+			break;
+		/* A silent peer holds up the ones behind it for hello_ms at most. */
+		hello = mono_ms() + scr->hello_ms;
+		slot = identify_channel(l, ch, deadline >= 0 && deadline < hello ? deadline : hello,
+					NULL, scr, scr->opaque, &stray, &err);
+		/* A listener of one channel (file:, a connected fd:) has nothing to wait for. */
+		if (slot < 0 && stray && l->mode == LISTEN_ACCEPT && !atomic_load(&l->shut)) {
+			char why[512];
+
+			printable(mfd_error_message(err), why, sizeof(why));
+			mfd_channel_free(ch);
+			if (++*scr->refused > scr->max_refused) {
+				mfd_error_free(err);
+				err = NULL;
+				r = mfd_error_set(&err, MFD_EPROTO,
+						  "%s: refused more than %u connections that were not "
+						  "this migration's source; the last: %s", l->uri,
+						  scr->max_refused, why);
+				break;
+			}
+			mfd_log_warn("%s: refused a connection (%u of at most %u): %s", l->uri,
+				     *scr->refused, scr->max_refused, why);
+			mfd_error_free(err);
+			err = NULL;
+			continue;
+		}
+		if (slot == MFD_ETIMEDOUT && deadline >= 0 && deadline_poll_ms(deadline) == 0) {
+			mfd_error *why = err;
+
+			err = NULL;
+			gather_timed_out(l, slots, count, filled, timeout_ms, &err);
+			mfd_error_prefix(why, "%s", mfd_error_message(err));
+			mfd_error_free(err);
+			err = why;
+		}
+		if (slot >= 0 && ((unsigned)slot >= count || slots[slot]))
+			slot = mfd_error_set(&err, MFD_EPROTO, "%s: channel %s claims slot %d, which "
+					     "is out of range or taken", l->uri, ch->name, slot);
+		if (slot < 0) {
+			mfd_channel_free(ch);
+			r = slot;
+			break;
+		}
+		slots[slot] = ch;
+		filled++;
+	}
+	if (r < 0) {
+		mfd_error_propagate(errp, err);
+		return r;
+	}
 	return 0;
 }
 

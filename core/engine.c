@@ -31,6 +31,7 @@
 #include "core/json.h"
 #include "core/savevm.h"
 #include "core/stream.h"
+#include "channels/listener.h"
 #include "channels/uri.h"
 #include "core/util.h"
 
@@ -439,7 +440,8 @@ static void main_hello_encode(struct mfd_engine *e, uint8_t h[MAIN_HELLO_SIZE], 
 
 /* Destination: the main hello fixes the session; the multifd hellos are checked
  * against it. */
-static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **errp)
+static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, bool *stray,
+			    mfd_error **errp)
 {
 	uint8_t h[MAIN_HELLO_SIZE];
 	struct iovec iov = { h, sizeof(h) };
@@ -448,6 +450,8 @@ static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **e
 	unsigned n;
 	int r = mfd_channel_readv_full(ch, &iov, 1, errp);
 
+	/* Nothing, junk or someone else's hello: not a source of ours. */
+	*stray = true;
 	if (r < 0)
 		return r;
 	if (mfd_load_be32(h) == MFD_HELLO_MAGIC)
@@ -460,6 +464,8 @@ static int main_hello_check(struct mfd_engine *e, mfd_channel *ch, mfd_error **e
 	if (mfd_load_be32(h + 4) != MAIN_HELLO_VERSION)
 		return mfd_error_set(errp, MFD_EBADVERSION, "main channel: hello version %u, this "
 				     "library speaks %u", mfd_load_be32(h + 4), MAIN_HELLO_VERSION);
+	/* A libmultifd source: what does not match is a configuration error. */
+	*stray = false;
 	uint32_t flags = mfd_load_be32(h + 8);
 
 	if (flags & ~MAIN_HELLO_FLAGS)
@@ -1783,33 +1789,75 @@ static int wrap_in(struct mfd_engine *e, mfd_channel *raw, mfd_channel **out, mf
 	return mfd_channel_tls_wrap(raw, e->creds, NULL, 0, out, errp);
 }
 
-/* Slot 0 is the main channel (first to arrive), 1..N the multifd channels by id. */
-static int identify(mfd_channel *raw, void *opaque, mfd_error **errp)
+/*
+ * Stray connections (a port scan, a health check, junk, a failed TLS
+ * handshake, another session) are refused and logged, and the destination
+ * keeps waiting for its source: up to MAX_STRAYS of them per setup or
+ * recovery, then it fails.  Connections are identified one at a time in
+ * arrival order (a multifd hello can only be checked after the main one),
+ * each within hello_ms(): a silent one holds up the source's behind it, which
+ * wait in the listen backlog, for that long at most.
+ */
+#define MAX_STRAYS 64
+#define HELLO_MS 5000
+
+/* HELLO_MS, or half the channel timeout when that is shorter. */
+static int hello_ms(struct mfd_engine *e)
+{
+	int64_t t = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
+
+	return t > 0 && t / 2 < HELLO_MS ? (t > 1 ? (int)(t / 2) : 1) : HELLO_MS;
+}
+
+static int gather(struct mfd_engine *e, unsigned count, int timeout_ms,
+		  int (*screen)(mfd_channel *, void *, bool *, mfd_error **), mfd_channel **slots,
+		  mfd_error **errp)
+{
+	const struct listener_screen scr = {
+		.identify = screen, .opaque = e, .hello_ms = hello_ms(e),
+		.refused = &e->strays, .max_refused = MAX_STRAYS,
+	};
+
+	return listener_gather_screened(e->listener, count, timeout_ms, &scr, slots, errp);
+}
+
+/* The main channel: fixes the session.  Published only once it is ours. */
+static int screen_main(mfd_channel *raw, void *opaque, bool *stray, mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	struct mfd_multifd_recv *recv = NULL;
+	mfd_channel *ch = NULL;
+	int r;
+
+	if ((r = wrap_channel(e, raw, ENGINE_CH_MAIN, 0, errp)) < 0)
+		return r;
+	if ((r = wrap_in(e, raw, &ch, errp)) < 0) {
+		*stray = true;	/* a failed TLS handshake */
+		return r;
+	}
+	r = main_hello_check(e, ch, stray, errp);
+	if (r == 0 && e->use_multifd)
+		r = mfd_multifd_recv_new(&e->mcfg, e->m->blocks, e->m->nblocks, &recv, errp);
+	if (r < 0) {
+		if (ch != raw)
+			mfd_channel_free(ch);
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	e->main_ch = ch;
+	e->main_raw = ch != raw ? raw : NULL;
+	pthread_mutex_unlock(&e->lock);
+	PUBLISH(e, recv, recv);
+	return 0;
+}
+
+/* A multifd channel: its slot is its id. */
+static int screen_mf(mfd_channel *raw, void *opaque, bool *stray, mfd_error **errp)
 {
 	struct mfd_engine *e = opaque;
 	mfd_channel *ch = NULL;
 	int r;
 
-	if (!e->main_ch) {
-		struct mfd_multifd_recv *recv = NULL;
-
-		if ((r = wrap_in(e, raw, &ch, errp)) < 0)
-			return r;
-		pthread_mutex_lock(&e->lock);
-		e->main_ch = ch;
-		if (ch != raw)
-			e->main_raw = raw;
-		pthread_mutex_unlock(&e->lock);
-		if ((r = main_hello_check(e, ch, errp)) < 0)
-			return r;
-		if (e->use_multifd && (r = mfd_multifd_recv_new(&e->mcfg, e->m->blocks,
-								 e->m->nblocks, &recv, errp)) < 0)
-			return r;
-		PUBLISH(e, recv, recv);
-		return 0;
-	}
-	if (!e->recv)
-		return mfd_error_set(errp, MFD_EPROTO, "an extra channel on a single-channel URI");
 	/* The test hook's index is the arrival order, which is the channel id:
 	 * the source connects them in order, one hello at a time. */
 	unsigned arrived = 0;
@@ -1818,28 +1866,23 @@ static int identify(mfd_channel *raw, void *opaque, mfd_error **errp)
 		arrived += e->mf[i] != NULL;
 	if ((r = wrap_channel(e, raw, ENGINE_CH_MULTIFD, arrived, errp)) < 0)
 		return r;
-	if ((r = wrap_in(e, raw, &ch, errp)) < 0)
+	if ((r = wrap_in(e, raw, &ch, errp)) < 0) {
+		*stray = true;
 		return r;
-	r = mfd_multifd_recv_identify(ch, e->recv, errp);
+	}
+	r = multifd_recv_identify_screened(ch, e->recv, stray, errp);
 	if (r < 0) {
 		if (ch != raw)
 			mfd_channel_free(ch);
 		return r;
 	}
+	/* Unpublished by incoming_run() before anything frees it. */
 	pthread_mutex_lock(&e->lock);
 	e->mf[r] = ch;
 	if (ch != raw)
 		e->mf_raw[r] = raw;
 	pthread_mutex_unlock(&e->lock);
-	return r + 1;
-}
-
-/* gather's slots are the multifd channels only: slot = channel id. */
-static int identify_mf(mfd_channel *raw, void *opaque, mfd_error **errp)
-{
-	int r = identify(raw, opaque, errp);
-
-	return r < 0 ? r : r - 1;
+	return r;
 }
 
 static int lh_open_rp(void *opaque, mfd_error **errp)
@@ -2059,43 +2102,22 @@ static int lh_resume(void *opaque, mfd_error **errp)
 	return 0;
 }
 
-/* Destination: accept one connection within @accept_ms (0: no limit), give it
- * the channel timeout and its TLS wrapper.  *@ch is what to read, *@raw the
- * transport under it when TLS wraps it (else NULL). */
-static int accept_one(struct mfd_engine *e, int accept_ms, enum engine_chan_kind kind,
-		      mfd_channel **ch, mfd_channel **raw, mfd_error **errp)
+/* The preempt channel (the connection after the main one): belongs to the
+ * session the main hello fixed. */
+static int screen_preempt(mfd_channel *raw, void *opaque, bool *stray, mfd_error **errp)
 {
-	mfd_channel *c = NULL;
-	int r = mfd_listener_accept(e->listener, accept_ms, &c, errp);
-
-	if (r == 0 && (r = wrap_channel(e, c, kind, 0, errp)) == 0) {
-		mfd_channel_set_option(c, "timeout-ms", e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS],
-				       NULL);
-		r = wrap_in(e, c, ch, errp);
-	}
-	if (r < 0) {
-		mfd_channel_free(c);
-		return r;
-	}
-	*raw = *ch != c ? c : NULL;
-	return 0;
-}
-
-/* Destination: take the preempt channel (the connection after the main one). */
-static int accept_preempt(struct mfd_engine *e, mfd_error **errp)
-{
+	struct mfd_engine *e = opaque;
 	uint8_t h[PREEMPT_HELLO_SIZE];
 	struct iovec iov = { h, sizeof(h) };
-	mfd_channel *raw = NULL, *ch = NULL;
-	int bad, r = accept_one(e, (int)e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS],
-				ENGINE_CH_PREEMPT, &ch, &raw, errp);
+	mfd_channel *ch = NULL;
+	mfd_stream *in = NULL;
+	int bad, r;
 
-	if (r < 0)
-		goto out;
-	pthread_mutex_lock(&e->lock);
-	e->pre_ch = ch;
-	e->pre_raw = raw;
-	pthread_mutex_unlock(&e->lock);
+	if ((r = wrap_channel(e, raw, ENGINE_CH_PREEMPT, 0, errp)) < 0)
+		return r;
+	*stray = true;
+	if ((r = wrap_in(e, raw, &ch, errp)) < 0)
+		return r;
 	if ((r = mfd_channel_readv_full(ch, &iov, 1, errp)) < 0)
 		goto out;
 	if (mfd_load_be32(h) != PREEMPT_HELLO_MAGIC || mfd_load_be32(h + 4) != PREEMPT_HELLO_VERSION)
@@ -2108,45 +2130,89 @@ static int accept_preempt(struct mfd_engine *e, mfd_error **errp)
 		 mfd_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
 		r = mfd_error_set(errp, MFD_EPROTO,
 				  "preempt channel: it belongs to another session (UUID or token)");
-	else if ((bad = first_nonzero(h, 8, 32)) >= 0 ||
+	else if ((*stray = false, bad = first_nonzero(h, 8, 32)) >= 0 ||
 		 (bad = first_nonzero(h, 80, PREEMPT_HELLO_SIZE)) >= 0)
 		r = mfd_error_set(errp, MFD_EPROTO, "preempt channel: reserved hello byte %d is "
 				  "0x%02x, not 0", bad, h[bad]);
-	if (r == 0 && (r = mfd_stream_new(ch, MFD_STREAM_READ, &e->pre_in, errp)) == 0)
-		mfd_stream_set_label(e->pre_in, "preempt channel");
+	if (r == 0 && (r = mfd_stream_new(ch, MFD_STREAM_READ, &in, errp)) == 0) {
+		mfd_stream_set_label(in, "preempt channel");
+		pthread_mutex_lock(&e->lock);
+		e->pre_ch = ch;
+		e->pre_raw = ch != raw ? raw : NULL;
+		e->pre_in = in;
+		pthread_mutex_unlock(&e->lock);
+		if (engine_cancelled(e))
+			shutdown_all(e);
+	}
 out:
+	if (r < 0 && ch != raw)
+		mfd_channel_free(ch);
+	return r;
+}
+
+/* Destination: take the preempt channel. */
+static int accept_preempt(struct mfd_engine *e, mfd_error **errp)
+{
+	mfd_channel *raw = NULL;
+	int r = gather(e, 1, (int)e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], screen_preempt, &raw,
+		       errp);
+
 	if (r < 0)
 		mfd_error_prefix(errp ? *errp : NULL, "preempt channel");
 	return r;
 }
 
+/* Recovery: the source that reconnects must be this migration's. */
+static int screen_resume(mfd_channel *raw, void *opaque, bool *stray, mfd_error **errp)
+{
+	struct mfd_engine *e = opaque;
+	uint8_t h[MAIN_HELLO_SIZE];
+	struct iovec iov = { h, sizeof(h) };
+	mfd_channel *ch = NULL;
+	int r;
+
+	if ((r = wrap_channel(e, raw, ENGINE_CH_MAIN, 0, errp)) < 0)
+		return r;
+	*stray = true;
+	if ((r = wrap_in(e, raw, &ch, errp)) < 0)
+		return r;
+	if ((r = mfd_channel_readv_full(ch, &iov, 1, errp)) < 0)
+		;
+	else if (mfd_load_be32(h) != MAIN_HELLO_MAGIC || mfd_load_be32(h + 4) != MAIN_HELLO_VERSION ||
+		 !(mfd_load_be32(h + 8) & MAIN_HELLO_RESUME))
+		r = mfd_error_set(errp, MFD_EPROTO, "recovery: the connection is not a libmultifd "
+				  "source resuming postcopy (magic 0x%08x, flags 0x%x)",
+				  mfd_load_be32(h), mfd_load_be32(h + 8));
+	else if (memcmp(h + 32, e->mcfg.uuid, MFD_UUID_LEN) != 0 ||
+		 mfd_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
+		r = mfd_error_set(errp, MFD_EPROTO, "recovery: the source belongs to another "
+				  "migration (session UUID or token differs)");
+	if (r < 0) {
+		if (ch != raw)
+			mfd_channel_free(ch);
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	e->main_ch = ch;
+	e->main_raw = ch != raw ? raw : NULL;
+	pthread_mutex_unlock(&e->lock);
+	if (engine_cancelled(e))
+		shutdown_all(e);
+	return 0;
+}
+
 /* Destination, recovery: the source reconnects to the new listener. */
 static int dest_reconnect(struct mfd_engine *e, mfd_error **errp)
 {
-	uint8_t h[MAIN_HELLO_SIZE];
-	struct iovec iov = { h, sizeof(h) };
-	mfd_channel *raw = NULL, *ch = NULL;
-	int r = accept_one(e, 0, ENGINE_CH_MAIN, &ch, &raw, errp);
+	mfd_channel *raw = NULL;
+	int r;
 
-	if (r < 0)
+	e->strays = 0;
+	if ((r = gather(e, 1, 0, screen_resume, &raw, errp)) < 0)
 		return r;
-	pthread_mutex_lock(&e->lock);
-	e->main_ch = ch;
-	e->main_raw = raw;
-	pthread_mutex_unlock(&e->lock);
-	if ((r = mfd_channel_readv_full(ch, &iov, 1, errp)) < 0)
-		return r;
-	if (mfd_load_be32(h) != MAIN_HELLO_MAGIC || mfd_load_be32(h + 4) != MAIN_HELLO_VERSION ||
-	    !(mfd_load_be32(h + 8) & MAIN_HELLO_RESUME))
-		return mfd_error_set(errp, MFD_EPROTO, "recovery: the connection is not a libmultifd "
-				     "source resuming postcopy (magic 0x%08x, flags 0x%x)",
-				     mfd_load_be32(h), mfd_load_be32(h + 8));
-	if (memcmp(h + 32, e->mcfg.uuid, MFD_UUID_LEN) != 0 ||
-	    mfd_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
-		return mfd_error_set(errp, MFD_EPROTO, "recovery: the source belongs to another "
-				     "migration (session UUID or token differs)");
 	if (e->preempt && (r = accept_preempt(e, errp)) < 0)
 		return r;
+	listener_stop(e->listener);
 	relax_timeouts(e);
 	mfd_channel_set_option(e->pre_ch, "timeout-ms", 0, NULL);
 	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &e->in, errp)) < 0)
@@ -2320,46 +2386,36 @@ static int incoming_run(struct mfd_engine *e, mfd_error **errp)
 	mfd_channel *first = NULL;
 	/* Wait as long as it takes for a source; once one connected, its other
 	 * channels must follow within channel-timeout-ms. */
-	int r = mfd_listener_accept(e->listener, 0, &first, errp);
+	int r;
 
-	if (r == 0 && (r = wrap_channel(e, first, ENGINE_CH_MAIN, 0, errp)) < 0) {
-		mfd_channel_free(first);
-		first = NULL;
-	}
-	if (r == 0)
-		mfd_channel_set_option(first, "timeout-ms", m->params.i[MFD_P_CHANNEL_TIMEOUT_MS],
-				       NULL);
-	if (r == 0 && (r = identify(first, e, errp)) < 0) {
-		/* out_lock: a canceller may be writing a RESULT on it (rp_send). */
-		pthread_mutex_lock(&e->out_lock);
-		pthread_mutex_lock(&e->lock);
-		mfd_channel *wrap = e->main_raw ? e->main_ch : NULL;
-
-		e->main_ch = e->main_raw = NULL;
-		pthread_mutex_unlock(&e->lock);
-		pthread_mutex_unlock(&e->out_lock);
-		mfd_channel_free(wrap);
-		mfd_channel_free(first);
-	}
+	e->strays = 0;
+	r = gather(e, 1, 0, screen_main, &first, errp);
 	if (r == 0 && e->preempt)
 		r = accept_preempt(e, errp);
-	if (r == 0 && count > 1)
-		r = mfd_listener_gather(e->listener, count - 1,
-					(int)m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], identify_mf, e,
-					slots, errp);
+	if (r == 0 && count > 1) {
+		r = gather(e, count - 1, (int)m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], screen_mf, slots,
+			   errp);
+		if (r < 0) {
+			/* Unpublish the multifd channels before they go: a cancel
+			 * may be shutting them down right now.  TLS wrappers go
+			 * before the channels they wrap. */
+			pthread_mutex_lock(&e->lock);
+			for (unsigned i = 0; i < 256; i++)
+				if (e->mf_raw[i])
+					mfd_channel_free(e->mf[i]);
+			memset(e->mf, 0, sizeof(e->mf));
+			memset(e->mf_raw, 0, sizeof(e->mf_raw));
+			pthread_mutex_unlock(&e->lock);
+			for (unsigned i = 0; i < count - 1; i++)
+				mfd_channel_free(slots[i]);
+		}
+	}
 	if (r < 0) {
-		/* gather freed the multifd channels it accepted; drop our TLS wrappers
-		 * of them.  The main channel is ours and goes with the rest. */
-		pthread_mutex_lock(&e->lock);
-		for (unsigned i = 0; i < 256; i++)
-			if (e->mf_raw[i])
-				mfd_channel_free(e->mf[i]);
-		memset(e->mf, 0, sizeof(e->mf));
-		memset(e->mf_raw, 0, sizeof(e->mf_raw));
-		pthread_mutex_unlock(&e->lock);
+		/* The main channel is ours and goes with the rest. */
 		mfd_error_prefix(errp ? *errp : NULL, "setup: gathering %u channels", count);
 		return r;
 	}
+	listener_stop(e->listener);
 
 	/* The raw channels are ours now; identify recorded each of them. */
 	relax_timeouts(e);

@@ -147,6 +147,7 @@ struct mfd_engine {
 	pthread_t rp_thread;
 	bool rp_started;
 	mfd_listener *listener;
+	unsigned strays;		/* migration thread: refused in this setup or recovery */
 	mfd_tls_creds *creds;
 	mfd_channel *main_ch, *main_raw;
 	mfd_channel *mf[256], *mf_raw[256];

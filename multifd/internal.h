@@ -120,6 +120,11 @@ int mfd_multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_
 /* Read and check a channel's hello; returns its channel id (>= 0) and keeps the
  * channel in that slot (still owned by the caller), or a negative code. */
 int mfd_multifd_recv_identify(mfd_channel *ch, void *recv, mfd_error **errp);
+/* The same; on failure *stray tells a connection that never showed this
+ * session's UUID and token (nothing, junk, a foreign hello) from one of the
+ * session's channels that failed. */
+int multifd_recv_identify_screened(mfd_channel *ch, void *recv, bool *stray,
+				   mfd_error **errp);
 /* Start the threads once every channel was identified. */
 int mfd_multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp);
 /* At the main stream's sync marker: wait until every channel parked at its SYNC

@@ -197,6 +197,14 @@ static int channel_setup(struct mfd_multifd_recv *r, struct recv_channel *c, mfd
 
 int mfd_multifd_recv_identify(mfd_channel *ch, void *opaque, mfd_error **errp)
 {
+	bool stray;
+
+	return multifd_recv_identify_screened(ch, opaque, &stray, errp);
+}
+
+int multifd_recv_identify_screened(mfd_channel *ch, void *opaque, bool *stray,
+				   mfd_error **errp)
+{
 	struct mfd_multifd_recv *r = opaque;
 	uint8_t h[MFD_HELLO_SIZE];
 	struct iovec iov = { h, sizeof(h) };
@@ -207,6 +215,7 @@ int mfd_multifd_recv_identify(mfd_channel *ch, void *opaque, mfd_error **errp)
 	uint16_t id, count;
 	int rc;
 
+	*stray = true;	/* until the session's UUID and token are seen */
 	rc = mfd_channel_readv_full(ch, &iov, 1, errp);
 	if (rc < 0) {
 		mfd_error_prefix(errp ? *errp : NULL, "multifd hello from %s", who);
@@ -268,6 +277,7 @@ int mfd_multifd_recv_identify(mfd_channel *ch, void *opaque, mfd_error **errp)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: channel %u presents a wrong session "
 				     "token", who, id);
+	*stray = false;
 	if (mfd_load_be64(h + 24) != r->digest)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: the RAM block tables differ (register the "

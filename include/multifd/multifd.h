@@ -1357,7 +1357,11 @@ MFD_API int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp);
  * the source through the return path, calls @vm_start and ends completed
  * or failed.  @vm_start is called only once that report was written; if
  * it fails afterwards the error says the VM runs nowhere (the source has
- * completed).
+ * completed).  Connections that are not the source's (silent past a hello
+ * deadline, junk, a foreign hello or session token, a failed TLS handshake)
+ * are closed and logged as warnings, and the wait goes on; more than 64 of
+ * them fail the migration with MFD_EPROTO (docs/security.md §4.1).  The
+ * listener closes once the session's channels are all in.
  */
 MFD_API int mfd_migrate_incoming(mfd_migration *m, const char *uri, mfd_error **errp);
 

@@ -6,17 +6,23 @@
  * switchover, cancel, failure reporting through the return path, and
  * auto-converge.
  */
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "core/engine.h"
 #include "tests/lib/certs.h"
 #include "tests/lib/testlib.h"
 
@@ -890,13 +896,21 @@ START_TEST(tls_psk_authz)
 	ck_assert_ok(mfd_set_param(src.m, "tls-psk-file", file, &err), err);
 	ck_assert_ok(mfd_set_param(dst.m, "tls-psk-file", file, &err), err);
 	ck_assert_ok(mfd_set_param(dst.m, "tls-authz", "spare|someone", &err), err);
+	/* An unlisted client is a stray to the destination (defect 1 of issue
+	 * 19): refused with the reason logged, and the wait goes on. */
+	test_log_capture_start();
 	start_pair(&src, &dst, "tcp:127.0.0.1:0");
-	ck_assert_int_eq(mfd_migration_wait(dst.m, 30000, &err), MFD_EPROTO);
-	ck_assert_mfd_error(err, MFD_EPROTO, "TLS handshake: PSK identity 'qemu' is not in the "
-			    "authz allow-list (tls-authz)");
 	ck_assert_int_ne(mfd_migration_wait(src.m, 30000, &err), 0);
 	ck_assert_mfd_error(err, MFD_EPROTO, "the server refused the connection");
 	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+	ck_assert_int_eq(mfd_migration_wait(dst.m, 2000, NULL), MFD_ETIMEDOUT);
+	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_SETUP);
+	const char *log = test_log_capture_stop();
+
+	ck_assert_msg(strstr(log, "PSK identity 'qemu' is not in the authz allow-list (tls-authz)"),
+		      "log: %s", log);
+	mfd_migrate_cancel(dst.m);
+	ck_assert_int_ne(mfd_migration_wait(dst.m, 30000, NULL), 0);
 	ck_assert_int_eq(dst.vm_starts, 0);
 	guest_free(&src);
 	guest_free(&dst);
@@ -1001,6 +1015,207 @@ START_TEST(soak_of_back_to_back_migrations)
 }
 END_TEST
 
+/* ---- stray connections ------------------------------------------------------------ */
+
+/* A TCP connection to "tcp:127.0.0.1:PORT", as a port scanner or a health
+ * check would open it. */
+static int probe_connect(const char *uri)
+{
+	const char *colon = strrchr(uri, ':');
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_ptr_nonnull(colon);
+	sa.sin_port = htons((uint16_t)atoi(colon + 1));
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_msg(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "connect %s: %s", uri,
+		      strerror(errno));
+	return fd;
+}
+
+/* Connects, sends @junk bytes (0: none) and closes. */
+static void probe(const char *uri, size_t junk)
+{
+	uint8_t buf[512];
+	int fd = probe_connect(uri);
+
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (uint8_t)(i * 37 + 11);
+	ck_assert_uint_le(junk, sizeof(buf));
+	if (junk)
+		ck_assert_int_eq(write(fd, buf, junk), (ssize_t)junk);
+	close(fd);
+}
+
+/* The destination keeps listening through strays; the real source then
+ * migrates as if they had not been there. */
+static void migrate_after_strays(struct guest *src, struct guest *dst, const char *uri)
+{
+	mfd_error *err = NULL;
+
+	ck_assert_ok(mfd_migrate(src->m, uri, &err), err);
+	ck_assert_ok(mfd_migration_wait(src->m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst->m, 60000, &err), err);
+	ck_assert_int_eq(mfd_migration_state(dst->m), MFD_STATE_COMPLETED);
+	ck_assert_int_eq(memcmp(src->snapshot, dst->ram, src->size), 0);
+}
+
+START_TEST(stray_connections_do_not_fail_an_incoming_migration)
+{
+	struct guest src, dst;
+	mfd_error *err = NULL;
+	char uri[256];
+	const char *log;
+
+	guest_init(&src, 8, true, 2, "none");
+	guest_init(&dst, 8, false, 2, "none");
+	test_log_capture_start();
+	ck_assert_ok(mfd_migrate_incoming(dst.m, "tcp:127.0.0.1:0", &err), err);
+	ck_assert_int_eq(mfd_migration_listen_uri(dst.m, uri, sizeof(uri)), 0);
+	probe(uri, 0);		/* a port scan: connect, close */
+	probe(uri, 200);	/* junk */
+	usleep(200 * 1000);
+	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_SETUP);
+	/* A silent one stays open while the source connects. */
+	int silent = probe_connect(uri);
+
+	migrate_after_strays(&src, &dst, uri);
+	close(silent);
+	log = test_log_capture_stop();
+	ck_assert_msg(strstr(log, "refused a connection") != NULL, "no warning in:\n%s", log);
+	ck_assert_msg(strstr(log, "magic 0x") != NULL, "the junk was not named:\n%s", log);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
+START_TEST(stray_connections_under_tls_psk)
+{
+	struct guest src, dst;
+	struct test_pki pki;
+	mfd_error *err = NULL;
+	mfd_tls_creds *wrong = NULL;
+	mfd_channel *raw = NULL, *tls = NULL;
+	char uri[256], path[512];
+
+	ck_assert_msg(certs_create(&pki) == 0, "cannot create the test PKI");
+	guest_init(&src, 8, true, 2, "none");
+	guest_init(&dst, 8, false, 2, "none");
+	certs_path(&pki, "psk-main", NULL, path, sizeof(path));
+	ck_assert_ok(mfd_set_param(src.m, "tls-psk-file", path, &err), err);
+	ck_assert_ok(mfd_set_param(dst.m, "tls-psk-file", path, &err), err);
+	ck_assert_ok(mfd_migrate_incoming(dst.m, "tcp:127.0.0.1:0", &err), err);
+	ck_assert_ok(mfd_migration_listen_uri(dst.m, uri, sizeof(uri)), err);
+	probe(uri, 0);
+	probe(uri, 200);	/* plaintext */
+	/* A TLS client with another key: its handshake fails. */
+	certs_path(&pki, "psk-otherkey", NULL, path, sizeof(path));
+	ck_assert_ok(mfd_tls_creds_new_psk(path, MFD_TLS_CLIENT, &wrong, &err), err);
+	ck_assert_ok(mfd_channel_connect(uri, 5000, &raw, &err), err);
+	mfd_channel_set_option(raw, "timeout-ms", 5000, NULL);
+	ck_assert_int_lt(mfd_channel_tls_wrap(raw, wrong, NULL, 0, &tls, &err), 0);
+	mfd_error_free(err);
+	err = NULL;
+	mfd_channel_free(raw);
+	mfd_tls_creds_free(wrong);
+	usleep(200 * 1000);
+	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_SETUP);
+	migrate_after_strays(&src, &dst, uri);
+	guest_free(&src);
+	guest_free(&dst);
+	certs_destroy(&pki);
+}
+END_TEST
+
+START_TEST(too_many_stray_connections_fail_clearly)
+{
+	struct guest dst;
+	mfd_error *err = NULL;
+	char uri[256];
+
+	guest_init(&dst, 4, false, 2, "none");
+	ck_assert_ok(mfd_migrate_incoming(dst.m, "tcp:127.0.0.1:0", &err), err);
+	ck_assert_int_eq(mfd_migration_listen_uri(dst.m, uri, sizeof(uri)), 0);
+	for (int i = 0; i < 80 && mfd_migration_state(dst.m) == MFD_STATE_SETUP; i++) {
+		int fd = probe_connect(uri);
+
+		close(fd);
+		usleep(5000);
+	}
+	ck_assert_int_eq(mfd_migration_wait(dst.m, 20000, &err), MFD_EPROTO);
+	ck_assert_mfd_error(err, MFD_EPROTO, "refused more than 64 connections");
+	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_FAILED);
+	guest_free(&dst);
+}
+END_TEST
+
+/* ---- a cancel racing a failing gather ---------------------------------------------- */
+
+static atomic_bool gather_failing;
+
+/* Fails the destination's third multifd channel, after the first two were
+ * identified and published, and gives the cancels time to pile up. */
+static int fail_third_channel(void *opaque, mfd_channel *ch, mfd_migration *m, bool incoming,
+			      enum engine_chan_kind kind, unsigned index, mfd_error **errp)
+{
+	(void)opaque;
+	(void)ch;
+	(void)m;
+	if (!incoming || kind != ENGINE_CH_MULTIFD || index != 2)
+		return 0;
+	atomic_store(&gather_failing, true);
+	usleep(2000);
+	return mfd_error_set(errp, MFD_EIO, "test: multifd channel 2 fails");
+}
+
+struct canceller {
+	mfd_migration *m;
+	pthread_t thread;
+	atomic_bool stop;
+};
+
+static void *cancel_loop(void *arg)
+{
+	struct canceller *c = arg;
+
+	while (!atomic_load(&gather_failing) && !atomic_load(&c->stop))
+		sched_yield();
+	while (!atomic_load(&c->stop))
+		mfd_migrate_cancel(c->m);
+	return NULL;
+}
+
+START_TEST(cancel_races_a_failing_gather)
+{
+	for (int round = 0; round < 10; round++) {
+		struct guest src, dst;
+		struct canceller c = { 0 };
+		mfd_error *err = NULL;
+
+		guest_init(&src, 4, true, 4, "none");
+		guest_init(&dst, 4, false, 4, "none");
+		atomic_store(&gather_failing, false);
+		engine_set_channel_wrapper(fail_third_channel, NULL);
+		c.m = dst.m;
+		ck_assert_int_eq(pthread_create(&c.thread, NULL, cancel_loop, &c), 0);
+		start_pair(&src, &dst, "tcp:127.0.0.1:0");
+		ck_assert_int_lt(mfd_migration_wait(dst.m, 20000, &err), 0);
+		mfd_error_free(err);
+		err = NULL;
+		atomic_store(&c.stop, true);
+		pthread_join(c.thread, NULL);
+		ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_FAILED);
+		ck_assert_int_lt(mfd_migration_wait(src.m, 20000, &err), 0);
+		mfd_error_free(err);
+		engine_set_channel_wrapper(NULL, NULL);
+		guest_free(&src);
+		guest_free(&dst);
+	}
+}
+END_TEST
+
+
 Suite *suite_engine(void)
 {
 	Suite *s = suite_create("engine");
@@ -1028,6 +1243,15 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, tls_knobs_are_never_ignored);
 #endif
 	tcase_set_timeout(tc, 180);
+	suite_add_tcase(s, tc);
+
+	/* Connections that are not the source's, and a cancel racing setup. */
+	tc = tcase_create("strays");
+	tcase_add_test(tc, stray_connections_do_not_fail_an_incoming_migration);
+	tcase_add_test(tc, stray_connections_under_tls_psk);
+	tcase_add_test(tc, too_many_stray_connections_fail_clearly);
+	tcase_add_test(tc, cancel_races_a_failing_gather);
+	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 	return s;
 }

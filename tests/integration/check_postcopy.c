@@ -14,7 +14,9 @@
  * Needs userfaultfd (root, or vm.unprivileged_userfaultfd=1): the other tests
  * are skipped and counted otherwise (test_skip).
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -24,6 +26,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -503,8 +506,42 @@ static void wait_remaining_below(mfd_migration *m, uint64_t left, struct mfd_sta
 }
 
 /* Cut the connection during postcopy: both pause, then recover. */
+/* Connects to "tcp:127.0.0.1:PORT", sends @junk bytes and closes, unless
+ * @keep: then the connection stays open and is returned. */
+static int stray_probe(const char *uri, size_t junk, bool keep)
+{
+	const char *colon = strrchr(uri, ':');
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	uint8_t buf[256];
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_ptr_nonnull(colon);
+	sa.sin_port = htons((uint16_t)atoi(colon + 1));
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	memset(buf, 0x5a, sizeof(buf));
+	ck_assert_uint_le(junk, sizeof(buf));
+	if (junk)
+		ck_assert_int_eq(write(fd, buf, junk), (ssize_t)junk);
+	if (keep)
+		return fd;
+	close(fd);
+	return -1;
+}
+
+static void cut_and_recover_probed(bool preempt, bool use_ss, bool probes);
+
 static void cut_and_recover(bool preempt, bool use_ss)
 {
+	cut_and_recover_probed(preempt, use_ss, false);
+}
+
+/* With @probes, stray connections reach the recovery listener before the
+ * source does. */
+static void cut_and_recover_probed(bool preempt, bool use_ss, bool probes)
+{
+	int silent = -1;
 	struct pguest src, dst;
 	mfd_error *err = NULL;
 	char uri[256], cmd[512];
@@ -558,6 +595,12 @@ static void cut_and_recover(bool preempt, bool use_ss)
 	err = NULL;
 	ck_assert_ok(mfd_migrate_recover(dst.m, "tcp:127.0.0.1:0", &err), err);
 	ck_assert_int_eq(mfd_migration_listen_uri(dst.m, uri, sizeof(uri)), 0);
+	if (probes) {
+		stray_probe(uri, 0, false);
+		stray_probe(uri, 200, false);
+		usleep(200 * 1000);
+		silent = stray_probe(uri, 0, true);
+	}
 	ck_assert_ok(mfd_migrate_resume(src.m, uri, &err), err);
 	ck_assert_int_eq(wait_state(src.m, MFD_STATE_POSTCOPY_ACTIVE, 30000),
 			 MFD_STATE_POSTCOPY_ACTIVE);
@@ -571,6 +614,8 @@ static void cut_and_recover(bool preempt, bool use_ss)
 	ck_assert_uint_eq(st.ram_remaining, 0);
 	ck_assert_int_eq(mfd_migration_stats(dst.m, &st), 0);
 	ck_assert_uint_eq(st.postcopy_pauses, 1);
+	if (silent >= 0)
+		close(silent);
 	pguest_free(&src);
 	pguest_free(&dst);
 }
@@ -579,6 +624,15 @@ START_TEST(pause_and_recover_in_process)
 {
 	NEED_UFFD();
 	cut_and_recover(_i, false);
+}
+END_TEST
+
+/* Strays at the recovery listener (a scan, junk, a silent connection) do not
+ * fail the recovery: the source resumes through them. */
+START_TEST(recover_through_stray_connections)
+{
+	NEED_UFFD();
+	cut_and_recover_probed(true, false, true);
 }
 END_TEST
 
@@ -825,6 +879,10 @@ Suite *suite_postcopy(void)
 	tcase_add_test(tc, configuration_errors);
 	tcase_add_loop_test(tc, mismatched_postcopy_refused_at_setup, 0, 2);
 	tcase_add_test(tc, postcopy_refused_without_userfaultfd);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("strays");
+	tcase_add_test(tc, recover_through_stray_connections);
+	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;
 }
