@@ -4,7 +4,7 @@
  *
  * OpenSSL never touches the inner channel.  It reads ciphertext from one
  * byte queue and writes ciphertext to another (each behind a small BIO of
- * ours, below); this file moves the bytes between those queues and the
+ * ours, tls/bio.c); this file moves the bytes between those queues and the
  * inner channel, in place: the socket is written from the queue OpenSSL
  * filled and read into the queue OpenSSL reads, one copy each way between
  * OpenSSL's record buffer and the socket (memory BIOs took two).
@@ -33,7 +33,7 @@
 #include "config.h"
 #include "core/channel.h"
 #include "core/util.h"
-#include "tls/tls.h"
+#include "tls/internal.h"
 
 #if MFD_HAVE_TLS
 
@@ -42,350 +42,6 @@
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
-
-#define TLS_RECORD 16384			/* the largest TLS plaintext record */
-#define TLS_WRITE_BATCH (4 * TLS_RECORD)	/* plaintext per SSL_write_ex() */
-#define TLS_DRAIN_AT (16 * TLS_RECORD)		/* queued ciphertext that triggers a send */
-#define TLS_IN_BUF (256 * 1024)			/* the most one inner read asks for */
-#define TLS_OUT_BUF (512 * 1024)		/* initial capacity of a write queue */
-
-/*
- * A byte queue: [head, tail) holds data, [tail, cap) is free.  OpenSSL sees
- * it through qbio_new()'s BIO; who may touch it when is said where the
- * queues live (struct tls_chan).
- */
-struct byteq {
-	uint8_t *buf;
-	size_t cap, head, tail;
-};
-
-static size_t q_len(const struct byteq *q)
-{
-	return q->tail - q->head;
-}
-
-/* Room for @n more bytes at the tail; false when out of memory. */
-static bool q_reserve(struct byteq *q, size_t n)
-{
-	if (q->head == q->tail)
-		q->head = q->tail = 0;
-	if (q->cap - q->tail >= n)
-		return true;
-	if (q->head) {	/* slide the data to the front first */
-		memmove(q->buf, q->buf + q->head, q_len(q));
-		q->tail -= q->head;
-		q->head = 0;
-		if (q->cap - q->tail >= n)
-			return true;
-	}
-	size_t cap = q->cap ? q->cap : TLS_OUT_BUF;
-
-	while (cap - q->tail < n)
-		cap *= 2;
-	uint8_t *b = realloc(q->buf, cap);
-
-	if (!b)
-		return false;
-	q->buf = b;
-	q->cap = cap;
-	return true;
-}
-
-static void q_free(struct byteq *q)
-{
-	free(q->buf);	/* ciphertext only: nothing to wipe */
-	memset(q, 0, sizeof(*q));
-}
-
-/*
- * The BIO over a byte queue.  OpenSSL writes records to the tail of the
- * write queue and reads from the head of the read queue; an empty read
- * queue asks it to retry, like an empty memory BIO, so SSL_read() reports
- * SSL_ERROR_WANT_READ and we feed it from the inner channel.
- */
-static int qbio_write(BIO *b, const char *data, size_t len, size_t *written)
-{
-	struct byteq *q = BIO_get_data(b);
-
-	BIO_clear_retry_flags(b);
-	if (!q_reserve(q, len))
-		return 0;
-	memcpy(q->buf + q->tail, data, len);
-	q->tail += len;
-	*written = len;
-	return 1;
-}
-
-static int qbio_read(BIO *b, char *data, size_t len, size_t *readbytes)
-{
-	struct byteq *q = BIO_get_data(b);
-	size_t n = MFD_MIN(len, q_len(q));
-
-	BIO_clear_retry_flags(b);
-	if (n == 0) {
-		BIO_set_retry_read(b);
-		return 0;
-	}
-	memcpy(data, q->buf + q->head, n);
-	q->head += n;
-	*readbytes = n;
-	return 1;
-}
-
-static long qbio_ctrl(BIO *b, int cmd, long num, void *ptr)
-{
-	struct byteq *q = BIO_get_data(b);
-
-	(void)num;
-	(void)ptr;
-	switch (cmd) {
-	case BIO_CTRL_PENDING:
-		return (long)q_len(q);
-	case BIO_CTRL_WPENDING:
-		return 0;
-	case BIO_CTRL_FLUSH:
-	case BIO_CTRL_DUP:
-		return 1;
-	default:
-		return 0;
-	}
-}
-
-static int qbio_create(BIO *b)
-{
-	BIO_set_init(b, 1);
-	return 1;
-}
-
-static BIO_METHOD *qbio_method;
-static pthread_once_t qbio_once = PTHREAD_ONCE_INIT;
-
-static void qbio_method_init(void)
-{
-	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mfd byte queue");
-
-	if (m && BIO_meth_set_write_ex(m, qbio_write) && BIO_meth_set_read_ex(m, qbio_read) &&
-	    BIO_meth_set_ctrl(m, qbio_ctrl) && BIO_meth_set_create(m, qbio_create)) {
-		qbio_method = m;
-		return;
-	}
-	BIO_meth_free(m);
-}
-
-/* A BIO over @q (which must outlive it), or NULL when out of memory. */
-static BIO *qbio_new(struct byteq *q)
-{
-	BIO *b;
-
-	pthread_once(&qbio_once, qbio_method_init);
-	if (!qbio_method || !(b = BIO_new(qbio_method)))
-		return NULL;
-	BIO_set_data(b, q);
-	return b;
-}
-
-struct tls_chan {
-	/* Set at creation. */
-	mfd_channel *inner;
-	bool own_inner;
-	mfd_tls_creds *creds;
-	enum mfd_tls_role role;
-	char peer_name[256];	/* client: the name the server certificate must carry */
-
-	/* Protected by ssl_lock: the SSL object, its BIOs, the note its
-	 * callbacks fill, the latched fatal error, the write queue, and the
-	 * data part [head, tail) of the read queue. */
-	pthread_mutex_t ssl_lock;
-	SSL *ssl;
-	BIO *rbio;		/* over inq: ciphertext from the peer */
-	BIO *wbio;		/* over outq: ciphertext for the peer */
-	struct tls_hs_note note;
-	mfd_error *fatal;	/* the session is dead; every call reports this */
-	struct byteq outq;	/* swapped with sending by the drainer */
-	/* The free part [tail, cap) of inq is the reading thread's (the
-	 * handshake's before that): it reads the inner channel straight into
-	 * it without the lock, then publishes the bytes by moving tail. */
-	struct byteq inq;
-
-	/* Protected by out_lock: the ciphertext stream on the inner channel, and
-	 * the write side's buffers. */
-	pthread_mutex_t out_lock;
-	struct byteq sending;	/* ciphertext taken from outq, going out now */
-	uint8_t *stage;		/* small writes are gathered into one record */
-	mfd_error *out_err;	/* an inner write failed: the record stream is cut */
-	bool finished;		/* close_notify is out */
-
-	/* Any thread: threads inside a write-side call, which send everything
-	 * pending before they leave. */
-	atomic_int writers;
-};
-
-/* What one failed SSL call left behind, taken right after the call. */
-struct ssl_fail {
-	int err;		/* SSL_get_error() */
-	unsigned long code;	/* the first OpenSSL error queued, 0 if none */
-	char text[256];		/* its full text */
-};
-
-static void capture(SSL *ssl, int ret, struct ssl_fail *f)
-{
-	unsigned long e;
-
-	f->err = SSL_get_error(ssl, ret);
-	f->code = 0;
-	f->text[0] = '\0';
-	/* The oldest libssl error names the cause; later ones are consequences. */
-	while ((e = ERR_get_error()) != 0) {
-		if (!f->code || (ERR_GET_LIB(f->code) != ERR_LIB_SSL && ERR_GET_LIB(e) == ERR_LIB_SSL))
-			f->code = e;
-	}
-	if (f->code)
-		ERR_error_string_n(f->code, f->text, sizeof(f->text));
-	ERR_clear_error();
-}
-
-static const char *peer_word(const struct tls_chan *tc)
-{
-	return tc->role == MFD_TLS_CLIENT ? "server" : "client";
-}
-
-static bool is_alert(unsigned long code)
-{
-	return ERR_GET_LIB(code) == ERR_LIB_SSL && ERR_GET_REASON(code) >= SSL_AD_REASON_OFFSET;
-}
-
-/*
- * The error for a failed SSL call, as specific as we can make it.  Called
- * with ssl_lock held (it reads the note and the SSL).  @phase is "TLS
- * handshake", "TLS read"...
- */
-static int tls_error(struct tls_chan *tc, const char *name, const char *phase,
-		     const struct ssl_fail *f, mfd_error **errp)
-{
-	const struct tls_hs_note *n = &tc->note;
-	int reason = f->code ? ERR_GET_REASON(f->code) : 0;
-	const char *peer = peer_word(tc);
-	bool psk = tc->creds->kind == TLS_PSK;
-
-	if (n->psk_unknown)
-		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: unknown PSK identity '%s' (not in "
-				     "the PSK file %s)", name, phase, n->psk_identity,
-				     tc->creds->source);
-	if (n->authz_denied && psk)
-		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: PSK identity '%s' is not in the "
-				     "authz allow-list (tls-authz)", name, phase, n->psk_identity);
-	if (n->authz_denied)
-		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: client certificate subject '%s' "
-				     "is not in the authz allow-list", name, phase, n->peer_dn);
-	if (psk && tc->role == MFD_TLS_CLIENT && (n->verify_err || reason == SSL_R_CERTIFICATE_VERIFY_FAILED))
-		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: the server ignored our pre-shared key "
-				     "and sent a certificate instead (is it set up for x509?)", name,
-				     phase);
-	if (n->verify_err || (ERR_GET_LIB(f->code) == ERR_LIB_SSL &&
-			      reason == SSL_R_CERTIFICATE_VERIFY_FAILED)) {
-		long v = n->verify_err ? n->verify_err : SSL_get_verify_result(tc->ssl);
-		const char *hint = "";
-		char extra[400] = "";
-
-		if (v == X509_V_ERR_CERT_REVOKED)
-			return mfd_error_set(errp, MFD_EPROTO, "%s: %s: the peer's certificate is "
-					     "revoked (ca-crl.pem): the %s certificate '%s' (depth %d) "
-					     "is listed in %s/ca-crl.pem", name, phase, peer,
-					     n->peer_dn[0] ? n->peer_dn : "?", n->verify_depth,
-					     tc->creds->source);
-		if (v == X509_V_ERR_UNABLE_TO_GET_CRL || v == X509_V_ERR_CRL_HAS_EXPIRED ||
-		    v == X509_V_ERR_CRL_NOT_YET_VALID || v == X509_V_ERR_CRL_SIGNATURE_FAILURE ||
-		    v == X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER) {
-			snprintf(extra, sizeof(extra), "; revocation is checked against %s/ca-crl.pem, "
-				 "which needs a current CRL from the CA that issued this certificate",
-				 tc->creds->source);
-			hint = extra;
-		} else if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) {
-			snprintf(extra, sizeof(extra), "; the certificate was not issued for '%s'",
-				 tc->peer_name);
-			hint = extra;
-		} else if (v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
-			   v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
-			   v == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT ||
-			   v == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN) {
-			snprintf(extra, sizeof(extra), "; it is not signed by the CA in %s/ca-cert.pem",
-				 tc->creds->source);
-			hint = extra;
-		}
-		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: %s certificate verification failed: "
-				     "%s (depth %d, subject '%s')%s", name, phase, peer,
-				     X509_verify_cert_error_string(v), n->verify_depth,
-				     n->peer_dn[0] ? n->peer_dn : "?", hint);
-	}
-	if (ERR_GET_LIB(f->code) == ERR_LIB_SSL) {
-		switch (reason) {
-		case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
-			return mfd_error_set(errp, MFD_EPROTO, "%s: %s: peer sent no certificate (this "
-					     "server requires one; verify-peer=off accepts anonymous "
-					     "clients)", name, phase);
-		case SSL_R_BINDER_DOES_NOT_VERIFY:
-			return mfd_error_set(errp, MFD_EPROTO, "%s: %s: PSK key mismatch: the client's "
-					     "key for identity '%s' is not the one in %s (binder does "
-					     "not verify)", name, phase, n->psk_identity,
-					     tc->creds->source);
-		case SSL_R_WRONG_VERSION_NUMBER:
-		case SSL_R_HTTP_REQUEST:
-		case SSL_R_HTTPS_PROXY_REQUEST:
-		case SSL_R_UNKNOWN_PROTOCOL:
-		case SSL_R_PACKET_LENGTH_TOO_LONG:
-#ifdef SSL_R_RECORD_LAYER_FAILURE
-		case SSL_R_RECORD_LAYER_FAILURE:
-#endif
-		case SSL_R_WRONG_SSL_VERSION:
-			if (!SSL_is_init_finished(tc->ssl))
-				return mfd_error_set(errp, MFD_EPROTO, "%s: %s: peer did not speak TLS "
-						     "(plaintext?): %s", name, phase,
-						     ERR_reason_error_string(f->code));
-			break;
-		case SSL_R_UNSUPPORTED_PROTOCOL:
-		case SSL_R_NO_PROTOCOLS_AVAILABLE:
-			return mfd_error_set(errp, MFD_EPROTO, "%s: %s: no TLS version acceptable to "
-					     "both sides (see min-version): %s", name, phase,
-					     ERR_reason_error_string(f->code));
-		case SSL_R_NO_SHARED_CIPHER:
-			return mfd_error_set(errp, MFD_EPROTO, "%s: %s: no cipher suite in common with "
-					     "the %s", name, phase, peer);
-		default:
-			break;
-		}
-	}
-	if (is_alert(f->code)) {
-		int alert = reason - SSL_AD_REASON_OFFSET;
-		const char *hint = "";
-
-		if (psk && (alert == SSL_AD_DECRYPT_ERROR || alert == SSL_AD_ILLEGAL_PARAMETER))
-			hint = " (PSK key mismatch?)";
-		else if (psk && alert == SSL_AD_HANDSHAKE_FAILURE)
-			hint = " (unknown PSK identity, key mismatch or authz refusal?)";
-		else if (alert == SSL_AD_UNKNOWN_CA || alert == SSL_AD_BAD_CERTIFICATE ||
-			 alert == SSL_AD_CERTIFICATE_EXPIRED || alert == SSL_AD_CERTIFICATE_REVOKED ||
-			 alert == SSL_AD_UNSUPPORTED_CERTIFICATE || alert == SSL_AD_CERTIFICATE_UNKNOWN)
-			hint = " (it rejected our certificate)";
-		else if (alert == TLS13_AD_CERTIFICATE_REQUIRED)
-			hint = " (it requires a client certificate)";
-		else if (alert == SSL_AD_PROTOCOL_VERSION)
-			hint = " (no TLS version in common; see min-version)";
-		else if (tc->role == MFD_TLS_CLIENT && alert == SSL_AD_HANDSHAKE_FAILURE)
-			hint = " (it refused our certificate or its authz, or expects other "
-			       "credentials)";
-		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: the %s refused the connection: %s%s",
-				     name, phase, peer, ERR_reason_error_string(f->code), hint);
-	}
-	if (f->err == SSL_ERROR_SSL && psk && tc->note.psk_identity[0] == '\0' &&
-	    tc->role == MFD_TLS_SERVER && !SSL_is_init_finished(tc->ssl))
-		return mfd_error_set(errp, MFD_EPROTO, "%s: %s: the client offered no pre-shared key "
-				     "(is it set up for x509?): %s", name, phase,
-				     f->text[0] ? f->text : "handshake failure");
-	if (f->code)
-		return mfd_error_set(errp, MFD_EPROTO, "%s: %s failed: %s", name, phase, f->text);
-	return mfd_error_set(errp, MFD_EIO, "%s: %s failed (SSL error %d, no detail from OpenSSL)",
-			     name, phase, f->err);
-}
 
 /* Latch a fatal error (ssl_lock held) and return its code with a copy in errp. */
 static int latch_fatal(struct tls_chan *tc, const char *name, const char *phase,
@@ -429,7 +85,7 @@ static int drain_locked(struct tls_chan *tc, mfd_error **errp)
 		int r;
 
 		pthread_mutex_lock(&tc->ssl_lock);
-		if (q_len(&tc->outq) == 0) {
+		if (tls_q_len(&tc->outq) == 0) {
 			pthread_mutex_unlock(&tc->ssl_lock);
 			return 0;
 		}
@@ -439,7 +95,7 @@ static int drain_locked(struct tls_chan *tc, mfd_error **errp)
 		pthread_mutex_unlock(&tc->ssl_lock);
 		tc->sending = full;
 		iov.iov_base = full.buf + full.head;
-		iov.iov_len = q_len(&full);
+		iov.iov_len = tls_q_len(&full);
 		tc->sending.head = tc->sending.tail = 0;
 		r = mfd_channel_writev_full(tc->inner, &iov, 1, &err);
 		if (r < 0) {
@@ -500,7 +156,7 @@ static int feed(struct tls_chan *tc, const char *name, bool handshake, mfd_error
 	bool room;
 
 	pthread_mutex_lock(&tc->ssl_lock);
-	room = q_reserve(&tc->inq, TLS_IN_BUF);
+	room = tls_q_reserve(&tc->inq, TLS_IN_BUF);
 	at = tc->inq.buf + tc->inq.tail;
 	pthread_mutex_unlock(&tc->ssl_lock);
 	if (!room)
@@ -518,7 +174,7 @@ static int feed(struct tls_chan *tc, const char *name, bool handshake, mfd_error
 		if (handshake)
 			return mfd_error_set(errp, MFD_EEOF, "%s: TLS handshake: the %s closed the "
 					     "connection (does it expect TLS? did it refuse us?)",
-					     name, peer_word(tc));
+					     name, tls_peer_word(tc));
 		return mfd_error_set(errp, MFD_EEOF, "%s: peer closed without TLS close_notify "
 				     "(truncated)", name);
 	}
@@ -539,7 +195,7 @@ static int handshake(struct tls_chan *tc, const char *name, mfd_error **errp)
 		ERR_clear_error();
 		ret = SSL_do_handshake(tc->ssl);
 		if (ret != 1)
-			capture(tc->ssl, ret, &f);
+			tls_capture(tc->ssl, ret, &f);
 		pthread_mutex_unlock(&tc->ssl_lock);
 		/* Send what this step produced, alerts included: a refused peer learns why. */
 		pthread_mutex_lock(&tc->out_lock);
@@ -575,12 +231,12 @@ static int after_handshake(struct tls_chan *tc, const char *name, mfd_error **er
 		 * the key was not used. */
 		if (!SSL_session_reused(tc->ssl))
 			return mfd_error_set(errp, MFD_EPROTO, "%s: TLS handshake: the %s did not "
-					     "use the pre-shared key", name, peer_word(tc));
+					     "use the pre-shared key", name, tls_peer_word(tc));
 		return 0;
 	}
 	if (v != X509_V_OK)
 		return mfd_error_set(errp, MFD_EPROTO, "%s: TLS handshake: %s certificate "
-				     "verification failed: %s", name, peer_word(tc),
+				     "verification failed: %s", name, tls_peer_word(tc),
 				     X509_verify_cert_error_string(v));
 	if (!SSL_get0_peer_certificate(tc->ssl) &&
 	    (tc->role == MFD_TLS_CLIENT || tc->creds->verify_peer))
@@ -618,7 +274,7 @@ static ssize_t tls_readv(mfd_channel *ch, const struct iovec *iov, int iovcnt, m
 						      iov[i].iov_len - off, &n);
 
 				if (!ret) {
-					capture(tc->ssl, ret, &f);
+					tls_capture(tc->ssl, ret, &f);
 					break;
 				}
 				off += n;
@@ -665,7 +321,7 @@ static int encrypt(struct tls_chan *tc, mfd_channel *ch, const void *p, size_t l
 	/* The write BIO grows as needed, so the whole piece is taken at once. */
 	ret = SSL_write_ex(tc->ssl, p, len, &written);
 	if (!ret) {
-		capture(tc->ssl, ret, &f);
+		tls_capture(tc->ssl, ret, &f);
 		r = latch_fatal(tc, ch->name, "TLS write", &f, errp);
 	} else if (written != len) {
 		/* Cannot happen with a memory BIO; if it did, bytes would be lost. */
@@ -763,11 +419,11 @@ static int tls_finish(mfd_channel *ch, mfd_error **errp)
 		/* A KeyUpdate still to be sent (ours, or the answer to the peer's)
 		 * counts as "in init", where SSL_shutdown() refuses: send it first. */
 		if (SSL_in_init(tc->ssl) && (ret = SSL_do_handshake(tc->ssl)) != 1) {
-			capture(tc->ssl, ret, &f);
+			tls_capture(tc->ssl, ret, &f);
 			r = tls_error(tc, ch->name, "TLS close", &f, errp);
 		} else if ((ret = SSL_shutdown(tc->ssl)) < 0) {
 			/* 0 = our close_notify is queued, 1 = the peer's came first. */
-			capture(tc->ssl, ret, &f);
+			tls_capture(tc->ssl, ret, &f);
 			r = tls_error(tc, ch->name, "TLS close", &f, errp);
 		}
 	}
@@ -810,9 +466,9 @@ static void tls_chan_free(struct tls_chan *tc)
 	if (tc->stage)
 		OPENSSL_cleanse(tc->stage, TLS_RECORD);
 	free(tc->stage);
-	q_free(&tc->outq);
-	q_free(&tc->sending);
-	q_free(&tc->inq);
+	tls_q_free(&tc->outq);
+	tls_q_free(&tc->sending);
+	tls_q_free(&tc->inq);
 	free(tc);
 }
 
@@ -914,10 +570,10 @@ int mfd_channel_tls_wrap(mfd_channel *inner, mfd_tls_creds *creds, const char *h
 	tc->stage = malloc(TLS_RECORD);
 	ERR_clear_error();
 	tc->ssl = SSL_new(creds->ctx);
-	tc->rbio = qbio_new(&tc->inq);
-	tc->wbio = qbio_new(&tc->outq);
-	if (!q_reserve(&tc->inq, TLS_IN_BUF) || !q_reserve(&tc->outq, TLS_OUT_BUF) ||
-	    !q_reserve(&tc->sending, TLS_OUT_BUF) || !tc->stage || !tc->ssl || !tc->rbio ||
+	tc->rbio = tls_qbio_new(&tc->inq);
+	tc->wbio = tls_qbio_new(&tc->outq);
+	if (!tls_q_reserve(&tc->inq, TLS_IN_BUF) || !tls_q_reserve(&tc->outq, TLS_OUT_BUF) ||
+	    !tls_q_reserve(&tc->sending, TLS_OUT_BUF) || !tc->stage || !tc->ssl || !tc->rbio ||
 	    !tc->wbio) {
 		/* Not attached to the SSL yet, so SSL_free() would not free them. */
 		BIO_free(tc->rbio);
