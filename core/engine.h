@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The migration engine's internals, shared by core/engine.c (state machine,
- * threads, channels, return path) and core/ramsec.c (the built-in "ram"
+ * threads, channels, return path) and core/ramsec*.c (the built-in "ram"
  * section).
  */
 #ifndef MFD_CORE_ENGINE_H
@@ -207,7 +207,7 @@ struct mfd_engine {
 	uint8_t *pc_page;		/* destination: main-stream bounce page */
 };
 
-/* core/ramsec.c */
+/* core/ramsec.c: the section's handlers, the dirty tracker, the source's precopy */
 int ramsec_register(struct mfd_engine *e, mfd_error **errp);
 void ramsec_unregister(struct mfd_engine *e);
 void ramsec_free(struct mfd_engine *e);
@@ -215,11 +215,21 @@ void ramsec_free_trackers(mfd_migration *m);
 /* Bytes of RAM the source still has to send. */
 uint64_t ramsec_remaining(struct mfd_engine *e);
 uint64_t ramsec_total(const mfd_migration *m);
-
-/* core/ramsec.c, postcopy */
+uint64_t ramsec_words(uint64_t npages);
 bool ramsec_has_postcopy(void *opaque);
 /* Source, VM stopped: pull the last dirty pages into the send bitmap. */
 int ramsec_final_sync(struct mfd_engine *e, mfd_error **errp);
+/* How long one PART may walk the bitmap; a postcopy PART gets a fifth. */
+#define RAMSEC_ITERATE_BUDGET_NS (50ull * 1000 * 1000)
+const struct mfd_ram_block *ramsec_blk(struct mfd_engine *e, unsigned b);
+/* The be64 word that starts a RAM record: @offset | @flags. */
+void ramsec_put_word(mfd_stream *s, uint64_t offset, unsigned flags);
+/* Wait until @rate (bytes/s, <= 0: unlimited) allows @bytes more. */
+void ramsec_rate_limit_at(struct mfd_engine *e, int64_t rate, uint64_t bytes);
+
+/* core/ramsec_pc.c: the source after the switch to postcopy */
+/* A PART in postcopy: requests first, then the background push; EOS at the end. */
+int ramsec_pc_iterate(struct mfd_engine *e, mfd_stream *s, mfd_error **errp);
 /* Source: send discard commands for every page still to send. */
 int ramsec_send_discards(struct mfd_engine *e, mfd_stream *s, mfd_error **errp);
 /* Source: send the pages of one request on @s (preempt stream or main). */
@@ -227,10 +237,13 @@ int ramsec_serve_request(struct mfd_engine *e, mfd_stream *s, int *last_block,
 			 const struct pc_req *rq, mfd_error **errp);
 /* Source: replace the send bitmap of block @b by the pages the destination lacks. */
 void ramsec_apply_recv_bitmap(struct mfd_engine *e, unsigned b, const uint64_t *recv);
+
+/* core/ramsec_load.c: the destination */
+/* The section's load_state handler. */
+int ramsec_load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error **errp);
 /* Destination: read one RAM record body (after the word) and place it in postcopy. */
 int ramsec_load_pc_record(struct mfd_engine *e, mfd_stream *s, uint64_t word, int *last_block,
 			  uint8_t *bounce, mfd_error **errp);
-uint64_t ramsec_words(uint64_t npages);
 
 /* core/postcopy.c: destination userfaultfd machinery. */
 int pcd_new(struct mfd_engine *e, mfd_error **errp);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The built-in "ram" live section.
+ * The built-in "ram" live section: its handlers and registration, the
+ * built-in dirty tracker, and the source's precopy.
  *
  * Source: START announces the blocks; each PART walks the dirty bitmap from
  * where the last one stopped, feeding pages to multifd (or writing them on
@@ -10,20 +11,16 @@
  * main stream so the destination can hold its channels at the same point.
  * END (VM stopped) sends everything left.
  *
- * Destination: checks the announced blocks against its own, places
- * main-stream pages, and releases the multifd channels at each marker.
+ * After the switch to postcopy the source's PARTs and page requests are
+ * core/ramsec_pc.c; the destination's loading is core/ramsec_load.c.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "core/engine.h"
-#include "core/escape.h"
-#include "core/savevm.h"
 #include "core/stream.h"
 #include "core/util.h"
-
-#define ITERATE_BUDGET_NS (50ull * 1000 * 1000)
 
 static uint64_t words(uint64_t npages)
 {
@@ -101,7 +98,7 @@ static void tracker_free(struct mfd_tracker *t)
 
 /* ---- source ---------------------------------------------------------------------- */
 
-static const struct mfd_ram_block *blk(struct mfd_engine *e, unsigned b)
+const struct mfd_ram_block *ramsec_blk(struct mfd_engine *e, unsigned b)
 {
 	return &e->m->blocks[b];
 }
@@ -127,7 +124,7 @@ static int dirty_sync(struct mfd_engine *e, mfd_error **errp)
 				free(tmp);
 				if (errp && !*errp)
 					mfd_error_set(errp, MFD_EHANDLER, "dirty_sync hook failed (%d)", r);
-				mfd_error_prefix(errp ? *errp : NULL, "ram: block '%s'", blk(e, b)->name);
+				mfd_error_prefix(errp ? *errp : NULL, "ram: block '%s'", ramsec_blk(e, b)->name);
 				return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
 			}
 			for (uint64_t w = 0; w < nw; w++) {
@@ -167,7 +164,7 @@ static int prepare(void *opaque, mfd_error **errp)
 	rs->last_block = -1;
 	rs->pre_last_block = -1;
 	for (unsigned b = 0; b < m->nblocks; b++) {
-		uint64_t n = blk(e, b)->size >> blk(e, b)->page_shift;
+		uint64_t n = ramsec_blk(e, b)->size >> ramsec_blk(e, b)->page_shift;
 
 		rs->npages[b] = n;
 		rs->bitmap[b] = malloc(words(n) * 8);
@@ -188,9 +185,9 @@ static int prepare(void *opaque, mfd_error **errp)
 		t->nblocks = m->nblocks;
 		for (unsigned b = 0; b < m->nblocks; b++) {
 			t->npages[b] = rs->npages[b];
-			t->host[b] = blk(e, b)->host;
-			t->size[b] = blk(e, b)->size;
-			t->shift[b] = blk(e, b)->page_shift;
+			t->host[b] = ramsec_blk(e, b)->host;
+			t->size[b] = ramsec_blk(e, b)->size;
+			t->shift[b] = ramsec_blk(e, b)->page_shift;
 			t->bits[b] = calloc(words(rs->npages[b]), 8);
 			if (!t->bits[b]) {
 				t->nblocks = b;
@@ -214,7 +211,7 @@ static int prepare(void *opaque, mfd_error **errp)
 	return 0;
 }
 
-static void put_word(mfd_stream *s, uint64_t offset, unsigned flags)
+void ramsec_put_word(mfd_stream *s, uint64_t offset, unsigned flags)
 {
 	mfd_stream_put_be64(s, offset | flags);
 }
@@ -227,7 +224,7 @@ static int flush_marker(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 
 	if (r < 0)
 		return r;
-	put_word(s, 0, RAM_FLAG_MULTIFD_FLUSH);
+	ramsec_put_word(s, 0, RAM_FLAG_MULTIFD_FLUSH);
 	return mfd_stream_error(s, errp);
 }
 
@@ -246,22 +243,22 @@ static int save_setup(mfd_stream *s, void *opaque, mfd_error **errp)
 	}
 	e->log_started = true;
 
-	put_word(s, ramsec_total(m), RAM_FLAG_MEM_SIZE);
+	ramsec_put_word(s, ramsec_total(m), RAM_FLAG_MEM_SIZE);
 	for (unsigned b = 0; b < m->nblocks; b++) {
-		mfd_stream_put_str(s, blk(e, b)->name);
-		mfd_stream_put_be64(s, blk(e, b)->size);
-		mfd_stream_put_be64(s, blk(e, b)->page_size);
+		mfd_stream_put_str(s, ramsec_blk(e, b)->name);
+		mfd_stream_put_be64(s, ramsec_blk(e, b)->size);
+		mfd_stream_put_be64(s, ramsec_blk(e, b)->page_size);
 	}
 	int r = flush_marker(e, s, errp);
 
 	if (r < 0)
 		return r;
-	put_word(s, 0, RAM_FLAG_EOS);
+	ramsec_put_word(s, 0, RAM_FLAG_EOS);
 	return mfd_stream_error(s, errp);
 }
 
 /* max-bandwidth: a token bucket fed by the clock, drained per page. */
-static void rate_limit_at(struct mfd_engine *e, int64_t rate, uint64_t bytes)
+void ramsec_rate_limit_at(struct mfd_engine *e, int64_t rate, uint64_t bytes)
 {
 	struct ram_source *rs = &e->ram;
 
@@ -294,14 +291,14 @@ static void rate_limit_at(struct mfd_engine *e, int64_t rate, uint64_t bytes)
 
 static void rate_limit(struct mfd_engine *e, uint64_t bytes)
 {
-	rate_limit_at(e, mfd_param_live(&e->m->params, MFD_P_MAX_BANDWIDTH), bytes);
+	ramsec_rate_limit_at(e, mfd_param_live(&e->m->params, MFD_P_MAX_BANDWIDTH), bytes);
 }
 
 /* Send one page: to multifd, or as a main-stream record. */
 static int send_page(struct mfd_engine *e, mfd_stream *s, unsigned b, uint64_t page,
 		     mfd_error **errp)
 {
-	const struct mfd_ram_block *bk = blk(e, b);
+	const struct mfd_ram_block *bk = ramsec_blk(e, b);
 	uint64_t off = page << bk->page_shift;
 	const uint8_t *host = bk->host + off;
 	int zd = (int)e->m->params.i[MFD_P_ZERO_PAGE_DETECTION];
@@ -310,7 +307,7 @@ static int send_page(struct mfd_engine *e, mfd_stream *s, unsigned b, uint64_t p
 	if (e->use_multifd && zd != MFD_ZERO_LEGACY)
 		return mfd_multifd_queue_page(e->send, b, off, errp);
 	if (zd != MFD_ZERO_NONE && mfd_page_is_zero(host, bk->page_size)) {
-		put_word(s, off, RAM_FLAG_ZERO | cont);
+		ramsec_put_word(s, off, RAM_FLAG_ZERO | cont);
 		if (!cont)
 			mfd_stream_put_str(s, bk->name);
 		mfd_stream_put_u8(s, 0);
@@ -320,7 +317,7 @@ static int send_page(struct mfd_engine *e, mfd_stream *s, unsigned b, uint64_t p
 	}
 	if (e->use_multifd)
 		return mfd_multifd_queue_page(e->send, b, off, errp);
-	put_word(s, off, RAM_FLAG_PAGE | cont);
+	ramsec_put_word(s, off, RAM_FLAG_PAGE | cont);
 	if (!cont)
 		mfd_stream_put_str(s, bk->name);
 	mfd_stream_put_buf_ref(s, host, bk->page_size);
@@ -360,7 +357,7 @@ static int walk(struct mfd_engine *e, mfd_stream *s, uint64_t budget_ns, bool li
 			rs->dirty--;
 			rs->dirty_b[b]--;
 			if (limit)
-				rate_limit(e, blk(e, b)->page_size);
+				rate_limit(e, ramsec_blk(e, b)->page_size);
 			int r = send_page(e, s, b, rs->cur_page, errp);
 
 			if (r < 0)
@@ -406,154 +403,12 @@ static int end_of_pass(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 	return 0;
 }
 
-/* ---- source, postcopy ------------------------------------------------------------- */
-
-/*
- * After the switch the preempt thread (serving requests from the preempt
- * channel) and the migration thread (background push) both take pages out
- * of the send bitmap: a page is sent by whoever clears its bit.
- */
-static bool take_page(struct ram_source *rs, unsigned b, uint64_t page)
-{
-	uint64_t m = 1ull << (page % 64);
-
-	if (!(__atomic_fetch_and(&rs->bitmap[b][page / 64], ~m, __ATOMIC_ACQ_REL) & m))
-		return false;
-	__atomic_fetch_sub(&rs->dirty, 1, __ATOMIC_RELAXED);
-	__atomic_fetch_sub(&rs->dirty_b[b], 1, __ATOMIC_RELAXED);
-	return true;
-}
-
-/* One RAM record on @s (main stream inside a PART, or the preempt stream). */
-static int pc_send_page(struct mfd_engine *e, mfd_stream *s, int *last_block, unsigned b,
-			uint64_t page, mfd_error **errp)
-{
-	const struct mfd_ram_block *bk = blk(e, b);
-	uint64_t off = page << bk->page_shift;
-	const uint8_t *host = bk->host + off;
-	unsigned cont = *last_block == (int)b ? RAM_FLAG_CONTINUE : 0;
-
-	if (mfd_page_is_zero(host, bk->page_size)) {
-		put_word(s, off, RAM_FLAG_ZERO | cont);
-		if (!cont)
-			mfd_stream_put_str(s, bk->name);
-		mfd_stream_put_u8(s, 0);
-		__atomic_fetch_add(&e->ram.zero_pages, 1, __ATOMIC_RELAXED);
-	} else {
-		put_word(s, off, RAM_FLAG_PAGE | cont);
-		if (!cont)
-			mfd_stream_put_str(s, bk->name);
-		/* The VM is stopped: the page does not change under the reference. */
-		mfd_stream_put_buf_ref(s, host, bk->page_size);
-		__atomic_fetch_add(&e->ram.normal_pages, 1, __ATOMIC_RELAXED);
-		__atomic_fetch_add(&e->ram.normal_bytes, bk->page_size, __ATOMIC_RELAXED);
-	}
-	*last_block = (int)b;
-	return mfd_stream_error(s, errp);
-}
-
-int ramsec_serve_request(struct mfd_engine *e, mfd_stream *s, int *last_block,
-			 const struct pc_req *rq, mfd_error **errp)
-{
-	const struct mfd_ram_block *bk = blk(e, rq->block);
-	uint64_t first = rq->offset >> bk->page_shift, n = rq->len >> bk->page_shift;
-	int r = 0;
-
-	for (uint64_t p = first; p < first + n && r == 0; p++)
-		if (take_page(&e->ram, rq->block, p))
-			r = pc_send_page(e, s, last_block, rq->block, p, errp);
-	/* Urgent: out now, not when a buffer fills. */
-	if (r == 0 && mfd_stream_flush(s) < 0)
-		r = mfd_stream_error(s, errp);
-	return r;
-}
-
-/* Requests queued by the return-path thread (no preempt channel). */
-static int serve_queue(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
-{
-	for (;;) {
-		struct pc_req rq;
-
-		pthread_mutex_lock(&e->lock);
-		if (!e->req_count) {
-			pthread_mutex_unlock(&e->lock);
-			return 0;
-		}
-		rq = e->reqs[e->req_head];
-		e->req_head = (e->req_head + 1) % PC_REQ_QUEUE;
-		e->req_count--;
-		pthread_mutex_unlock(&e->lock);
-		int r = ramsec_serve_request(e, s, &e->ram.last_block, &rq, errp);
-
-		if (r < 0)
-			return r;
-	}
-}
-
-/* Background push: pages in bitmap order from a cursor, requests first. */
-static int pc_iterate(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
-{
-	struct ram_source *rs = &e->ram;
-	uint64_t t0 = engine_now_ns(), n = 0;
-	int64_t rate = mfd_param_live(&e->m->params, MFD_P_MAX_POSTCOPY_BANDWIDTH);
-	int r;
-
-	while (engine_now_ns() - t0 < ITERATE_BUDGET_NS / 5 && !engine_cancelled(e)) {
-		if ((r = serve_queue(e, s, errp)) < 0)
-			return r;
-		if (__atomic_load_n(&rs->dirty, __ATOMIC_RELAXED) == 0)
-			break;
-		/* Next set bit from the cursor, wrapping once over all blocks. */
-		bool found = false;
-
-		for (unsigned tries = 0; tries <= e->m->nblocks && !found; tries++) {
-			unsigned b = (unsigned)rs->pc_cursor_block;
-
-			if (b >= e->m->nblocks) {
-				rs->pc_cursor_block = 0;
-				rs->pc_cursor_page = 0;
-				continue;
-			}
-			while (rs->pc_cursor_page < rs->npages[b]) {
-				uint64_t p = rs->pc_cursor_page, w = p / 64;
-				uint64_t bits = __atomic_load_n(&rs->bitmap[b][w], __ATOMIC_ACQUIRE) >>
-						(p % 64);
-
-				if (!bits) {
-					rs->pc_cursor_page = (w + 1) * 64;
-					continue;
-				}
-				p += (uint64_t)__builtin_ctzll(bits);
-				rs->pc_cursor_page = p + 1;
-				if (take_page(rs, b, p)) {
-					found = true;
-					if (rate > 0)
-						rate_limit_at(e, rate, blk(e, b)->page_size);
-					if ((r = pc_send_page(e, s, &rs->last_block, b, p, errp)) < 0)
-						return r;
-					break;
-				}
-			}
-			if (!found) {
-				rs->pc_cursor_block++;
-				rs->pc_cursor_page = 0;
-			}
-		}
-		if (!found)
-			break;
-		if (++n % 16 == 0 && mfd_stream_flush(s) < 0)
-			return mfd_stream_error(s, errp);
-	}
-	put_word(s, 0, RAM_FLAG_EOS);
-	if ((r = mfd_stream_error(s, errp)) < 0)
-		return r;
-	return __atomic_load_n(&rs->dirty, __ATOMIC_RELAXED) == 0;
-}
-
 int ramsec_final_sync(struct mfd_engine *e, mfd_error **errp)
 {
 	return dirty_sync(e, errp);
 }
+
+/* ---- the section's handlers ------------------------------------------------------- */
 
 bool ramsec_has_postcopy(void *opaque)
 {
@@ -573,73 +428,15 @@ static int save_postcopy_prepare(mfd_stream *s, void *opaque, bool *can_switchov
 	*can_switchover = true;
 	if ((r = flush_marker(e, s, errp)) < 0)
 		return r;
-	put_word(s, 0, RAM_FLAG_EOS);
+	ramsec_put_word(s, 0, RAM_FLAG_EOS);
 	return mfd_stream_error(s, errp);
 }
 
 static int save_complete_postcopy(mfd_stream *s, void *opaque, mfd_error **errp)
 {
 	(void)opaque;
-	put_word(s, 0, RAM_FLAG_EOS);
+	ramsec_put_word(s, 0, RAM_FLAG_EOS);
 	return mfd_stream_error(s, errp);
-}
-
-int ramsec_send_discards(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
-{
-	struct ram_source *rs = &e->ram;
-	uint64_t *ranges;
-	int r = 0;
-
-	for (unsigned b = 0; b < e->m->nblocks && r == 0; b++) {
-		const struct mfd_ram_block *bk = blk(e, b);
-		size_t max = mfd_savevm_discard_ranges_max(strlen(bk->name)), n = 0;
-
-		ranges = malloc(max * 2 * sizeof(*ranges));
-		if (!ranges)
-			return mfd_error_set(errp, MFD_ENOMEM, "postcopy: out of memory");
-		for (uint64_t p = 0; p < rs->npages[b] && r == 0;) {
-			uint64_t w = p / 64, bits = rs->bitmap[b][w] >> (p % 64);
-
-			if (!bits) {
-				p = (w + 1) * 64;
-				continue;
-			}
-			p += (uint64_t)__builtin_ctzll(bits);
-			uint64_t q = p + 1;
-
-			while (q < rs->npages[b] && (rs->bitmap[b][q / 64] & (1ull << (q % 64))))
-				q++;
-			ranges[2 * n] = p << bk->page_shift;
-			ranges[2 * n + 1] = (q - p) << bk->page_shift;
-			if (++n == max) {
-				r = mfd_savevm_send_postcopy_ram_discard(s, bk->name, ranges, n);
-				n = 0;
-			}
-			p = q;
-		}
-		if (r == 0 && n)
-			r = mfd_savevm_send_postcopy_ram_discard(s, bk->name, ranges, n);
-		free(ranges);
-	}
-	return r < 0 ? mfd_stream_error(s, errp) : mfd_stream_error(s, errp);
-}
-
-void ramsec_apply_recv_bitmap(struct mfd_engine *e, unsigned b, const uint64_t *recv)
-{
-	struct ram_source *rs = &e->ram;
-	uint64_t nw = words(rs->npages[b]), count = 0;
-
-	for (uint64_t w = 0; w < nw; w++) {
-		uint64_t v = ~recv[w];
-
-		if (w == nw - 1 && rs->npages[b] % 64)
-			v &= (1ull << (rs->npages[b] % 64)) - 1;
-		__atomic_store_n(&rs->bitmap[b][w], v, __ATOMIC_RELEASE);
-		count += (uint64_t)__builtin_popcountll(v);
-	}
-	uint64_t old = __atomic_exchange_n(&rs->dirty_b[b], count, __ATOMIC_RELAXED);
-
-	__atomic_fetch_add(&rs->dirty, count - old, __ATOMIC_RELAXED);
 }
 
 static int save_iterate(mfd_stream *s, void *opaque, mfd_error **errp)
@@ -647,15 +444,15 @@ static int save_iterate(mfd_stream *s, void *opaque, mfd_error **errp)
 	struct mfd_engine *e = opaque;
 
 	if (atomic_load(&e->in_postcopy))
-		return pc_iterate(e, s, errp);
+		return ramsec_pc_iterate(e, s, errp);
 
-	int r = walk(e, s, ITERATE_BUDGET_NS, true, errp);
+	int r = walk(e, s, RAMSEC_ITERATE_BUDGET_NS, true, errp);
 
 	if (r == 1)
 		r = end_of_pass(e, s, errp);
 	if (r < 0)
 		return r;
-	put_word(s, 0, RAM_FLAG_EOS);
+	ramsec_put_word(s, 0, RAM_FLAG_EOS);
 	r = mfd_stream_error(s, errp);
 	return r < 0 ? r : e->ram.dirty == 0;
 }
@@ -674,7 +471,7 @@ static int save_complete(mfd_stream *s, void *opaque, mfd_error **errp)
 		r = flush_marker(e, s, errp);
 	if (r < 0)
 		return r;
-	put_word(s, 0, RAM_FLAG_EOS);
+	ramsec_put_word(s, 0, RAM_FLAG_EOS);
 	return mfd_stream_error(s, errp);
 }
 
@@ -701,260 +498,8 @@ uint64_t ramsec_remaining(struct mfd_engine *e)
 	uint64_t bytes = 0;
 
 	for (unsigned b = 0; b < e->m->nblocks; b++)
-		bytes += __atomic_load_n(&e->ram.dirty_b[b], __ATOMIC_RELAXED) * blk(e, b)->page_size;
+		bytes += __atomic_load_n(&e->ram.dirty_b[b], __ATOMIC_RELAXED) * ramsec_blk(e, b)->page_size;
 	return bytes;
-}
-
-/* ---- destination ------------------------------------------------------------------ */
-
-static int load_blocks(struct mfd_engine *e, mfd_stream *s, uint64_t total, mfd_error **errp)
-{
-	mfd_migration *m = e->m;
-	uint64_t sum = 0;
-	unsigned b = 0;
-
-	if (total != ramsec_total(m))
-		return mfd_error_set(errp, MFD_EPROTO,
-				     "ram: the source has %llu bytes of RAM, this side %llu",
-				     (unsigned long long)total, (unsigned long long)ramsec_total(m));
-	while (sum < total) {
-		char name[256], esc[ESCAPE_BUF_SIZE];
-		uint64_t size, ps;
-		int r;
-
-		size_t len;
-
-		if ((r = mfd_stream_get_str(s, name, &len)) < 0 ||
-		    (r = mfd_stream_get_be64(s, &size)) < 0 || (r = mfd_stream_get_be64(s, &ps)) < 0)
-			return r;
-		/* strcmp() would stop at an inner NUL: "pc.ram\0x" must not pass. */
-		if (strlen(name) != len)
-			return mfd_error_set(errp, MFD_EPROTO,
-					     "ram: block name '%s' contains a NUL byte",
-					     escape_bytes(esc, sizeof(esc), name, len));
-		if (b >= m->nblocks || strcmp(name, m->blocks[b].name) != 0)
-			return mfd_error_set(errp, MFD_EPROTO,
-					     "ram: the source's block %u is '%s', this side has '%s'", b,
-					     escape_bytes(esc, sizeof(esc), name, len),
-					     b < m->nblocks ? m->blocks[b].name : "(none)");
-		if (size != m->blocks[b].size || ps != m->blocks[b].page_size)
-			return mfd_error_set(errp, MFD_EPROTO,
-					     "ram: block '%s' is %llu bytes in %llu-byte pages on the "
-					     "source, %llu in %llu-byte pages here", name,
-					     (unsigned long long)size, (unsigned long long)ps,
-					     (unsigned long long)m->blocks[b].size,
-					     (unsigned long long)m->blocks[b].page_size);
-		sum += size;
-		b++;
-	}
-	if (b != m->nblocks)
-		return mfd_error_set(errp, MFD_EPROTO, "ram: the source announced %u blocks, this "
-				     "side has %u", b, m->nblocks);
-	e->ram_started = true;
-	return 0;
-}
-
-/* The block a page record is for: named, or the previous one (CONTINUE); and
- * its offset checked against it.  Returns the block index or an error. */
-static int record_block(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsigned flags,
-			int *last_block, mfd_error **errp)
-{
-	mfd_migration *m = e->m;
-	const struct mfd_ram_block *bk;
-	uint64_t off = word & ~(uint64_t)RAM_FLAGS_MASK;
-	int r;
-
-	if (!(flags & RAM_FLAG_CONTINUE)) {
-		char name[256], esc[ESCAPE_BUF_SIZE];
-		size_t len;
-
-		if ((r = mfd_stream_get_str(s, name, &len)) < 0)
-			return r;
-		*last_block = -1;
-		/* As in the block list: a name with an inner NUL names no block. */
-		if (strlen(name) != len)
-			return mfd_error_set(errp, MFD_EPROTO,
-					     "ram: block name '%s' contains a NUL byte",
-					     escape_bytes(esc, sizeof(esc), name, len));
-		for (unsigned b = 0; b < m->nblocks; b++)
-			if (strcmp(name, m->blocks[b].name) == 0)
-				*last_block = (int)b;
-		if (*last_block < 0)
-			return mfd_error_set(errp, MFD_EPROTO, "ram: page of unknown block '%s'",
-					     escape_bytes(esc, sizeof(esc), name, len));
-	} else if (*last_block < 0) {
-		return mfd_error_set(errp, MFD_EPROTO,
-				     "ram: CONTINUE record with no block named before");
-	}
-	bk = &m->blocks[*last_block];
-	if ((off & (bk->page_size - 1)) || off > bk->size - bk->page_size)
-		return mfd_error_set(errp, MFD_EPROTO,
-				     "ram: page offset 0x%llx is not a page of block '%s' (%llu bytes)",
-				     (unsigned long long)off, bk->name, (unsigned long long)bk->size);
-	return *last_block;
-}
-
-static int get_zero_fill(mfd_stream *s, mfd_error **errp)
-{
-	uint8_t fill;
-	int r = mfd_stream_get_u8(s, &fill);
-
-	if (r < 0)
-		return r;
-	if (fill != 0)
-		return mfd_error_set(errp, MFD_EPROTO, "ram: ZERO record with fill byte 0x%02x", fill);
-	return 0;
-}
-
-static int load_page(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsigned flags,
-		     mfd_error **errp)
-{
-	uint64_t off = word & ~(uint64_t)RAM_FLAGS_MASK;
-	int b = record_block(e, s, word, flags, &e->recv_last_block, errp), r;
-
-	if (b < 0)
-		return b;
-	const struct mfd_ram_block *bk = &e->m->blocks[b];
-
-	if (flags & RAM_FLAG_ZERO) {
-		if ((r = get_zero_fill(s, errp)) < 0)
-			return r;
-		mfd_page_place_zero(bk, off);
-		return 0;
-	}
-	mfd_page_placed(bk, off);
-	return mfd_stream_get_buf(s, bk->host + off, bk->page_size);
-}
-
-int ramsec_load_pc_record(struct mfd_engine *e, mfd_stream *s, uint64_t word, int *last_block,
-			  uint8_t *bounce, mfd_error **errp)
-{
-	unsigned flags = (unsigned)(word & RAM_FLAGS_MASK);
-	uint64_t off = word & ~(uint64_t)RAM_FLAGS_MASK;
-	int b, r;
-
-	if ((flags & ~RAM_FLAG_CONTINUE) != RAM_FLAG_PAGE &&
-	    (flags & ~RAM_FLAG_CONTINUE) != RAM_FLAG_ZERO)
-		return mfd_error_set(errp, MFD_EPROTO,
-				     "ram: record flags 0x%x are not a page in postcopy", flags);
-	if ((b = record_block(e, s, word, flags, last_block, errp)) < 0)
-		return b;
-	if (flags & RAM_FLAG_ZERO) {
-		if ((r = get_zero_fill(s, errp)) < 0)
-			return r;
-		return pcd_place(e, (unsigned)b, off, NULL, errp);
-	}
-	/* UFFDIO_COPY places a whole page at once: the guest never sees half. */
-	if ((r = mfd_stream_get_buf(s, bounce, e->m->blocks[b].page_size)) < 0)
-		return r;
-	return pcd_place(e, (unsigned)b, off, bounce, errp);
-}
-
-/*
- * Destination, postcopy, main stream: the push sends pages in address order,
- * so neighbours are gathered into a run and placed with one UFFDIO_COPY (a
- * call per 4 KiB page cost the receiving thread a third of its time).  A run
- * goes out when it is full, when the next record does not extend it, and
- * before the thread would wait for the network: a page that arrived is never
- * held back for one that has not.
- */
-#define PC_RUN_BYTES (64u << 10)
-
-struct pc_run {
-	uint8_t *buf;		/* e->pc_page (PC_PAGE_MAX bytes) */
-	unsigned block;
-	uint64_t offset;
-	uint32_t n;		/* pages gathered */
-};
-
-static int run_flush(struct mfd_engine *e, struct pc_run *run, mfd_error **errp)
-{
-	uint32_t n = run->n;
-
-	run->n = 0;
-	return n ? pcd_place_run(e, run->block, run->offset, run->buf, n, errp) : 0;
-}
-
-static int load_pc_main(struct mfd_engine *e, mfd_stream *s, uint64_t word, struct pc_run *run,
-			mfd_error **errp)
-{
-	unsigned flags = (unsigned)(word & RAM_FLAGS_MASK);
-	uint64_t off = word & ~(uint64_t)RAM_FLAGS_MASK;
-	int b, r;
-
-	if ((flags & ~RAM_FLAG_CONTINUE) != RAM_FLAG_PAGE) {
-		/* Zero pages and refusals as on the preempt stream. */
-		if ((r = run_flush(e, run, errp)) < 0)
-			return r;
-		return ramsec_load_pc_record(e, s, word, &e->recv_last_block, run->buf, errp);
-	}
-	/* A named record starts another block (and its name may not be here yet). */
-	if (!(flags & RAM_FLAG_CONTINUE) && (r = run_flush(e, run, errp)) < 0)
-		return r;
-	if ((b = record_block(e, s, word, flags, &e->recv_last_block, errp)) < 0)
-		return b;
-	uint64_t ps = e->m->blocks[b].page_size;
-	uint32_t cap = (uint32_t)MFD_MAX(1, MFD_MIN(PC_RUN_BYTES, PC_PAGE_MAX) / ps);
-
-	if (run->n && (run->block != (unsigned)b || off != run->offset + run->n * ps ||
-		       run->n == cap || mfd_stream_buffered(s) < ps) &&
-	    (r = run_flush(e, run, errp)) < 0)
-		return r;
-	if (run->n == 0) {
-		run->block = (unsigned)b;
-		run->offset = off;
-	}
-	/* UFFDIO_COPY places whole pages: the guest never sees half of one. */
-	if ((r = mfd_stream_get_buf(s, run->buf + run->n * ps, ps)) < 0)
-		return r;
-	run->n++;
-	return 0;
-}
-
-static int load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error **errp)
-{
-	struct mfd_engine *e = opaque;
-	struct pc_run run = { .buf = e->pc_page };
-
-	if (version_id != RAM_SECTION_VERSION)
-		return mfd_error_set(errp, MFD_EBADVERSION, "ram: section version %u, expected %u",
-				     version_id, RAM_SECTION_VERSION);
-	for (;;) {
-		uint64_t word;
-		unsigned flags;
-		int r = 0;
-
-		if (run.n && mfd_stream_buffered(s) < sizeof(word))
-			r = run_flush(e, &run, errp);
-		if (r < 0 || (r = mfd_stream_get_be64(s, &word)) < 0)
-			return r;
-		flags = (unsigned)(word & RAM_FLAGS_MASK);
-		if (flags == RAM_FLAG_EOS)
-			return run_flush(e, &run, errp);
-		if (flags == RAM_FLAG_MEM_SIZE) {
-			if (e->ram_started)
-				return mfd_error_set(errp, MFD_EPROTO, "ram: second block list");
-			r = load_blocks(e, s, word & ~(uint64_t)RAM_FLAGS_MASK, errp);
-		} else if (!e->ram_started) {
-			return mfd_error_set(errp, MFD_EPROTO,
-					     "ram: record 0x%x before the block list", flags);
-		} else if (e->pc_listening) {
-			r = load_pc_main(e, s, word, &run, errp);
-		} else if (flags == RAM_FLAG_MULTIFD_FLUSH) {
-			if (!e->recv)
-				return mfd_error_set(errp, MFD_EPROTO,
-						     "ram: multifd flush marker without multifd channels");
-			r = mfd_multifd_recv_sync(e->recv, errp);
-		} else if ((flags & ~RAM_FLAG_CONTINUE) == RAM_FLAG_PAGE ||
-			   (flags & ~RAM_FLAG_CONTINUE) == RAM_FLAG_ZERO) {
-			r = load_page(e, s, word, flags, errp);
-		} else {
-			return mfd_error_set(errp, MFD_EPROTO,
-					     "ram: unknown combination of record flags 0x%x", flags);
-		}
-		if (r < 0)
-			return r;
-	}
 }
 
 static const mfd_save_handlers ram_ops = {
@@ -969,7 +514,7 @@ static const mfd_save_handlers ram_ops = {
 	.has_postcopy = ramsec_has_postcopy,
 	.state_pending_estimate = pending,
 	.state_pending_exact = pending,
-	.load_state = load_state,
+	.load_state = ramsec_load_state,
 };
 
 /* The RAM section goes first, as in QEMU: device state loads after RAM. */

@@ -2,7 +2,7 @@
 /*
  * libFuzzer target: a whole incoming migration over fd: -- the main-channel
  * hello (main_hello_check() in core/engine.c), the engine's loadvm hooks,
- * and the destination's RAM section parser (core/ramsec.c), none of which
+ * and the destination's RAM section parser (core/ramsec_load.c), none of which
  * can be reached without an engine.
  *
  * Each run gives the input to mfd_migrate_incoming("fd:N") on one end of a
