@@ -60,6 +60,56 @@ static bool terminal(enum mfd_state s)
 	return s == MFD_STATE_COMPLETED || s == MFD_STATE_FAILED || s == MFD_STATE_CANCELLED;
 }
 
+/*
+ * The legal moves of each side (docs/architecture.md, "States"): bit t of
+ * moves[s] allows s -> t.  A failure or a cancel may end any live state;
+ * once cancelling, only an end may follow (a completion the cancel came too
+ * late for included); an end state is final until the next migration.
+ */
+#define TO(st) (1u << MFD_STATE_##st)
+#define ENDING (TO(FAILED) | TO(CANCELLING))
+static const uint32_t source_moves[] = {
+	[MFD_STATE_NONE] = TO(SETUP),
+	[MFD_STATE_SETUP] = TO(ACTIVE) | ENDING,
+	[MFD_STATE_ACTIVE] = TO(DEVICE) | ENDING,
+	/* the final round, or the postcopy package */
+	[MFD_STATE_DEVICE] = TO(COMPLETED) | TO(POSTCOPY_ACTIVE) | ENDING,
+	[MFD_STATE_POSTCOPY_ACTIVE] = TO(COMPLETED) | TO(POSTCOPY_PAUSED) | ENDING,
+	[MFD_STATE_POSTCOPY_PAUSED] = TO(POSTCOPY_RECOVER) | ENDING,
+	[MFD_STATE_POSTCOPY_RECOVER] = TO(POSTCOPY_ACTIVE) | TO(POSTCOPY_PAUSED) | ENDING,
+	[MFD_STATE_CANCELLING] = TO(CANCELLED) | TO(FAILED) | TO(COMPLETED),
+};
+static const uint32_t dest_moves[] = {
+	[MFD_STATE_NONE] = TO(SETUP),
+	[MFD_STATE_SETUP] = TO(ACTIVE) | ENDING,
+	/* loaded, or POSTCOPY_RUN */
+	[MFD_STATE_ACTIVE] = TO(COMPLETED) | TO(POSTCOPY_ACTIVE) | ENDING,
+	[MFD_STATE_POSTCOPY_ACTIVE] = TO(COMPLETED) | TO(POSTCOPY_PAUSED) | ENDING,
+	[MFD_STATE_POSTCOPY_PAUSED] = TO(POSTCOPY_RECOVER) | ENDING,
+	/* POSTCOPY_RESUME makes it active; a failed attempt pauses again */
+	[MFD_STATE_POSTCOPY_RECOVER] = TO(POSTCOPY_ACTIVE) | TO(POSTCOPY_PAUSED) | ENDING,
+	[MFD_STATE_CANCELLING] = TO(CANCELLED) | TO(FAILED) | TO(COMPLETED),
+};
+#undef TO
+#undef ENDING
+
+static void fail_all(struct mfd_engine *e, mfd_error *err);
+
+static bool legal_move(bool incoming, enum mfd_state from, enum mfd_state to)
+{
+	const uint32_t *moves = incoming ? dest_moves : source_moves;
+	size_t n = incoming ? MFD_ARRAY_SIZE(dest_moves) : MFD_ARRAY_SIZE(source_moves);
+
+	return (unsigned)from < n && (unsigned)to < 32 && (moves[from] & (1u << to));
+}
+
+/*
+ * The one place the state changes.  A move to the same state, or out of an
+ * end state or a cancel (a racing thread lost to it), is no move; any other
+ * move the table does not list is a bug in the engine: it is refused, logged,
+ * and recorded so that the migration ends failed instead of going on in a
+ * state nobody expects.
+ */
 static void set_state(struct mfd_engine *e, enum mfd_state to)
 {
 	mfd_migration *m = e->m;
@@ -67,9 +117,19 @@ static void set_state(struct mfd_engine *e, enum mfd_state to)
 
 	pthread_mutex_lock(&e->lock);
 	from = e->state;
-	/* Once cancelling, only an end state may follow. */
 	if (from == to || terminal(from) || (from == MFD_STATE_CANCELLING && !terminal(to))) {
 		pthread_mutex_unlock(&e->lock);
+		return;
+	}
+	if (!legal_move(e->incoming, from, to)) {
+		mfd_error *err = NULL;
+
+		pthread_mutex_unlock(&e->lock);
+		mfd_error_set(&err, MFD_ESTATE, "internal error: the %s side may not move from %s "
+			      "to %s (a bug; please report it)", e->incoming ? "incoming" : "outgoing",
+			      mfd_state_name(from), mfd_state_name(to));
+		mfd_log_error("migration: %s", mfd_error_message(err));
+		fail_all(e, err);
 		return;
 	}
 	e->state = to;
