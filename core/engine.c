@@ -90,8 +90,6 @@ static const uint32_t dest_moves[] = {
 	[MFD_STATE_POSTCOPY_RECOVER] = TO(POSTCOPY_ACTIVE) | TO(POSTCOPY_PAUSED) | ENDING,
 	[MFD_STATE_CANCELLING] = TO(CANCELLED) | TO(FAILED) | TO(COMPLETED),
 };
-#undef TO
-#undef ENDING
 
 static void fail_all(struct mfd_engine *e, mfd_error *err);
 
