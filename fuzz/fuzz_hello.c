@@ -13,7 +13,7 @@
  *           last may be short (a cut hello)
  * The session (UUID, token) and the RAM blocks are fixed.
  *
- * The main-channel hello (main_hello_check() in core/engine.c) is static and
+ * The main-channel hello (eng_main_hello_check() in engine/hello.c) is static and
  * only runs inside an incoming engine: fuzz_incoming covers it.
  *
  * Invariants: identify returns a valid, not yet connected id or a code of

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * libFuzzer target: a whole incoming migration over fd: -- the main-channel
- * hello (main_hello_check() in core/engine.c), the engine's loadvm hooks,
- * and the destination's RAM section parser (core/ramsec_load.c), none of which
+ * hello (eng_main_hello_check() in engine/hello.c), the engine's loadvm hooks,
+ * and the destination's RAM section parser (engine/ramsec_load.c), none of which
  * can be reached without an engine.
  *
  * Each run gives the input to mfd_migrate_incoming("fd:N") on one end of a

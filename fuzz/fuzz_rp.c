@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * libFuzzer target: the source's return-path parser (rp_thread(),
- * rp_page_request(), rp_recv_bitmap() in core/engine.c).
+ * rp_page_request(), rp_recv_bitmap() in engine/retpath.c).
  *
  * The parser is static and runs only in a source engine's return-path
  * thread, so this target drives a real one: each run starts mfd_migrate() on

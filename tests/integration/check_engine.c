@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "core/engine.h"
+#include "engine/internal.h"
 #include "tests/lib/certs.h"
 #include "tests/lib/testlib.h"
 

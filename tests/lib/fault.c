@@ -15,8 +15,7 @@
 #include "tests/lib/fault.h"
 #include "channels/fd.h"
 #include "core/channel.h"
-#include "core/engine.h"
-#include "core/engine.h"
+#include "engine/internal.h"
 #include "core/util.h"
 #include "multifd/wire.h"
 

@@ -4,7 +4,7 @@
  * or cuts the I/O of one chosen channel (main, multifd i, preempt) of one
  * side in one phase of a migration.  Part of the test library, never of
  * libmultifd: the tests install it through the engine's channel hook
- * (engine_set_channel_wrapper(), core/engine.h).
+ * (engine_set_channel_wrapper(), engine/internal.h).
  *
  * The wrapper sits right above the transport, below TLS, where a real
  * network fault would hit.  It wraps in place: the mfd_channel pointer the

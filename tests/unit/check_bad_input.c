@@ -35,7 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/engine.h"
+#include "engine/internal.h"
 #include "core/migration.h"
 #include "core/util.h"
 #include "multifd/internal.h"

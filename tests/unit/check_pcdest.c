@@ -21,7 +21,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "core/engine.h"
+#include "engine/internal.h"
 #include "core/migration.h"
 #include "tests/lib/testlib.h"
 

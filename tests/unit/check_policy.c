@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The default precopy switchover policy (core/policy.c), fed the figures a
+ * The default precopy switchover policy (engine/policy.c), fed the figures a
  * migration would give it, pass after pass.
  */
 #include <stdio.h>
@@ -8,7 +8,7 @@
 
 #include <multifd/multifd.h>
 
-#include "core/policy.h"
+#include "engine/policy.h"
 #include "tests/lib/testlib.h"
 
 #define MS 1000000ull

@@ -3,11 +3,11 @@
  * The "ram" section on the destination: checks the announced blocks against
  * its own, places main-stream pages, and releases the multifd channels at
  * each marker; in postcopy, places the records of the main and preempt
- * streams through userfaultfd (core/postcopy.c).
+ * streams through userfaultfd (engine/postcopy.c).
  */
 #include <string.h>
 
-#include "core/engine.h"
+#include "engine/internal.h"
 #include "core/escape.h"
 #include "core/stream.h"
 #include "core/util.h"

@@ -12,13 +12,13 @@
  * END (VM stopped) sends everything left.
  *
  * After the switch to postcopy the source's PARTs and page requests are
- * core/ramsec_pc.c; the destination's loading is core/ramsec_load.c.
+ * engine/ramsec_pc.c; the destination's loading is engine/ramsec_load.c.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "core/engine.h"
+#include "engine/internal.h"
 #include "core/stream.h"
 #include "core/util.h"
 

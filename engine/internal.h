@@ -1,11 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The migration engine's internals, shared by core/engine.c (state machine,
- * threads, channels, return path) and core/ramsec*.c (the built-in "ram"
- * section).
+ * The migration engine's internals, shared by the files of engine/ and by
+ * nothing below them (docs/architecture.md: layers).
  */
-#ifndef MFD_CORE_ENGINE_H
-#define MFD_CORE_ENGINE_H
+#ifndef MFD_ENGINE_INTERNAL_H
+#define MFD_ENGINE_INTERNAL_H
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -13,9 +12,17 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "channels/listener.h"
+#include "channels/uri.h"
+#include "core/channel.h"
 #include "core/migration.h"
 #include "core/params.h"
-#include "core/policy.h"
+#include "engine/policy.h"
+#include "core/escape.h"
+#include "core/json.h"
+#include "core/savevm.h"
+#include "core/stream.h"
+#include "core/util.h"
 #include "multifd/internal.h"
 
 /* RAM record flags in the low bits of a be64 (offset | flags) word, QEMU's values. */
@@ -103,7 +110,7 @@ struct pc_req {
 	uint64_t offset;
 };
 
-struct pc_dest;	/* core/postcopy.c */
+struct pc_dest;	/* engine/postcopy.c */
 
 struct mfd_engine {
 	/* Set at start. */
@@ -207,7 +214,7 @@ struct mfd_engine {
 	uint8_t *pc_page;		/* destination: main-stream bounce page */
 };
 
-/* core/ramsec.c: the section's handlers, the dirty tracker, the source's precopy */
+/* engine/ramsec.c: the section's handlers, the dirty tracker, the source's precopy */
 int ramsec_register(struct mfd_engine *e, mfd_error **errp);
 void ramsec_unregister(struct mfd_engine *e);
 void ramsec_free(struct mfd_engine *e);
@@ -227,7 +234,7 @@ void ramsec_put_word(mfd_stream *s, uint64_t offset, unsigned flags);
 /* Wait until @rate (bytes/s, <= 0: unlimited) allows @bytes more. */
 void ramsec_rate_limit_at(struct mfd_engine *e, int64_t rate, uint64_t bytes);
 
-/* core/ramsec_pc.c: the source after the switch to postcopy */
+/* engine/ramsec_pc.c: the source after the switch to postcopy */
 /* A PART in postcopy: requests first, then the background push; EOS at the end. */
 int ramsec_pc_iterate(struct mfd_engine *e, mfd_stream *s, mfd_error **errp);
 /* Source: send discard commands for every page still to send. */
@@ -238,14 +245,14 @@ int ramsec_serve_request(struct mfd_engine *e, mfd_stream *s, int *last_block,
 /* Source: replace the send bitmap of block @b by the pages the destination lacks. */
 void ramsec_apply_recv_bitmap(struct mfd_engine *e, unsigned b, const uint64_t *recv);
 
-/* core/ramsec_load.c: the destination */
+/* engine/ramsec_load.c: the destination */
 /* The section's load_state handler. */
 int ramsec_load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error **errp);
 /* Destination: read one RAM record body (after the word) and place it in postcopy. */
 int ramsec_load_pc_record(struct mfd_engine *e, mfd_stream *s, uint64_t word, int *last_block,
 			  uint8_t *bounce, mfd_error **errp);
 
-/* core/postcopy.c: destination userfaultfd machinery. */
+/* engine/postcopy.c: destination userfaultfd machinery. */
 int pcd_new(struct mfd_engine *e, mfd_error **errp);
 int pcd_discard(struct mfd_engine *e, unsigned b, uint64_t start, uint64_t len, mfd_error **errp);
 int pcd_listen(struct mfd_engine *e, mfd_error **errp);
@@ -263,7 +270,7 @@ void pcd_stop(struct mfd_engine *e);
 void pcd_free(struct mfd_engine *e);
 void pcd_stats(struct mfd_engine *e, struct mfd_stats *st);
 
-/* core/engine.c */
+/* engine/: the return path, the clock, the cancel flag, statistics */
 int engine_rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
 		   mfd_error **errp);
 /* Destination: a message followed by raw bytes, under the return path's lock. */
@@ -289,4 +296,97 @@ typedef int (*engine_wrap_fn)(void *opaque, mfd_channel *ch, mfd_migration *m, b
 			      enum engine_chan_kind kind, unsigned index, mfd_error **errp);
 void engine_set_channel_wrapper(engine_wrap_fn fn, void *opaque);
 
-#endif /* MFD_CORE_ENGINE_H */
+/* Shared between the engine's files (each defined in the file named above it). */
+/* engine/state.c */
+bool eng_terminal(enum mfd_state s);
+void eng_set_state(struct mfd_engine *e, enum mfd_state to);
+void eng_record_error(struct mfd_engine *e, mfd_error *err);
+void eng_shutdown_all(struct mfd_engine *e);
+void eng_fail_all(struct mfd_engine *e, mfd_error *err);
+struct timespec eng_deadline_in(int64_t ms);
+
+/* engine/chanset.c */
+int eng_wrap_channel(struct mfd_engine *e, mfd_channel *ch, enum engine_chan_kind kind,
+		unsigned index, mfd_error **errp);
+/* Publish a channel (or other object) so that cancel can reach it. */
+#define PUBLISH(e, field, value)                         \
+	do {                                             \
+		pthread_mutex_lock(&(e)->lock);          \
+		(e)->field = (value);                    \
+		pthread_mutex_unlock(&(e)->lock);        \
+		if (engine_cancelled(e))                 \
+			eng_shutdown_all(e);                 \
+	} while (0)
+void eng_relax_timeouts(struct mfd_engine *e);
+int eng_open_out(struct mfd_engine *e, int slot, mfd_error **errp);
+void eng_break_connections(struct mfd_engine *e);
+void eng_release_channels(struct mfd_engine *e);
+
+/* engine/accept.c */
+int eng_gather(struct mfd_engine *e, unsigned count, int timeout_ms, int (*screen)(mfd_channel *,
+		void *, bool *, mfd_error **), mfd_channel **slots, mfd_error **errp);
+int eng_screen_main(mfd_channel *raw, void *opaque, bool *stray, mfd_error **errp);
+int eng_screen_mf(mfd_channel *raw, void *opaque, bool *stray, mfd_error **errp);
+int eng_accept_preempt(struct mfd_engine *e, mfd_error **errp);
+int eng_screen_resume(mfd_channel *raw, void *opaque, bool *stray, mfd_error **errp);
+
+/* engine/options.c */
+int eng_check_zero_copy(mfd_migration *m, bool stream, bool unix_uri, mfd_error **errp);
+int eng_make_config(struct mfd_engine *e, mfd_error **errp);
+int eng_make_creds(struct mfd_engine *e, enum mfd_tls_role role, mfd_error **errp);
+
+/* engine/hello.c */
+int eng_first_nonzero(const uint8_t *h, size_t from, size_t to);
+void eng_main_hello_encode(struct mfd_engine *e, uint8_t h[MAIN_HELLO_SIZE], bool resume);
+int eng_main_hello_check(struct mfd_engine *e, mfd_channel *ch, bool *stray, mfd_error **errp);
+void eng_preempt_hello_encode(struct mfd_engine *e, uint8_t h[PREEMPT_HELLO_SIZE]);
+
+/* engine/retpath.c */
+void eng_name_stream(mfd_stream *s, const char *label, mfd_error **errp);
+int eng_rp_send(struct mfd_engine *e, uint16_t type, const void *payload, uint16_t len,
+		mfd_error **errp);
+int eng_rp_send_result(struct mfd_engine *e, int code, const char *msg, mfd_error **errp);
+bool eng_network_error(struct mfd_engine *e, int code);
+int eng_page_request_parse(struct mfd_engine *e, const char *where, const uint8_t *buf,
+		uint16_t len, struct pc_req *rq, mfd_error **errp);
+void *eng_rp_thread(void *arg);
+mfd_error *eng_destination_reason(struct mfd_engine *e);
+
+/* engine/preempt.c */
+int eng_start_pre_server(struct mfd_engine *e, mfd_error **errp);
+int eng_open_preempt(struct mfd_engine *e, mfd_error **errp);
+int eng_start_pre_reader(struct mfd_engine *e, mfd_error **errp);
+
+/* engine/switchover.c */
+int eng_wait_result(struct mfd_engine *e, mfd_error **errp);
+int eng_switchover_commit(struct mfd_engine *e, mfd_error **errp);
+int eng_switchover_answer(struct mfd_engine *e, mfd_error **errp);
+
+/* engine/source.c */
+int eng_flush_out(mfd_stream *s, mfd_error **errp);
+int eng_source_run(struct mfd_engine *e, mfd_error **errp);
+
+/* engine/source_pc.c */
+void eng_drop_connection(struct mfd_engine *e);
+int eng_postcopy_run(struct mfd_engine *e, mfd_error **errp);
+int eng_postcopy_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp);
+
+/* engine/dest.c */
+int eng_incoming_run(struct mfd_engine *e, mfd_error **errp);
+
+/* engine/dest_pc.c */
+int eng_lh_advise(void *opaque, bool has_summary, uint64_t summary, uint64_t target,
+		mfd_error **errp);
+int eng_lh_listen(void *opaque, mfd_error **errp);
+int eng_lh_run(void *opaque, mfd_error **errp);
+int eng_lh_discard(void *opaque, const char *block, const uint64_t *ranges, size_t n,
+		mfd_error **errp);
+int eng_lh_recv_bitmap(void *opaque, const char *block, mfd_error **errp);
+int eng_lh_resume(void *opaque, mfd_error **errp);
+int eng_dest_reconnect(struct mfd_engine *e, mfd_error **errp);
+bool eng_dest_pausable(struct mfd_engine *e, int r);
+
+/* engine/stats.c */
+uint64_t eng_main_stream_bytes(struct mfd_engine *e);
+
+#endif /* MFD_ENGINE_INTERNAL_H */

@@ -30,7 +30,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "core/engine.h"
+#include "engine/internal.h"
 #include "core/util.h"
 
 #define PENDING_MAX 1024	/* faults waiting for a page, with their time */

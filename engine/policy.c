@@ -3,7 +3,7 @@
  * The default precopy switchover policy (docs/architecture.md, "Switchover
  * policy").  Pure: the engine gathers the inputs and applies the verdict.
  */
-#include "core/policy.h"
+#include "engine/policy.h"
 
 #include <multifd/multifd.h>
 

@@ -3,8 +3,8 @@
  * The default precopy switchover policy as a pure function of its inputs,
  * so that it can be tested without a migration (tests/unit/check_policy.c).
  */
-#ifndef MFD_CORE_POLICY_H
-#define MFD_CORE_POLICY_H
+#ifndef MFD_ENGINE_POLICY_H
+#define MFD_ENGINE_POLICY_H
 
 #include <stdbool.h>
 #include <stdint.h>

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/engine.h"
+#include "engine/internal.h"
 #include "core/savevm.h"
 #include "core/stream.h"
 

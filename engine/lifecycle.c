@@ -1,0 +1,508 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The engine's lifecycle and public entry points: start, the migration thread,
+ * the end of a migration, wait, cancel, postcopy and recovery requests.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/internal.h"
+
+static void engine_teardown(mfd_migration *m);
+
+static void finish(struct mfd_engine *e, int r, mfd_error *err)
+{
+	mfd_migration *m = e->m;
+	enum mfd_state end = MFD_STATE_COMPLETED;
+
+	if (r < 0) {
+		if (!err)
+			mfd_error_set(&err, r, "migration failed (%s)", mfd_strerror(r));
+		if (atomic_load(&e->in_postcopy))
+			mfd_error_prefix(err, e->incoming ?
+					 "postcopy failed; the guest runs here with incomplete memory "
+					 "and must be stopped" :
+					 "postcopy failed and the VM is lost (its memory is split "
+					 "between the two hosts)");
+		/* Not after a RESULT 0: the source may have handed the VM over. */
+		if (e->incoming && !atomic_load(&e->result_sent))
+			eng_rp_send_result(e, mfd_error_code(err), mfd_error_message(err), NULL);
+		if (!e->incoming && e->rp_started && !atomic_load(&e->user_cancel)) {
+			mfd_error *why = eng_destination_reason(e);
+
+			if (why) {
+				/* It replaces whatever the broken connection caused here. */
+				pthread_mutex_lock(&e->lock);
+				mfd_error_free(e->err);
+				e->err = why;
+				e->outcome_unknown = false;	/* it failed: the VM runs here */
+				pthread_mutex_unlock(&e->lock);
+			}
+		}
+		if (e->outcome_unknown) {
+			/* Whatever broke on the way, the VMM must hear "unknown". */
+			pthread_mutex_lock(&e->lock);
+			mfd_error_free(e->err);
+			e->err = err;
+			err = NULL;
+			pthread_mutex_unlock(&e->lock);
+		}
+		eng_record_error(e, err);
+		pthread_mutex_lock(&e->lock);
+		bool cancelled = mfd_error_code(e->err) == MFD_ECANCELED;
+
+		pthread_mutex_unlock(&e->lock);
+		end = !e->incoming && atomic_load(&e->user_cancel) && cancelled ? MFD_STATE_CANCELLED
+										: MFD_STATE_FAILED;
+		eng_shutdown_all(e);
+	} else {
+		mfd_error_free(err);
+	}
+	if (e->rp_started) {
+		if (r < 0)
+			mfd_channel_shutdown(e->main_ch);
+		pthread_join(e->rp_thread, NULL);
+		e->rp_started = false;
+	}
+	if (e->pre_started) {
+		/* The source's request server reads until the channel closes. */
+		if (r < 0 || !e->incoming)
+			mfd_channel_shutdown(e->pre_ch);
+		pthread_join(e->pre_thread, NULL);
+		e->pre_started = false;
+	}
+	if (e->pcd) {
+		struct mfd_stats pst;
+
+		memset(&pst, 0, sizeof(pst));
+		pcd_stop(e);
+		pcd_stats(e, &pst);
+		pthread_mutex_lock(&e->lock);
+		e->pc_kept[0] = pst.postcopy_faults;
+		e->pc_kept[1] = pst.postcopy_fault_us_median;
+		e->pc_kept[2] = pst.postcopy_fault_us_p99;
+		e->pc_kept[3] = pst.postcopy_fault_us_max;
+		e->pc_kept[4] = pst.postcopy_blocktime_ms;
+		pthread_mutex_unlock(&e->lock);
+		pcd_free(e);
+	}
+	/* Leave the guest as we found it. */
+	if (!e->incoming) {
+		if (e->throttle && m->hooks.throttle)
+			m->hooks.throttle(m->hooks_opaque, 0);
+		e->throttle = 0;
+		/* Not after postcopy began: the destination may run the guest. */
+		/* Nor when the destination may run it: the VMM decides. */
+		if (r < 0 && e->vm_stopped && !atomic_load(&e->in_postcopy) &&
+		    !e->outcome_unknown && m->hooks.vm_start)
+			m->hooks.vm_start(m->hooks_opaque, NULL);
+		mfd_savevm_cleanup(m);
+	}
+	engine_publish(e);
+	/* Keep the multifd figures for mfd_migration_stats() after the end. */
+	struct mfd_multifd_stats *ms = calloc(1, sizeof(*ms));
+
+	if (ms && e->send)
+		mfd_multifd_send_stats(e->send, ms);
+	else if (ms && e->recv)
+		mfd_multifd_recv_stats(e->recv, ms);
+	pthread_mutex_lock(&e->lock);
+	free(e->final_ms);
+	e->final_ms = ms;
+	pthread_mutex_unlock(&e->lock);
+	eng_release_channels(e);
+	m->busy = false;
+	ramsec_unregister(e);
+	ramsec_free(e);
+	pthread_mutex_lock(&e->lock);
+	e->t_end_ns = engine_now_ns();
+	pthread_mutex_unlock(&e->lock);
+	eng_set_state(e, end);
+	pthread_mutex_lock(&e->lock);
+	e->ended = true;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
+}
+
+static void *migration_thread(void *arg)
+{
+	struct mfd_engine *e = arg;
+	mfd_error *err = NULL;
+	int r;
+
+	mfd_thread_name(e->incoming ? "mfd-incoming" : "mfd-migration");
+	r = e->incoming ? eng_incoming_run(e, &err) : eng_source_run(e, &err);
+
+	if (r < 0 && atomic_load(&e->user_cancel) && !e->incoming && !e->outcome_unknown) {
+		/* Errors caused by our own shutdown are the cancel, not the cause. */
+		pthread_mutex_lock(&e->lock);
+		bool have = e->err != NULL;
+
+		pthread_mutex_unlock(&e->lock);
+		if (!have) {
+			mfd_error_free(err);
+			err = NULL;
+			mfd_error_set(&err, MFD_ECANCELED, "migration cancelled");
+			r = MFD_ECANCELED;
+		}
+	}
+	finish(e, r, err);
+	return NULL;
+}
+
+/* What one migration leaves in the engine once its thread is joined. */
+static void engine_drop_state(struct mfd_engine *e)
+{
+	mfd_error_free(e->err);
+	free(e->rp_message);
+	free(e->final_ms);
+	pthread_mutex_destroy(&e->lock);
+	pthread_cond_destroy(&e->cond);
+	pthread_mutex_destroy(&e->out_lock);
+	pthread_mutex_destroy(&e->pre_lock);
+}
+
+static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_error **errp)
+{
+	struct mfd_engine *e = m->engine;
+
+	if (strlen(uri) >= sizeof(e->uri))
+		return mfd_error_set(errp, MFD_EINVAL, "URI of %zu bytes is too long", strlen(uri));
+	if (e->thread_started) {
+		pthread_join(e->thread, NULL);
+		e->thread_started = false;
+	}
+	engine_drop_state(e);
+	memset(e, 0, sizeof(*e));
+	e->m = m;
+	e->incoming = incoming;
+	strcpy(e->uri, uri);
+	pthread_mutex_init(&e->lock, NULL);
+	pthread_cond_init(&e->cond, NULL);
+	pthread_mutex_init(&e->out_lock, NULL);
+	pthread_mutex_init(&e->pre_lock, NULL);
+	atomic_init(&e->cancel, false);
+	atomic_init(&e->pc_want, false);
+	atomic_init(&e->in_postcopy, false);
+	atomic_init(&e->user_cancel, false);
+	atomic_init(&e->state_pub, MFD_STATE_NONE);
+	e->approvals_needed = -1;
+	return 0;
+}
+
+static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_error **errp)
+{
+	struct mfd_engine *e;
+	int r;
+
+	if (!m || !uri)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: NULL argument",
+				     incoming ? "mfd_migrate_incoming" : "mfd_migrate");
+	if (m->busy)
+		return mfd_error_set(errp, MFD_ESTATE, "a migration or save/load is running");
+	if (!m->engine) {
+		e = calloc(1, sizeof(*e));
+		if (!e)
+			return mfd_error_set(errp, MFD_ENOMEM, "out of memory for the engine");
+		pthread_mutex_init(&e->lock, NULL);
+		pthread_cond_init(&e->cond, NULL);
+		pthread_mutex_init(&e->out_lock, NULL);
+		pthread_mutex_init(&e->pre_lock, NULL);
+		__atomic_store_n(&m->engine, e, __ATOMIC_RELEASE);
+		m->teardown = engine_teardown;
+	}
+	/* A malformed URI fails here, before any thread starts. */
+	struct transport_uri tu;
+
+	if ((r = transport_uri_parse(uri, &tu, errp)) < 0) {
+		transport_uri_clear(&tu);
+		return r;
+	}
+	/* fd: and file: are one channel: no multifd, no return path. */
+	bool stream = tu.scheme == URI_FD || tu.scheme == URI_FILE;
+	bool unix_uri = tu.scheme == URI_UNIX;
+
+	if ((r = engine_reset(m, incoming, uri, errp)) < 0) {
+		transport_uri_clear(&tu);
+		return r;
+	}
+	e = m->engine;
+	if (tu.scheme == URI_TCP && tu.host && strlen(tu.host) < sizeof(e->tls_host))
+		strcpy(e->tls_host, tu.host);
+	transport_uri_clear(&tu);
+	e->nchan = (unsigned)m->params.i[MFD_P_MULTIFD_CHANNELS];
+	e->use_multifd = !stream;
+	e->use_rp = m->params.i[MFD_P_RETURN_PATH] && !stream;
+	e->postcopy = m->params.i[MFD_P_POSTCOPY_RAM];
+	e->preempt = e->postcopy && m->params.i[MFD_P_POSTCOPY_PREEMPT];
+	e->confirm = m->params.i[MFD_P_SWITCHOVER_CONFIRM];
+	if (e->confirm && !e->use_rp)
+		return mfd_error_set(errp, MFD_EINVAL, "switchover-confirm needs the return path: a "
+				     "tcp: or unix: URI and return-path on");
+	if (m->params.i[MFD_P_POSTCOPY_PREEMPT] && !e->postcopy)
+		return mfd_error_set(errp, MFD_EINVAL, "postcopy-preempt needs postcopy-ram");
+	if (e->postcopy && !e->use_rp)
+		return mfd_error_set(errp, MFD_EINVAL, "postcopy-ram needs the return path: a tcp: "
+				     "or unix: URI and return-path on (not %s)",
+				     stream ? "fd: or file:" : "return-path off");
+	if (!incoming && m->params.i[MFD_P_ZERO_COPY_SEND] &&
+	    (r = eng_check_zero_copy(m, stream, unix_uri, errp)) < 0)
+		return r;
+	if ((r = eng_make_config(e, errp)) < 0 ||
+	    (r = eng_make_creds(e, incoming ? MFD_TLS_SERVER : MFD_TLS_CLIENT, errp)) < 0) {
+		mfd_tls_creds_free(e->creds);
+		e->creds = NULL;
+		return r;
+	}
+	if (incoming && (r = mfd_listener_new(uri, &e->listener, errp)) < 0) {
+		mfd_tls_creds_free(e->creds);
+		e->creds = NULL;
+		return r;
+	}
+	if (incoming)
+		snprintf(e->listen_uri, sizeof(e->listen_uri), "%s", mfd_listener_uri(e->listener));
+	if ((r = ramsec_register(e, errp)) < 0) {
+		eng_release_channels(e);
+		return r;
+	}
+	m->busy = true;
+	e->t_start_ns = engine_now_ns();
+	eng_set_state(e, MFD_STATE_SETUP);
+	if (pthread_create(&e->thread, NULL, migration_thread, e) != 0) {
+		m->busy = false;
+		ramsec_unregister(e);
+		eng_release_channels(e);
+		return mfd_error_set(errp, MFD_ENOMEM, "cannot start the migration thread");
+	}
+	pthread_mutex_lock(&e->lock);
+	e->thread_started = true;
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+}
+
+int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp)
+{
+	return engine_start(m, false, uri, errp);
+}
+
+int mfd_migrate_incoming(mfd_migration *m, const char *uri, mfd_error **errp)
+{
+	return engine_start(m, true, uri, errp);
+}
+
+int mfd_migration_listen_uri(mfd_migration *m, char *buf, size_t len)
+{
+	struct mfd_engine *e = m ? m->engine : NULL;
+	int r = 0;
+
+	if (!e || !e->incoming || !buf)
+		return MFD_ESTATE;
+	pthread_mutex_lock(&e->lock);
+	if (!e->listen_uri[0])
+		r = MFD_ESTATE;
+	else if (strlen(e->listen_uri) >= len)
+		r = MFD_ETOOBIG;
+	else
+		strcpy(buf, e->listen_uri);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp)
+{
+	struct mfd_engine *e = m ? m->engine : NULL;
+	struct timespec dl;
+	int r = 0;
+
+	if (!e || atomic_load(&e->state_pub) == MFD_STATE_NONE)
+		return mfd_error_set(errp, MFD_ESTATE, "no migration was started");
+	dl = eng_deadline_in(timeout_ms);
+	pthread_mutex_lock(&e->lock);
+	while (!e->ended && r == 0)
+		r = timeout_ms > 0 ? pthread_cond_timedwait(&e->cond, &e->lock, &dl)
+				   : pthread_cond_wait(&e->cond, &e->lock);
+	bool ended = e->ended;
+	enum mfd_state st = e->state;
+	int code = e->err ? mfd_error_code(e->err) : 0;
+
+	if (ended && e->err && errp && !*errp)
+		*errp = mfd_error_copy(e->err);
+	pthread_mutex_unlock(&e->lock);
+	if (!ended)
+		return mfd_error_set(errp, MFD_ETIMEDOUT, "migration still %s after %d ms",
+				     mfd_state_name(st), timeout_ms);
+	/* Several threads may wait: one joins, the others wait for the join. */
+	pthread_mutex_lock(&e->lock);
+	if (e->thread_started && !e->joining) {
+		e->joining = true;
+		pthread_mutex_unlock(&e->lock);
+		pthread_join(e->thread, NULL);
+		pthread_mutex_lock(&e->lock);
+		e->thread_started = false;
+		e->joining = false;
+		pthread_cond_broadcast(&e->cond);
+	}
+	while (e->thread_started)
+		pthread_cond_wait(&e->cond, &e->lock);
+	pthread_mutex_unlock(&e->lock);
+	if (st == MFD_STATE_COMPLETED)
+		return 0;
+	return code ? code : MFD_ECANCELED;
+}
+
+void mfd_migrate_cancel(mfd_migration *m)
+{
+	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
+
+	if (!e)
+		return;
+	pthread_mutex_lock(&e->lock);
+	bool running = e->state != MFD_STATE_NONE && !eng_terminal(e->state) && !e->ended;
+
+	enum mfd_state st = e->state;
+
+	if (running && atomic_load(&e->in_postcopy) && st != MFD_STATE_POSTCOPY_PAUSED &&
+	    st != MFD_STATE_POSTCOPY_RECOVER) {
+		/* Ending postcopy would lose the VM (its memory is split between the
+		 * hosts): cancel pauses it instead, as QEMU's migrate-pause. */
+		e->pause_req = true;
+		pthread_mutex_unlock(&e->lock);
+		mfd_log_warn("postcopy: cancel pauses the migration; cancel again to abandon it");
+		eng_break_connections(e);
+		return;
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (!running)
+		return;
+	atomic_store(&e->user_cancel, true);
+	atomic_store(&e->cancel, true);
+	if (!e->incoming)
+		eng_set_state(e, MFD_STATE_CANCELLING);
+	else if (e->use_rp && !atomic_load(&e->result_sent))
+		/* Best effort, so the source can say why. */
+		eng_rp_send_result(e, MFD_ECANCELED, "migration cancelled on the destination", NULL);
+	eng_shutdown_all(e);
+	pthread_mutex_lock(&e->lock);
+	pthread_cond_broadcast(&e->cond);	/* a paused postcopy waits on it */
+	pthread_mutex_unlock(&e->lock);
+}
+
+int mfd_migrate_start_postcopy(mfd_migration *m, mfd_error **errp)
+{
+	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
+	int r = 0;
+
+	if (!e || e->incoming || atomic_load(&e->state_pub) == MFD_STATE_NONE)
+		return mfd_error_set(errp, MFD_ESTATE, "mfd_migrate_start_postcopy: no outgoing "
+				     "migration");
+	pthread_mutex_lock(&e->lock);
+	if (!e->postcopy)
+		r = mfd_error_set(errp, MFD_ESTATE, "postcopy-ram was off when the migration "
+				  "started");
+	else if (e->state != MFD_STATE_SETUP && e->state != MFD_STATE_ACTIVE)
+		r = mfd_error_set(errp, MFD_ESTATE, "postcopy can start only during precopy (the "
+				  "migration is %s)", mfd_state_name(e->state));
+	else
+		atomic_store(&e->pc_want, true);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+static int request_resume(mfd_migration *m, bool incoming, const char *uri, mfd_error **errp)
+{
+	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
+	const char *fn = incoming ? "mfd_migrate_recover" : "mfd_migrate_resume";
+	mfd_listener *l = NULL, *old = NULL;
+	int r = 0;
+
+	if (!e || !uri || e->incoming != incoming ||
+	    atomic_load(&e->state_pub) == MFD_STATE_NONE)
+		return mfd_error_set(errp, MFD_ESTATE, "%s: no %s migration", fn,
+				     incoming ? "incoming" : "outgoing");
+	if (strlen(uri) >= sizeof(e->resume_uri))
+		return mfd_error_set(errp, MFD_EINVAL, "%s: URI too long", fn);
+	if (atomic_load(&e->state_pub) != MFD_STATE_POSTCOPY_PAUSED)
+		return mfd_error_set(errp, MFD_ESTATE, "%s: the migration is %s, not postcopy-paused",
+				     fn, mfd_state_name((enum mfd_state)atomic_load(&e->state_pub)));
+	if (incoming && (r = mfd_listener_new(uri, &l, errp)) < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	if (e->state != MFD_STATE_POSTCOPY_PAUSED || e->resume_req) {
+		r = mfd_error_set(errp, MFD_ESTATE, "%s: a recovery is already under way", fn);
+	} else {
+		if (incoming) {
+			old = e->listener;
+			e->listener = l;
+			l = NULL;
+			snprintf(e->listen_uri, sizeof(e->listen_uri), "%s",
+				 mfd_listener_uri(e->listener));
+		} else {
+			strcpy(e->uri, uri);
+		}
+		strcpy(e->resume_uri, uri);
+		e->resume_req = true;
+		pthread_cond_broadcast(&e->cond);
+	}
+	pthread_mutex_unlock(&e->lock);
+	mfd_listener_free(old);
+	mfd_listener_free(l);
+	return r;
+}
+
+int mfd_migrate_recover(mfd_migration *m, const char *uri, mfd_error **errp)
+{
+	return request_resume(m, true, uri, errp);
+}
+
+int mfd_migrate_resume(mfd_migration *m, const char *uri, mfd_error **errp)
+{
+	return request_resume(m, false, uri, errp);
+}
+
+enum mfd_state mfd_migration_state(mfd_migration *m)
+{
+	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
+
+	return e ? (enum mfd_state)atomic_load(&e->state_pub) : MFD_STATE_NONE;
+}
+
+int mfd_migration_set_hooks(mfd_migration *m, const mfd_vmm_hooks *hooks, void *opaque,
+			    mfd_error **errp)
+{
+	if (!m || !hooks)
+		return mfd_error_set(errp, MFD_EINVAL, "mfd_migration_set_hooks: NULL argument");
+	if (hooks->abi_version != MFD_VMM_HOOKS_ABI)
+		return mfd_error_set(errp, MFD_EINVAL, "hooks abi_version %u, this library knows %u",
+				     hooks->abi_version, MFD_VMM_HOOKS_ABI);
+	if (m->busy)
+		return mfd_error_set(errp, MFD_ESTATE, "hooks cannot change while migrating");
+	m->hooks = *hooks;
+	m->hooks_opaque = opaque;
+	return 0;
+}
+
+static void engine_free(mfd_migration *m)
+{
+	struct mfd_engine *e = m->engine;
+
+	if (!e)
+		return;
+	if (e->thread_started) {
+		mfd_migrate_cancel(m);
+		pthread_join(e->thread, NULL);
+	}
+	engine_drop_state(e);
+	free(e);
+	m->engine = NULL;
+}
+
+/* mfd_migration_free() calls this through m->teardown: the engine and the
+ * dirty trackers its migrations left. */
+static void engine_teardown(mfd_migration *m)
+{
+	engine_free(m);
+	ramsec_free_trackers(m);
+}

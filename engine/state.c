@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The engine's state: the public state names, the legal moves, the first error,
+ * and stopping every thread at once (cancel, fatal helper errors).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/internal.h"
+
+static const char *const state_names[] = {
+	"none", "setup", "active", "device", "completed", "failed", "cancelling", "cancelled",
+	"postcopy-active", "postcopy-paused", "postcopy-recover",
+};
+
+const char *mfd_state_name(enum mfd_state s)
+{
+	return (unsigned)s < MFD_ARRAY_SIZE(state_names) ? state_names[s] : "unknown";
+}
+
+uint64_t engine_now_ns(void)
+{
+	return mfd_now_ns();
+}
+
+bool engine_cancelled(struct mfd_engine *e)
+{
+	return atomic_load_explicit(&e->cancel, memory_order_relaxed);
+}
+
+bool eng_terminal(enum mfd_state s)
+{
+	return s == MFD_STATE_COMPLETED || s == MFD_STATE_FAILED || s == MFD_STATE_CANCELLED;
+}
+
+/*
+ * The legal moves of each side (docs/architecture.md, "States"): bit t of
+ * moves[s] allows s -> t.  A failure or a cancel may end any live state;
+ * once cancelling, only an end may follow (a completion the cancel came too
+ * late for included); an end state is final until the next migration.
+ */
+#define TO(st) (1u << MFD_STATE_##st)
+
+#define ENDING (TO(FAILED) | TO(CANCELLING))
+
+static const uint32_t source_moves[] = {
+	[MFD_STATE_NONE] = TO(SETUP),
+	[MFD_STATE_SETUP] = TO(ACTIVE) | ENDING,
+	[MFD_STATE_ACTIVE] = TO(DEVICE) | ENDING,
+	/* the final round, or the postcopy package */
+	[MFD_STATE_DEVICE] = TO(COMPLETED) | TO(POSTCOPY_ACTIVE) | ENDING,
+	[MFD_STATE_POSTCOPY_ACTIVE] = TO(COMPLETED) | TO(POSTCOPY_PAUSED) | ENDING,
+	[MFD_STATE_POSTCOPY_PAUSED] = TO(POSTCOPY_RECOVER) | ENDING,
+	[MFD_STATE_POSTCOPY_RECOVER] = TO(POSTCOPY_ACTIVE) | TO(POSTCOPY_PAUSED) | ENDING,
+	[MFD_STATE_CANCELLING] = TO(CANCELLED) | TO(FAILED) | TO(COMPLETED),
+};
+
+static const uint32_t dest_moves[] = {
+	[MFD_STATE_NONE] = TO(SETUP),
+	[MFD_STATE_SETUP] = TO(ACTIVE) | ENDING,
+	/* loaded, or POSTCOPY_RUN */
+	[MFD_STATE_ACTIVE] = TO(COMPLETED) | TO(POSTCOPY_ACTIVE) | ENDING,
+	[MFD_STATE_POSTCOPY_ACTIVE] = TO(COMPLETED) | TO(POSTCOPY_PAUSED) | ENDING,
+	[MFD_STATE_POSTCOPY_PAUSED] = TO(POSTCOPY_RECOVER) | ENDING,
+	/* POSTCOPY_RESUME makes it active; a failed attempt pauses again */
+	[MFD_STATE_POSTCOPY_RECOVER] = TO(POSTCOPY_ACTIVE) | TO(POSTCOPY_PAUSED) | ENDING,
+	[MFD_STATE_CANCELLING] = TO(CANCELLED) | TO(FAILED) | TO(COMPLETED),
+};
+
+static bool legal_move(bool incoming, enum mfd_state from, enum mfd_state to)
+{
+	const uint32_t *moves = incoming ? dest_moves : source_moves;
+	size_t n = incoming ? MFD_ARRAY_SIZE(dest_moves) : MFD_ARRAY_SIZE(source_moves);
+
+	return (unsigned)from < n && (unsigned)to < 32 && (moves[from] & (1u << to));
+}
+
+/*
+ * The one place the state changes.  A move to the same state, or out of an
+ * end state or a cancel (a racing thread lost to it), is no move; any other
+ * move the table does not list is a bug in the engine: it is refused, logged,
+ * and recorded so that the migration ends failed instead of going on in a
+ * state nobody expects.
+ */
+void eng_set_state(struct mfd_engine *e, enum mfd_state to)
+{
+	mfd_migration *m = e->m;
+	enum mfd_state from;
+
+	pthread_mutex_lock(&e->lock);
+	from = e->state;
+	if (from == to || eng_terminal(from) || (from == MFD_STATE_CANCELLING && !eng_terminal(to))) {
+		pthread_mutex_unlock(&e->lock);
+		return;
+	}
+	if (!legal_move(e->incoming, from, to)) {
+		mfd_error *err = NULL;
+
+		pthread_mutex_unlock(&e->lock);
+		mfd_error_set(&err, MFD_ESTATE, "internal error: the %s side may not move from %s "
+			      "to %s (a bug; please report it)", e->incoming ? "incoming" : "outgoing",
+			      mfd_state_name(from), mfd_state_name(to));
+		mfd_log_error("migration: %s", mfd_error_message(err));
+		eng_fail_all(e, err);
+		return;
+	}
+	e->state = to;
+	atomic_store(&e->state_pub, (int)to);
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
+	mfd_log_info("migration %s: %s -> %s", e->incoming ? "incoming" : "outgoing",
+		     mfd_state_name(from), mfd_state_name(to));
+	if (m->hooks.state_changed)
+		m->hooks.state_changed(m->hooks_opaque, from, to);
+}
+
+/* First error wins; later ones are logged only. */
+void eng_record_error(struct mfd_engine *e, mfd_error *err)
+{
+	pthread_mutex_lock(&e->lock);
+	if (!e->err) {
+		e->err = err;
+		err = NULL;
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (err) {
+		mfd_log_debug("also: %s", mfd_error_message(err));
+		mfd_error_free(err);
+	}
+}
+
+/* Unblock every thread: shut down every channel we have.  The owning thread
+ * publishes and releases these pointers under the lock, so any thread may call
+ * this. */
+void eng_shutdown_all(struct mfd_engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	mfd_channel_shutdown(e->main_ch);
+	mfd_channel_shutdown(e->main_raw);
+	mfd_channel_shutdown(e->pre_ch);
+	mfd_channel_shutdown(e->pre_raw);
+	for (unsigned i = 0; i < 256; i++) {
+		mfd_channel_shutdown(e->mf[i]);
+		mfd_channel_shutdown(e->mf_raw[i]);
+	}
+	mfd_listener_shutdown(e->listener);
+	if (e->send)
+		mfd_multifd_send_cancel(e->send);
+	if (e->recv)
+		mfd_multifd_recv_cancel(e->recv);
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* A helper thread met an error no reconnection cures: record it (taking
+ * @err) and stop every thread. */
+void eng_fail_all(struct mfd_engine *e, mfd_error *err)
+{
+	eng_record_error(e, err);
+	atomic_store(&e->cancel, true);
+	eng_shutdown_all(e);
+}
+
+/* A pthread_cond_timedwait() deadline @ms from now (CLOCK_REALTIME). */
+struct timespec eng_deadline_in(int64_t ms)
+{
+	struct timespec dl;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += ms / 1000;
+	dl.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (dl.tv_nsec >= 1000000000) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000;
+	}
+	return dl;
+}
