@@ -91,7 +91,7 @@ static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, 
 		r = eng_postcopy_pause(e, err, errp);
 		resumed = true;
 	}
-	if (r == 0 && atomic_load(&e->in_postcopy)) {
+	if (r == 0 && pc_running(e)) {
 		/* The preempt stream ends after the main one: drain it. */
 		if (e->pre_started) {
 			pthread_join(e->pre_thread, NULL);
@@ -180,14 +180,14 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 	r = load_all(e, &hooks, errp);
 	if (r < 0)
 		eng_name_stream(e->in, "main channel", errp);
-	if (r == 0 && e->recv && !e->pc_listening)
+	if (r == 0 && e->recv && pc_at(e) < PC_LISTENING)
 		r = mfd_multifd_recv_finish(e->recv, errp);
 	if (r < 0)
 		return r;
 	engine_publish(e);
 	if ((r = eng_switchover_answer(e, errp)) < 0)
 		return r;
-	if (atomic_load(&e->in_postcopy)) {
+	if (pc_running(e)) {
 		pthread_mutex_lock(&e->lock);
 		e->t_pc_end_ns = engine_now_ns();
 		pthread_mutex_unlock(&e->lock);

@@ -36,7 +36,11 @@ int eng_lh_advise(void *opaque, bool has_summary, uint64_t summary, uint64_t tar
 				     "%llu) differ from this side's (0x%llx, 4096)",
 				     (unsigned long long)summary, (unsigned long long)target,
 				     (unsigned long long)mine);
-	return pcd_new(e, errp);
+	if (pc_at(e) != PC_NONE)
+		return pc_move(e, PC_ADVISED, errp);	/* says why not */
+	int r = pcd_new(e, errp);
+
+	return r < 0 ? r : pc_move(e, PC_ADVISED, errp);
 }
 
 int eng_lh_listen(void *opaque, mfd_error **errp)
@@ -44,8 +48,8 @@ int eng_lh_listen(void *opaque, mfd_error **errp)
 	struct mfd_engine *e = opaque;
 	int r;
 
-	if (!e->pcd)
-		return mfd_error_set(errp, MFD_EPROTO, "POSTCOPY_LISTEN without POSTCOPY_ADVISE");
+	if (pc_at(e) != PC_ADVISED)
+		return pc_move(e, PC_LISTENING, errp);	/* says why not */
 	/* Every precopy page is in place (the prepare section synced multifd); the
 	 * channels carry nothing more. */
 	if (e->recv && (r = mfd_multifd_recv_finish(e->recv, errp)) < 0)
@@ -61,11 +65,8 @@ int eng_lh_run(void *opaque, mfd_error **errp)
 	mfd_migration *m = e->m;
 	int r;
 
-	if (!e->pc_listening)
-		return mfd_error_set(errp, MFD_EPROTO, "POSTCOPY_RUN before POSTCOPY_LISTEN");
-	if (atomic_load(&e->in_postcopy))
-		return mfd_error_set(errp, MFD_EPROTO, "a second POSTCOPY_RUN");
-	atomic_store(&e->in_postcopy, true);
+	if ((r = pc_move(e, PC_RUNNING, errp)) < 0)
+		return r;
 	pthread_mutex_lock(&e->lock);
 	e->t_pc_ns = engine_now_ns();
 	pthread_mutex_unlock(&e->lock);
@@ -99,7 +100,7 @@ int eng_lh_recv_bitmap(void *opaque, const char *block, mfd_error **errp)
 	int b = find_block(e->m, block);
 	char esc[ESCAPE_BUF_SIZE];
 
-	if (!e->pc_resumed || !e->pcd)
+	if (atomic_load(&e->state_pub) != MFD_STATE_POSTCOPY_RECOVER || !e->pcd)
 		return mfd_error_set(errp, MFD_EPROTO, "RECV_BITMAP outside postcopy recovery");
 	if (b < 0)
 		return mfd_error_set(errp, MFD_EPROTO, "RECV_BITMAP: unknown block '%s'",
@@ -113,7 +114,7 @@ int eng_lh_resume(void *opaque, mfd_error **errp)
 	uint8_t one[4];
 	int r;
 
-	if (!e->pc_resumed)
+	if (atomic_load(&e->state_pub) != MFD_STATE_POSTCOPY_RECOVER)
 		return mfd_error_set(errp, MFD_EPROTO, "POSTCOPY_RESUME outside postcopy recovery");
 	mfd_store_be32(one, 1);
 	if ((r = eng_rp_send(e, RP_RESUME_ACK, one, 4, errp)) < 0)
@@ -141,7 +142,6 @@ int eng_dest_reconnect(struct mfd_engine *e, mfd_error **errp)
 	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &e->in, errp)) < 0)
 		return r;
 	mfd_stream_set_label(e->in, "main channel");
-	e->pc_resumed = true;
 	return eng_start_pre_reader(e, errp);
 }
 
@@ -151,5 +151,5 @@ bool eng_dest_pausable(struct mfd_engine *e, int r)
 	bool failed = e->err != NULL, asked = e->pause_req;
 
 	pthread_mutex_unlock(&e->lock);
-	return atomic_load(&e->in_postcopy) && !failed && (asked || eng_network_error(e, r));
+	return pc_running(e) && !failed && (asked || eng_network_error(e, r));
 }

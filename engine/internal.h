@@ -25,6 +25,9 @@
 #include "core/util.h"
 #include "multifd/internal.h"
 
+#define PC_REQ_QUEUE 4096		/* source: page requests waiting (non-preempt) */
+#define PC_PAGE_MAX (2u << 20)		/* largest page postcopy places (2 MiB) */
+
 /* RAM record flags in the low bits of a be64 (offset | flags) word, QEMU's values. */
 #define RAM_FLAG_ZERO 0x002u
 #define RAM_FLAG_MEM_SIZE 0x004u
@@ -70,8 +73,6 @@ enum rp_type {
 #define RP_REQ_MAX_BYTES (1u << 21)	/* most bytes one page request may ask for */
 #define RP_RECV_BITMAP_LEN 16
 #define RECV_BITMAP_END 0x0123456789abcdefull
-#define PC_REQ_QUEUE 4096		/* source: page requests waiting (non-preempt) */
-#define PC_PAGE_MAX (2u << 20)		/* largest page postcopy places (2 MiB) */
 
 /* Built-in dirty tracker, published with an atomic pointer while migrating. */
 struct mfd_tracker {
@@ -111,6 +112,25 @@ struct pc_req {
 };
 
 struct pc_dest;	/* engine/postcopy.c */
+
+/*
+ * Postcopy as each side goes through it (as QEMU's PostcopyState), one value
+ * instead of a flag per step.  pc_move() is the only writer and knows the
+ * legal moves:
+ *   source       none -> running (the package with RUN is out)
+ *   destination  none -> advised (ADVISE: userfaultfd is ready) -> listening
+ *                (LISTEN: pages go through userfaultfd) -> running (RUN: the
+ *                guest runs here)
+ * A recovery changes nothing here: a paused postcopy is still running; the
+ * public state (postcopy-paused, postcopy-recover) says where the connection
+ * is.  Any thread may read it (pc_at()).
+ */
+enum pc_state {
+	PC_NONE,
+	PC_ADVISED,
+	PC_LISTENING,
+	PC_RUNNING,
+};
 
 struct mfd_engine {
 	/* Set at start. */
@@ -187,8 +207,7 @@ struct mfd_engine {
 	bool postcopy;			/* postcopy-ram on this migration */
 	bool preempt;			/* postcopy-preempt: a channel for requested pages */
 	atomic_bool pc_want;		/* source: mfd_migrate_start_postcopy() asked */
-	atomic_bool in_postcopy;	/* the switch happened (both sides) */
-	bool pc_listening;		/* destination: LISTEN done, pages go through uffd */
+	_Atomic int pc;			/* enum pc_state: only pc_move() changes it */
 	mfd_channel *pre_ch, *pre_raw;	/* the preempt channel (published under lock) */
 	mfd_stream *pre_out;		/* source: written by the preempt thread */
 	mfd_stream *pre_in;		/* destination: read by the preempt thread */
@@ -210,7 +229,6 @@ struct mfd_engine {
 	struct pc_dest *pcd;		/* destination: userfaultfd state */
 	uint64_t pc_kept[5];		/* its figures once it is gone (see pcd_stats) */
 	bool pause_req;			/* mfd_migrate_cancel() in postcopy: pause */
-	bool pc_resumed;		/* destination: the load continues on a new stream */
 	uint8_t *pc_page;		/* destination: main-stream bounce page */
 };
 
@@ -388,5 +406,27 @@ bool eng_dest_pausable(struct mfd_engine *e, int r);
 
 /* engine/stats.c */
 uint64_t eng_main_stream_bytes(struct mfd_engine *e);
+
+/* engine/state.c: may a side move from @from to @to (the table of legal
+ * moves; set_state() refuses any other)? */
+bool engine_legal_move(bool incoming, enum mfd_state from, enum mfd_state to);
+
+/* engine/state.c: postcopy's steps (enum pc_state). */
+const char *pc_state_name(enum pc_state s);
+/* Move to @to, or refuse with MFD_EPROTO naming @what (the command or event
+ * that asked for it, e.g. "POSTCOPY_RUN"): a step out of order is the
+ * peer's doing on the destination, a bug on the source. */
+int pc_move(struct mfd_engine *e, enum pc_state to, mfd_error **errp);
+
+static inline enum pc_state pc_at(struct mfd_engine *e)
+{
+	return (enum pc_state)atomic_load(&e->pc);
+}
+
+/* The switch happened: the destination runs (or may run) the guest. */
+static inline bool pc_running(struct mfd_engine *e)
+{
+	return pc_at(e) == PC_RUNNING;
+}
 
 #endif /* MFD_ENGINE_INTERNAL_H */

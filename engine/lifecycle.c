@@ -21,7 +21,7 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 	if (r < 0) {
 		if (!err)
 			mfd_error_set(&err, r, "migration failed (%s)", mfd_strerror(r));
-		if (atomic_load(&e->in_postcopy))
+		if (pc_running(e))
 			mfd_error_prefix(err, e->incoming ?
 					 "postcopy failed; the guest runs here with incomplete memory "
 					 "and must be stopped" :
@@ -96,7 +96,7 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 		e->throttle = 0;
 		/* Not after postcopy began: the destination may run the guest. */
 		/* Nor when the destination may run it: the VMM decides. */
-		if (r < 0 && e->vm_stopped && !atomic_load(&e->in_postcopy) &&
+		if (r < 0 && e->vm_stopped && !pc_running(e) &&
 		    !e->outcome_unknown && m->hooks.vm_start)
 			m->hooks.vm_start(m->hooks_opaque, NULL);
 		mfd_savevm_cleanup(m);
@@ -186,7 +186,7 @@ static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	pthread_mutex_init(&e->pre_lock, NULL);
 	atomic_init(&e->cancel, false);
 	atomic_init(&e->pc_want, false);
-	atomic_init(&e->in_postcopy, false);
+	atomic_init(&e->pc, PC_NONE);
 	atomic_init(&e->user_cancel, false);
 	atomic_init(&e->state_pub, MFD_STATE_NONE);
 	e->approvals_needed = -1;
@@ -364,7 +364,7 @@ void mfd_migrate_cancel(mfd_migration *m)
 
 	enum mfd_state st = e->state;
 
-	if (running && atomic_load(&e->in_postcopy) && st != MFD_STATE_POSTCOPY_PAUSED &&
+	if (running && pc_running(e) && st != MFD_STATE_POSTCOPY_PAUSED &&
 	    st != MFD_STATE_POSTCOPY_RECOVER) {
 		/* Ending postcopy would lose the VM (its memory is split between the
 		 * hosts): cancel pauses it instead, as QEMU's migrate-pause. */

@@ -171,7 +171,7 @@ int pcd_discard(struct mfd_engine *e, unsigned b, uint64_t start, uint64_t len, 
 	const struct mfd_ram_block *bk = &e->m->blocks[b];
 	uint64_t dropped = 0;
 
-	if (!d || e->pc_listening)
+	if (!d || pc_at(e) >= PC_LISTENING)
 		return mfd_error_set(errp, MFD_EPROTO, "postcopy: discard %s",
 				     d ? "after LISTEN" : "without POSTCOPY_ADVISE");
 	if ((start | len) & (bk->page_size - 1) || len == 0 || start >= bk->size ||
@@ -331,10 +331,8 @@ int pcd_listen(struct mfd_engine *e, mfd_error **errp)
 	struct pc_dest *d = e->pcd;
 	mfd_migration *m = e->m;
 
-	if (!d)
-		return mfd_error_set(errp, MFD_EPROTO, "postcopy: LISTEN without POSTCOPY_ADVISE");
-	if (e->pc_listening)
-		return mfd_error_set(errp, MFD_EPROTO, "postcopy: a second LISTEN");
+	if (!d || pc_at(e) != PC_ADVISED)
+		return pc_move(e, PC_LISTENING, errp);	/* says why not */
 	d->can_zeropage = true;
 	for (unsigned b = 0; b < m->nblocks; b++) {
 		struct uffdio_register reg = {
@@ -363,8 +361,7 @@ int pcd_listen(struct mfd_engine *e, mfd_error **errp)
 	if (pthread_create(&d->thread, NULL, fault_thread, d) != 0)
 		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: cannot start the fault thread");
 	d->thread_started = true;
-	e->pc_listening = true;
-	return 0;
+	return pc_move(e, PC_LISTENING, errp);
 }
 
 /* Page @page of block @b is in place: count it, and time its fault if any. */

@@ -71,7 +71,7 @@ static void *pre_server(void *arg)
 	 * only before that. */
 	if (done || engine_cancelled(e) || (net && atomic_load(&e->pre_eos_sent))) {
 		/* over: nothing to add */
-	} else if (net && atomic_load(&e->in_postcopy)) {
+	} else if (net && pc_running(e)) {
 		/* Postcopy survives this: the migration thread pauses. */
 		mfd_log_warn("postcopy: preempt channel lost: %s", mfd_error_message(err));
 		pthread_mutex_lock(&e->lock);
@@ -166,7 +166,7 @@ static void *pre_reader(void *arg)
 
 int eng_start_pre_reader(struct mfd_engine *e, mfd_error **errp)
 {
-	if (!e->preempt || e->pre_started || !e->pc_listening)
+	if (!e->preempt || e->pre_started || pc_at(e) < PC_LISTENING)
 		return 0;
 	if (pthread_create(&e->pre_thread, NULL, pre_reader, e) != 0)
 		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: cannot start the preempt thread");

@@ -443,7 +443,7 @@ static int save_iterate(mfd_stream *s, void *opaque, mfd_error **errp)
 {
 	struct mfd_engine *e = opaque;
 
-	if (atomic_load(&e->in_postcopy))
+	if (pc_running(e))
 		return ramsec_pc_iterate(e, s, errp);
 
 	int r = walk(e, s, RAMSEC_ITERATE_BUDGET_NS, true, errp);

@@ -243,7 +243,7 @@ int ramsec_load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_erro
 		} else if (!e->ram_started) {
 			return mfd_error_set(errp, MFD_EPROTO,
 					     "ram: record 0x%x before the block list", flags);
-		} else if (e->pc_listening) {
+		} else if (pc_at(e) >= PC_LISTENING) {
 			r = load_pc_main(e, s, word, &run, errp);
 		} else if (flags == RAM_FLAG_MULTIFD_FLUSH) {
 			if (!e->recv)

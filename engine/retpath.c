@@ -148,7 +148,7 @@ int eng_page_request_parse(struct mfd_engine *e, const char *where, const uint8_
 	rq->block = mfd_load_be16(buf);
 	rq->len = mfd_load_be32(buf + 4);
 	rq->offset = mfd_load_be64(buf + 8);
-	if (!e->postcopy || !atomic_load(&e->in_postcopy))
+	if (!e->postcopy || !pc_running(e))
 		return mfd_error_set(errp, MFD_EPROTO, "%s: page request outside postcopy", where);
 	if (rq->block >= m->nblocks)
 		return mfd_error_set(errp, MFD_EPROTO, "%s: page request for block %u of %u",
@@ -272,7 +272,7 @@ static const struct rp_spec {
 	 * any state, as for RESULT. */
 	[RP_SWITCHOVER_ACK] = { "SWITCHOVER_ACK", 0, 0, RP_IN_ANY, "any state" },
 	/* From the postcopy package (sent in device) on, and again after a
-	 * recovery's RESUME_ACK; the handler also wants in_postcopy. */
+	 * recovery's RESUME_ACK; the handler also wants postcopy running. */
 	[RP_REQ_PAGES] = { "page request", RP_REQ_PAGES_LEN, RP_REQ_PAGES_LEN,
 			   RP_IN(MFD_STATE_DEVICE) | RP_IN(MFD_STATE_POSTCOPY_ACTIVE) |
 			   RP_IN(MFD_STATE_POSTCOPY_RECOVER), "postcopy" },
@@ -332,7 +332,7 @@ void *eng_rp_thread(void *arg)
 			break;
 		if (type == RP_PONG) {
 			/* PING 4 follows the postcopy package: the destination runs the guest. */
-			if (mfd_load_be32(buf) == 4 && atomic_load(&e->in_postcopy)) {
+			if (mfd_load_be32(buf) == 4 && pc_running(e)) {
 				pthread_mutex_lock(&e->lock);
 				if (!e->downtime_ns)
 					e->downtime_ns = engine_now_ns() - e->t_stop_ns;
@@ -411,7 +411,7 @@ void *eng_rp_thread(void *arg)
 		bool done = e->rp_result_seen && e->rp_result == 0;
 
 		pthread_mutex_unlock(&e->lock);
-		if (!done && atomic_load(&e->in_postcopy) && !e->rp_result_seen &&
+		if (!done && pc_running(e) && !e->rp_result_seen &&
 		    eng_network_error(e, mfd_error_code(err))) {
 			/* Postcopy survives this: the migration thread pauses. */
 			mfd_log_warn("postcopy: return path lost: %s", mfd_error_message(err));

@@ -61,8 +61,8 @@ static int postcopy_start(struct mfd_engine *e, mfd_error **errp)
 			mfd_savevm_send_postcopy_run(pkg);
 			r = eng_flush_out(pkg, errp);
 		}
-		if (r == 0 && (r = mfd_channel_mem_contents(mw, &blob, &len)) == 0) {
-			atomic_store(&e->in_postcopy, true);
+		if (r == 0 && (r = mfd_channel_mem_contents(mw, &blob, &len)) == 0 &&
+		    (r = pc_move(e, PC_RUNNING, errp)) == 0) {
 			mfd_savevm_send_packaged(e->out, blob, (uint32_t)len);
 			mfd_savevm_send_ping(e->out, 4);
 			r = eng_flush_out(e->out, errp);

@@ -70,7 +70,7 @@ static const uint32_t dest_moves[] = {
 	[MFD_STATE_CANCELLING] = TO(CANCELLED) | TO(FAILED) | TO(COMPLETED),
 };
 
-static bool legal_move(bool incoming, enum mfd_state from, enum mfd_state to)
+bool engine_legal_move(bool incoming, enum mfd_state from, enum mfd_state to)
 {
 	const uint32_t *moves = incoming ? dest_moves : source_moves;
 	size_t n = incoming ? MFD_ARRAY_SIZE(dest_moves) : MFD_ARRAY_SIZE(source_moves);
@@ -96,7 +96,7 @@ void eng_set_state(struct mfd_engine *e, enum mfd_state to)
 		pthread_mutex_unlock(&e->lock);
 		return;
 	}
-	if (!legal_move(e->incoming, from, to)) {
+	if (!engine_legal_move(e->incoming, from, to)) {
 		mfd_error *err = NULL;
 
 		pthread_mutex_unlock(&e->lock);
@@ -176,4 +176,50 @@ struct timespec eng_deadline_in(int64_t ms)
 		dl.tv_nsec -= 1000000000;
 	}
 	return dl;
+}
+
+static const char *const pc_names[] = { "none", "advised", "listening", "running" };
+
+const char *pc_state_name(enum pc_state s)
+{
+	return (unsigned)s < MFD_ARRAY_SIZE(pc_names) ? pc_names[s] : "unknown";
+}
+
+/*
+ * Each step has one legal predecessor on each side, and a name for the
+ * refusal: the destination's steps are the source's commands, so an illegal
+ * one is the peer's error and says which command came out of order.
+ */
+static const struct pc_step {
+	enum pc_state from;		/* the one state it may follow */
+	const char *early, *again;	/* refusals: out of order, repeated */
+} dest_steps[] = {
+	[PC_ADVISED] = { PC_NONE, NULL, "a second POSTCOPY_ADVISE" },
+	[PC_LISTENING] = { PC_ADVISED, "POSTCOPY_LISTEN without POSTCOPY_ADVISE",
+			   "a second POSTCOPY_LISTEN" },
+	[PC_RUNNING] = { PC_LISTENING, "POSTCOPY_RUN before POSTCOPY_LISTEN",
+			 "a second POSTCOPY_RUN" },
+}, source_steps[] = {
+	[PC_RUNNING] = { PC_NONE, NULL, "internal error: postcopy started twice" },
+};
+
+int pc_move(struct mfd_engine *e, enum pc_state to, mfd_error **errp)
+{
+	const struct pc_step *steps = e->incoming ? dest_steps : source_steps;
+	size_t n = e->incoming ? MFD_ARRAY_SIZE(dest_steps) : MFD_ARRAY_SIZE(source_steps);
+	const struct pc_step *st = (unsigned)to < n ? &steps[to] : NULL;
+	int from = st ? (int)st->from : -1;
+
+	if (st && (st->early || st->again) &&
+	    atomic_compare_exchange_strong(&e->pc, &from, (int)to))
+		return 0;
+	if (!st || !(st->early || st->again))
+		return mfd_error_set(errp, MFD_ESTATE, "internal error: postcopy cannot move to "
+				     "'%s' on the %s side", pc_state_name(to),
+				     e->incoming ? "incoming" : "outgoing");
+	/* from now holds the state we found. */
+	return mfd_error_set(errp, e->incoming ? MFD_EPROTO : MFD_ESTATE, "%s (postcopy is %s)",
+			     from > (int)st->from && st->again ? st->again
+			     : st->early ? st->early : st->again,
+			     pc_state_name((enum pc_state)from));
 }

@@ -125,7 +125,7 @@ int eng_switchover_answer(struct mfd_engine *e, mfd_error **errp)
 	if ((r = eng_rp_send_result(e, 0, "loaded", &err)) < 0) {
 		/* Nothing more on that channel: a partial message is there. */
 		mfd_channel_shutdown(e->main_ch);
-		if (atomic_load(&e->in_postcopy)) {
+		if (pc_running(e)) {
 			/* The guest runs here since POSTCOPY_RUN: nothing to undo. */
 			mfd_log_warn("postcopy: RESULT not sent: %s", mfd_error_message(err));
 			mfd_error_free(err);
@@ -138,7 +138,7 @@ int eng_switchover_answer(struct mfd_engine *e, mfd_error **errp)
 		return r;
 	}
 	atomic_store(&e->result_sent, true);
-	if (!e->confirm || atomic_load(&e->in_postcopy))
+	if (!e->confirm || pc_running(e))
 		return 0;
 	mfd_channel_set_option(e->main_ch, "timeout-ms", timeout, NULL);
 	if (mfd_stream_get_be32(e->in, &magic) < 0 || mfd_stream_get_be32(e->in, &one) < 0) {

@@ -57,8 +57,12 @@ static bool pcfix_init(struct pcfix *f, uint32_t present)
 	f->e = calloc(1, sizeof(*f->e));
 	ck_assert_ptr_nonnull(f->e);
 	f->e->m = f->m;
+	f->e->incoming = true;
+	atomic_init(&f->e->pc, PC_NONE);
 	pthread_mutex_init(&f->e->lock, NULL);
+	/* As POSTCOPY_ADVISE does (eng_lh_advise): userfaultfd, then the step. */
 	ck_assert_ok(pcd_new(f->e, &err), err);
+	ck_assert_ok(pc_move(f->e, PC_ADVISED, &err), err);
 	ck_assert_ok(pcd_discard(f->e, 0, 0, PAGES * PS, &err), err);
 	ck_assert_uint_eq(pcd_missing(f->e), PAGES);
 	for (unsigned p = 0; p < PAGES; p++)

@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The engine's two state machines, white box: the table of legal moves of
+ * each side's public state (engine_legal_move(), which set_state() obeys),
+ * and postcopy's steps (pc_move()), whose refusals name the command that
+ * came out of order.  The end-to-end suites show that every move a real
+ * migration makes is in the table; these show the table refuses the rest.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/internal.h"
+#include "tests/lib/testlib.h"
+
+#define S(x) MFD_STATE_##x
+
+START_TEST(source_moves)
+{
+	static const struct {
+		enum mfd_state from, to;
+		bool legal;
+	} cases[] = {
+		{ S(NONE), S(SETUP), true },
+		{ S(SETUP), S(ACTIVE), true },
+		{ S(ACTIVE), S(DEVICE), true },
+		{ S(DEVICE), S(COMPLETED), true },
+		{ S(DEVICE), S(POSTCOPY_ACTIVE), true },
+		{ S(POSTCOPY_ACTIVE), S(POSTCOPY_PAUSED), true },
+		{ S(POSTCOPY_PAUSED), S(POSTCOPY_RECOVER), true },
+		{ S(POSTCOPY_RECOVER), S(POSTCOPY_PAUSED), true },
+		{ S(POSTCOPY_RECOVER), S(POSTCOPY_ACTIVE), true },
+		{ S(ACTIVE), S(CANCELLING), true },
+		{ S(CANCELLING), S(CANCELLED), true },
+		{ S(ACTIVE), S(FAILED), true },
+		/* A source never completes without stopping the VM first. */
+		{ S(ACTIVE), S(COMPLETED), false },
+		{ S(SETUP), S(COMPLETED), false },
+		/* Postcopy starts only from the stopped VM's device phase. */
+		{ S(ACTIVE), S(POSTCOPY_ACTIVE), false },
+		{ S(NONE), S(ACTIVE), false },
+		{ S(POSTCOPY_PAUSED), S(POSTCOPY_ACTIVE), false },
+		{ S(POSTCOPY_ACTIVE), S(ACTIVE), false },
+		{ S(CANCELLING), S(ACTIVE), false },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		ck_assert_msg(engine_legal_move(false, cases[i].from, cases[i].to) == cases[i].legal,
+			      "source %s -> %s should be %s", mfd_state_name(cases[i].from),
+			      mfd_state_name(cases[i].to), cases[i].legal ? "legal" : "refused");
+}
+END_TEST
+
+START_TEST(destination_moves)
+{
+	static const struct {
+		enum mfd_state from, to;
+		bool legal;
+	} cases[] = {
+		{ S(NONE), S(SETUP), true },
+		{ S(SETUP), S(ACTIVE), true },
+		{ S(ACTIVE), S(COMPLETED), true },
+		{ S(ACTIVE), S(POSTCOPY_ACTIVE), true },
+		{ S(POSTCOPY_ACTIVE), S(COMPLETED), true },
+		{ S(POSTCOPY_RECOVER), S(POSTCOPY_ACTIVE), true },
+		{ S(SETUP), S(FAILED), true },
+		/* The destination has no device phase: it never stops a VM. */
+		{ S(ACTIVE), S(DEVICE), false },
+		{ S(SETUP), S(POSTCOPY_ACTIVE), false },
+		{ S(SETUP), S(COMPLETED), false },
+		{ S(POSTCOPY_PAUSED), S(COMPLETED), false },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		ck_assert_msg(engine_legal_move(true, cases[i].from, cases[i].to) == cases[i].legal,
+			      "destination %s -> %s should be %s", mfd_state_name(cases[i].from),
+			      mfd_state_name(cases[i].to), cases[i].legal ? "legal" : "refused");
+}
+END_TEST
+
+/* No move leaves an end state, on either side. */
+START_TEST(end_states_are_final)
+{
+	static const enum mfd_state ends[] = { S(COMPLETED), S(FAILED), S(CANCELLED) };
+
+	for (int side = 0; side < 2; side++)
+		for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++)
+			for (int to = S(NONE); to <= S(POSTCOPY_RECOVER); to++)
+				ck_assert_msg(!engine_legal_move(side, ends[i], (enum mfd_state)to),
+					      "%s -> %s is legal", mfd_state_name(ends[i]),
+					      mfd_state_name((enum mfd_state)to));
+}
+END_TEST
+
+static struct mfd_engine *engine(bool incoming)
+{
+	struct mfd_engine *e = calloc(1, sizeof(*e));
+
+	ck_assert_ptr_nonnull(e);
+	e->incoming = incoming;
+	atomic_init(&e->pc, PC_NONE);
+	return e;
+}
+
+/* The destination's steps follow the source's commands, in order only. */
+START_TEST(destination_postcopy_steps)
+{
+	struct mfd_engine *e = engine(true);
+	mfd_error *err = NULL;
+
+	ck_assert_int_eq(pc_move(e, PC_LISTENING, &err), MFD_EPROTO);
+	ck_assert_mfd_error(err, MFD_EPROTO, "POSTCOPY_LISTEN without POSTCOPY_ADVISE");
+	ck_assert_int_eq(pc_move(e, PC_RUNNING, &err), MFD_EPROTO);
+	ck_assert_mfd_error(err, MFD_EPROTO, "POSTCOPY_RUN before POSTCOPY_LISTEN (postcopy is none)");
+	ck_assert_int_eq(pc_move(e, PC_ADVISED, NULL), 0);
+	ck_assert_int_eq(pc_move(e, PC_ADVISED, &err), MFD_EPROTO);
+	ck_assert_mfd_error(err, MFD_EPROTO, "a second POSTCOPY_ADVISE");
+	ck_assert_int_eq(pc_move(e, PC_RUNNING, &err), MFD_EPROTO);
+	ck_assert_mfd_error(err, MFD_EPROTO, "POSTCOPY_RUN before POSTCOPY_LISTEN (postcopy is advised)");
+	ck_assert_int_eq(pc_move(e, PC_LISTENING, NULL), 0);
+	ck_assert_int_eq(pc_move(e, PC_LISTENING, &err), MFD_EPROTO);
+	ck_assert_mfd_error(err, MFD_EPROTO, "a second POSTCOPY_LISTEN");
+	ck_assert_int_eq(pc_move(e, PC_RUNNING, NULL), 0);
+	ck_assert(pc_running(e));
+	ck_assert_int_eq(pc_move(e, PC_RUNNING, &err), MFD_EPROTO);
+	ck_assert_mfd_error(err, MFD_EPROTO, "a second POSTCOPY_RUN (postcopy is running)");
+	ck_assert_int_eq(pc_at(e), PC_RUNNING);
+	free(e);
+}
+END_TEST
+
+/* The source has one step; asking for another is the engine's bug. */
+START_TEST(source_postcopy_steps)
+{
+	struct mfd_engine *e = engine(false);
+	mfd_error *err = NULL;
+
+	ck_assert_int_eq(pc_move(e, PC_ADVISED, &err), MFD_ESTATE);
+	ck_assert_mfd_error(err, MFD_ESTATE, "internal error");
+	ck_assert_int_eq(pc_move(e, PC_LISTENING, &err), MFD_ESTATE);
+	ck_assert_mfd_error(err, MFD_ESTATE, "internal error");
+	ck_assert(!pc_running(e));
+	ck_assert_int_eq(pc_move(e, PC_RUNNING, NULL), 0);
+	ck_assert(pc_running(e));
+	ck_assert_int_eq(pc_move(e, PC_RUNNING, &err), MFD_ESTATE);
+	ck_assert_mfd_error(err, MFD_ESTATE, "postcopy started twice");
+	free(e);
+}
+END_TEST
+
+Suite *suite_state(void)
+{
+	Suite *s = suite_create("state");
+	TCase *tc = tcase_create("moves");
+
+	tcase_add_test(tc, source_moves);
+	tcase_add_test(tc, destination_moves);
+	tcase_add_test(tc, end_states_are_final);
+	tcase_add_test(tc, destination_postcopy_steps);
+	tcase_add_test(tc, source_postcopy_steps);
+	suite_add_tcase(s, tc);
+	return s;
+}
