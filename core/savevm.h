@@ -12,45 +12,11 @@
 
 #include <multifd/multifd.h>
 
-#define MFD_VM_FILE_MAGIC 0x5145564du	/* "QEVM" */
-#define MFD_VM_FILE_VERSION 3u
-#define MFD_VM_FILE_VERSION_COMPAT 2u	/* obsolete; refused with its own message */
-
-/* Top-level record types. */
-enum mfd_vm_record {
-	MFD_VM_EOF = 0x00,
-	MFD_VM_SECTION_START = 0x01,
-	MFD_VM_SECTION_PART = 0x02,
-	MFD_VM_SECTION_END = 0x03,
-	MFD_VM_SECTION_FULL = 0x04,
-	MFD_VM_SUBSECTION = 0x05,
-	MFD_VM_VMDESCRIPTION = 0x06,
-	MFD_VM_CONFIGURATION = 0x07,
-	MFD_VM_COMMAND = 0x08,
-	MFD_VM_SECTION_FOOTER = 0x7e,
-};
-
-/* Commands carried in MFD_VM_COMMAND records. */
-enum mfd_vm_cmd {
-	MFD_CMD_INVALID = 0,
-	MFD_CMD_OPEN_RETURN_PATH = 1,
-	MFD_CMD_PING = 2,
-	MFD_CMD_POSTCOPY_ADVISE = 3,
-	MFD_CMD_POSTCOPY_LISTEN = 4,
-	MFD_CMD_POSTCOPY_RUN = 5,
-	MFD_CMD_POSTCOPY_RAM_DISCARD = 6,
-	MFD_CMD_PACKAGED = 7,
-	MFD_CMD_ENABLE_COLO = 8,
-	MFD_CMD_POSTCOPY_RESUME = 9,
-	MFD_CMD_RECV_BITMAP = 10,
-	MFD_CMD_SWITCHOVER_START = 11,
-	MFD_CMD_MAX
-};
+#include "core/wire.h"
 
 /* Limits the loader enforces on peer data. */
 #define MFD_PACKAGED_MAX_DEFAULT (256u << 20)	/* bytes in one PACKAGED blob */
 #define MFD_LOADVM_MAX_DEPTH 1			/* a package may not hold a package */
-#define MFD_DISCARD_VERSION 0
 
 const char *mfd_vm_cmd_name(unsigned cmd);
 const char *mfd_vm_record_name(unsigned type);

@@ -23,56 +23,11 @@
 #include "core/savevm.h"
 #include "core/stream.h"
 #include "core/util.h"
+#include "core/wire.h"
 #include "multifd/internal.h"
 
 #define PC_REQ_QUEUE 4096		/* source: page requests waiting (non-preempt) */
 #define PC_PAGE_MAX (2u << 20)		/* largest page postcopy places (2 MiB) */
-
-/* RAM record flags in the low bits of a be64 (offset | flags) word, QEMU's values. */
-#define RAM_FLAG_ZERO 0x002u
-#define RAM_FLAG_MEM_SIZE 0x004u
-#define RAM_FLAG_PAGE 0x008u
-#define RAM_FLAG_EOS 0x010u
-#define RAM_FLAG_CONTINUE 0x020u
-#define RAM_FLAG_MULTIFD_FLUSH 0x200u
-#define RAM_FLAGS_MASK 0xfffu	/* offsets are multiples of >= 4 KiB pages */
-#define RAM_SECTION_VERSION 1u
-
-/* Main-channel hello, 128 bytes, sent before the savevm stream. */
-#define MAIN_HELLO_MAGIC 0x4d46444du	/* "MFDM" */
-#define MAIN_HELLO_VERSION 1u
-#define MAIN_HELLO_SIZE 128
-#define MAIN_HELLO_RETURN_PATH 0x1u
-#define MAIN_HELLO_PREEMPT 0x2u		/* a preempt channel follows the main channel */
-#define MAIN_HELLO_RESUME 0x4u		/* postcopy recovery: reconnecting a paused session */
-#define MAIN_HELLO_POSTCOPY 0x8u	/* postcopy-ram is on at the source */
-#define MAIN_HELLO_CONFIRM 0x10u	/* switchover-confirm is on at the source */
-#define MAIN_HELLO_FLAGS 0x1fu
-/* switchover-confirm: after the destination's RESULT 0 the source writes
- * be32 SWITCHOVER_CONFIRM_MAGIC, be32 1 on the main channel, after EOF. */
-#define SWITCHOVER_CONFIRM_MAGIC 0x4d464443u	/* "MFDC" */
-#define SWITCHOVER_CONFIRM_LEN 8
-
-/* Preempt-channel hello, 128 bytes: magic, version, flags, UUID at 32, token at 48. */
-#define PREEMPT_HELLO_MAGIC 0x4d464451u	/* "MFDQ" */
-#define PREEMPT_HELLO_VERSION 2u	/* 2: page requests travel on it (7.4) */
-#define PREEMPT_HELLO_SIZE 128
-
-/* Return-path messages: be16 type, be16 length, payload. */
-enum rp_type {
-	RP_PONG = 1,		/* be32 value */
-	RP_RESULT = 2,		/* be32 code (0 = loaded), then the message bytes */
-	RP_SWITCHOVER_ACK = 3,	/* nothing: the destination consents to switchover */
-	RP_REQ_PAGES = 4,	/* be16 block, be16 0, be32 length, be64 offset: postcopy wants pages */
-	RP_RECV_BITMAP = 5,	/* be16 block, be16 0, be32 0, be64 bytes; then the bitmap and
-				 * be64 RECV_BITMAP_END outside the message */
-	RP_RESUME_ACK = 6,	/* be32 1: the destination resumed postcopy */
-};
-#define RP_MSG_MAX 4096
-#define RP_REQ_PAGES_LEN 16
-#define RP_REQ_MAX_BYTES (1u << 21)	/* most bytes one page request may ask for */
-#define RP_RECV_BITMAP_LEN 16
-#define RECV_BITMAP_END 0x0123456789abcdefull
 
 /* Built-in dirty tracker, published with an atomic pointer while migrating. */
 struct mfd_tracker {

@@ -23,7 +23,7 @@
 #include <multifd/multifd.h>
 
 #include "core/ramblock.h"
-#include "multifd/wire.h"
+#include "core/wire.h"
 
 enum mfd_zero_detect {
 	MFD_ZERO_NONE = 0,	/* every page is sent as data */

@@ -27,41 +27,14 @@
 
 #include "cli.h"
 #include "core/json.h"
+#include "core/savevm.h"
+#include "core/wire.h"
 
 #define DUMP_BUF (1u << 16)
 #define MAX_SECTIONS 1024	/* distinct section ids one stream may bind */
 #define MAX_BLOCKS 256		/* RAM blocks in a block list */
-#define PACKAGE_MAX (256ull << 20)	/* the loader's default package limit */
+#define PACKAGE_MAX ((unsigned long long)MFD_PACKAGED_MAX_DEFAULT)	/* the loader's default */
 #define SCAN_MAX (256ull << 20)	/* how far to search for an unknown payload's footer */
-
-/* Record types (docs/wire-format.md 3.1). */
-enum {
-	REC_EOF = 0x00,
-	REC_START = 0x01,
-	REC_PART = 0x02,
-	REC_END = 0x03,
-	REC_FULL = 0x04,
-	REC_SUBSECTION = 0x05,
-	REC_VMDESC = 0x06,
-	REC_CONFIG = 0x07,
-	REC_COMMAND = 0x08,
-	REC_FOOTER = 0x7e,
-};
-
-/* RAM record flags (7.2). */
-enum {
-	RAM_ZERO = 0x002,
-	RAM_MEM_SIZE = 0x004,
-	RAM_PAGE = 0x008,
-	RAM_EOS = 0x010,
-	RAM_CONTINUE = 0x020,
-	RAM_FLUSH = 0x200,
-	RAM_MASK = 0xfff,
-};
-
-#define QEVM_MAGIC 0x5145564du
-#define HELLO_MAGIC 0x4d46444du	/* "MFDM" */
-#define HELLO_SIZE 128
 
 /**
  * struct reader - buffered, bounded reads from a file or pipe
@@ -391,11 +364,11 @@ static void field_bool(struct dump *d, const char *key, bool v)
 
 static int dump_hello(struct dump *d)
 {
-	uint8_t h[HELLO_SIZE];
+	uint8_t h[MAIN_HELLO_SIZE];
 	char codec[32];
 	uint32_t flags;
 
-	if (get(d, h, HELLO_SIZE, "the main-channel hello") < 0)
+	if (get(d, h, MAIN_HELLO_SIZE, "the main-channel hello") < 0)
 		return -1;
 	if (load_be32(h + 4) != 1)
 		return fail(d, 4, "main-channel hello version %" PRIu32 ", expected 1",
@@ -409,7 +382,7 @@ static int dump_hello(struct dump *d)
 	codec[h[80]] = '\0';
 	if (strlen(codec) != h[80])
 		return fail(d, 81, "the codec name contains a NUL byte");
-	for (unsigned i = 14; i < HELLO_SIZE; i++) {
+	for (unsigned i = 14; i < MAIN_HELLO_SIZE; i++) {
 		if ((i >= 16 && i < 20) || (i >= 32 && i < 81 + (unsigned)h[80]))
 			continue;
 		if (h[i])
@@ -440,9 +413,9 @@ static int dump_header(struct dump *d)
 	if (get_be32(d, &magic, "the stream header") < 0 ||
 	    get_be32(d, &version, "the stream header") < 0)
 		return -1;
-	if (magic != QEVM_MAGIC)
+	if (magic != MFD_VM_FILE_MAGIC)
 		return fail(d, at, "stream magic 0x%08" PRIx32 ", expected 0x%08x (\"QEVM\")", magic,
-			    QEVM_MAGIC);
+			    MFD_VM_FILE_MAGIC);
 	if (version != 3)
 		return fail(d, at + 4, "stream version %" PRIu32 ", expected 3%s", version,
 			    version == 2 ? " (version 2 is obsolete)" : "");
@@ -453,7 +426,7 @@ static int dump_header(struct dump *d)
 	at = rd_off(d->rd);
 	if (get_u8(d, &type, "the CONFIGURATION record") < 0)
 		return -1;
-	if (type != REC_CONFIG)
+	if (type != MFD_VM_CONFIGURATION)
 		return fail(d, at, "record type 0x%02x where the CONFIGURATION record (0x07) must "
 			    "be", type);
 	if (get_be32(d, &len, "the CONFIGURATION record") < 0)
@@ -531,11 +504,11 @@ static void print_blocks(struct dump *d, unsigned depth)
 static int ram_page(struct dump *d, uint64_t at, uint64_t word, unsigned depth,
 		    struct ram_sum *sum)
 {
-	unsigned flags = (unsigned)(word & RAM_MASK);
-	uint64_t off = word & ~(uint64_t)RAM_MASK;
+	unsigned flags = (unsigned)(word & RAM_FLAGS_MASK);
+	uint64_t off = word & ~(uint64_t)RAM_FLAGS_MASK;
 	const struct block *b;
 
-	if (!(flags & RAM_CONTINUE)) {
+	if (!(flags & RAM_FLAG_CONTINUE)) {
 		char name[256];
 
 		if (get_name(d, name, "the page's block name") < 0)
@@ -553,7 +526,7 @@ static int ram_page(struct dump *d, uint64_t at, uint64_t word, unsigned depth,
 	if ((off & (b->page_size - 1)) || off > b->size - b->page_size)
 		return fail(d, at, "ram: page offset 0x%" PRIx64 " is not a page of block '%s' (%"
 			    PRIu64 " bytes)", off, b->name, b->size);
-	if (flags & RAM_ZERO) {
+	if (flags & RAM_FLAG_ZERO) {
 		uint8_t fill;
 
 		if (get_u8(d, &fill, "a ZERO record's fill byte") < 0)
@@ -571,7 +544,7 @@ static int ram_page(struct dump *d, uint64_t at, uint64_t word, unsigned depth,
 	}
 	sum->lo = off < sum->lo ? off : sum->lo;
 	sum->hi = off > sum->hi ? off : sum->hi;
-	if (d->verbose && !d->json && rec_begin(d, at, depth, flags & RAM_ZERO ? "ZERO" : "PAGE")) {
+	if (d->verbose && !d->json && rec_begin(d, at, depth, flags & RAM_FLAG_ZERO ? "ZERO" : "PAGE")) {
 		field_str(d, "block", b->name);
 		field_hex(d, "offset", off);
 		field_hex(d, "flags", flags);
@@ -595,21 +568,21 @@ static int payload_ram(struct dump *d, const struct section *sec, unsigned depth
 
 		if (get_be64(d, &word, "a RAM record") < 0)
 			return -1;
-		flags = (unsigned)(word & RAM_MASK);
-		if (flags == RAM_EOS) {
+		flags = (unsigned)(word & RAM_FLAGS_MASK);
+		if (flags == RAM_FLAG_EOS) {
 			sum->eos = true;
 			return 0;
 		}
-		if (flags == RAM_MEM_SIZE) {
-			if (ram_blocks(d, at, word & ~(uint64_t)RAM_MASK) < 0)
+		if (flags == RAM_FLAG_MEM_SIZE) {
+			if (ram_blocks(d, at, word & ~(uint64_t)RAM_FLAGS_MASK) < 0)
 				return -1;
 			sum->blocks = true;
 		} else if (!d->nblocks) {
 			return fail(d, at, "ram: record flags 0x%x before the block list", flags);
-		} else if (flags == RAM_FLUSH) {
+		} else if (flags == RAM_FLAG_MULTIFD_FLUSH) {
 			sum->flushes++;
-		} else if ((flags & ~RAM_CONTINUE) == RAM_PAGE ||
-			   (flags & ~RAM_CONTINUE) == RAM_ZERO) {
+		} else if ((flags & ~RAM_FLAG_CONTINUE) == RAM_FLAG_PAGE ||
+			   (flags & ~RAM_FLAG_CONTINUE) == RAM_FLAG_ZERO) {
 			if (ram_page(d, at, word, depth + 1, sum) < 0)
 				return -1;
 		} else {
@@ -631,7 +604,7 @@ static int payload_fixed(struct dump *d, const struct section *sec, uint64_t byt
  * text and JSON say is one).  Leaves the reader at that footer. */
 static int payload_scan(struct dump *d, uint32_t id, uint64_t *len)
 {
-	uint8_t pat[5] = { REC_FOOTER, (uint8_t)(id >> 24), (uint8_t)(id >> 16),
+	uint8_t pat[5] = { MFD_VM_SECTION_FOOTER, (uint8_t)(id >> 24), (uint8_t)(id >> 16),
 			   (uint8_t)(id >> 8), (uint8_t)id };
 	uint64_t start = rd_off(d->rd);
 
@@ -658,10 +631,10 @@ static int payload_scan(struct dump *d, uint32_t id, uint64_t *len)
 static const char *rec_name(uint8_t type)
 {
 	switch (type) {
-	case REC_START: return "SECTION_START";
-	case REC_PART: return "SECTION_PART";
-	case REC_END: return "SECTION_END";
-	case REC_FULL: return "SECTION_FULL";
+	case MFD_VM_SECTION_START: return "SECTION_START";
+	case MFD_VM_SECTION_PART: return "SECTION_PART";
+	case MFD_VM_SECTION_END: return "SECTION_END";
+	case MFD_VM_SECTION_FULL: return "SECTION_FULL";
 	default: return "?";
 	}
 }
@@ -683,7 +656,7 @@ static int dump_section(struct dump *d, uint64_t at, uint8_t type, unsigned dept
 		return fail(d, at + 1, "section id %" PRIu32 " is beyond the %u this tool tracks",
 			    id, MAX_SECTIONS);
 	sec = &d->sections[id];
-	if (type == REC_START || type == REC_FULL) {
+	if (type == MFD_VM_SECTION_START || type == MFD_VM_SECTION_FULL) {
 		struct section s = { .bound = true };
 
 		if (get_name(d, s.idstr, "the section's idstr") < 0 ||
@@ -722,7 +695,7 @@ static int dump_section(struct dump *d, uint64_t at, uint8_t type, unsigned dept
 	foot_at = rd_off(d->rd);
 	if (get_u8(d, &foot, "the section footer") < 0)
 		return -1;
-	if (foot != REC_FOOTER)
+	if (foot != MFD_VM_SECTION_FOOTER)
 		return fail(d, foot_at, "byte 0x%02x where the footer (0x7e) of section '%s' (id %"
 			    PRIu32 ") must be: the payload is not what this decoder expects",
 			    foot, sec->idstr, id);
@@ -760,15 +733,6 @@ static int dump_section(struct dump *d, uint64_t at, uint8_t type, unsigned dept
 
 /* ---- commands ------------------------------------------------------------------- */
 
-static const char *const cmd_names[] = {
-	"INVALID", "OPEN_RETURN_PATH", "PING", "POSTCOPY_ADVISE", "POSTCOPY_LISTEN",
-	"POSTCOPY_RUN", "POSTCOPY_RAM_DISCARD", "PACKAGED", "ENABLE_COLO", "POSTCOPY_RESUME",
-	"RECV_BITMAP", "SWITCHOVER_START",
-};
-
-enum { CMD_PING = 2, CMD_ADVISE = 3, CMD_RUN = 5, CMD_DISCARD = 6, CMD_PACKAGED = 7,
-       CMD_RECV_BITMAP = 10, CMD_MAX = 11 };
-
 static int dump_stream(struct dump *d, unsigned depth, uint64_t end, bool *quit);
 
 /* Check a command's length rule (3.6); 0 or an error. */
@@ -777,14 +741,14 @@ static int cmd_len_ok(struct dump *d, uint64_t at, uint32_t cmd, uint32_t len)
 	bool ok;
 
 	switch (cmd) {
-	case CMD_PING: case CMD_PACKAGED: ok = len == 4; break;
-	case CMD_ADVISE: ok = len == 0 || len == 16; break;
-	case CMD_DISCARD: ok = len >= 20; break;
-	case CMD_RECV_BITMAP: ok = len >= 2 && len <= 256; break;
+	case MFD_CMD_PING: case MFD_CMD_PACKAGED: ok = len == 4; break;
+	case MFD_CMD_POSTCOPY_ADVISE: ok = len == 0 || len == 16; break;
+	case MFD_CMD_POSTCOPY_RAM_DISCARD: ok = len >= 20; break;
+	case MFD_CMD_RECV_BITMAP: ok = len >= 2 && len <= 256; break;
 	default: ok = len == 0; break;
 	}
 	if (!ok)
-		return fail(d, at, "command %s with a payload of %" PRIu32 " bytes", cmd_names[cmd],
+		return fail(d, at, "command %s with a payload of %" PRIu32 " bytes", mfd_vm_cmd_name(cmd),
 			    len);
 	return 0;
 }
@@ -832,7 +796,7 @@ static int dump_command(struct dump *d, uint64_t at, unsigned depth, bool *quit)
 	if (get_be16(d, &cmd, "the command number") < 0 ||
 	    get_be16(d, &len, "the command length") < 0)
 		return -1;
-	if (cmd < 1 || cmd > CMD_MAX)
+	if (cmd < 1 || cmd >= MFD_CMD_MAX)
 		return fail(d, at + 1, "unknown command %" PRIu32, cmd);
 	if (cmd_len_ok(d, at + 3, cmd, len) < 0)
 		return -1;
@@ -845,9 +809,9 @@ static int dump_command(struct dump *d, uint64_t at, unsigned depth, bool *quit)
 			return -1;
 		}
 	}
-	if (cmd == CMD_DISCARD) {
+	if (cmd == MFD_CMD_POSTCOPY_RAM_DISCARD) {
 		r = dump_discard(d, at, p, len, depth);
-	} else if (cmd == CMD_RECV_BITMAP) {
+	} else if (cmd == MFD_CMD_RECV_BITMAP) {
 		char name[256];
 
 		/* The length rule made len 2..256, so p[0] == len - 1 fits. */
@@ -857,12 +821,12 @@ static int dump_command(struct dump *d, uint64_t at, unsigned depth, bool *quit)
 			r = fail(d, at + 5, "RECV_BITMAP block name length %u in a %" PRIu32
 				 "-byte command, or a NUL in the name", p[0], len);
 		else if (rec_begin(d, at, depth, "COMMAND")) {
-			field_str(d, "name", cmd_names[cmd]);
+			field_str(d, "name", mfd_vm_cmd_name(cmd));
 			field_u64(d, "len", len);
 			field_str(d, "block", name);
 			rec_end(d);
 		}
-	} else if (cmd == CMD_PACKAGED) {
+	} else if (cmd == MFD_CMD_PACKAGED) {
 		uint64_t plen = load_be32(p), start;
 
 		if (depth > 0)
@@ -871,7 +835,7 @@ static int dump_command(struct dump *d, uint64_t at, unsigned depth, bool *quit)
 			r = fail(d, at, "PACKAGED command announces %" PRIu64 " bytes, over the "
 				 "%llu MiB limit", plen, PACKAGE_MAX >> 20);
 		if (r == 0 && rec_begin(d, at, depth, "COMMAND")) {
-			field_str(d, "name", cmd_names[cmd]);
+			field_str(d, "name", mfd_vm_cmd_name(cmd));
 			field_u64(d, "len", len);
 			field_u64(d, "package_bytes", plen);
 			rec_end(d);
@@ -887,18 +851,18 @@ static int dump_command(struct dump *d, uint64_t at, unsigned depth, bool *quit)
 			r = fail(d, rd_off(d->rd), "%" PRIu64 " bytes left in the package after "
 				 "its end", start + plen - rd_off(d->rd));
 	} else if (rec_begin(d, at, depth, "COMMAND")) {
-		field_str(d, "name", cmd_names[cmd]);
+		field_str(d, "name", mfd_vm_cmd_name(cmd));
 		field_u64(d, "len", len);
-		if (cmd == CMD_PING)
+		if (cmd == MFD_CMD_PING)
 			field_u64(d, "value", load_be32(p));
-		if (cmd == CMD_ADVISE && len == 16) {
+		if (cmd == MFD_CMD_POSTCOPY_ADVISE && len == 16) {
 			field_hex(d, "page_size_summary", load_be64(p));
 			field_u64(d, "target_page_size", load_be64(p + 8));
 		}
 		rec_end(d);
 	}
 	/* RUN ends a package (the destination's guest starts there). */
-	if (r == 0 && cmd == CMD_RUN && depth > 0)
+	if (r == 0 && cmd == MFD_CMD_POSTCOPY_RUN && depth > 0)
 		*quit = true;
 	free(p);
 	return r;
@@ -930,17 +894,17 @@ static int dump_stream(struct dump *d, unsigned depth, uint64_t end, bool *quit)
 		d->rd->pos++;
 		d->records++;
 		switch (type) {
-		case REC_EOF:
+		case MFD_VM_EOF:
 			if (rec_begin(d, at, depth, "EOF"))
 				rec_end(d);
 			return 0;
-		case REC_START: case REC_PART: case REC_END: case REC_FULL:
+		case MFD_VM_SECTION_START: case MFD_VM_SECTION_PART: case MFD_VM_SECTION_END: case MFD_VM_SECTION_FULL:
 			r = dump_section(d, at, type, depth);
 			break;
-		case REC_COMMAND:
+		case MFD_VM_COMMAND:
 			r = dump_command(d, at, depth, &inner_quit);
 			break;
-		case REC_SUBSECTION: case REC_VMDESC: case REC_CONFIG: case REC_FOOTER:
+		case MFD_VM_SUBSECTION: case MFD_VM_VMDESCRIPTION: case MFD_VM_CONFIGURATION: case MFD_VM_SECTION_FOOTER:
 			return fail(d, at, "record type 0x%02x is not allowed at the top level",
 				    type);
 		default:
@@ -970,7 +934,7 @@ static int dump_file(struct dump *d)
 		return fail(d, 0, "the file is %zu bytes: too short for a stream", d->rd->len);
 	}
 	memcpy(b, d->rd->buf, 4);
-	if (load_be32(b) == HELLO_MAGIC && dump_hello(d) < 0)
+	if (load_be32(b) == MAIN_HELLO_MAGIC && dump_hello(d) < 0)
 		return -1;
 	if (dump_header(d) < 0 || dump_stream(d, 0, 0, &quit) < 0)
 		return -1;

@@ -17,7 +17,7 @@
 #include "core/channel.h"
 #include "engine/internal.h"
 #include "core/util.h"
-#include "multifd/wire.h"
+#include "core/wire.h"
 
 #define HANDSHAKE_BYTES 128	/* a hello; under TLS, part of the first flight */
 #define SHORT_MAX 16384		/* longest short operation */
