@@ -152,9 +152,9 @@ static void *source_thread(void *arg)
 	struct source *src = arg;
 
 	for (size_t p = 0; p < src->pages && src->result == 0; p++)
-		src->result = mfd_multifd_queue_page(src->send, 0, (uint64_t)p * PS, &src->err);
+		src->result = multifd_queue_page(src->send, 0, (uint64_t)p * PS, &src->err);
 	if (src->result == 0)
-		src->result = mfd_multifd_send_finish(src->send, &src->err);
+		src->result = multifd_send_finish(src->send, &src->err);
 	return NULL;
 }
 
@@ -194,7 +194,7 @@ static int run(size_t mib, const char *pages, unsigned channels, const char *cod
 	int r;
 
 	fill_pages(sram, size, pages);
-	if ((r = mfd_multifd_config_init(&cfg, &err)) < 0)
+	if ((r = multifd_config_init(&cfg, &err)) < 0)
 		goto out;
 	cfg.channels = channels;
 	if (strcmp(codec, "none") != 0) {
@@ -210,8 +210,8 @@ static int run(size_t mib, const char *pages, unsigned channels, const char *cod
 	    (r = mfd_ram_block_add(mdst, "ram", dram, size, PS, &err)) < 0 ||
 	    (r = mfd_listener_new("tcp:127.0.0.1:0", &l, &err)) < 0 ||
 	    /* As the engine does by default (dest-ram-zeroed). */
-	    (r = mfd_ram_recvmap_alloc(mdst->blocks, mdst->nblocks, &err)) < 0 ||
-	    (r = mfd_multifd_recv_new(&cfg, mdst->blocks, mdst->nblocks, &recv, &err)) < 0)
+	    (r = ram_recvmap_alloc(mdst->blocks, mdst->nblocks, &err)) < 0 ||
+	    (r = multifd_recv_new(&cfg, mdst->blocks, mdst->nblocks, &recv, &err)) < 0)
 		goto out;
 	con = (struct connector){ .uri = mfd_listener_uri(l), .n = channels, .out = out };
 	pthread_create(&tc, NULL, connect_thread, &con);
@@ -225,17 +225,17 @@ static int run(size_t mib, const char *pages, unsigned channels, const char *cod
 	if (r < 0)
 		goto out;
 	t0 = now();
-	if ((r = mfd_multifd_send_new(&cfg, msrc->blocks, msrc->nblocks, out, &src.send, &err)) < 0)
+	if ((r = multifd_send_new(&cfg, msrc->blocks, msrc->nblocks, out, &src.send, &err)) < 0)
 		goto out;
 	for (unsigned i = 0; i < channels && r >= 0; i++)
-		r = mfd_multifd_recv_identify(in[i], recv, &err);
-	if (r < 0 || (r = mfd_multifd_recv_start(recv, &err)) < 0)
+		r = multifd_recv_identify(in[i], recv, &err);
+	if (r < 0 || (r = multifd_recv_start(recv, &err)) < 0)
 		goto out;
 	src.pages = size / PS;
 	pthread_create(&ts, NULL, source_thread, &src);
-	r = mfd_multifd_recv_finish(recv, &err);
+	r = multifd_recv_finish(recv, &err);
 	if (r < 0)
-		mfd_multifd_send_cancel(src.send);
+		multifd_send_cancel(src.send);
 	pthread_join(ts, NULL);
 	t1 = now();
 	if (r == 0 && src.result < 0) {
@@ -249,7 +249,7 @@ static int run(size_t mib, const char *pages, unsigned channels, const char *cod
 		r = mfd_error_set(&err, MFD_EPROTO, "destination differs from the source");
 		goto out;
 	}
-	mfd_multifd_send_stats(src.send, &st);
+	multifd_send_stats(src.send, &st);
 	for (unsigned i = 0; i < channels; i++)
 		wire += st.ch[i].wire_bytes;
 	double gibs = (double)size / (t1 - t0) / (1 << 30);
@@ -269,10 +269,10 @@ out:
 	}
 	mfd_error_free(src.err);
 	mfd_error_free(con.err);
-	mfd_multifd_send_free(src.send);
-	mfd_multifd_recv_free(recv);
+	multifd_send_free(src.send);
+	multifd_recv_free(recv);
 	if (mdst)
-		mfd_ram_recvmap_free(mdst->blocks, mdst->nblocks);
+		ram_recvmap_free(mdst->blocks, mdst->nblocks);
 	for (unsigned i = 0; i < channels; i++) {
 		mfd_channel_free(out[i]);
 		mfd_channel_free(in[i]);
@@ -337,7 +337,7 @@ static int limits(size_t mib, bool json)
 		for (size_t p = 0; p < pkt / PS; p++) {
 			const uint8_t *pg = a + i * pkt + p * PS;
 
-			if (!mfd_page_is_zero(pg, PS)) {
+			if (!util_page_is_zero(pg, PS)) {
 				memcpy(packed + i * pkt + plen[i], pg, PS);
 				plen[i] += PS;
 			}

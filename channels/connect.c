@@ -103,7 +103,7 @@ static int connect_tcp(const char *uri, const struct transport_uri *u, int timeo
 		int err = errno;
 
 		close(fd);
-		return mfd_error_set_errno(errp, MFD_EIO, err, "%s: cannot set up the socket to %s",
+		return error_set_errno(errp, MFD_EIO, err, "%s: cannot set up the socket to %s",
 					   uri, addr);
 	}
 	r = fd_channel_new(fd, true, uri, out, errp);
@@ -124,11 +124,11 @@ static int connect_unix(const char *uri, const struct transport_uri *u, int time
 	memcpy(sa.sun_path, u->path, strlen(u->path) + 1);	/* length checked by the parser */
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: socket", uri);
+		return error_set_errno(errp, MFD_EIO, errno, "%s: socket", uri);
 	if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
 		err = errno;
 		close(fd);
-		return mfd_error_set_errno(errp, MFD_EIO, err, "%s: SO_SNDTIMEO", uri);
+		return error_set_errno(errp, MFD_EIO, err, "%s: SO_SNDTIMEO", uri);
 	}
 	do
 		r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
@@ -143,7 +143,7 @@ static int connect_unix(const char *uri, const struct transport_uri *u, int time
 		if (err == EAGAIN)
 			return mfd_error_set(errp, MFD_ETIMEDOUT, "%s: no connection within %d ms "
 					     "(the listener's backlog stayed full)", uri, timeout_ms);
-		return mfd_error_set_errno(errp, MFD_EIO, err, "%s: cannot connect", uri);
+		return error_set_errno(errp, MFD_EIO, err, "%s: cannot connect", uri);
 	}
 	r = fd_channel_new(fd, true, uri, out, errp);
 	if (r < 0)
@@ -173,13 +173,13 @@ static int connect_file(const char *uri, const struct transport_uri *u, mfd_chan
 
 	fd = open(u->path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: cannot open for writing", uri);
+		return error_set_errno(errp, MFD_EIO, errno, "%s: cannot open for writing", uri);
 	if (fstat(fd, &st) < 0 || (S_ISREG(st.st_mode) && ftruncate(fd, (off_t)u->offset) < 0) ||
 	    lseek(fd, (off_t)u->offset, SEEK_SET) < 0) {
 		int err = errno;
 
 		close(fd);
-		return mfd_error_set_errno(errp, MFD_EIO, err, "%s: cannot position at offset %llu",
+		return error_set_errno(errp, MFD_EIO, err, "%s: cannot position at offset %llu",
 					   uri, (unsigned long long)u->offset);
 	}
 	if (asprintf(&name, "file:%s", u->path) < 0) {

@@ -101,14 +101,14 @@ static int fd_wait(mfd_channel *ch, struct fd_chan *fc, short events, int64_t de
 	int n = fc->wake_fd >= 0 ? 2 : 1;
 
 	for (;;) {
-		if (mfd_channel_is_shut(ch))
+		if (channel_is_shut(ch))
 			return fd_cancelled(ch, errp);
 		int r = poll(p, (nfds_t)n, deadline_poll_ms(deadline));
 
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
-			return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: poll", ch->name);
+			return error_set_errno(errp, MFD_EIO, errno, "%s: poll", ch->name);
 		if (r == 0) {
 			if (deadline_poll_ms(deadline) != 0)
 				continue;
@@ -135,16 +135,16 @@ static int fd_wait(mfd_channel *ch, struct fd_chan *fc, short events, int64_t de
 /* A system error on an established channel, as an mfd code and message. */
 static int fd_io_error(mfd_channel *ch, const char *op, int err, mfd_error **errp)
 {
-	if (mfd_channel_is_shut(ch))
+	if (channel_is_shut(ch))
 		return fd_cancelled(ch, errp);
 	if (err == EPIPE || err == ECONNRESET)
-		return mfd_error_set_errno(errp, MFD_EEOF, err, "%s: %s: peer closed", ch->name, op);
+		return error_set_errno(errp, MFD_EEOF, err, "%s: %s: peer closed", ch->name, op);
 	/* The kernel gave up on the peer: keepalive or TCP_USER_TIMEOUT. */
 	if (err == ETIMEDOUT)
-		return mfd_error_set_errno(errp, MFD_ETIMEDOUT, err,
+		return error_set_errno(errp, MFD_ETIMEDOUT, err,
 					   "%s: %s: the peer stopped answering (peer-timeout-ms)",
 					   ch->name, op);
-	return mfd_error_set_errno(errp, MFD_EIO, err, "%s: %s", ch->name, op);
+	return error_set_errno(errp, MFD_EIO, err, "%s: %s", ch->name, op);
 }
 
 static size_t iov_bytes(const struct iovec *iov, int iovcnt)
@@ -227,7 +227,7 @@ static int zc_wait(mfd_channel *ch, struct fd_chan *fc, int64_t deadline, int ti
 		return 0;
 	if (getsockopt(fc->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr)
 		return fd_io_error(ch, "write", soerr, errp);
-	if (mfd_channel_is_shut(ch))
+	if (channel_is_shut(ch))
 		return fd_cancelled(ch, errp);
 	return mfd_error_set(errp, MFD_EEOF, "%s: connection closed with %llu zero-copy sends "
 			     "in flight", ch->name,
@@ -247,7 +247,7 @@ static ssize_t fd_readv(mfd_channel *ch, const struct iovec *iov, int iovcnt, mf
 		ssize_t n;
 		int r;
 
-		if (mfd_channel_is_shut(ch))
+		if (channel_is_shut(ch))
 			return fd_cancelled(ch, errp);
 		if (fc->kind == FD_PIPE) {
 			r = fd_wait(ch, fc, POLLIN, deadline, timeout, errp);
@@ -265,7 +265,7 @@ static ssize_t fd_readv(mfd_channel *ch, const struct iovec *iov, int iovcnt, mf
 		if (n > 0)
 			return n;
 		if (n == 0)
-			return mfd_channel_is_shut(ch) ? fd_cancelled(ch, errp) : 0;
+			return channel_is_shut(ch) ? fd_cancelled(ch, errp) : 0;
 		if (errno == EINTR)
 			continue;
 		if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -274,11 +274,11 @@ static ssize_t fd_readv(mfd_channel *ch, const struct iovec *iov, int iovcnt, mf
 				return r;
 			continue;
 		}
-		if (mfd_channel_is_shut(ch))
+		if (channel_is_shut(ch))
 			return fd_cancelled(ch, errp);
 		if (errno == ETIMEDOUT)
 			return fd_io_error(ch, "read", errno, errp);
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: read", ch->name);
+		return error_set_errno(errp, MFD_EIO, errno, "%s: read", ch->name);
 	}
 }
 
@@ -348,7 +348,7 @@ static ssize_t fd_writev(mfd_channel *ch, const struct iovec *iov, int iovcnt, m
 		ssize_t n;
 		int err, r;
 
-		if (mfd_channel_is_shut(ch))
+		if (channel_is_shut(ch))
 			return fd_cancelled(ch, errp);
 		if (fc->kind == FD_SOCKET) {
 			struct msghdr msg = { .msg_iov = (struct iovec *)iov,
@@ -409,7 +409,7 @@ static ssize_t fd_writev_zerocopy(mfd_channel *ch, const struct iovec *iov, int 
 		ssize_t n;
 		int err, r;
 
-		if (mfd_channel_is_shut(ch))
+		if (channel_is_shut(ch))
 			return fd_cancelled(ch, errp);
 		n = sendmsg(fc->fd, &msg, flags);
 		err = errno;
@@ -443,7 +443,7 @@ static ssize_t fd_writev_zerocopy(mfd_channel *ch, const struct iovec *iov, int 
 		getrlimit(RLIMIT_MEMLOCK, &rl);
 		if (rl.rlim_cur != RLIM_INFINITY)
 			snprintf(lim, sizeof(lim), "%llu KiB", (unsigned long long)rl.rlim_cur >> 10);
-		mfd_log_warn("%s: zero-copy-send: the kernel refused to pin %zu bytes with "
+		log_warn("%s: zero-copy-send: the kernel refused to pin %zu bytes with "
 			     "nothing in flight (ENOBUFS; locked-memory limit %s): this channel "
 			     "sends by copy from now on; raise RLIMIT_MEMLOCK (ulimit -l) or "
 			     "grant CAP_IPC_LOCK for zero-copy", ch->name,
@@ -481,10 +481,10 @@ static int set_zerocopy(mfd_channel *ch, struct fd_chan *fc, int64_t value, mfd_
 
 	if (setsockopt(fc->fd, SOL_SOCKET, SO_ZEROCOPY, &v, sizeof(v)) < 0) {
 		if (errno == ENOPROTOOPT || errno == EOPNOTSUPP)
-			return mfd_error_set_errno(errp, MFD_ENOTSUP, errno,
+			return error_set_errno(errp, MFD_ENOTSUP, errno,
 						   "%s: this kernel has no zero-copy send "
 						   "(SO_ZEROCOPY, Linux 4.14 or later)", ch->name);
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: cannot set SO_ZEROCOPY",
+		return error_set_errno(errp, MFD_EIO, errno, "%s: cannot set SO_ZEROCOPY",
 					   ch->name);
 	}
 	fc->zc.on = v != 0;
@@ -523,7 +523,7 @@ static int set_int_opt(mfd_channel *ch, int level, int opt, const char *what, in
 	struct fd_chan *fc = ch->priv;
 
 	if (setsockopt(fc->fd, level, opt, &value, sizeof(value)) < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: cannot set %s to %d",
+		return error_set_errno(errp, MFD_EIO, errno, "%s: cannot set %s to %d",
 					   ch->name, what, value);
 	return 0;
 }
@@ -641,7 +641,7 @@ int fd_channel_new(int fd, bool own, const char *name, mfd_channel **out, mfd_er
 
 	*out = NULL;
 	if (fd < 0 || fstat(fd, &st) < 0)
-		return mfd_error_set_errno(errp, MFD_EINVAL, fd < 0 ? EBADF : errno,
+		return error_set_errno(errp, MFD_EINVAL, fd < 0 ? EBADF : errno,
 					   "fd:%d is not an open file descriptor", fd);
 	fc = calloc(1, sizeof(*fc));
 	if (!fc)
@@ -668,14 +668,14 @@ int fd_channel_new(int fd, bool own, const char *name, mfd_channel **out, mfd_er
 			int err = errno;
 
 			free(fc);
-			return mfd_error_set_errno(errp, MFD_EIO, err, "fd:%d: eventfd", fd);
+			return error_set_errno(errp, MFD_EIO, err, "fd:%d: eventfd", fd);
 		}
 	}
 	if (!name) {
 		snprintf(defname, sizeof(defname), "fd:%d", fd);
 		name = defname;
 	}
-	*out = mfd_channel_alloc(&fd_ops, name, fc);
+	*out = channel_alloc(&fd_ops, name, fc);
 	if (!*out) {
 		if (fc->wake_fd >= 0)
 			close(fc->wake_fd);
@@ -736,7 +736,7 @@ int mfd_channel_socketpair(mfd_channel **a, mfd_channel **b, mfd_error **errp)
 		return mfd_error_set(errp, MFD_EINVAL, "mfd_channel_socketpair: NULL argument");
 	*a = *b = NULL;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "socketpair");
+		return error_set_errno(errp, MFD_EIO, errno, "socketpair");
 	return wrap_pair(fds, "socketpair:0", "socketpair:1", a, b, errp);
 }
 
@@ -749,7 +749,7 @@ int mfd_channel_pipe(mfd_channel **rd, mfd_channel **wr, mfd_error **errp)
 	*rd = *wr = NULL;
 	/* Non-blocking: these ends are ours alone, so full-size writes stay cancellable. */
 	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "pipe");
+		return error_set_errno(errp, MFD_EIO, errno, "pipe");
 	return wrap_pair(fds, "pipe:read", "pipe:write", rd, wr, errp);
 }
 
@@ -773,7 +773,7 @@ int mfd_channel_open_file(const char *path, enum mfd_channel_mode mode, mfd_chan
 				     path, (int)mode);
 	fd = open(path, flags | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "file:%s: cannot open for %s",
+		return error_set_errno(errp, MFD_EIO, errno, "file:%s: cannot open for %s",
 					   path, mode == MFD_CHANNEL_READ ? "reading" : "writing");
 	if (asprintf(&name, "file:%s", path) < 0) {
 		close(fd);

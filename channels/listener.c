@@ -99,7 +99,7 @@ static int listen_tcp(mfd_listener *l, const char *uri, const struct transport_u
 	if (l->fd < 0)
 		return mfd_error_set(errp, MFD_EIO, "%s: cannot listen: %s", uri, tried);
 	if (getsockname(l->fd, (struct sockaddr *)&ss, &len) < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: getsockname", uri);
+		return error_set_errno(errp, MFD_EIO, errno, "%s: getsockname", uri);
 	if (asprintf(&l->uri, "tcp:%s",
 		     sockaddr_text((struct sockaddr *)&ss, len, addr, sizeof(addr))) < 0) {
 		l->uri = NULL;
@@ -121,14 +121,14 @@ static int listen_unix(mfd_listener *l, const char *uri, const struct transport_
 			return mfd_error_set(errp, MFD_EINVAL, "%s: '%s' exists and is not a socket; "
 					     "refusing to replace it", uri, u->path);
 		if (unlink(u->path) < 0)
-			return mfd_error_set_errno(errp, MFD_EIO, errno,
+			return error_set_errno(errp, MFD_EIO, errno,
 						   "%s: cannot remove the old socket file", uri);
 	}
 	l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (l->fd < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: socket", uri);
+		return error_set_errno(errp, MFD_EIO, errno, "%s: socket", uri);
 	if (bind(l->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: cannot bind", uri);
+		return error_set_errno(errp, MFD_EIO, errno, "%s: cannot bind", uri);
 	l->unix_path = strdup(u->path);
 	if (!l->unix_path)
 		return mfd_error_set(errp, MFD_ENOMEM, "%s: out of memory", uri);
@@ -137,7 +137,7 @@ static int listen_unix(mfd_listener *l, const char *uri, const struct transport_
 		l->unix_ino = st.st_ino;
 	}
 	if (listen(l->fd, LISTEN_BACKLOG) < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: cannot listen", uri);
+		return error_set_errno(errp, MFD_EIO, errno, "%s: cannot listen", uri);
 	l->uri = strdup(uri);
 	return l->uri ? 0 : mfd_error_set(errp, MFD_ENOMEM, "%s: out of memory", uri);
 }
@@ -150,7 +150,7 @@ static int listen_fd(mfd_listener *l, const char *uri, const struct transport_ur
 	int acceptconn = 0;
 
 	if (fstat(u->fd, &st) < 0)
-		return mfd_error_set_errno(errp, MFD_EINVAL, errno,
+		return error_set_errno(errp, MFD_EINVAL, errno,
 					   "%s: not an open file descriptor", uri);
 	l->fd = u->fd;
 	l->own_fd = false;
@@ -173,9 +173,9 @@ static int listen_file(mfd_listener *l, const char *uri, const struct transport_
 	l->mode = LISTEN_ONCE;
 	l->fd = open(u->path, O_RDONLY | O_CLOEXEC);
 	if (l->fd < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: cannot open for reading", uri);
+		return error_set_errno(errp, MFD_EIO, errno, "%s: cannot open for reading", uri);
 	if (lseek(l->fd, (off_t)u->offset, SEEK_SET) < 0)
-		return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: cannot seek to offset %llu",
+		return error_set_errno(errp, MFD_EIO, errno, "%s: cannot seek to offset %llu",
 					   uri, (unsigned long long)u->offset);
 	l->uri = strdup(uri);
 	if (!l->uri || asprintf(&l->chan_name, "file:%s", u->path) < 0) {
@@ -226,7 +226,7 @@ int mfd_listener_new(const char *uri, mfd_listener **out, mfd_error **errp)
 	if (r == 0) {
 		l->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 		if (l->wake_fd < 0)
-			r = mfd_error_set_errno(errp, MFD_EIO, errno, "%s: eventfd", uri);
+			r = error_set_errno(errp, MFD_EIO, errno, "%s: eventfd", uri);
 	}
 	transport_uri_clear(&u);
 	if (r < 0) {
@@ -280,7 +280,7 @@ static int wrap_accepted(mfd_listener *l, int fd, const struct sockaddr *sa, soc
 
 	if ((sa->sa_family == AF_INET || sa->sa_family == AF_INET6) &&
 	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
-		r = mfd_error_set_errno(errp, MFD_EIO, errno, "%s: TCP_NODELAY on a new connection",
+		r = error_set_errno(errp, MFD_EIO, errno, "%s: TCP_NODELAY on a new connection",
 					l->uri);
 		close(fd);
 		return r;
@@ -335,7 +335,7 @@ static int listener_accept(mfd_listener *l, int64_t deadline, int timeout_ms,
 		int r = poll(p, 2, deadline_poll_ms(deadline)), fd;
 
 		if (r < 0 && errno != EINTR)
-			return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: poll", l->uri);
+			return error_set_errno(errp, MFD_EIO, errno, "%s: poll", l->uri);
 		if (r == 0 && deadline_poll_ms(deadline) == 0)
 			return mfd_error_set(errp, MFD_ETIMEDOUT, "%s: no connection within %d ms",
 					     l->uri, timeout_ms);
@@ -347,7 +347,7 @@ static int listener_accept(mfd_listener *l, int64_t deadline, int timeout_ms,
 		if (fd >= 0)
 			return wrap_accepted(l, fd, (struct sockaddr *)&ss, len, out, errp);
 		if (!accept_error_is_transient(errno))
-			return mfd_error_set_errno(errp, MFD_EIO, errno, "%s: accept", l->uri);
+			return error_set_errno(errp, MFD_EIO, errno, "%s: accept", l->uri);
 	}
 }
 
@@ -430,7 +430,7 @@ static int identify_channel(mfd_listener *l, mfd_channel *ch, int64_t deadline,
 	}
 	if (*errp) {
 		mfd_error_prefix(*errp, "%s: identifying channel %s", l->uri, ch->name);
-		return mfd_error_normalize(*errp);
+		return error_normalize(*errp);
 	}
 	if (slot < MFD_ERRCODE_MIN)
 		slot = MFD_EHANDLER;
@@ -514,7 +514,7 @@ int mfd_listener_gather(mfd_listener *l, unsigned count, int timeout_ms,
 			mfd_channel_free(slots[i]);
 			slots[i] = NULL;
 		}
-		mfd_error_propagate(errp, err);
+		error_propagate(errp, err);
 		return r;
 	}
 	stop_listening(l);
@@ -584,7 +584,7 @@ int listener_gather_screened(mfd_listener *l, unsigned count, int timeout_ms,
 						  scr->max_refused, why);
 				break;
 			}
-			mfd_log_warn("%s: refused a connection (%u of at most %u): %s", l->uri,
+			log_warn("%s: refused a connection (%u of at most %u): %s", l->uri,
 				     *scr->refused, scr->max_refused, why);
 			mfd_error_free(err);
 			err = NULL;
@@ -611,7 +611,7 @@ int listener_gather_screened(mfd_listener *l, unsigned count, int timeout_ms,
 		filled++;
 	}
 	if (r < 0) {
-		mfd_error_propagate(errp, err);
+		error_propagate(errp, err);
 		return r;
 	}
 	return 0;

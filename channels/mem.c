@@ -26,7 +26,7 @@ static ssize_t mem_readv(mfd_channel *ch, const struct iovec *iov, int iovcnt, m
 	struct mem_chan *mc = ch->priv;
 	size_t moved = 0;
 
-	if (mfd_channel_is_shut(ch))
+	if (channel_is_shut(ch))
 		return mfd_error_set(errp, MFD_ECANCELED, "%s: channel shut down", ch->name);
 	if (!mc->rdata)
 		return mfd_error_set(errp, MFD_EINVAL, "%s: not readable", ch->name);
@@ -45,7 +45,7 @@ static ssize_t mem_writev(mfd_channel *ch, const struct iovec *iov, int iovcnt, 
 	struct mem_chan *mc = ch->priv;
 	size_t total = 0;
 
-	if (mfd_channel_is_shut(ch))
+	if (channel_is_shut(ch))
 		return mfd_error_set(errp, MFD_ECANCELED, "%s: channel shut down", ch->name);
 	if (mc->rdata)
 		return mfd_error_set(errp, MFD_EINVAL, "%s: a memory reader is not writable",
@@ -94,7 +94,7 @@ static const struct mfd_channel_ops mem_ops = {
 
 static int mem_new(struct mem_chan *mc, const char *name, mfd_channel **out, mfd_error **errp)
 {
-	*out = mfd_channel_alloc(&mem_ops, name, mc);
+	*out = channel_alloc(&mem_ops, name, mc);
 	if (!*out) {
 		free(mc);
 		return mfd_error_set(errp, MFD_ENOMEM, "%s: out of memory", name);

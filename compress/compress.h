@@ -18,19 +18,19 @@
  * The codec called @name, or NULL with MFD_ENOENT naming the codecs this
  * process has ("unknown compression method 'lzo' (known: none, zlib, ...)").
  */
-const mfd_compress_ops *mfd_compress_lookup(const char *name, mfd_error **errp);
+const mfd_compress_ops *compress_lookup(const char *name, mfd_error **errp);
 
 /* Check @ops as mfd_compress_register() does; MFD_EINVAL says what is wrong. */
-int mfd_compress_validate(const mfd_compress_ops *ops, mfd_error **errp);
+int compress_validate(const mfd_compress_ops *ops, mfd_error **errp);
 
 /* MFD_EINVAL unless level_min <= @level <= level_max ("zstd: level 25 is outside 1..20"). */
-int mfd_compress_check_level(const mfd_compress_ops *ops, int level, mfd_error **errp);
+int compress_check_level(const mfd_compress_ops *ops, int level, mfd_error **errp);
 
 /*
  * The receiver's check before it reads a payload: MFD_EPROTO when
  * @payload_len is beyond what @ops may produce for a @packet_len-byte packet.
  */
-int mfd_compress_check_payload(const mfd_compress_ops *ops, size_t payload_len,
+int compress_check_payload(const mfd_compress_ops *ops, size_t payload_len,
 			       size_t packet_len, mfd_error **errp);
 
 /*
@@ -40,9 +40,9 @@ int mfd_compress_check_payload(const mfd_compress_ops *ops, size_t payload_len,
  * send that claims more output than @out_cap fails with MFD_EHANDLER instead
  * of letting the caller transmit bytes past its buffer.
  */
-int mfd_compress_send(const mfd_compress_ops *ops, void *ctx, const void *in, size_t in_len,
+int compress_send(const mfd_compress_ops *ops, void *ctx, const void *in, size_t in_len,
 		      void *out, size_t out_cap, size_t *out_len, mfd_error **errp);
-int mfd_compress_recv(const mfd_compress_ops *ops, void *ctx, const void *in, size_t in_len,
+int compress_recv(const mfd_compress_ops *ops, void *ctx, const void *in, size_t in_len,
 		      const struct iovec *out, int n, mfd_error **errp);
 
 /* ------------------------------------------------------------------------ */

@@ -173,7 +173,7 @@ static void lz4_recv_cleanup(void *ctx)
 	free(c);
 }
 
-const mfd_compress_ops mfd_codec_lz4 = {
+const mfd_compress_ops codec_lz4 = {
 	.abi_version = MFD_COMPRESS_ABI,
 	.name = "lz4",
 	.level_min = 1,

@@ -64,7 +64,7 @@ static int none_recv(void *ctx, const void *in, size_t in_len, const struct iove
 	return 0;
 }
 
-const mfd_compress_ops mfd_codec_none = {
+const mfd_compress_ops codec_none = {
 	.abi_version = MFD_COMPRESS_ABI,
 	.name = "none",
 	.level_min = 0,

@@ -12,27 +12,27 @@
 #include "compress/compress.h"
 
 /* One static const table per file in compress/. */
-extern const mfd_compress_ops mfd_codec_none;
+extern const mfd_compress_ops codec_none;
 #if MFD_HAVE_ZLIB
-extern const mfd_compress_ops mfd_codec_zlib;
+extern const mfd_compress_ops codec_zlib;
 #endif
 #if MFD_HAVE_ZSTD
-extern const mfd_compress_ops mfd_codec_zstd;
+extern const mfd_compress_ops codec_zstd;
 #endif
 #if MFD_HAVE_LZ4
-extern const mfd_compress_ops mfd_codec_lz4;
+extern const mfd_compress_ops codec_lz4;
 #endif
 
 static const mfd_compress_ops *const builtins[] = {
-	&mfd_codec_none,
+	&codec_none,
 #if MFD_HAVE_ZLIB
-	&mfd_codec_zlib,
+	&codec_zlib,
 #endif
 #if MFD_HAVE_ZSTD
-	&mfd_codec_zstd,
+	&codec_zstd,
 #endif
 #if MFD_HAVE_LZ4
-	&mfd_codec_lz4,
+	&codec_lz4,
 #endif
 };
 
@@ -68,7 +68,7 @@ static int valid_name_char(unsigned char c)
 	return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
 }
 
-int mfd_compress_validate(const mfd_compress_ops *ops, mfd_error **errp)
+int compress_validate(const mfd_compress_ops *ops, mfd_error **errp)
 {
 	const char *name;
 	size_t len;
@@ -135,7 +135,7 @@ int mfd_compress_register(const mfd_compress_ops *ops, mfd_error **errp)
 {
 	int ret = 0;
 
-	if (mfd_compress_validate(ops, errp) < 0)
+	if (compress_validate(ops, errp) < 0)
 		return MFD_EINVAL;
 	pthread_once(&builtins_once, register_builtins);
 	pthread_mutex_lock(&registry_lock);
@@ -150,7 +150,7 @@ int mfd_compress_register(const mfd_compress_ops *ops, mfd_error **errp)
 		registry[registry_len++] = ops;
 	pthread_mutex_unlock(&registry_lock);
 	if (ret == 0)
-		mfd_log_debug("compression codec '%s' registered (levels %d..%d, default %d)",
+		log_debug("compression codec '%s' registered (levels %d..%d, default %d)",
 			      ops->name, ops->level_min, ops->level_max, ops->level_default);
 	return ret;
 }
@@ -181,7 +181,7 @@ int mfd_compress_list(const char **names, int max)
 	return count;
 }
 
-const mfd_compress_ops *mfd_compress_lookup(const char *name, mfd_error **errp)
+const mfd_compress_ops *compress_lookup(const char *name, mfd_error **errp)
 {
 	const mfd_compress_ops *ops = mfd_compress_find(name);
 	char known[REGISTRY_MAX * (MFD_COMPRESS_NAME_MAX + 2)] = "";
@@ -204,7 +204,7 @@ const mfd_compress_ops *mfd_compress_lookup(const char *name, mfd_error **errp)
 	return NULL;
 }
 
-int mfd_compress_check_level(const mfd_compress_ops *ops, int level, mfd_error **errp)
+int compress_check_level(const mfd_compress_ops *ops, int level, mfd_error **errp)
 {
 	if (level < ops->level_min || level > ops->level_max)
 		return mfd_error_set(errp, MFD_EINVAL, "%s: level %d is outside %d..%d", ops->name,
@@ -212,7 +212,7 @@ int mfd_compress_check_level(const mfd_compress_ops *ops, int level, mfd_error *
 	return 0;
 }
 
-int mfd_compress_check_payload(const mfd_compress_ops *ops, size_t payload_len,
+int compress_check_payload(const mfd_compress_ops *ops, size_t payload_len,
 			       size_t packet_len, mfd_error **errp)
 {
 	size_t bound = ops->bound(packet_len);
@@ -237,12 +237,12 @@ static int codec_failure(const mfd_compress_ops *ops, const char *what, int ret,
 	if (!err)
 		mfd_error_set(&err, MFD_EHANDLER, "%s: %s failed with code %d and no message",
 			      ops->name, what, ret);
-	code = mfd_error_normalize(err);
-	mfd_error_propagate(errp, err);
+	code = error_normalize(err);
+	error_propagate(errp, err);
 	return code;
 }
 
-int mfd_compress_send(const mfd_compress_ops *ops, void *ctx, const void *in, size_t in_len,
+int compress_send(const mfd_compress_ops *ops, void *ctx, const void *in, size_t in_len,
 		      void *out, size_t out_cap, size_t *out_len, mfd_error **errp)
 {
 	mfd_error *err = NULL;
@@ -261,7 +261,7 @@ int mfd_compress_send(const mfd_compress_ops *ops, void *ctx, const void *in, si
 	return 0;
 }
 
-int mfd_compress_recv(const mfd_compress_ops *ops, void *ctx, const void *in, size_t in_len,
+int compress_recv(const mfd_compress_ops *ops, void *ctx, const void *in, size_t in_len,
 		      const struct iovec *out, int n, mfd_error **errp)
 {
 	mfd_error *err = NULL;

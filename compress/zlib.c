@@ -231,7 +231,7 @@ static void zlib_recv_cleanup(void *ctx)
 	free(zs);
 }
 
-const mfd_compress_ops mfd_codec_zlib = {
+const mfd_compress_ops codec_zlib = {
 	.abi_version = MFD_COMPRESS_ABI,
 	.name = "zlib",
 	.level_min = Z_NO_COMPRESSION,

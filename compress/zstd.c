@@ -265,7 +265,7 @@ static void zstd_recv_cleanup(void *ctx)
 	free(z);
 }
 
-const mfd_compress_ops mfd_codec_zstd = {
+const mfd_compress_ops codec_zstd = {
 	.abi_version = MFD_COMPRESS_ABI,
 	.name = "zstd",
 	.level_min = ZSTD_LEVEL_MIN,

@@ -9,7 +9,7 @@
 #include "core/channel.h"
 #include "core/util.h"
 
-mfd_channel *mfd_channel_alloc(const struct mfd_channel_ops *ops, const char *name, void *priv)
+mfd_channel *channel_alloc(const struct mfd_channel_ops *ops, const char *name, void *priv)
 {
 	mfd_channel *ch = calloc(1, sizeof(*ch));
 
@@ -26,7 +26,7 @@ mfd_channel *mfd_channel_alloc(const struct mfd_channel_ops *ops, const char *na
 	return ch;
 }
 
-struct iovec *mfd_iov_advance(struct iovec *iov, int *iovcnt, size_t n)
+struct iovec *util_iov_advance(struct iovec *iov, int *iovcnt, size_t n)
 {
 	while (*iovcnt > 0 && n >= iov->iov_len) {
 		n -= iov->iov_len;
@@ -49,12 +49,12 @@ static size_t iov_total(const struct iovec *iov, int iovcnt)
 	return total;
 }
 
-int mfd_channel_readv_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp)
+int channel_readv_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp)
 {
 	size_t want = iov_total(iov, iovcnt), got = 0;
 
 	/* Skip leading empty entries so a zero-length request never reads. */
-	iov = mfd_iov_advance(iov, &iovcnt, 0);
+	iov = util_iov_advance(iov, &iovcnt, 0);
 	while (iovcnt > 0) {
 		ssize_t n = ch->ops->readv(ch, iov, iovcnt, errp);
 
@@ -65,7 +65,7 @@ int mfd_channel_readv_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_e
 					     "%s: end of data after %zu of %zu bytes",
 					     ch->name, got, want);
 		got += (size_t)n;
-		iov = mfd_iov_advance(iov, &iovcnt, (size_t)n);
+		iov = util_iov_advance(iov, &iovcnt, (size_t)n);
 	}
 	return 0;
 }
@@ -75,7 +75,7 @@ static int write_all(mfd_channel *ch,
 		     ssize_t (*op)(mfd_channel *, const struct iovec *, int, mfd_error **),
 		     struct iovec *iov, int iovcnt, mfd_error **errp)
 {
-	iov = mfd_iov_advance(iov, &iovcnt, 0);
+	iov = util_iov_advance(iov, &iovcnt, 0);
 	while (iovcnt > 0) {
 		ssize_t n = op(ch, iov, iovcnt, errp);
 
@@ -83,36 +83,36 @@ static int write_all(mfd_channel *ch,
 			return (int)n;
 		if (n == 0)
 			return mfd_error_set(errp, MFD_EIO, "%s: write made no progress", ch->name);
-		iov = mfd_iov_advance(iov, &iovcnt, (size_t)n);
+		iov = util_iov_advance(iov, &iovcnt, (size_t)n);
 	}
 	return 0;
 }
 
-int mfd_channel_writev_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp)
+int channel_writev_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp)
 {
 	return write_all(ch, ch->ops->writev, iov, iovcnt, errp);
 }
 
-int mfd_channel_writev_zerocopy_full(mfd_channel *ch, struct iovec *iov, int iovcnt,
+int channel_writev_zerocopy_full(mfd_channel *ch, struct iovec *iov, int iovcnt,
 				     mfd_error **errp)
 {
-	if (!mfd_channel_has_zerocopy(ch))
+	if (!channel_has_zerocopy(ch))
 		return mfd_error_set(errp, MFD_ENOTSUP, "%s: a %s channel has no zero-copy send",
 				     ch->name, ch->ops->kind);
 	return write_all(ch, ch->ops->writev_zerocopy, iov, iovcnt, errp);
 }
 
-int mfd_channel_flush_zerocopy(mfd_channel *ch, struct mfd_zerocopy_report *rep,
+int channel_flush_zerocopy(mfd_channel *ch, struct mfd_zerocopy_report *rep,
 			       mfd_error **errp)
 {
 	*rep = (struct mfd_zerocopy_report){ 0 };
-	if (!mfd_channel_has_zerocopy(ch))
+	if (!channel_has_zerocopy(ch))
 		return mfd_error_set(errp, MFD_ENOTSUP, "%s: a %s channel has no zero-copy send",
 				     ch->name, ch->ops->kind);
 	return ch->ops->flush_zerocopy(ch, rep, errp);
 }
 
-ssize_t mfd_channel_read_some(mfd_channel *ch, void *buf, size_t len, mfd_error **errp)
+ssize_t channel_read_some(mfd_channel *ch, void *buf, size_t len, mfd_error **errp)
 {
 	struct iovec iov = { .iov_base = buf, .iov_len = len };
 
@@ -130,7 +130,7 @@ int mfd_channel_finish(mfd_channel *ch, mfd_error **errp)
 {
 	if (!ch)
 		return mfd_error_set(errp, MFD_EINVAL, "mfd_channel_finish: channel is NULL");
-	if (mfd_channel_is_shut(ch))
+	if (channel_is_shut(ch))
 		return mfd_error_set(errp, MFD_ECANCELED, "%s: channel shut down", ch->name);
 	return ch->ops->finish ? ch->ops->finish(ch, errp) : 0;
 }

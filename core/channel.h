@@ -69,37 +69,37 @@ struct mfd_channel {
 };
 
 /* Allocate a channel; takes a copy of name. NULL on out of memory. */
-mfd_channel *mfd_channel_alloc(const struct mfd_channel_ops *ops, const char *name, void *priv);
+mfd_channel *channel_alloc(const struct mfd_channel_ops *ops, const char *name, void *priv);
 
 /* Read exactly the iovec's bytes; a short read ends in MFD_EEOF. The iovec is consumed. */
-int mfd_channel_readv_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp);
+int channel_readv_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp);
 /* Write all of the iovec's bytes. The iovec is consumed. */
-int mfd_channel_writev_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp);
+int channel_writev_full(mfd_channel *ch, struct iovec *iov, int iovcnt, mfd_error **errp);
 /*
  * Write all of the iovec's bytes with writev_zerocopy: the buffers must stay
  * unchanged (or may change only where a later send repairs it, like guest
- * pages that dirty tracking resends) until mfd_channel_flush_zerocopy().
+ * pages that dirty tracking resends) until channel_flush_zerocopy().
  * MFD_ENOTSUP when the transport has no zero-copy send.
  */
-int mfd_channel_writev_zerocopy_full(mfd_channel *ch, struct iovec *iov, int iovcnt,
+int channel_writev_zerocopy_full(mfd_channel *ch, struct iovec *iov, int iovcnt,
 				     mfd_error **errp);
 /* Wait for the transport to release every zero-copy buffer; fills @rep. */
-int mfd_channel_flush_zerocopy(mfd_channel *ch, struct mfd_zerocopy_report *rep,
+int channel_flush_zerocopy(mfd_channel *ch, struct mfd_zerocopy_report *rep,
 			       mfd_error **errp);
 /* Whether the transport has zero-copy send at all. */
-static inline bool mfd_channel_has_zerocopy(const mfd_channel *ch)
+static inline bool channel_has_zerocopy(const mfd_channel *ch)
 {
 	return ch->ops->writev_zerocopy && ch->ops->flush_zerocopy;
 }
 /* Read up to len bytes (at least one unless at end of data): >0, 0 = end, <0 = error. */
-ssize_t mfd_channel_read_some(mfd_channel *ch, void *buf, size_t len, mfd_error **errp);
+ssize_t channel_read_some(mfd_channel *ch, void *buf, size_t len, mfd_error **errp);
 
-static inline bool mfd_channel_is_shut(const mfd_channel *ch)
+static inline bool channel_is_shut(const mfd_channel *ch)
 {
 	return atomic_load_explicit(&ch->shut, memory_order_acquire);
 }
 
 /* Drop n bytes from the front of an iovec array; returns the new start. */
-struct iovec *mfd_iov_advance(struct iovec *iov, int *iovcnt, size_t n);
+struct iovec *util_iov_advance(struct iovec *iov, int *iovcnt, size_t n);
 
 #endif /* MFD_CORE_CHANNEL_H */

@@ -83,7 +83,7 @@ static mfd_error *error_alloc(int code, char *msg)
 	return err;
 }
 
-int mfd_error_setv(mfd_error **errp, int code, const char *fmt, va_list ap)
+int error_setv(mfd_error **errp, int code, const char *fmt, va_list ap)
 {
 	char *msg = NULL;
 
@@ -100,12 +100,12 @@ int mfd_error_set(mfd_error **errp, int code, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	mfd_error_setv(errp, code, fmt, ap);
+	error_setv(errp, code, fmt, ap);
 	va_end(ap);
 	return code;
 }
 
-int mfd_error_set_errno(mfd_error **errp, int code, int errnum, const char *fmt, ...)
+int error_set_errno(mfd_error **errp, int code, int errnum, const char *fmt, ...)
 {
 	char *head = NULL;
 	va_list ap;
@@ -139,7 +139,7 @@ void mfd_error_prefix(mfd_error *err, const char *fmt, ...)
 	free(head);
 }
 
-void mfd_error_propagate(mfd_error **dst, mfd_error *src)
+void error_propagate(mfd_error **dst, mfd_error *src)
 {
 	if (!src)
 		return;
@@ -149,7 +149,7 @@ void mfd_error_propagate(mfd_error **dst, mfd_error *src)
 		mfd_error_free(src);
 }
 
-int mfd_error_normalize(mfd_error *err)
+int error_normalize(mfd_error *err)
 {
 	if (!err)
 		return MFD_EHANDLER;
@@ -158,14 +158,14 @@ int mfd_error_normalize(mfd_error *err)
 	return err->code;
 }
 
-mfd_error *mfd_error_copy(const mfd_error *err)
+mfd_error *error_copy(const mfd_error *err)
 {
 	if (!err)
 		return NULL;
 	return error_alloc(err->code, strdup(mfd_error_message(err)));
 }
 
-char *mfd_strdup(const char *s)
+char *util_strdup(const char *s)
 {
 	return s ? strdup(s) : NULL;
 }

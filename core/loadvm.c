@@ -60,10 +60,10 @@ static int fail(struct loadvm *lv, mfd_stream *s, int code, const char *fmt, ...
 	va_list ap;
 
 	va_start(ap, fmt);
-	mfd_error_setv(&err, code, fmt, ap);
+	error_setv(&err, code, fmt, ap);
 	va_end(ap);
-	mfd_error_prefix(err, "%s", mfd_stream_label(s));
-	mfd_error_propagate(lv->errp, err);
+	mfd_error_prefix(err, "%s", stream_label(s));
+	error_propagate(lv->errp, err);
 	/* Latch it too, so nothing more is read from a stream we refused. */
 	mfd_stream_set_error(s, code, "stream refused");
 	return code;
@@ -124,7 +124,7 @@ static int check_header(struct loadvm *lv, mfd_stream *s)
 
 static struct mfd_section *find_by_load_id(mfd_migration *m, uint32_t section_id)
 {
-	mfd_for_each_section(m, se)
+	for_each_section(m, se)
 		if (se->load_seen && se->load_section_id == section_id)
 			return se;
 	return NULL;
@@ -166,15 +166,15 @@ static int call_load(struct loadvm *lv, mfd_stream *s, struct mfd_section *se,
 	r = se->ops.load_state(s, se->opaque, version_id, &err);
 	if (r < 0 || mfd_stream_error(s, NULL)) {
 		if (!err && mfd_stream_error(s, NULL))
-			err = mfd_error_copy(mfd_stream_last_error(s));
+			err = error_copy(stream_last_error(s));
 		if (!err)
 			mfd_error_set(&err, r < 0 ? r : MFD_EHANDLER,
 				      "load handler failed with code %d (%s)", r,
 				      mfd_strerror(r < 0 ? r : MFD_EHANDLER));
 		mfd_error_prefix(err, "section '%s' instance %u (%s, version %u)", se->idstr,
 				 se->instance_id, kind, version_id);
-		r = mfd_error_normalize(err);
-		mfd_error_propagate(lv->errp, err);
+		r = error_normalize(err);
+		error_propagate(lv->errp, err);
 		mfd_stream_set_error(s, r, "load handler failed");
 		return r;
 	}
@@ -195,43 +195,43 @@ static int load_start_full(struct loadvm *lv, mfd_stream *s, uint8_t type)
 		return read_failed(lv, s);
 	if (len == 0)
 		return fail(lv, s, MFD_EPROTO, "%s at byte %llu (id %u): empty idstr",
-			    mfd_vm_record_name(type), off, section_id);
+			    vm_record_name(type), off, section_id);
 	if (mfd_stream_get_buf(s, idstr, len) < 0)
 		return read_failed(lv, s);
 	idstr[len] = '\0';
 	if (strlen(idstr) != len)
 		return fail(lv, s, MFD_EPROTO,
 			    "%s at byte %llu (id %u): idstr contains a NUL byte: '%s'",
-			    mfd_vm_record_name(type), off, section_id,
+			    vm_record_name(type), off, section_id,
 			    escape_bytes(esc, sizeof(esc), idstr, len));
 	if (mfd_stream_get_be32(s, &instance_id) < 0 || mfd_stream_get_be32(s, &version_id) < 0)
 		return read_failed(lv, s);
-	se = mfd_section_find(lv->m, idstr, instance_id);
+	se = section_find(lv->m, idstr, instance_id);
 	if (!se)
 		return fail(lv, s, MFD_EBADSECTION,
 			    "%s at byte %llu: unknown section '%s' instance %u (not registered "
-			    "on this side)", mfd_vm_record_name(type), off,
+			    "on this side)", vm_record_name(type), off,
 			    escape_bytes(esc, sizeof(esc), idstr, len), instance_id);
 	if (version_id > se->version_id)
 		return fail(lv, s, MFD_EBADVERSION,
 			    "%s at byte %llu: section '%s' instance %u: the stream has version %u, "
-			    "this side loads up to version %u", mfd_vm_record_name(type), off, idstr,
+			    "this side loads up to version %u", vm_record_name(type), off, idstr,
 			    instance_id, version_id, se->version_id);
 	other = find_by_load_id(lv->m, section_id);
 	if (other && other != se)
 		return fail(lv, s, MFD_EBADSECTION,
 			    "%s at byte %llu: section id %u of '%s' is already used by '%s' "
-			    "instance %u", mfd_vm_record_name(type), off, section_id, idstr,
+			    "instance %u", vm_record_name(type), off, section_id, idstr,
 			    other->idstr, other->instance_id);
 	if (se->load_seen && se->load_section_id != section_id)
 		return fail(lv, s, MFD_EBADSECTION,
 			    "%s at byte %llu: section '%s' instance %u arrives as id %u, it was "
-			    "id %u before", mfd_vm_record_name(type), off, idstr, instance_id,
+			    "id %u before", vm_record_name(type), off, idstr, instance_id,
 			    section_id, se->load_section_id);
 	se->load_seen = true;
 	se->load_section_id = section_id;
 	se->load_version_id = version_id;
-	r = call_load(lv, s, se, version_id, mfd_vm_record_name(type));
+	r = call_load(lv, s, se, version_id, vm_record_name(type));
 	if (r < 0)
 		return r;
 	return check_footer(lv, s, se, section_id);
@@ -250,8 +250,8 @@ static int load_part_end(struct loadvm *lv, mfd_stream *s, uint8_t type)
 	if (!se)
 		return fail(lv, s, MFD_EBADSECTION,
 			    "%s at byte %llu: unknown section id %u (no START or FULL introduced it)",
-			    mfd_vm_record_name(type), off, section_id);
-	r = call_load(lv, s, se, se->load_version_id, mfd_vm_record_name(type));
+			    vm_record_name(type), off, section_id);
+	r = call_load(lv, s, se, se->load_version_id, vm_record_name(type));
 	if (r < 0)
 		return r;
 	return check_footer(lv, s, se, section_id);
@@ -263,7 +263,7 @@ static int loadvm_loop(struct loadvm *lv, mfd_stream *s, int depth);
 static int load_packaged(struct loadvm *lv, mfd_stream *s, const uint8_t *payload,
 			 unsigned long long cmd_off, int depth)
 {
-	uint32_t len = mfd_load_be32(payload);
+	uint32_t len = load_be32(payload);
 	uint32_t max = lv->hooks && lv->hooks->packaged_max ? lv->hooks->packaged_max
 							   : MFD_PACKAGED_MAX_DEFAULT;
 	unsigned long long off = at(s);
@@ -303,8 +303,8 @@ static int load_packaged(struct loadvm *lv, mfd_stream *s, const uint8_t *payloa
 	if (r == 0) {
 		char *label = NULL;
 
-		if (asprintf(&label, "%s: package at byte %llu", mfd_stream_label(s), off) >= 0) {
-			mfd_stream_set_label(inner, label);
+		if (asprintf(&label, "%s: package at byte %llu", stream_label(s), off) >= 0) {
+			stream_set_label(inner, label);
 			free(label);
 		}
 		r = loadvm_loop(lv, inner, depth + 1);
@@ -363,8 +363,8 @@ static int load_discard(struct loadvm *lv, mfd_stream *s, const uint8_t *p, uint
 	for (size_t i = 0; i < n; i++) {
 		const uint8_t *q = p + 3 + name_len + 16 * i;
 
-		ranges[2 * i] = mfd_load_be64(q);
-		ranges[2 * i + 1] = mfd_load_be64(q + 8);
+		ranges[2 * i] = load_be64(q);
+		ranges[2 * i + 1] = load_be64(q + 8);
 	}
 	r = lv->hooks->postcopy_ram_discard(lv->hooks->opaque, name, ranges, n, errp);
 	free(ranges);
@@ -382,7 +382,7 @@ static int no_hook(struct loadvm *lv, mfd_stream *s, unsigned cmd, unsigned long
 				  : "that feature is not enabled on this destination";
 
 	return fail(lv, s, MFD_ENOTSUP, "command %s at byte %llu refused: %s",
-		    mfd_vm_cmd_name(cmd), off, why);
+		    vm_cmd_name(cmd), off, why);
 }
 
 static int load_command(struct loadvm *lv, mfd_stream *s, int depth)
@@ -402,11 +402,11 @@ static int load_command(struct loadvm *lv, mfd_stream *s, int depth)
 	if (spec->len != CMD_LEN_VARIABLE && len != spec->len)
 		return fail(lv, s, MFD_EBADCMD,
 			    "command %s at byte %llu has length %u, it must be %d",
-			    mfd_vm_cmd_name(cmd), off, len, spec->len);
+			    vm_cmd_name(cmd), off, len, spec->len);
 	if (spec->len == CMD_LEN_VARIABLE && (len < spec->min || len > spec->max))
 		return fail(lv, s, MFD_EBADCMD,
 			    "command %s at byte %llu has length %u, allowed %u..%u",
-			    mfd_vm_cmd_name(cmd), off, len, spec->min, spec->max);
+			    vm_cmd_name(cmd), off, len, spec->min, spec->max);
 	if (cmd == MFD_CMD_POSTCOPY_ADVISE && len != 0 && len != 16)
 		return fail(lv, s, MFD_EBADCMD,
 			    "command POSTCOPY_ADVISE at byte %llu has length %u, it must be 0 or 16",
@@ -423,13 +423,13 @@ static int load_command(struct loadvm *lv, mfd_stream *s, int depth)
 		if (!err)
 			mfd_error_set(&err, MFD_EHANDLER, "failed with code %d (%s)", r,
 				      mfd_strerror(r));
-		mfd_error_prefix(err, "%s: command %s at byte %llu", mfd_stream_label(s),
-				 mfd_vm_cmd_name(cmd), off);
-		r = mfd_error_normalize(err);
-		mfd_stream_set_error(s, r, "command %s failed", mfd_vm_cmd_name(cmd));
+		mfd_error_prefix(err, "%s: command %s at byte %llu", stream_label(s),
+				 vm_cmd_name(cmd), off);
+		r = error_normalize(err);
+		mfd_stream_set_error(s, r, "command %s failed", vm_cmd_name(cmd));
 	}
 	if (r < 0)
-		mfd_error_propagate(lv->errp, err);
+		error_propagate(lv->errp, err);
 	else
 		mfd_error_free(err);	/* a hook that succeeded has nothing to report */
 out:
@@ -455,13 +455,13 @@ static int dispatch_command(struct loadvm *lv, mfd_stream *s, uint16_t cmd,
 	case MFD_CMD_PING:
 		if (!h || !h->ping)
 			return no_hook(lv, s, cmd, off);
-		r = h->ping(o, mfd_load_be32(payload), errp);
+		r = h->ping(o, load_be32(payload), errp);
 		break;
 	case MFD_CMD_POSTCOPY_ADVISE:
 		if (!h || !h->postcopy_advise)
 			return no_hook(lv, s, cmd, off);
-		r = h->postcopy_advise(o, len == 16, len ? mfd_load_be64(payload) : 0,
-				       len ? mfd_load_be64(payload + 8) : 0, errp);
+		r = h->postcopy_advise(o, len == 16, len ? load_be64(payload) : 0,
+				       len ? load_be64(payload + 8) : 0, errp);
 		break;
 	case MFD_CMD_POSTCOPY_LISTEN:
 		if (!h || !h->postcopy_listen)
@@ -554,7 +554,7 @@ static int loadvm_loop(struct loadvm *lv, mfd_stream *s, int depth)
 		case MFD_VM_VMDESCRIPTION:
 			return fail(lv, s, MFD_EBADRECORD,
 				    "record %s (0x%02x) at byte %llu is not allowed here",
-				    mfd_vm_record_name(type), type, off);
+				    vm_record_name(type), type, off);
 		default:
 			return fail(lv, s, MFD_EBADRECORD, "unknown record type 0x%02x at byte %llu",
 				    type, off);
@@ -564,13 +564,13 @@ static int loadvm_loop(struct loadvm *lv, mfd_stream *s, int depth)
 	}
 }
 
-int mfd_loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+int loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
 		     mfd_error **errp)
 {
 	struct loadvm lv = { .m = m, .hooks = hooks, .errp = errp };
 	int r = 0;
 
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		se->load_seen = false;
 		se->load_setup_done = false;
 	}
@@ -578,7 +578,7 @@ int mfd_loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_ho
 	r = check_header(&lv, s);
 	if (r < 0)
 		return r;
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		/* From here on this section gets its load_cleanup, whatever happens. */
 		se->load_setup_done = true;
 		if (!se->ops.load_setup)
@@ -591,8 +591,8 @@ int mfd_loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_ho
 				mfd_error_set(&err, MFD_EHANDLER, "failed with code %d", r);
 			mfd_error_prefix(err, "section '%s' instance %u: load_setup", se->idstr,
 					 se->instance_id);
-			r = mfd_error_normalize(err);
-			mfd_error_propagate(errp, err);
+			r = error_normalize(err);
+			error_propagate(errp, err);
 			break;
 		}
 		mfd_error_free(err);
@@ -600,7 +600,7 @@ int mfd_loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_ho
 	return r;
 }
 
-int mfd_loadvm_run(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+int loadvm_run(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
 		   bool header, mfd_error **errp)
 {
 	struct loadvm lv = { .m = m, .hooks = hooks, .errp = errp };
@@ -611,23 +611,23 @@ int mfd_loadvm_run(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hook
 	return r;
 }
 
-void mfd_loadvm_end(mfd_migration *m)
+void loadvm_end(mfd_migration *m)
 {
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		if (se->load_setup_done && se->ops.load_cleanup)
 			se->ops.load_cleanup(se->opaque);
 		se->load_setup_done = false;
 	}
 }
 
-int mfd_loadvm_state(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+int loadvm_state(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
 		     mfd_error **errp)
 {
-	int r = mfd_loadvm_begin(m, s, hooks, errp);
+	int r = loadvm_begin(m, s, hooks, errp);
 
 	if (r == 0)
-		r = mfd_loadvm_run(m, s, hooks, false, errp);
-	mfd_loadvm_end(m);
+		r = loadvm_run(m, s, hooks, false, errp);
+	loadvm_end(m);
 	return r == MFD_LOADVM_QUIT ? 0 : r;
 }
 
@@ -644,7 +644,7 @@ int mfd_loadvm(mfd_migration *m, mfd_channel *ch, mfd_error **errp)
 	if (r < 0)
 		return r;
 	m->busy = true;
-	r = mfd_loadvm_state(m, s, NULL, errp);
+	r = loadvm_state(m, s, NULL, errp);
 	m->busy = false;
 	mfd_stream_free(s);
 	return r;

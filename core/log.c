@@ -27,18 +27,18 @@ void mfd_log_set_handler(mfd_log_fn fn, void *opaque, enum mfd_log_level max_lev
 	pthread_mutex_unlock(&log_lock);
 }
 
-int mfd_log_enabled(enum mfd_log_level level)
+int log_enabled(enum mfd_log_level level)
 {
 	return (int)level <= atomic_load_explicit(&log_max_level, memory_order_relaxed);
 }
 
-void mfd_log(enum mfd_log_level level, const char *fmt, ...)
+void log_emit(enum mfd_log_level level, const char *fmt, ...)
 {
 	char buf[512], *msg = buf, *big = NULL;
 	va_list ap;
 	int n;
 
-	if (!mfd_log_enabled(level))
+	if (!log_enabled(level))
 		return;
 	va_start(ap, fmt);
 	n = vsnprintf(buf, sizeof(buf), fmt, ap);
@@ -59,7 +59,7 @@ void mfd_log(enum mfd_log_level level, const char *fmt, ...)
 	free(big);
 }
 
-void mfd_thread_name(const char *fmt, ...)
+void util_thread_name(const char *fmt, ...)
 {
 	char name[16];
 	va_list ap;

@@ -39,7 +39,7 @@ struct mfd_section {
 
 struct mfd_migration {
 	/* Changed only while no save or load runs (busy == false), except the
-	 * parameters marked live (core/params.c), read with mfd_param_live(). */
+	 * parameters marked live (core/params.c), read with param_live(). */
 	char identity[256];
 	struct mfd_section *sections;	/* registration order */
 	uint32_t next_section_id;
@@ -63,8 +63,8 @@ struct mfd_migration {
 	unsigned nretired;
 };
 
-struct mfd_section *mfd_section_find(mfd_migration *m, const char *idstr, uint32_t instance_id);
+struct mfd_section *section_find(mfd_migration *m, const char *idstr, uint32_t instance_id);
 
-#define mfd_for_each_section(m, se) for (struct mfd_section *se = (m)->sections; se; se = se->next)
+#define for_each_section(m, se) for (struct mfd_section *se = (m)->sections; se; se = se->next)
 
 #endif /* MFD_CORE_MIGRATION_H */

@@ -58,7 +58,7 @@ static const struct pdef defs[MFD_P__COUNT] = {
 	[MFD_P_SWITCHOVER_CONFIRM] = { .name = "switchover-confirm", .type = P_BOOL, .def = 0, .min = 0, .max = 1 },
 };
 
-int mfd_params_init(struct mfd_params *p)
+int param_table_init(struct mfd_params *p)
 {
 	memset(p, 0, sizeof(*p));
 	for (int i = 0; i < MFD_P__COUNT; i++) {
@@ -69,7 +69,7 @@ int mfd_params_init(struct mfd_params *p)
 	return 0;
 }
 
-void mfd_params_free(struct mfd_params *p)
+void param_table_free(struct mfd_params *p)
 {
 	for (int i = 0; i < MFD_P__COUNT; i++) {
 		free(p->s[i]);
@@ -226,7 +226,7 @@ int mfd_get_param(mfd_migration *m, const char *name, char *buf, size_t len, mfd
 		text = m->params.i[id] ? "on" : "off";
 		break;
 	default:
-		snprintf(tmp, sizeof(tmp), "%lld", (long long)mfd_param_live(&m->params, id));
+		snprintf(tmp, sizeof(tmp), "%lld", (long long)param_live(&m->params, id));
 		text = tmp;
 	}
 	if (strlen(text) >= len)
@@ -246,7 +246,7 @@ int mfd_get_param_int(mfd_migration *m, const char *name, int64_t *value, mfd_er
 		return id;
 	if (defs[id].type == P_STR)
 		return mfd_error_set(errp, MFD_EINVAL, "%s is a string parameter", name);
-	*value = mfd_param_live(&m->params, id);
+	*value = param_live(&m->params, id);
 	return 0;
 }
 

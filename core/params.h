@@ -48,12 +48,12 @@ struct mfd_params {
 
 /* A parameter that may change while a migration runs (max-bandwidth,
  * downtime-limit, ...): read it with this from any thread. */
-static inline int64_t mfd_param_live(const struct mfd_params *p, enum mfd_param_id id)
+static inline int64_t param_live(const struct mfd_params *p, enum mfd_param_id id)
 {
 	return __atomic_load_n(&p->i[id], __ATOMIC_RELAXED);
 }
 
-int mfd_params_init(struct mfd_params *p);
-void mfd_params_free(struct mfd_params *p);
+int param_table_init(struct mfd_params *p);
+void param_table_free(struct mfd_params *p);
 
 #endif /* MFD_CORE_PARAMS_H */

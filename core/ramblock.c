@@ -10,7 +10,7 @@
 #include "core/util.h"
 
 /* FNV-1a over the table's identity: order, names, sizes, page sizes. */
-uint64_t mfd_ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n)
+uint64_t ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
 	uint8_t be[8];
@@ -22,16 +22,16 @@ uint64_t mfd_ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n)
 	}
 	for (unsigned i = 0; i < n; i++) {
 		MIX(blocks[i].name, strlen(blocks[i].name) + 1);
-		mfd_store_be64(be, blocks[i].size);
+		store_be64(be, blocks[i].size);
 		MIX(be, 8);
-		mfd_store_be64(be, blocks[i].page_size);
+		store_be64(be, blocks[i].page_size);
 		MIX(be, 8);
 	}
 #undef MIX
 	return h;
 }
 
-int mfd_ram_recvmap_alloc(struct mfd_ram_block *blocks, unsigned n, mfd_error **errp)
+int ram_recvmap_alloc(struct mfd_ram_block *blocks, unsigned n, mfd_error **errp)
 {
 	for (unsigned b = 0; b < n; b++) {
 		uint64_t pages = blocks[b].size >> blocks[b].page_shift;
@@ -45,7 +45,7 @@ int mfd_ram_recvmap_alloc(struct mfd_ram_block *blocks, unsigned n, mfd_error **
 	return 0;
 }
 
-void mfd_ram_recvmap_free(struct mfd_ram_block *blocks, unsigned n)
+void ram_recvmap_free(struct mfd_ram_block *blocks, unsigned n)
 {
 	for (unsigned b = 0; b < n; b++) {
 		free((void *)blocks[b].recvmap);

@@ -29,12 +29,12 @@ struct mfd_ram_block {
 
 /* A digest of the block table (names, sizes, page sizes, order), carried in the
  * multifd hello so both sides prove they index the same blocks. */
-uint64_t mfd_ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n);
+uint64_t ram_blocks_digest(const struct mfd_ram_block *blocks, unsigned n);
 
 /* Destination: an empty recvmap for each of the @n blocks (dest-ram-zeroed),
  * before any page can arrive; MFD_ENOMEM naming the block.  Free them (also
- * after a failure) with mfd_ram_recvmap_free() once no thread places pages. */
-int mfd_ram_recvmap_alloc(struct mfd_ram_block *blocks, unsigned n, mfd_error **errp);
-void mfd_ram_recvmap_free(struct mfd_ram_block *blocks, unsigned n);
+ * after a failure) with ram_recvmap_free() once no thread places pages. */
+int ram_recvmap_alloc(struct mfd_ram_block *blocks, unsigned n, mfd_error **errp);
+void ram_recvmap_free(struct mfd_ram_block *blocks, unsigned n);
 
 #endif /* MFD_CORE_RAMBLOCK_H */

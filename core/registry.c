@@ -23,8 +23,8 @@ int mfd_migration_new(mfd_migration **out, mfd_error **errp)
 	}
 	strcpy(m->identity, DEFAULT_IDENTITY);
 	m->next_section_id = 0;
-	if (mfd_params_init(&m->params) < 0) {
-		mfd_params_free(&m->params);
+	if (param_table_init(&m->params) < 0) {
+		param_table_free(&m->params);
 		free(m);
 		*out = NULL;
 		return mfd_error_set(errp, MFD_ENOMEM, "out of memory for a migration object");
@@ -45,7 +45,7 @@ void mfd_migration_free(mfd_migration *m)
 	}
 	if (m->teardown)
 		m->teardown(m);
-	mfd_params_free(&m->params);
+	param_table_free(&m->params);
 	free(m->blocks);
 	free(m);
 }
@@ -74,9 +74,9 @@ int mfd_migration_set_identity(mfd_migration *m, const char *identity, mfd_error
 	return 0;
 }
 
-struct mfd_section *mfd_section_find(mfd_migration *m, const char *idstr, uint32_t instance_id)
+struct mfd_section *section_find(mfd_migration *m, const char *idstr, uint32_t instance_id)
 {
-	mfd_for_each_section(m, se)
+	for_each_section(m, se)
 		if (se->instance_id == instance_id && strcmp(se->idstr, idstr) == 0)
 			return se;
 	return NULL;
@@ -119,14 +119,14 @@ int mfd_register_live(mfd_migration *m, const char *idstr, uint32_t instance_id,
 	if (instance_id == MFD_INSTANCE_ANY) {
 		uint32_t next = 0;
 
-		mfd_for_each_section(m, s)
+		for_each_section(m, s)
 			if (strcmp(s->idstr, idstr) == 0 && s->instance_id >= next)
 				next = s->instance_id + 1;
 		if (next == MFD_INSTANCE_ANY)
 			return mfd_error_set(errp, MFD_ETOOBIG,
 					     "section '%s': no instance id left", idstr);
 		instance_id = next;
-	} else if (mfd_section_find(m, idstr, instance_id)) {
+	} else if (section_find(m, idstr, instance_id)) {
 		return mfd_error_set(errp, MFD_EEXIST,
 				     "section '%s' instance %u is already registered", idstr,
 				     instance_id);
@@ -172,7 +172,7 @@ int mfd_section_instance(mfd_migration *m, const char *idstr, unsigned index,
 {
 	if (!m || !idstr || !instance_id)
 		return MFD_EINVAL;
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		if (strcmp(se->idstr, idstr) != 0)
 			continue;
 		if (index-- == 0) {

@@ -28,12 +28,12 @@ static const char *const cmd_names[MFD_CMD_MAX] = {
 	[MFD_CMD_SWITCHOVER_START] = "SWITCHOVER_START",
 };
 
-const char *mfd_vm_cmd_name(unsigned cmd)
+const char *vm_cmd_name(unsigned cmd)
 {
 	return cmd < MFD_CMD_MAX ? cmd_names[cmd] : "unknown";
 }
 
-const char *mfd_vm_record_name(unsigned type)
+const char *vm_record_name(unsigned type)
 {
 	switch (type) {
 	case MFD_VM_EOF: return "EOF";
@@ -60,13 +60,13 @@ static int handler_failed(struct mfd_section *se, const char *phase, int r, mfd_
 			  mfd_stream *s, mfd_error **errp)
 {
 	if (!err && s && mfd_stream_error(s, NULL))
-		err = mfd_error_copy(mfd_stream_last_error(s));
+		err = error_copy(stream_last_error(s));
 	if (!err)
 		mfd_error_set(&err, r < 0 ? r : MFD_EHANDLER, "failed with code %d (%s)", r,
 			      mfd_strerror(r < 0 ? r : MFD_EHANDLER));
 	mfd_error_prefix(err, "section '%s' instance %u: %s", se->idstr, se->instance_id, phase);
-	r = mfd_error_normalize(err);
-	mfd_error_propagate(errp, err);
+	r = error_normalize(err);
+	error_propagate(errp, err);
 	return r;
 }
 
@@ -109,9 +109,9 @@ static int write_section(mfd_stream *s, enum mfd_vm_record type, struct mfd_sect
 	return r;
 }
 
-int mfd_savevm_prepare(mfd_migration *m, mfd_error **errp)
+int savevm_prepare(mfd_migration *m, mfd_error **errp)
 {
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		se->save_setup_done = false;
 		se->iterate_done = false;
 		if (!se->ops.save_prepare || !section_active(se))
@@ -126,7 +126,7 @@ int mfd_savevm_prepare(mfd_migration *m, mfd_error **errp)
 	return 0;
 }
 
-int mfd_savevm_header(mfd_migration *m, mfd_stream *s)
+int savevm_header(mfd_migration *m, mfd_stream *s)
 {
 	size_t len = strlen(m->identity);
 
@@ -137,9 +137,9 @@ int mfd_savevm_header(mfd_migration *m, mfd_stream *s)
 	return mfd_stream_put_buf(s, m->identity, len);
 }
 
-int mfd_savevm_setup(mfd_migration *m, mfd_stream *s, mfd_error **errp)
+int savevm_setup(mfd_migration *m, mfd_stream *s, mfd_error **errp)
 {
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		if (!se->live || !se->ops.save_setup || !section_active(se))
 			continue;
 		int r = write_section(s, MFD_VM_SECTION_START, se, se->ops.save_setup,
@@ -153,11 +153,11 @@ int mfd_savevm_setup(mfd_migration *m, mfd_stream *s, mfd_error **errp)
 	return mfd_stream_error(s, errp);
 }
 
-int mfd_savevm_iterate(mfd_migration *m, mfd_stream *s, bool postcopy, mfd_error **errp)
+int savevm_iterate(mfd_migration *m, mfd_stream *s, bool postcopy, mfd_error **errp)
 {
 	int all_done = 1;
 
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		if (!se->live || !se->ops.save_live_iterate || !section_active(se))
 			continue;
 		if (postcopy && !(se->ops.has_postcopy && se->ops.has_postcopy(se->opaque)))
@@ -183,11 +183,11 @@ static bool section_postcopiable(struct mfd_section *se)
 	return se->ops.has_postcopy && se->ops.has_postcopy(se->opaque);
 }
 
-int mfd_savevm_postcopy_prepare(mfd_migration *m, mfd_stream *s, bool *can_switchover,
+int savevm_postcopy_prepare(mfd_migration *m, mfd_stream *s, bool *can_switchover,
 				mfd_error **errp)
 {
 	*can_switchover = true;
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		if (!se->ops.save_postcopy_prepare || !section_active(se))
 			continue;
 		mfd_error *err = NULL;
@@ -208,9 +208,9 @@ int mfd_savevm_postcopy_prepare(mfd_migration *m, mfd_stream *s, bool *can_switc
 	return mfd_stream_error(s, errp);
 }
 
-int mfd_savevm_save_nonlive(mfd_migration *m, mfd_stream *s, mfd_error **errp)
+int savevm_save_nonlive(mfd_migration *m, mfd_stream *s, mfd_error **errp)
 {
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		if (se->live || !se->ops.save_state || !section_active(se))
 			continue;
 		int r = write_section(s, MFD_VM_SECTION_FULL, se, se->ops.save_state, "save_state",
@@ -222,10 +222,10 @@ int mfd_savevm_save_nonlive(mfd_migration *m, mfd_stream *s, mfd_error **errp)
 	return mfd_stream_error(s, errp);
 }
 
-int mfd_savevm_complete_precopy(mfd_migration *m, mfd_stream *s, bool in_postcopy,
+int savevm_complete_precopy(mfd_migration *m, mfd_stream *s, bool in_postcopy,
 				mfd_error **errp)
 {
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		if (!se->live || !se->ops.save_live_complete_precopy || !section_active(se))
 			continue;
 		if (in_postcopy && section_postcopiable(se))
@@ -239,12 +239,12 @@ int mfd_savevm_complete_precopy(mfd_migration *m, mfd_stream *s, bool in_postcop
 	}
 	if (in_postcopy)
 		return mfd_stream_error(s, errp);
-	return mfd_savevm_save_nonlive(m, s, errp);
+	return savevm_save_nonlive(m, s, errp);
 }
 
-int mfd_savevm_complete_postcopy(mfd_migration *m, mfd_stream *s, mfd_error **errp)
+int savevm_complete_postcopy(mfd_migration *m, mfd_stream *s, mfd_error **errp)
 {
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		if (!se->live || !se->ops.save_live_complete_postcopy || !section_active(se))
 			continue;
 		if (!section_postcopiable(se))
@@ -259,7 +259,7 @@ int mfd_savevm_complete_postcopy(mfd_migration *m, mfd_stream *s, mfd_error **er
 	return mfd_stream_error(s, errp);
 }
 
-int mfd_savevm_eof(mfd_stream *s)
+int savevm_eof(mfd_stream *s)
 {
 	return mfd_stream_put_u8(s, MFD_VM_EOF);
 }
@@ -267,7 +267,7 @@ int mfd_savevm_eof(mfd_stream *s)
 static void pending_sum(mfd_migration *m, bool exact, uint64_t *must, uint64_t *can)
 {
 	*must = *can = 0;
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		void (*fn)(void *, uint64_t *, uint64_t *) =
 			exact ? se->ops.state_pending_exact : se->ops.state_pending_estimate;
 		uint64_t mp = 0, cp = 0;
@@ -281,28 +281,28 @@ static void pending_sum(mfd_migration *m, bool exact, uint64_t *must, uint64_t *
 	}
 }
 
-void mfd_savevm_pending_estimate(mfd_migration *m, uint64_t *must, uint64_t *can)
+void savevm_pending_estimate(mfd_migration *m, uint64_t *must, uint64_t *can)
 {
 	pending_sum(m, false, must, can);
 }
 
-void mfd_savevm_pending_exact(mfd_migration *m, uint64_t *must, uint64_t *can)
+void savevm_pending_exact(mfd_migration *m, uint64_t *must, uint64_t *can)
 {
 	pending_sum(m, true, must, can);
 }
 
-bool mfd_savevm_switchover_ack_needed(mfd_migration *m)
+bool savevm_switchover_ack_needed(mfd_migration *m)
 {
-	mfd_for_each_section(m, se)
+	for_each_section(m, se)
 		if (se->ops.switchover_ack_needed && section_active(se) &&
 		    se->ops.switchover_ack_needed(se->opaque))
 			return true;
 	return false;
 }
 
-int mfd_savevm_resume_prepare(mfd_migration *m, mfd_error **errp)
+int savevm_resume_prepare(mfd_migration *m, mfd_error **errp)
 {
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		if (!se->ops.resume_prepare || !section_active(se))
 			continue;
 		mfd_error *err = NULL;
@@ -315,9 +315,9 @@ int mfd_savevm_resume_prepare(mfd_migration *m, mfd_error **errp)
 	return 0;
 }
 
-void mfd_savevm_cleanup(mfd_migration *m)
+void savevm_cleanup(mfd_migration *m)
 {
-	mfd_for_each_section(m, se) {
+	for_each_section(m, se) {
 		if (se->save_setup_done && se->ops.save_cleanup)
 			se->ops.save_cleanup(se->opaque);
 		se->save_setup_done = false;
@@ -326,7 +326,7 @@ void mfd_savevm_cleanup(mfd_migration *m)
 
 /* ---- commands ---------------------------------------------------------- */
 
-int mfd_savevm_send_command(mfd_stream *s, enum mfd_vm_cmd cmd, uint16_t len,
+int savevm_send_command(mfd_stream *s, enum mfd_vm_cmd cmd, uint16_t len,
 			    const void *payload)
 {
 	mfd_stream_put_u8(s, MFD_VM_COMMAND);
@@ -335,45 +335,45 @@ int mfd_savevm_send_command(mfd_stream *s, enum mfd_vm_cmd cmd, uint16_t len,
 	return mfd_stream_put_buf(s, payload, len);
 }
 
-int mfd_savevm_send_open_return_path(mfd_stream *s)
+int savevm_send_open_return_path(mfd_stream *s)
 {
-	return mfd_savevm_send_command(s, MFD_CMD_OPEN_RETURN_PATH, 0, NULL);
+	return savevm_send_command(s, MFD_CMD_OPEN_RETURN_PATH, 0, NULL);
 }
 
-int mfd_savevm_send_ping(mfd_stream *s, uint32_t value)
+int savevm_send_ping(mfd_stream *s, uint32_t value)
 {
 	uint8_t b[4];
 
-	mfd_store_be32(b, value);
-	return mfd_savevm_send_command(s, MFD_CMD_PING, sizeof(b), b);
+	store_be32(b, value);
+	return savevm_send_command(s, MFD_CMD_PING, sizeof(b), b);
 }
 
-int mfd_savevm_send_postcopy_advise(mfd_stream *s, uint64_t summary, uint64_t target_page)
+int savevm_send_postcopy_advise(mfd_stream *s, uint64_t summary, uint64_t target_page)
 {
 	uint8_t b[16];
 
-	mfd_store_be64(b, summary);
-	mfd_store_be64(b + 8, target_page);
-	return mfd_savevm_send_command(s, MFD_CMD_POSTCOPY_ADVISE, sizeof(b), b);
+	store_be64(b, summary);
+	store_be64(b + 8, target_page);
+	return savevm_send_command(s, MFD_CMD_POSTCOPY_ADVISE, sizeof(b), b);
 }
 
-int mfd_savevm_send_postcopy_listen(mfd_stream *s)
+int savevm_send_postcopy_listen(mfd_stream *s)
 {
-	return mfd_savevm_send_command(s, MFD_CMD_POSTCOPY_LISTEN, 0, NULL);
+	return savevm_send_command(s, MFD_CMD_POSTCOPY_LISTEN, 0, NULL);
 }
 
-int mfd_savevm_send_postcopy_run(mfd_stream *s)
+int savevm_send_postcopy_run(mfd_stream *s)
 {
-	return mfd_savevm_send_command(s, MFD_CMD_POSTCOPY_RUN, 0, NULL);
+	return savevm_send_command(s, MFD_CMD_POSTCOPY_RUN, 0, NULL);
 }
 
-size_t mfd_savevm_discard_ranges_max(size_t name_len)
+size_t savevm_discard_ranges_max(size_t name_len)
 {
 	/* version, name length, name, terminator, then 16 bytes per range */
 	return (UINT16_MAX - 3 - name_len) / 16;
 }
 
-int mfd_savevm_send_postcopy_ram_discard(mfd_stream *s, const char *block,
+int savevm_send_postcopy_ram_discard(mfd_stream *s, const char *block,
 					 const uint64_t *ranges, size_t n)
 {
 	size_t name_len = strlen(block);
@@ -384,11 +384,11 @@ int mfd_savevm_send_postcopy_ram_discard(mfd_stream *s, const char *block,
 	if (name_len == 0 || name_len > 255)
 		return mfd_stream_set_error(s, MFD_EINVAL,
 					    "discard: block name must be 1 to 255 bytes");
-	if (n == 0 || n > mfd_savevm_discard_ranges_max(name_len))
+	if (n == 0 || n > savevm_discard_ranges_max(name_len))
 		return mfd_stream_set_error(s, MFD_ETOOBIG,
 					    "discard: %zu ranges for block '%s'; one command "
 					    "carries 1 to %zu", n, block,
-					    mfd_savevm_discard_ranges_max(name_len));
+					    savevm_discard_ranges_max(name_len));
 	len = 3 + name_len + 16 * n;
 	buf = malloc(len);
 	if (!buf)
@@ -400,15 +400,15 @@ int mfd_savevm_send_postcopy_ram_discard(mfd_stream *s, const char *block,
 	p += name_len;
 	*p++ = 0;
 	for (size_t i = 0; i < n; i++, p += 16) {
-		mfd_store_be64(p, ranges[2 * i]);
-		mfd_store_be64(p + 8, ranges[2 * i + 1]);
+		store_be64(p, ranges[2 * i]);
+		store_be64(p + 8, ranges[2 * i + 1]);
 	}
-	r = mfd_savevm_send_command(s, MFD_CMD_POSTCOPY_RAM_DISCARD, (uint16_t)len, buf);
+	r = savevm_send_command(s, MFD_CMD_POSTCOPY_RAM_DISCARD, (uint16_t)len, buf);
 	free(buf);
 	return r;
 }
 
-int mfd_savevm_send_packaged(mfd_stream *s, const void *blob, uint32_t len)
+int savevm_send_packaged(mfd_stream *s, const void *blob, uint32_t len)
 {
 	uint8_t b[4];
 
@@ -416,22 +416,22 @@ int mfd_savevm_send_packaged(mfd_stream *s, const void *blob, uint32_t len)
 		return mfd_stream_set_error(s, MFD_ETOOBIG,
 					    "package of %u bytes; destinations accept at most %u",
 					    len, MFD_PACKAGED_MAX_DEFAULT);
-	mfd_store_be32(b, len);
-	mfd_savevm_send_command(s, MFD_CMD_PACKAGED, sizeof(b), b);
+	store_be32(b, len);
+	savevm_send_command(s, MFD_CMD_PACKAGED, sizeof(b), b);
 	return mfd_stream_put_buf(s, blob, len);
 }
 
-int mfd_savevm_send_enable_colo(mfd_stream *s)
+int savevm_send_enable_colo(mfd_stream *s)
 {
-	return mfd_savevm_send_command(s, MFD_CMD_ENABLE_COLO, 0, NULL);
+	return savevm_send_command(s, MFD_CMD_ENABLE_COLO, 0, NULL);
 }
 
-int mfd_savevm_send_postcopy_resume(mfd_stream *s)
+int savevm_send_postcopy_resume(mfd_stream *s)
 {
-	return mfd_savevm_send_command(s, MFD_CMD_POSTCOPY_RESUME, 0, NULL);
+	return savevm_send_command(s, MFD_CMD_POSTCOPY_RESUME, 0, NULL);
 }
 
-int mfd_savevm_send_recv_bitmap(mfd_stream *s, const char *block)
+int savevm_send_recv_bitmap(mfd_stream *s, const char *block)
 {
 	uint8_t b[256];
 	size_t len = strlen(block);
@@ -441,12 +441,12 @@ int mfd_savevm_send_recv_bitmap(mfd_stream *s, const char *block)
 					    "recv-bitmap: block name must be 1 to 255 bytes");
 	b[0] = (uint8_t)len;
 	memcpy(b + 1, block, len);
-	return mfd_savevm_send_command(s, MFD_CMD_RECV_BITMAP, (uint16_t)(len + 1), b);
+	return savevm_send_command(s, MFD_CMD_RECV_BITMAP, (uint16_t)(len + 1), b);
 }
 
-int mfd_savevm_send_switchover_start(mfd_stream *s)
+int savevm_send_switchover_start(mfd_stream *s)
 {
-	return mfd_savevm_send_command(s, MFD_CMD_SWITCHOVER_START, 0, NULL);
+	return savevm_send_command(s, MFD_CMD_SWITCHOVER_START, 0, NULL);
 }
 
 /* ---- subsections --------------------------------------------------------- */
@@ -504,25 +504,25 @@ int mfd_savevm(mfd_migration *m, mfd_channel *ch, mfd_error **errp)
 	if (r < 0)
 		return r;
 	m->busy = true;
-	r = mfd_savevm_prepare(m, errp);
+	r = savevm_prepare(m, errp);
 	if (r == 0)
-		r = mfd_savevm_header(m, s) < 0 ? mfd_stream_error(s, errp) : 0;
+		r = savevm_header(m, s) < 0 ? mfd_stream_error(s, errp) : 0;
 	if (r == 0)
-		r = mfd_savevm_setup(m, s, errp);
+		r = savevm_setup(m, s, errp);
 	while (r == 0) {
-		r = mfd_savevm_iterate(m, s, false, errp);
+		r = savevm_iterate(m, s, false, errp);
 		if (r > 0) {
 			r = 0;
 			break;
 		}
 	}
 	if (r == 0)
-		r = mfd_savevm_complete_precopy(m, s, false, errp);
+		r = savevm_complete_precopy(m, s, false, errp);
 	if (r == 0)
-		mfd_savevm_eof(s);
+		savevm_eof(s);
 	if (r == 0)
 		r = mfd_stream_flush(s) < 0 ? mfd_stream_error(s, errp) : 0;
-	mfd_savevm_cleanup(m);
+	savevm_cleanup(m);
 	m->busy = false;
 	mfd_stream_free(s);
 	return r;

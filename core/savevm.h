@@ -18,54 +18,54 @@
 #define MFD_PACKAGED_MAX_DEFAULT (256u << 20)	/* bytes in one PACKAGED blob */
 #define MFD_LOADVM_MAX_DEPTH 1			/* a package may not hold a package */
 
-const char *mfd_vm_cmd_name(unsigned cmd);
-const char *mfd_vm_record_name(unsigned type);
+const char *vm_cmd_name(unsigned cmd);
+const char *vm_record_name(unsigned type);
 
 /* ---- source side: phases, in the order the engine calls them --------- */
 
-int mfd_savevm_prepare(mfd_migration *m, mfd_error **errp);
-int mfd_savevm_header(mfd_migration *m, mfd_stream *s);
-int mfd_savevm_setup(mfd_migration *m, mfd_stream *s, mfd_error **errp);
+int savevm_prepare(mfd_migration *m, mfd_error **errp);
+int savevm_header(mfd_migration *m, mfd_stream *s);
+int savevm_setup(mfd_migration *m, mfd_stream *s, mfd_error **errp);
 /* 1 when every active live section reported done, 0 when more rounds are wanted.
  * In postcopy only sections with has_postcopy are iterated. */
-int mfd_savevm_iterate(mfd_migration *m, mfd_stream *s, bool postcopy, mfd_error **errp);
-int mfd_savevm_postcopy_prepare(mfd_migration *m, mfd_stream *s, bool *can_switchover,
+int savevm_iterate(mfd_migration *m, mfd_stream *s, bool postcopy, mfd_error **errp);
+int savevm_postcopy_prepare(mfd_migration *m, mfd_stream *s, bool *can_switchover,
 				mfd_error **errp);
 /* END for every active live section (those with has_postcopy skipped when
  * in_postcopy), then, unless in_postcopy, FULL for every non-live section. */
-int mfd_savevm_complete_precopy(mfd_migration *m, mfd_stream *s, bool in_postcopy,
+int savevm_complete_precopy(mfd_migration *m, mfd_stream *s, bool in_postcopy,
 				mfd_error **errp);
 /* FULL for every non-live section (the engine packages these in postcopy). */
-int mfd_savevm_save_nonlive(mfd_migration *m, mfd_stream *s, mfd_error **errp);
-int mfd_savevm_complete_postcopy(mfd_migration *m, mfd_stream *s, mfd_error **errp);
-int mfd_savevm_eof(mfd_stream *s);
-void mfd_savevm_pending_estimate(mfd_migration *m, uint64_t *must_precopy, uint64_t *can_postcopy);
-void mfd_savevm_pending_exact(mfd_migration *m, uint64_t *must_precopy, uint64_t *can_postcopy);
-bool mfd_savevm_switchover_ack_needed(mfd_migration *m);
-int mfd_savevm_resume_prepare(mfd_migration *m, mfd_error **errp);
+int savevm_save_nonlive(mfd_migration *m, mfd_stream *s, mfd_error **errp);
+int savevm_complete_postcopy(mfd_migration *m, mfd_stream *s, mfd_error **errp);
+int savevm_eof(mfd_stream *s);
+void savevm_pending_estimate(mfd_migration *m, uint64_t *must_precopy, uint64_t *can_postcopy);
+void savevm_pending_exact(mfd_migration *m, uint64_t *must_precopy, uint64_t *can_postcopy);
+bool savevm_switchover_ack_needed(mfd_migration *m);
+int savevm_resume_prepare(mfd_migration *m, mfd_error **errp);
 /* save_cleanup for every section whose save_setup succeeded. */
-void mfd_savevm_cleanup(mfd_migration *m);
+void savevm_cleanup(mfd_migration *m);
 
 /* ---- commands (source side) ------------------------------------------- */
 
-int mfd_savevm_send_command(mfd_stream *s, enum mfd_vm_cmd cmd, uint16_t len,
+int savevm_send_command(mfd_stream *s, enum mfd_vm_cmd cmd, uint16_t len,
 			    const void *payload);
-int mfd_savevm_send_open_return_path(mfd_stream *s);
-int mfd_savevm_send_ping(mfd_stream *s, uint32_t value);
-int mfd_savevm_send_postcopy_advise(mfd_stream *s, uint64_t page_size_summary,
+int savevm_send_open_return_path(mfd_stream *s);
+int savevm_send_ping(mfd_stream *s, uint32_t value);
+int savevm_send_postcopy_advise(mfd_stream *s, uint64_t page_size_summary,
 				    uint64_t target_page_size);
-int mfd_savevm_send_postcopy_listen(mfd_stream *s);
-int mfd_savevm_send_postcopy_run(mfd_stream *s);
+int savevm_send_postcopy_listen(mfd_stream *s);
+int savevm_send_postcopy_run(mfd_stream *s);
 /* ranges: n pairs (start, length) in bytes within the block. */
-int mfd_savevm_send_postcopy_ram_discard(mfd_stream *s, const char *block,
+int savevm_send_postcopy_ram_discard(mfd_stream *s, const char *block,
 					 const uint64_t *ranges, size_t n);
-int mfd_savevm_send_packaged(mfd_stream *s, const void *blob, uint32_t len);
-int mfd_savevm_send_enable_colo(mfd_stream *s);
-int mfd_savevm_send_postcopy_resume(mfd_stream *s);
-int mfd_savevm_send_recv_bitmap(mfd_stream *s, const char *block);
-int mfd_savevm_send_switchover_start(mfd_stream *s);
+int savevm_send_packaged(mfd_stream *s, const void *blob, uint32_t len);
+int savevm_send_enable_colo(mfd_stream *s);
+int savevm_send_postcopy_resume(mfd_stream *s);
+int savevm_send_recv_bitmap(mfd_stream *s, const char *block);
+int savevm_send_switchover_start(mfd_stream *s);
 /* How many discard ranges fit one command for a block name of this length. */
-size_t mfd_savevm_discard_ranges_max(size_t name_len);
+size_t savevm_discard_ranges_max(size_t name_len);
 
 /* ---- destination side ------------------------------------------------- */
 
@@ -99,17 +99,17 @@ struct mfd_loadvm_hooks {
 
 /* Whole stream: header, configuration, records until EOF; load_setup before,
  * load_cleanup after. Returns 0 at EOF (or after a QUIT), negative on error. */
-int mfd_loadvm_state(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+int loadvm_state(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
 		     mfd_error **errp);
 /* The same in three steps, for postcopy recovery, where one load continues on
  * a new stream: begin (header, load_setup), run (records until EOF, or
  * MFD_LOADVM_QUIT after POSTCOPY_RUN, where the caller goes on reading the
  * same stream; with @header, a resumed stream's header first), end
  * (load_cleanup). */
-int mfd_loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+int loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
 		     mfd_error **errp);
-int mfd_loadvm_run(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
+int loadvm_run(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
 		   bool header, mfd_error **errp);
-void mfd_loadvm_end(mfd_migration *m);
+void loadvm_end(mfd_migration *m);
 
 #endif /* MFD_CORE_SAVEVM_H */

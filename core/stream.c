@@ -80,7 +80,7 @@ void mfd_stream_free(mfd_stream *s)
 	free(s);
 }
 
-int mfd_stream_set_label(mfd_stream *s, const char *label)
+int stream_set_label(mfd_stream *s, const char *label)
 {
 	char *copy = strdup(label);
 
@@ -91,7 +91,7 @@ int mfd_stream_set_label(mfd_stream *s, const char *label)
 	return 0;
 }
 
-const char *mfd_stream_label(const mfd_stream *s)
+const char *stream_label(const mfd_stream *s)
 {
 	return s->label;
 }
@@ -106,7 +106,7 @@ uint64_t mfd_stream_bytes(const mfd_stream *s)
 	return s->bytes;
 }
 
-const mfd_error *mfd_stream_last_error(const mfd_stream *s)
+const mfd_error *stream_last_error(const mfd_stream *s)
 {
 	return s->err;
 }
@@ -114,7 +114,7 @@ const mfd_error *mfd_stream_last_error(const mfd_stream *s)
 int mfd_stream_error(const mfd_stream *s, mfd_error **errp)
 {
 	if (s->err_code && errp && !*errp)
-		*errp = mfd_error_copy(s->err);
+		*errp = error_copy(s->err);
 	return s->err_code;
 }
 
@@ -177,7 +177,7 @@ int mfd_stream_flush(mfd_stream *s)
 		return wrong_mode(s, MFD_STREAM_WRITE);
 	if (!s->iovcnt)
 		return 0;
-	r = mfd_channel_writev_full(s->ch, s->iov, s->iovcnt, &err);
+	r = channel_writev_full(s->ch, s->iov, s->iovcnt, &err);
 	s->iovcnt = 0;
 	s->used = 0;
 	if (r < 0)
@@ -252,7 +252,7 @@ int mfd_stream_put_be16(mfd_stream *s, uint16_t v)
 {
 	uint8_t b[2];
 
-	mfd_store_be16(b, v);
+	store_be16(b, v);
 	return put_small(s, b, sizeof(b));
 }
 
@@ -260,7 +260,7 @@ int mfd_stream_put_be32(mfd_stream *s, uint32_t v)
 {
 	uint8_t b[4];
 
-	mfd_store_be32(b, v);
+	store_be32(b, v);
 	return put_small(s, b, sizeof(b));
 }
 
@@ -268,7 +268,7 @@ int mfd_stream_put_be64(mfd_stream *s, uint64_t v)
 {
 	uint8_t b[8];
 
-	mfd_store_be64(b, v);
+	store_be64(b, v);
 	return put_small(s, b, sizeof(b));
 }
 
@@ -347,7 +347,7 @@ static int fill(mfd_stream *s, size_t needed)
 		s->end -= s->pos;
 		s->pos = 0;
 	}
-	n = mfd_channel_read_some(s->ch, s->buf + s->end, STREAM_BUF_SIZE - s->end, &err);
+	n = channel_read_some(s->ch, s->buf + s->end, STREAM_BUF_SIZE - s->end, &err);
 	if (n < 0)
 		return stream_latch(s, err, (int)n);
 	if (n == 0)
@@ -383,7 +383,7 @@ static int get_bytes(mfd_stream *s, void *dst, size_t len)
 	len -= have;
 	while (len >= STREAM_COPY_MAX) {
 		mfd_error *err = NULL;
-		ssize_t n = mfd_channel_read_some(s->ch, out, len, &err);
+		ssize_t n = channel_read_some(s->ch, out, len, &err);
 
 		if (n < 0)
 			return stream_latch(s, err, (int)n);
@@ -419,7 +419,7 @@ int mfd_stream_get_be16(mfd_stream *s, uint16_t *v)
 	int r = get_bytes(s, b, sizeof(b));
 
 	if (r == 0)
-		*v = mfd_load_be16(b);
+		*v = load_be16(b);
 	return r;
 }
 
@@ -429,7 +429,7 @@ int mfd_stream_get_be32(mfd_stream *s, uint32_t *v)
 	int r = get_bytes(s, b, sizeof(b));
 
 	if (r == 0)
-		*v = mfd_load_be32(b);
+		*v = load_be32(b);
 	return r;
 }
 
@@ -439,11 +439,11 @@ int mfd_stream_get_be64(mfd_stream *s, uint64_t *v)
 	int r = get_bytes(s, b, sizeof(b));
 
 	if (r == 0)
-		*v = mfd_load_be64(b);
+		*v = load_be64(b);
 	return r;
 }
 
-size_t mfd_stream_buffered(const mfd_stream *s)
+size_t stream_buffered(const mfd_stream *s)
 {
 	return s && s->mode == MFD_STREAM_READ && !s->err_code ? s->end - s->pos : 0;
 }

@@ -8,13 +8,13 @@
 #include <multifd/multifd.h>
 
 /* Name used at the start of error messages ("main stream"); copied. */
-int mfd_stream_set_label(mfd_stream *s, const char *label);
-const char *mfd_stream_label(const mfd_stream *s);
+int stream_set_label(mfd_stream *s, const char *label);
+const char *stream_label(const mfd_stream *s);
 
 /* Reading: bytes already buffered, which the next reads take without waiting. */
-size_t mfd_stream_buffered(const mfd_stream *s);
+size_t stream_buffered(const mfd_stream *s);
 
 /* The latched error itself (owned by the stream), or NULL. */
-const mfd_error *mfd_stream_last_error(const mfd_stream *s);
+const mfd_error *stream_last_error(const mfd_stream *s);
 
 #endif /* MFD_CORE_STREAM_H */

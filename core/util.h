@@ -21,33 +21,33 @@
 
 /* Name the calling thread (at most 15 characters are kept), so that top -H,
  * perf and gdb tell the library's threads apart inside the VMM. */
-void mfd_thread_name(const char *fmt, ...) MFD_PRINTF(1, 2);
+void util_thread_name(const char *fmt, ...) MFD_PRINTF(1, 2);
 
 /* Log through the handler installed with mfd_log_set_handler(). */
-void mfd_log(enum mfd_log_level level, const char *fmt, ...) MFD_PRINTF(2, 3);
+void log_emit(enum mfd_log_level level, const char *fmt, ...) MFD_PRINTF(2, 3);
 /* True when a message at this level would reach a handler. */
-int mfd_log_enabled(enum mfd_log_level level);
+int log_enabled(enum mfd_log_level level);
 
-#define mfd_log_error(...) mfd_log(MFD_LOG_ERROR, __VA_ARGS__)
-#define mfd_log_warn(...) mfd_log(MFD_LOG_WARNING, __VA_ARGS__)
-#define mfd_log_info(...) mfd_log(MFD_LOG_INFO, __VA_ARGS__)
-#define mfd_log_debug(...) mfd_log(MFD_LOG_DEBUG, __VA_ARGS__)
+#define log_error(...) log_emit(MFD_LOG_ERROR, __VA_ARGS__)
+#define log_warn(...) log_emit(MFD_LOG_WARNING, __VA_ARGS__)
+#define log_info(...) log_emit(MFD_LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_emit(MFD_LOG_DEBUG, __VA_ARGS__)
 
-int mfd_error_setv(mfd_error **errp, int code, const char *fmt, va_list ap);
+int error_setv(mfd_error **errp, int code, const char *fmt, va_list ap);
 /* Like mfd_error_set() with ": <strerror(errnum)>" appended. */
-int mfd_error_set_errno(mfd_error **errp, int code, int errnum, const char *fmt, ...)
+int error_set_errno(mfd_error **errp, int code, int errnum, const char *fmt, ...)
 	MFD_PRINTF(4, 5);
 /* Move *src into *dst (first error wins), leaving *src NULL. */
-void mfd_error_propagate(mfd_error **dst, mfd_error *src);
-mfd_error *mfd_error_copy(const mfd_error *err);
+void error_propagate(mfd_error **dst, mfd_error *src);
+mfd_error *error_copy(const mfd_error *err);
 /* Map a code outside enum mfd_errcode (e.g. a handler's -errno) to
  * MFD_EHANDLER, keeping the message; returns the resulting code. */
-int mfd_error_normalize(mfd_error *err);
+int error_normalize(mfd_error *err);
 
-char *mfd_strdup(const char *s);
+char *util_strdup(const char *s);
 
 /* Monotonic nanoseconds, for durations and rates. */
-static inline uint64_t mfd_now_ns(void)
+static inline uint64_t util_now_ns(void)
 {
 	struct timespec ts;
 
@@ -55,28 +55,28 @@ static inline uint64_t mfd_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static inline uint16_t mfd_load_be16(const uint8_t *p)
+static inline uint16_t load_be16(const uint8_t *p)
 {
 	return (uint16_t)((p[0] << 8) | p[1]);
 }
 
-static inline uint32_t mfd_load_be32(const uint8_t *p)
+static inline uint32_t load_be32(const uint8_t *p)
 {
 	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-static inline uint64_t mfd_load_be64(const uint8_t *p)
+static inline uint64_t load_be64(const uint8_t *p)
 {
-	return ((uint64_t)mfd_load_be32(p) << 32) | mfd_load_be32(p + 4);
+	return ((uint64_t)load_be32(p) << 32) | load_be32(p + 4);
 }
 
-static inline void mfd_store_be16(uint8_t *p, uint16_t v)
+static inline void store_be16(uint8_t *p, uint16_t v)
 {
 	p[0] = (uint8_t)(v >> 8);
 	p[1] = (uint8_t)v;
 }
 
-static inline void mfd_store_be32(uint8_t *p, uint32_t v)
+static inline void store_be32(uint8_t *p, uint32_t v)
 {
 	p[0] = (uint8_t)(v >> 24);
 	p[1] = (uint8_t)(v >> 16);
@@ -84,10 +84,10 @@ static inline void mfd_store_be32(uint8_t *p, uint32_t v)
 	p[3] = (uint8_t)v;
 }
 
-static inline void mfd_store_be64(uint8_t *p, uint64_t v)
+static inline void store_be64(uint8_t *p, uint64_t v)
 {
-	mfd_store_be32(p, (uint32_t)(v >> 32));
-	mfd_store_be32(p + 4, (uint32_t)v);
+	store_be32(p, (uint32_t)(v >> 32));
+	store_be32(p + 4, (uint32_t)v);
 }
 
 #endif /* MFD_CORE_UTIL_H */

@@ -73,7 +73,7 @@ int eng_screen_main(mfd_channel *raw, void *opaque, bool *stray, mfd_error **err
 	}
 	r = eng_main_hello_check(e, ch, stray, errp);
 	if (r == 0 && e->use_multifd)
-		r = mfd_multifd_recv_new(&e->mcfg, e->m->blocks, e->m->nblocks, &recv, errp);
+		r = multifd_recv_new(&e->mcfg, e->m->blocks, e->m->nblocks, &recv, errp);
 	if (r < 0) {
 		if (ch != raw)
 			mfd_channel_free(ch);
@@ -137,16 +137,16 @@ static int screen_preempt(mfd_channel *raw, void *opaque, bool *stray, mfd_error
 	*stray = true;
 	if ((r = wrap_in(e, raw, &ch, errp)) < 0)
 		return r;
-	if ((r = mfd_channel_readv_full(ch, &iov, 1, errp)) < 0)
+	if ((r = channel_readv_full(ch, &iov, 1, errp)) < 0)
 		goto out;
-	if (mfd_load_be32(h) != PREEMPT_HELLO_MAGIC || mfd_load_be32(h + 4) != PREEMPT_HELLO_VERSION)
+	if (load_be32(h) != PREEMPT_HELLO_MAGIC || load_be32(h + 4) != PREEMPT_HELLO_VERSION)
 		r = mfd_error_set(errp, MFD_EBADMAGIC,
 				  "preempt channel: hello 0x%08x version %u, expected 0x%08x version "
 				  "%u (the source must connect it right after the main channel)",
-				  mfd_load_be32(h), mfd_load_be32(h + 4), PREEMPT_HELLO_MAGIC,
+				  load_be32(h), load_be32(h + 4), PREEMPT_HELLO_MAGIC,
 				  PREEMPT_HELLO_VERSION);
 	else if (memcmp(h + 32, e->mcfg.uuid, MFD_UUID_LEN) != 0 ||
-		 mfd_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
+		 util_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
 		r = mfd_error_set(errp, MFD_EPROTO,
 				  "preempt channel: it belongs to another session (UUID or token)");
 	else if ((*stray = false, bad = eng_first_nonzero(h, 8, 32)) >= 0 ||
@@ -154,7 +154,7 @@ static int screen_preempt(mfd_channel *raw, void *opaque, bool *stray, mfd_error
 		r = mfd_error_set(errp, MFD_EPROTO, "preempt channel: reserved hello byte %d is "
 				  "0x%02x, not 0", bad, h[bad]);
 	if (r == 0 && (r = mfd_stream_new(ch, MFD_STREAM_READ, &in, errp)) == 0) {
-		mfd_stream_set_label(in, "preempt channel");
+		stream_set_label(in, "preempt channel");
 		pthread_mutex_lock(&e->lock);
 		e->pre_ch = ch;
 		e->pre_raw = ch != raw ? raw : NULL;
@@ -195,15 +195,15 @@ int eng_screen_resume(mfd_channel *raw, void *opaque, bool *stray, mfd_error **e
 	*stray = true;
 	if ((r = wrap_in(e, raw, &ch, errp)) < 0)
 		return r;
-	if ((r = mfd_channel_readv_full(ch, &iov, 1, errp)) < 0)
+	if ((r = channel_readv_full(ch, &iov, 1, errp)) < 0)
 		;
-	else if (mfd_load_be32(h) != MAIN_HELLO_MAGIC || mfd_load_be32(h + 4) != MAIN_HELLO_VERSION ||
-		 !(mfd_load_be32(h + 8) & MAIN_HELLO_RESUME))
+	else if (load_be32(h) != MAIN_HELLO_MAGIC || load_be32(h + 4) != MAIN_HELLO_VERSION ||
+		 !(load_be32(h + 8) & MAIN_HELLO_RESUME))
 		r = mfd_error_set(errp, MFD_EPROTO, "recovery: the connection is not a libmultifd "
 				  "source resuming postcopy (magic 0x%08x, flags 0x%x)",
-				  mfd_load_be32(h), mfd_load_be32(h + 8));
+				  load_be32(h), load_be32(h + 8));
 	else if (memcmp(h + 32, e->mcfg.uuid, MFD_UUID_LEN) != 0 ||
-		 mfd_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
+		 util_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
 		r = mfd_error_set(errp, MFD_EPROTO, "recovery: the source belongs to another "
 				  "migration (session UUID or token differs)");
 	if (r < 0) {

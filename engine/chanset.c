@@ -148,12 +148,12 @@ void eng_release_channels(struct mfd_engine *e)
 	mfd_channel_free(e->pre_ch);
 	mfd_channel_free(e->pre_raw);
 	e->pre_ch = e->pre_raw = NULL;
-	mfd_multifd_send_free(e->send);
-	mfd_multifd_recv_free(e->recv);
+	multifd_send_free(e->send);
+	multifd_recv_free(e->recv);
 	e->send = NULL;
 	e->recv = NULL;
 	if (e->incoming)	/* every thread that places pages is gone */
-		mfd_ram_recvmap_free(e->m->blocks, e->m->nblocks);
+		ram_recvmap_free(e->m->blocks, e->m->nblocks);
 	/* TLS wrappers go before the channels they wrap. */
 	mfd_channel_free(e->main_ch);
 	mfd_channel_free(e->main_raw);

@@ -17,7 +17,7 @@ static int lh_open_rp(void *opaque, mfd_error **errp)
 
 	if (!e->use_rp)
 		return mfd_error_set(errp, MFD_EPROTO, "OPEN_RETURN_PATH, but the hello said none");
-	mfd_for_each_section(e->m, se)
+	for_each_section(e->m, se)
 		if (se->ops.switchover_ack_needed && se->ops.switchover_ack_needed(se->opaque))
 			need++;
 	pthread_mutex_lock(&e->lock);
@@ -61,7 +61,7 @@ static int lh_ping(void *opaque, uint32_t value, mfd_error **errp)
 
 	if (!e->use_rp)
 		return mfd_error_set(errp, MFD_ENOTSUP, "PING without a return path");
-	mfd_store_be32(b, value);
+	store_be32(b, value);
 	return eng_rp_send(e, RP_PONG, b, 4, errp);
 }
 
@@ -70,12 +70,12 @@ static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, 
 {
 	mfd_migration *m = e->m;
 	bool resumed = false;
-	int r = mfd_loadvm_begin(m, e->in, hooks, errp);
+	int r = loadvm_begin(m, e->in, hooks, errp);
 
 	while (r == 0) {
 		mfd_error *err = NULL;
 
-		r = mfd_loadvm_run(m, e->in, hooks, resumed, &err);
+		r = loadvm_run(m, e->in, hooks, resumed, &err);
 		resumed = false;
 		if (r == MFD_LOADVM_QUIT) {
 			/* POSTCOPY_RUN: the guest runs; the rest of the RAM follows. */
@@ -85,7 +85,7 @@ static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, 
 		if (r == 0)
 			break;
 		if (!eng_dest_pausable(e, r)) {
-			mfd_error_propagate(errp, err);
+			error_propagate(errp, err);
 			break;
 		}
 		r = eng_postcopy_pause(e, err, errp);
@@ -109,7 +109,7 @@ static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, 
 		if (r == 0)
 			pcd_stop(e);
 	}
-	mfd_loadvm_end(m);
+	loadvm_end(m);
 	return r;
 }
 
@@ -166,9 +166,9 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 	/* The raw channels are ours now; identify recorded each of them. */
 	eng_relax_timeouts(e);
 	if (m->params.i[MFD_P_DEST_RAM_ZEROED] &&
-	    (r = mfd_ram_recvmap_alloc(m->blocks, m->nblocks, errp)) < 0)
+	    (r = ram_recvmap_alloc(m->blocks, m->nblocks, errp)) < 0)
 		return r;
-	if (e->recv && (r = mfd_multifd_recv_start(e->recv, errp)) < 0)
+	if (e->recv && (r = multifd_recv_start(e->recv, errp)) < 0)
 		return r;
 	eng_set_state(e, MFD_STATE_ACTIVE);
 	pthread_mutex_lock(&e->lock);
@@ -176,12 +176,12 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 	pthread_mutex_unlock(&e->lock);
 	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &e->in, errp)) < 0)
 		return r;
-	mfd_stream_set_label(e->in, "main channel");
+	stream_set_label(e->in, "main channel");
 	r = load_all(e, &hooks, errp);
 	if (r < 0)
 		eng_name_stream(e->in, "main channel", errp);
 	if (r == 0 && e->recv && pc_at(e) < PC_LISTENING)
-		r = mfd_multifd_recv_finish(e->recv, errp);
+		r = multifd_recv_finish(e->recv, errp);
 	if (r < 0)
 		return r;
 	engine_publish(e);
@@ -199,7 +199,7 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 		mfd_error_prefix(errp ? *errp : NULL, "switchover: the source handed the VM over "
 				 "(RESULT 0 sent) but the vm_start hook failed, so the VM runs "
 				 "nowhere; start it here, or on the source");
-		return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
+		return errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
 	}
 	mfd_channel_finish(e->main_ch, NULL);
 	return 0;

@@ -52,7 +52,7 @@ int eng_lh_listen(void *opaque, mfd_error **errp)
 		return pc_move(e, PC_LISTENING, errp);	/* says why not */
 	/* Every precopy page is in place (the prepare section synced multifd); the
 	 * channels carry nothing more. */
-	if (e->recv && (r = mfd_multifd_recv_finish(e->recv, errp)) < 0)
+	if (e->recv && (r = multifd_recv_finish(e->recv, errp)) < 0)
 		return r;
 	if ((r = pcd_listen(e, errp)) < 0)
 		return r;
@@ -72,7 +72,7 @@ int eng_lh_run(void *opaque, mfd_error **errp)
 	pthread_mutex_unlock(&e->lock);
 	if (m->hooks.vm_start && (r = m->hooks.vm_start(m->hooks_opaque, errp)) < 0) {
 		mfd_error_prefix(errp ? *errp : NULL, "postcopy: vm_start hook");
-		return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
+		return errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
 	}
 	eng_set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
 	/* The package ends here; the loader goes on with the main stream. */
@@ -116,7 +116,7 @@ int eng_lh_resume(void *opaque, mfd_error **errp)
 
 	if (atomic_load(&e->state_pub) != MFD_STATE_POSTCOPY_RECOVER)
 		return mfd_error_set(errp, MFD_EPROTO, "POSTCOPY_RESUME outside postcopy recovery");
-	mfd_store_be32(one, 1);
+	store_be32(one, 1);
 	if ((r = eng_rp_send(e, RP_RESUME_ACK, one, 4, errp)) < 0)
 		return r;
 	eng_set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
@@ -141,7 +141,7 @@ int eng_dest_reconnect(struct mfd_engine *e, mfd_error **errp)
 	mfd_channel_set_option(e->pre_ch, "timeout-ms", 0, NULL);
 	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &e->in, errp)) < 0)
 		return r;
-	mfd_stream_set_label(e->in, "main channel");
+	stream_set_label(e->in, "main channel");
 	return eng_start_pre_reader(e, errp);
 }
 

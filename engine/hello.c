@@ -29,11 +29,11 @@ void eng_main_hello_encode(struct mfd_engine *e, uint8_t h[MAIN_HELLO_SIZE], boo
 			 (resume ? MAIN_HELLO_RESUME : 0) | (e->confirm ? MAIN_HELLO_CONFIRM : 0);
 
 	memset(h, 0, MAIN_HELLO_SIZE);
-	mfd_store_be32(h, MAIN_HELLO_MAGIC);
-	mfd_store_be32(h + 4, MAIN_HELLO_VERSION);
-	mfd_store_be32(h + 8, flags);
-	mfd_store_be16(h + 12, (uint16_t)(e->use_multifd ? e->nchan : 0));
-	mfd_store_be32(h + 16, e->mcfg.packet_bytes);
+	store_be32(h, MAIN_HELLO_MAGIC);
+	store_be32(h + 4, MAIN_HELLO_VERSION);
+	store_be32(h + 8, flags);
+	store_be16(h + 12, (uint16_t)(e->use_multifd ? e->nchan : 0));
+	store_be32(h + 16, e->mcfg.packet_bytes);
 	memcpy(h + 32, e->mcfg.uuid, MFD_UUID_LEN);
 	memcpy(h + 48, e->mcfg.token, MFD_TOKEN_LEN);
 	h[80] = (uint8_t)strlen(codec);
@@ -50,25 +50,25 @@ int eng_main_hello_check(struct mfd_engine *e, mfd_channel *ch, bool *stray,
 	const char *want = e->mcfg.codec ? e->mcfg.codec->name : "none";
 	char codec[32], esc[ESCAPE_BUF_SIZE];
 	unsigned n;
-	int r = mfd_channel_readv_full(ch, &iov, 1, errp);
+	int r = channel_readv_full(ch, &iov, 1, errp);
 
 	/* Nothing, junk or someone else's hello: not a source of ours. */
 	*stray = true;
 	if (r < 0)
 		return r;
-	if (mfd_load_be32(h) == MFD_HELLO_MAGIC)
+	if (load_be32(h) == MFD_HELLO_MAGIC)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "a multifd channel arrived before the main channel");
-	if (mfd_load_be32(h) != MAIN_HELLO_MAGIC)
+	if (load_be32(h) != MAIN_HELLO_MAGIC)
 		return mfd_error_set(errp, MFD_EBADMAGIC,
 				     "main channel: magic 0x%08x, expected 0x%08x (not a libmultifd "
-				     "source?)", mfd_load_be32(h), MAIN_HELLO_MAGIC);
-	if (mfd_load_be32(h + 4) != MAIN_HELLO_VERSION)
+				     "source?)", load_be32(h), MAIN_HELLO_MAGIC);
+	if (load_be32(h + 4) != MAIN_HELLO_VERSION)
 		return mfd_error_set(errp, MFD_EBADVERSION, "main channel: hello version %u, this "
-				     "library speaks %u", mfd_load_be32(h + 4), MAIN_HELLO_VERSION);
+				     "library speaks %u", load_be32(h + 4), MAIN_HELLO_VERSION);
 	/* A libmultifd source: what does not match is a configuration error. */
 	*stray = false;
-	uint32_t flags = mfd_load_be32(h + 8);
+	uint32_t flags = load_be32(h + 8);
 
 	if (flags & ~MAIN_HELLO_FLAGS)
 		return mfd_error_set(errp, MFD_EPROTO, "main channel: unknown hello flags 0x%x",
@@ -92,15 +92,15 @@ int eng_main_hello_check(struct mfd_engine *e, mfd_channel *ch, bool *stray,
 		return mfd_error_set(errp, MFD_EPROTO, "the source has switchover-confirm %s, this "
 				     "side %s (set it alike on both sides)",
 				     flags & MAIN_HELLO_CONFIRM ? "on" : "off", e->confirm ? "on" : "off");
-	n = mfd_load_be16(h + 12);
+	n = load_be16(h + 12);
 	if (n != (e->use_multifd ? e->nchan : 0))
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "the source uses %u multifd channels, this side expects %u (set "
 				     "multifd-channels alike)", n, e->use_multifd ? e->nchan : 0);
-	if (mfd_load_be32(h + 16) != e->mcfg.packet_bytes)
+	if (load_be32(h + 16) != e->mcfg.packet_bytes)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "the source's packets hold %u bytes, this side's %u (set "
-				     "multifd-packet-size alike)", mfd_load_be32(h + 16),
+				     "multifd-packet-size alike)", load_be32(h + 16),
 				     e->mcfg.packet_bytes);
 	if (h[80] == 0 || h[80] > 31)
 		return mfd_error_set(errp, MFD_EPROTO, "main channel: codec name length %u", h[80]);
@@ -133,8 +133,8 @@ int eng_main_hello_check(struct mfd_engine *e, mfd_channel *ch, bool *stray,
 void eng_preempt_hello_encode(struct mfd_engine *e, uint8_t h[PREEMPT_HELLO_SIZE])
 {
 	memset(h, 0, PREEMPT_HELLO_SIZE);
-	mfd_store_be32(h, PREEMPT_HELLO_MAGIC);
-	mfd_store_be32(h + 4, PREEMPT_HELLO_VERSION);
+	store_be32(h, PREEMPT_HELLO_MAGIC);
+	store_be32(h + 4, PREEMPT_HELLO_VERSION);
 	memcpy(h + 32, e->mcfg.uuid, MFD_UUID_LEN);
 	memcpy(h + 48, e->mcfg.token, MFD_TOKEN_LEN);
 }

@@ -99,16 +99,16 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 		if (r < 0 && e->vm_stopped && !pc_running(e) &&
 		    !e->outcome_unknown && m->hooks.vm_start)
 			m->hooks.vm_start(m->hooks_opaque, NULL);
-		mfd_savevm_cleanup(m);
+		savevm_cleanup(m);
 	}
 	engine_publish(e);
 	/* Keep the multifd figures for mfd_migration_stats() after the end. */
 	struct mfd_multifd_stats *ms = calloc(1, sizeof(*ms));
 
 	if (ms && e->send)
-		mfd_multifd_send_stats(e->send, ms);
+		multifd_send_stats(e->send, ms);
 	else if (ms && e->recv)
-		mfd_multifd_recv_stats(e->recv, ms);
+		multifd_recv_stats(e->recv, ms);
 	pthread_mutex_lock(&e->lock);
 	free(e->final_ms);
 	e->final_ms = ms;
@@ -133,7 +133,7 @@ static void *migration_thread(void *arg)
 	mfd_error *err = NULL;
 	int r;
 
-	mfd_thread_name(e->incoming ? "mfd-incoming" : "mfd-migration");
+	util_thread_name(e->incoming ? "mfd-incoming" : "mfd-migration");
 	r = e->incoming ? eng_incoming_run(e, &err) : eng_source_run(e, &err);
 
 	if (r < 0 && atomic_load(&e->user_cancel) && !e->incoming && !e->outcome_unknown) {
@@ -329,7 +329,7 @@ int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp)
 	int code = e->err ? mfd_error_code(e->err) : 0;
 
 	if (ended && e->err && errp && !*errp)
-		*errp = mfd_error_copy(e->err);
+		*errp = error_copy(e->err);
 	pthread_mutex_unlock(&e->lock);
 	if (!ended)
 		return mfd_error_set(errp, MFD_ETIMEDOUT, "migration still %s after %d ms",
@@ -370,7 +370,7 @@ void mfd_migrate_cancel(mfd_migration *m)
 		 * hosts): cancel pauses it instead, as QEMU's migrate-pause. */
 		e->pause_req = true;
 		pthread_mutex_unlock(&e->lock);
-		mfd_log_warn("postcopy: cancel pauses the migration; cancel again to abandon it");
+		log_warn("postcopy: cancel pauses the migration; cancel again to abandon it");
 		eng_break_connections(e);
 		return;
 	}

@@ -49,7 +49,7 @@ int eng_make_config(struct mfd_engine *e, mfd_error **errp)
 {
 	mfd_migration *m = e->m;
 	const char *codec = m->params.s[MFD_P_MULTIFD_COMPRESSION];
-	int r = mfd_multifd_config_init(&e->mcfg, errp);
+	int r = multifd_config_init(&e->mcfg, errp);
 
 	if (r < 0)
 		return r;

@@ -198,7 +198,7 @@ int pcd_discard(struct mfd_engine *e, unsigned b, uint64_t start, uint64_t len, 
 
 static void record_latency(struct pc_dest *d, unsigned b, uint64_t page)
 {
-	uint64_t now = mfd_now_ns();
+	uint64_t now = util_now_ns();
 
 	pthread_mutex_lock(&d->lock);
 	for (unsigned i = 0; i < d->npending; i++) {
@@ -234,10 +234,10 @@ static int request(struct pc_dest *d, unsigned b, uint64_t page)
 	uint8_t msg[RP_REQ_PAGES_LEN];
 	const struct mfd_ram_block *bk = blk(d, b);
 
-	mfd_store_be16(msg, (uint16_t)b);
-	mfd_store_be16(msg + 2, 0);
-	mfd_store_be32(msg + 4, (uint32_t)bk->page_size);
-	mfd_store_be64(msg + 8, page << bk->page_shift);
+	store_be16(msg, (uint16_t)b);
+	store_be16(msg + 2, 0);
+	store_be32(msg + 4, (uint32_t)bk->page_size);
+	store_be64(msg + 8, page << bk->page_shift);
 	/* While paused this fails; recovery sends it again (reqd stays set). */
 	return engine_send_page_request(d->e, msg, NULL);
 }
@@ -274,7 +274,7 @@ static void on_fault(struct pc_dest *d, uint64_t addr)
 
 		if (first && d->npending < PENDING_MAX)
 			d->pending[d->npending++] =
-				(struct pending_fault){ (uint16_t)b, page, mfd_now_ns() };
+				(struct pending_fault){ (uint16_t)b, page, util_now_ns() };
 		pthread_mutex_unlock(&d->lock);
 		if (!first)
 			return;	/* asked already; the page wakes every waiter */
@@ -291,7 +291,7 @@ static void on_fault(struct pc_dest *d, uint64_t addr)
 		request(d, b, page);
 		return;
 	}
-	mfd_log_warn("postcopy: fault at 0x%llx outside every RAM block", (unsigned long long)addr);
+	log_warn("postcopy: fault at 0x%llx outside every RAM block", (unsigned long long)addr);
 }
 
 static void *fault_thread(void *arg)
@@ -299,14 +299,14 @@ static void *fault_thread(void *arg)
 	struct pc_dest *d = arg;
 	struct uffd_msg msgs[16];
 
-	mfd_thread_name("mfd-pc-faults");
+	util_thread_name("mfd-pc-faults");
 	for (;;) {
 		struct pollfd pfd[2] = { { d->uffd, POLLIN, 0 }, { d->stop_fd, POLLIN, 0 } };
 
 		if (poll(pfd, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;
-			mfd_log_error("postcopy: fault thread: poll failed (%s)", strerror(errno));
+			log_error("postcopy: fault thread: poll failed (%s)", strerror(errno));
 			break;
 		}
 		if (pfd[1].revents)
@@ -316,7 +316,7 @@ static void *fault_thread(void *arg)
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EINTR)
 				continue;
-			mfd_log_error("postcopy: fault thread: read failed (%s)", strerror(errno));
+			log_error("postcopy: fault thread: read failed (%s)", strerror(errno));
 			break;
 		}
 		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
@@ -480,11 +480,11 @@ int pcd_send_bitmap(struct mfd_engine *e, unsigned b, mfd_error **errp)
 		for (int i = 0; i < 8; i++)
 			p[i] = (uint8_t)(v >> (8 * i));
 	}
-	mfd_store_be16(msg, (uint16_t)b);
-	mfd_store_be16(msg + 2, 0);
-	mfd_store_be32(msg + 4, 0);
-	mfd_store_be64(msg + 8, nw * 8);
-	mfd_store_be64(end, RECV_BITMAP_END);
+	store_be16(msg, (uint16_t)b);
+	store_be16(msg + 2, 0);
+	store_be32(msg + 4, 0);
+	store_be64(msg + 8, nw * 8);
+	store_be64(end, RECV_BITMAP_END);
 	struct iovec extra[2] = { { le, nw * 8 }, { end, 8 } };
 
 	r = engine_rp_send_raw(e, RP_RECV_BITMAP, msg, sizeof(msg), extra, 2, errp);
@@ -522,7 +522,7 @@ void pcd_stop(struct mfd_engine *e)
 		return;
 	if (d->thread_started) {
 		if (write(d->stop_fd, &one, sizeof(one)) < 0)
-			mfd_log_warn("postcopy: cannot stop the fault thread (%s)", strerror(errno));
+			log_warn("postcopy: cannot stop the fault thread (%s)", strerror(errno));
 		pthread_join(d->thread, NULL);
 		d->thread_started = false;
 	}

@@ -26,14 +26,14 @@ static void *pre_server(void *arg)
 	mfd_channel *ch;
 	int r;
 
-	mfd_thread_name("mfd-preempt");
+	util_thread_name("mfd-preempt");
 	pthread_mutex_lock(&e->lock);
 	ch = e->pre_ch;
 	pthread_mutex_unlock(&e->lock);
 	r = ch ? mfd_stream_new(ch, MFD_STREAM_READ, &s, &err)
 	       : mfd_error_set(&err, MFD_EEOF, "not connected");
 	if (r == 0)
-		mfd_stream_set_label(s, "preempt channel");
+		stream_set_label(s, "preempt channel");
 	while (r == 0) {
 		uint16_t type, len;
 		uint8_t buf[RP_REQ_PAGES_LEN];
@@ -73,7 +73,7 @@ static void *pre_server(void *arg)
 		/* over: nothing to add */
 	} else if (net && pc_running(e)) {
 		/* Postcopy survives this: the migration thread pauses. */
-		mfd_log_warn("postcopy: preempt channel lost: %s", mfd_error_message(err));
+		log_warn("postcopy: preempt channel lost: %s", mfd_error_message(err));
 		pthread_mutex_lock(&e->lock);
 		e->rp_broken = true;
 		pthread_mutex_unlock(&e->lock);
@@ -113,10 +113,10 @@ int eng_open_preempt(struct mfd_engine *e, mfd_error **errp)
 
 	if (r == 0) {
 		eng_preempt_hello_encode(e, h);
-		r = mfd_channel_writev_full(e->pre_ch, &iov, 1, errp);
+		r = channel_writev_full(e->pre_ch, &iov, 1, errp);
 	}
 	if (r == 0 && (r = mfd_stream_new(e->pre_ch, MFD_STREAM_WRITE, &out, errp)) == 0) {
-		mfd_stream_set_label(out, "preempt channel");
+		stream_set_label(out, "preempt channel");
 		pthread_mutex_lock(&e->pre_lock);
 		e->pre_out = out;
 		e->ram.pre_last_block = -1;
@@ -135,7 +135,7 @@ static void *pre_reader(void *arg)
 	mfd_error *err = NULL;
 	int last = -1, r = bounce ? 0 : mfd_error_set(&err, MFD_ENOMEM, "preempt: out of memory");
 
-	mfd_thread_name("mfd-preempt");
+	util_thread_name("mfd-preempt");
 
 	while (r == 0) {
 		uint64_t word;
@@ -153,7 +153,7 @@ static void *pre_reader(void *arg)
 	free(bounce);
 	if (r < 0 && eng_network_error(e, r)) {
 		/* The loader pauses; we are restarted after recovery. */
-		mfd_log_warn("postcopy: preempt channel lost: %s", mfd_error_message(err));
+		log_warn("postcopy: preempt channel lost: %s", mfd_error_message(err));
 		eng_break_connections(e);
 	} else if (r < 0) {
 		mfd_error_prefix(err, "postcopy: preempt channel");

@@ -125,7 +125,7 @@ static int dirty_sync(struct mfd_engine *e, mfd_error **errp)
 				if (errp && !*errp)
 					mfd_error_set(errp, MFD_EHANDLER, "dirty_sync hook failed (%d)", r);
 				mfd_error_prefix(errp ? *errp : NULL, "ram: block '%s'", ramsec_blk(e, b)->name);
-				return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
+				return errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
 			}
 			for (uint64_t w = 0; w < nw; w++) {
 				uint64_t nb = tmp[w] & ~rs->bitmap[b][w];
@@ -220,7 +220,7 @@ static int flush_marker(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 {
 	if (!e->use_multifd)
 		return 0;
-	int r = mfd_multifd_send_sync(e->send, errp);
+	int r = multifd_send_sync(e->send, errp);
 
 	if (r < 0)
 		return r;
@@ -291,7 +291,7 @@ void ramsec_rate_limit_at(struct mfd_engine *e, int64_t rate, uint64_t bytes)
 
 static void rate_limit(struct mfd_engine *e, uint64_t bytes)
 {
-	ramsec_rate_limit_at(e, mfd_param_live(&e->m->params, MFD_P_MAX_BANDWIDTH), bytes);
+	ramsec_rate_limit_at(e, param_live(&e->m->params, MFD_P_MAX_BANDWIDTH), bytes);
 }
 
 /* Send one page: to multifd, or as a main-stream record. */
@@ -305,8 +305,8 @@ static int send_page(struct mfd_engine *e, mfd_stream *s, unsigned b, uint64_t p
 	unsigned cont = e->ram.last_block == (int)b ? RAM_FLAG_CONTINUE : 0;
 
 	if (e->use_multifd && zd != MFD_ZERO_LEGACY)
-		return mfd_multifd_queue_page(e->send, b, off, errp);
-	if (zd != MFD_ZERO_NONE && mfd_page_is_zero(host, bk->page_size)) {
+		return multifd_queue_page(e->send, b, off, errp);
+	if (zd != MFD_ZERO_NONE && util_page_is_zero(host, bk->page_size)) {
 		ramsec_put_word(s, off, RAM_FLAG_ZERO | cont);
 		if (!cont)
 			mfd_stream_put_str(s, bk->name);
@@ -316,7 +316,7 @@ static int send_page(struct mfd_engine *e, mfd_stream *s, unsigned b, uint64_t p
 		return mfd_stream_error(s, errp);
 	}
 	if (e->use_multifd)
-		return mfd_multifd_queue_page(e->send, b, off, errp);
+		return multifd_queue_page(e->send, b, off, errp);
 	ramsec_put_word(s, off, RAM_FLAG_PAGE | cont);
 	if (!cont)
 		mfd_stream_put_str(s, bk->name);
@@ -525,7 +525,7 @@ int ramsec_register(struct mfd_engine *e, mfd_error **errp)
 
 	if (m->nblocks == 0)
 		return 0;
-	if (mfd_section_find(m, "ram", 0))
+	if (section_find(m, "ram", 0))
 		return mfd_error_set(errp, MFD_EEXIST,
 				     "section 'ram' instance 0 is reserved for the guest RAM blocks");
 	int r = mfd_register_live(m, "ram", 0, RAM_SECTION_VERSION, &ram_ops, e, errp);

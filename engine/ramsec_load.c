@@ -202,7 +202,7 @@ static int load_pc_main(struct mfd_engine *e, mfd_stream *s, uint64_t word, stru
 	uint32_t cap = (uint32_t)MFD_MAX(1, MFD_MIN(PC_RUN_BYTES, PC_PAGE_MAX) / ps);
 
 	if (run->n && (run->block != (unsigned)b || off != run->offset + run->n * ps ||
-		       run->n == cap || mfd_stream_buffered(s) < ps) &&
+		       run->n == cap || stream_buffered(s) < ps) &&
 	    (r = run_flush(e, run, errp)) < 0)
 		return r;
 	if (run->n == 0) {
@@ -229,7 +229,7 @@ int ramsec_load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_erro
 		unsigned flags;
 		int r = 0;
 
-		if (run.n && mfd_stream_buffered(s) < sizeof(word))
+		if (run.n && stream_buffered(s) < sizeof(word))
 			r = run_flush(e, &run, errp);
 		if (r < 0 || (r = mfd_stream_get_be64(s, &word)) < 0)
 			return r;
@@ -249,7 +249,7 @@ int ramsec_load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_erro
 			if (!e->recv)
 				return mfd_error_set(errp, MFD_EPROTO,
 						     "ram: multifd flush marker without multifd channels");
-			r = mfd_multifd_recv_sync(e->recv, errp);
+			r = multifd_recv_sync(e->recv, errp);
 		} else if ((flags & ~RAM_FLAG_CONTINUE) == RAM_FLAG_PAGE ||
 			   (flags & ~RAM_FLAG_CONTINUE) == RAM_FLAG_ZERO) {
 			r = load_page(e, s, word, flags, errp);

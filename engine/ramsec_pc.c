@@ -37,7 +37,7 @@ static int pc_send_page(struct mfd_engine *e, mfd_stream *s, int *last_block, un
 	const uint8_t *host = bk->host + off;
 	unsigned cont = *last_block == (int)b ? RAM_FLAG_CONTINUE : 0;
 
-	if (mfd_page_is_zero(host, bk->page_size)) {
+	if (util_page_is_zero(host, bk->page_size)) {
 		ramsec_put_word(s, off, RAM_FLAG_ZERO | cont);
 		if (!cont)
 			mfd_stream_put_str(s, bk->name);
@@ -99,7 +99,7 @@ int ramsec_pc_iterate(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 {
 	struct ram_source *rs = &e->ram;
 	uint64_t t0 = engine_now_ns(), n = 0;
-	int64_t rate = mfd_param_live(&e->m->params, MFD_P_MAX_POSTCOPY_BANDWIDTH);
+	int64_t rate = param_live(&e->m->params, MFD_P_MAX_POSTCOPY_BANDWIDTH);
 	int r;
 
 	while (engine_now_ns() - t0 < RAMSEC_ITERATE_BUDGET_NS / 5 && !engine_cancelled(e)) {
@@ -162,7 +162,7 @@ int ramsec_send_discards(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 
 	for (unsigned b = 0; b < e->m->nblocks && r == 0; b++) {
 		const struct mfd_ram_block *bk = ramsec_blk(e, b);
-		size_t max = mfd_savevm_discard_ranges_max(strlen(bk->name)), n = 0;
+		size_t max = savevm_discard_ranges_max(strlen(bk->name)), n = 0;
 
 		ranges = malloc(max * 2 * sizeof(*ranges));
 		if (!ranges)
@@ -182,13 +182,13 @@ int ramsec_send_discards(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 			ranges[2 * n] = p << bk->page_shift;
 			ranges[2 * n + 1] = (q - p) << bk->page_shift;
 			if (++n == max) {
-				r = mfd_savevm_send_postcopy_ram_discard(s, bk->name, ranges, n);
+				r = savevm_send_postcopy_ram_discard(s, bk->name, ranges, n);
 				n = 0;
 			}
 			p = q;
 		}
 		if (r == 0 && n)
-			r = mfd_savevm_send_postcopy_ram_discard(s, bk->name, ranges, n);
+			r = savevm_send_postcopy_ram_discard(s, bk->name, ranges, n);
 		free(ranges);
 	}
 	return r < 0 ? mfd_stream_error(s, errp) : mfd_stream_error(s, errp);

@@ -65,8 +65,8 @@ static int msg_send(struct mfd_engine *e, bool preempt, uint16_t type, const voi
 
 	if (nextra > 4)
 		return mfd_error_set(errp, MFD_EINVAL, "return path: too many pieces");
-	mfd_store_be16(hdr, type);
-	mfd_store_be16(hdr + 2, len);
+	store_be16(hdr, type);
+	store_be16(hdr + 2, len);
 	iov[0] = (struct iovec){ hdr, sizeof(hdr) };
 	if (len)
 		iov[n++] = (struct iovec){ (void *)payload, len };
@@ -76,7 +76,7 @@ static int msg_send(struct mfd_engine *e, bool preempt, uint16_t type, const voi
 	pthread_mutex_lock(&e->lock);
 	ch = preempt ? e->pre_ch : e->main_ch;
 	pthread_mutex_unlock(&e->lock);
-	r = ch ? mfd_channel_writev_full(ch, iov, n, errp)
+	r = ch ? channel_writev_full(ch, iov, n, errp)
 	       : mfd_error_set(errp, MFD_ESTATE, preempt ? "preempt channel: not connected"
 							 : "return path: no main channel");
 	pthread_mutex_unlock(wlock);
@@ -121,7 +121,7 @@ int eng_rp_send_result(struct mfd_engine *e, int code, const char *msg, mfd_erro
 		return 0;
 	if (len > RP_MSG_MAX)
 		len = RP_MSG_MAX;	/* the full message stays in the destination's error */
-	mfd_store_be32(buf, (uint32_t)code);
+	store_be32(buf, (uint32_t)code);
 	if (len)
 		memcpy(buf + 4, msg, len);
 	return eng_rp_send(e, RP_RESULT, buf, (uint16_t)(4 + len), errp);
@@ -145,9 +145,9 @@ int eng_page_request_parse(struct mfd_engine *e, const char *where, const uint8_
 	if (len != RP_REQ_PAGES_LEN)
 		return mfd_error_set(errp, MFD_EPROTO, "%s: page request of %u bytes, "
 				     "expected %u", where, len, RP_REQ_PAGES_LEN);
-	rq->block = mfd_load_be16(buf);
-	rq->len = mfd_load_be32(buf + 4);
-	rq->offset = mfd_load_be64(buf + 8);
+	rq->block = load_be16(buf);
+	rq->len = load_be32(buf + 4);
+	rq->offset = load_be64(buf + 8);
 	if (!e->postcopy || !pc_running(e))
 		return mfd_error_set(errp, MFD_EPROTO, "%s: page request outside postcopy", where);
 	if (rq->block >= m->nblocks)
@@ -155,7 +155,7 @@ int eng_page_request_parse(struct mfd_engine *e, const char *where, const uint8_
 				     where, rq->block, m->nblocks);
 	const struct mfd_ram_block *bk = &m->blocks[rq->block];
 
-	if (mfd_load_be16(buf + 2) || rq->len == 0 || rq->len > RP_REQ_MAX_BYTES ||
+	if (load_be16(buf + 2) || rq->len == 0 || rq->len > RP_REQ_MAX_BYTES ||
 	    ((rq->offset | rq->len) & (bk->page_size - 1)) || rq->offset >= bk->size ||
 	    rq->len > bk->size - rq->offset)
 		return mfd_error_set(errp, MFD_EPROTO,
@@ -204,8 +204,8 @@ static int rp_recv_bitmap(struct mfd_engine *e, mfd_stream *s, const uint8_t *bu
 	int r;
 
 	(void)len;	/* RP_RECV_BITMAP_LEN, and in recovery: rp_check() saw to both */
-	b = mfd_load_be16(buf);
-	bytes = mfd_load_be64(buf + 8);
+	b = load_be16(buf);
+	bytes = load_be64(buf + 8);
 	if (b >= m->nblocks)
 		return mfd_error_set(errp, MFD_EPROTO, "return path: RECV_BITMAP for block %u "
 				     "(%u blocks)", b, m->nblocks);
@@ -313,11 +313,11 @@ void *eng_rp_thread(void *arg)
 	bool theirs = false;	/* err is the destination's RESULT */
 	int r;
 
-	mfd_thread_name("mfd-return-path");
+	util_thread_name("mfd-return-path");
 	r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &s, &err);
 
 	if (r == 0)
-		mfd_stream_set_label(s, "return path");
+		stream_set_label(s, "return path");
 	while (r == 0) {
 		uint16_t type, len;
 		uint8_t buf[4 + RP_MSG_MAX + 1];
@@ -332,7 +332,7 @@ void *eng_rp_thread(void *arg)
 			break;
 		if (type == RP_PONG) {
 			/* PING 4 follows the postcopy package: the destination runs the guest. */
-			if (mfd_load_be32(buf) == 4 && pc_running(e)) {
+			if (load_be32(buf) == 4 && pc_running(e)) {
 				pthread_mutex_lock(&e->lock);
 				if (!e->downtime_ns)
 					e->downtime_ns = engine_now_ns() - e->t_stop_ns;
@@ -354,9 +354,9 @@ void *eng_rp_thread(void *arg)
 				break;
 			continue;
 		} else if (type == RP_RESUME_ACK) {
-			if (mfd_load_be32(buf) != 1) {
+			if (load_be32(buf) != 1) {
 				r = mfd_error_set(&err, MFD_EPROTO, "return path: RESUME_ACK with "
-						  "value %u, expected 1", mfd_load_be32(buf));
+						  "value %u, expected 1", load_be32(buf));
 				break;
 			}
 			pthread_mutex_lock(&e->lock);
@@ -365,7 +365,7 @@ void *eng_rp_thread(void *arg)
 			pthread_mutex_unlock(&e->lock);
 			continue;
 		} else if (type == RP_RESULT) {
-			int code = (int32_t)mfd_load_be32(buf);
+			int code = (int32_t)load_be32(buf);
 
 			if (code > 0) {
 				/* Not a result at all: no waiter may take it for one. */
@@ -414,7 +414,7 @@ void *eng_rp_thread(void *arg)
 		if (!done && pc_running(e) && !e->rp_result_seen &&
 		    eng_network_error(e, mfd_error_code(err))) {
 			/* Postcopy survives this: the migration thread pauses. */
-			mfd_log_warn("postcopy: return path lost: %s", mfd_error_message(err));
+			log_warn("postcopy: return path lost: %s", mfd_error_message(err));
 			pthread_mutex_lock(&e->lock);
 			e->rp_broken = true;
 			pthread_mutex_unlock(&e->lock);

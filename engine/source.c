@@ -21,7 +21,7 @@ static int policy_says_switch(struct mfd_engine *e)
 	int verdict;
 	double bw;
 
-	if (e->use_rp && mfd_savevm_switchover_ack_needed(m)) {
+	if (e->use_rp && savevm_switchover_ack_needed(m)) {
 		pthread_mutex_lock(&e->lock);
 		bool acked = e->switchover_acked;
 
@@ -30,13 +30,13 @@ static int policy_says_switch(struct mfd_engine *e)
 			return 0;	/* a destination device has not consented yet */
 	}
 
-	int64_t limit_ms = mfd_param_live(&m->params, MFD_P_DOWNTIME_LIMIT);
-	int64_t avail = mfd_param_live(&m->params, MFD_P_AVAIL_SWITCHOVER_BANDWIDTH);
+	int64_t limit_ms = param_live(&m->params, MFD_P_DOWNTIME_LIMIT);
+	int64_t avail = param_live(&m->params, MFD_P_AVAIL_SWITCHOVER_BANDWIDTH);
 
-	mfd_savevm_pending_estimate(m, &must, &can);
+	savevm_pending_estimate(m, &must, &can);
 	if (must <= (uint64_t)(e->bandwidth * (double)limit_ms / 1000.0))
 		/* Close to the line: ask the sections for their exact figure. */
-		mfd_savevm_pending_exact(m, &must, &can);
+		savevm_pending_exact(m, &must, &can);
 	bw = avail > 0 ? (double)avail : e->bandwidth;
 	in.iteration = e->iterations;
 	in.pending_bytes = must;
@@ -47,7 +47,7 @@ static int policy_says_switch(struct mfd_engine *e)
 		struct mfd_multifd_stats *st = malloc(sizeof(*st));
 
 		if (st) {
-			mfd_multifd_send_stats(e->send, st);
+			multifd_send_stats(e->send, st);
 			in.syncs = st->syncs;
 			in.sync_ns_max = st->sync_ns_max;
 			in.sync_ns_recent = st->sync_ns_recent;
@@ -60,7 +60,7 @@ static int policy_says_switch(struct mfd_engine *e)
 		pthread_mutex_lock(&e->lock);
 		e->precopy_stalls++;
 		pthread_mutex_unlock(&e->lock);
-		mfd_log_warn("precopy is not converging: %u passes in a row left more than 90%% "
+		log_warn("precopy is not converging: %u passes in a row left more than 90%% "
 			     "of the smallest pending figure (%llu bytes; now %llu, expected "
 			     "downtime %llu ms, downtime-limit %lld ms, %.1f MiB/s); %s",
 			     est.stalled_passes, (unsigned long long)est.best_pending,
@@ -104,7 +104,7 @@ static void maybe_throttle(struct mfd_engine *e)
 		pthread_mutex_lock(&e->lock);
 		e->throttle = next;
 		pthread_mutex_unlock(&e->lock);
-		mfd_log_info("auto-converge: throttling the guest by %d%%", next);
+		log_info("auto-converge: throttling the guest by %d%%", next);
 		m->hooks.throttle(m->hooks_opaque, next);
 	}
 }
@@ -121,7 +121,7 @@ static int source_connect(struct mfd_engine *e, mfd_error **errp)
 		return r;
 	}
 	eng_main_hello_encode(e, hello, false);
-	if ((r = mfd_channel_writev_full(e->main_ch, &iov, 1, errp)) < 0) {
+	if ((r = channel_writev_full(e->main_ch, &iov, 1, errp)) < 0) {
 		mfd_error_prefix(errp ? *errp : NULL, "setup: main channel: hello");
 		return r;
 	}
@@ -133,7 +133,7 @@ static int source_connect(struct mfd_engine *e, mfd_error **errp)
 		return 0;
 	/* Each hello right after its channel opens: the destination identifies
 	 * channels one by one, reading each hello before accepting the next. */
-	uint64_t digest = mfd_ram_blocks_digest(e->m->blocks, e->m->nblocks);
+	uint64_t digest = ram_blocks_digest(e->m->blocks, e->m->nblocks);
 
 	for (unsigned i = 0; i < e->nchan; i++) {
 		uint8_t h[MFD_HELLO_SIZE];
@@ -141,8 +141,8 @@ static int source_connect(struct mfd_engine *e, mfd_error **errp)
 
 		r = eng_open_out(e, (int)i, errp);
 		if (r == 0) {
-			mfd_hello_encode(h, &e->mcfg, (uint16_t)i, digest);
-			r = mfd_channel_writev_full(e->mf[i], &hv, 1, errp);
+			multifd_hello_encode(h, &e->mcfg, (uint16_t)i, digest);
+			r = channel_writev_full(e->mf[i], &hv, 1, errp);
 		}
 		if (r < 0) {
 			mfd_error_prefix(errp ? *errp : NULL, "setup: multifd channel %u", i);
@@ -150,7 +150,7 @@ static int source_connect(struct mfd_engine *e, mfd_error **errp)
 		}
 	}
 	e->mcfg.hellos_sent = true;
-	r = mfd_multifd_send_new(&e->mcfg, e->m->blocks, e->m->nblocks, e->mf, &send, errp);
+	r = multifd_send_new(&e->mcfg, e->m->blocks, e->m->nblocks, e->mf, &send, errp);
 	if (r < 0) {
 		mfd_error_prefix(errp ? *errp : NULL, "setup");
 		return r;
@@ -174,25 +174,25 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 	eng_relax_timeouts(e);
 	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_WRITE, &e->out, errp)) < 0)
 		return r;
-	mfd_stream_set_label(e->out, "main channel");
-	if ((r = mfd_savevm_prepare(m, errp)) < 0)
+	stream_set_label(e->out, "main channel");
+	if ((r = savevm_prepare(m, errp)) < 0)
 		return r;
-	mfd_savevm_header(m, e->out);
+	savevm_header(m, e->out);
 	if (e->use_rp) {
-		mfd_savevm_send_open_return_path(e->out);
-		mfd_savevm_send_ping(e->out, 1);
+		savevm_send_open_return_path(e->out);
+		savevm_send_ping(e->out, 1);
 		if (e->postcopy) {
 			uint64_t summary = 0;
 
 			for (unsigned b = 0; b < m->nblocks; b++)
 				summary |= m->blocks[b].page_size;
-			mfd_savevm_send_postcopy_advise(e->out, summary, 4096);
+			savevm_send_postcopy_advise(e->out, summary, 4096);
 		}
 		if (pthread_create(&e->rp_thread, NULL, eng_rp_thread, e) != 0)
 			return mfd_error_set(errp, MFD_ENOMEM, "setup: cannot start the return path");
 		e->rp_started = true;
 	}
-	if ((r = mfd_savevm_setup(m, e->out, errp)) < 0 ||
+	if ((r = savevm_setup(m, e->out, errp)) < 0 ||
 	    (r = mfd_stream_flush(e->out) < 0 ? mfd_stream_error(e->out, errp) : 0) < 0) {
 		eng_name_stream(e->out, "main channel", errp);
 		mfd_error_prefix(errp ? *errp : NULL, "setup");
@@ -209,7 +209,7 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 		if (e->postcopy && atomic_load(&e->pc_want))
 			return eng_postcopy_run(e, errp);
 		e->ram.pass_done = false;
-		r = mfd_savevm_iterate(m, e->out, false, errp);
+		r = savevm_iterate(m, e->out, false, errp);
 		if (r >= 0 && mfd_stream_flush(e->out) < 0)
 			r = mfd_stream_error(e->out, errp);
 		if (r < 0) {
@@ -225,7 +225,7 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 			int verdict = policy_says_switch(e);
 
 			if (verdict == MFD_POLICY_POSTCOPY) {
-				mfd_log_info("postcopy: the policy switches to postcopy after %llu "
+				log_info("postcopy: the policy switches to postcopy after %llu "
 					     "passes", (unsigned long long)e->iterations);
 				return eng_postcopy_run(e, errp);
 			}
@@ -240,21 +240,21 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 	if (m->hooks.vm_stop) {
 		if ((r = m->hooks.vm_stop(m->hooks_opaque, errp)) < 0) {
 			mfd_error_prefix(errp ? *errp : NULL, "switchover: vm_stop hook");
-			return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
+			return errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
 		}
 	}
 	e->vm_stopped = true;
 	/* EOF goes last, once everything else is out: it is the commit point.
 	 * Before it the destination cannot complete, and any failure restarts
 	 * the VM here; after it only the destination's word decides. */
-	r = mfd_savevm_complete_precopy(m, e->out, false, errp);
+	r = savevm_complete_precopy(m, e->out, false, errp);
 	if (r == 0 && mfd_stream_flush(e->out) < 0)
 		r = mfd_stream_error(e->out, errp);
 	if (r == 0 && e->send)
-		r = mfd_multifd_send_finish(e->send, errp);
+		r = multifd_send_finish(e->send, errp);
 	if (r == 0) {
 		atomic_store(&e->eof_sent, true);
-		r = mfd_savevm_eof(e->out);
+		r = savevm_eof(e->out);
 	}
 	if (r == 0 && mfd_stream_flush(e->out) < 0)
 		r = mfd_stream_error(e->out, errp);

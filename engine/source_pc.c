@@ -24,7 +24,7 @@ static int postcopy_start(struct mfd_engine *e, mfd_error **errp)
 
 	/* RAM flushes and syncs multifd: no precopy page can land after postcopy
 	 * placed a newer copy. */
-	r = mfd_savevm_postcopy_prepare(m, e->out, &ok, errp);
+	r = savevm_postcopy_prepare(m, e->out, &ok, errp);
 	if (r == 0)
 		r = eng_flush_out(e->out, errp);
 	if (r < 0) {
@@ -37,12 +37,12 @@ static int postcopy_start(struct mfd_engine *e, mfd_error **errp)
 	pthread_mutex_unlock(&e->lock);
 	if (m->hooks.vm_stop && (r = m->hooks.vm_stop(m->hooks_opaque, errp)) < 0) {
 		mfd_error_prefix(errp ? *errp : NULL, "postcopy: vm_stop hook");
-		return errp && *errp ? mfd_error_normalize(*errp) : MFD_EHANDLER;
+		return errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
 	}
 	e->vm_stopped = true;
 	/* The last dirty pages; multifd has nothing more to carry. */
 	if ((r = ramsec_final_sync(e, errp)) < 0 ||
-	    (e->send && (r = mfd_multifd_send_finish(e->send, errp)) < 0) ||
+	    (e->send && (r = multifd_send_finish(e->send, errp)) < 0) ||
 	    (r = ramsec_send_discards(e, e->out, errp)) < 0) {
 		mfd_error_prefix(errp ? *errp : NULL, "postcopy: start");
 		return r;
@@ -52,19 +52,19 @@ static int postcopy_start(struct mfd_engine *e, mfd_error **errp)
 	if ((r = mfd_channel_new_mem_writer(MFD_PACKAGED_MAX_DEFAULT, &mw, errp)) < 0)
 		return r;
 	if ((r = mfd_stream_new(mw, MFD_STREAM_WRITE, &pkg, errp)) == 0) {
-		mfd_savevm_send_postcopy_listen(pkg);
-		r = mfd_savevm_complete_precopy(m, pkg, true, errp);
+		savevm_send_postcopy_listen(pkg);
+		r = savevm_complete_precopy(m, pkg, true, errp);
 		if (r == 0)
-			r = mfd_savevm_save_nonlive(m, pkg, errp);
+			r = savevm_save_nonlive(m, pkg, errp);
 		if (r == 0) {
-			mfd_savevm_send_ping(pkg, 3);
-			mfd_savevm_send_postcopy_run(pkg);
+			savevm_send_ping(pkg, 3);
+			savevm_send_postcopy_run(pkg);
 			r = eng_flush_out(pkg, errp);
 		}
 		if (r == 0 && (r = mfd_channel_mem_contents(mw, &blob, &len)) == 0 &&
 		    (r = pc_move(e, PC_RUNNING, errp)) == 0) {
-			mfd_savevm_send_packaged(e->out, blob, (uint32_t)len);
-			mfd_savevm_send_ping(e->out, 4);
+			savevm_send_packaged(e->out, blob, (uint32_t)len);
+			savevm_send_ping(e->out, 4);
 			r = eng_flush_out(e->out, errp);
 		}
 	}
@@ -81,7 +81,7 @@ static int postcopy_start(struct mfd_engine *e, mfd_error **errp)
 	pthread_mutex_unlock(&e->lock);
 	engine_publish(e);
 	eng_set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
-	mfd_log_info("postcopy: the destination runs the guest; %llu bytes to push",
+	log_info("postcopy: the destination runs the guest; %llu bytes to push",
 		     (unsigned long long)ramsec_remaining(e));
 	return 0;
 }
@@ -170,7 +170,7 @@ static int source_reconnect(struct mfd_engine *e, mfd_error **errp)
 	if ((r = eng_open_out(e, -1, errp)) < 0)
 		return r;
 	eng_main_hello_encode(e, hello, true);
-	if ((r = mfd_channel_writev_full(e->main_ch, &iov, 1, errp)) < 0)
+	if ((r = channel_writev_full(e->main_ch, &iov, 1, errp)) < 0)
 		return r;
 	if (e->preempt && (r = eng_open_preempt(e, errp)) < 0)
 		return r;
@@ -178,7 +178,7 @@ static int source_reconnect(struct mfd_engine *e, mfd_error **errp)
 	mfd_channel_set_option(e->pre_ch, "timeout-ms", 0, NULL);
 	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_WRITE, &e->out, errp)) < 0)
 		return r;
-	mfd_stream_set_label(e->out, "main channel");
+	stream_set_label(e->out, "main channel");
 	e->ram.last_block = -1;
 	pthread_mutex_lock(&e->lock);
 	e->bitmaps_got = 0;
@@ -189,20 +189,20 @@ static int source_reconnect(struct mfd_engine *e, mfd_error **errp)
 	if (pthread_create(&e->rp_thread, NULL, eng_rp_thread, e) != 0)
 		return mfd_error_set(errp, MFD_ENOMEM, "recovery: cannot start the return path");
 	e->rp_started = true;
-	mfd_savevm_header(m, e->out);
+	savevm_header(m, e->out);
 	for (unsigned b = 0; b < m->nblocks; b++)
-		mfd_savevm_send_recv_bitmap(e->out, m->blocks[b].name);
+		savevm_send_recv_bitmap(e->out, m->blocks[b].name);
 	if ((r = eng_flush_out(e->out, errp)) < 0 ||
 	    (r = wait_flag(e, NULL, &e->bitmaps_got, m->nblocks, "received-pages bitmap",
 			   errp)) < 0 ||
-	    (r = mfd_savevm_resume_prepare(m, errp)) < 0)
+	    (r = savevm_resume_prepare(m, errp)) < 0)
 		return r;
-	mfd_savevm_send_postcopy_resume(e->out);
+	savevm_send_postcopy_resume(e->out);
 	if ((r = eng_flush_out(e->out, errp)) < 0 ||
 	    (r = wait_flag(e, &e->resume_acked, NULL, 0, "RESUME_ACK", errp)) < 0 ||
 	    (r = eng_start_pre_server(e, errp)) < 0)
 		return r;
-	mfd_log_info("postcopy: resumed; %llu bytes still to push",
+	log_info("postcopy: resumed; %llu bytes still to push",
 		     (unsigned long long)ramsec_remaining(e));
 	return 0;
 }
@@ -232,16 +232,16 @@ int eng_postcopy_run(struct mfd_engine *e, mfd_error **errp)
 	for (;;) {
 		mfd_error *err = NULL;
 
-		r = mfd_savevm_iterate(m, e->out, true, &err);
+		r = savevm_iterate(m, e->out, true, &err);
 		if (r >= 0 && eng_flush_out(e->out, &err) < 0)
 			r = mfd_error_code(err);
 		engine_publish(e);
 		if (r == 1) {
 			/* Everything pushed: END, EOF, and the end of the preempt stream. */
-			r = mfd_savevm_complete_postcopy(m, e->out, &err);
+			r = savevm_complete_postcopy(m, e->out, &err);
 			if (r == 0)
 				atomic_store(&e->eof_sent, true);
-			if (r == 0 && (r = mfd_savevm_eof(e->out)) == 0)
+			if (r == 0 && (r = savevm_eof(e->out)) == 0)
 				r = eng_flush_out(e->out, &err);
 			if (r == 0 && e->preempt) {
 				pthread_mutex_lock(&e->pre_lock);
@@ -263,7 +263,7 @@ int eng_postcopy_run(struct mfd_engine *e, mfd_error **errp)
 			if (!pausable(e, r)) {
 				eng_name_stream(e->out, "main channel", &err);
 				mfd_error_prefix(err, "postcopy");
-				mfd_error_propagate(errp, err);
+				error_propagate(errp, err);
 				return r;
 			}
 			if ((r = eng_postcopy_pause(e, err, errp)) < 0)
@@ -290,7 +290,7 @@ int eng_postcopy_run(struct mfd_engine *e, mfd_error **errp)
  * pauses again.  Returns 0 once reconnected, an error once cancelled. */
 int eng_postcopy_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
 {
-	mfd_log_warn("postcopy paused: %s", cause ? mfd_error_message(cause) : "connection lost");
+	log_warn("postcopy paused: %s", cause ? mfd_error_message(cause) : "connection lost");
 	mfd_error_free(cause);
 	engine_publish(e);	/* what is left, as the pause finds it */
 	pthread_mutex_lock(&e->lock);
@@ -314,10 +314,10 @@ int eng_postcopy_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
 			return 0;
 		}
 		if (atomic_load(&e->user_cancel)) {
-			mfd_error_propagate(errp, err);
+			error_propagate(errp, err);
 			return r;
 		}
-		mfd_log_warn("postcopy: %s failed, still paused: %s",
+		log_warn("postcopy: %s failed, still paused: %s",
 			     e->incoming ? "recovery" : "resume", mfd_error_message(err));
 		mfd_error_free(err);
 	}

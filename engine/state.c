@@ -23,7 +23,7 @@ const char *mfd_state_name(enum mfd_state s)
 
 uint64_t engine_now_ns(void)
 {
-	return mfd_now_ns();
+	return util_now_ns();
 }
 
 bool engine_cancelled(struct mfd_engine *e)
@@ -103,7 +103,7 @@ void eng_set_state(struct mfd_engine *e, enum mfd_state to)
 		mfd_error_set(&err, MFD_ESTATE, "internal error: the %s side may not move from %s "
 			      "to %s (a bug; please report it)", e->incoming ? "incoming" : "outgoing",
 			      mfd_state_name(from), mfd_state_name(to));
-		mfd_log_error("migration: %s", mfd_error_message(err));
+		log_error("migration: %s", mfd_error_message(err));
 		eng_fail_all(e, err);
 		return;
 	}
@@ -111,7 +111,7 @@ void eng_set_state(struct mfd_engine *e, enum mfd_state to)
 	atomic_store(&e->state_pub, (int)to);
 	pthread_cond_broadcast(&e->cond);
 	pthread_mutex_unlock(&e->lock);
-	mfd_log_info("migration %s: %s -> %s", e->incoming ? "incoming" : "outgoing",
+	log_info("migration %s: %s -> %s", e->incoming ? "incoming" : "outgoing",
 		     mfd_state_name(from), mfd_state_name(to));
 	if (m->hooks.state_changed)
 		m->hooks.state_changed(m->hooks_opaque, from, to);
@@ -127,7 +127,7 @@ void eng_record_error(struct mfd_engine *e, mfd_error *err)
 	}
 	pthread_mutex_unlock(&e->lock);
 	if (err) {
-		mfd_log_debug("also: %s", mfd_error_message(err));
+		log_debug("also: %s", mfd_error_message(err));
 		mfd_error_free(err);
 	}
 }
@@ -148,9 +148,9 @@ void eng_shutdown_all(struct mfd_engine *e)
 	}
 	mfd_listener_shutdown(e->listener);
 	if (e->send)
-		mfd_multifd_send_cancel(e->send);
+		multifd_send_cancel(e->send);
 	if (e->recv)
-		mfd_multifd_recv_cancel(e->recv);
+		multifd_recv_cancel(e->recv);
 	pthread_mutex_unlock(&e->lock);
 }
 

@@ -18,7 +18,7 @@ uint64_t engine_bytes_sent(struct mfd_engine *e)
 		struct mfd_multifd_stats *st = malloc(sizeof(*st));
 
 		if (st) {
-			mfd_multifd_send_stats(e->send, st);
+			multifd_send_stats(e->send, st);
 			for (unsigned i = 0; i < st->channels; i++)
 				bytes += st->ch[i].wire_bytes;
 			free(st);
@@ -91,9 +91,9 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 	st.throttle_percent = e->throttle;
 	st.channels = e->use_multifd ? e->nchan : 0;
 	if (e->send)
-		mfd_multifd_send_stats(e->send, ms);
+		multifd_send_stats(e->send, ms);
 	else if (e->recv)
-		mfd_multifd_recv_stats(e->recv, ms);
+		multifd_recv_stats(e->recv, ms);
 	else if (e->final_ms)
 		*ms = *e->final_ms;
 	pthread_mutex_unlock(&e->lock);

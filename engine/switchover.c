@@ -51,8 +51,8 @@ int eng_switchover_commit(struct mfd_engine *e, mfd_error **errp)
 	if (r == 0 && e->confirm) {
 		uint8_t c[SWITCHOVER_CONFIRM_LEN];
 
-		mfd_store_be32(c, SWITCHOVER_CONFIRM_MAGIC);
-		mfd_store_be32(c + 4, 1);
+		store_be32(c, SWITCHOVER_CONFIRM_MAGIC);
+		store_be32(c + 4, 1);
 		/* A failed write did not deliver it whole: the destination will not
 		 * start the VM, so it may run here again. */
 		if (mfd_stream_put_buf(e->out, c, sizeof(c)) < 0 || mfd_stream_flush(e->out) < 0) {
@@ -72,7 +72,7 @@ int eng_switchover_commit(struct mfd_engine *e, mfd_error **errp)
 	pthread_mutex_unlock(&e->lock);
 	if (theirs) {
 		/* The destination failed and said so: its reason is the error. */
-		mfd_error_propagate(errp, err);
+		error_propagate(errp, err);
 		return r;
 	}
 	if (e->confirm) {
@@ -127,14 +127,14 @@ int eng_switchover_answer(struct mfd_engine *e, mfd_error **errp)
 		mfd_channel_shutdown(e->main_ch);
 		if (pc_running(e)) {
 			/* The guest runs here since POSTCOPY_RUN: nothing to undo. */
-			mfd_log_warn("postcopy: RESULT not sent: %s", mfd_error_message(err));
+			log_warn("postcopy: RESULT not sent: %s", mfd_error_message(err));
 			mfd_error_free(err);
 			return 0;
 		}
 		mfd_error_prefix(err, "switchover: sending RESULT 0 on the main channel (return "
 				 "path) failed, so the VM is not started here (the source reports "
 				 "the outcome unknown)");
-		mfd_error_propagate(errp, err);
+		error_propagate(errp, err);
 		return r;
 	}
 	atomic_store(&e->result_sent, true);

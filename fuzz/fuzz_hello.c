@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * libFuzzer target: the multifd channel hello check,
- * mfd_multifd_recv_identify() in multifd/recv.c.
+ * multifd_recv_identify() in multifd/recv.c.
  *
  * The channel table's state comes from the input too:
  *   byte 0  channel count, 1 + (b & 7)
@@ -19,7 +19,7 @@
  * Invariants: identify returns a valid, not yet connected id or a code of
  * enum mfd_errcode with a message; an id is never handed out twice.
  *
- * MFD_FUZZ_SEEDS=DIR ./fuzz_hello writes inputs built with mfd_hello_encode()
+ * MFD_FUZZ_SEEDS=DIR ./fuzz_hello writes inputs built with multifd_hello_encode()
  * into DIR and exits.  MFD_FUZZ_VERBOSE=1 prints each hello's result.
  */
 #include <stdint.h>
@@ -54,7 +54,7 @@ static int config(struct mfd_multifd_config *cfg, const uint8_t p[PREFIX])
 {
 	mfd_error *err = NULL;
 
-	if (mfd_multifd_config_init(cfg, &err) < 0)
+	if (multifd_config_init(cfg, &err) < 0)
 		die("config", err);
 	cfg->channels = 1 + (p[0] & 7u);
 	cfg->packet_bytes = 4096u << (p[3] % 14);
@@ -96,8 +96,8 @@ static void gen_seed(const char *dir, const uint8_t p[PREFIX], const uint16_t *i
 		return;
 	memcpy(buf, p, PREFIX);
 	for (int i = 0; i < n; i++) {
-		mfd_hello_encode(buf + len, &cfg, ids[i],
-				 mfd_ram_blocks_digest(m->blocks, m->nblocks));
+		multifd_hello_encode(buf + len, &cfg, ids[i],
+				 ram_blocks_digest(m->blocks, m->nblocks));
 		len += MFD_HELLO_SIZE;
 	}
 	len -= (size_t)cut;
@@ -156,7 +156,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < PREFIX || config(&cfg, data) < 0)
 		return 0;
-	if (mfd_multifd_recv_new(&cfg, m->blocks, m->nblocks, &recv, &err) < 0) {
+	if (multifd_recv_new(&cfg, m->blocks, m->nblocks, &recv, &err) < 0) {
 		/* Only the packet size can be out of range here. */
 		if (cfg.packet_bytes >= MFD_PACKET_BYTES_MIN &&
 		    cfg.packet_bytes <= MFD_PACKET_BYTES_MAX)
@@ -164,15 +164,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		mfd_error_free(err);
 		return 0;
 	}
-	digest = mfd_ram_blocks_digest(m->blocks, m->nblocks);
+	digest = ram_blocks_digest(m->blocks, m->nblocks);
 
 	/* The channels that are already there, with hellos of our own. */
 	for (unsigned id = 0; id < cfg.channels; id++) {
 		if (!(data[1] & (1u << id)))
 			continue;
-		mfd_hello_encode(good[id], &cfg, (uint16_t)id, digest);
+		multifd_hello_encode(good[id], &cfg, (uint16_t)id, digest);
 		if (mfd_channel_new_mem_reader(good[id], MFD_HELLO_SIZE, &chans[nch], &err) < 0 ||
-		    mfd_multifd_recv_identify(chans[nch], recv, &err) != (int)id)
+		    multifd_recv_identify(chans[nch], recv, &err) != (int)id)
 			die("valid hello refused", err);
 		nch++;
 		taken[id] = true;
@@ -186,7 +186,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		if (mfd_channel_new_mem_reader(data, len, &chans[nch], &err) < 0)
 			die("reader", err);
-		r = mfd_multifd_recv_identify(chans[nch++], recv, &err);
+		r = multifd_recv_identify(chans[nch++], recv, &err);
 		if (verbose)
 			fprintf(stderr, "hello %d: %d %s\n", i, r,
 				err ? mfd_error_message(err) : "");
@@ -208,7 +208,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		data += len;
 		size -= len;
 	}
-	mfd_multifd_recv_free(recv);
+	multifd_recv_free(recv);
 	for (unsigned i = 0; i < nch; i++)
 		mfd_channel_free(chans[i]);
 	return 0;

@@ -3,7 +3,7 @@
  * libFuzzer target: the savevm v3 section-stream loader (core/loadvm.c).
  *
  * The input is a whole main stream (header, CONFIGURATION, records, EOF),
- * read through a memory reader channel by mfd_loadvm_begin/run/end with
+ * read through a memory reader channel by loadvm_begin/run/end with
  * loadvm hooks that accept every postcopy command, so the command parsers
  * and the PACKAGED nesting are reached, not only refused.  The hooks keep a
  * small postcopy state machine (advise -> listen -> run -> resume) and refuse
@@ -439,7 +439,7 @@ static void seed_begin(struct seed_out *o, mfd_migration *m, bool header)
 	if (mfd_channel_new_mem_writer(0, &o->ch, &err) < 0 ||
 	    mfd_stream_new(o->ch, MFD_STREAM_WRITE, &o->s, &err) < 0)
 		die("seed writer", err);
-	if (header && mfd_savevm_header(m, o->s) < 0)
+	if (header && savevm_header(m, o->s) < 0)
 		die("seed header", NULL);
 }
 
@@ -448,7 +448,7 @@ static void seed_end(struct seed_out *o, const char *dir, const char *name, bool
 	const void *data;
 	size_t len;
 
-	if ((eof && mfd_savevm_eof(o->s) < 0) || mfd_stream_flush(o->s) < 0 ||
+	if ((eof && savevm_eof(o->s) < 0) || mfd_stream_flush(o->s) < 0 ||
 	    mfd_channel_mem_contents(o->ch, &data, &len) < 0)
 		die("seed flush", NULL);
 	if (dir)
@@ -496,43 +496,43 @@ static void gen_seeds(const char *dir)
 
 	/* 3: the return-path commands and informational ones. */
 	seed_begin(&o, src, true);
-	mfd_savevm_send_open_return_path(o.s);
-	mfd_savevm_send_ping(o.s, 1);
-	mfd_savevm_send_switchover_start(o.s);
-	mfd_savevm_send_recv_bitmap(o.s, "pc.ram");
-	mfd_savevm_send_ping(o.s, 2);
+	savevm_send_open_return_path(o.s);
+	savevm_send_ping(o.s, 1);
+	savevm_send_switchover_start(o.s);
+	savevm_send_recv_bitmap(o.s, "pc.ram");
+	savevm_send_ping(o.s, 2);
 	seed_end(&o, dir, "commands", true);
 
 	/* 4: a postcopy switch: advise, discard, then a package holding
 	 * listen, the device state and run, as the engine sends it. */
 	seed_begin(&o, src, false);
-	mfd_savevm_send_postcopy_listen(o.s);
-	mfd_savevm_save_nonlive(src, o.s, &err);
-	mfd_savevm_send_postcopy_run(o.s);
+	savevm_send_postcopy_listen(o.s);
+	savevm_save_nonlive(src, o.s, &err);
+	savevm_send_postcopy_run(o.s);
 	blob = seed_take(&o, &len);
 	seed_begin(&o, src, true);
-	mfd_savevm_send_open_return_path(o.s);
-	mfd_savevm_send_postcopy_advise(o.s, PAGE, PAGE);
-	mfd_savevm_send_postcopy_ram_discard(o.s, "pc.ram", ranges, 2);
-	mfd_savevm_send_packaged(o.s, blob, (uint32_t)len);
-	mfd_savevm_send_postcopy_resume(o.s);
-	mfd_savevm_send_ping(o.s, 4);
+	savevm_send_open_return_path(o.s);
+	savevm_send_postcopy_advise(o.s, PAGE, PAGE);
+	savevm_send_postcopy_ram_discard(o.s, "pc.ram", ranges, 2);
+	savevm_send_packaged(o.s, blob, (uint32_t)len);
+	savevm_send_postcopy_resume(o.s);
+	savevm_send_ping(o.s, 4);
 	seed_end(&o, dir, "postcopy", true);
 	free(blob);
 
 	/* 5: the 0-byte advise and the COLO refusal. */
 	seed_begin(&o, src, true);
-	mfd_savevm_send_command(o.s, MFD_CMD_POSTCOPY_ADVISE, 0, NULL);
-	mfd_savevm_send_enable_colo(o.s);
+	savevm_send_command(o.s, MFD_CMD_POSTCOPY_ADVISE, 0, NULL);
+	savevm_send_enable_colo(o.s);
 	seed_end(&o, dir, "advise0-colo", true);
 
 	/* 6: live sections in three phases, with non-live state between. */
 	seed_begin(&o, src, true);
-	if (mfd_savevm_prepare(src, &err) < 0 || mfd_savevm_setup(src, o.s, &err) < 0 ||
-	    mfd_savevm_iterate(src, o.s, false, &err) < 0 ||
-	    mfd_savevm_complete_precopy(src, o.s, false, &err) < 0)
+	if (savevm_prepare(src, &err) < 0 || savevm_setup(src, o.s, &err) < 0 ||
+	    savevm_iterate(src, o.s, false, &err) < 0 ||
+	    savevm_complete_precopy(src, o.s, false, &err) < 0)
 		die("live seed", err);
-	mfd_savevm_cleanup(src);
+	savevm_cleanup(src);
 	seed_end(&o, dir, "live-phases", true);
 
 	mfd_migration_free(src);
@@ -585,17 +585,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (mfd_channel_new_mem_reader(data, size, &ch, &err) < 0 ||
 	    mfd_stream_new(ch, MFD_STREAM_READ, &s, &err) < 0)
 		die("reader", err);
-	mfd_stream_set_label(s, "fuzz");
+	stream_set_label(s, "fuzz");
 
 	/* The engine's shape (load_all): after POSTCOPY_RUN the load goes on. */
-	r = mfd_loadvm_begin(dst, s, &hooks, &err);
+	r = loadvm_begin(dst, s, &hooks, &err);
 	while (r == 0) {
-		r = mfd_loadvm_run(dst, s, &hooks, false, &err);
+		r = loadvm_run(dst, s, &hooks, false, &err);
 		if (r != MFD_LOADVM_QUIT)
 			break;
 		r = 0;
 	}
-	mfd_loadvm_end(dst);
+	loadvm_end(dst);
 	if (verbose)
 		fprintf(stderr, "loadvm: %d %s\n", r, err ? mfd_error_message(err) : "ok");
 	check_result(r, err);

@@ -7,12 +7,12 @@
  * bits) and how many markers the main stream has (the high six bits: 0 for
  * one per SYNC, k for k - 1), the rest is what one channel carries on the
  * wire: the 128-byte hello, then packets.  It is fed through a memory reader
- * channel to the real receiver: mfd_multifd_recv_identify() checks the
- * hello, then mfd_multifd_recv_start() runs the channel thread, and this
+ * channel to the real receiver: multifd_recv_identify() checks the
+ * hello, then multifd_recv_start() runs the channel thread, and this
  * thread plays the main-stream loader, releasing the channel with
- * mfd_multifd_recv_sync() until the channel ends (END packet, end of data or
+ * multifd_recv_sync() until the channel ends (END packet, end of data or
  * a refusal) or the markers run out, then ends the load with
- * mfd_multifd_recv_finish().  So a SYNC the main stream never matches is
+ * multifd_recv_finish().  So a SYNC the main stream never matches is
  * reachable.  Every run is bounded: the reader ends at the input's end, and a
  * channel parked at an unmatched SYNC fails at the finish.
  *
@@ -106,7 +106,7 @@ static int config(struct mfd_multifd_config *cfg, unsigned codec)
 {
 	mfd_error *err = NULL;
 
-	if (mfd_multifd_config_init(cfg, &err) < 0)
+	if (multifd_config_init(cfg, &err) < 0)
 		die("config", err);
 	cfg->channels = 1;
 	cfg->packet_bytes = PACKET_BYTES;
@@ -193,22 +193,22 @@ static void gen_one(const char *dir, unsigned codec, const struct plan *p, struc
 			fill_page(src->host[b] + off, layout[b].page, kind, &s);
 		}
 	if (mfd_channel_new_mem_writer(0, &ch, &err) < 0 ||
-	    mfd_multifd_send_new(&cfg, src->m->blocks, src->m->nblocks, &ch, &send, &err) < 0)
+	    multifd_send_new(&cfg, src->m->blocks, src->m->nblocks, &ch, &send, &err) < 0)
 		die("sender", err);
 	for (unsigned e = 0; e < p->syncs; e++) {
 		unsigned n = 0;
 
 		for (uint64_t pg = e; pg < 64 && n < p->count; pg += p->step, n++)
-			if (mfd_multifd_queue_page(send, 0, pg * SMALL, &err) < 0)
+			if (multifd_queue_page(send, 0, pg * SMALL, &err) < 0)
 				die("queue", err);
-		if (e == 0 && mfd_multifd_queue_page(send, 1, 2 * SMALL, &err) < 0)
+		if (e == 0 && multifd_queue_page(send, 1, 2 * SMALL, &err) < 0)
 			die("queue", err);
-		if (p->huge && e == 0 && mfd_multifd_queue_page(send, 2, 0, &err) < 0)
+		if (p->huge && e == 0 && multifd_queue_page(send, 2, 0, &err) < 0)
 			die("queue", err);
-		if (mfd_multifd_send_sync(send, &err) < 0)
+		if (multifd_send_sync(send, &err) < 0)
 			die("sync", err);
 	}
-	if (mfd_multifd_send_finish(send, &err) < 0 ||
+	if (multifd_send_finish(send, &err) < 0 ||
 	    mfd_channel_mem_contents(ch, &data, &len) < 0)
 		die("finish", err);
 	/* With several SYNCs, also a main stream one marker short of them. */
@@ -222,7 +222,7 @@ static void gen_one(const char *dir, unsigned codec, const struct plan *p, struc
 			exit(1);
 		}
 	}
-	mfd_multifd_send_free(send);
+	multifd_send_free(send);
 	mfd_channel_free(ch);
 }
 
@@ -280,27 +280,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (int b = 0; b < NBLOCKS; b++)
 		madvise(dst.host[b], layout[b].size, MADV_DONTNEED);
 	if (mfd_channel_new_mem_reader(data + 1, size - 1, &ch, &err) < 0 ||
-	    mfd_multifd_recv_new(&cfg, dst.m->blocks, dst.m->nblocks, &recv, &err) < 0)
+	    multifd_recv_new(&cfg, dst.m->blocks, dst.m->nblocks, &recv, &err) < 0)
 		die("receiver", err);
-	r = mfd_multifd_recv_identify(ch, recv, &err);
+	r = multifd_recv_identify(ch, recv, &err);
 	check_error("identify", r, err);
 	if (verbose && r < 0)
 		fprintf(stderr, "hello: %d %s\n", r, mfd_error_message(err));
 	if (r >= 0) {
 		if (r != 0)
 			abort();	/* one channel: the only valid id */
-		if (mfd_multifd_recv_start(recv, &err) < 0)
+		if (multifd_recv_start(recv, &err) < 0)
 			die("start", err);
 		/* The loader's part: one release per marker, until the channel stops
 		 * or the main stream has no marker left. */
 		r = 0;
 		while ((markers == 0 || released < markers - 1) &&
-		       (r = mfd_multifd_recv_sync(recv, &err)) == 0)
+		       (r = multifd_recv_sync(recv, &err)) == 0)
 			released++;
 		check_error("sync", r, err);
 		mfd_error_free(err);
 		err = NULL;
-		r = mfd_multifd_recv_finish(recv, &err);
+		r = multifd_recv_finish(recv, &err);
 		check_error("finish", r, err);
 		if (verbose)
 			fprintf(stderr, "multifd: %d %s\n", r, err ? mfd_error_message(err) : "ok");
@@ -308,7 +308,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		st = malloc(sizeof(*st));
 		if (st) {
-			mfd_multifd_recv_stats(recv, st);
+			multifd_recv_stats(recv, st);
 			if (r == 0 && st->ch[0].sync_packets != released) {
 				fprintf(stderr, "finish: clean, but %llu SYNCs, %llu released\n",
 					(unsigned long long)st->ch[0].sync_packets,
@@ -319,7 +319,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 	}
 	mfd_error_free(err);
-	mfd_multifd_recv_free(recv);
+	multifd_recv_free(recv);
 	mfd_channel_free(ch);
 	return 0;
 }

@@ -68,8 +68,8 @@ struct msg_buf {
 
 static void put_msg(struct msg_buf *m, uint16_t type, const void *payload, uint16_t len)
 {
-	mfd_store_be16(m->b + m->len, type);
-	mfd_store_be16(m->b + m->len + 2, len);
+	store_be16(m->b + m->len, type);
+	store_be16(m->b + m->len + 2, len);
 	if (len)
 		memcpy(m->b + m->len + 4, payload, len);
 	m->len += 4u + len;
@@ -80,7 +80,7 @@ static void put_result(struct msg_buf *m, int32_t code, const char *text)
 	uint8_t p[64];
 	size_t n = strlen(text);
 
-	mfd_store_be32(p, (uint32_t)code);
+	store_be32(p, (uint32_t)code);
 	memcpy(p + 4, text, n);
 	put_msg(m, 2, p, (uint16_t)(4 + n));
 }
@@ -105,7 +105,7 @@ static void gen_seeds(const char *dir)
 
 	/* What a destination answers in a precopy migration. */
 	m.len = 0;
-	mfd_store_be32(p, 1);
+	store_be32(p, 1);
 	put_msg(&m, 1, p, 4);			/* PONG 1 */
 	put_msg(&m, 3, NULL, 0);		/* SWITCHOVER_ACK */
 	put_result(&m, 0, "loaded");
@@ -118,19 +118,19 @@ static void gen_seeds(const char *dir)
 	/* Postcopy messages, refused by a source in precopy. */
 	m.len = 0;
 	memset(p, 0, sizeof(p));
-	mfd_store_be32(p + 4, PAGE);
-	mfd_store_be64(p + 8, 2 * PAGE);
+	store_be32(p + 4, PAGE);
+	store_be64(p + 8, 2 * PAGE);
 	put_msg(&m, 4, p, 16);			/* REQ_PAGES block 0, 1 page at 8 KiB */
 	save(dir, "req-pages", &m);
 
 	m.len = 0;
 	memset(p, 0, sizeof(p));
-	mfd_store_be64(p + 8, 8);
+	store_be64(p + 8, 8);
 	put_msg(&m, 5, p, 16);			/* RECV_BITMAP block 0, 8 bytes */
 	save(dir, "recv-bitmap", &m);
 
 	m.len = 0;
-	mfd_store_be32(p, 1);
+	store_be32(p, 1);
 	put_msg(&m, 6, p, 4);			/* RESUME_ACK */
 	put_result(&m, 0, "loaded");
 	save(dir, "resume-ack", &m);
@@ -149,14 +149,14 @@ static void gen_seeds(const char *dir)
 static bool says_loaded(const uint8_t *p, size_t n)
 {
 	while (n >= 4) {
-		uint16_t type = mfd_load_be16(p), len = mfd_load_be16(p + 2);
+		uint16_t type = load_be16(p), len = load_be16(p + 2);
 
 		if (len > n - 4)
 			return false;
 		if (type == 2)
-			return len >= 4 && mfd_load_be32(p + 4) == 0;
+			return len >= 4 && load_be32(p + 4) == 0;
 		if (!(type == 1 && len == 4) && !(type == 3 && len == 0) &&
-		    !(type == 6 && len == 4 && mfd_load_be32(p + 4) == 1))
+		    !(type == 6 && len == 4 && load_be32(p + 4) == 1))
 			return false;	/* refused: the return path ends */
 		p += 4u + len;
 		n -= 4u + len;
@@ -169,7 +169,7 @@ static void *drain(void *arg)
 	mfd_channel *ch = arg;
 	uint8_t buf[65536];
 
-	while (mfd_channel_read_some(ch, buf, sizeof(buf), NULL) > 0)
+	while (channel_read_some(ch, buf, sizeof(buf), NULL) > 0)
 		;
 	return NULL;
 }
@@ -224,7 +224,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		d_mf = pthread_create(&t_mf, NULL, drain, mf) == 0;
 		d_main = pthread_create(&t_main, NULL, drain, main_ch) == 0;
 		/* The source may already have given up: a failed write is fine. */
-		if (mfd_channel_writev_full(main_ch, &iov, 1, NULL) == 0)
+		if (channel_writev_full(main_ch, &iov, 1, NULL) == 0)
 			mfd_channel_finish(main_ch, NULL);
 	}
 	mfd_error_free(err);

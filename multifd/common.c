@@ -10,7 +10,7 @@
 #include "core/util.h"
 #include "multifd/internal.h"
 
-int mfd_multifd_config_init(struct mfd_multifd_config *cfg, mfd_error **errp)
+int multifd_config_init(struct mfd_multifd_config *cfg, mfd_error **errp)
 {
 	uint8_t rnd[MFD_UUID_LEN + MFD_TOKEN_LEN];
 	size_t got = 0;
@@ -28,7 +28,7 @@ int mfd_multifd_config_init(struct mfd_multifd_config *cfg, mfd_error **errp)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
-			return mfd_error_set_errno(errp, MFD_EIO, errno,
+			return error_set_errno(errp, MFD_EIO, errno,
 						   "multifd: no random bytes for the session token");
 		got += (size_t)n;
 	}
@@ -40,26 +40,26 @@ int mfd_multifd_config_init(struct mfd_multifd_config *cfg, mfd_error **errp)
 	return 0;
 }
 
-void mfd_hello_encode(uint8_t out[MFD_HELLO_SIZE], const struct mfd_multifd_config *cfg,
+void multifd_hello_encode(uint8_t out[MFD_HELLO_SIZE], const struct mfd_multifd_config *cfg,
 		      uint16_t channel_id, uint64_t block_digest)
 {
 	const char *codec = cfg->codec ? cfg->codec->name : "none";
 	size_t len = strlen(codec);
 
 	memset(out, 0, MFD_HELLO_SIZE);
-	mfd_store_be32(out, MFD_HELLO_MAGIC);
-	mfd_store_be32(out + 4, MFD_HELLO_VERSION);
-	mfd_store_be16(out + 12, channel_id);
-	mfd_store_be16(out + 14, (uint16_t)cfg->channels);
-	mfd_store_be32(out + 16, cfg->packet_bytes);
-	mfd_store_be64(out + 24, block_digest);
+	store_be32(out, MFD_HELLO_MAGIC);
+	store_be32(out + 4, MFD_HELLO_VERSION);
+	store_be16(out + 12, channel_id);
+	store_be16(out + 14, (uint16_t)cfg->channels);
+	store_be32(out + 16, cfg->packet_bytes);
+	store_be64(out + 24, block_digest);
 	memcpy(out + 32, cfg->uuid, MFD_UUID_LEN);
 	memcpy(out + 48, cfg->token, MFD_TOKEN_LEN);
 	out[80] = (uint8_t)len;
 	memcpy(out + 81, codec, len);
 }
 
-int mfd_consttime_memcmp(const void *a, const void *b, size_t len)
+int util_consttime_memcmp(const void *a, const void *b, size_t len)
 {
 	const volatile uint8_t *x = a, *y = b;
 	uint8_t acc = 0;
@@ -76,7 +76,7 @@ typedef uint64_t v4u64 __attribute__((vector_size(32)));
  * first; then OR the page together 128 bytes at a time in vector registers,
  * leaving early at the first non-zero chunk.
  */
-bool mfd_page_is_zero(const void *page, size_t len)
+bool util_page_is_zero(const void *page, size_t len)
 {
 	const uint8_t *p = page;
 	uint64_t head[2];

@@ -2,16 +2,16 @@
 /*
  * The multifd core, as the migration engine uses it.
  *
- * Source: mfd_multifd_send_new() takes N connected channels, sends each its
+ * Source: multifd_send_new() takes N connected channels, sends each its
  * hello and starts one thread per channel.  The producer (the migration
  * thread) queues pages; full batches go to an idle channel.  sync flushes
  * every channel and puts a SYNC packet on each; finish ends the channels.
  *
- * Destination: mfd_multifd_recv_new(), then each incoming channel goes
- * through mfd_multifd_recv_identify() (reads and checks its hello; usable as
- * an mfd_listener_gather() callback), then mfd_multifd_recv_start().  Each
+ * Destination: multifd_recv_new(), then each incoming channel goes
+ * through multifd_recv_identify() (reads and checks its hello; usable as
+ * an mfd_listener_gather() callback), then multifd_recv_start().  Each
  * channel thread places pages and parks at every SYNC packet until the main
- * stream's loader calls mfd_multifd_recv_sync() at the matching marker.
+ * stream's loader calls multifd_recv_sync() at the matching marker.
  */
 #ifndef MFD_MULTIFD_INTERNAL_H
 #define MFD_MULTIFD_INTERNAL_H
@@ -50,7 +50,7 @@ struct mfd_multifd_config {
 	 * stream's marker, and the loader for the channels at a sync or at the
 	 * end, while no channel makes progress; 0 waits until a cancel. */
 	int64_t timeout_ms;
-	/* The caller already wrote each channel's hello (mfd_hello_encode), e.g.
+	/* The caller already wrote each channel's hello (multifd_hello_encode), e.g.
 	 * right after its TLS handshake so the destination can identify it. */
 	bool hellos_sent;
 };
@@ -86,7 +86,7 @@ struct mfd_multifd_stats {
 
 /* Fill defaults: 2 channels, no codec, 512 KiB packets, multifd zero detection,
  * a 30 s wait timeout, a random UUID and token. */
-int mfd_multifd_config_init(struct mfd_multifd_config *cfg, mfd_error **errp);
+int multifd_config_init(struct mfd_multifd_config *cfg, mfd_error **errp);
 
 /* ---- source ------------------------------------------------------------ */
 
@@ -94,55 +94,55 @@ struct mfd_multifd_send;
 
 /* Takes ownership of nothing: the channels stay the caller's and must outlive
  * the object.  Sends the hellos. */
-int mfd_multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
+int multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
 			 unsigned nblocks, mfd_channel **channels,
 			 struct mfd_multifd_send **out, mfd_error **errp);
 /* Queue one page (byte offset inside the block, page aligned). Producer thread only. */
-int mfd_multifd_queue_page(struct mfd_multifd_send *s, unsigned block, uint64_t offset,
+int multifd_queue_page(struct mfd_multifd_send *s, unsigned block, uint64_t offset,
 			   mfd_error **errp);
 /* Send the pending batch, then a SYNC packet on every channel; returns once
  * every channel has written its SYNC. */
-int mfd_multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp);
+int multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp);
 /* Send the pending batch, then an END packet on every channel (no SYNC: sync
  * first where the main stream needs a marker); joins the threads. */
-int mfd_multifd_send_finish(struct mfd_multifd_send *s, mfd_error **errp);
+int multifd_send_finish(struct mfd_multifd_send *s, mfd_error **errp);
 /* Any thread: fail the sender (channels shut down, threads unblock). */
-void mfd_multifd_send_cancel(struct mfd_multifd_send *s);
-void mfd_multifd_send_stats(struct mfd_multifd_send *s, struct mfd_multifd_stats *st);
-void mfd_multifd_send_free(struct mfd_multifd_send *s);
+void multifd_send_cancel(struct mfd_multifd_send *s);
+void multifd_send_stats(struct mfd_multifd_send *s, struct mfd_multifd_stats *st);
+void multifd_send_free(struct mfd_multifd_send *s);
 
 /* ---- destination -------------------------------------------------------- */
 
 struct mfd_multifd_recv;
 
-int mfd_multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
+int multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
 			 unsigned nblocks, struct mfd_multifd_recv **out, mfd_error **errp);
 /* Read and check a channel's hello; returns its channel id (>= 0) and keeps the
  * channel in that slot (still owned by the caller), or a negative code. */
-int mfd_multifd_recv_identify(mfd_channel *ch, void *recv, mfd_error **errp);
+int multifd_recv_identify(mfd_channel *ch, void *recv, mfd_error **errp);
 /* The same; on failure *stray tells a connection that never showed this
  * session's UUID and token (nothing, junk, a foreign hello) from one of the
  * session's channels that failed. */
 int multifd_recv_identify_screened(mfd_channel *ch, void *recv, bool *stray,
 				   mfd_error **errp);
 /* Start the threads once every channel was identified. */
-int mfd_multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp);
+int multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp);
 /* At the main stream's sync marker: wait until every channel parked at its SYNC
  * packet (every page sent before the sync is in place), then release them.
  * MFD_ETIMEDOUT after cfg.timeout_ms without progress (naming the channel). */
-int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp);
+int multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp);
 /* The main stream ended: wait until every channel received its END packet;
  * joins the threads.  A channel at a SYNC no marker released, or reaching one
  * now, is MFD_EPROTO ("multifd channel N (...): SYNC K was never matched by
  * the main stream"); cfg.timeout_ms without progress is MFD_ETIMEDOUT. */
-int mfd_multifd_recv_finish(struct mfd_multifd_recv *r, mfd_error **errp);
-void mfd_multifd_recv_cancel(struct mfd_multifd_recv *r);
-void mfd_multifd_recv_stats(struct mfd_multifd_recv *r, struct mfd_multifd_stats *st);
-void mfd_multifd_recv_free(struct mfd_multifd_recv *r);
+int multifd_recv_finish(struct mfd_multifd_recv *r, mfd_error **errp);
+void multifd_recv_cancel(struct mfd_multifd_recv *r);
+void multifd_recv_stats(struct mfd_multifd_recv *r, struct mfd_multifd_stats *st);
+void multifd_recv_free(struct mfd_multifd_recv *r);
 
 /* ---- shared helpers ----------------------------------------------------- */
 
-bool mfd_page_is_zero(const void *page, size_t len);
+bool util_page_is_zero(const void *page, size_t len);
 
 /* Destination: marks page @off of @b placed in its recvmap (there must be
  * one); returns whether it was placed before. */
@@ -170,12 +170,12 @@ static inline void mfd_page_place_zero(const struct mfd_ram_block *b, uint64_t o
 {
 	uint8_t *host = b->host + off;
 
-	if (b->recvmap ? mfd_recvmap_test_and_set(b, off) : !mfd_page_is_zero(host, b->page_size))
+	if (b->recvmap ? mfd_recvmap_test_and_set(b, off) : !util_page_is_zero(host, b->page_size))
 		memset(host, 0, b->page_size);
 }
 /* Constant-time comparison: 0 when equal. */
-int mfd_consttime_memcmp(const void *a, const void *b, size_t len);
-void mfd_hello_encode(uint8_t out[MFD_HELLO_SIZE], const struct mfd_multifd_config *cfg,
+int util_consttime_memcmp(const void *a, const void *b, size_t len);
+void multifd_hello_encode(uint8_t out[MFD_HELLO_SIZE], const struct mfd_multifd_config *cfg,
 		      uint16_t channel_id, uint64_t block_digest);
 
 #endif /* MFD_MULTIFD_INTERNAL_H */

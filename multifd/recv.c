@@ -8,14 +8,14 @@
  * sized at setup from local configuration, never from the peer.
  *
  * Ordering: at a SYNC packet a channel parks until the main stream's loader
- * reaches the matching marker and calls mfd_multifd_recv_sync(), which waits
+ * reaches the matching marker and calls multifd_recv_sync(), which waits
  * for every channel to park first.  So a page sent after a sync can never be
  * overwritten by an older copy still travelling on another channel.
  *
  * Every wait here ends: on a cancel or a failure (recv_fail broadcasts and
  * shuts the channels down), or after cfg.timeout_ms without progress of any
  * channel or of the loader (progress_ns).  Once the main stream ended
- * (mfd_multifd_recv_finish), a SYNC has no marker left to match it, so a
+ * (multifd_recv_finish), a SYNC has no marker left to match it, so a
  * channel parked there, or parking later, fails the load at once.
  */
 #include <pthread.h>
@@ -118,14 +118,14 @@ static int recv_error(struct mfd_multifd_recv *r, mfd_error **errp)
 	pthread_mutex_lock(&r->lock);
 	code = r->err ? mfd_error_code(r->err) : MFD_ECANCELED;
 	if (errp && !*errp && r->err)
-		*errp = mfd_error_copy(r->err);
+		*errp = error_copy(r->err);
 	pthread_mutex_unlock(&r->lock);
 	if (errp && !*errp)
 		mfd_error_set(errp, code, "multifd: the receiver was cancelled");
 	return code;
 }
 
-int mfd_multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
+int multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
 			 unsigned nblocks, struct mfd_multifd_recv **out, mfd_error **errp)
 {
 	struct mfd_multifd_recv *r;
@@ -143,10 +143,10 @@ int mfd_multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_
 	r->cfg = *cfg;
 	r->blocks = blocks;
 	r->nblocks = nblocks;
-	r->digest = mfd_ram_blocks_digest(blocks, nblocks);
+	r->digest = ram_blocks_digest(blocks, nblocks);
 	r->n = cfg->channels;
 	pthread_mutex_init(&r->lock, NULL);
-	/* Deadlines are on the monotonic clock (mfd_now_ns), like progress_ns. */
+	/* Deadlines are on the monotonic clock (util_now_ns), like progress_ns. */
 	pthread_condattr_t ca;
 
 	pthread_condattr_init(&ca);
@@ -164,7 +164,7 @@ int mfd_multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_
 	}
 	r->chans = calloc(r->n, sizeof(*r->chans));
 	if (!r->chans) {
-		mfd_multifd_recv_free(r);
+		multifd_recv_free(r);
 		return mfd_error_set(errp, MFD_ENOMEM, "multifd: out of memory");
 	}
 	*out = r;
@@ -195,7 +195,7 @@ static int channel_setup(struct mfd_multifd_recv *r, struct recv_channel *c, mfd
 	return 0;
 }
 
-int mfd_multifd_recv_identify(mfd_channel *ch, void *opaque, mfd_error **errp)
+int multifd_recv_identify(mfd_channel *ch, void *opaque, mfd_error **errp)
 {
 	bool stray;
 
@@ -216,24 +216,24 @@ int multifd_recv_identify_screened(mfd_channel *ch, void *opaque, bool *stray,
 	int rc;
 
 	*stray = true;	/* until the session's UUID and token are seen */
-	rc = mfd_channel_readv_full(ch, &iov, 1, errp);
+	rc = channel_readv_full(ch, &iov, 1, errp);
 	if (rc < 0) {
 		mfd_error_prefix(errp ? *errp : NULL, "multifd hello from %s", who);
 		return rc;
 	}
-	if ((v = mfd_load_be32(h)) != MFD_HELLO_MAGIC)
+	if ((v = load_be32(h)) != MFD_HELLO_MAGIC)
 		return mfd_error_set(errp, MFD_EBADMAGIC,
 				     "multifd hello from %s: magic 0x%08x, expected 0x%08x", who, v,
 				     MFD_HELLO_MAGIC);
-	if ((v = mfd_load_be32(h + 4)) != MFD_HELLO_VERSION)
+	if ((v = load_be32(h + 4)) != MFD_HELLO_VERSION)
 		return mfd_error_set(errp, MFD_EBADVERSION,
 				     "multifd hello from %s: version %u, this library speaks %u", who,
 				     v, MFD_HELLO_VERSION);
-	if ((v = mfd_load_be32(h + 8)) != 0)
+	if ((v = load_be32(h + 8)) != 0)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: unknown flags 0x%08x", who, v);
-	id = mfd_load_be16(h + 12);
-	count = mfd_load_be16(h + 14);
+	id = load_be16(h + 12);
+	count = load_be16(h + 14);
 	if (count != r->n)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: the source uses %u channels, this side "
@@ -242,11 +242,11 @@ int multifd_recv_identify_screened(mfd_channel *ch, void *opaque, bool *stray,
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: channel id %u, valid ids are 0..%u", who,
 				     id, r->n - 1);
-	if ((v = mfd_load_be32(h + 16)) != r->cfg.packet_bytes)
+	if ((v = load_be32(h + 16)) != r->cfg.packet_bytes)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: packet size %u, this side uses %u", who, v,
 				     r->cfg.packet_bytes);
-	if (mfd_load_be32(h + 20) != 0 || h[112] || memcmp(h + 112, h + 113, 15) != 0)
+	if (load_be32(h + 20) != 0 || h[112] || memcmp(h + 112, h + 113, 15) != 0)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: reserved bytes are not zero", who);
 	if (h[80] == 0 || h[80] > MFD_HELLO_CODEC_MAX)
@@ -273,12 +273,12 @@ int multifd_recv_identify_screened(mfd_channel *ch, void *opaque, bool *stray,
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: channel %u belongs to another migration "
 				     "(session UUID differs)", who, id);
-	if (mfd_consttime_memcmp(h + 48, r->cfg.token, MFD_TOKEN_LEN) != 0)
+	if (util_consttime_memcmp(h + 48, r->cfg.token, MFD_TOKEN_LEN) != 0)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: channel %u presents a wrong session "
 				     "token", who, id);
 	*stray = false;
-	if (mfd_load_be64(h + 24) != r->digest)
+	if (load_be64(h + 24) != r->digest)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: the RAM block tables differ (register the "
 				     "same blocks, sizes and page sizes in the same order)", who);
@@ -393,11 +393,11 @@ static int recv_data(struct recv_channel *c, uint16_t flags, uint32_t block, uin
 	}
 	/* Offsets: read all, check all, before any page is touched. */
 	iov = (struct iovec){ c->offsets_wire, 8 * (size_t)(nn + nz) };
-	rc = mfd_channel_readv_full(c->ch, &iov, 1, errp);
+	rc = channel_readv_full(c->ch, &iov, 1, errp);
 	if (rc < 0)
 		return rc;
 	for (uint32_t i = 0; i < nn + nz; i++)
-		offs[i] = mfd_load_be64(c->offsets_wire + 8 * i);
+		offs[i] = load_be64(c->offsets_wire + 8 * i);
 	if ((rc = check_offsets(b, offs, nn, "normal", pkt, errp)) < 0 ||
 	    (rc = check_offsets(b, offs + nn, nz, "zero", pkt, errp)) < 0 ||
 	    (rc = check_disjoint(offs, nn, offs + nn, nz, pkt, errp)) < 0)
@@ -414,16 +414,16 @@ static int recv_data(struct recv_channel *c, uint16_t flags, uint32_t block, uin
 	}
 	if (flags & MFD_PACKET_COMPRESSED) {
 		iov = (struct iovec){ c->cbuf, payload };
-		rc = mfd_channel_readv_full(c->ch, &iov, 1, errp);
+		rc = channel_readv_full(c->ch, &iov, 1, errp);
 		if (rc == 0)
-			rc = mfd_compress_recv(codec, c->dctx, c->cbuf, payload, c->iov, iovcnt, errp);
+			rc = compress_recv(codec, c->dctx, c->cbuf, payload, c->iov, iovcnt, errp);
 		if (rc < 0) {
 			mfd_error_prefix(errp ? *errp : NULL, "packet %llu", (unsigned long long)pkt);
 			return rc;
 		}
 	} else if (nn) {
 		/* Raw pages land in guest memory directly. */
-		rc = mfd_channel_readv_full(c->ch, c->iov, iovcnt, errp);
+		rc = channel_readv_full(c->ch, c->iov, iovcnt, errp);
 		if (rc < 0)
 			return rc;
 	}
@@ -439,7 +439,7 @@ static int recv_data(struct recv_channel *c, uint16_t flags, uint32_t block, uin
 	/* One lock per packet keeps live statistics current. */
 	pthread_mutex_lock(&r->lock);
 	c->stats = c->work;
-	r->progress_ns = mfd_now_ns();
+	r->progress_ns = util_now_ns();
 	pthread_mutex_unlock(&r->lock);
 	return 0;
 }
@@ -457,7 +457,7 @@ static bool wait_progress(struct mfd_multifd_recv *r)
 	}
 	uint64_t dl = r->progress_ns + (uint64_t)r->cfg.timeout_ms * 1000000u;
 
-	if (mfd_now_ns() >= dl)
+	if (util_now_ns() >= dl)
 		return false;
 	struct timespec ts = { .tv_sec = (time_t)(dl / 1000000000u),
 			       .tv_nsec = (long)(dl % 1000000000u) };
@@ -479,7 +479,7 @@ static int park(struct recv_channel *c, mfd_error **errp)
 	c->stats = c->work;
 	c->parked = true;
 	r->parked++;
-	r->progress_ns = mfd_now_ns();
+	r->progress_ns = util_now_ns();
 	pthread_cond_broadcast(&r->cond);
 	while (r->release == gen && !atomic_load(&r->failed) && !r->finishing && !expired) {
 		if (r->syncing)
@@ -517,7 +517,7 @@ static void *recv_thread(void *arg)
 	mfd_error *err = NULL;
 	int rc = offs ? 0 : mfd_error_set(&err, MFD_ENOMEM, "out of memory");
 
-	mfd_thread_name("mfd-recv/%u", c->id);
+	util_thread_name("mfd-recv/%u", c->id);
 
 	while (rc == 0) {
 		struct iovec iov = { c->header, MFD_PACKET_HEADER_SIZE };
@@ -526,19 +526,19 @@ static void *recv_thread(void *arg)
 		uint16_t version, flags;
 		uint64_t pkt;
 
-		rc = mfd_channel_readv_full(c->ch, &iov, 1, &err);
+		rc = channel_readv_full(c->ch, &iov, 1, &err);
 		if (rc < 0)
 			break;
-		uint64_t t0 = mfd_now_ns();
+		uint64_t t0 = util_now_ns();
 
-		magic = mfd_load_be32(h);
-		version = mfd_load_be16(h + 4);
-		flags = mfd_load_be16(h + 6);
-		block = mfd_load_be32(h + 8);
-		nn = mfd_load_be32(h + 12);
-		nz = mfd_load_be32(h + 16);
-		payload = mfd_load_be32(h + 20);
-		pkt = mfd_load_be64(h + 24);
+		magic = load_be32(h);
+		version = load_be16(h + 4);
+		flags = load_be16(h + 6);
+		block = load_be32(h + 8);
+		nn = load_be32(h + 12);
+		nz = load_be32(h + 16);
+		payload = load_be32(h + 20);
+		pkt = load_be64(h + 24);
 		if (magic != MFD_PACKET_MAGIC) {
 			rc = mfd_error_set(&err, MFD_EBADMAGIC,
 					   "packet after #%llu: magic 0x%08x, expected 0x%08x",
@@ -573,7 +573,7 @@ static void *recv_thread(void *arg)
 				break;
 			}
 			c->work.wire_bytes += MFD_PACKET_HEADER_SIZE;
-			c->work.busy_ns += mfd_now_ns() - t0;
+			c->work.busy_ns += util_now_ns() - t0;
 			if (flags & MFD_PACKET_END)
 				break;
 			c->work.sync_packets++;
@@ -581,7 +581,7 @@ static void *recv_thread(void *arg)
 			continue;
 		}
 		rc = recv_data(c, flags, block, nn, nz, payload, pkt, offs, &err);
-		c->work.busy_ns += mfd_now_ns() - t0;
+		c->work.busy_ns += util_now_ns() - t0;
 	}
 	free(offs);
 	pthread_mutex_lock(&r->lock);
@@ -589,7 +589,7 @@ static void *recv_thread(void *arg)
 	if (rc == 0) {
 		c->ended = true;
 		r->ended++;
-		r->progress_ns = mfd_now_ns();
+		r->progress_ns = util_now_ns();
 		pthread_cond_broadcast(&r->cond);
 	}
 	pthread_mutex_unlock(&r->lock);
@@ -600,7 +600,7 @@ static void *recv_thread(void *arg)
 	return NULL;
 }
 
-int mfd_multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp)
+int multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp)
 {
 	int rc = 0;
 
@@ -614,7 +614,7 @@ int mfd_multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp)
 						: "multifd: %u of %u channels identified", have, r->n);
 	}
 	r->started = true;
-	r->progress_ns = mfd_now_ns();
+	r->progress_ns = util_now_ns();
 	pthread_mutex_unlock(&r->lock);
 	for (unsigned i = 0; i < r->n && rc == 0; i++)
 		rc = channel_setup(r, &r->chans[i], errp);
@@ -648,14 +648,14 @@ static int loader_timed_out(struct mfd_multifd_recv *r, unsigned id, const char 
 	mfd_error_set(&err, MFD_ETIMEDOUT, "multifd: channel %u %s within %lld ms "
 		      "(channel-timeout-ms) and no channel made progress", id, what, (long long)ms);
 	if (errp && !*errp)
-		*errp = mfd_error_copy(err);
+		*errp = error_copy(err);
 	recv_fail(r, err);
 	return MFD_ETIMEDOUT;
 }
 
-int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp)
+int multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp)
 {
-	uint64_t t0 = mfd_now_ns(), dt;
+	uint64_t t0 = util_now_ns(), dt;
 	bool expired = false;
 
 	pthread_mutex_lock(&r->lock);
@@ -688,9 +688,9 @@ int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp)
 	for (unsigned i = 0; i < r->n; i++)
 		r->chans[i].parked = false;
 	r->release++;
-	r->progress_ns = mfd_now_ns();
+	r->progress_ns = util_now_ns();
 	pthread_cond_broadcast(&r->cond);
-	dt = mfd_now_ns() - t0;
+	dt = util_now_ns() - t0;
 	r->syncs++;
 	r->sync_ns_total += dt;
 	if (dt > r->sync_ns_max)
@@ -699,14 +699,14 @@ int mfd_multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp)
 	return 0;
 }
 
-int mfd_multifd_recv_finish(struct mfd_multifd_recv *r, mfd_error **errp)
+int multifd_recv_finish(struct mfd_multifd_recv *r, mfd_error **errp)
 {
 	bool expired = false;
 
 	pthread_mutex_lock(&r->lock);
 	/* The main stream ended: a channel at a SYNC now waits for nothing. */
 	r->finishing = true;
-	r->progress_ns = mfd_now_ns();
+	r->progress_ns = util_now_ns();
 	pthread_cond_broadcast(&r->cond);
 	while (r->ended < r->n && !atomic_load(&r->failed) && !expired)
 		expired = !wait_progress(r);
@@ -730,7 +730,7 @@ int mfd_multifd_recv_finish(struct mfd_multifd_recv *r, mfd_error **errp)
 	return 0;
 }
 
-void mfd_multifd_recv_cancel(struct mfd_multifd_recv *r)
+void multifd_recv_cancel(struct mfd_multifd_recv *r)
 {
 	mfd_error *err = NULL;
 
@@ -740,7 +740,7 @@ void mfd_multifd_recv_cancel(struct mfd_multifd_recv *r)
 	recv_fail(r, err);
 }
 
-void mfd_multifd_recv_stats(struct mfd_multifd_recv *r, struct mfd_multifd_stats *st)
+void multifd_recv_stats(struct mfd_multifd_recv *r, struct mfd_multifd_stats *st)
 {
 	memset(st, 0, sizeof(*st));
 	pthread_mutex_lock(&r->lock);
@@ -753,7 +753,7 @@ void mfd_multifd_recv_stats(struct mfd_multifd_recv *r, struct mfd_multifd_stats
 	pthread_mutex_unlock(&r->lock);
 }
 
-void mfd_multifd_recv_free(struct mfd_multifd_recv *r)
+void multifd_recv_free(struct mfd_multifd_recv *r)
 {
 	if (!r)
 		return;
@@ -762,7 +762,7 @@ void mfd_multifd_recv_free(struct mfd_multifd_recv *r)
 	for (unsigned i = 0; r->chans && i < r->n; i++)
 		running |= r->chans[i].thread_started;
 	if (running)
-		mfd_multifd_recv_cancel(r);
+		multifd_recv_cancel(r);
 	for (unsigned i = 0; r->chans && i < r->n; i++)
 		if (r->chans[i].thread_started) {
 			pthread_join(r->chans[i].thread, NULL);

@@ -127,7 +127,7 @@ static int send_error(struct mfd_multifd_send *s, mfd_error **errp)
 	pthread_mutex_lock(&s->lock);
 	code = s->err ? mfd_error_code(s->err) : MFD_ECANCELED;
 	if (errp && !*errp)
-		*errp = s->err ? mfd_error_copy(s->err)
+		*errp = s->err ? error_copy(s->err)
 			       : NULL;
 	pthread_mutex_unlock(&s->lock);
 	if (errp && !*errp)
@@ -140,14 +140,14 @@ static void put_header(struct send_channel *c, uint16_t flags, uint32_t block, u
 {
 	uint8_t *h = c->header;
 
-	mfd_store_be32(h, MFD_PACKET_MAGIC);
-	mfd_store_be16(h + 4, MFD_PACKET_VERSION);
-	mfd_store_be16(h + 6, flags);
-	mfd_store_be32(h + 8, block);
-	mfd_store_be32(h + 12, normal);
-	mfd_store_be32(h + 16, zero);
-	mfd_store_be32(h + 20, payload);
-	mfd_store_be64(h + 24, atomic_fetch_add(&c->s->packet_num, 1) + 1);
+	store_be32(h, MFD_PACKET_MAGIC);
+	store_be16(h + 4, MFD_PACKET_VERSION);
+	store_be16(h + 6, flags);
+	store_be32(h + 8, block);
+	store_be32(h + 12, normal);
+	store_be32(h + 16, zero);
+	store_be32(h + 20, payload);
+	store_be64(h + 24, atomic_fetch_add(&c->s->packet_num, 1) + 1);
 }
 
 static int write_control(struct send_channel *c, uint16_t flags, mfd_error **errp)
@@ -156,7 +156,7 @@ static int write_control(struct send_channel *c, uint16_t flags, mfd_error **err
 
 	put_header(c, flags, 0, 0, 0, 0);
 	c->work.wire_bytes += MFD_PACKET_HEADER_SIZE;
-	return mfd_channel_writev_full(c->ch, &iov, 1, errp);
+	return channel_writev_full(c->ch, &iov, 1, errp);
 }
 
 /*
@@ -223,12 +223,12 @@ static void average_in(double *avg, double sample)
 static int compress_timed(struct send_channel *c, size_t len, size_t *clen, mfd_error **errp)
 {
 	const mfd_compress_ops *codec = c->s->cfg.codec;
-	uint64_t t0 = mfd_now_ns();
-	int r = mfd_compress_send(codec, c->cctx, c->bounce, len, c->cbuf, c->cbuf_cap, clen,
+	uint64_t t0 = util_now_ns();
+	int r = compress_send(codec, c->cctx, c->bounce, len, c->cbuf, c->cbuf_cap, clen,
 				  errp);
 
 	if (r == 0 && len) {
-		average_in(&c->compress_ns, (double)(mfd_now_ns() - t0) / (double)len);
+		average_in(&c->compress_ns, (double)(util_now_ns() - t0) / (double)len);
 		average_in(&c->ratio, MFD_MIN(1.0, (double)*clen / (double)len));
 	}
 	return r;
@@ -324,13 +324,13 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 	uint32_t nn = 0, nz = 0, payload = 0;
 	uint16_t flags = 0;
 	/* The adaptive choice times whole packets; nothing else needs the clock. */
-	uint64_t t_start = codec && s->cfg.adaptive_codec ? mfd_now_ns() : 0;
+	uint64_t t_start = codec && s->cfg.adaptive_codec ? util_now_ns() : 0;
 	int iovcnt = 2, r;
 
 	for (uint32_t i = 0; i < job->npages; i++) {
 		uint64_t off = job->offsets[i];
 
-		if (s->cfg.zero_detect == MFD_ZERO_MULTIFD && mfd_page_is_zero(b->host + off, ps))
+		if (s->cfg.zero_detect == MFD_ZERO_MULTIFD && util_page_is_zero(b->host + off, ps))
 			c->zero[nz++] = off;
 		else
 			c->normal[nn++] = off;
@@ -338,9 +338,9 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 	nn = sort_unique(c->normal, nn);
 	nz = sort_unique(c->zero, nz);
 	for (uint32_t i = 0; i < nn; i++)
-		mfd_store_be64(c->offsets + 8 * i, c->normal[i]);
+		store_be64(c->offsets + 8 * i, c->normal[i]);
 	for (uint32_t i = 0; i < nz; i++)
-		mfd_store_be64(c->offsets + 8 * (nn + i), c->zero[i]);
+		store_be64(c->offsets + 8 * (nn + i), c->zero[i]);
 	c->iov[0] = (struct iovec){ c->header, MFD_PACKET_HEADER_SIZE };
 	c->iov[1] = (struct iovec){ c->offsets, 8 * (size_t)(nn + nz) };
 
@@ -410,18 +410,18 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 		/* Header and offsets are this thread's reused buffers: copied.
 		 * Guest pages go as they are; a page the guest writes before the
 		 * kernel reads it is dirty and goes again. */
-		r = mfd_channel_writev_full(c->ch, c->iov, 2, errp);
+		r = channel_writev_full(c->ch, c->iov, 2, errp);
 		if (r == 0)
-			r = mfd_channel_writev_zerocopy_full(c->ch, c->iov + 2, iovcnt - 2, errp);
+			r = channel_writev_zerocopy_full(c->ch, c->iov + 2, iovcnt - 2, errp);
 		if (r == 0)
 			c->work.zc_bytes += (uint64_t)nn * ps;
 	} else {
-		r = mfd_channel_writev_full(c->ch, c->iov, iovcnt, errp);
+		r = channel_writev_full(c->ch, c->iov, iovcnt, errp);
 	}
 	if (r < 0)
 		return r;
 	if (codec && s->cfg.adaptive_codec && nn * ps >= COST_MIN_BYTES) {
-		double cost = (double)(mfd_now_ns() - t_start) / (double)(nn * ps);
+		double cost = (double)(util_now_ns() - t_start) / (double)(nn * ps);
 
 		/* A look at raw now and then replaces what raw cost long ago. */
 		if (c->trying_raw)
@@ -448,7 +448,7 @@ static int send_job(struct send_channel *c, const struct send_job *job, mfd_erro
 static int flush_zerocopy(struct send_channel *c, bool at_sync, mfd_error **errp)
 {
 	struct mfd_zerocopy_report rep;
-	int r = mfd_channel_flush_zerocopy(c->ch, &rep, errp);
+	int r = channel_flush_zerocopy(c->ch, &rep, errp);
 
 	if (r < 0)
 		return r;
@@ -466,7 +466,7 @@ static void *send_thread(void *arg)
 	struct send_channel *c = arg;
 	struct mfd_multifd_send *s = c->s;
 
-	mfd_thread_name("mfd-send/%u", c->id);
+	util_thread_name("mfd-send/%u", c->id);
 	for (;;) {
 		bool job, sync, end;
 		mfd_error *err = NULL;
@@ -483,7 +483,7 @@ static void *send_thread(void *arg)
 		if (atomic_load(&s->failed))
 			break;
 
-		t0 = mfd_now_ns();
+		t0 = util_now_ns();
 		/* Order matters: pages queued before a sync go out before its SYNC packet. */
 		if (job)
 			r = send_job(c, c->job, &err);
@@ -497,7 +497,7 @@ static void *send_thread(void *arg)
 			r = write_control(c, MFD_PACKET_END, &err);
 		if (r == 0 && end && s->cfg.zero_copy)
 			r = flush_zerocopy(c, false, &err);
-		c->work.busy_ns += mfd_now_ns() - t0;
+		c->work.busy_ns += util_now_ns() - t0;
 		if (r < 0) {
 			mfd_error_prefix(err, "multifd channel %u", c->id);
 			send_fail(s, err);
@@ -564,12 +564,12 @@ static int channel_init(struct mfd_multifd_send *s, struct send_channel *c, unsi
 	return 0;
 }
 
-void mfd_multifd_send_free(struct mfd_multifd_send *s)
+void multifd_send_free(struct mfd_multifd_send *s)
 {
 	if (!s)
 		return;
 	if (!s->finished)
-		mfd_multifd_send_cancel(s);
+		multifd_send_cancel(s);
 	/* Every thread first: a failing one signals every channel's condition. */
 	for (unsigned i = 0; s->chans && i < s->n; i++)
 		if (s->chans[i].thread_started) {
@@ -598,12 +598,12 @@ void mfd_multifd_send_free(struct mfd_multifd_send *s)
 	free(s);
 }
 
-int mfd_multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
+int multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
 			 unsigned nblocks, mfd_channel **channels, struct mfd_multifd_send **out,
 			 mfd_error **errp)
 {
 	struct mfd_multifd_send *s;
-	uint64_t digest = mfd_ram_blocks_digest(blocks, nblocks);
+	uint64_t digest = ram_blocks_digest(blocks, nblocks);
 	int r = 0;
 
 	*out = NULL;
@@ -613,14 +613,14 @@ int mfd_multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_
 	if (cfg->packet_bytes < MFD_PACKET_BYTES_MIN || cfg->packet_bytes > MFD_PACKET_BYTES_MAX)
 		return mfd_error_set(errp, MFD_EINVAL, "multifd packet size %u is outside %u..%u",
 				     cfg->packet_bytes, MFD_PACKET_BYTES_MIN, MFD_PACKET_BYTES_MAX);
-	if (cfg->codec && mfd_compress_check_level(cfg->codec, cfg->level, errp) < 0)
+	if (cfg->codec && compress_check_level(cfg->codec, cfg->level, errp) < 0)
 		return MFD_EINVAL;
 	if (cfg->zero_copy && cfg->codec)
 		return mfd_error_set(errp, MFD_EINVAL, "zero-copy-send sends guest pages as they "
 				     "are: it needs multifd-compression none, not %s",
 				     cfg->codec->name);
 	for (unsigned i = 0; cfg->zero_copy && i < cfg->channels; i++)
-		if (!mfd_channel_has_zerocopy(channels[i]))
+		if (!channel_has_zerocopy(channels[i]))
 			return mfd_error_set(errp, MFD_ENOTSUP, "zero-copy-send: multifd channel %u "
 					     "(%s, a %s channel) has no zero-copy send", i,
 					     channels[i]->name, channels[i]->ops->kind);
@@ -645,7 +645,7 @@ int mfd_multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_
 		free(s->chans);
 		s->chans = NULL;
 		s->finished = true;
-		mfd_multifd_send_free(s);
+		multifd_send_free(s);
 		return mfd_error_set(errp, MFD_ENOMEM, "multifd: out of memory");
 	}
 	s->batch->npages = 0;
@@ -656,8 +656,8 @@ int mfd_multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_
 		uint8_t hello[MFD_HELLO_SIZE];
 		struct iovec iov = { hello, sizeof(hello) };
 
-		mfd_hello_encode(hello, cfg, (uint16_t)i, digest);
-		r = mfd_channel_writev_full(channels[i], &iov, 1, errp);
+		multifd_hello_encode(hello, cfg, (uint16_t)i, digest);
+		r = channel_writev_full(channels[i], &iov, 1, errp);
 		if (r < 0)
 			mfd_error_prefix(errp ? *errp : NULL, "multifd channel %u: hello", i);
 		s->chans[i].work.wire_bytes += MFD_HELLO_SIZE;
@@ -671,7 +671,7 @@ int mfd_multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_
 			s->chans[i].thread_started = true;
 	}
 	if (r < 0) {
-		mfd_multifd_send_free(s);
+		multifd_send_free(s);
 		return r;
 	}
 	*out = s;
@@ -713,7 +713,7 @@ static int hand_over(struct mfd_multifd_send *s, mfd_error **errp)
 	return 0;
 }
 
-int mfd_multifd_queue_page(struct mfd_multifd_send *s, unsigned block, uint64_t offset,
+int multifd_queue_page(struct mfd_multifd_send *s, unsigned block, uint64_t offset,
 			   mfd_error **errp)
 {
 	struct send_job *b = s->batch;
@@ -744,9 +744,9 @@ int mfd_multifd_queue_page(struct mfd_multifd_send *s, unsigned block, uint64_t 
 	return 0;
 }
 
-int mfd_multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp)
+int multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp)
 {
-	uint64_t t0 = mfd_now_ns(), dt;
+	uint64_t t0 = util_now_ns(), dt;
 	int r = 0;
 
 	if (s->batch->npages)
@@ -769,7 +769,7 @@ int mfd_multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp)
 			break;
 		pthread_cond_wait(&s->idle, &s->lock);
 	}
-	dt = mfd_now_ns() - t0;
+	dt = util_now_ns() - t0;
 	s->syncs++;
 	s->sync_ns_total += dt;
 	if (dt > s->sync_ns_max)
@@ -781,7 +781,7 @@ int mfd_multifd_send_sync(struct mfd_multifd_send *s, mfd_error **errp)
 	return 0;
 }
 
-int mfd_multifd_send_finish(struct mfd_multifd_send *s, mfd_error **errp)
+int multifd_send_finish(struct mfd_multifd_send *s, mfd_error **errp)
 {
 	int r = s->batch->npages ? hand_over(s, errp) : 0;
 
@@ -805,7 +805,7 @@ int mfd_multifd_send_finish(struct mfd_multifd_send *s, mfd_error **errp)
 	return 0;
 }
 
-void mfd_multifd_send_cancel(struct mfd_multifd_send *s)
+void multifd_send_cancel(struct mfd_multifd_send *s)
 {
 	mfd_error *err = NULL;
 
@@ -815,7 +815,7 @@ void mfd_multifd_send_cancel(struct mfd_multifd_send *s)
 	send_fail(s, err);
 }
 
-void mfd_multifd_send_stats(struct mfd_multifd_send *s, struct mfd_multifd_stats *st)
+void multifd_send_stats(struct mfd_multifd_send *s, struct mfd_multifd_stats *st)
 {
 	memset(st, 0, sizeof(*st));
 	pthread_mutex_lock(&s->lock);

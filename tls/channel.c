@@ -49,13 +49,13 @@ static int latch_fatal(struct tls_chan *tc, const char *name, const char *phase,
 {
 	if (!tc->fatal)
 		tls_error(tc, name, phase, f, &tc->fatal);
-	mfd_error_propagate(errp, mfd_error_copy(tc->fatal));
+	error_propagate(errp, error_copy(tc->fatal));
 	return mfd_error_code(tc->fatal);
 }
 
 static int report_latched(const mfd_error *latched, mfd_error **errp)
 {
-	mfd_error_propagate(errp, mfd_error_copy(latched));
+	error_propagate(errp, error_copy(latched));
 	return mfd_error_code(latched);
 }
 
@@ -97,7 +97,7 @@ static int drain_locked(struct tls_chan *tc, mfd_error **errp)
 		iov.iov_base = full.buf + full.head;
 		iov.iov_len = tls_q_len(&full);
 		tc->sending.head = tc->sending.tail = 0;
-		r = mfd_channel_writev_full(tc->inner, &iov, 1, &err);
+		r = channel_writev_full(tc->inner, &iov, 1, &err);
 		if (r < 0) {
 			/* Part of a record may be out: nothing can follow it. */
 			if (!err)
@@ -162,12 +162,12 @@ static int feed(struct tls_chan *tc, const char *name, bool handshake, mfd_error
 	if (!room)
 		return mfd_error_set(errp, MFD_ENOMEM, "%s: out of memory buffering %d bytes",
 				     name, TLS_IN_BUF);
-	n = mfd_channel_read_some(tc->inner, at, TLS_IN_BUF, &err);
+	n = channel_read_some(tc->inner, at, TLS_IN_BUF, &err);
 
 	if (n < 0) {
 		if (handshake)
 			mfd_error_prefix(err, "%s: TLS handshake", name);
-		mfd_error_propagate(errp, err);
+		error_propagate(errp, err);
 		return (int)n;
 	}
 	if (n == 0) {
@@ -204,7 +204,7 @@ static int handshake(struct tls_chan *tc, const char *name, mfd_error **errp)
 		if (ret == 1 || f.err == SSL_ERROR_WANT_READ) {
 			if (dr < 0) {
 				mfd_error_prefix(derr, "%s: TLS handshake", name);
-				mfd_error_propagate(errp, derr);
+				error_propagate(errp, derr);
 				return dr;
 			}
 			if (ret == 1)
@@ -255,7 +255,7 @@ static ssize_t tls_readv(mfd_channel *ch, const struct iovec *iov, int iovcnt, m
 		bool out;
 		int r;
 
-		if (mfd_channel_is_shut(ch))
+		if (channel_is_shut(ch))
 			return mfd_error_set(errp, MFD_ECANCELED, "%s: channel shut down", ch->name);
 		pthread_mutex_lock(&tc->ssl_lock);
 		if (tc->fatal) {
@@ -347,7 +347,7 @@ static ssize_t tls_writev(mfd_channel *ch, const struct iovec *iov, int iovcnt, 
 	size_t done = 0, staged = 0;
 	int r = 0;
 
-	if (mfd_channel_is_shut(ch))
+	if (channel_is_shut(ch))
 		return mfd_error_set(errp, MFD_ECANCELED, "%s: channel shut down", ch->name);
 	out_enter(tc);
 	if (tc->finished) {
@@ -595,13 +595,13 @@ int mfd_channel_tls_wrap(mfd_channel *inner, mfd_tls_creds *creds, const char *h
 		goto fail;
 	ERR_clear_error();
 	tc->own_inner = flags & MFD_CHANNEL_OWN_INNER;
-	*out = mfd_channel_alloc(&tls_ops, name, tc);
+	*out = channel_alloc(&tls_ops, name, tc);
 	if (!*out) {
 		r = mfd_error_set(errp, MFD_ENOMEM, "%s: out of memory", name);
 		goto fail;
 	}
-	if (mfd_log_enabled(MFD_LOG_DEBUG))
-		mfd_log_debug("%s: %s %s, %s", name, SSL_get_version(tc->ssl),
+	if (log_enabled(MFD_LOG_DEBUG))
+		log_debug("%s: %s %s, %s", name, SSL_get_version(tc->ssl),
 			      SSL_get_cipher_name(tc->ssl),
 			      creds->kind == TLS_PSK ? "pre-shared key" : "x509");
 	free(name);
@@ -619,7 +619,7 @@ static struct tls_chan *tls_of(mfd_channel *ch)
 	return ch && ch->ops == &tls_ops ? ch->priv : NULL;
 }
 
-int mfd_tls_request_key_update(mfd_channel *ch, mfd_error **errp)
+int tls_request_key_update(mfd_channel *ch, mfd_error **errp)
 {
 	struct tls_chan *tc = tls_of(ch);
 	int ok;
@@ -637,7 +637,7 @@ int mfd_tls_request_key_update(mfd_channel *ch, mfd_error **errp)
 	return 0;
 }
 
-const char *mfd_tls_channel_version(mfd_channel *ch)
+const char *tls_channel_version(mfd_channel *ch)
 {
 	struct tls_chan *tc = tls_of(ch);
 	const char *v;
@@ -650,7 +650,7 @@ const char *mfd_tls_channel_version(mfd_channel *ch)
 	return v;
 }
 
-const char *mfd_tls_channel_cipher(mfd_channel *ch)
+const char *tls_channel_cipher(mfd_channel *ch)
 {
 	struct tls_chan *tc = tls_of(ch);
 	const char *c;
@@ -678,19 +678,19 @@ int mfd_channel_tls_wrap(mfd_channel *inner, mfd_tls_creds *creds, const char *h
 			     "(configure --disable-tls)");
 }
 
-int mfd_tls_request_key_update(mfd_channel *ch, mfd_error **errp)
+int tls_request_key_update(mfd_channel *ch, mfd_error **errp)
 {
 	(void)ch;
 	return mfd_error_set(errp, MFD_ENOTSUP, "TLS: built without TLS");
 }
 
-const char *mfd_tls_channel_version(mfd_channel *ch)
+const char *tls_channel_version(mfd_channel *ch)
 {
 	(void)ch;
 	return NULL;
 }
 
-const char *mfd_tls_channel_cipher(mfd_channel *ch)
+const char *tls_channel_cipher(mfd_channel *ch)
 {
 	(void)ch;
 	return NULL;

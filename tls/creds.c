@@ -55,7 +55,7 @@ static const char *ossl_reason(char *buf, size_t len)
 	return buf;
 }
 
-void mfd_tls_escape(const uint8_t *p, size_t len, char *out, size_t outlen)
+void tls_escape(const uint8_t *p, size_t len, char *out, size_t outlen)
 {
 	escape_bytes(out, outlen, p, len);
 }
@@ -93,7 +93,7 @@ static bool subject_rfc2253(X509 *cert, char *buf, size_t len)
 	return ok;
 }
 
-int mfd_tls_verify_cb(int preverify_ok, X509_STORE_CTX *store)
+int tls_verify_cb(int preverify_ok, X509_STORE_CTX *store)
 {
 	SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
 	struct tls_hs_note *note = ssl ? SSL_get_app_data(ssl) : NULL;
@@ -167,7 +167,7 @@ static int psk_use_cb(SSL *ssl, const EVP_MD *md, const unsigned char **id, size
 		return 1;
 	}
 	if (note)
-		mfd_tls_escape((const uint8_t *)p->identity, p->identity_len, note->psk_identity,
+		tls_escape((const uint8_t *)p->identity, p->identity_len, note->psk_identity,
 			       sizeof(note->psk_identity));
 	*id = (const unsigned char *)p->identity;
 	*idlen = p->identity_len;
@@ -191,7 +191,7 @@ static int psk_find_cb(SSL *ssl, const unsigned char *identity, size_t len, SSL_
 
 	*sessp = NULL;
 	if (note)
-		mfd_tls_escape(identity, len, note->psk_identity, sizeof(note->psk_identity));
+		tls_escape(identity, len, note->psk_identity, sizeof(note->psk_identity));
 	for (size_t i = 0; i < c->n_psk; i++) {
 		/* Identities are names, not secrets: an ordinary byte compare. */
 		if (c->psk[i].identity_len == len && memcmp(c->psk[i].identity, identity, len) == 0) {
@@ -244,7 +244,7 @@ static void apply_verify_mode(mfd_tls_creds *c)
 	}
 	/* A PSK client keeps SSL_VERIFY_PEER with no trust anchor: a server that
 	 * ignores the PSK and shows a certificate instead is refused. */
-	SSL_CTX_set_verify(c->ctx, mode, mfd_tls_verify_cb);
+	SSL_CTX_set_verify(c->ctx, mode, tls_verify_cb);
 }
 
 static int creds_new(enum mfd_tls_role role, enum tls_kind kind, const char *source,
@@ -313,7 +313,7 @@ static int check_readable(const char *path, mfd_error **errp)
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
 	if (fd < 0)
-		return mfd_error_set_errno(errp, MFD_EINVAL, errno, "x509 credentials: cannot read %s",
+		return error_set_errno(errp, MFD_EINVAL, errno, "x509 credentials: cannot read %s",
 					   path);
 	close(fd);
 	return 0;
@@ -533,7 +533,7 @@ static int read_psk_file(mfd_tls_creds *c, const char *file, mfd_error **errp)
 
 	fd = open(file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return mfd_error_set_errno(errp, MFD_EINVAL, errno, "PSK file %s: cannot open",
+		return error_set_errno(errp, MFD_EINVAL, errno, "PSK file %s: cannot open",
 					   file);
 	buf = malloc(PSK_FILE_MAX + 1);
 	if (!buf) {
@@ -546,7 +546,7 @@ static int read_psk_file(mfd_tls_creds *c, const char *file, mfd_error **errp)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			r = mfd_error_set_errno(errp, MFD_EINVAL, errno, "PSK file %s: read", file);
+			r = error_set_errno(errp, MFD_EINVAL, errno, "PSK file %s: read", file);
 			goto out;
 		}
 		if (n == 0)

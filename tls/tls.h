@@ -15,14 +15,14 @@
 #include <multifd/multifd.h>
 
 /*
- * Test hooks.  mfd_tls_request_key_update() asks for a TLS 1.3 KeyUpdate
+ * Test hooks.  tls_request_key_update() asks for a TLS 1.3 KeyUpdate
  * (the peer must answer with its own); it goes out with the next record.
- * mfd_tls_channel_version() and _cipher() name what the handshake agreed on
+ * tls_channel_version() and _cipher() name what the handshake agreed on
  * ("TLSv1.3", "TLS_AES_128_GCM_SHA256"); NULL when @ch is not a TLS channel.
  */
-int mfd_tls_request_key_update(mfd_channel *ch, mfd_error **errp);
-const char *mfd_tls_channel_version(mfd_channel *ch);
-const char *mfd_tls_channel_cipher(mfd_channel *ch);
+int tls_request_key_update(mfd_channel *ch, mfd_error **errp);
+const char *tls_channel_version(mfd_channel *ch);
+const char *tls_channel_cipher(mfd_channel *ch);
 
 #if MFD_HAVE_TLS
 
@@ -74,10 +74,10 @@ struct tls_hs_note {
 };
 
 /* The verify callback for SSL_CTX_set_verify(): records failures, applies authz. */
-int mfd_tls_verify_cb(int preverify_ok, X509_STORE_CTX *store);
+int tls_verify_cb(int preverify_ok, X509_STORE_CTX *store);
 
 /* Escape an identity for messages: escape_bytes() (core/escape.h). */
-void mfd_tls_escape(const uint8_t *p, size_t len, char *out, size_t outlen);
+void tls_escape(const uint8_t *p, size_t len, char *out, size_t outlen);
 
 #endif /* MFD_HAVE_TLS */
 

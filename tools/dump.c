@@ -748,7 +748,7 @@ static int cmd_len_ok(struct dump *d, uint64_t at, uint32_t cmd, uint32_t len)
 	default: ok = len == 0; break;
 	}
 	if (!ok)
-		return fail(d, at, "command %s with a payload of %" PRIu32 " bytes", mfd_vm_cmd_name(cmd),
+		return fail(d, at, "command %s with a payload of %" PRIu32 " bytes", vm_cmd_name(cmd),
 			    len);
 	return 0;
 }
@@ -821,7 +821,7 @@ static int dump_command(struct dump *d, uint64_t at, unsigned depth, bool *quit)
 			r = fail(d, at + 5, "RECV_BITMAP block name length %u in a %" PRIu32
 				 "-byte command, or a NUL in the name", p[0], len);
 		else if (rec_begin(d, at, depth, "COMMAND")) {
-			field_str(d, "name", mfd_vm_cmd_name(cmd));
+			field_str(d, "name", vm_cmd_name(cmd));
 			field_u64(d, "len", len);
 			field_str(d, "block", name);
 			rec_end(d);
@@ -835,7 +835,7 @@ static int dump_command(struct dump *d, uint64_t at, unsigned depth, bool *quit)
 			r = fail(d, at, "PACKAGED command announces %" PRIu64 " bytes, over the "
 				 "%llu MiB limit", plen, PACKAGE_MAX >> 20);
 		if (r == 0 && rec_begin(d, at, depth, "COMMAND")) {
-			field_str(d, "name", mfd_vm_cmd_name(cmd));
+			field_str(d, "name", vm_cmd_name(cmd));
 			field_u64(d, "len", len);
 			field_u64(d, "package_bytes", plen);
 			rec_end(d);
@@ -851,7 +851,7 @@ static int dump_command(struct dump *d, uint64_t at, unsigned depth, bool *quit)
 			r = fail(d, rd_off(d->rd), "%" PRIu64 " bytes left in the package after "
 				 "its end", start + plen - rd_off(d->rd));
 	} else if (rec_begin(d, at, depth, "COMMAND")) {
-		field_str(d, "name", mfd_vm_cmd_name(cmd));
+		field_str(d, "name", vm_cmd_name(cmd));
 		field_u64(d, "len", len);
 		if (cmd == MFD_CMD_PING)
 			field_u64(d, "value", load_be32(p));

@@ -167,9 +167,9 @@ unsigned fault_ctl_live(const struct fault_ctl *ctl)
 /* A multifd packet header with the SYNC flag at the start of @p. */
 static bool is_sync_header(const uint8_t *p, size_t len)
 {
-	return len >= 8 && mfd_load_be32(p) == MFD_PACKET_MAGIC &&
-	       mfd_load_be16(p + 4) == MFD_PACKET_VERSION &&
-	       (mfd_load_be16(p + 6) & MFD_PACKET_SYNC);
+	return len >= 8 && load_be32(p) == MFD_PACKET_MAGIC &&
+	       load_be16(p + 4) == MFD_PACKET_VERSION &&
+	       (load_be16(p + 6) & MFD_PACKET_SYNC);
 }
 
 /* Does the phase hold for an operation starting now?  @sync: the operation
@@ -208,8 +208,8 @@ static bool is_answer(const struct fault_chan_priv *fc, const struct iovec *iov,
 	if (fc->chan != FAULT_CH_MAIN || iovcnt < 1)
 		return false;
 	if (fc->incoming)
-		return iov[0].iov_len >= 2 && mfd_load_be16(iov[0].iov_base) == RP_RESULT;
-	return iov[0].iov_len >= 4 && mfd_load_be32(iov[0].iov_base) == SWITCHOVER_CONFIRM_MAGIC;
+		return iov[0].iov_len >= 2 && load_be16(iov[0].iov_base) == RP_RESULT;
+	return iov[0].iov_len >= 4 && load_be32(iov[0].iov_base) == SWITCHOVER_CONFIRM_MAGIC;
 }
 
 /* Multifd channels tell the main channel of their side that a sync passed. */
@@ -266,7 +266,7 @@ static int stall(mfd_channel *ch, struct fault_chan_priv *fc, enum fault_dir dir
 	for (unsigned left = wait; left > 0;) {
 		unsigned slice = left < STALL_SLICE_MS ? left : STALL_SLICE_MS;
 
-		if (mfd_channel_is_shut(ch))
+		if (channel_is_shut(ch))
 			return mfd_error_set(errp, MFD_ECANCELED, "%s: channel shut down", ch->name);
 		sleep_ms(slice);
 		left -= slice;
@@ -346,7 +346,7 @@ static ssize_t fault_io(mfd_channel *ch, enum fault_dir dir, const struct iovec 
 	ssize_t n;
 	int r;
 
-	if (mfd_channel_is_shut(ch))
+	if (channel_is_shut(ch))
 		return mfd_error_set(errp, MFD_ECANCELED, "%s: channel shut down", ch->name);
 	if (dir == FAULT_DIR_WRITE && iovcnt > 0)
 		sync = is_sync_header(iov[0].iov_base, iov[0].iov_len);
@@ -465,7 +465,7 @@ static ssize_t fault_writev_zerocopy(mfd_channel *ch, const struct iovec *iov, i
 	struct fault_chan_priv *fc = ch->priv;
 	ssize_t n;
 
-	if (!mfd_channel_has_zerocopy(fc->inner))
+	if (!channel_has_zerocopy(fc->inner))
 		return mfd_error_set(errp, MFD_ENOTSUP, "%s: a %s channel has no zero-copy send",
 				     ch->name, fc->inner->ops->kind);
 	fc->d[FAULT_DIR_WRITE].zerocopy = true;
@@ -479,7 +479,7 @@ static int fault_flush_zerocopy(mfd_channel *ch, struct mfd_zerocopy_report *rep
 {
 	struct fault_chan_priv *fc = ch->priv;
 
-	return mfd_channel_flush_zerocopy(fc->inner, rep, errp);
+	return channel_flush_zerocopy(fc->inner, rep, errp);
 }
 
 static void fault_shutdown(mfd_channel *ch)
@@ -541,12 +541,12 @@ int fault_channel_interpose(struct fault_ctl *ctl, mfd_channel *ch, mfd_migratio
 	fc = calloc(1, sizeof(*fc));
 	if (!fc)
 		return mfd_error_set(errp, MFD_ENOMEM, "%s: fault wrapper: out of memory", ch->name);
-	inner = mfd_channel_alloc(ch->ops, ch->name, ch->priv);
+	inner = channel_alloc(ch->ops, ch->name, ch->priv);
 	if (!inner) {
 		free(fc);
 		return mfd_error_set(errp, MFD_ENOMEM, "%s: fault wrapper: out of memory", ch->name);
 	}
-	atomic_store(&inner->shut, mfd_channel_is_shut(ch));
+	atomic_store(&inner->shut, channel_is_shut(ch));
 	fc->ctl = ctl;
 	fc->inner = inner;
 	fc->m = m;

@@ -6,7 +6,7 @@
  * distinctive part of its message.  The layers:
  *
  *   stream   - the savevm main stream fed to mfd_loadvm (sections 3 and 4)
- *   hello    - multifd channel hellos fed to mfd_multifd_recv_identify (8.1)
+ *   hello    - multifd channel hellos fed to multifd_recv_identify (8.1)
  *   packet   - multifd packets after a good hello, every codec (8.2, 8.4)
  *   engine   - a real destination engine fed by a raw peer: the main hello
  *              (7.1) and multifd/preempt hellos over TCP, the RAM section (7.2)
@@ -203,7 +203,7 @@ static void packaged(struct bytes *b, const struct bytes *in)
 {
 	uint8_t q[4];
 
-	mfd_store_be32(q, (uint32_t)in->len);
+	store_be32(q, (uint32_t)in->len);
 	cmd(b, 7, 4, q);
 	b_raw(b, in->p, in->len);
 }
@@ -302,7 +302,7 @@ static void s_pkg_len(struct bytes *b, uint64_t v)
 	uint8_t q[4];
 
 	b_header(b);
-	mfd_store_be32(q, (uint32_t)v);
+	store_be32(q, (uint32_t)v);
 	cmd(b, 7, 4, q);
 }
 
@@ -570,7 +570,7 @@ static void mrig_init(struct mrig *g, unsigned channels, const char *codec)
 	mfd_error *err = NULL;
 
 	memset(g, 0, sizeof(*g));
-	ck_assert_ok(mfd_multifd_config_init(&g->cfg, &err), err);
+	ck_assert_ok(multifd_config_init(&g->cfg, &err), err);
 	g->cfg.channels = channels;
 	if (codec) {
 		g->cfg.codec = mfd_compress_find(codec);
@@ -584,7 +584,7 @@ static void mrig_init(struct mrig *g, unsigned channels, const char *codec)
 	ck_assert_ok(mfd_migration_new(&g->m, &err), err);
 	ck_assert_ok(mfd_ram_block_add(g->m, "ram", g->ram, RAM_BYTES, PS, &err), err);
 	ck_assert_ok(mfd_ram_block_add(g->m, "huge", g->huge, HUGE_BYTES, HUGE_PS, &err), err);
-	g->digest = mfd_ram_blocks_digest(g->m->blocks, g->m->nblocks);
+	g->digest = ram_blocks_digest(g->m->blocks, g->m->nblocks);
 }
 
 static void mrig_free(struct mrig *g)
@@ -687,21 +687,21 @@ START_TEST(bad_hello)
 	/* The source's hello: same session, its own codec (none). */
 	src = g;
 	src.cfg.codec = NULL;
-	mfd_hello_encode(h, &src.cfg, 1, g.digest);
+	multifd_hello_encode(h, &src.cfg, 1, g.digest);
 	for (unsigned k = 0; k < c->len; k++) {
 		uint8_t v = (uint8_t)(c->val >> (8 * (c->len - 1 - k)));
 
 		h[c->off + k] = c->flip ? h[c->off + k] ^ v : v;
 	}
-	ck_assert_ok(mfd_multifd_recv_new(&g.cfg, g.m->blocks, g.m->nblocks, &r, &err), err);
+	ck_assert_ok(multifd_recv_new(&g.cfg, g.m->blocks, g.m->nblocks, &r, &err), err);
 	ck_assert_ok(mfd_channel_new_mem_reader(h, c->cut, &ch, &err), err);
-	int rc = mfd_multifd_recv_identify(ch, r, &err);
+	int rc = multifd_recv_identify(ch, r, &err);
 	struct bcase bc = { c->name, NULL, 0, c->code, c->msg };
 
 	check_result(&bc, _i, rc, err, "multifd hello from");
 	mfd_error_free(err);
 	mfd_channel_free(ch);
-	mfd_multifd_recv_free(r);
+	multifd_recv_free(r);
 	mrig_free(&g);
 }
 END_TEST
@@ -733,20 +733,20 @@ static int feed(struct mrig *g, const struct bytes *b, mfd_error **errp)
 	uint8_t h[MFD_HELLO_SIZE];
 	int rc;
 
-	mfd_hello_encode(h, &g->cfg, 0, g->digest);
+	multifd_hello_encode(h, &g->cfg, 0, g->digest);
 	b_raw(&all, h, sizeof(h));
 	b_raw(&all, b->p, b->len);
-	ck_assert_ok(mfd_multifd_recv_new(&g->cfg, g->m->blocks, g->m->nblocks, &r, errp), *errp);
+	ck_assert_ok(multifd_recv_new(&g->cfg, g->m->blocks, g->m->nblocks, &r, errp), *errp);
 	ck_assert_ok(mfd_channel_new_mem_reader(all.p, all.len, &ch, errp), *errp);
-	ck_assert_int_eq(mfd_multifd_recv_identify(ch, r, errp), 0);
-	ck_assert_ok(mfd_multifd_recv_start(r, errp), *errp);
+	ck_assert_int_eq(multifd_recv_identify(ch, r, errp), 0);
+	ck_assert_ok(multifd_recv_start(r, errp), *errp);
 	do
-		rc = mfd_multifd_recv_sync(r, errp);
+		rc = multifd_recv_sync(r, errp);
 	while (rc == 0);
 	mfd_error_free(*errp);
 	*errp = NULL;
-	rc = mfd_multifd_recv_finish(r, errp);
-	mfd_multifd_recv_free(r);
+	rc = multifd_recv_finish(r, errp);
+	multifd_recv_free(r);
 	mfd_channel_free(ch);
 	b_free(&all);
 	return rc;
@@ -1067,7 +1067,7 @@ static void channel_bytes(struct mrig *g, bool compressed, struct bytes *b)
 	uint8_t h[MFD_HELLO_SIZE];
 
 	memset(page, 0x5c, sizeof(page));
-	mfd_hello_encode(h, &g->cfg, 0, g->digest);
+	multifd_hello_encode(h, &g->cfg, 0, g->digest);
 	b_raw(b, h, sizeof(h));
 	if (compressed) {
 		struct bytes enc = { 0 };
@@ -1099,18 +1099,18 @@ static int feed_raw(struct mrig *g, const void *p, size_t len, mfd_error **errp)
 	mfd_channel *ch = NULL;
 	int rc;
 
-	ck_assert_ok(mfd_multifd_recv_new(&g->cfg, g->m->blocks, g->m->nblocks, &r, errp), *errp);
+	ck_assert_ok(multifd_recv_new(&g->cfg, g->m->blocks, g->m->nblocks, &r, errp), *errp);
 	ck_assert_ok(mfd_channel_new_mem_reader(p, len, &ch, errp), *errp);
-	rc = mfd_multifd_recv_identify(ch, r, errp);
-	if (rc == 0 && (rc = mfd_multifd_recv_start(r, errp)) == 0) {
+	rc = multifd_recv_identify(ch, r, errp);
+	if (rc == 0 && (rc = multifd_recv_start(r, errp)) == 0) {
 		do
-			rc = mfd_multifd_recv_sync(r, errp);
+			rc = multifd_recv_sync(r, errp);
 		while (rc == 0);
 		mfd_error_free(*errp);
 		*errp = NULL;
-		rc = mfd_multifd_recv_finish(r, errp);
+		rc = multifd_recv_finish(r, errp);
 	}
-	mfd_multifd_recv_free(r);
+	multifd_recv_free(r);
 	mfd_channel_free(ch);
 	return rc;
 }
@@ -1251,11 +1251,11 @@ static const uint8_t session_token[32] = "token-of-the-test-session-0123!";
 static void main_hello(uint8_t h[128], uint32_t flags, uint16_t nchan, const char *codec)
 {
 	memset(h, 0, 128);
-	mfd_store_be32(h, 0x4d46444d);
-	mfd_store_be32(h + 4, 1);
-	mfd_store_be32(h + 8, flags);
-	mfd_store_be16(h + 12, nchan);
-	mfd_store_be32(h + 16, PACKET_BYTES);
+	store_be32(h, 0x4d46444d);
+	store_be32(h + 4, 1);
+	store_be32(h + 8, flags);
+	store_be16(h + 12, nchan);
+	store_be32(h + 16, PACKET_BYTES);
 	memcpy(h + 32, session_uuid, 16);
 	memcpy(h + 48, session_token, 32);
 	h[80] = (uint8_t)strlen(codec);
@@ -1265,8 +1265,8 @@ static void main_hello(uint8_t h[128], uint32_t flags, uint16_t nchan, const cha
 static void preempt_hello(uint8_t h[128])
 {
 	memset(h, 0, 128);
-	mfd_store_be32(h, 0x4d464451);
-	mfd_store_be32(h + 4, 2);
+	store_be32(h, 0x4d464451);
+	store_be32(h + 4, 2);
 	memcpy(h + 32, session_uuid, 16);
 	memcpy(h + 48, session_token, 32);
 }
@@ -1276,11 +1276,11 @@ static void mf_hello(uint8_t h[MFD_HELLO_SIZE], struct eng_dest *d, uint16_t id,
 	struct mfd_multifd_config cfg;
 	mfd_error *err = NULL;
 
-	ck_assert_ok(mfd_multifd_config_init(&cfg, &err), err);
+	ck_assert_ok(multifd_config_init(&cfg, &err), err);
 	cfg.channels = n;
 	memcpy(cfg.uuid, session_uuid, 16);
 	memcpy(cfg.token, session_token, 32);
-	mfd_hello_encode(h, &cfg, id, mfd_ram_blocks_digest(d->m->blocks, d->m->nblocks));
+	multifd_hello_encode(h, &cfg, id, ram_blocks_digest(d->m->blocks, d->m->nblocks));
 }
 
 /* One engine case: a spoiled byte range in one of the connections' first bytes. */
@@ -1657,8 +1657,8 @@ static void r_cmd(struct bytes *b, uint64_t i)
 {
 	uint8_t adv[16] = { 0 };
 
-	mfd_store_be64(adv, 0x201000);
-	mfd_store_be64(adv + 8, 4096);
+	store_be64(adv, 0x201000);
+	store_be64(adv + 8, 4096);
 	switch (i) {
 	case 0: cmd(b, 1, 0, NULL); break;
 	case 1: cmd(b, 2, 4, "\0\0\0\1"); break;
@@ -1954,15 +1954,15 @@ static int esc_mf_hello(mfd_error **errp)
 
 	mrig_init(&g, 4, NULL);
 	src = g;
-	mfd_hello_encode(h, &src.cfg, 1, g.digest);
+	multifd_hello_encode(h, &src.cfg, 1, g.digest);
 	memset(h + 80, 0, 32);
 	h[80] = (uint8_t)esc_len;
 	memcpy(h + 81, esc_str, esc_len);
-	ck_assert_ok(mfd_multifd_recv_new(&g.cfg, g.m->blocks, g.m->nblocks, &r, errp), *errp);
+	ck_assert_ok(multifd_recv_new(&g.cfg, g.m->blocks, g.m->nblocks, &r, errp), *errp);
 	ck_assert_ok(mfd_channel_new_mem_reader(h, sizeof(h), &ch, errp), *errp);
-	rc = mfd_multifd_recv_identify(ch, r, errp);
+	rc = multifd_recv_identify(ch, r, errp);
 	mfd_channel_free(ch);
-	mfd_multifd_recv_free(r);
+	multifd_recv_free(r);
 	mrig_free(&g);
 	return rc;
 }
@@ -2278,10 +2278,10 @@ static void req(struct bytes *b, uint16_t block, uint16_t rsvd, uint32_t len, ui
 {
 	uint8_t p[16];
 
-	mfd_store_be16(p, block);
-	mfd_store_be16(p + 2, rsvd);
-	mfd_store_be32(p + 4, len);
-	mfd_store_be64(p + 8, off);
+	store_be16(p, block);
+	store_be16(p + 2, rsvd);
+	store_be32(p + 4, len);
+	store_be64(p + 8, off);
 	rp_msg(b, RP_REQ_PAGES, 16, p);
 }
 
@@ -2289,8 +2289,8 @@ static void bitmap_hdr(struct bytes *b, uint16_t block, uint64_t bytes)
 {
 	uint8_t p[16] = { 0 };
 
-	mfd_store_be16(p, block);
-	mfd_store_be64(p + 8, bytes);
+	store_be16(p, block);
+	store_be64(p + 8, bytes);
 	rp_msg(b, RP_RECV_BITMAP, 16, p);
 }
 
@@ -2299,7 +2299,7 @@ static void result(struct bytes *b, int32_t code, const char *msg)
 	uint8_t p[64];
 	size_t n = strlen(msg);
 
-	mfd_store_be32(p, (uint32_t)code);
+	store_be32(p, (uint32_t)code);
 	memcpy(p + 4, msg, n);
 	rp_msg(b, RP_RESULT, (uint16_t)(4 + n), p);
 }
@@ -2445,7 +2445,7 @@ START_TEST(result_text_escaped)
 	set(src, "channel-timeout-ms", "5000");
 	set(src, "max-bandwidth", "1048576");
 	fake_dest_start(&f, uri, sizeof(uri));
-	mfd_store_be32(p, (uint32_t)MFD_ENOENT);
+	store_be32(p, (uint32_t)MFD_ENOENT);
 	memcpy(p + 4, text, n);
 	rp_msg(&b, RP_RESULT, (uint16_t)(4 + n), p);
 	ck_assert_ok(mfd_migrate(src, uri, &err), err);

@@ -15,14 +15,14 @@ static int read_exact(mfd_channel *ch, void *buf, size_t len, mfd_error **errp)
 {
 	struct iovec iov = { .iov_base = buf, .iov_len = len };
 
-	return mfd_channel_readv_full(ch, &iov, 1, errp);
+	return channel_readv_full(ch, &iov, 1, errp);
 }
 
 static int write_exact(mfd_channel *ch, const void *buf, size_t len, mfd_error **errp)
 {
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 
-	return mfd_channel_writev_full(ch, &iov, 1, errp);
+	return channel_writev_full(ch, &iov, 1, errp);
 }
 
 START_TEST(socketpair_both_directions)

@@ -279,9 +279,9 @@ static uint8_t *compress_buf(const mfd_compress_ops *ops, void *cctx, const uint
 	uint8_t *out = xmalloc(bound);
 	mfd_error *err = NULL;
 
-	ck_assert_ok(mfd_compress_send(ops, cctx, data, len, out, bound, clen, &err), err);
+	ck_assert_ok(compress_send(ops, cctx, data, len, out, bound, clen, &err), err);
 	ck_assert_uint_le(*clen, bound);
-	ck_assert_ok(mfd_compress_check_payload(ops, *clen, len, &err), err);
+	ck_assert_ok(compress_check_payload(ops, *clen, len, &err), err);
 	return out;
 }
 
@@ -295,7 +295,7 @@ static size_t round_trip(const mfd_compress_ops *ops, void *cctx, void *dctx, co
 	struct outbuf o;
 
 	outbuf_split(&o, len, page, how, seed);
-	ck_assert_ok(mfd_compress_recv(ops, dctx, payload, clen, o.iov, o.n, &err), err);
+	ck_assert_ok(compress_recv(ops, dctx, payload, clen, o.iov, o.n, &err), err);
 	outbuf_check_guards(&o);
 	ck_assert_msg(outbuf_equals(&o, data), "%s: %zu bytes came back different", ops->name, len);
 	outbuf_free(&o);
@@ -466,7 +466,7 @@ START_TEST(send_output_too_small)
 	out = xmalloc(cap + GUARD);
 	memset(out, GUARD_BYTE, cap + GUARD);
 	cctx = send_ctx(ops, ops->level_default);
-	ck_assert_int_eq(mfd_compress_send(ops, cctx, data, 8 * PAGE, out, cap, &clen, &err),
+	ck_assert_int_eq(compress_send(ops, cctx, data, 8 * PAGE, out, cap, &clen, &err),
 			 MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "100 bytes of output space");
 	for (size_t k = cap; k < cap + GUARD; k++)
@@ -500,9 +500,9 @@ START_TEST(setup_rejects_bad_levels)
 	ck_assert_ptr_null(ctx);
 	ck_assert_int_eq(ops->send_setup(&ctx, ops->level_min - 1, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "is outside");
-	ck_assert_int_eq(mfd_compress_check_level(ops, ops->level_max + 1, &err), MFD_EINVAL);
+	ck_assert_int_eq(compress_check_level(ops, ops->level_max + 1, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, want);
-	ck_assert_int_eq(mfd_compress_check_level(ops, ops->level_default, &err), 0);
+	ck_assert_int_eq(compress_check_level(ops, ops->level_default, &err), 0);
 	/* Cleanup accepts NULL. */
 	ops->send_cleanup(NULL);
 	ops->recv_cleanup(NULL);
@@ -529,7 +529,7 @@ START_TEST(builtins_are_listed)
 			continue;
 		ck_assert_str_eq(names[at], codec_cases[i].name);
 		ck_assert_ptr_eq(mfd_compress_find(codec_cases[i].name)->name, names[at]);
-		ck_assert_int_eq(mfd_compress_validate(mfd_compress_find(names[at]), &err), 0);
+		ck_assert_int_eq(compress_validate(mfd_compress_find(names[at]), &err), 0);
 		at++;
 	}
 	ck_assert_int_eq(mfd_compress_list(one, 1), want);
@@ -539,9 +539,9 @@ START_TEST(builtins_are_listed)
 	ck_assert_ptr_null(mfd_compress_find(""));
 	ck_assert_ptr_null(mfd_compress_find(NULL));
 	ck_assert_ptr_null(mfd_compress_find("lzo"));
-	ck_assert_ptr_null(mfd_compress_lookup("lzo", &err));
+	ck_assert_ptr_null(compress_lookup("lzo", &err));
 	ck_assert_mfd_error(err, MFD_ENOENT, "unknown compression method 'lzo' (known: none");
-	ck_assert_ptr_nonnull(mfd_compress_lookup("none", &err));
+	ck_assert_ptr_nonnull(compress_lookup("none", &err));
 	ck_assert_ptr_null(err);
 }
 END_TEST
@@ -597,7 +597,7 @@ START_TEST(register_custom_codec)
 			   (uint64_t)k);
 	}
 	outbuf_split(&o, 8, PAGE, SPLIT_ONE, 0);
-	ck_assert_int_eq(mfd_compress_recv(ops, NULL, bad, sizeof(bad), o.iov, o.n, &err),
+	ck_assert_int_eq(compress_recv(ops, NULL, bad, sizeof(bad), o.iov, o.n, &err),
 			 MFD_EPROTO);
 	ck_assert_mfd_error(err, MFD_EPROTO, "test-rle: empty run at 0");
 	outbuf_check_guards(&o);
@@ -824,27 +824,27 @@ START_TEST(wrappers_enforce_the_contract)
 
 	t.name = "hw-codec";
 	t.send_prepare = liar_send_prepare;
-	ck_assert_int_eq(mfd_compress_send(&t, NULL, in, 16, out, 16, &clen, &err), MFD_EHANDLER);
+	ck_assert_int_eq(compress_send(&t, NULL, in, 16, out, 16, &clen, &err), MFD_EHANDLER);
 	ck_assert_mfd_error(err, MFD_EHANDLER,
 			    "hw-codec: send_prepare reported 17 bytes of output in a 16-byte buffer");
 	ck_assert_uint_eq(clen, 7);
 	t.recv = silent_recv;
-	ck_assert_int_eq(mfd_compress_recv(&t, NULL, in, 2, &iov, 1, &err), MFD_EHANDLER);
+	ck_assert_int_eq(compress_recv(&t, NULL, in, 2, &iov, 1, &err), MFD_EHANDLER);
 	ck_assert_mfd_error(err, MFD_EHANDLER, "hw-codec: recv failed with code -1000 and no message");
 	t.recv = errno_recv;
-	ck_assert_int_eq(mfd_compress_recv(&t, NULL, in, 2, &iov, 1, &err), MFD_EHANDLER);
+	ck_assert_int_eq(compress_recv(&t, NULL, in, 2, &iov, 1, &err), MFD_EHANDLER);
 	ck_assert_mfd_error(err, MFD_EHANDLER, "device said EINVAL");
 	t.recv = proto_recv;
-	ck_assert_int_eq(mfd_compress_recv(&t, NULL, in, 2, &iov, 1, &err), MFD_EPROTO);
+	ck_assert_int_eq(compress_recv(&t, NULL, in, 2, &iov, 1, &err), MFD_EPROTO);
 	ck_assert_mfd_error(err, MFD_EPROTO, "hw-codec: bad payload of 2 bytes");
 	/* NULL errp: the code still comes back. */
-	ck_assert_int_eq(mfd_compress_recv(&t, NULL, in, 2, &iov, 1, NULL), MFD_EPROTO);
+	ck_assert_int_eq(compress_recv(&t, NULL, in, 2, &iov, 1, NULL), MFD_EPROTO);
 	/* The receiver's bound check before reading a payload. */
-	ck_assert_int_eq(mfd_compress_check_payload(&t, 2 * PAGE + 1, PAGE, &err), MFD_EPROTO);
+	ck_assert_int_eq(compress_check_payload(&t, 2 * PAGE + 1, PAGE, &err), MFD_EPROTO);
 	ck_assert_mfd_error(err, MFD_EPROTO,
 			    "hw-codec: payload of 8193 bytes is beyond the codec's bound of 8192 "
 			    "bytes for a 4096-byte packet");
-	ck_assert_int_eq(mfd_compress_check_payload(&t, 2 * PAGE, PAGE, &err), 0);
+	ck_assert_int_eq(compress_check_payload(&t, 2 * PAGE, PAGE, &err), 0);
 }
 END_TEST
 
@@ -976,7 +976,7 @@ static int decode(struct fixture *f, const void *in, size_t in_len, size_t total
 	int r;
 
 	outbuf_split(&o, total, PAGE, how, in_len);
-	r = mfd_compress_recv(f->ops, f->dctx, in, in_len, o.iov, o.n, errp);
+	r = compress_recv(f->ops, f->dctx, in, in_len, o.iov, o.n, errp);
 	outbuf_check_guards(&o);
 	if (same)
 		*same = total <= sizeof(f->data) && outbuf_equals(&o, f->data);
@@ -1113,22 +1113,22 @@ static void common_bad_cases(struct fixture *f)
 
 	/* Caller mistakes are MFD_EINVAL, before any byte is read. */
 	iov = (struct iovec){ &one, 1 };
-	ck_assert_int_eq(mfd_compress_recv(f->ops, f->dctx, f->valid, vlen, &iov, -1, &err),
+	ck_assert_int_eq(compress_recv(f->ops, f->dctx, f->valid, vlen, &iov, -1, &err),
 			 MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "invalid output vector (-1 buffers");
-	ck_assert_int_eq(mfd_compress_recv(f->ops, f->dctx, f->valid, vlen, NULL, 3, &err),
+	ck_assert_int_eq(compress_recv(f->ops, f->dctx, f->valid, vlen, NULL, 3, &err),
 			 MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "invalid output vector (3 buffers");
-	ck_assert_int_eq(mfd_compress_recv(f->ops, f->dctx, NULL, 10, &iov, 1, &err), MFD_EINVAL);
+	ck_assert_int_eq(compress_recv(f->ops, f->dctx, NULL, 10, &iov, 1, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "payload of 10 bytes at NULL");
 	iov = (struct iovec){ NULL, 100 };
-	ck_assert_int_eq(mfd_compress_recv(f->ops, f->dctx, f->valid, vlen, &iov, 1, &err),
+	ck_assert_int_eq(compress_recv(f->ops, f->dctx, f->valid, vlen, &iov, 1, &err),
 			 MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "output buffer 0 of 100 bytes is NULL");
 	{
 		struct iovec two[2] = { { &one, SIZE_MAX }, { &one, 2 } };
 
-		ck_assert_int_eq(mfd_compress_recv(f->ops, f->dctx, f->valid, vlen, two, 2, &err),
+		ck_assert_int_eq(compress_recv(f->ops, f->dctx, f->valid, vlen, two, 2, &err),
 				 MFD_ETOOBIG);
 		ck_assert_mfd_error(err, MFD_ETOOBIG, "add up to more than SIZE_MAX");
 	}
@@ -1314,7 +1314,7 @@ START_TEST(untrusted_zlib)
 		struct iovec iov = { page, sizeof(page) };
 		mfd_error *err = NULL;
 
-		ck_assert_int_eq(mfd_compress_recv(f->ops, f->dctx, b, (size_t)UINT32_MAX + 1, &iov,
+		ck_assert_int_eq(compress_recv(f->ops, f->dctx, b, (size_t)UINT32_MAX + 1, &iov,
 						   1, &err),
 				 MFD_EPROTO);
 		ck_assert_mfd_error(err, MFD_EPROTO, "zlib: payload of 4294967296 bytes");
@@ -1416,7 +1416,7 @@ START_TEST(untrusted_zstd)
 		fill(big, 1u << 20, K_MIXED, 3);
 		bp = zstd_big_window(big, 1u << 20, &blen);
 		outbuf_split(&o, 1u << 20, PAGE, SPLIT_PAGES, 0);
-		ck_assert_ok(mfd_compress_recv(f->ops, f->dctx, bp, blen, o.iov, o.n, &err), err);
+		ck_assert_ok(compress_recv(f->ops, f->dctx, bp, blen, o.iov, o.n, &err), err);
 		ck_assert(outbuf_equals(&o, big));
 		outbuf_check_guards(&o);
 		outbuf_free(&o);
@@ -1514,11 +1514,11 @@ START_TEST(untrusted_lz4)
 								       { page, 1u << 30 } };
 		mfd_error *err = NULL;
 
-		ck_assert_int_eq(mfd_compress_recv(f->ops, f->dctx, b, (size_t)INT32_MAX + 1, &iov,
+		ck_assert_int_eq(compress_recv(f->ops, f->dctx, b, (size_t)INT32_MAX + 1, &iov,
 						   1, &err),
 				 MFD_EPROTO);
 		ck_assert_mfd_error(err, MFD_EPROTO, "lz4: payload of 2147483648 bytes is beyond");
-		ck_assert_int_eq(mfd_compress_recv(f->ops, f->dctx, b, 10, huge, 2, &err),
+		ck_assert_int_eq(compress_recv(f->ops, f->dctx, b, 10, huge, 2, &err),
 				 MFD_ETOOBIG);
 		ck_assert_mfd_error(err, MFD_ETOOBIG, "lz4: packet of 2147483648 bytes is beyond");
 		f->cases += 2;
@@ -1558,18 +1558,18 @@ START_TEST(empty_packet)
 	cctx = send_ctx(ops, ops->level_default);
 	dctx = recv_ctx(ops);
 	ck_assert_uint_le(ops->bound(0), sizeof(payload));
-	ck_assert_ok(mfd_compress_send(ops, cctx, NULL, 0, payload, ops->bound(0), &clen, &err),
+	ck_assert_ok(compress_send(ops, cctx, NULL, 0, payload, ops->bound(0), &clen, &err),
 		     err);
 	outbuf_init(&o, NULL, 0);
-	ck_assert_ok(mfd_compress_recv(ops, dctx, payload, clen, NULL, 0, &err), err);
-	ck_assert_ok(mfd_compress_recv(ops, dctx, payload, clen, o.iov, 0, &err), err);
+	ck_assert_ok(compress_recv(ops, dctx, payload, clen, NULL, 0, &err), err);
+	ck_assert_ok(compress_recv(ops, dctx, payload, clen, o.iov, 0, &err), err);
 	if (clen > 0) {
 		payload[clen] = 0x55;
-		ck_assert_int_eq(mfd_compress_recv(ops, dctx, payload, clen + 1, NULL, 0, &err),
+		ck_assert_int_eq(compress_recv(ops, dctx, payload, clen + 1, NULL, 0, &err),
 				 MFD_EPROTO);
 		snprintf(want, sizeof(want), "%s: ", ops->name);
 		ck_assert_mfd_error(err, MFD_EPROTO, want);
-		ck_assert_int_eq(mfd_compress_recv(ops, dctx, payload, clen - 1, NULL, 0, &err),
+		ck_assert_int_eq(compress_recv(ops, dctx, payload, clen - 1, NULL, 0, &err),
 				 MFD_EPROTO);
 		ck_assert_mfd_error(err, MFD_EPROTO, want);
 	}

@@ -89,12 +89,12 @@ START_TEST(log_handler_filters_by_level)
 	struct log_capture c = { 0 };
 	char big[2000];
 
-	mfd_log(MFD_LOG_ERROR, "before any handler");
+	log_emit(MFD_LOG_ERROR, "before any handler");
 	mfd_log_set_handler(capture, &c, MFD_LOG_WARNING);
-	mfd_log(MFD_LOG_DEBUG, "too verbose %d", 1);
-	mfd_log(MFD_LOG_INFO, "too verbose %d", 2);
+	log_emit(MFD_LOG_DEBUG, "too verbose %d", 1);
+	log_emit(MFD_LOG_INFO, "too verbose %d", 2);
 	ck_assert_int_eq(c.count, 0);
-	mfd_log(MFD_LOG_WARNING, "channel %d stalled", 4);
+	log_emit(MFD_LOG_WARNING, "channel %d stalled", 4);
 	ck_assert_int_eq(c.count, 1);
 	ck_assert_int_eq(c.level, MFD_LOG_WARNING);
 	ck_assert_str_eq(c.last, "channel 4 stalled");
@@ -102,10 +102,10 @@ START_TEST(log_handler_filters_by_level)
 	memset(big, 'x', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
 	mfd_log_set_handler(capture_len, &c, MFD_LOG_DEBUG);
-	mfd_log(MFD_LOG_ERROR, "%s!", big);
+	log_emit(MFD_LOG_ERROR, "%s!", big);
 	ck_assert_int_eq(c.count, (int)sizeof(big));
 	mfd_log_set_handler(NULL, NULL, MFD_LOG_DEBUG);
-	mfd_log(MFD_LOG_ERROR, "after removal");
+	log_emit(MFD_LOG_ERROR, "after removal");
 	ck_assert_int_eq(c.count, (int)sizeof(big));
 }
 END_TEST

@@ -79,7 +79,7 @@ static void rig_init(struct rig *g, unsigned channels, const char *codec, size_t
 	mfd_error *err = NULL;
 
 	memset(g, 0, sizeof(*g));
-	ck_assert_ok(mfd_multifd_config_init(&g->cfg, &err), err);
+	ck_assert_ok(multifd_config_init(&g->cfg, &err), err);
 	g->cfg.channels = channels;
 	g->cfg.packet_bytes = packet_bytes;
 	if (codec && strcmp(codec, "none") != 0) {
@@ -112,22 +112,22 @@ static void rig_connect(struct rig *g)
 {
 	mfd_error *err = NULL;
 
-	ck_assert_ok(mfd_multifd_send_new(&g->cfg, g->src->blocks, g->src->nblocks, g->a, &g->send,
+	ck_assert_ok(multifd_send_new(&g->cfg, g->src->blocks, g->src->nblocks, g->a, &g->send,
 					  &err), err);
-	ck_assert_ok(mfd_multifd_recv_new(&g->cfg, g->dst->blocks, g->dst->nblocks, &g->recv, &err),
+	ck_assert_ok(multifd_recv_new(&g->cfg, g->dst->blocks, g->dst->nblocks, &g->recv, &err),
 		     err);
 	for (unsigned k = g->cfg.channels; k-- > 0;) {
-		int id = mfd_multifd_recv_identify(g->b[k], g->recv, &err);
+		int id = multifd_recv_identify(g->b[k], g->recv, &err);
 
 		ck_assert_msg(id == (int)k, "identify: %d: %s", id, mfd_error_message(err));
 	}
-	ck_assert_ok(mfd_multifd_recv_start(g->recv, &err), err);
+	ck_assert_ok(multifd_recv_start(g->recv, &err), err);
 }
 
 static void rig_free(struct rig *g)
 {
-	mfd_multifd_send_free(g->send);
-	mfd_multifd_recv_free(g->recv);
+	multifd_send_free(g->send);
+	multifd_recv_free(g->recv);
 	for (unsigned i = 0; i < g->cfg.channels; i++) {
 		mfd_channel_free(g->a[i]);
 		mfd_channel_free(g->b[i]);
@@ -169,20 +169,20 @@ static void *source(void *arg)
 			sent[pg] = 1;
 			if (p->rewrite)
 				memset(g->sram + pg * PS, (int)(e * 37 + pg) | 1, 64);
-			p->result = mfd_multifd_queue_page(g->send, 0, pg * PS, &p->err);
+			p->result = multifd_queue_page(g->send, 0, pg * PS, &p->err);
 		}
 		if (e == 0)
 			for (uint64_t off = 0; off < g->huge_size && p->result == 0; off += 2u << 20)
-				p->result = mfd_multifd_queue_page(g->send, 1, off, &p->err);
+				p->result = multifd_queue_page(g->send, 1, off, &p->err);
 		if (p->result == 0)
-			p->result = mfd_multifd_send_sync(g->send, &p->err);
+			p->result = multifd_send_sync(g->send, &p->err);
 	}
 	/* Whatever was not sent in epoch 0 goes now, so the final images match. */
 	for (size_t pg = 0; pg < npages && p->result == 0; pg++)
 		if (!sent[pg])
-			p->result = mfd_multifd_queue_page(g->send, 0, pg * PS, &p->err);
+			p->result = multifd_queue_page(g->send, 0, pg * PS, &p->err);
 	if (p->result == 0)
-		p->result = mfd_multifd_send_finish(g->send, &p->err);
+		p->result = multifd_send_finish(g->send, &p->err);
 	free(sent);
 	return NULL;
 }
@@ -197,11 +197,11 @@ static void run_transfer(struct rig *g, unsigned epochs, uint64_t seed, bool rew
 	ck_assert_int_eq(pthread_create(&t, NULL, source, &p), 0);
 	/* The main-stream loader's part: one release per sync. */
 	for (unsigned e = 0; e < epochs; e++) {
-		int r = mfd_multifd_recv_sync(g->recv, &err);
+		int r = multifd_recv_sync(g->recv, &err);
 
 		ck_assert_msg(r == 0, "sync %u: %s", e, mfd_error_message(err));
 	}
-	ck_assert_ok(mfd_multifd_recv_finish(g->recv, &err), err);
+	ck_assert_ok(multifd_recv_finish(g->recv, &err), err);
 	ck_assert_int_eq(pthread_join(t, NULL), 0);
 	ck_assert_ok(p.result, p.err);
 }
@@ -229,7 +229,7 @@ START_TEST(transfer_matrix)
 		      channels);
 	ck_assert_msg(memcmp(g.shuge, g.dhuge, g.huge_size) == 0, "%s x %u: huge block differs",
 		      codec, channels);
-	mfd_multifd_recv_stats(g.recv, &st);
+	multifd_recv_stats(g.recv, &st);
 	ck_assert_uint_eq(st.channels, channels);
 	for (unsigned i = 0; i < channels; i++) {
 		zero += st.ch[i].zero_pages;
@@ -237,7 +237,7 @@ START_TEST(transfer_matrix)
 	}
 	ck_assert_uint_eq(zero + normal, g.ram_size / PS + g.huge_size / (2u << 20));
 	ck_assert_uint_gt(zero, g.ram_size / PS / 4);	/* about half the pages are zero */
-	mfd_multifd_send_stats(g.send, &st);
+	multifd_send_stats(g.send, &st);
 	ck_assert_uint_eq(st.syncs, 1);
 	if (strcmp(codec, "none") != 0) {
 		uint64_t wire = 0, page = 0;
@@ -288,7 +288,7 @@ START_TEST(zero_detection_off_sends_every_page)
 	memset(g.dram, 0xee, g.ram_size);	/* the destination must be overwritten */
 	run_transfer(&g, 1, 3, false);
 	ck_assert_int_eq(memcmp(g.sram, g.dram, g.ram_size), 0);
-	mfd_multifd_send_stats(g.send, &st);
+	multifd_send_stats(g.send, &st);
 	ck_assert_uint_eq(st.ch[0].zero_pages + st.ch[1].zero_pages, 0);
 	rig_free(&g);
 }
@@ -310,21 +310,21 @@ START_TEST(zero_page_scan)
 {
 	static uint8_t page[2u << 20] __attribute__((aligned(64)));
 
-	ck_assert(mfd_page_is_zero(page, sizeof(page)));
-	ck_assert(mfd_page_is_zero(page, 4096));
+	ck_assert(util_page_is_zero(page, sizeof(page)));
+	ck_assert(util_page_is_zero(page, 4096));
 	for (size_t pos = 0; pos < 4096; pos += 97) {
 		page[pos] = 1;
-		ck_assert_msg(!mfd_page_is_zero(page, 4096), "byte %zu missed", pos);
+		ck_assert_msg(!util_page_is_zero(page, 4096), "byte %zu missed", pos);
 		page[pos] = 0;
 	}
 	page[4095] = 0x80;
-	ck_assert(!mfd_page_is_zero(page, 4096));
+	ck_assert(!util_page_is_zero(page, 4096));
 	page[4095] = 0;
 	page[(2u << 20) - 1] = 1;
-	ck_assert(!mfd_page_is_zero(page, sizeof(page)));
-	ck_assert(mfd_page_is_zero(page, 100));
+	ck_assert(!util_page_is_zero(page, sizeof(page)));
+	ck_assert(util_page_is_zero(page, 100));
 	page[99] = 1;
-	ck_assert(!mfd_page_is_zero(page, 100));
+	ck_assert(!util_page_is_zero(page, 100));
 }
 END_TEST
 
@@ -336,12 +336,12 @@ START_TEST(cancel_unblocks_both_sides)
 	rig_init(&g, 4, "none", 4, 512u << 10);
 	rig_connect(&g);
 	/* Queue more than the sockets hold while nobody releases syncs. */
-	ck_assert_ok(mfd_multifd_send_sync(g.send, &err), err);
-	mfd_multifd_recv_cancel(g.recv);
-	mfd_multifd_send_cancel(g.send);
-	ck_assert_int_eq(mfd_multifd_queue_page(g.send, 0, 0, &err), MFD_ECANCELED);
+	ck_assert_ok(multifd_send_sync(g.send, &err), err);
+	multifd_recv_cancel(g.recv);
+	multifd_send_cancel(g.send);
+	ck_assert_int_eq(multifd_queue_page(g.send, 0, 0, &err), MFD_ECANCELED);
 	ck_assert_mfd_error(err, MFD_ECANCELED, "cancelled");
-	ck_assert_int_eq(mfd_multifd_recv_finish(g.recv, &err), MFD_ECANCELED);
+	ck_assert_int_eq(multifd_recv_finish(g.recv, &err), MFD_ECANCELED);
 	mfd_error_free(err);
 	rig_free(&g);
 }
@@ -354,14 +354,14 @@ START_TEST(source_refuses_bad_pages)
 
 	rig_init(&g, 1, "none", 1, 512u << 10);
 	rig_connect(&g);
-	ck_assert_int_eq(mfd_multifd_queue_page(g.send, 2, 0, &err), MFD_EINVAL);
+	ck_assert_int_eq(multifd_queue_page(g.send, 2, 0, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "block index 2, there are 2");
-	ck_assert_int_eq(mfd_multifd_queue_page(g.send, 0, 100, &err), MFD_EINVAL);
+	ck_assert_int_eq(multifd_queue_page(g.send, 0, 100, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "offset 0x64 is not a page of block 'ram'");
-	ck_assert_int_eq(mfd_multifd_queue_page(g.send, 0, g.ram_size, &err), MFD_EINVAL);
+	ck_assert_int_eq(multifd_queue_page(g.send, 0, g.ram_size, &err), MFD_EINVAL);
 	mfd_error_free(err);
-	mfd_multifd_send_cancel(g.send);
-	mfd_multifd_recv_cancel(g.recv);
+	multifd_send_cancel(g.send);
+	multifd_recv_cancel(g.recv);
 	rig_free(&g);
 }
 END_TEST
@@ -421,11 +421,11 @@ static void *queue_in_order(void *arg)
 	struct in_order *o = arg;
 
 	for (uint64_t off = 0; off < o->g->ram_size && o->result == 0; off += PS)
-		o->result = mfd_multifd_queue_page(o->g->send, 0, off, &o->err);
+		o->result = multifd_queue_page(o->g->send, 0, off, &o->err);
 	if (o->result == 0)
-		o->result = mfd_multifd_send_sync(o->g->send, &o->err);
+		o->result = multifd_send_sync(o->g->send, &o->err);
 	if (o->result == 0)
-		o->result = mfd_multifd_send_finish(o->g->send, &o->err);
+		o->result = multifd_send_finish(o->g->send, &o->err);
 	return NULL;
 }
 
@@ -438,8 +438,8 @@ static void transfer_in_order(struct rig *g)
 
 	rig_connect(g);
 	ck_assert_int_eq(pthread_create(&t, NULL, queue_in_order, &o), 0);
-	ck_assert_ok(mfd_multifd_recv_sync(g->recv, &err), err);
-	ck_assert_ok(mfd_multifd_recv_finish(g->recv, &err), err);
+	ck_assert_ok(multifd_recv_sync(g->recv, &err), err);
+	ck_assert_ok(multifd_recv_finish(g->recv, &err), err);
 	ck_assert_int_eq(pthread_join(t, NULL), 0);
 	ck_assert_ok(o.result, o.err);
 	ck_assert_int_eq(memcmp(g->sram, g->dram, g->ram_size), 0);
@@ -468,10 +468,10 @@ static void *relay(void *arg)
 
 	ck_assert_ptr_nonnull(buf);
 	for (;;) {
-		ssize_t n = mfd_channel_read_some(l->from, buf, chunk, NULL);
+		ssize_t n = channel_read_some(l->from, buf, chunk, NULL);
 		struct iovec iov = { buf, (size_t)(n > 0 ? n : 0) };
 
-		if (n <= 0 || mfd_channel_writev_full(l->to, &iov, 1, NULL) < 0)
+		if (n <= 0 || channel_writev_full(l->to, &iov, 1, NULL) < 0)
 			break;
 		usleep((useconds_t)((double)n / l->rate * 1e6));
 	}
@@ -505,7 +505,7 @@ static double compressed_share(const char *codec, bool adaptive, double rate, si
 		ck_assert_int_eq(pthread_create(&lt, NULL, relay, &link), 0);
 	}
 	transfer_in_order(&g);
-	mfd_multifd_send_stats(g.send, &st);
+	multifd_send_stats(g.send, &st);
 	share = (double)(st.ch[0].packets - st.ch[0].raw_packets) / (double)st.ch[0].packets;
 	printf("multifd adaptive %s: %s, %s: %.2f of %llu packets compressed\n",
 	       adaptive ? "on" : "off", codec, rate > 0 ? "slow link" : "socketpair", share,
@@ -558,10 +558,10 @@ START_TEST(a_failing_probe_fails_the_sender)
 		}
 		rig_connect(&g);
 		ck_assert_int_eq(pthread_create(&t, NULL, queue_in_order, &o), 0);
-		(void)mfd_multifd_recv_sync(g.recv, &err);
+		(void)multifd_recv_sync(g.recv, &err);
 		mfd_error_free(err);
 		err = NULL;
-		mfd_multifd_recv_cancel(g.recv);
+		multifd_recv_cancel(g.recv);
 		ck_assert_int_eq(pthread_join(t, NULL), 0);
 		ck_assert_msg(o.result == MFD_EIO, "adaptive %d: sender result %d", adaptive,
 			      o.result);
@@ -628,7 +628,7 @@ START_TEST(incompressible_memory_costs_probes_only)
 	memset(g.sram + split, 0x5a, g.ram_size - split);
 	transfer_in_order(&g);
 
-	mfd_multifd_send_stats(g.send, &st);
+	multifd_send_stats(g.send, &st);
 	ck_assert_uint_eq(st.ch[0].packets, 128);
 	ck_assert_msg(atomic_load(&count_full_random) == 1,
 		      "the codec compressed %u whole random packets; only the first should be",
@@ -658,7 +658,7 @@ START_TEST(custom_codec_migrates)
 	fill_mixed(g.sram, 64 * PS, PS, 5);
 	run_transfer(&g, 2, 11, false);
 	ck_assert_int_eq(memcmp(g.sram, g.dram, g.ram_size), 0);
-	mfd_multifd_send_stats(g.send, &st);
+	multifd_send_stats(g.send, &st);
 	for (unsigned i = 0; i < 2; i++) {
 		compressed_bytes += st.ch[i].wire_bytes;
 		page_bytes += st.ch[i].page_bytes;
@@ -683,14 +683,14 @@ static void bad_rig_init(struct bad_rig *br, unsigned channels, const char *code
 	mfd_error *err = NULL;
 
 	memset(br, 0, sizeof(*br));
-	ck_assert_ok(mfd_multifd_config_init(&br->cfg, &err), err);
+	ck_assert_ok(multifd_config_init(&br->cfg, &err), err);
 	br->cfg.channels = channels;
 	if (codec)
 		br->cfg.codec = mfd_compress_find(codec);
 	br->ram = map(64 * PS);
 	ck_assert_ok(mfd_migration_new(&br->m, &err), err);
 	ck_assert_ok(mfd_ram_block_add(br->m, "ram", br->ram, 64 * PS, PS, &err), err);
-	br->digest = mfd_ram_blocks_digest(br->m->blocks, br->m->nblocks);
+	br->digest = ram_blocks_digest(br->m->blocks, br->m->nblocks);
 }
 
 static void bad_rig_free(struct bad_rig *br)
@@ -747,16 +747,16 @@ START_TEST(bad_hello)
 	mfd_error *err = NULL;
 
 	bad_rig_init(&br, 4, NULL);
-	mfd_hello_encode(h, &br.cfg, 1, br.digest);
+	multifd_hello_encode(h, &br.cfg, 1, br.digest);
 	switch (_i) {
 	case HM_MAGIC: h[3] ^= 1; break;
-	case HM_VERSION0: mfd_store_be32(h + 4, 0); break;
-	case HM_VERSION2: mfd_store_be32(h + 4, 2); break;
-	case HM_FLAGS: mfd_store_be32(h + 8, 0x100); break;
-	case HM_COUNT: mfd_store_be16(h + 14, 5); break;
-	case HM_ID_EQ_COUNT: mfd_store_be16(h + 12, 4); break;
-	case HM_ID_MAX: mfd_store_be16(h + 12, 0xffff); break;
-	case HM_PACKET: mfd_store_be32(h + 16, 1u << 20); break;
+	case HM_VERSION0: store_be32(h + 4, 0); break;
+	case HM_VERSION2: store_be32(h + 4, 2); break;
+	case HM_FLAGS: store_be32(h + 8, 0x100); break;
+	case HM_COUNT: store_be16(h + 14, 5); break;
+	case HM_ID_EQ_COUNT: store_be16(h + 12, 4); break;
+	case HM_ID_MAX: store_be16(h + 12, 0xffff); break;
+	case HM_PACKET: store_be32(h + 16, 1u << 20); break;
 	case HM_RES20: h[23] = 1; break;
 	case HM_RES112: h[112] = 1; break;
 	case HM_RES127: h[127] = 1; break;
@@ -775,15 +775,15 @@ START_TEST(bad_hello)
 	case HM_CUT64: len = 64; break;
 	case HM_CUT127: len = 127; break;
 	}
-	ck_assert_ok(mfd_multifd_recv_new(&br.cfg, br.m->blocks, br.m->nblocks, &r, &err), err);
+	ck_assert_ok(multifd_recv_new(&br.cfg, br.m->blocks, br.m->nblocks, &r, &err), err);
 	ck_assert_ok(mfd_channel_new_mem_reader(h, len, &ch, &err), err);
-	int rc = mfd_multifd_recv_identify(ch, r, &err);
+	int rc = multifd_recv_identify(ch, r, &err);
 
 	ck_assert_msg(rc == hello_cases[_i].code, "case %d: got %d: %s", _i, rc,
 		      mfd_error_message(err));
 	ck_assert_mfd_error(err, hello_cases[_i].code, hello_cases[_i].msg);
 	mfd_channel_free(ch);
-	mfd_multifd_recv_free(r);
+	multifd_recv_free(r);
 	bad_rig_free(&br);
 }
 END_TEST
@@ -797,16 +797,16 @@ START_TEST(duplicate_channel_id_and_early_start)
 	mfd_error *err = NULL;
 
 	bad_rig_init(&br, 2, NULL);
-	mfd_hello_encode(h, &br.cfg, 1, br.digest);
-	ck_assert_ok(mfd_multifd_recv_new(&br.cfg, br.m->blocks, br.m->nblocks, &r, &err), err);
+	multifd_hello_encode(h, &br.cfg, 1, br.digest);
+	ck_assert_ok(multifd_recv_new(&br.cfg, br.m->blocks, br.m->nblocks, &r, &err), err);
 	ck_assert_ok(mfd_channel_new_mem_reader(h, sizeof(h), &c1, &err), err);
 	ck_assert_ok(mfd_channel_new_mem_reader(h, sizeof(h), &c2, &err), err);
-	ck_assert_int_eq(mfd_multifd_recv_identify(c1, r, &err), 1);
-	ck_assert_int_eq(mfd_multifd_recv_identify(c2, r, &err), MFD_EPROTO);
+	ck_assert_int_eq(multifd_recv_identify(c1, r, &err), 1);
+	ck_assert_int_eq(multifd_recv_identify(c2, r, &err), MFD_EPROTO);
 	ck_assert_mfd_error(err, MFD_EPROTO, "channel id 1 is already connected");
-	ck_assert_int_eq(mfd_multifd_recv_start(r, &err), MFD_ESTATE);
+	ck_assert_int_eq(multifd_recv_start(r, &err), MFD_ESTATE);
 	ck_assert_mfd_error(err, MFD_ESTATE, "1 of 2 channels identified");
-	mfd_multifd_recv_free(r);
+	multifd_recv_free(r);
 	mfd_channel_free(c1);
 	mfd_channel_free(c2);
 	bad_rig_free(&br);
@@ -856,20 +856,20 @@ static int feed(struct bad_rig *br, const struct bytes *b, mfd_error **errp)
 	uint8_t h[MFD_HELLO_SIZE];
 	int rc;
 
-	mfd_hello_encode(h, &br->cfg, 0, br->digest);
+	multifd_hello_encode(h, &br->cfg, 0, br->digest);
 	b_raw(&all, h, sizeof(h));
 	b_raw(&all, b->p, b->len);
-	ck_assert_ok(mfd_multifd_recv_new(&br->cfg, br->m->blocks, br->m->nblocks, &r, errp), *errp);
+	ck_assert_ok(multifd_recv_new(&br->cfg, br->m->blocks, br->m->nblocks, &r, errp), *errp);
 	ck_assert_ok(mfd_channel_new_mem_reader(all.p, all.len, &ch, errp), *errp);
-	ck_assert_int_eq(mfd_multifd_recv_identify(ch, r, errp), 0);
-	ck_assert_ok(mfd_multifd_recv_start(r, errp), *errp);
+	ck_assert_int_eq(multifd_recv_identify(ch, r, errp), 0);
+	ck_assert_ok(multifd_recv_start(r, errp), *errp);
 	do
-		rc = mfd_multifd_recv_sync(r, errp);
+		rc = multifd_recv_sync(r, errp);
 	while (rc == 0);
 	mfd_error_free(*errp);
 	*errp = NULL;
-	rc = mfd_multifd_recv_finish(r, errp);
-	mfd_multifd_recv_free(r);
+	rc = multifd_recv_finish(r, errp);
+	multifd_recv_free(r);
 	mfd_channel_free(ch);
 	b_free(&all);
 	return rc;
@@ -1094,9 +1094,9 @@ START_TEST(receiver_holds_channels_at_sync)
 		ck_assert_ok(mfd_channel_pipe(&rd[i], &wr[i], &err), err);
 		mfd_channel_set_option(rd[i], "timeout-ms", 10000, NULL);
 	}
-	mfd_hello_encode(h, &br.cfg, 0, br.digest);
+	multifd_hello_encode(h, &br.cfg, 0, br.digest);
 	b_raw(&h0, h, sizeof(h));
-	mfd_hello_encode(h, &br.cfg, 1, br.digest);
+	multifd_hello_encode(h, &br.cfg, 1, br.digest);
 	b_raw(&h1, h, sizeof(h));
 	pkt(&h1, MFD_PACKET_SYNC, 0, 0, 0, 0, 2);
 	data_pkt(&h1, 3, one, 1, NULL, 0, 0xbb);	/* new copy */
@@ -1105,20 +1105,20 @@ START_TEST(receiver_holds_channels_at_sync)
 	pkt(&rest0, MFD_PACKET_SYNC, 0, 0, 0, 0, 4);
 	pkt(&rest0, MFD_PACKET_END, 0, 0, 0, 0, 6);
 
-	ck_assert_ok(mfd_multifd_recv_new(&br.cfg, br.m->blocks, br.m->nblocks, &r, &err), err);
+	ck_assert_ok(multifd_recv_new(&br.cfg, br.m->blocks, br.m->nblocks, &r, &err), err);
 	write_all(wr[0], h0.p, h0.len);
 	write_all(wr[1], h1.p, h1.len);
-	ck_assert_int_eq(mfd_multifd_recv_identify(rd[0], r, &err), 0);
-	ck_assert_int_eq(mfd_multifd_recv_identify(rd[1], r, &err), 1);
-	ck_assert_ok(mfd_multifd_recv_start(r, &err), err);
+	ck_assert_int_eq(multifd_recv_identify(rd[0], r, &err), 0);
+	ck_assert_int_eq(multifd_recv_identify(rd[1], r, &err), 1);
+	ck_assert_ok(multifd_recv_start(r, &err), err);
 	usleep(100 * 1000);	/* a broken receiver writes the new copy now */
 	ck_assert_uint_eq(br.ram[3 * PS], 0);
 	write_all(wr[0], rest0.p, rest0.len);
-	ck_assert_ok(mfd_multifd_recv_sync(r, &err), err);
-	ck_assert_ok(mfd_multifd_recv_finish(r, &err), err);
+	ck_assert_ok(multifd_recv_sync(r, &err), err);
+	ck_assert_ok(multifd_recv_finish(r, &err), err);
 	ck_assert_uint_eq(br.ram[3 * PS], 0xbb);
 	ck_assert_uint_eq(br.ram[4 * PS - 1], 0xbb);
-	mfd_multifd_recv_free(r);
+	multifd_recv_free(r);
 	for (int i = 0; i < 2; i++) {
 		mfd_channel_free(rd[i]);
 		mfd_channel_free(wr[i]);
@@ -1142,26 +1142,26 @@ START_TEST(sender_puts_pages_before_sync)
 		bool seen_data = false;
 
 		rig_init(&g, 1, "none", 1, 512u << 10);
-		ck_assert_ok(mfd_multifd_send_new(&g.cfg, g.src->blocks, g.src->nblocks, g.a, &g.send,
+		ck_assert_ok(multifd_send_new(&g.cfg, g.src->blocks, g.src->nblocks, g.a, &g.send,
 						  &err), err);
 		ck_assert_ok(mfd_stream_new(g.b[0], MFD_STREAM_READ, &in, &err), err);
 		ck_assert_int_eq(mfd_stream_skip(in, MFD_HELLO_SIZE), 0);
-		ck_assert_ok(mfd_multifd_queue_page(g.send, 0, 5 * PS, &err), err);
-		ck_assert_ok(mfd_multifd_send_sync(g.send, &err), err);
+		ck_assert_ok(multifd_queue_page(g.send, 0, 5 * PS, &err), err);
+		ck_assert_ok(multifd_send_sync(g.send, &err), err);
 		for (;;) {
 			ck_assert_int_eq(mfd_stream_get_buf(in, hdr, sizeof(hdr)), 0);
-			uint16_t flags = mfd_load_be16(hdr + 6);
+			uint16_t flags = load_be16(hdr + 6);
 
 			if (flags & MFD_PACKET_SYNC)
 				break;
 			seen_data = true;
-			ck_assert_int_eq(mfd_stream_skip(in, 8ull * (mfd_load_be32(hdr + 12) +
-								    mfd_load_be32(hdr + 16)) +
-							    mfd_load_be32(hdr + 20)), 0);
+			ck_assert_int_eq(mfd_stream_skip(in, 8ull * (load_be32(hdr + 12) +
+								    load_be32(hdr + 16)) +
+							    load_be32(hdr + 20)), 0);
 		}
 		ck_assert_msg(seen_data, "round %d: SYNC overtook the page queued before it", round);
 		mfd_stream_free(in);
-		mfd_multifd_send_cancel(g.send);
+		multifd_send_cancel(g.send);
 		rig_free(&g);
 	}
 }
@@ -1215,15 +1215,15 @@ START_TEST(zero_page_placement)
 	mfd_page_place_zero(&b, 0);		/* never placed: untouched */
 	ck_assert_uint_eq(ram[0], 0x5a);
 	mfd_page_place_zero(&b, 0);		/* now it was: cleared */
-	ck_assert(mfd_page_is_zero(ram, PS));
+	ck_assert(util_page_is_zero(ram, PS));
 	mfd_page_placed(&b, PS);
 	mfd_page_place_zero(&b, PS);
-	ck_assert(mfd_page_is_zero(ram + PS, PS));
+	ck_assert(util_page_is_zero(ram + PS, PS));
 	ck_assert_uint_eq(atomic_load(&map[0]), 3);
 	ck_assert_uint_eq(ram[2 * PS], 0x5a);
 	b.recvmap = NULL;
 	mfd_page_place_zero(&b, 3 * PS);
-	ck_assert(mfd_page_is_zero(ram + 3 * PS, PS));
+	ck_assert(util_page_is_zero(ram + 3 * PS, PS));
 	ck_assert_uint_eq(ram[2 * PS + PS - 1], 0x5a);
 }
 END_TEST
@@ -1249,22 +1249,22 @@ static void pipe_rig_start(struct pipe_rig *pr, unsigned n, int64_t timeout_ms,
 	pr->n = n;
 	bad_rig_init(&pr->br, n, NULL);
 	pr->br.cfg.timeout_ms = timeout_ms;
-	ck_assert_ok(mfd_multifd_recv_new(&pr->br.cfg, pr->br.m->blocks, pr->br.m->nblocks, &pr->r,
+	ck_assert_ok(multifd_recv_new(&pr->br.cfg, pr->br.m->blocks, pr->br.m->nblocks, &pr->r,
 					  &err), err);
 	for (unsigned i = 0; i < n; i++) {
 		ck_assert_ok(mfd_channel_pipe(&pr->rd[i], &pr->wr[i], &err), err);
-		mfd_hello_encode(h, &pr->br.cfg, (uint16_t)i, pr->br.digest);
+		multifd_hello_encode(h, &pr->br.cfg, (uint16_t)i, pr->br.digest);
 		write_all(pr->wr[i], h, sizeof(h));
 		if (bytes[i])
 			write_all(pr->wr[i], bytes[i]->p, bytes[i]->len);
-		ck_assert_int_eq(mfd_multifd_recv_identify(pr->rd[i], pr->r, &err), (int)i);
+		ck_assert_int_eq(multifd_recv_identify(pr->rd[i], pr->r, &err), (int)i);
 	}
-	ck_assert_ok(mfd_multifd_recv_start(pr->r, &err), err);
+	ck_assert_ok(multifd_recv_start(pr->r, &err), err);
 }
 
 static void pipe_rig_free(struct pipe_rig *pr)
 {
-	mfd_multifd_recv_free(pr->r);
+	multifd_recv_free(pr->r);
 	for (unsigned i = 0; i < pr->n; i++) {
 		mfd_channel_free(pr->rd[i]);
 		mfd_channel_free(pr->wr[i]);
@@ -1292,11 +1292,11 @@ START_TEST(unmatched_sync_fails_the_load)
 	pkt(&c1, MFD_PACKET_SYNC, 0, 0, 0, 0, 3);	/* the main stream has no marker for it */
 	pkt(&c1, MFD_PACKET_END, 0, 0, 0, 0, 4);
 	pipe_rig_start(&pr, 2, 0, feed2);	/* no deadline: only the end can tell */
-	ck_assert_ok(mfd_multifd_recv_sync(pr.r, &err), err);
-	t0 = mfd_now_ns();
-	ck_assert_int_eq(mfd_multifd_recv_finish(pr.r, &err), MFD_EPROTO);
-	ck_assert_msg(mfd_now_ns() - t0 < 2000000000ull, "the refusal took %llu ms",
-		      (unsigned long long)((mfd_now_ns() - t0) / 1000000));
+	ck_assert_ok(multifd_recv_sync(pr.r, &err), err);
+	t0 = util_now_ns();
+	ck_assert_int_eq(multifd_recv_finish(pr.r, &err), MFD_EPROTO);
+	ck_assert_msg(util_now_ns() - t0 < 2000000000ull, "the refusal took %llu ms",
+		      (unsigned long long)((util_now_ns() - t0) / 1000000));
 	ck_assert_msg(strstr(mfd_error_message(err), "multifd channel 1"), "%s",
 		      mfd_error_message(err));
 	ck_assert_mfd_error(err, MFD_EPROTO, "SYNC 2 was never matched by the main stream");
@@ -1314,15 +1314,15 @@ static void *sync_twice(void *arg)
 	struct rig *g = p->g;
 
 	for (unsigned pg = 0; pg < 8 && p->result == 0; pg++)
-		p->result = mfd_multifd_queue_page(g->send, 0, pg * PS, &p->err);
+		p->result = multifd_queue_page(g->send, 0, pg * PS, &p->err);
 	if (p->result == 0)
-		p->result = mfd_multifd_send_sync(g->send, &p->err);
+		p->result = multifd_send_sync(g->send, &p->err);
 	if (p->result == 0)
-		p->result = mfd_multifd_queue_page(g->send, 0, 9 * PS, &p->err);
+		p->result = multifd_queue_page(g->send, 0, 9 * PS, &p->err);
 	if (p->result == 0)
-		p->result = mfd_multifd_send_sync(g->send, &p->err);
+		p->result = multifd_send_sync(g->send, &p->err);
 	if (p->result == 0)
-		p->result = mfd_multifd_send_finish(g->send, &p->err);
+		p->result = multifd_send_finish(g->send, &p->err);
 	return NULL;
 }
 
@@ -1337,12 +1337,12 @@ START_TEST(extra_sync_from_the_source_fails_the_load)
 	memset(g.sram, 0x44, 16 * PS);
 	rig_connect(&g);
 	ck_assert_int_eq(pthread_create(&t, NULL, sync_twice, &p), 0);
-	ck_assert_ok(mfd_multifd_recv_sync(g.recv, &err), err);
+	ck_assert_ok(multifd_recv_sync(g.recv, &err), err);
 	/* The source is done (its last packets fit the socket buffers) before
 	 * the load ends, whose failure would cut the channels under it. */
 	ck_assert_int_eq(pthread_join(t, NULL), 0);
 	ck_assert_ok(p.result, p.err);
-	ck_assert_int_eq(mfd_multifd_recv_finish(g.recv, &err), MFD_EPROTO);
+	ck_assert_int_eq(multifd_recv_finish(g.recv, &err), MFD_EPROTO);
 	ck_assert_mfd_error(err, MFD_EPROTO, "SYNC 2 was never matched by the main stream");
 	rig_free(&g);
 }
@@ -1361,7 +1361,7 @@ START_TEST(parked_channel_gives_up_after_the_deadline)
 	pkt(&c0, MFD_PACKET_END, 0, 0, 0, 0, 2);
 	pipe_rig_start(&pr, 1, 200, feed1);
 	usleep(700 * 1000);	/* the loader is stuck elsewhere */
-	ck_assert_int_eq(mfd_multifd_recv_sync(pr.r, &err), MFD_ETIMEDOUT);
+	ck_assert_int_eq(multifd_recv_sync(pr.r, &err), MFD_ETIMEDOUT);
 	ck_assert_msg(strstr(mfd_error_message(err), "multifd channel 0"), "%s",
 		      mfd_error_message(err));
 	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "SYNC 1: the main stream did not reach its marker");
@@ -1382,7 +1382,7 @@ START_TEST(sync_gives_up_on_a_silent_channel)
 	pkt(&c0, MFD_PACKET_SYNC, 0, 0, 0, 0, 1);
 	pkt(&c0, MFD_PACKET_END, 0, 0, 0, 0, 2);
 	pipe_rig_start(&pr, 2, 300, feed2);
-	ck_assert_int_eq(mfd_multifd_recv_sync(pr.r, &err), MFD_ETIMEDOUT);
+	ck_assert_int_eq(multifd_recv_sync(pr.r, &err), MFD_ETIMEDOUT);
 	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "channel 1 did not reach SYNC 1 within 300 ms");
 	pipe_rig_free(&pr);
 	b_free(&c0);
@@ -1399,7 +1399,7 @@ START_TEST(finish_gives_up_on_a_silent_channel)
 
 	pkt(&c0, MFD_PACKET_END, 0, 0, 0, 0, 1);
 	pipe_rig_start(&pr, 2, 300, feed2);
-	ck_assert_int_eq(mfd_multifd_recv_finish(pr.r, &err), MFD_ETIMEDOUT);
+	ck_assert_int_eq(multifd_recv_finish(pr.r, &err), MFD_ETIMEDOUT);
 	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "channel 1 sent no END within 300 ms");
 	pipe_rig_free(&pr);
 	b_free(&c0);

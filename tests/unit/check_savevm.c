@@ -157,7 +157,7 @@ START_TEST(golden_header)
 
 	ck_assert_ok(mfd_migration_new(&m, &err), err);
 	ck_assert_ok(mfd_migration_set_identity(m, "minivmm1", &err), err);
-	ck_assert_int_eq(mfd_savevm_header(m, s), 0);
+	ck_assert_int_eq(savevm_header(m, s), 0);
 	ck_assert_int_eq(mfd_stream_flush(s), 0);
 	ck_assert_int_eq(mfd_channel_mem_contents(ch, &data, &len), 0);
 	ck_assert_uint_eq(len, sizeof(golden));
@@ -227,31 +227,31 @@ START_TEST(iterate_reports_progress_and_pending)
 
 	vm_init(&vm, true);
 	vm.ram.postcopy = true;
-	ck_assert_ok(mfd_savevm_prepare(vm.m, &err), err);
-	ck_assert_int_eq(mfd_savevm_header(vm.m, s), 0);
-	ck_assert_ok(mfd_savevm_setup(vm.m, s, &err), err);
-	mfd_savevm_pending_estimate(vm.m, &must, &can);
+	ck_assert_ok(savevm_prepare(vm.m, &err), err);
+	ck_assert_int_eq(savevm_header(vm.m, s), 0);
+	ck_assert_ok(savevm_setup(vm.m, s, &err), err);
+	savevm_pending_estimate(vm.m, &must, &can);
 	ck_assert_uint_eq(must, 333);	/* gpu */
 	ck_assert_uint_eq(can, 1000);	/* ram, postcopiable */
-	mfd_savevm_pending_exact(vm.m, &must, &can);
+	savevm_pending_exact(vm.m, &must, &can);
 	ck_assert_uint_eq(must, 333 + 2);	/* exact adds one per live section */
-	ck_assert_int_eq(mfd_savevm_iterate(vm.m, s, false, &err), 0);	/* ram wants more */
-	mfd_savevm_pending_estimate(vm.m, &must, &can);
+	ck_assert_int_eq(savevm_iterate(vm.m, s, false, &err), 0);	/* ram wants more */
+	savevm_pending_estimate(vm.m, &must, &can);
 	ck_assert_uint_eq(must, 0);
 	ck_assert_uint_eq(can, 900);
 	/* A section inactive for this round is skipped, not counted as busy. */
 	vm.ram.iterate_active = false;
-	ck_assert_int_eq(mfd_savevm_iterate(vm.m, s, false, &err), 1);
+	ck_assert_int_eq(savevm_iterate(vm.m, s, false, &err), 1);
 	ck_assert_int_eq(vm.ram.calls[FC_SAVE_ITERATE], 1);
 	vm.ram.iterate_active = true;
 	/* In postcopy only postcopiable sections iterate. */
-	ck_assert_int_eq(mfd_savevm_iterate(vm.m, s, true, &err), 0);
+	ck_assert_int_eq(savevm_iterate(vm.m, s, true, &err), 0);
 	ck_assert_int_eq(vm.gpu.calls[FC_SAVE_ITERATE], 2);
 	ck_assert_int_eq(vm.ram.calls[FC_SAVE_ITERATE], 2);
-	mfd_savevm_cleanup(vm.m);
+	savevm_cleanup(vm.m);
 	ck_assert_int_eq(vm.ram.calls[FC_SAVE_CLEANUP], 1);
 	ck_assert_int_eq(vm.cpu.calls[FC_SAVE_CLEANUP], 0);
-	mfd_savevm_cleanup(vm.m);	/* idempotent */
+	savevm_cleanup(vm.m);	/* idempotent */
 	ck_assert_int_eq(vm.ram.calls[FC_SAVE_CLEANUP], 1);
 	mfd_stream_free(s);
 	mfd_channel_free(ch);
@@ -273,37 +273,37 @@ START_TEST(postcopy_phases)
 	vm_init(&dst, false);
 	src.ram.postcopy = true;
 	src.gpu.hold_switchover = true;
-	ck_assert_int_eq(mfd_savevm_switchover_ack_needed(src.m), false);
+	ck_assert_int_eq(savevm_switchover_ack_needed(src.m), false);
 	src.cpu.switchover_ack = true;
-	ck_assert_int_eq(mfd_savevm_switchover_ack_needed(src.m), true);
-	ck_assert_ok(mfd_savevm_prepare(src.m, &err), err);
-	ck_assert_int_eq(mfd_savevm_header(src.m, s), 0);
-	ck_assert_ok(mfd_savevm_setup(src.m, s, &err), err);
-	ck_assert_int_eq(mfd_savevm_iterate(src.m, s, false, &err), 0);
-	ck_assert_ok(mfd_savevm_postcopy_prepare(src.m, s, &can_switch, &err), err);
+	ck_assert_int_eq(savevm_switchover_ack_needed(src.m), true);
+	ck_assert_ok(savevm_prepare(src.m, &err), err);
+	ck_assert_int_eq(savevm_header(src.m, s), 0);
+	ck_assert_ok(savevm_setup(src.m, s, &err), err);
+	ck_assert_int_eq(savevm_iterate(src.m, s, false, &err), 0);
+	ck_assert_ok(savevm_postcopy_prepare(src.m, s, &can_switch, &err), err);
 	ck_assert(!can_switch);
 	src.gpu.hold_switchover = false;
-	ck_assert_ok(mfd_savevm_postcopy_prepare(src.m, s, &can_switch, &err), err);
+	ck_assert_ok(savevm_postcopy_prepare(src.m, s, &can_switch, &err), err);
 	ck_assert(can_switch);
 	/* Precopy completion in postcopy: gpu ends, ram (postcopiable) does not,
 	 * and non-live state is left to the package. */
-	ck_assert_ok(mfd_savevm_complete_precopy(src.m, s, true, &err), err);
+	ck_assert_ok(savevm_complete_precopy(src.m, s, true, &err), err);
 	ck_assert_int_eq(src.gpu.calls[FC_SAVE_COMPLETE_PRECOPY], 1);
 	ck_assert_int_eq(src.ram.calls[FC_SAVE_COMPLETE_PRECOPY], 0);
 	ck_assert_int_eq(src.cpu.calls[FC_SAVE_STATE], 0);
-	ck_assert_ok(mfd_savevm_save_nonlive(src.m, s, &err), err);
-	ck_assert_int_eq(mfd_savevm_iterate(src.m, s, true, &err), 0);
-	ck_assert_ok(mfd_savevm_complete_postcopy(src.m, s, &err), err);
+	ck_assert_ok(savevm_save_nonlive(src.m, s, &err), err);
+	ck_assert_int_eq(savevm_iterate(src.m, s, true, &err), 0);
+	ck_assert_ok(savevm_complete_postcopy(src.m, s, &err), err);
 	ck_assert_int_eq(src.ram.calls[FC_SAVE_COMPLETE_POSTCOPY], 1);
 	ck_assert_int_eq(src.gpu.calls[FC_SAVE_COMPLETE_POSTCOPY], 0);
-	ck_assert_int_eq(mfd_savevm_eof(s), 0);
+	ck_assert_int_eq(savevm_eof(s), 0);
 	ck_assert_int_eq(mfd_stream_flush(s), 0);
-	mfd_savevm_cleanup(src.m);
+	savevm_cleanup(src.m);
 	/* The destination loads the whole thing. */
 	ck_assert_int_eq(mfd_channel_mem_contents(ch, &data, &len), 0);
 	ck_assert_ok(load_from_mem(dst.m, data, len, &err), err);
 	vm_assert_loaded(&src, &dst);
-	ck_assert_ok(mfd_savevm_resume_prepare(src.m, &err), err);
+	ck_assert_ok(savevm_resume_prepare(src.m, &err), err);
 	ck_assert_int_eq(src.ram.calls[FC_RESUME_PREPARE], 1);
 	mfd_stream_free(s);
 	mfd_channel_free(ch);
@@ -643,7 +643,7 @@ static int load_with_hooks(mfd_migration *m, const void *data, size_t len,
 
 	ck_assert_ok(mfd_channel_new_mem_reader(data, len, &ch, errp), *errp);
 	ck_assert_ok(mfd_stream_new(ch, MFD_STREAM_READ, &s, errp), *errp);
-	r = mfd_loadvm_state(m, s, &hooks, errp);
+	r = loadvm_state(m, s, &hooks, errp);
 	mfd_stream_free(s);
 	mfd_channel_free(ch);
 	return r;
@@ -663,26 +663,26 @@ START_TEST(every_command_round_trips)
 	vm_init(&src, true);
 	vm_init(&dst, false);
 	src.ram.postcopy = true;
-	ck_assert_ok(mfd_savevm_prepare(src.m, &err), err);
-	ck_assert_int_eq(mfd_savevm_header(src.m, s), 0);
-	ck_assert_int_eq(mfd_savevm_send_open_return_path(s), 0);
-	ck_assert_int_eq(mfd_savevm_send_ping(s, 1), 0);
-	ck_assert_int_eq(mfd_savevm_send_postcopy_advise(s, 0x201000, 4096), 0);
-	ck_assert_int_eq(mfd_savevm_send_enable_colo(s), 0);
-	ck_assert_ok(mfd_savevm_setup(src.m, s, &err), err);
-	ck_assert_int_eq(mfd_savevm_iterate(src.m, s, false, &err), 0);
-	ck_assert_int_eq(mfd_savevm_send_switchover_start(s), 0);
-	ck_assert_int_eq(mfd_savevm_send_recv_bitmap(s, "pc.ram"), 0);
-	ck_assert_int_eq(mfd_savevm_send_postcopy_resume(s), 0);
-	ck_assert_int_eq(mfd_savevm_send_postcopy_ram_discard(s, "pc.ram", ranges, 2), 0);
-	ck_assert_ok(mfd_savevm_complete_precopy(src.m, s, true, &err), err);
+	ck_assert_ok(savevm_prepare(src.m, &err), err);
+	ck_assert_int_eq(savevm_header(src.m, s), 0);
+	ck_assert_int_eq(savevm_send_open_return_path(s), 0);
+	ck_assert_int_eq(savevm_send_ping(s, 1), 0);
+	ck_assert_int_eq(savevm_send_postcopy_advise(s, 0x201000, 4096), 0);
+	ck_assert_int_eq(savevm_send_enable_colo(s), 0);
+	ck_assert_ok(savevm_setup(src.m, s, &err), err);
+	ck_assert_int_eq(savevm_iterate(src.m, s, false, &err), 0);
+	ck_assert_int_eq(savevm_send_switchover_start(s), 0);
+	ck_assert_int_eq(savevm_send_recv_bitmap(s, "pc.ram"), 0);
+	ck_assert_int_eq(savevm_send_postcopy_resume(s), 0);
+	ck_assert_int_eq(savevm_send_postcopy_ram_discard(s, "pc.ram", ranges, 2), 0);
+	ck_assert_ok(savevm_complete_precopy(src.m, s, true, &err), err);
 	/* The package: device state, LISTEN, RUN. */
-	ck_assert_ok(mfd_savevm_save_nonlive(src.m, ps, &err), err);
-	ck_assert_int_eq(mfd_savevm_send_postcopy_listen(ps), 0);
-	ck_assert_int_eq(mfd_savevm_send_postcopy_run(ps), 0);
+	ck_assert_ok(savevm_save_nonlive(src.m, ps, &err), err);
+	ck_assert_int_eq(savevm_send_postcopy_listen(ps), 0);
+	ck_assert_int_eq(savevm_send_postcopy_run(ps), 0);
 	ck_assert_int_eq(mfd_stream_flush(ps), 0);
 	ck_assert_int_eq(mfd_channel_mem_contents(pch, &pdata, &plen), 0);
-	ck_assert_int_eq(mfd_savevm_send_packaged(s, pdata, (uint32_t)plen), 0);
+	ck_assert_int_eq(savevm_send_packaged(s, pdata, (uint32_t)plen), 0);
 	ck_assert_int_eq(mfd_stream_flush(s), 0);
 	ck_assert_int_eq(mfd_channel_mem_contents(ch, &data, &len), 0);
 
@@ -710,7 +710,7 @@ START_TEST(every_command_round_trips)
 	log.fail_ping = 1;
 	ck_assert_int_eq(load_with_hooks(dst.m, data, len, &log, &err), MFD_EIO);
 	ck_assert_mfd_error(err, MFD_EIO, "command PING at byte 28: return path is broken");
-	mfd_savevm_cleanup(src.m);
+	savevm_cleanup(src.m);
 	mfd_stream_free(s);
 	mfd_stream_free(ps);
 	mfd_channel_free(ch);
@@ -730,14 +730,14 @@ START_TEST(discard_command_limits)
 
 	memset(name, 'b', sizeof(name) - 1);
 	name[sizeof(name) - 1] = '\0';
-	ck_assert_uint_eq(mfd_savevm_discard_ranges_max(6), (65535 - 9) / 16);
-	ck_assert_int_eq(mfd_savevm_send_postcopy_ram_discard(s, "pc.ram", r, 0), MFD_ETOOBIG);
+	ck_assert_uint_eq(savevm_discard_ranges_max(6), (65535 - 9) / 16);
+	ck_assert_int_eq(savevm_send_postcopy_ram_discard(s, "pc.ram", r, 0), MFD_ETOOBIG);
 	ck_assert_int_eq(mfd_stream_error(s, &err), MFD_ETOOBIG);
 	ck_assert_mfd_error(err, MFD_ETOOBIG, "0 ranges for block 'pc.ram'");
 	mfd_stream_free(s);
 	mfd_channel_free(ch);
 	s = mem_stream(&ch);
-	ck_assert_int_eq(mfd_savevm_send_recv_bitmap(s, name), MFD_EINVAL);
+	ck_assert_int_eq(savevm_send_recv_bitmap(s, name), MFD_EINVAL);
 	mfd_stream_free(s);
 	mfd_channel_free(ch);
 }

@@ -161,7 +161,7 @@ static void send_str(mfd_channel *ch, const char *str)
 	struct iovec iov = { .iov_base = (void *)str, .iov_len = strlen(str) };
 	mfd_error *err = NULL;
 
-	ck_assert_ok(mfd_channel_writev_full(ch, &iov, 1, &err), err);
+	ck_assert_ok(channel_writev_full(ch, &iov, 1, &err), err);
 }
 
 static void expect_str(mfd_channel *ch, const char *str)
@@ -171,7 +171,7 @@ static void expect_str(mfd_channel *ch, const char *str)
 	mfd_error *err = NULL;
 
 	ck_assert_uint_lt(strlen(str), sizeof(buf));
-	ck_assert_ok(mfd_channel_readv_full(ch, &iov, 1, &err), err);
+	ck_assert_ok(channel_readv_full(ch, &iov, 1, &err), err);
 	ck_assert_str_eq(buf, str);
 }
 
@@ -180,7 +180,7 @@ static void expect_end(mfd_channel *ch)
 {
 	char c;
 	mfd_error *err = NULL;
-	ssize_t n = mfd_channel_read_some(ch, &c, 1, &err);
+	ssize_t n = channel_read_some(ch, &c, 1, &err);
 
 	ck_assert_msg(n == 0, "expected the end of data, got %zd: %s", n, mfd_error_message(err));
 	mfd_error_free(err);
@@ -198,8 +198,8 @@ static void assert_client_told(struct side *cl, int code, const char *substr)
 		assert_refused(cl, code, substr);
 		return;
 	}
-	mfd_channel_writev_full(cl->tls, &iov, 1, NULL);
-	ck_assert_int_eq(mfd_channel_read_some(cl->tls, &c, 1, &err), code);
+	channel_writev_full(cl->tls, &iov, 1, NULL);
+	ck_assert_int_eq(channel_read_some(cl->tls, &c, 1, &err), code);
 	ck_assert_mfd_error(err, code, substr);
 }
 
@@ -236,8 +236,8 @@ static void x509_mutual(const char *hostname)
 	assert_up(&cl, "client");
 	assert_up(&sv, "server");
 	ck_assert_str_eq(mfd_channel_name(cl.tls), "tls:socketpair:0");
-	ck_assert_str_eq(mfd_tls_channel_version(cl.tls), "TLSv1.3");
-	ck_assert_str_eq(mfd_tls_channel_cipher(sv.tls), "TLS_AES_128_GCM_SHA256");
+	ck_assert_str_eq(tls_channel_version(cl.tls), "TLSv1.3");
+	ck_assert_str_eq(tls_channel_cipher(sv.tls), "TLS_AES_128_GCM_SHA256");
 	exchange(&cl, &sv);
 	side_free(&cl);
 	side_free(&sv);
@@ -263,7 +263,7 @@ START_TEST(psk_handshake)
 	connect_pair(&cl, &sv);
 	assert_up(&cl, "client");
 	assert_up(&sv, "server");
-	ck_assert_str_eq(mfd_tls_channel_version(sv.tls), "TLSv1.3");
+	ck_assert_str_eq(tls_channel_version(sv.tls), "TLSv1.3");
 	exchange(&cl, &sv);
 	side_free(&cl);
 	side_free(&sv);
@@ -292,7 +292,7 @@ START_TEST(min_version_1_3)
 	connect_pair(&cl, &sv);
 	assert_up(&cl, "client");
 	assert_up(&sv, "server");
-	ck_assert_str_eq(mfd_tls_channel_version(cl.tls), "TLSv1.3");
+	ck_assert_str_eq(tls_channel_version(cl.tls), "TLSv1.3");
 	exchange(&cl, &sv);
 	side_free(&cl);
 	side_free(&sv);
@@ -312,8 +312,8 @@ START_TEST(tls_1_2_when_the_server_caps_it)
 	connect_pair(&cl, &sv);
 	assert_up(&cl, "client");
 	assert_up(&sv, "server");
-	ck_assert_str_eq(mfd_tls_channel_version(cl.tls), "TLSv1.2");
-	ck_assert_str_eq(mfd_tls_channel_cipher(cl.tls), "ECDHE-ECDSA-AES128-GCM-SHA256");
+	ck_assert_str_eq(tls_channel_version(cl.tls), "TLSv1.2");
+	ck_assert_str_eq(tls_channel_cipher(cl.tls), "ECDHE-ECDSA-AES128-GCM-SHA256");
 	exchange(&cl, &sv);
 	side_free(&cl);
 	side_free(&sv);
@@ -360,8 +360,8 @@ static void *shared_pair_thread(void *arg)
 			 mfd_error_message(p->cl.err), mfd_error_message(p->sv.err));
 		return NULL;
 	}
-	if (mfd_channel_writev_full(p->cl.tls, &out, 1, &err) < 0 ||
-	    mfd_channel_readv_full(p->sv.tls, &in, 1, &err) < 0 || strcmp(buf, "ping") != 0)
+	if (channel_writev_full(p->cl.tls, &out, 1, &err) < 0 ||
+	    channel_readv_full(p->sv.tls, &in, 1, &err) < 0 || strcmp(buf, "ping") != 0)
 		snprintf(p->failure, sizeof(p->failure), "exchange: '%s' %s", buf,
 			 mfd_error_message(err));
 	mfd_error_free(err);
@@ -469,11 +469,11 @@ static void *writer_thread(void *arg)
 		iov[n++] = (struct iovec){ .iov_base = pat + pos + cut, .iov_len = first - cut };
 		if (chunk > first)
 			iov[n++] = (struct iovec){ .iov_base = pat, .iov_len = chunk - first };
-		if (mfd_channel_writev_full(f->ch, iov, n, &err) < 0)
+		if (channel_writev_full(f->ch, iov, n, &err) < 0)
 			goto fail;
 		f->moved += chunk;
 		if (f->key_update_every && ++writes % f->key_update_every == 0) {
-			if (mfd_tls_request_key_update(f->ch, &err) < 0)
+			if (tls_request_key_update(f->ch, &err) < 0)
 				goto fail;
 			f->key_updates++;
 		}
@@ -501,7 +501,7 @@ static void *reader_thread(void *arg)
 		return NULL;
 	}
 	for (;;) {
-		ssize_t n = mfd_channel_read_some(f->ch, buf, sizes[xorshift(&f->rng) % 5], &err);
+		ssize_t n = channel_read_some(f->ch, buf, sizes[xorshift(&f->rng) % 5], &err);
 
 		if (n < 0) {
 			snprintf(f->failure, sizeof(f->failure), "reader at byte %zu: %s", f->moved,
@@ -621,7 +621,7 @@ START_TEST(truncation_without_close_notify)
 	mfd_channel_free(cl.inner);
 	cl.inner = NULL;
 	expect_str(sv.tls, "partial");
-	ck_assert_int_eq(mfd_channel_read_some(sv.tls, &c, 1, &err), MFD_EEOF);
+	ck_assert_int_eq(channel_read_some(sv.tls, &c, 1, &err), MFD_EEOF);
 	ck_assert_mfd_error(err, MFD_EEOF, "peer closed without TLS close_notify (truncated)");
 	side_free(&cl);
 	side_free(&sv);
@@ -639,7 +639,7 @@ static void *blocked_reader(void *arg)
 	struct blocked_read *b = arg;
 	char c;
 
-	b->rc = (int)mfd_channel_read_some(b->ch, &c, 1, &b->err);
+	b->rc = (int)channel_read_some(b->ch, &c, 1, &b->err);
 	return NULL;
 }
 
@@ -688,7 +688,7 @@ START_TEST(options_reach_the_inner_channel)
 	/* After finish, writing is an error; reading still works. */
 	ck_assert_ok(mfd_channel_finish(cl.tls, &err), err);
 	ck_assert_ok(mfd_channel_finish(cl.tls, &err), err);	/* twice is harmless */
-	ck_assert_int_eq(mfd_channel_writev_full(cl.tls, &(struct iovec){ "x", 1 }, 1, &err),
+	ck_assert_int_eq(channel_writev_full(cl.tls, &(struct iovec){ "x", 1 }, 1, &err),
 			 MFD_ESTATE);
 	ck_assert_mfd_error(err, MFD_ESTATE, "write after mfd_channel_finish()");
 	send_str(sv.tls, "still readable");
@@ -854,7 +854,7 @@ START_TEST(no_hostname)
 	ck_assert_ptr_null(tls);
 	/* Refused before any I/O: not even a ClientHello went out. */
 	mfd_channel_free(a);
-	ck_assert_int_eq(mfd_channel_read_some(b, &byte, 1, &err), 0);
+	ck_assert_int_eq(channel_read_some(b, &byte, 1, &err), 0);
 	mfd_channel_free(b);
 	mfd_tls_creds_free(c);
 }
@@ -1310,9 +1310,9 @@ START_TEST(creds_options)
 	ck_assert_mfd_error(err, MFD_EINVAL, "NULL credentials");
 	ck_assert_int_eq(mfd_channel_tls_wrap(a.inner, pc, NULL, 0, NULL, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "out is NULL");
-	ck_assert_int_eq(mfd_tls_request_key_update(a.inner, &err), MFD_EINVAL);
+	ck_assert_int_eq(tls_request_key_update(a.inner, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "not a TLS channel");
-	ck_assert_ptr_null(mfd_tls_channel_version(a.inner));
+	ck_assert_ptr_null(tls_channel_version(a.inner));
 	side_free(&a);
 	side_free(&b);
 	mfd_tls_creds_free(cl);

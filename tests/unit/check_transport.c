@@ -35,14 +35,14 @@ static int read_exact(mfd_channel *ch, void *buf, size_t len, mfd_error **errp)
 {
 	struct iovec iov = { .iov_base = buf, .iov_len = len };
 
-	return mfd_channel_readv_full(ch, &iov, 1, errp);
+	return channel_readv_full(ch, &iov, 1, errp);
 }
 
 static int write_exact(mfd_channel *ch, const void *buf, size_t len, mfd_error **errp)
 {
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 
-	return mfd_channel_writev_full(ch, &iov, 1, errp);
+	return channel_writev_full(ch, &iov, 1, errp);
 }
 
 static double now_ms(void)
@@ -806,10 +806,10 @@ static void *zc_writer(void *arg)
 		size_t n = z->len - off < z->chunk ? z->len - off : z->chunk;
 		struct iovec iov = { (void *)(z->data + off), n };
 
-		z->result = mfd_channel_writev_zerocopy_full(z->ch, &iov, 1, &z->err);
+		z->result = channel_writev_zerocopy_full(z->ch, &iov, 1, &z->err);
 	}
 	if (z->result == 0)
-		z->result = mfd_channel_flush_zerocopy(z->ch, &z->rep, &z->err);
+		z->result = channel_flush_zerocopy(z->ch, &z->rep, &z->err);
 	return NULL;
 }
 
@@ -850,7 +850,7 @@ START_TEST(zero_copy_send_and_flush)
 	ck_assert(!rep.refused);
 	ck_assert_uint_eq(rep.copy_bytes, 0);
 	/* A report covers what happened since the last one. */
-	ck_assert_ok(mfd_channel_flush_zerocopy(c, &rep, &err), err);
+	ck_assert_ok(channel_flush_zerocopy(c, &rep, &err), err);
 	ck_assert_uint_eq(rep.sends, 0);
 	ck_assert_int_eq(mfd_channel_set_option(c, "zero-copy", 2, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "zero-copy 2 is out of range 0..1");
@@ -866,9 +866,9 @@ START_TEST(zero_copy_send_and_flush)
 	mfd_channel_free(a);
 	mfd_channel_free(b);
 	ck_assert_ok(mfd_channel_new_mem_writer(0, &m, &err), err);
-	ck_assert_int_eq(mfd_channel_writev_zerocopy_full(m, &iov, 1, &err), MFD_ENOTSUP);
+	ck_assert_int_eq(channel_writev_zerocopy_full(m, &iov, 1, &err), MFD_ENOTSUP);
 	ck_assert_mfd_error(err, MFD_ENOTSUP, "channel has no zero-copy send");
-	ck_assert_int_eq(mfd_channel_flush_zerocopy(m, &rep, &err), MFD_ENOTSUP);
+	ck_assert_int_eq(channel_flush_zerocopy(m, &rep, &err), MFD_ENOTSUP);
 	ck_assert_mfd_error(err, MFD_ENOTSUP, "channel has no zero-copy send");
 	mfd_channel_free(m);
 }
@@ -893,7 +893,7 @@ static void *zc_flusher(void *arg)
 	struct zc_flush_job *f = arg;
 	struct mfd_zerocopy_report rep;
 
-	f->result = mfd_channel_flush_zerocopy(f->ch, &rep, &f->err);
+	f->result = channel_flush_zerocopy(f->ch, &rep, &f->err);
 	return NULL;
 }
 
@@ -922,9 +922,9 @@ START_TEST(zero_copy_deadlines_and_cancel)
 	ck_assert_ok(mfd_channel_set_option(c, "timeout-ms", 200, &err), err);
 	iov = (struct iovec){ data, len };
 	cpu0 = thread_cpu_ms();
-	ck_assert_int_eq(mfd_channel_writev_zerocopy_full(c, &iov, 1, &err), MFD_ETIMEDOUT);
+	ck_assert_int_eq(channel_writev_zerocopy_full(c, &iov, 1, &err), MFD_ETIMEDOUT);
 	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "could not write for 200 ms, the peer is not reading");
-	ck_assert_int_eq(mfd_channel_flush_zerocopy(c, &rep, &err), MFD_ETIMEDOUT);
+	ck_assert_int_eq(channel_flush_zerocopy(c, &rep, &err), MFD_ETIMEDOUT);
 	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "zero-copy sends still in flight after 200 ms");
 	cpu = thread_cpu_ms() - cpu0;
 	ck_assert_msg(cpu < 200, "waiting 400 ms took %.0f ms of CPU: a busy wait", cpu);
