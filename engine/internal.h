@@ -276,6 +276,7 @@ void eng_set_state(struct mfd_engine *e, enum mfd_state to);
 void eng_record_error(struct mfd_engine *e, mfd_error *err);
 void eng_shutdown_all(struct mfd_engine *e);
 void eng_fail_all(struct mfd_engine *e, mfd_error *err);
+void eng_cond_init(pthread_cond_t *cond);
 struct timespec eng_deadline_in(int64_t ms);
 
 /* engine/chanset.c */

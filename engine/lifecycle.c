@@ -181,7 +181,7 @@ static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	e->incoming = incoming;
 	strcpy(e->uri, uri);
 	pthread_mutex_init(&e->lock, NULL);
-	pthread_cond_init(&e->cond, NULL);
+	eng_cond_init(&e->cond);
 	pthread_mutex_init(&e->out_lock, NULL);
 	pthread_mutex_init(&e->pre_lock, NULL);
 	atomic_init(&e->cancel, false);
@@ -208,7 +208,7 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 		if (!e)
 			return mfd_error_set(errp, MFD_ENOMEM, "out of memory for the engine");
 		pthread_mutex_init(&e->lock, NULL);
-		pthread_cond_init(&e->cond, NULL);
+		eng_cond_init(&e->cond);
 		pthread_mutex_init(&e->out_lock, NULL);
 		pthread_mutex_init(&e->pre_lock, NULL);
 		__atomic_store_n(&m->engine, e, __ATOMIC_RELEASE);

@@ -454,8 +454,7 @@ mfd_error *eng_destination_reason(struct mfd_engine *e)
 	struct timespec dl;
 	mfd_error *err = NULL;
 
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += 1;
+	dl = eng_deadline_in(1000);
 	pthread_mutex_lock(&e->lock);
 	while (!e->rp_result_seen && !e->rp_done)
 		if (pthread_cond_timedwait(&e->cond, &e->lock, &dl) != 0)

@@ -163,12 +163,28 @@ void eng_fail_all(struct mfd_engine *e, mfd_error *err)
 	eng_shutdown_all(e);
 }
 
-/* A pthread_cond_timedwait() deadline @ms from now (CLOCK_REALTIME). */
+/*
+ * The engine's condition variable measures its deadlines on the monotonic
+ * clock: a wall-clock step (NTP, an operator) must neither cut a wait short
+ * nor stretch it.
+ */
+void eng_cond_init(pthread_cond_t *cond)
+{
+	pthread_condattr_t attr;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(cond, &attr);
+	pthread_condattr_destroy(&attr);
+}
+
+/* A pthread_cond_timedwait() deadline @ms from now, for a condition made by
+ * eng_cond_init() (CLOCK_MONOTONIC). */
 struct timespec eng_deadline_in(int64_t ms)
 {
 	struct timespec dl;
 
-	clock_gettime(CLOCK_REALTIME, &dl);
+	clock_gettime(CLOCK_MONOTONIC, &dl);
 	dl.tv_sec += ms / 1000;
 	dl.tv_nsec += (long)(ms % 1000) * 1000000;
 	if (dl.tv_nsec >= 1000000000) {
