@@ -53,12 +53,39 @@ struct ram_source {
 	uint64_t dirtied_bytes_last_pass;	/* the same in bytes (blocks differ in page size) */
 	double tokens;				/* max-bandwidth token bucket, bytes */
 	uint64_t tokens_ns;
-	uint64_t zero_pages, normal_pages;	/* main-stream mode counts */
-	uint64_t normal_bytes;
 	int pre_last_block;			/* preempt-stream CONTINUE tracking */
 	uint64_t pc_cursor_block, pc_cursor_page;	/* postcopy background push */
 	struct policy_state policy;		/* the default switchover policy's memory */
 };
+
+/*
+ * The counters mfd_migration_stats() reports.  Each has the writers named,
+ * which update it with STAT_ADD()/STAT_SET(); any thread reads it with
+ * STAT_GET(): relaxed atomics, no lock, no published copy.
+ */
+struct eng_stats {
+	_Atomic uint64_t iterations;		/* source thread: live iteration rounds done */
+	_Atomic uint64_t dirty_syncs;		/* source thread: dirty-log syncs */
+	_Atomic uint64_t dirty_rate_pages;	/* source thread: pages dirtied per s, last pass */
+	_Atomic uint64_t dirty_rate_bytes;	/* source thread: the same in bytes */
+	_Atomic uint64_t expected_downtime_ms;	/* source thread: the policy's last estimate */
+	_Atomic uint64_t precopy_stalls;	/* source thread: times the no-progress guard fired */
+	_Atomic uint64_t zero_pages;		/* main and preempt streams: zero pages sent or
+						 * loaded (the source's push and request server) */
+	_Atomic uint64_t normal_pages;		/* the same: pages sent or loaded with data */
+	_Atomic uint64_t normal_bytes;		/* their bytes (blocks differ in page size) */
+	_Atomic uint64_t main_bytes;		/* migration thread, at engine_publish(): main and
+						 * preempt stream bytes, across recoveries */
+	_Atomic uint64_t remaining;		/* source thread, at engine_publish(): bytes still
+						 * to send */
+	_Atomic uint64_t pc_requests;		/* source: well-formed page requests received
+						 * (return path, preempt server); destination:
+						 * requests sent (fault thread) */
+	_Atomic uint64_t pauses;		/* migration thread: postcopy pauses */
+};
+#define STAT_ADD(e, f, n) atomic_fetch_add_explicit(&(e)->stats.f, (n), memory_order_relaxed)
+#define STAT_SET(e, f, v) atomic_store_explicit(&(e)->stats.f, (v), memory_order_relaxed)
+#define STAT_GET(e, f) atomic_load_explicit(&(e)->stats.f, memory_order_relaxed)
 
 struct pc_req {
 	uint16_t block;
@@ -146,17 +173,14 @@ struct mfd_engine {
 	bool log_started;
 	int throttle;
 
-	/* Statistics: written by the owning thread under lock, read by anyone. */
+	/* Timestamps: written by the owning thread under lock, read by anyone. */
 	uint64_t t_start_ns, t_setup_ns, t_end_ns, t_stop_ns, downtime_ns;
-	uint64_t iterations, dirty_syncs, dirty_rate_pages, dirty_rate_bytes;
-	uint64_t expected_downtime_ms;
-	uint64_t precopy_stalls;	/* times the no-progress guard fired */
+	/* Owned by the migration thread. */
 	double bandwidth;		/* bytes/s, smoothed */
-	uint64_t main_bytes_pub, remaining_pub, zero_pub, normal_pub, normal_bytes_pub;
 	uint64_t main_bytes_dropped;	/* main and preempt bytes of connections postcopy lost */
 	_Atomic uint64_t pre_bytes;	/* source: the preempt stream's bytes (pre_lock writes) */
-	uint64_t iterations_pub, dirty_syncs_pub, dirty_rate_pub, expected_downtime_pub;
-	struct mfd_multifd_stats *final_ms;	/* multifd figures kept at the end */
+	struct eng_stats stats;		/* the counters; see struct eng_stats */
+	struct mfd_multifd_stats *final_ms;	/* multifd figures kept at the end (under lock) */
 
 	/* Postcopy. */
 	bool postcopy;			/* postcopy-ram on this migration */
@@ -172,7 +196,7 @@ struct mfd_engine {
 	atomic_bool pre_eos_sent;	/* source: the preempt stream's end is out */
 	struct pc_req reqs[PC_REQ_QUEUE];	/* source: requests for the pusher, under lock */
 	unsigned req_head, req_count;
-	uint64_t pc_requests, pc_requests_dropped;
+	uint64_t pc_requests_dropped;	/* source: requests the full queue let the push carry */
 	uint64_t t_pc_ns, t_pc_end_ns;	/* switch to postcopy, end of it */
 	uint64_t pauses;
 	bool rp_broken;			/* source: the return path lost its connection */

@@ -286,7 +286,7 @@ static void on_fault(struct pc_dest *d, uint64_t addr)
 			return;
 		}
 		pthread_mutex_lock(&d->e->lock);
-		d->e->pc_requests++;
+		STAT_ADD(d->e, pc_requests, 1);
 		pthread_mutex_unlock(&d->e->lock);
 		request(d, b, page);
 		return;

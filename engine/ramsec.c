@@ -150,7 +150,7 @@ static int dirty_sync(struct mfd_engine *e, mfd_error **errp)
 		}
 	}
 	rs->dirty = before + added;
-	e->dirty_syncs++;
+	STAT_ADD(e, dirty_syncs, 1);
 	return 0;
 }
 
@@ -312,7 +312,7 @@ static int send_page(struct mfd_engine *e, mfd_stream *s, unsigned b, uint64_t p
 			mfd_stream_put_str(s, bk->name);
 		mfd_stream_put_u8(s, 0);
 		e->ram.last_block = (int)b;
-		e->ram.zero_pages++;
+		STAT_ADD(e, zero_pages, 1);
 		return mfd_stream_error(s, errp);
 	}
 	if (e->use_multifd)
@@ -322,11 +322,10 @@ static int send_page(struct mfd_engine *e, mfd_stream *s, unsigned b, uint64_t p
 		mfd_stream_put_str(s, bk->name);
 	mfd_stream_put_buf_ref(s, host, bk->page_size);
 	e->ram.last_block = (int)b;
-	e->ram.normal_pages++;
-	e->ram.normal_bytes += bk->page_size;
+	STAT_ADD(e, normal_bytes, bk->page_size);
 	/* References stay valid only until the next flush; flush often enough
 	 * that the stream never queues too many. */
-	if (e->ram.normal_pages % 16 == 0)
+	if (STAT_ADD(e, normal_pages, 1) % 16 == 15)
 		mfd_stream_flush(s);
 	return mfd_stream_error(s, errp);
 }
@@ -391,15 +390,16 @@ static int end_of_pass(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 		double bw = (double)(sent - rs->pass_bytes_start) / secs;
 
 		e->bandwidth = e->bandwidth > 0 ? 0.5 * e->bandwidth + 0.5 * bw : bw;
-		e->dirty_rate_pages = (uint64_t)((double)rs->dirtied_last_pass / secs);
-		e->dirty_rate_bytes = (uint64_t)((double)rs->dirtied_bytes_last_pass / secs);
+		STAT_SET(e, dirty_rate_pages, (uint64_t)((double)rs->dirtied_last_pass / secs));
+		STAT_SET(e, dirty_rate_bytes,
+			 (uint64_t)((double)rs->dirtied_bytes_last_pass / secs));
 	}
 	rs->pass_start_ns = engine_now_ns();
 	rs->pass_bytes_start = engine_bytes_sent(e);
 	rs->cur_block = 0;
 	rs->cur_page = 0;
 	rs->pass_done = true;
-	e->iterations++;
+	STAT_ADD(e, iterations, 1);
 	return 0;
 }
 

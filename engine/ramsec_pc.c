@@ -42,15 +42,15 @@ static int pc_send_page(struct mfd_engine *e, mfd_stream *s, int *last_block, un
 		if (!cont)
 			mfd_stream_put_str(s, bk->name);
 		mfd_stream_put_u8(s, 0);
-		__atomic_fetch_add(&e->ram.zero_pages, 1, __ATOMIC_RELAXED);
+		STAT_ADD(e, zero_pages, 1);
 	} else {
 		ramsec_put_word(s, off, RAM_FLAG_PAGE | cont);
 		if (!cont)
 			mfd_stream_put_str(s, bk->name);
 		/* The VM is stopped: the page does not change under the reference. */
 		mfd_stream_put_buf_ref(s, host, bk->page_size);
-		__atomic_fetch_add(&e->ram.normal_pages, 1, __ATOMIC_RELAXED);
-		__atomic_fetch_add(&e->ram.normal_bytes, bk->page_size, __ATOMIC_RELAXED);
+		STAT_ADD(e, normal_pages, 1);
+		STAT_ADD(e, normal_bytes, bk->page_size);
 	}
 	*last_block = (int)b;
 	return mfd_stream_error(s, errp);

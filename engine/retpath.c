@@ -163,7 +163,7 @@ int eng_page_request_parse(struct mfd_engine *e, const char *where, const uint8_
 				     "'%s' (%llu bytes)", where, (unsigned long long)rq->offset,
 				     rq->len, bk->name, (unsigned long long)bk->size);
 	pthread_mutex_lock(&e->lock);
-	e->pc_requests++;
+	STAT_ADD(e, pc_requests, 1);
 	pthread_mutex_unlock(&e->lock);
 	return 0;
 }

@@ -38,7 +38,7 @@ static int policy_says_switch(struct mfd_engine *e)
 		/* Close to the line: ask the sections for their exact figure. */
 		savevm_pending_exact(m, &must, &can);
 	bw = avail > 0 ? (double)avail : e->bandwidth;
-	in.iteration = e->iterations;
+	in.iteration = STAT_GET(e, iterations);
 	in.pending_bytes = must;
 	in.bandwidth = bw;
 	in.downtime_limit_ms = (uint64_t)limit_ms;
@@ -58,7 +58,7 @@ static int policy_says_switch(struct mfd_engine *e)
 	if (est.stalled_now) {
 		/* No event for it in the hooks: a warning with the reason, and a count. */
 		pthread_mutex_lock(&e->lock);
-		e->precopy_stalls++;
+		STAT_ADD(e, precopy_stalls, 1);
 		pthread_mutex_unlock(&e->lock);
 		log_warn("precopy is not converging: %u passes in a row left more than 90%% "
 			     "of the smallest pending figure (%llu bytes; now %llu, expected "
@@ -70,13 +70,13 @@ static int policy_says_switch(struct mfd_engine *e)
 			     : e->postcopy ? "switching to postcopy"
 			     : "iterating on (postcopy-ram is off)");
 	}
-	info.iteration = e->iterations;
+	info.iteration = STAT_GET(e, iterations);
 	info.pending_bytes = must;
 	info.bandwidth = (uint64_t)bw;
 	info.downtime_limit_ms = (uint64_t)limit_ms;
-	info.dirty_rate = e->dirty_rate_bytes;
+	info.dirty_rate = STAT_GET(e, dirty_rate_bytes);
 	info.switchover_cost_ms = est.switchover_cost_ms;
-	e->expected_downtime_ms = est.expected_downtime_ms;
+	STAT_SET(e, expected_downtime_ms, est.expected_downtime_ms);
 	if (m->hooks.switchover_policy) {
 		int v = m->hooks.switchover_policy(m->hooks_opaque, &info);
 
@@ -90,10 +90,10 @@ static int policy_says_switch(struct mfd_engine *e)
 static void maybe_throttle(struct mfd_engine *e)
 {
 	mfd_migration *m = e->m;
-	double dirty_bytes_rate = (double)e->dirty_rate_bytes;
+	double dirty_bytes_rate = (double)STAT_GET(e, dirty_rate_bytes);
 	int next;
 
-	if (!m->params.i[MFD_P_AUTO_CONVERGE] || !m->hooks.throttle || e->iterations < 2 ||
+	if (!m->params.i[MFD_P_AUTO_CONVERGE] || !m->hooks.throttle || STAT_GET(e, iterations) < 2 ||
 	    e->bandwidth <= 0 || dirty_bytes_rate < 0.5 * e->bandwidth)
 		return;
 	next = e->throttle ? e->throttle + (int)m->params.i[MFD_P_CPU_THROTTLE_INCREMENT]
@@ -215,7 +215,7 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 		if (r < 0) {
 			eng_name_stream(e->out, "main channel", errp);
 			mfd_error_prefix(errp ? *errp : NULL, "iteration %llu",
-					 (unsigned long long)e->iterations + 1);
+					 (unsigned long long)STAT_GET(e, iterations) + 1);
 			return r;
 		}
 		engine_publish(e);
@@ -226,7 +226,7 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 
 			if (verdict == MFD_POLICY_POSTCOPY) {
 				log_info("postcopy: the policy switches to postcopy after %llu "
-					     "passes", (unsigned long long)e->iterations);
+					     "passes", (unsigned long long)STAT_GET(e, iterations));
 				return eng_postcopy_run(e, errp);
 			}
 			if (verdict)

@@ -294,7 +294,7 @@ int eng_postcopy_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
 	mfd_error_free(cause);
 	engine_publish(e);	/* what is left, as the pause finds it */
 	pthread_mutex_lock(&e->lock);
-	e->pauses++;
+	STAT_ADD(e, pauses, 1);
 	pthread_mutex_unlock(&e->lock);
 	for (;;) {
 		eng_drop_connection(e);

@@ -33,24 +33,13 @@ uint64_t eng_main_stream_bytes(struct mfd_engine *e)
 	return e->out ? mfd_stream_bytes(e->out) : e->in ? mfd_stream_bytes(e->in) : 0;
 }
 
-/* Refresh the figures other threads read through mfd_migration_stats(). */
+/* The two figures only the migration thread can compute (its streams and
+ * the dirty bitmaps are its own): refreshed at each pass and each event. */
 void engine_publish(struct mfd_engine *e)
 {
-	uint64_t main_bytes = e->main_bytes_dropped + atomic_load(&e->pre_bytes) +
-			      eng_main_stream_bytes(e);
-	uint64_t remaining = e->incoming ? 0 : ramsec_remaining(e);
-
-	pthread_mutex_lock(&e->lock);
-	e->main_bytes_pub = main_bytes;
-	e->remaining_pub = remaining;
-	e->zero_pub = __atomic_load_n(&e->ram.zero_pages, __ATOMIC_RELAXED);
-	e->normal_pub = __atomic_load_n(&e->ram.normal_pages, __ATOMIC_RELAXED);
-	e->normal_bytes_pub = __atomic_load_n(&e->ram.normal_bytes, __ATOMIC_RELAXED);
-	e->iterations_pub = e->iterations;
-	e->dirty_syncs_pub = e->dirty_syncs;
-	e->dirty_rate_pub = e->dirty_rate_pages;
-	e->expected_downtime_pub = e->expected_downtime_ms;
-	pthread_mutex_unlock(&e->lock);
+	STAT_SET(e, main_bytes, e->main_bytes_dropped + atomic_load(&e->pre_bytes) +
+				eng_main_stream_bytes(e));
+	STAT_SET(e, remaining, e->incoming ? 0 : ramsec_remaining(e));
 }
 
 int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
@@ -78,16 +67,16 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 	st.total_time = e->t_start_ns ? (end - e->t_start_ns) / 1000000 : 0;
 	st.setup_time = e->t_setup_ns ? (e->t_setup_ns - e->t_start_ns) / 1000000 : 0;
 	st.downtime = e->downtime_ns / 1000000;
-	st.expected_downtime = e->expected_downtime_pub;
-	st.ram_transferred = e->main_bytes_pub;
-	st.ram_remaining = e->remaining_pub;
+	st.expected_downtime = STAT_GET(e, expected_downtime_ms);
+	st.ram_transferred = STAT_GET(e, main_bytes);
+	st.ram_remaining = STAT_GET(e, remaining);
 	st.ram_total = ramsec_total(m);
-	st.ram_duplicate = e->zero_pub;
-	st.ram_normal = e->normal_pub;
-	st.ram_normal_bytes = e->normal_bytes_pub;
-	st.ram_dirty_sync_count = e->dirty_syncs_pub;
-	st.ram_dirty_pages_rate = e->dirty_rate_pub;
-	st.iterations = e->iterations_pub;
+	st.ram_duplicate = STAT_GET(e, zero_pages);
+	st.ram_normal = STAT_GET(e, normal_pages);
+	st.ram_normal_bytes = STAT_GET(e, normal_bytes);
+	st.ram_dirty_sync_count = STAT_GET(e, dirty_syncs);
+	st.ram_dirty_pages_rate = STAT_GET(e, dirty_rate_pages);
+	st.iterations = STAT_GET(e, iterations);
 	st.throttle_percent = e->throttle;
 	st.channels = e->use_multifd ? e->nchan : 0;
 	if (e->send)
@@ -115,9 +104,9 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 		st.zero_copy_refused_channels += ms->ch[i].zc_refused;
 	}
 	pthread_mutex_lock(&e->lock);
-	st.ram_postcopy_requests = e->pc_requests;
-	st.postcopy_pauses = e->pauses;
-	st.precopy_stalls = e->precopy_stalls;
+	st.ram_postcopy_requests = STAT_GET(e, pc_requests);
+	st.postcopy_pauses = STAT_GET(e, pauses);
+	st.precopy_stalls = STAT_GET(e, precopy_stalls);
 	if (e->t_pc_ns)
 		/* Rounded up: a postcopy that happened never reads as 0 ms. */
 		st.postcopy_time_ms =
