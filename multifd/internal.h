@@ -3,7 +3,8 @@
  * The multifd core, as the migration engine uses it.
  *
  * Source: multifd_send_new() takes N connected channels, sends each its
- * hello and starts one thread per channel.  The producer (the migration
+ * hello unless the caller already did (the engine writes each hello as its
+ * channel opens: cfg.hellos_sent) and starts one thread per channel.  The producer (the migration
  * thread) queues pages; full batches go to an idle channel.  sync flushes
  * every channel and puts a SYNC packet on each; finish ends the channels.
  *

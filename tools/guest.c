@@ -50,7 +50,7 @@ int guest_alloc(struct guest *g, uint64_t size, mfd_error **errp)
 	/* As QEMU does for guest RAM: transparent huge pages, so a destination
 	 * filling its RAM takes one fault per 2 MiB instead of one per page
 	 * (first touch, not the network, caps a destination otherwise; see
-	 * docs/architecture.md).  Advice only: without THP nothing changes. */
+	 * docs/api.md).  Advice only: without THP nothing changes. */
 	(void)madvise(p, size, MADV_HUGEPAGE);
 	g->ram = p;
 	g->size = size;
