@@ -148,7 +148,7 @@ int eng_dest_reconnect(struct mfd_engine *e, mfd_error **errp)
 bool eng_dest_pausable(struct mfd_engine *e, int r)
 {
 	pthread_mutex_lock(&e->lock);
-	bool failed = e->err != NULL, asked = e->pause_req;
+	bool failed = e->err != NULL, asked = e->link == LINK_PAUSE;
 
 	pthread_mutex_unlock(&e->lock);
 	return pc_running(e) && !failed && (asked || eng_network_error(e, r));

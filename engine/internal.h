@@ -114,6 +114,25 @@ enum pc_state {
 	PC_RUNNING,
 };
 
+/*
+ * The postcopy connection, as the threads that share it see it (under
+ * lock); it replaces three flags (rp_broken, pause_req, resume_req):
+ *   up --(a helper thread lost a channel)--> lost   --\
+ *   up --(mfd_migrate_cancel())-----------> pause  ---+--> down (dropped;
+ *   up --(the migration thread's own error)---------/     postcopy-paused)
+ *   down --(mfd_migrate_resume/recover())--> resume --(reconnected)--> up
+ *                                                   --(failed)-------> down
+ * Any other move is no move: a second loss or a cancel racing a loss pauses
+ * once.  link_move() is the only writer.
+ */
+enum pc_link {
+	LINK_UP,
+	LINK_LOST,
+	LINK_PAUSE,
+	LINK_DOWN,
+	LINK_RESUME,
+};
+
 struct mfd_engine {
 	/* Set at start. */
 	mfd_migration *m;
@@ -198,16 +217,13 @@ struct mfd_engine {
 	unsigned req_head, req_count;
 	uint64_t pc_requests_dropped;	/* source: requests the full queue let the push carry */
 	uint64_t t_pc_ns, t_pc_end_ns;	/* switch to postcopy, end of it */
-	uint64_t pauses;
-	bool rp_broken;			/* source: the return path lost its connection */
 	/* Recovery, under lock. */
-	bool resume_req;
+	enum pc_link link;		/* the postcopy connection; link_move() only */
 	char resume_uri[512];
 	unsigned bitmaps_got;
 	bool resume_acked;
 	struct pc_dest *pcd;		/* destination: userfaultfd state */
 	uint64_t pc_kept[5];		/* its figures once it is gone (see pcd_stats) */
-	bool pause_req;			/* mfd_migrate_cancel() in postcopy: pause */
 	uint8_t *pc_page;		/* destination: main-stream bounce page */
 };
 
@@ -397,6 +413,10 @@ const char *pc_state_name(enum pc_state s);
  * that asked for it, e.g. "POSTCOPY_RUN"): a step out of order is the
  * peer's doing on the destination, a bug on the source. */
 int pc_move(struct mfd_engine *e, enum pc_state to, mfd_error **errp);
+
+/* Call with lock held: move the link to @to if the table allows it from
+ * where it is; returns whether it moved. */
+bool link_move(struct mfd_engine *e, enum pc_link to);
 
 static inline enum pc_state pc_at(struct mfd_engine *e)
 {

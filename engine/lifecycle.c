@@ -368,7 +368,7 @@ void mfd_migrate_cancel(mfd_migration *m)
 	    st != MFD_STATE_POSTCOPY_RECOVER) {
 		/* Ending postcopy would lose the VM (its memory is split between the
 		 * hosts): cancel pauses it instead, as QEMU's migrate-pause. */
-		e->pause_req = true;
+		link_move(e, LINK_PAUSE);
 		pthread_mutex_unlock(&e->lock);
 		log_warn("postcopy: cancel pauses the migration; cancel again to abandon it");
 		eng_break_connections(e);
@@ -430,7 +430,7 @@ static int request_resume(mfd_migration *m, bool incoming, const char *uri, mfd_
 	if (incoming && (r = mfd_listener_new(uri, &l, errp)) < 0)
 		return r;
 	pthread_mutex_lock(&e->lock);
-	if (e->state != MFD_STATE_POSTCOPY_PAUSED || e->resume_req) {
+	if (e->state != MFD_STATE_POSTCOPY_PAUSED || !link_move(e, LINK_RESUME)) {
 		r = mfd_error_set(errp, MFD_ESTATE, "%s: a recovery is already under way", fn);
 	} else {
 		if (incoming) {
@@ -443,8 +443,6 @@ static int request_resume(mfd_migration *m, bool incoming, const char *uri, mfd_
 			strcpy(e->uri, uri);
 		}
 		strcpy(e->resume_uri, uri);
-		e->resume_req = true;
-		pthread_cond_broadcast(&e->cond);
 	}
 	pthread_mutex_unlock(&e->lock);
 	mfd_listener_free(old);

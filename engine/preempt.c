@@ -75,7 +75,7 @@ static void *pre_server(void *arg)
 		/* Postcopy survives this: the migration thread pauses. */
 		log_warn("postcopy: preempt channel lost: %s", mfd_error_message(err));
 		pthread_mutex_lock(&e->lock);
-		e->rp_broken = true;
+		link_move(e, LINK_LOST);
 		pthread_mutex_unlock(&e->lock);
 		eng_break_connections(e);
 	} else {

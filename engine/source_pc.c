@@ -115,7 +115,8 @@ void eng_drop_connection(struct mfd_engine *e)
 	mfd_channel_free(e->pre_ch);
 	mfd_channel_free(e->pre_raw);
 	e->main_ch = e->main_raw = e->pre_ch = e->pre_raw = NULL;
-	e->rp_broken = e->rp_done = e->pause_req = false;
+	e->rp_done = false;
+	link_move(e, LINK_DOWN);
 	e->req_count = e->req_head = 0;
 	atomic_store(&e->pre_eos_sent, false);
 	pthread_mutex_unlock(&e->lock);
@@ -127,11 +128,10 @@ void eng_drop_connection(struct mfd_engine *e)
 static int wait_resume(struct mfd_engine *e, mfd_error **errp)
 {
 	pthread_mutex_lock(&e->lock);
-	while (!e->resume_req && !atomic_load(&e->user_cancel))
+	while (e->link != LINK_RESUME && !atomic_load(&e->user_cancel))
 		pthread_cond_wait(&e->cond, &e->lock);
-	bool go = e->resume_req && !atomic_load(&e->user_cancel);
+	bool go = e->link == LINK_RESUME && !atomic_load(&e->user_cancel);
 
-	e->resume_req = false;
 	pthread_mutex_unlock(&e->lock);
 	if (!go)
 		return mfd_error_set(errp, MFD_ECANCELED,
@@ -212,7 +212,7 @@ static bool pausable(struct mfd_engine *e, int r)
 	bool broken;
 
 	pthread_mutex_lock(&e->lock);
-	broken = !e->rp_result_seen && (e->rp_broken || e->pause_req);
+	broken = !e->rp_result_seen && (e->link == LINK_LOST || e->link == LINK_PAUSE);
 	bool seen = e->rp_result_seen;
 	/* An error recorded by the return-path thread (a malformed request, say)
 	 * is no network loss: reconnecting would not cure it. */
@@ -293,9 +293,7 @@ int eng_postcopy_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
 	log_warn("postcopy paused: %s", cause ? mfd_error_message(cause) : "connection lost");
 	mfd_error_free(cause);
 	engine_publish(e);	/* what is left, as the pause finds it */
-	pthread_mutex_lock(&e->lock);
 	STAT_ADD(e, pauses, 1);
-	pthread_mutex_unlock(&e->lock);
 	for (;;) {
 		eng_drop_connection(e);
 		eng_set_state(e, MFD_STATE_POSTCOPY_PAUSED);
@@ -309,6 +307,9 @@ int eng_postcopy_pause(struct mfd_engine *e, mfd_error *cause, mfd_error **errp)
 		/* The destination goes active at POSTCOPY_RESUME (eng_lh_resume). */
 		r = e->incoming ? eng_dest_reconnect(e, &err) : source_reconnect(e, &err);
 		if (r == 0) {
+			pthread_mutex_lock(&e->lock);
+			link_move(e, LINK_UP);
+			pthread_mutex_unlock(&e->lock);
 			if (!e->incoming)
 				eng_set_state(e, MFD_STATE_POSTCOPY_ACTIVE);
 			return 0;

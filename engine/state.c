@@ -239,3 +239,23 @@ int pc_move(struct mfd_engine *e, enum pc_state to, mfd_error **errp)
 			     : st->early ? st->early : st->again,
 			     pc_state_name((enum pc_state)from));
 }
+
+/* The postcopy connection's legal moves (enum pc_link): bit t of
+ * link_moves[s] allows s -> t. */
+#define L(x) (1u << LINK_##x)
+static const unsigned link_moves[] = {
+	[LINK_UP] = L(LOST) | L(PAUSE) | L(DOWN),
+	[LINK_LOST] = L(DOWN),
+	[LINK_PAUSE] = L(DOWN),
+	[LINK_DOWN] = L(RESUME),
+	[LINK_RESUME] = L(UP) | L(DOWN),
+};
+
+bool link_move(struct mfd_engine *e, enum pc_link to)
+{
+	if ((unsigned)e->link >= MFD_ARRAY_SIZE(link_moves) || !(link_moves[e->link] & (1u << to)))
+		return false;
+	e->link = to;
+	pthread_cond_broadcast(&e->cond);
+	return true;
+}

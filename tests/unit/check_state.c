@@ -2,8 +2,8 @@
 /*
  * The engine's two state machines, white box: the table of legal moves of
  * each side's public state (engine_legal_move(), which set_state() obeys),
- * and postcopy's steps (pc_move()), whose refusals name the command that
- * came out of order.  The end-to-end suites show that every move a real
+ * postcopy's steps (pc_move()), whose refusals name the command that came
+ * out of order, and the postcopy connection's (link_move()).  The end-to-end suites show that every move a real
  * migration makes is in the table; these show the table refuses the rest.
  */
 #include <stdlib.h>
@@ -147,6 +147,34 @@ START_TEST(source_postcopy_steps)
 }
 END_TEST
 
+/* The postcopy connection: a loss or a cancel pauses once, a resume needs a
+ * dropped link, and only one resume runs at a time. */
+START_TEST(postcopy_link_moves)
+{
+	struct mfd_engine *e = engine(false);
+
+	eng_cond_init(&e->cond);
+	ck_assert_int_eq(e->link, LINK_UP);
+	ck_assert(!link_move(e, LINK_RESUME));	/* nothing to resume */
+	ck_assert(link_move(e, LINK_LOST));
+	ck_assert(!link_move(e, LINK_PAUSE));	/* already pausing */
+	ck_assert(!link_move(e, LINK_LOST));
+	ck_assert_int_eq(e->link, LINK_LOST);
+	ck_assert(link_move(e, LINK_DOWN));
+	ck_assert(!link_move(e, LINK_UP));	/* only through a resume */
+	ck_assert(link_move(e, LINK_RESUME));
+	ck_assert(!link_move(e, LINK_RESUME));	/* a recovery is already under way */
+	ck_assert(link_move(e, LINK_DOWN));	/* the attempt failed: paused again */
+	ck_assert(link_move(e, LINK_RESUME));
+	ck_assert(link_move(e, LINK_UP));
+	ck_assert(link_move(e, LINK_PAUSE));	/* the user's cancel in postcopy */
+	ck_assert(!link_move(e, LINK_LOST));
+	ck_assert_int_eq(e->link, LINK_PAUSE);
+	pthread_cond_destroy(&e->cond);
+	free(e);
+}
+END_TEST
+
 Suite *suite_state(void)
 {
 	Suite *s = suite_create("state");
@@ -157,6 +185,7 @@ Suite *suite_state(void)
 	tcase_add_test(tc, end_states_are_final);
 	tcase_add_test(tc, destination_postcopy_steps);
 	tcase_add_test(tc, source_postcopy_steps);
+	tcase_add_test(tc, postcopy_link_moves);
 	suite_add_tcase(s, tc);
 	return s;
 }
