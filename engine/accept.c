@@ -57,6 +57,25 @@ int eng_gather(struct mfd_engine *e, unsigned count, int timeout_ms,
 	return listener_gather_screened(e->listener, count, timeout_ms, &scr, slots, errp);
 }
 
+
+/* The end of a main channel's screening (@r its result): refused, its TLS
+ * wrapper goes (the raw channel is the listener's to close); accepted, it is
+ * published so that a cancel can reach it. */
+static int take_main(struct mfd_engine *e, mfd_channel *raw, mfd_channel *ch, int r)
+{
+	if (r < 0) {
+		if (ch != raw)
+			mfd_channel_free(ch);
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	e->main_ch = ch;
+	e->main_raw = ch != raw ? raw : NULL;
+	pthread_mutex_unlock(&e->lock);
+	if (engine_cancelled(e))
+		eng_shutdown_all(e);
+	return 0;
+}
 /* The main channel: fixes the session.  Published only once it is ours. */
 int eng_screen_main(mfd_channel *raw, void *opaque, bool *stray, mfd_error **errp)
 {
@@ -74,17 +93,9 @@ int eng_screen_main(mfd_channel *raw, void *opaque, bool *stray, mfd_error **err
 	r = eng_main_hello_check(e, ch, stray, errp);
 	if (r == 0 && e->use_multifd)
 		r = multifd_recv_new(&e->mcfg, e->m->blocks, e->m->nblocks, &recv, errp);
-	if (r < 0) {
-		if (ch != raw)
-			mfd_channel_free(ch);
-		return r;
-	}
-	pthread_mutex_lock(&e->lock);
-	e->main_ch = ch;
-	e->main_raw = ch != raw ? raw : NULL;
-	pthread_mutex_unlock(&e->lock);
-	PUBLISH(e, recv, recv);
-	return 0;
+	if ((r = take_main(e, raw, ch, r)) == 0)
+		PUBLISH(e, recv, recv);
+	return r;
 }
 
 /* A multifd channel: its slot is its id. */
@@ -206,16 +217,5 @@ int eng_screen_resume(mfd_channel *raw, void *opaque, bool *stray, mfd_error **e
 		 util_consttime_memcmp(h + 48, e->mcfg.token, MFD_TOKEN_LEN) != 0)
 		r = mfd_error_set(errp, MFD_EPROTO, "recovery: the source belongs to another "
 				  "migration (session UUID or token differs)");
-	if (r < 0) {
-		if (ch != raw)
-			mfd_channel_free(ch);
-		return r;
-	}
-	pthread_mutex_lock(&e->lock);
-	e->main_ch = ch;
-	e->main_raw = ch != raw ? raw : NULL;
-	pthread_mutex_unlock(&e->lock);
-	if (engine_cancelled(e))
-		eng_shutdown_all(e);
-	return 0;
+	return take_main(e, raw, ch, r);
 }

@@ -14,12 +14,23 @@
 
 #define S(x) MFD_STATE_##x
 
+struct move_case {
+	enum mfd_state from, to;
+	bool legal;
+};
+
+static void check_moves(bool incoming, const struct move_case *cases, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		ck_assert_msg(engine_legal_move(incoming, cases[i].from, cases[i].to) ==
+			      cases[i].legal, "%s %s -> %s should be %s",
+			      incoming ? "destination" : "source", mfd_state_name(cases[i].from),
+			      mfd_state_name(cases[i].to), cases[i].legal ? "legal" : "refused");
+}
+
 START_TEST(source_moves)
 {
-	static const struct {
-		enum mfd_state from, to;
-		bool legal;
-	} cases[] = {
+	static const struct move_case cases[] = {
 		{ S(NONE), S(SETUP), true },
 		{ S(SETUP), S(ACTIVE), true },
 		{ S(ACTIVE), S(DEVICE), true },
@@ -43,19 +54,13 @@ START_TEST(source_moves)
 		{ S(CANCELLING), S(ACTIVE), false },
 	};
 
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-		ck_assert_msg(engine_legal_move(false, cases[i].from, cases[i].to) == cases[i].legal,
-			      "source %s -> %s should be %s", mfd_state_name(cases[i].from),
-			      mfd_state_name(cases[i].to), cases[i].legal ? "legal" : "refused");
+	check_moves(false, cases, sizeof(cases) / sizeof(cases[0]));
 }
 END_TEST
 
 START_TEST(destination_moves)
 {
-	static const struct {
-		enum mfd_state from, to;
-		bool legal;
-	} cases[] = {
+	static const struct move_case cases[] = {
 		{ S(NONE), S(SETUP), true },
 		{ S(SETUP), S(ACTIVE), true },
 		{ S(ACTIVE), S(COMPLETED), true },
@@ -70,10 +75,7 @@ START_TEST(destination_moves)
 		{ S(POSTCOPY_PAUSED), S(COMPLETED), false },
 	};
 
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-		ck_assert_msg(engine_legal_move(true, cases[i].from, cases[i].to) == cases[i].legal,
-			      "destination %s -> %s should be %s", mfd_state_name(cases[i].from),
-			      mfd_state_name(cases[i].to), cases[i].legal ? "legal" : "refused");
+	check_moves(true, cases, sizeof(cases) / sizeof(cases[0]));
 }
 END_TEST
 
