@@ -29,6 +29,7 @@
 #include "channels/fd.h"
 #include "channels/listener.h"
 #include "channels/uri.h"
+#include "core/escape.h"
 #include "core/util.h"
 
 /* Enough for a main channel and a few multifd channels arriving at once;
@@ -448,29 +449,30 @@ static void stop_listening(mfd_listener *l)
 	}
 }
 
-int mfd_listener_gather(mfd_listener *l, unsigned count, int timeout_ms,
-			mfd_identify_fn identify, void *opaque, mfd_channel **slots,
-			mfd_error **errp)
+/*
+ * Accept until @count slots are filled, each connection identified by
+ * @identify (or placed in arrival order without one) or, with @scr, screened:
+ * a stray is closed, logged and counted, and the wait goes on.  On failure the
+ * slots filled so far are left to the caller.
+ */
+static int gather(mfd_listener *l, unsigned count, int timeout_ms, mfd_identify_fn identify,
+		  const struct listener_screen *scr, void *opaque, mfd_channel **slots,
+		  mfd_error **errp)
 {
 	int64_t deadline;
 	unsigned filled = 0;
 	mfd_error *err = NULL;
 	int r = 0;
 
-	if (!l || !slots || count == 0 || count > INT_MAX)
-		return mfd_error_set(errp, MFD_EINVAL, "mfd_listener_gather: %s",
-				     !l || !slots ? "NULL argument" : "count must be 1..INT_MAX");
 	for (unsigned i = 0; i < count; i++)
 		slots[i] = NULL;
-	if (timeout_ms < 0)
-		return mfd_error_set(errp, MFD_EINVAL, "%s: gather timeout %d ms is negative "
-				     "(0 waits forever)", l->uri, timeout_ms);
 	deadline = deadline_after(timeout_ms);
 	/* Every channel may connect at once: make room so none waits for a SYN retry. */
 	if (l->mode == LISTEN_ACCEPT && l->own_fd && l->fd >= 0 && count > LISTEN_BACKLOG)
 		listen(l->fd, count < SOMAXCONN ? (int)count : SOMAXCONN);
 	while (filled < count) {
 		mfd_channel *ch = NULL;
+		bool stray = false;
 		int slot;
 
 		r = listener_accept(l, deadline, timeout_ms, &ch, &err);
@@ -482,9 +484,36 @@ int mfd_listener_gather(mfd_listener *l, unsigned count, int timeout_ms,
 		}
 		if (r < 0)
 			break;
-		slot = identify ? identify_channel(l, ch, deadline, identify, NULL, opaque, NULL,
-						   &err)
-				: (int)filled;
+		if (scr) {
+			/* A silent peer holds up the ones behind it for hello_ms at most. */
+			int64_t hello = mono_ms() + scr->hello_ms;
+
+			slot = identify_channel(l, ch, deadline >= 0 && deadline < hello ? deadline
+							: hello, NULL, scr, opaque, &stray, &err);
+		} else {
+			slot = identify ? identify_channel(l, ch, deadline, identify, NULL, opaque,
+							   NULL, &err)
+					: (int)filled;
+		}
+		/* A listener of one channel (file:, a connected fd:) has nothing to wait for. */
+		if (slot < 0 && stray && l->mode == LISTEN_ACCEPT && !atomic_load(&l->shut)) {
+			char why[512];
+
+			escape_str(why, sizeof(why), mfd_error_message(err));
+			mfd_channel_free(ch);
+			mfd_error_free(err);
+			err = NULL;
+			if (++*scr->refused > scr->max_refused) {
+				r = mfd_error_set(&err, MFD_EPROTO,
+						  "%s: refused more than %u connections that were not "
+						  "this migration's source; the last: %s", l->uri,
+						  scr->max_refused, why);
+				break;
+			}
+			log_warn("%s: refused a connection (%u of at most %u): %s", l->uri,
+				 *scr->refused, scr->max_refused, why);
+			continue;
+		}
 		if (slot == MFD_ETIMEDOUT && deadline >= 0 && deadline_poll_ms(deadline) == 0) {
 			mfd_error *why = err;
 
@@ -509,12 +538,31 @@ int mfd_listener_gather(mfd_listener *l, unsigned count, int timeout_ms,
 		slots[slot] = ch;
 		filled++;
 	}
+	if (r < 0)
+		error_propagate(errp, err);
+	return r;
+}
+
+int mfd_listener_gather(mfd_listener *l, unsigned count, int timeout_ms,
+			mfd_identify_fn identify, void *opaque, mfd_channel **slots,
+			mfd_error **errp)
+{
+	int r;
+
+	if (!l || !slots || count == 0 || count > INT_MAX)
+		return mfd_error_set(errp, MFD_EINVAL, "mfd_listener_gather: %s",
+				     !l || !slots ? "NULL argument" : "count must be 1..INT_MAX");
+	for (unsigned i = 0; i < count; i++)
+		slots[i] = NULL;
+	if (timeout_ms < 0)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: gather timeout %d ms is negative "
+				     "(0 waits forever)", l->uri, timeout_ms);
+	r = gather(l, count, timeout_ms, identify, NULL, opaque, slots, errp);
 	if (r < 0) {
 		for (unsigned i = 0; i < count; i++) {
 			mfd_channel_free(slots[i]);
 			slots[i] = NULL;
 		}
-		error_propagate(errp, err);
 		return r;
 	}
 	stop_listening(l);
@@ -527,94 +575,11 @@ void listener_stop(mfd_listener *l)
 		stop_listening(l);
 }
 
-/* A peer's words for a log line: printable ASCII only. */
-static void printable(const char *in, char *out, size_t size)
-{
-	size_t i = 0;
-
-	for (; in && *in && i + 1 < size; in++)
-		out[i++] = *in >= 0x20 && *in < 0x7f ? *in : '?';
-	out[i] = '\0';
-}
-
 int listener_gather_screened(mfd_listener *l, unsigned count, int timeout_ms,
 			     const struct listener_screen *scr, mfd_channel **slots,
 			     mfd_error **errp)
 {
-	int64_t deadline;
-	unsigned filled = 0;
-	mfd_error *err = NULL;
-	int r = 0;
-
-	for (unsigned i = 0; i < count; i++)
-		slots[i] = NULL;
-	deadline = deadline_after(timeout_ms);
-	if (l->mode == LISTEN_ACCEPT && l->own_fd && l->fd >= 0 && count > LISTEN_BACKLOG)
-		listen(l->fd, count < SOMAXCONN ? (int)count : SOMAXCONN);
-	while (filled < count) {
-		mfd_channel *ch = NULL;
-		bool stray = false;
-		int64_t hello;
-		int slot;
-
-		r = listener_accept(l, deadline, timeout_ms, &ch, &err);
-		if (r == MFD_ETIMEDOUT) {
-			mfd_error_free(err);
-			err = NULL;
-			r = gather_timed_out(l, slots, count, filled, timeout_ms, &err);
-		}
-		if (r < 0)
-			break;
-		/* A silent peer holds up the ones behind it for hello_ms at most. */
-		hello = mono_ms() + scr->hello_ms;
-		slot = identify_channel(l, ch, deadline >= 0 && deadline < hello ? deadline : hello,
-					NULL, scr, scr->opaque, &stray, &err);
-		/* A listener of one channel (file:, a connected fd:) has nothing to wait for. */
-		if (slot < 0 && stray && l->mode == LISTEN_ACCEPT && !atomic_load(&l->shut)) {
-			char why[512];
-
-			printable(mfd_error_message(err), why, sizeof(why));
-			mfd_channel_free(ch);
-			if (++*scr->refused > scr->max_refused) {
-				mfd_error_free(err);
-				err = NULL;
-				r = mfd_error_set(&err, MFD_EPROTO,
-						  "%s: refused more than %u connections that were not "
-						  "this migration's source; the last: %s", l->uri,
-						  scr->max_refused, why);
-				break;
-			}
-			log_warn("%s: refused a connection (%u of at most %u): %s", l->uri,
-				     *scr->refused, scr->max_refused, why);
-			mfd_error_free(err);
-			err = NULL;
-			continue;
-		}
-		if (slot == MFD_ETIMEDOUT && deadline >= 0 && deadline_poll_ms(deadline) == 0) {
-			mfd_error *why = err;
-
-			err = NULL;
-			gather_timed_out(l, slots, count, filled, timeout_ms, &err);
-			mfd_error_prefix(why, "%s", mfd_error_message(err));
-			mfd_error_free(err);
-			err = why;
-		}
-		if (slot >= 0 && ((unsigned)slot >= count || slots[slot]))
-			slot = mfd_error_set(&err, MFD_EPROTO, "%s: channel %s claims slot %d, which "
-					     "is out of range or taken", l->uri, ch->name, slot);
-		if (slot < 0) {
-			mfd_channel_free(ch);
-			r = slot;
-			break;
-		}
-		slots[slot] = ch;
-		filled++;
-	}
-	if (r < 0) {
-		error_propagate(errp, err);
-		return r;
-	}
-	return 0;
+	return gather(l, count, timeout_ms, NULL, scr, scr->opaque, slots, errp);
 }
 
 void mfd_listener_shutdown(mfd_listener *l)
