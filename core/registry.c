@@ -37,14 +37,15 @@ void mfd_migration_free(mfd_migration *m)
 {
 	if (!m)
 		return;
+	/* The engine first: its thread may still be unregistering the sections. */
+	if (m->teardown)
+		m->teardown(m);
 	while (m->sections) {
 		struct mfd_section *se = m->sections;
 
 		m->sections = se->next;
 		free(se);
 	}
-	if (m->teardown)
-		m->teardown(m);
 	param_table_free(&m->params);
 	free(m->blocks);
 	free(m);
