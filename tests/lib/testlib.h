@@ -212,11 +212,15 @@ int test_run_program(const char *prog, char *out, size_t len, bool with_stderr,
  * Put the calling thread, and the threads it starts from then on, under a
  * locked-memory limit of @bytes (RLIMIT_MEMLOCK, process-wide) by dropping
  * CAP_IPC_LOCK from the thread's effective capabilities (root ignores the
- * limit otherwise).  test_memlock_restore() undoes both.
+ * limit otherwise).  As root, the thread also takes a real and effective
+ * uid no other process uses, since the kernel counts pinned pages per
+ * (real) user.
+ * test_memlock_restore() undoes all of it.
  */
 struct test_memlock {
 	struct rlimit old;
 	bool cap_dropped;
+	bool uid_moved;
 };
 void test_memlock_limit(struct test_memlock *st, rlim_t bytes);
 void test_memlock_restore(struct test_memlock *st);
