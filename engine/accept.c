@@ -51,10 +51,10 @@ int eng_gather(struct mfd_engine *e, unsigned count, int timeout_ms,
 {
 	const struct listener_screen scr = {
 		.identify = screen, .opaque = e, .hello_ms = hello_ms(e),
-		.refused = &e->strays, .max_refused = MAX_STRAYS,
+		.refused = &e->dst.strays, .max_refused = MAX_STRAYS,
 	};
 
-	return listener_gather_screened(e->listener, count, timeout_ms, &scr, slots, errp);
+	return listener_gather_screened(e->dst.listener, count, timeout_ms, &scr, slots, errp);
 }
 
 
@@ -94,7 +94,7 @@ int eng_screen_main(mfd_channel *raw, void *opaque, bool *stray, mfd_error **err
 	if (r == 0 && e->use_multifd)
 		r = multifd_recv_new(&e->mcfg, e->m->blocks, e->m->nblocks, &recv, errp);
 	if ((r = take_main(e, raw, ch, r)) == 0)
-		PUBLISH(e, recv, recv);
+		PUBLISH(e, dst.recv, recv);
 	return r;
 }
 
@@ -117,7 +117,7 @@ int eng_screen_mf(mfd_channel *raw, void *opaque, bool *stray, mfd_error **errp)
 		*stray = true;
 		return r;
 	}
-	r = multifd_recv_identify_screened(ch, e->recv, stray, errp);
+	r = multifd_recv_identify_screened(ch, e->dst.recv, stray, errp);
 	if (r < 0) {
 		if (ch != raw)
 			mfd_channel_free(ch);
@@ -169,7 +169,7 @@ static int screen_preempt(mfd_channel *raw, void *opaque, bool *stray, mfd_error
 		pthread_mutex_lock(&e->lock);
 		e->pre_ch = ch;
 		e->pre_raw = ch != raw ? raw : NULL;
-		e->pre_in = in;
+		e->dst.pre_in = in;
 		pthread_mutex_unlock(&e->lock);
 		if (engine_cancelled(e))
 			eng_shutdown_all(e);

@@ -141,17 +141,17 @@ void eng_release_channels(struct mfd_engine *e)
 	pthread_mutex_lock(&e->lock);
 	mfd_stream_free(e->out);
 	mfd_stream_free(e->in);
-	mfd_stream_free(e->pre_in);
-	e->out = e->in = e->pre_in = NULL;
-	mfd_stream_free(e->pre_out);
-	e->pre_out = NULL;
+	mfd_stream_free(e->dst.pre_in);
+	e->out = e->in = e->dst.pre_in = NULL;
+	mfd_stream_free(e->src.pre_out);
+	e->src.pre_out = NULL;
 	mfd_channel_free(e->pre_ch);
 	mfd_channel_free(e->pre_raw);
 	e->pre_ch = e->pre_raw = NULL;
-	multifd_send_free(e->send);
-	multifd_recv_free(e->recv);
-	e->send = NULL;
-	e->recv = NULL;
+	multifd_send_free(e->src.send);
+	multifd_recv_free(e->dst.recv);
+	e->src.send = NULL;
+	e->dst.recv = NULL;
 	if (e->incoming)	/* every thread that places pages is gone */
 		ram_recvmap_free(e->m->blocks, e->m->nblocks);
 	/* TLS wrappers go before the channels they wrap. */
@@ -163,8 +163,8 @@ void eng_release_channels(struct mfd_engine *e)
 		mfd_channel_free(e->mf_raw[i]);
 		e->mf[i] = e->mf_raw[i] = NULL;
 	}
-	mfd_listener_free(e->listener);
-	e->listener = NULL;
+	mfd_listener_free(e->dst.listener);
+	e->dst.listener = NULL;
 	mfd_tls_creds_free(e->creds);
 	e->creds = NULL;
 	pthread_mutex_unlock(&e->lock);

@@ -22,10 +22,9 @@ static int lh_open_rp(void *opaque, mfd_error **errp)
 			need++;
 	pthread_mutex_lock(&e->lock);
 	/* Approvals may come before this (from load_setup): count them too. */
-	e->approvals_needed = need - e->approvals_early;
-	bool send = e->approvals_needed <= 0 && !e->ack_sent;
+	e->dst.approvals_needed = need - e->dst.approvals_early;
+	bool send = e->dst.approvals_needed <= 0 && commit_move(e, DC_ACKED);
 
-	e->ack_sent |= send;
 	pthread_mutex_unlock(&e->lock);
 	return send ? eng_rp_send(e, RP_SWITCHOVER_ACK, NULL, 0, errp) : 0;
 }
@@ -42,12 +41,11 @@ int mfd_migration_approve_switchover(mfd_migration *m)
 		pthread_mutex_unlock(&e->lock);
 		return MFD_ESTATE;
 	}
-	if (e->approvals_needed < 0)
-		e->approvals_early++;
+	if (e->dst.approvals_needed < 0)
+		e->dst.approvals_early++;
 	else
-		e->approvals_needed--;
-	send = e->approvals_needed == 0 && !e->ack_sent;
-	e->ack_sent |= send;
+		e->dst.approvals_needed--;
+	send = e->dst.approvals_needed == 0 && commit_move(e, DC_ACKED);
 	pthread_mutex_unlock(&e->lock);
 	if (send)
 		eng_rp_send(e, RP_SWITCHOVER_ACK, NULL, 0, NULL);
@@ -134,7 +132,7 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 	 * channels must follow within channel-timeout-ms. */
 	int r;
 
-	e->strays = 0;
+	e->dst.strays = 0;
 	r = eng_gather(e, 1, 0, eng_screen_main, &first, errp);
 	if (r == 0 && e->preempt)
 		r = eng_accept_preempt(e, errp);
@@ -161,14 +159,14 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 		mfd_error_prefix(errp ? *errp : NULL, "setup: gathering %u channels", count);
 		return r;
 	}
-	listener_stop(e->listener);
+	listener_stop(e->dst.listener);
 
 	/* The raw channels are ours now; identify recorded each of them. */
 	eng_relax_timeouts(e);
 	if (m->params.i[MFD_P_DEST_RAM_ZEROED] &&
 	    (r = ram_recvmap_alloc(m->blocks, m->nblocks, errp)) < 0)
 		return r;
-	if (e->recv && (r = multifd_recv_start(e->recv, errp)) < 0)
+	if (e->dst.recv && (r = multifd_recv_start(e->dst.recv, errp)) < 0)
 		return r;
 	eng_set_state(e, MFD_STATE_ACTIVE);
 	pthread_mutex_lock(&e->lock);
@@ -180,8 +178,8 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 	r = load_all(e, &hooks, errp);
 	if (r < 0)
 		eng_name_stream(e->in, "main channel", errp);
-	if (r == 0 && e->recv && pc_at(e) < PC_LISTENING)
-		r = multifd_recv_finish(e->recv, errp);
+	if (r == 0 && e->dst.recv && pc_at(e) < PC_LISTENING)
+		r = multifd_recv_finish(e->dst.recv, errp);
 	if (r < 0)
 		return r;
 	engine_publish(e);

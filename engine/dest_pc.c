@@ -52,7 +52,7 @@ int eng_lh_listen(void *opaque, mfd_error **errp)
 		return pc_move(e, PC_LISTENING, errp);	/* says why not */
 	/* Every precopy page is in place (the prepare section synced multifd); the
 	 * channels carry nothing more. */
-	if (e->recv && (r = multifd_recv_finish(e->recv, errp)) < 0)
+	if (e->dst.recv && (r = multifd_recv_finish(e->dst.recv, errp)) < 0)
 		return r;
 	if ((r = pcd_listen(e, errp)) < 0)
 		return r;
@@ -100,7 +100,7 @@ int eng_lh_recv_bitmap(void *opaque, const char *block, mfd_error **errp)
 	int b = find_block(e->m, block);
 	char esc[ESCAPE_BUF_SIZE];
 
-	if (atomic_load(&e->state_pub) != MFD_STATE_POSTCOPY_RECOVER || !e->pcd)
+	if (atomic_load(&e->state_pub) != MFD_STATE_POSTCOPY_RECOVER || !e->dst.pcd)
 		return mfd_error_set(errp, MFD_EPROTO, "RECV_BITMAP outside postcopy recovery");
 	if (b < 0)
 		return mfd_error_set(errp, MFD_EPROTO, "RECV_BITMAP: unknown block '%s'",
@@ -131,12 +131,12 @@ int eng_dest_reconnect(struct mfd_engine *e, mfd_error **errp)
 	mfd_channel *raw = NULL;
 	int r;
 
-	e->strays = 0;
+	e->dst.strays = 0;
 	if ((r = eng_gather(e, 1, 0, eng_screen_resume, &raw, errp)) < 0)
 		return r;
 	if (e->preempt && (r = eng_accept_preempt(e, errp)) < 0)
 		return r;
-	listener_stop(e->listener);
+	listener_stop(e->dst.listener);
 	eng_relax_timeouts(e);
 	mfd_channel_set_option(e->pre_ch, "timeout-ms", 0, NULL);
 	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &e->in, errp)) < 0)

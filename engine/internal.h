@@ -133,12 +133,98 @@ enum pc_link {
 	LINK_RESUME,
 };
 
+/*
+ * The switchover's commit protocol (docs/architecture.md, "Switchover"), one
+ * machine per side; commit_move() is the only writer and refuses any move
+ * its table does not list.  Any thread may read it (commit_at()).
+ *
+ * Source:
+ *   open --(SWITCHOVER_ACK: the destination's devices consent)--> approved
+ *   open|approved --(EOF on its way: the commit point)--> eof
+ *   eof --(RESULT)--> answered             RESULT 0 is legal only here
+ *   open|approved --(RESULT < 0)--> answered
+ *   eof --(no RESULT: the destination may run the VM)--> unknown
+ *   eof|approved --(postcopy reconnects: the push ends with EOF again)--> open
+ * Destination:
+ *   loading --(SWITCHOVER_ACK sent)--> acked
+ *   loading|acked --(RESULT 0 went out whole: the VM may start here)--> answered
+ */
+enum src_commit {
+	SC_OPEN,
+	SC_APPROVED,
+	SC_EOF,
+	SC_ANSWERED,
+	SC_UNKNOWN,
+};
+
+enum dst_commit {
+	DC_LOADING,
+	DC_ACKED,
+	DC_ANSWERED,
+};
+
+/*
+ * The source's recovery handshake, after it reconnected (under lock):
+ * hello --(a RECV_BITMAP per block)--> bitmaps --(RESUME_ACK)--> acked.
+ */
+enum resume_step {
+	RS_HELLO,
+	RS_BITMAPS,
+	RS_ACKED,
+};
+
+/* What only the source uses. */
+struct eng_source {
+	_Atomic int commit;		/* enum src_commit: commit_move() only */
+	/* The return path's reader, and what it learnt (under lock). */
+	pthread_t rp_thread;
+	bool rp_started;		/* migration thread: rp_thread is to be joined */
+	bool rp_done;			/* the return-path thread is leaving */
+	int rp_result;			/* the destination's RESULT, or RP_NO_RESULT */
+	char *rp_message;
+	struct mfd_multifd_send *send;
+	struct ram_source ram;
+	double bandwidth;		/* migration thread: bytes/s, smoothed */
+	int throttle;
+	bool log_started;
+	bool vm_stopped;
+	atomic_bool pc_want;		/* mfd_migrate_start_postcopy() asked */
+	mfd_stream *pre_out;		/* written by the preempt thread */
+	_Atomic uint64_t pre_bytes;	/* the preempt stream's bytes (pre_lock writes) */
+	atomic_bool pre_eos_sent;	/* the preempt stream's end is out */
+	struct pc_req reqs[PC_REQ_QUEUE];	/* requests for the pusher, under lock */
+	unsigned req_head, req_count;
+	uint64_t pc_requests_dropped;	/* requests the full queue let the push carry */
+	/* Recovery, under lock. */
+	enum resume_step resume;
+	unsigned bitmaps_got;
+	uint64_t bitmaps_from[(MFD_RAM_BLOCKS_MAX + 63) / 64];	/* blocks whose bitmap came */
+};
+
+/* What only the destination uses. */
+struct eng_dest {
+	_Atomic int commit;		/* enum dst_commit: commit_move() only */
+	int approvals_needed;		/* under lock: -1 until the return path opens */
+	int approvals_early;		/* approvals that came before the count */
+	mfd_listener *listener;
+	unsigned strays;		/* incoming thread: refused in this setup or recovery */
+	char listen_uri[512];
+	struct mfd_multifd_recv *recv;
+	int recv_last_block;		/* main-stream CONTINUE tracking */
+	bool ram_started;		/* got the RAM START */
+	mfd_stream *pre_in;		/* read by the preempt thread */
+	struct pc_dest *pcd;		/* userfaultfd state */
+	uint64_t pc_kept[5];		/* its figures once it is gone (see pcd_stats) */
+	uint8_t *pc_page;		/* main-stream bounce page */
+};
+
 struct mfd_engine {
 	/* Set at start. */
 	mfd_migration *m;
 	bool incoming;
 	bool use_multifd;
 	bool use_rp;
+	bool confirm;			/* switchover-confirm on both sides */
 	unsigned nchan;
 	char uri[512];
 	char tls_host[256];		/* tcp: URI's host, the default TLS name */
@@ -149,19 +235,6 @@ struct mfd_engine {
 	enum mfd_state state;
 	mfd_error *err;
 	bool ended;
-	bool rp_result_seen;
-	bool rp_done;			/* the return-path thread is leaving */
-	atomic_bool eof_sent;		/* source: EOF is on its way: a RESULT 0 is legal */
-	bool outcome_unknown;		/* source: past EOF without the destination's word */
-	atomic_bool result_sent;	/* destination: its RESULT 0 went out */
-	bool confirm;			/* switchover-confirm on both sides */
-	bool switchover_acked;		/* source: SWITCHOVER_ACK arrived */
-	int approvals_needed;		/* destination: -1 until the return path opens */
-	int approvals_early;		/* approvals that came before the count */
-	bool ack_sent;
-	int rp_result;
-	char *rp_message;
-	char listen_uri[512];
 
 	/* Any thread. */
 	atomic_bool cancel;		/* stop everything (user cancel or a fatal error) */
@@ -172,59 +245,36 @@ struct mfd_engine {
 	pthread_t thread;
 	bool thread_started;
 	bool joining;			/* a waiter is joining the thread (under lock) */
-	pthread_t rp_thread;
-	bool rp_started;
-	mfd_listener *listener;
-	unsigned strays;		/* migration thread: refused in this setup or recovery */
 	mfd_tls_creds *creds;
 	mfd_channel *main_ch, *main_raw;
 	mfd_channel *mf[256], *mf_raw[256];
 	mfd_stream *out, *in;
 	pthread_mutex_t out_lock;	/* destination: return-path writes */
 	struct mfd_multifd_config mcfg;
-	struct mfd_multifd_send *send;
-	struct mfd_multifd_recv *recv;
 	struct mfd_section *ram_se;
-	struct ram_source ram;
-	int recv_last_block;		/* destination main-stream CONTINUE tracking */
-	bool ram_started;		/* destination got the RAM START */
-	bool vm_stopped;
-	bool log_started;
-	int throttle;
 
 	/* Timestamps: written by the owning thread under lock, read by anyone. */
 	uint64_t t_start_ns, t_setup_ns, t_end_ns, t_stop_ns, downtime_ns;
 	/* Owned by the migration thread. */
-	double bandwidth;		/* bytes/s, smoothed */
 	uint64_t main_bytes_dropped;	/* main and preempt bytes of connections postcopy lost */
-	_Atomic uint64_t pre_bytes;	/* source: the preempt stream's bytes (pre_lock writes) */
 	struct eng_stats stats;		/* the counters; see struct eng_stats */
 	struct mfd_multifd_stats *final_ms;	/* multifd figures kept at the end (under lock) */
 
 	/* Postcopy. */
 	bool postcopy;			/* postcopy-ram on this migration */
 	bool preempt;			/* postcopy-preempt: a channel for requested pages */
-	atomic_bool pc_want;		/* source: mfd_migrate_start_postcopy() asked */
 	_Atomic int pc;			/* enum pc_state: only pc_move() changes it */
 	mfd_channel *pre_ch, *pre_raw;	/* the preempt channel (published under lock) */
-	mfd_stream *pre_out;		/* source: written by the preempt thread */
-	mfd_stream *pre_in;		/* destination: read by the preempt thread */
 	pthread_mutex_t pre_lock;	/* source: pre_out writers; destination: pre_ch writers */
 	pthread_t pre_thread;		/* source: serves requests; destination: places pages */
 	bool pre_started;
-	atomic_bool pre_eos_sent;	/* source: the preempt stream's end is out */
-	struct pc_req reqs[PC_REQ_QUEUE];	/* source: requests for the pusher, under lock */
-	unsigned req_head, req_count;
-	uint64_t pc_requests_dropped;	/* source: requests the full queue let the push carry */
 	uint64_t t_pc_ns, t_pc_end_ns;	/* switch to postcopy, end of it */
 	/* Recovery, under lock. */
 	enum pc_link link;		/* the postcopy connection; link_move() only */
 	char resume_uri[512];
-	unsigned bitmaps_got;
-	bool resume_acked;
-	struct pc_dest *pcd;		/* destination: userfaultfd state */
-	uint64_t pc_kept[5];		/* its figures once it is gone (see pcd_stats) */
-	uint8_t *pc_page;		/* destination: main-stream bounce page */
+
+	struct eng_source src;		/* !incoming */
+	struct eng_dest dst;		/* incoming */
 };
 
 /* engine/ramsec.c: the section's handlers, the dirty tracker, the source's precopy */
@@ -417,6 +467,21 @@ int pc_move(struct mfd_engine *e, enum pc_state to, mfd_error **errp);
 /* Call with lock held: move the link to @to if the table allows it from
  * where it is; returns whether it moved. */
 bool link_move(struct mfd_engine *e, enum pc_link to);
+
+/* Move this side's commit protocol to @to (enum src_commit on the source,
+ * enum dst_commit on the destination) if its table allows it from where it
+ * is; returns whether it moved.  Callers that pair it with other fields
+ * (rp_result) hold lock. */
+bool commit_move(struct mfd_engine *e, int to);
+
+static inline int commit_at(struct mfd_engine *e)
+{
+	return atomic_load(e->incoming ? &e->dst.commit : &e->src.commit);
+}
+
+/* Source: rp_result until the destination's RESULT arrived (its codes are
+ * 0 or negative). */
+#define RP_NO_RESULT 1
 
 static inline enum pc_state pc_at(struct mfd_engine *e)
 {

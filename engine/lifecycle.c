@@ -28,9 +28,9 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 					 "postcopy failed and the VM is lost (its memory is split "
 					 "between the two hosts)");
 		/* Not after a RESULT 0: the source may have handed the VM over. */
-		if (e->incoming && !atomic_load(&e->result_sent))
+		if (e->incoming && commit_at(e) != DC_ANSWERED)
 			eng_rp_send_result(e, mfd_error_code(err), mfd_error_message(err), NULL);
-		if (!e->incoming && e->rp_started && !atomic_load(&e->user_cancel)) {
+		if (!e->incoming && e->src.rp_started && !atomic_load(&e->user_cancel)) {
 			mfd_error *why = eng_destination_reason(e);
 
 			if (why) {
@@ -38,11 +38,11 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 				pthread_mutex_lock(&e->lock);
 				mfd_error_free(e->err);
 				e->err = why;
-				e->outcome_unknown = false;	/* it failed: the VM runs here */
+				commit_move(e, SC_ANSWERED);	/* it failed: the VM runs here */
 				pthread_mutex_unlock(&e->lock);
 			}
 		}
-		if (e->outcome_unknown) {
+		if (!e->incoming && commit_at(e) == SC_UNKNOWN) {
 			/* Whatever broke on the way, the VMM must hear "unknown". */
 			pthread_mutex_lock(&e->lock);
 			mfd_error_free(e->err);
@@ -61,11 +61,11 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 	} else {
 		mfd_error_free(err);
 	}
-	if (e->rp_started) {
+	if (e->src.rp_started) {
 		if (r < 0)
 			mfd_channel_shutdown(e->main_ch);
-		pthread_join(e->rp_thread, NULL);
-		e->rp_started = false;
+		pthread_join(e->src.rp_thread, NULL);
+		e->src.rp_started = false;
 	}
 	if (e->pre_started) {
 		/* The source's request server reads until the channel closes. */
@@ -74,30 +74,30 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 		pthread_join(e->pre_thread, NULL);
 		e->pre_started = false;
 	}
-	if (e->pcd) {
+	if (e->dst.pcd) {
 		struct mfd_stats pst;
 
 		memset(&pst, 0, sizeof(pst));
 		pcd_stop(e);
 		pcd_stats(e, &pst);
 		pthread_mutex_lock(&e->lock);
-		e->pc_kept[0] = pst.postcopy_faults;
-		e->pc_kept[1] = pst.postcopy_fault_us_median;
-		e->pc_kept[2] = pst.postcopy_fault_us_p99;
-		e->pc_kept[3] = pst.postcopy_fault_us_max;
-		e->pc_kept[4] = pst.postcopy_blocktime_ms;
+		e->dst.pc_kept[0] = pst.postcopy_faults;
+		e->dst.pc_kept[1] = pst.postcopy_fault_us_median;
+		e->dst.pc_kept[2] = pst.postcopy_fault_us_p99;
+		e->dst.pc_kept[3] = pst.postcopy_fault_us_max;
+		e->dst.pc_kept[4] = pst.postcopy_blocktime_ms;
 		pthread_mutex_unlock(&e->lock);
 		pcd_free(e);
 	}
 	/* Leave the guest as we found it. */
 	if (!e->incoming) {
-		if (e->throttle && m->hooks.throttle)
+		if (e->src.throttle && m->hooks.throttle)
 			m->hooks.throttle(m->hooks_opaque, 0);
-		e->throttle = 0;
+		e->src.throttle = 0;
 		/* Not after postcopy began: the destination may run the guest. */
 		/* Nor when the destination may run it: the VMM decides. */
-		if (r < 0 && e->vm_stopped && !pc_running(e) &&
-		    !e->outcome_unknown && m->hooks.vm_start)
+		if (r < 0 && e->src.vm_stopped && !pc_running(e) &&
+		    commit_at(e) != SC_UNKNOWN && m->hooks.vm_start)
 			m->hooks.vm_start(m->hooks_opaque, NULL);
 		savevm_cleanup(m);
 	}
@@ -105,10 +105,10 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 	/* Keep the multifd figures for mfd_migration_stats() after the end. */
 	struct mfd_multifd_stats *ms = calloc(1, sizeof(*ms));
 
-	if (ms && e->send)
-		multifd_send_stats(e->send, ms);
-	else if (ms && e->recv)
-		multifd_recv_stats(e->recv, ms);
+	if (ms && e->src.send)
+		multifd_send_stats(e->src.send, ms);
+	else if (ms && e->dst.recv)
+		multifd_recv_stats(e->dst.recv, ms);
 	pthread_mutex_lock(&e->lock);
 	free(e->final_ms);
 	e->final_ms = ms;
@@ -136,7 +136,7 @@ static void *migration_thread(void *arg)
 	util_thread_name(e->incoming ? "mfd-incoming" : "mfd-migration");
 	r = e->incoming ? eng_incoming_run(e, &err) : eng_source_run(e, &err);
 
-	if (r < 0 && atomic_load(&e->user_cancel) && !e->incoming && !e->outcome_unknown) {
+	if (r < 0 && atomic_load(&e->user_cancel) && !e->incoming && commit_at(e) != SC_UNKNOWN) {
 		/* Errors caused by our own shutdown are the cancel, not the cause. */
 		pthread_mutex_lock(&e->lock);
 		bool have = e->err != NULL;
@@ -157,7 +157,7 @@ static void *migration_thread(void *arg)
 static void engine_drop_state(struct mfd_engine *e)
 {
 	mfd_error_free(e->err);
-	free(e->rp_message);
+	free(e->src.rp_message);
 	free(e->final_ms);
 	pthread_mutex_destroy(&e->lock);
 	pthread_cond_destroy(&e->cond);
@@ -185,11 +185,14 @@ static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	pthread_mutex_init(&e->out_lock, NULL);
 	pthread_mutex_init(&e->pre_lock, NULL);
 	atomic_init(&e->cancel, false);
-	atomic_init(&e->pc_want, false);
+	atomic_init(&e->src.pc_want, false);
 	atomic_init(&e->pc, PC_NONE);
 	atomic_init(&e->user_cancel, false);
 	atomic_init(&e->state_pub, MFD_STATE_NONE);
-	e->approvals_needed = -1;
+	atomic_init(&e->src.commit, SC_OPEN);
+	atomic_init(&e->dst.commit, DC_LOADING);
+	e->src.rp_result = RP_NO_RESULT;
+	e->dst.approvals_needed = -1;
 	return 0;
 }
 
@@ -257,13 +260,13 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 		e->creds = NULL;
 		return r;
 	}
-	if (incoming && (r = mfd_listener_new(uri, &e->listener, errp)) < 0) {
+	if (incoming && (r = mfd_listener_new(uri, &e->dst.listener, errp)) < 0) {
 		mfd_tls_creds_free(e->creds);
 		e->creds = NULL;
 		return r;
 	}
 	if (incoming)
-		snprintf(e->listen_uri, sizeof(e->listen_uri), "%s", mfd_listener_uri(e->listener));
+		snprintf(e->dst.listen_uri, sizeof(e->dst.listen_uri), "%s", mfd_listener_uri(e->dst.listener));
 	if ((r = ramsec_register(e, errp)) < 0) {
 		eng_release_channels(e);
 		return r;
@@ -301,12 +304,12 @@ int mfd_migration_listen_uri(mfd_migration *m, char *buf, size_t len)
 	if (!e || !e->incoming || !buf)
 		return MFD_ESTATE;
 	pthread_mutex_lock(&e->lock);
-	if (!e->listen_uri[0])
+	if (!e->dst.listen_uri[0])
 		r = MFD_ESTATE;
-	else if (strlen(e->listen_uri) >= len)
+	else if (strlen(e->dst.listen_uri) >= len)
 		r = MFD_ETOOBIG;
 	else
-		strcpy(buf, e->listen_uri);
+		strcpy(buf, e->dst.listen_uri);
 	pthread_mutex_unlock(&e->lock);
 	return r;
 }
@@ -381,7 +384,7 @@ void mfd_migrate_cancel(mfd_migration *m)
 	atomic_store(&e->cancel, true);
 	if (!e->incoming)
 		eng_set_state(e, MFD_STATE_CANCELLING);
-	else if (e->use_rp && !atomic_load(&e->result_sent))
+	else if (e->use_rp && commit_at(e) != DC_ANSWERED)
 		/* Best effort, so the source can say why. */
 		eng_rp_send_result(e, MFD_ECANCELED, "migration cancelled on the destination", NULL);
 	eng_shutdown_all(e);
@@ -406,7 +409,7 @@ int mfd_migrate_start_postcopy(mfd_migration *m, mfd_error **errp)
 		r = mfd_error_set(errp, MFD_ESTATE, "postcopy can start only during precopy (the "
 				  "migration is %s)", mfd_state_name(e->state));
 	else
-		atomic_store(&e->pc_want, true);
+		atomic_store(&e->src.pc_want, true);
 	pthread_mutex_unlock(&e->lock);
 	return r;
 }
@@ -434,11 +437,11 @@ static int request_resume(mfd_migration *m, bool incoming, const char *uri, mfd_
 		r = mfd_error_set(errp, MFD_ESTATE, "%s: a recovery is already under way", fn);
 	} else {
 		if (incoming) {
-			old = e->listener;
-			e->listener = l;
+			old = e->dst.listener;
+			e->dst.listener = l;
 			l = NULL;
-			snprintf(e->listen_uri, sizeof(e->listen_uri), "%s",
-				 mfd_listener_uri(e->listener));
+			snprintf(e->dst.listen_uri, sizeof(e->dst.listen_uri), "%s",
+				 mfd_listener_uri(e->dst.listener));
 		} else {
 			strcpy(e->uri, uri);
 		}

@@ -123,7 +123,7 @@ int pcd_new(struct mfd_engine *e, mfd_error **errp)
 	uint64_t ioctls = 0;
 	int r;
 
-	if (e->pcd)
+	if (e->dst.pcd)
 		return mfd_error_set(errp, MFD_EPROTO, "postcopy: a second POSTCOPY_ADVISE");
 	for (unsigned b = 0; b < m->nblocks; b++)
 		if (m->blocks[b].page_size > PC_PAGE_MAX)
@@ -137,7 +137,7 @@ int pcd_new(struct mfd_engine *e, mfd_error **errp)
 	d->e = e;
 	d->uffd = d->stop_fd = -1;
 	pthread_mutex_init(&d->lock, NULL);
-	e->pcd = d;
+	e->dst.pcd = d;
 	/* Refuse early, at setup, where the source can still fall back. */
 	if ((r = open_uffd(&d->uffd, &ioctls, errp)) < 0)
 		return r;
@@ -146,8 +146,8 @@ int pcd_new(struct mfd_engine *e, mfd_error **errp)
 				     "ranges on this kernel");
 	d->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	d->samples = calloc(SAMPLES_MAX, sizeof(*d->samples));
-	e->pc_page = malloc(PC_PAGE_MAX);
-	if (d->stop_fd < 0 || !d->samples || !e->pc_page)
+	e->dst.pc_page = malloc(PC_PAGE_MAX);
+	if (d->stop_fd < 0 || !d->samples || !e->dst.pc_page)
 		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: out of memory");
 	for (unsigned b = 0; b < m->nblocks; b++) {
 		uint64_t n = m->blocks[b].size >> m->blocks[b].page_shift, nw = ramsec_words(n);
@@ -167,7 +167,7 @@ int pcd_new(struct mfd_engine *e, mfd_error **errp)
 
 int pcd_discard(struct mfd_engine *e, unsigned b, uint64_t start, uint64_t len, mfd_error **errp)
 {
-	struct pc_dest *d = e->pcd;
+	struct pc_dest *d = e->dst.pcd;
 	const struct mfd_ram_block *bk = &e->m->blocks[b];
 	uint64_t dropped = 0;
 
@@ -328,7 +328,7 @@ static void *fault_thread(void *arg)
 
 int pcd_listen(struct mfd_engine *e, mfd_error **errp)
 {
-	struct pc_dest *d = e->pcd;
+	struct pc_dest *d = e->dst.pcd;
 	mfd_migration *m = e->m;
 
 	if (!d || pc_at(e) != PC_ADVISED)
@@ -383,7 +383,7 @@ static void placed(struct pc_dest *d, unsigned b, uint64_t page)
 int pcd_place_run(struct mfd_engine *e, unsigned b, uint64_t offset, const uint8_t *data,
 		  uint32_t n, mfd_error **errp)
 {
-	struct pc_dest *d = e->pcd;
+	struct pc_dest *d = e->dst.pcd;
 	const struct mfd_ram_block *bk = &e->m->blocks[b];
 	uint64_t first = offset >> bk->page_shift, ps = bk->page_size;
 	uint32_t i = 0;
@@ -428,7 +428,7 @@ int pcd_place_run(struct mfd_engine *e, unsigned b, uint64_t offset, const uint8
 int pcd_place(struct mfd_engine *e, unsigned b, uint64_t offset, const void *data,
 	      mfd_error **errp)
 {
-	struct pc_dest *d = e->pcd;
+	struct pc_dest *d = e->dst.pcd;
 	const struct mfd_ram_block *bk = &e->m->blocks[b];
 	uint64_t dst = (uint64_t)(uintptr_t)(bk->host + offset);
 	int r;
@@ -459,12 +459,12 @@ int pcd_place(struct mfd_engine *e, unsigned b, uint64_t offset, const void *dat
 
 uint64_t pcd_missing(struct mfd_engine *e)
 {
-	return e->pcd ? atomic_load(&e->pcd->missing) : 0;
+	return e->dst.pcd ? atomic_load(&e->dst.pcd->missing) : 0;
 }
 
 int pcd_send_bitmap(struct mfd_engine *e, unsigned b, mfd_error **errp)
 {
-	struct pc_dest *d = e->pcd;
+	struct pc_dest *d = e->dst.pcd;
 	uint64_t nw = ramsec_words(d->npages[b]);
 	uint8_t msg[RP_RECV_BITMAP_LEN], end[8];
 	uint64_t *le = malloc(nw * 8);
@@ -494,7 +494,7 @@ int pcd_send_bitmap(struct mfd_engine *e, unsigned b, mfd_error **errp)
 
 void pcd_resend_requests(struct mfd_engine *e)
 {
-	struct pc_dest *d = e->pcd;
+	struct pc_dest *d = e->dst.pcd;
 	mfd_migration *m = e->m;
 
 	if (!d)
@@ -514,7 +514,7 @@ void pcd_resend_requests(struct mfd_engine *e)
 
 void pcd_stop(struct mfd_engine *e)
 {
-	struct pc_dest *d = e->pcd;
+	struct pc_dest *d = e->dst.pcd;
 	mfd_migration *m = e->m;
 	uint64_t one = 1;
 
@@ -540,14 +540,14 @@ void pcd_stop(struct mfd_engine *e)
 
 void pcd_free(struct mfd_engine *e)
 {
-	struct pc_dest *d = e->pcd;
+	struct pc_dest *d = e->dst.pcd;
 
 	if (!d)
 		return;
 	pcd_stop(e);
 	/* mfd_migration_stats() reads it under the engine's lock. */
 	pthread_mutex_lock(&e->lock);
-	e->pcd = NULL;
+	e->dst.pcd = NULL;
 	pthread_mutex_unlock(&e->lock);
 	if (d->uffd >= 0)
 		close(d->uffd);
@@ -561,8 +561,8 @@ void pcd_free(struct mfd_engine *e)
 	free(d->samples);
 	pthread_mutex_destroy(&d->lock);
 	free(d);
-	free(e->pc_page);
-	e->pc_page = NULL;
+	free(e->dst.pc_page);
+	e->dst.pc_page = NULL;
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -574,7 +574,7 @@ static int cmp_u32(const void *a, const void *b)
 
 void pcd_stats(struct mfd_engine *e, struct mfd_stats *st)
 {
-	struct pc_dest *d = e->pcd;
+	struct pc_dest *d = e->dst.pcd;
 	uint32_t *copy;
 	size_t n;
 

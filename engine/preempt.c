@@ -52,10 +52,10 @@ static void *pre_server(void *arg)
 		    (r = eng_page_request_parse(e, "preempt channel", buf, len, &rq, &err)) < 0)
 			break;
 		pthread_mutex_lock(&e->pre_lock);
-		r = e->pre_out ? ramsec_serve_request(e, e->pre_out, &e->ram.pre_last_block, &rq, &err)
+		r = e->src.pre_out ? ramsec_serve_request(e, e->src.pre_out, &e->src.ram.pre_last_block, &rq, &err)
 			       : mfd_error_set(&err, MFD_EEOF, "not connected");
-		if (e->pre_out)
-			atomic_store(&e->pre_bytes, mfd_stream_bytes(e->pre_out));
+		if (e->src.pre_out)
+			atomic_store(&e->src.pre_bytes, mfd_stream_bytes(e->src.pre_out));
 		pthread_mutex_unlock(&e->pre_lock);
 	}
 	if (!err)
@@ -63,13 +63,11 @@ static void *pre_server(void *arg)
 	int code = mfd_error_code(err);
 	bool net = eng_network_error(e, code), done;
 
-	pthread_mutex_lock(&e->lock);
-	done = e->rp_result_seen;
-	pthread_mutex_unlock(&e->lock);
+	done = commit_at(e) == SC_ANSWERED;
 	/* Once the end of the preempt stream is out, the pages are all sent and
 	 * the return path tells how the migration ended: a lost channel is news
 	 * only before that. */
-	if (done || engine_cancelled(e) || (net && atomic_load(&e->pre_eos_sent))) {
+	if (done || engine_cancelled(e) || (net && atomic_load(&e->src.pre_eos_sent))) {
 		/* over: nothing to add */
 	} else if (net && pc_running(e)) {
 		/* Postcopy survives this: the migration thread pauses. */
@@ -118,8 +116,8 @@ int eng_open_preempt(struct mfd_engine *e, mfd_error **errp)
 	if (r == 0 && (r = mfd_stream_new(e->pre_ch, MFD_STREAM_WRITE, &out, errp)) == 0) {
 		stream_set_label(out, "preempt channel");
 		pthread_mutex_lock(&e->pre_lock);
-		e->pre_out = out;
-		e->ram.pre_last_block = -1;
+		e->src.pre_out = out;
+		e->src.ram.pre_last_block = -1;
 		pthread_mutex_unlock(&e->pre_lock);
 	}
 	if (r < 0)
@@ -140,15 +138,15 @@ static void *pre_reader(void *arg)
 	while (r == 0) {
 		uint64_t word;
 
-		if ((r = mfd_stream_get_be64(e->pre_in, &word)) < 0) {
-			mfd_stream_error(e->pre_in, &err);
+		if ((r = mfd_stream_get_be64(e->dst.pre_in, &word)) < 0) {
+			mfd_stream_error(e->dst.pre_in, &err);
 			break;
 		}
 		if ((word & RAM_FLAGS_MASK) == RAM_FLAG_EOS)
 			break;
-		r = ramsec_load_pc_record(e, e->pre_in, word, &last, bounce, &err);
+		r = ramsec_load_pc_record(e, e->dst.pre_in, word, &last, bounce, &err);
 		if (r < 0 && !err)
-			mfd_stream_error(e->pre_in, &err);
+			mfd_stream_error(e->dst.pre_in, &err);
 	}
 	free(bounce);
 	if (r < 0 && eng_network_error(e, r)) {

@@ -106,7 +106,7 @@ const struct mfd_ram_block *ramsec_blk(struct mfd_engine *e, unsigned b)
 /* Pull the guest's writes since the last sync into the send bitmap. */
 static int dirty_sync(struct mfd_engine *e, mfd_error **errp)
 {
-	struct ram_source *rs = &e->ram;
+	struct ram_source *rs = &e->src.ram;
 	mfd_migration *m = e->m;
 	uint64_t before = rs->dirty, added = 0;
 
@@ -157,7 +157,7 @@ static int dirty_sync(struct mfd_engine *e, mfd_error **errp)
 static int prepare(void *opaque, mfd_error **errp)
 {
 	struct mfd_engine *e = opaque;
-	struct ram_source *rs = &e->ram;
+	struct ram_source *rs = &e->src.ram;
 	mfd_migration *m = e->m;
 
 	memset(rs, 0, sizeof(*rs));
@@ -220,7 +220,7 @@ static int flush_marker(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 {
 	if (!e->use_multifd)
 		return 0;
-	int r = multifd_send_sync(e->send, errp);
+	int r = multifd_send_sync(e->src.send, errp);
 
 	if (r < 0)
 		return r;
@@ -241,7 +241,7 @@ static int save_setup(mfd_stream *s, void *opaque, mfd_error **errp)
 		if (r < 0)
 			return r;
 	}
-	e->log_started = true;
+	e->src.log_started = true;
 
 	ramsec_put_word(s, ramsec_total(m), RAM_FLAG_MEM_SIZE);
 	for (unsigned b = 0; b < m->nblocks; b++) {
@@ -260,7 +260,7 @@ static int save_setup(mfd_stream *s, void *opaque, mfd_error **errp)
 /* max-bandwidth: a token bucket fed by the clock, drained per page. */
 void ramsec_rate_limit_at(struct mfd_engine *e, int64_t rate, uint64_t bytes)
 {
-	struct ram_source *rs = &e->ram;
+	struct ram_source *rs = &e->src.ram;
 
 	if (rate <= 0)
 		return;
@@ -302,26 +302,26 @@ static int send_page(struct mfd_engine *e, mfd_stream *s, unsigned b, uint64_t p
 	uint64_t off = page << bk->page_shift;
 	const uint8_t *host = bk->host + off;
 	int zd = (int)e->m->params.i[MFD_P_ZERO_PAGE_DETECTION];
-	unsigned cont = e->ram.last_block == (int)b ? RAM_FLAG_CONTINUE : 0;
+	unsigned cont = e->src.ram.last_block == (int)b ? RAM_FLAG_CONTINUE : 0;
 
 	if (e->use_multifd && zd != MFD_ZERO_LEGACY)
-		return multifd_queue_page(e->send, b, off, errp);
+		return multifd_queue_page(e->src.send, b, off, errp);
 	if (zd != MFD_ZERO_NONE && util_page_is_zero(host, bk->page_size)) {
 		ramsec_put_word(s, off, RAM_FLAG_ZERO | cont);
 		if (!cont)
 			mfd_stream_put_str(s, bk->name);
 		mfd_stream_put_u8(s, 0);
-		e->ram.last_block = (int)b;
+		e->src.ram.last_block = (int)b;
 		STAT_ADD(e, zero_pages, 1);
 		return mfd_stream_error(s, errp);
 	}
 	if (e->use_multifd)
-		return multifd_queue_page(e->send, b, off, errp);
+		return multifd_queue_page(e->src.send, b, off, errp);
 	ramsec_put_word(s, off, RAM_FLAG_PAGE | cont);
 	if (!cont)
 		mfd_stream_put_str(s, bk->name);
 	mfd_stream_put_buf_ref(s, host, bk->page_size);
-	e->ram.last_block = (int)b;
+	e->src.ram.last_block = (int)b;
 	STAT_ADD(e, normal_bytes, bk->page_size);
 	/* References stay valid only until the next flush; flush often enough
 	 * that the stream never queues too many. */
@@ -337,7 +337,7 @@ static int send_page(struct mfd_engine *e, mfd_stream *s, unsigned b, uint64_t p
 static int walk(struct mfd_engine *e, mfd_stream *s, uint64_t budget_ns, bool limit,
 		mfd_error **errp)
 {
-	struct ram_source *rs = &e->ram;
+	struct ram_source *rs = &e->src.ram;
 	uint64_t t0 = engine_now_ns(), n = 0;
 
 	for (; rs->cur_block < e->m->nblocks; rs->cur_block++, rs->cur_page = 0) {
@@ -373,7 +373,7 @@ static int walk(struct mfd_engine *e, mfd_stream *s, uint64_t budget_ns, bool li
 /* End of a pass: measure, pull the new dirty pages, sync multifd. */
 static int end_of_pass(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 {
-	struct ram_source *rs = &e->ram;
+	struct ram_source *rs = &e->src.ram;
 	uint64_t now = engine_now_ns(), before = rs->dirty, sent = engine_bytes_sent(e);
 	uint64_t bytes_before = ramsec_remaining(e);
 	double secs = (double)(now - rs->pass_start_ns) / 1e9;
@@ -389,7 +389,7 @@ static int end_of_pass(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 	if (secs > 0) {
 		double bw = (double)(sent - rs->pass_bytes_start) / secs;
 
-		e->bandwidth = e->bandwidth > 0 ? 0.5 * e->bandwidth + 0.5 * bw : bw;
+		e->src.bandwidth = e->src.bandwidth > 0 ? 0.5 * e->src.bandwidth + 0.5 * bw : bw;
 		STAT_SET(e, dirty_rate_pages, (uint64_t)((double)rs->dirtied_last_pass / secs));
 		STAT_SET(e, dirty_rate_bytes,
 			 (uint64_t)((double)rs->dirtied_bytes_last_pass / secs));
@@ -454,7 +454,7 @@ static int save_iterate(mfd_stream *s, void *opaque, mfd_error **errp)
 		return r;
 	ramsec_put_word(s, 0, RAM_FLAG_EOS);
 	r = mfd_stream_error(s, errp);
-	return r < 0 ? r : e->ram.dirty == 0;
+	return r < 0 ? r : e->src.ram.dirty == 0;
 }
 
 static int save_complete(mfd_stream *s, void *opaque, mfd_error **errp)
@@ -463,8 +463,8 @@ static int save_complete(mfd_stream *s, void *opaque, mfd_error **errp)
 	int r = dirty_sync(e, errp);
 
 	if (r == 0) {
-		e->ram.cur_block = 0;
-		e->ram.cur_page = 0;
+		e->src.ram.cur_block = 0;
+		e->src.ram.cur_page = 0;
 		r = walk(e, s, 0, false, errp);
 	}
 	if (r >= 0)
@@ -488,9 +488,9 @@ static void save_cleanup(void *opaque)
 	struct mfd_engine *e = opaque;
 	mfd_migration *m = e->m;
 
-	if (e->log_started && m->hooks.dirty_log_stop)
+	if (e->src.log_started && m->hooks.dirty_log_stop)
 		m->hooks.dirty_log_stop(m->hooks_opaque);
-	e->log_started = false;
+	e->src.log_started = false;
 }
 
 uint64_t ramsec_remaining(struct mfd_engine *e)
@@ -498,7 +498,7 @@ uint64_t ramsec_remaining(struct mfd_engine *e)
 	uint64_t bytes = 0;
 
 	for (unsigned b = 0; b < e->m->nblocks; b++)
-		bytes += __atomic_load_n(&e->ram.dirty_b[b], __ATOMIC_RELAXED) * ramsec_blk(e, b)->page_size;
+		bytes += __atomic_load_n(&e->src.ram.dirty_b[b], __ATOMIC_RELAXED) * ramsec_blk(e, b)->page_size;
 	return bytes;
 }
 
@@ -542,7 +542,7 @@ int ramsec_register(struct mfd_engine *e, mfd_error **errp)
 			break;
 		}
 	e->ram_se = m->sections;
-	e->recv_last_block = -1;
+	e->dst.recv_last_block = -1;
 	return 0;
 }
 
@@ -556,8 +556,8 @@ void ramsec_unregister(struct mfd_engine *e)
 void ramsec_free(struct mfd_engine *e)
 {
 	for (unsigned b = 0; b < MFD_RAM_BLOCKS_MAX; b++) {
-		free(e->ram.bitmap[b]);
-		e->ram.bitmap[b] = NULL;
+		free(e->src.ram.bitmap[b]);
+		e->src.ram.bitmap[b] = NULL;
 	}
 }
 

@@ -55,7 +55,7 @@ static int load_blocks(struct mfd_engine *e, mfd_stream *s, uint64_t total, mfd_
 	if (b != m->nblocks)
 		return mfd_error_set(errp, MFD_EPROTO, "ram: the source announced %u blocks, this "
 				     "side has %u", b, m->nblocks);
-	e->ram_started = true;
+	e->dst.ram_started = true;
 	return 0;
 }
 
@@ -115,7 +115,7 @@ static int load_page(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsigne
 		     mfd_error **errp)
 {
 	uint64_t off = word & ~(uint64_t)RAM_FLAGS_MASK;
-	int b = record_block(e, s, word, flags, &e->recv_last_block, errp), r;
+	int b = record_block(e, s, word, flags, &e->dst.recv_last_block, errp), r;
 
 	if (b < 0)
 		return b;
@@ -166,7 +166,7 @@ int ramsec_load_pc_record(struct mfd_engine *e, mfd_stream *s, uint64_t word, in
 #define PC_RUN_BYTES (64u << 10)
 
 struct pc_run {
-	uint8_t *buf;		/* e->pc_page (PC_PAGE_MAX bytes) */
+	uint8_t *buf;		/* e->dst.pc_page (PC_PAGE_MAX bytes) */
 	unsigned block;
 	uint64_t offset;
 	uint32_t n;		/* pages gathered */
@@ -191,12 +191,12 @@ static int load_pc_main(struct mfd_engine *e, mfd_stream *s, uint64_t word, stru
 		/* Zero pages and refusals as on the preempt stream. */
 		if ((r = run_flush(e, run, errp)) < 0)
 			return r;
-		return ramsec_load_pc_record(e, s, word, &e->recv_last_block, run->buf, errp);
+		return ramsec_load_pc_record(e, s, word, &e->dst.recv_last_block, run->buf, errp);
 	}
 	/* A named record starts another block (and its name may not be here yet). */
 	if (!(flags & RAM_FLAG_CONTINUE) && (r = run_flush(e, run, errp)) < 0)
 		return r;
-	if ((b = record_block(e, s, word, flags, &e->recv_last_block, errp)) < 0)
+	if ((b = record_block(e, s, word, flags, &e->dst.recv_last_block, errp)) < 0)
 		return b;
 	uint64_t ps = e->m->blocks[b].page_size;
 	uint32_t cap = (uint32_t)MFD_MAX(1, MFD_MIN(PC_RUN_BYTES, PC_PAGE_MAX) / ps);
@@ -219,7 +219,7 @@ static int load_pc_main(struct mfd_engine *e, mfd_stream *s, uint64_t word, stru
 int ramsec_load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error **errp)
 {
 	struct mfd_engine *e = opaque;
-	struct pc_run run = { .buf = e->pc_page };
+	struct pc_run run = { .buf = e->dst.pc_page };
 
 	if (version_id != RAM_SECTION_VERSION)
 		return mfd_error_set(errp, MFD_EBADVERSION, "ram: section version %u, expected %u",
@@ -237,19 +237,19 @@ int ramsec_load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_erro
 		if (flags == RAM_FLAG_EOS)
 			return run_flush(e, &run, errp);
 		if (flags == RAM_FLAG_MEM_SIZE) {
-			if (e->ram_started)
+			if (e->dst.ram_started)
 				return mfd_error_set(errp, MFD_EPROTO, "ram: second block list");
 			r = load_blocks(e, s, word & ~(uint64_t)RAM_FLAGS_MASK, errp);
-		} else if (!e->ram_started) {
+		} else if (!e->dst.ram_started) {
 			return mfd_error_set(errp, MFD_EPROTO,
 					     "ram: record 0x%x before the block list", flags);
 		} else if (pc_at(e) >= PC_LISTENING) {
 			r = load_pc_main(e, s, word, &run, errp);
 		} else if (flags == RAM_FLAG_MULTIFD_FLUSH) {
-			if (!e->recv)
+			if (!e->dst.recv)
 				return mfd_error_set(errp, MFD_EPROTO,
 						     "ram: multifd flush marker without multifd channels");
-			r = multifd_recv_sync(e->recv, errp);
+			r = multifd_recv_sync(e->dst.recv, errp);
 		} else if ((flags & ~RAM_FLAG_CONTINUE) == RAM_FLAG_PAGE ||
 			   (flags & ~RAM_FLAG_CONTINUE) == RAM_FLAG_ZERO) {
 			r = load_page(e, s, word, flags, errp);

@@ -64,7 +64,7 @@ int ramsec_serve_request(struct mfd_engine *e, mfd_stream *s, int *last_block,
 	int r = 0;
 
 	for (uint64_t p = first; p < first + n && r == 0; p++)
-		if (take_page(&e->ram, rq->block, p))
+		if (take_page(&e->src.ram, rq->block, p))
 			r = pc_send_page(e, s, last_block, rq->block, p, errp);
 	/* Urgent: out now, not when a buffer fills. */
 	if (r == 0 && mfd_stream_flush(s) < 0)
@@ -79,15 +79,15 @@ static int serve_queue(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 		struct pc_req rq;
 
 		pthread_mutex_lock(&e->lock);
-		if (!e->req_count) {
+		if (!e->src.req_count) {
 			pthread_mutex_unlock(&e->lock);
 			return 0;
 		}
-		rq = e->reqs[e->req_head];
-		e->req_head = (e->req_head + 1) % PC_REQ_QUEUE;
-		e->req_count--;
+		rq = e->src.reqs[e->src.req_head];
+		e->src.req_head = (e->src.req_head + 1) % PC_REQ_QUEUE;
+		e->src.req_count--;
 		pthread_mutex_unlock(&e->lock);
-		int r = ramsec_serve_request(e, s, &e->ram.last_block, &rq, errp);
+		int r = ramsec_serve_request(e, s, &e->src.ram.last_block, &rq, errp);
 
 		if (r < 0)
 			return r;
@@ -97,7 +97,7 @@ static int serve_queue(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 /* Background push: pages in bitmap order from a cursor, requests first. */
 int ramsec_pc_iterate(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 {
-	struct ram_source *rs = &e->ram;
+	struct ram_source *rs = &e->src.ram;
 	uint64_t t0 = engine_now_ns(), n = 0;
 	int64_t rate = param_live(&e->m->params, MFD_P_MAX_POSTCOPY_BANDWIDTH);
 	int r;
@@ -156,7 +156,7 @@ int ramsec_pc_iterate(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 
 int ramsec_send_discards(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 {
-	struct ram_source *rs = &e->ram;
+	struct ram_source *rs = &e->src.ram;
 	uint64_t *ranges;
 	int r = 0;
 
@@ -196,7 +196,7 @@ int ramsec_send_discards(struct mfd_engine *e, mfd_stream *s, mfd_error **errp)
 
 void ramsec_apply_recv_bitmap(struct mfd_engine *e, unsigned b, const uint64_t *recv)
 {
-	struct ram_source *rs = &e->ram;
+	struct ram_source *rs = &e->src.ram;
 	uint64_t nw = ramsec_words(rs->npages[b]), count = 0;
 
 	for (uint64_t w = 0; w < nw; w++) {

@@ -184,11 +184,11 @@ static int rp_page_request(struct mfd_engine *e, const uint8_t *buf, uint16_t le
 	if ((r = eng_page_request_parse(e, "return path", buf, len, &rq, errp)) < 0)
 		return r;
 	pthread_mutex_lock(&e->lock);
-	if (e->req_count < PC_REQ_QUEUE) {
-		e->reqs[(e->req_head + e->req_count++) % PC_REQ_QUEUE] = rq;
+	if (e->src.req_count < PC_REQ_QUEUE) {
+		e->src.reqs[(e->src.req_head + e->src.req_count++) % PC_REQ_QUEUE] = rq;
 	} else {
 		/* The background push delivers it anyway, only later. */
-		e->pc_requests_dropped++;
+		e->src.pc_requests_dropped++;
 	}
 	pthread_mutex_unlock(&e->lock);
 	return 0;
@@ -209,7 +209,14 @@ static int rp_recv_bitmap(struct mfd_engine *e, mfd_stream *s, const uint8_t *bu
 	if (b >= m->nblocks)
 		return mfd_error_set(errp, MFD_EPROTO, "return path: RECV_BITMAP for block %u "
 				     "(%u blocks)", b, m->nblocks);
-	uint64_t want = ramsec_words(e->ram.npages[b]) * 8;
+	pthread_mutex_lock(&e->lock);
+	bool again = e->src.resume != RS_HELLO || (e->src.bitmaps_from[b / 64] >> (b % 64) & 1);
+
+	pthread_mutex_unlock(&e->lock);
+	if (again)
+		return mfd_error_set(errp, MFD_EPROTO, "return path: a second RECV_BITMAP for "
+				     "block '%s'", m->blocks[b].name);
+	uint64_t want = ramsec_words(e->src.ram.npages[b]) * 8;
 
 	if (bytes != want)
 		return mfd_error_set(errp, MFD_EPROTO, "return path: RECV_BITMAP of block '%s' has "
@@ -239,7 +246,9 @@ static int rp_recv_bitmap(struct mfd_engine *e, mfd_stream *s, const uint8_t *bu
 	ramsec_apply_recv_bitmap(e, b, bm);
 	free(bm);
 	pthread_mutex_lock(&e->lock);
-	e->bitmaps_got++;
+	e->src.bitmaps_from[b / 64] |= 1ull << (b % 64);
+	if (++e->src.bitmaps_got == m->nblocks)
+		e->src.resume = RS_BITMAPS;
 	pthread_cond_broadcast(&e->cond);
 	pthread_mutex_unlock(&e->lock);
 	return 0;
@@ -265,11 +274,11 @@ static const struct rp_spec {
 	/* PING 1 at setup, PING 3/4 with the postcopy package: any time. */
 	[RP_PONG] = { "PONG", 4, 4, RP_IN_ANY, "any state" },
 	/* A failure may come in any state; "loaded" (code 0) only after EOF went
-	 * out, which is a fact of the stream, not a state: the handler checks
-	 * eof_sent (docs/architecture.md, "Switchover"). */
+	 * out, which the commit protocol says, not the public state: the
+	 * handler checks it (enum src_commit). */
 	[RP_RESULT] = { "RESULT", 4, 4 + RP_MSG_MAX, RP_IN_ANY, "any state" },
 	/* Sent at OPEN_RETURN_PATH or when the VMM approves, which may be late:
-	 * any state, as for RESULT. */
+	 * any state; it moves the commit protocol only from open. */
 	[RP_SWITCHOVER_ACK] = { "SWITCHOVER_ACK", 0, 0, RP_IN_ANY, "any state" },
 	/* From the postcopy package (sent in device) on, and again after a
 	 * recovery's RESUME_ACK; the handler also wants postcopy running. */
@@ -341,7 +350,7 @@ void *eng_rp_thread(void *arg)
 			continue;
 		} else if (type == RP_SWITCHOVER_ACK) {
 			pthread_mutex_lock(&e->lock);
-			e->switchover_acked = true;
+			commit_move(e, SC_APPROVED);
 			pthread_cond_broadcast(&e->cond);
 			pthread_mutex_unlock(&e->lock);
 			continue;
@@ -360,9 +369,17 @@ void *eng_rp_thread(void *arg)
 				break;
 			}
 			pthread_mutex_lock(&e->lock);
-			e->resume_acked = true;
+			bool early = e->src.resume != RS_BITMAPS;
+
+			if (!early)
+				e->src.resume = RS_ACKED;
 			pthread_cond_broadcast(&e->cond);
 			pthread_mutex_unlock(&e->lock);
+			if (early) {
+				r = mfd_error_set(&err, MFD_EPROTO, "return path: RESUME_ACK before "
+						  "the received-pages bitmaps were all in");
+				break;
+			}
 			continue;
 		} else if (type == RP_RESULT) {
 			int code = (int32_t)load_be32(buf);
@@ -374,7 +391,9 @@ void *eng_rp_thread(void *arg)
 				break;
 			}
 			/* "Loaded" is legal only once the stream ended; a failure at any time. */
-			if (code == 0 && !atomic_load(&e->eof_sent)) {
+			int at = commit_at(e);
+
+			if (code == 0 && at != SC_EOF && at != SC_UNKNOWN) {
 				r = mfd_error_set(&err, MFD_EPROTO, "return path: the destination "
 						  "reported a result before the end of the stream "
 						  "(RESULT 0 before EOF was sent)");
@@ -387,16 +406,18 @@ void *eng_rp_thread(void *arg)
 			if (text)
 				escape_bytes(text, tlen, buf + 4, len - 4u);
 			pthread_mutex_lock(&e->lock);
-			e->rp_result_seen = true;
-			e->rp_result = code < MFD_ERRCODE_MIN ? MFD_EPROTO : code;
-			free(e->rp_message);
-			e->rp_message = text;	/* only this thread replaces it */
+			/* Past unknown, the migration thread decides what it means. */
+			if (at != SC_UNKNOWN)
+				commit_move(e, SC_ANSWERED);
+			e->src.rp_result = code < MFD_ERRCODE_MIN ? MFD_EPROTO : code;
+			free(e->src.rp_message);
+			e->src.rp_message = text;	/* only this thread replaces it */
 			pthread_cond_broadcast(&e->cond);
 			pthread_mutex_unlock(&e->lock);
 			if (code < 0) {
-				mfd_error_set(&err, e->rp_result, "the destination failed: %s",
+				mfd_error_set(&err, e->src.rp_result, "the destination failed: %s",
 					      text ? text : "(no memory for its message)");
-				r = e->rp_result;
+				r = e->src.rp_result;
 				theirs = true;
 			}
 			break;
@@ -408,10 +429,10 @@ void *eng_rp_thread(void *arg)
 		if (!err)
 			mfd_stream_error(s, &err);
 		pthread_mutex_lock(&e->lock);
-		bool done = e->rp_result_seen && e->rp_result == 0;
+		bool done = e->src.rp_result == 0, seen = e->src.rp_result != RP_NO_RESULT;
 
 		pthread_mutex_unlock(&e->lock);
-		if (!done && pc_running(e) && !e->rp_result_seen &&
+		if (!done && pc_running(e) && !seen &&
 		    eng_network_error(e, mfd_error_code(err))) {
 			/* Postcopy survives this: the migration thread pauses. */
 			log_warn("postcopy: return path lost: %s", mfd_error_message(err));
@@ -438,7 +459,7 @@ void *eng_rp_thread(void *arg)
 	mfd_error_free(err);
 	mfd_stream_free(s);
 	pthread_mutex_lock(&e->lock);
-	e->rp_done = true;
+	e->src.rp_done = true;
 	pthread_cond_broadcast(&e->cond);
 	pthread_mutex_unlock(&e->lock);
 	return NULL;
@@ -456,12 +477,12 @@ mfd_error *eng_destination_reason(struct mfd_engine *e)
 
 	dl = eng_deadline_in(1000);
 	pthread_mutex_lock(&e->lock);
-	while (!e->rp_result_seen && !e->rp_done)
+	while (e->src.rp_result == RP_NO_RESULT && !e->src.rp_done)
 		if (pthread_cond_timedwait(&e->cond, &e->lock, &dl) != 0)
 			break;
-	if (e->rp_result_seen && e->rp_result < 0)
-		mfd_error_set(&err, e->rp_result, "the destination failed: %s",
-			      e->rp_message ? e->rp_message : "");
+	if (e->src.rp_result < 0)
+		mfd_error_set(&err, e->src.rp_result, "the destination failed: %s",
+			      e->src.rp_message ? e->src.rp_message : "");
 	pthread_mutex_unlock(&e->lock);
 	return err;
 }

@@ -22,11 +22,7 @@ static int policy_says_switch(struct mfd_engine *e)
 	double bw;
 
 	if (e->use_rp && savevm_switchover_ack_needed(m)) {
-		pthread_mutex_lock(&e->lock);
-		bool acked = e->switchover_acked;
-
-		pthread_mutex_unlock(&e->lock);
-		if (!acked)
+		if (commit_at(e) != SC_APPROVED)
 			return 0;	/* a destination device has not consented yet */
 	}
 
@@ -34,27 +30,27 @@ static int policy_says_switch(struct mfd_engine *e)
 	int64_t avail = param_live(&m->params, MFD_P_AVAIL_SWITCHOVER_BANDWIDTH);
 
 	savevm_pending_estimate(m, &must, &can);
-	if (must <= (uint64_t)(e->bandwidth * (double)limit_ms / 1000.0))
+	if (must <= (uint64_t)(e->src.bandwidth * (double)limit_ms / 1000.0))
 		/* Close to the line: ask the sections for their exact figure. */
 		savevm_pending_exact(m, &must, &can);
-	bw = avail > 0 ? (double)avail : e->bandwidth;
+	bw = avail > 0 ? (double)avail : e->src.bandwidth;
 	in.iteration = STAT_GET(e, iterations);
 	in.pending_bytes = must;
 	in.bandwidth = bw;
 	in.downtime_limit_ms = (uint64_t)limit_ms;
 	in.postcopy = e->postcopy;
-	if (e->send) {
+	if (e->src.send) {
 		struct mfd_multifd_stats *st = malloc(sizeof(*st));
 
 		if (st) {
-			multifd_send_stats(e->send, st);
+			multifd_send_stats(e->src.send, st);
 			in.syncs = st->syncs;
 			in.sync_ns_max = st->sync_ns_max;
 			in.sync_ns_recent = st->sync_ns_recent;
 			free(st);
 		}
 	}
-	verdict = policy_decide(&in, &e->ram.policy, &est);
+	verdict = policy_decide(&in, &e->src.ram.policy, &est);
 	if (est.stalled_now) {
 		/* No event for it in the hooks: a warning with the reason, and a count. */
 		pthread_mutex_lock(&e->lock);
@@ -94,15 +90,15 @@ static void maybe_throttle(struct mfd_engine *e)
 	int next;
 
 	if (!m->params.i[MFD_P_AUTO_CONVERGE] || !m->hooks.throttle || STAT_GET(e, iterations) < 2 ||
-	    e->bandwidth <= 0 || dirty_bytes_rate < 0.5 * e->bandwidth)
+	    e->src.bandwidth <= 0 || dirty_bytes_rate < 0.5 * e->src.bandwidth)
 		return;
-	next = e->throttle ? e->throttle + (int)m->params.i[MFD_P_CPU_THROTTLE_INCREMENT]
+	next = e->src.throttle ? e->src.throttle + (int)m->params.i[MFD_P_CPU_THROTTLE_INCREMENT]
 			   : (int)m->params.i[MFD_P_CPU_THROTTLE_INITIAL];
 	if (next > m->params.i[MFD_P_MAX_CPU_THROTTLE])
 		next = (int)m->params.i[MFD_P_MAX_CPU_THROTTLE];
-	if (next != e->throttle) {
+	if (next != e->src.throttle) {
 		pthread_mutex_lock(&e->lock);
-		e->throttle = next;
+		e->src.throttle = next;
 		pthread_mutex_unlock(&e->lock);
 		log_info("auto-converge: throttling the guest by %d%%", next);
 		m->hooks.throttle(m->hooks_opaque, next);
@@ -155,7 +151,7 @@ static int source_connect(struct mfd_engine *e, mfd_error **errp)
 		mfd_error_prefix(errp ? *errp : NULL, "setup");
 		return r;
 	}
-	PUBLISH(e, send, send);
+	PUBLISH(e, src.send, send);
 	return 0;
 }
 
@@ -188,9 +184,9 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 				summary |= m->blocks[b].page_size;
 			savevm_send_postcopy_advise(e->out, summary, 4096);
 		}
-		if (pthread_create(&e->rp_thread, NULL, eng_rp_thread, e) != 0)
+		if (pthread_create(&e->src.rp_thread, NULL, eng_rp_thread, e) != 0)
 			return mfd_error_set(errp, MFD_ENOMEM, "setup: cannot start the return path");
-		e->rp_started = true;
+		e->src.rp_started = true;
 	}
 	if ((r = savevm_setup(m, e->out, errp)) < 0 ||
 	    (r = mfd_stream_flush(e->out) < 0 ? mfd_stream_error(e->out, errp) : 0) < 0) {
@@ -206,9 +202,9 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 	for (;;) {
 		if (engine_cancelled(e))
 			return mfd_error_set(errp, MFD_ECANCELED, "migration cancelled");
-		if (e->postcopy && atomic_load(&e->pc_want))
+		if (e->postcopy && atomic_load(&e->src.pc_want))
 			return eng_postcopy_run(e, errp);
-		e->ram.pass_done = false;
+		e->src.ram.pass_done = false;
 		r = savevm_iterate(m, e->out, false, errp);
 		if (r >= 0 && mfd_stream_flush(e->out) < 0)
 			r = mfd_stream_error(e->out, errp);
@@ -221,7 +217,7 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 		engine_publish(e);
 		/* Decide at pass boundaries, where the dirty figures are fresh; a VM
 		 * without RAM decides when its live sections are done. */
-		if ((e->ram_se && e->ram.pass_done) || (!e->ram_se && r == 1)) {
+		if ((e->ram_se && e->src.ram.pass_done) || (!e->ram_se && r == 1)) {
 			int verdict = policy_says_switch(e);
 
 			if (verdict == MFD_POLICY_POSTCOPY) {
@@ -243,17 +239,17 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 			return errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
 		}
 	}
-	e->vm_stopped = true;
+	e->src.vm_stopped = true;
 	/* EOF goes last, once everything else is out: it is the commit point.
 	 * Before it the destination cannot complete, and any failure restarts
 	 * the VM here; after it only the destination's word decides. */
 	r = savevm_complete_precopy(m, e->out, false, errp);
 	if (r == 0 && mfd_stream_flush(e->out) < 0)
 		r = mfd_stream_error(e->out, errp);
-	if (r == 0 && e->send)
-		r = multifd_send_finish(e->send, errp);
+	if (r == 0 && e->src.send)
+		r = multifd_send_finish(e->src.send, errp);
 	if (r == 0) {
-		atomic_store(&e->eof_sent, true);
+		commit_move(e, SC_EOF);
 		r = savevm_eof(e->out);
 	}
 	if (r == 0 && mfd_stream_flush(e->out) < 0)

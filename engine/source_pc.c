@@ -39,10 +39,10 @@ static int postcopy_start(struct mfd_engine *e, mfd_error **errp)
 		mfd_error_prefix(errp ? *errp : NULL, "postcopy: vm_stop hook");
 		return errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
 	}
-	e->vm_stopped = true;
+	e->src.vm_stopped = true;
 	/* The last dirty pages; multifd has nothing more to carry. */
 	if ((r = ramsec_final_sync(e, errp)) < 0 ||
-	    (e->send && (r = multifd_send_finish(e->send, errp)) < 0) ||
+	    (e->src.send && (r = multifd_send_finish(e->src.send, errp)) < 0) ||
 	    (r = ramsec_send_discards(e, e->out, errp)) < 0) {
 		mfd_error_prefix(errp ? *errp : NULL, "postcopy: start");
 		return r;
@@ -90,9 +90,9 @@ static int postcopy_start(struct mfd_engine *e, mfd_error **errp)
 void eng_drop_connection(struct mfd_engine *e)
 {
 	eng_break_connections(e);
-	if (e->rp_started) {
-		pthread_join(e->rp_thread, NULL);
-		e->rp_started = false;
+	if (e->src.rp_started) {
+		pthread_join(e->src.rp_thread, NULL);
+		e->src.rp_started = false;
 	}
 	if (e->pre_started) {
 		pthread_join(e->pre_thread, NULL);
@@ -103,22 +103,22 @@ void eng_drop_connection(struct mfd_engine *e)
 	pthread_mutex_lock(&e->out_lock);
 	pthread_mutex_lock(&e->lock);
 	/* The next connection's stream counts from 0: keep what this one carried. */
-	e->main_bytes_dropped += eng_main_stream_bytes(e) + atomic_exchange(&e->pre_bytes, 0);
-	mfd_stream_free(e->pre_out);
-	e->pre_out = NULL;
+	e->main_bytes_dropped += eng_main_stream_bytes(e) + atomic_exchange(&e->src.pre_bytes, 0);
+	mfd_stream_free(e->src.pre_out);
+	e->src.pre_out = NULL;
 	mfd_stream_free(e->out);
 	mfd_stream_free(e->in);
-	mfd_stream_free(e->pre_in);
-	e->out = e->in = e->pre_in = NULL;
+	mfd_stream_free(e->dst.pre_in);
+	e->out = e->in = e->dst.pre_in = NULL;
 	mfd_channel_free(e->main_ch);
 	mfd_channel_free(e->main_raw);
 	mfd_channel_free(e->pre_ch);
 	mfd_channel_free(e->pre_raw);
 	e->main_ch = e->main_raw = e->pre_ch = e->pre_raw = NULL;
-	e->rp_done = false;
+	e->src.rp_done = false;
 	link_move(e, LINK_DOWN);
-	e->req_count = e->req_head = 0;
-	atomic_store(&e->pre_eos_sent, false);
+	e->src.req_count = e->src.req_head = 0;
+	atomic_store(&e->src.pre_eos_sent, false);
 	pthread_mutex_unlock(&e->lock);
 	pthread_mutex_unlock(&e->out_lock);
 	pthread_mutex_unlock(&e->pre_lock);
@@ -140,17 +140,18 @@ static int wait_resume(struct mfd_engine *e, mfd_error **errp)
 	return 0;
 }
 
-static int wait_flag(struct mfd_engine *e, bool *flag, unsigned *count, unsigned want,
-		     const char *what, mfd_error **errp)
+/* Wait for the recovery handshake to reach @want (the return-path thread
+ * moves it), for channel-timeout-ms at most. */
+static int wait_resume_step(struct mfd_engine *e, enum resume_step want, const char *what,
+			    mfd_error **errp)
 {
 	struct timespec dl = eng_deadline_in(e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS]);
 	int r = 0;
 
 	pthread_mutex_lock(&e->lock);
-	while (!(flag ? *flag : *count >= want) && !e->rp_done && !atomic_load(&e->user_cancel) &&
-	       r == 0)
+	while (e->src.resume < want && !e->src.rp_done && !atomic_load(&e->user_cancel) && r == 0)
 		r = pthread_cond_timedwait(&e->cond, &e->lock, &dl);
-	bool ok = flag ? *flag : *count >= want;
+	bool ok = e->src.resume >= want;
 
 	pthread_mutex_unlock(&e->lock);
 	if (ok)
@@ -179,27 +180,27 @@ static int source_reconnect(struct mfd_engine *e, mfd_error **errp)
 	if ((r = mfd_stream_new(e->main_ch, MFD_STREAM_WRITE, &e->out, errp)) < 0)
 		return r;
 	stream_set_label(e->out, "main channel");
-	e->ram.last_block = -1;
+	e->src.ram.last_block = -1;
 	pthread_mutex_lock(&e->lock);
-	e->bitmaps_got = 0;
-	e->resume_acked = false;
-	e->rp_done = false;
-	atomic_store(&e->eof_sent, false);	/* sent again once the push ends */
+	e->src.bitmaps_got = 0;
+	memset(e->src.bitmaps_from, 0, sizeof(e->src.bitmaps_from));
+	e->src.resume = m->nblocks ? RS_HELLO : RS_BITMAPS;
+	e->src.rp_done = false;
+	commit_move(e, SC_OPEN);	/* EOF goes out again once the push ends */
 	pthread_mutex_unlock(&e->lock);
-	if (pthread_create(&e->rp_thread, NULL, eng_rp_thread, e) != 0)
+	if (pthread_create(&e->src.rp_thread, NULL, eng_rp_thread, e) != 0)
 		return mfd_error_set(errp, MFD_ENOMEM, "recovery: cannot start the return path");
-	e->rp_started = true;
+	e->src.rp_started = true;
 	savevm_header(m, e->out);
 	for (unsigned b = 0; b < m->nblocks; b++)
 		savevm_send_recv_bitmap(e->out, m->blocks[b].name);
 	if ((r = eng_flush_out(e->out, errp)) < 0 ||
-	    (r = wait_flag(e, NULL, &e->bitmaps_got, m->nblocks, "received-pages bitmap",
-			   errp)) < 0 ||
+	    (r = wait_resume_step(e, RS_BITMAPS, "received-pages bitmap", errp)) < 0 ||
 	    (r = savevm_resume_prepare(m, errp)) < 0)
 		return r;
 	savevm_send_postcopy_resume(e->out);
 	if ((r = eng_flush_out(e->out, errp)) < 0 ||
-	    (r = wait_flag(e, &e->resume_acked, NULL, 0, "RESUME_ACK", errp)) < 0 ||
+	    (r = wait_resume_step(e, RS_ACKED, "RESUME_ACK", errp)) < 0 ||
 	    (r = eng_start_pre_server(e, errp)) < 0)
 		return r;
 	log_info("postcopy: resumed; %llu bytes still to push",
@@ -212,8 +213,9 @@ static bool pausable(struct mfd_engine *e, int r)
 	bool broken;
 
 	pthread_mutex_lock(&e->lock);
-	broken = !e->rp_result_seen && (e->link == LINK_LOST || e->link == LINK_PAUSE);
-	bool seen = e->rp_result_seen;
+	bool seen = commit_at(e) == SC_ANSWERED;
+
+	broken = !seen && (e->link == LINK_LOST || e->link == LINK_PAUSE);
 	/* An error recorded by the return-path thread (a malformed request, say)
 	 * is no network loss: reconnecting would not cure it. */
 	bool failed = e->err != NULL;
@@ -240,24 +242,19 @@ int eng_postcopy_run(struct mfd_engine *e, mfd_error **errp)
 			/* Everything pushed: END, EOF, and the end of the preempt stream. */
 			r = savevm_complete_postcopy(m, e->out, &err);
 			if (r == 0)
-				atomic_store(&e->eof_sent, true);
+				commit_move(e, SC_EOF);
 			if (r == 0 && (r = savevm_eof(e->out)) == 0)
 				r = eng_flush_out(e->out, &err);
 			if (r == 0 && e->preempt) {
 				pthread_mutex_lock(&e->pre_lock);
-				mfd_stream_put_be64(e->pre_out, RAM_FLAG_EOS);
-				r = eng_flush_out(e->pre_out, &err);
-				atomic_store(&e->pre_bytes, mfd_stream_bytes(e->pre_out));
-				atomic_store(&e->pre_eos_sent, r == 0);
+				mfd_stream_put_be64(e->src.pre_out, RAM_FLAG_EOS);
+				r = eng_flush_out(e->src.pre_out, &err);
+				atomic_store(&e->src.pre_bytes, mfd_stream_bytes(e->src.pre_out));
+				atomic_store(&e->src.pre_eos_sent, r == 0);
 				pthread_mutex_unlock(&e->pre_lock);
 			}
 			if (r == 0)
 				r = eng_wait_result(e, &err);
-			if (r == 0) {
-				pthread_mutex_lock(&e->lock);
-				e->rp_result_seen = true;	/* (it is: wait_result saw it) */
-				pthread_mutex_unlock(&e->lock);
-			}
 		}
 		if (r < 0) {
 			if (!pausable(e, r)) {
@@ -271,7 +268,7 @@ int eng_postcopy_run(struct mfd_engine *e, mfd_error **errp)
 			continue;
 		}
 		mfd_error_free(err);
-		if (r == 0 && e->rp_result_seen)
+		if (r == 0 && commit_at(e) == SC_ANSWERED)
 			break;
 	}
 	pthread_mutex_lock(&e->lock);

@@ -146,11 +146,11 @@ void eng_shutdown_all(struct mfd_engine *e)
 		mfd_channel_shutdown(e->mf[i]);
 		mfd_channel_shutdown(e->mf_raw[i]);
 	}
-	mfd_listener_shutdown(e->listener);
-	if (e->send)
-		multifd_send_cancel(e->send);
-	if (e->recv)
-		multifd_recv_cancel(e->recv);
+	mfd_listener_shutdown(e->dst.listener);
+	if (e->src.send)
+		multifd_send_cancel(e->src.send);
+	if (e->dst.recv)
+		multifd_recv_cancel(e->dst.recv);
 	pthread_mutex_unlock(&e->lock);
 }
 
@@ -257,5 +257,37 @@ bool link_move(struct mfd_engine *e, enum pc_link to)
 		return false;
 	e->link = to;
 	pthread_cond_broadcast(&e->cond);
+	return true;
+}
+
+/* The switchover's commit protocol (enum src_commit, enum dst_commit): bit t
+ * of row s allows s -> t.  The comment above enum src_commit draws it. */
+#define SC(x) (1u << SC_##x)
+#define DC(x) (1u << DC_##x)
+static const unsigned src_commit_moves[] = {
+	[SC_OPEN] = SC(APPROVED) | SC(EOF) | SC(ANSWERED),
+	[SC_APPROVED] = SC(EOF) | SC(ANSWERED) | SC(OPEN),
+	[SC_EOF] = SC(ANSWERED) | SC(UNKNOWN) | SC(OPEN),
+	[SC_ANSWERED] = 0,
+	[SC_UNKNOWN] = SC(ANSWERED),
+};
+static const unsigned dst_commit_moves[] = {
+	[DC_LOADING] = DC(ACKED) | DC(ANSWERED),
+	[DC_ACKED] = DC(ANSWERED),
+	[DC_ANSWERED] = 0,
+};
+
+bool commit_move(struct mfd_engine *e, int to)
+{
+	_Atomic int *at = e->incoming ? &e->dst.commit : &e->src.commit;
+	const unsigned *moves = e->incoming ? dst_commit_moves : src_commit_moves;
+	size_t n = e->incoming ? MFD_ARRAY_SIZE(dst_commit_moves)
+			       : MFD_ARRAY_SIZE(src_commit_moves);
+	int from = atomic_load(at);
+
+	do {
+		if ((unsigned)from >= n || (unsigned)to >= n || !(moves[from] & (1u << to)))
+			return false;
+	} while (!atomic_compare_exchange_weak(at, &from, to));
 	return true;
 }

@@ -14,11 +14,11 @@ uint64_t engine_bytes_sent(struct mfd_engine *e)
 {
 	uint64_t bytes = e->out ? mfd_stream_bytes(e->out) : 0;
 
-	if (e->send) {
+	if (e->src.send) {
 		struct mfd_multifd_stats *st = malloc(sizeof(*st));
 
 		if (st) {
-			multifd_send_stats(e->send, st);
+			multifd_send_stats(e->src.send, st);
 			for (unsigned i = 0; i < st->channels; i++)
 				bytes += st->ch[i].wire_bytes;
 			free(st);
@@ -37,7 +37,7 @@ uint64_t eng_main_stream_bytes(struct mfd_engine *e)
  * the dirty bitmaps are its own): refreshed at each pass and each event. */
 void engine_publish(struct mfd_engine *e)
 {
-	STAT_SET(e, main_bytes, e->main_bytes_dropped + atomic_load(&e->pre_bytes) +
+	STAT_SET(e, main_bytes, e->main_bytes_dropped + atomic_load(&e->src.pre_bytes) +
 				eng_main_stream_bytes(e));
 	STAT_SET(e, remaining, e->incoming ? 0 : ramsec_remaining(e));
 }
@@ -77,12 +77,12 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 	st.ram_dirty_sync_count = STAT_GET(e, dirty_syncs);
 	st.ram_dirty_pages_rate = STAT_GET(e, dirty_rate_pages);
 	st.iterations = STAT_GET(e, iterations);
-	st.throttle_percent = e->throttle;
+	st.throttle_percent = e->src.throttle;
 	st.channels = e->use_multifd ? e->nchan : 0;
-	if (e->send)
-		multifd_send_stats(e->send, ms);
-	else if (e->recv)
-		multifd_recv_stats(e->recv, ms);
+	if (e->src.send)
+		multifd_send_stats(e->src.send, ms);
+	else if (e->dst.recv)
+		multifd_recv_stats(e->dst.recv, ms);
 	else if (e->final_ms)
 		*ms = *e->final_ms;
 	pthread_mutex_unlock(&e->lock);
@@ -111,14 +111,14 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 		/* Rounded up: a postcopy that happened never reads as 0 ms. */
 		st.postcopy_time_ms =
 			((e->t_pc_end_ns ? e->t_pc_end_ns : now) - e->t_pc_ns + 999999) / 1000000;
-	if (e->pcd) {
+	if (e->dst.pcd) {
 		pcd_stats(e, &st);
 	} else {
-		st.postcopy_faults = e->pc_kept[0];
-		st.postcopy_fault_us_median = e->pc_kept[1];
-		st.postcopy_fault_us_p99 = e->pc_kept[2];
-		st.postcopy_fault_us_max = e->pc_kept[3];
-		st.postcopy_blocktime_ms = e->pc_kept[4];
+		st.postcopy_faults = e->dst.pc_kept[0];
+		st.postcopy_fault_us_median = e->dst.pc_kept[1];
+		st.postcopy_fault_us_p99 = e->dst.pc_kept[2];
+		st.postcopy_fault_us_max = e->dst.pc_kept[3];
+		st.postcopy_blocktime_ms = e->dst.pc_kept[4];
 	}
 	pthread_mutex_unlock(&e->lock);
 	st.multifd_syncs = ms->syncs;

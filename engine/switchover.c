@@ -19,10 +19,11 @@ int eng_wait_result(struct mfd_engine *e, mfd_error **errp)
 	int r = 0;
 
 	pthread_mutex_lock(&e->lock);
-	while (!e->rp_result_seen && !e->err && !engine_cancelled(e) && !e->rp_done && r == 0)
+	while (commit_at(e) != SC_ANSWERED && !e->err && !engine_cancelled(e) && !e->src.rp_done &&
+	       r == 0)
 		r = pthread_cond_timedwait(&e->cond, &e->lock, &dl);
-	bool seen = e->rp_result_seen;
-	int code = e->rp_result;
+	bool seen = commit_at(e) == SC_ANSWERED;
+	int code = e->src.rp_result;
 
 	pthread_mutex_unlock(&e->lock);
 	if (seen && code == 0)
@@ -67,7 +68,7 @@ int eng_switchover_commit(struct mfd_engine *e, mfd_error **errp)
 	if (r == 0)
 		return 0;
 	pthread_mutex_lock(&e->lock);
-	bool theirs = e->rp_result_seen && e->rp_result < 0;
+	bool theirs = commit_at(e) == SC_ANSWERED && e->src.rp_result < 0;
 
 	pthread_mutex_unlock(&e->lock);
 	if (theirs) {
@@ -94,7 +95,7 @@ int eng_switchover_commit(struct mfd_engine *e, mfd_error **errp)
 		return r;
 	}
 	pthread_mutex_lock(&e->lock);
-	e->outcome_unknown = true;
+	commit_move(e, SC_UNKNOWN);
 	mfd_error *cause = e->err;
 
 	r = mfd_error_set(errp, MFD_EUNKNOWN, "switchover: the end of the stream went out but "
@@ -137,7 +138,7 @@ int eng_switchover_answer(struct mfd_engine *e, mfd_error **errp)
 		error_propagate(errp, err);
 		return r;
 	}
-	atomic_store(&e->result_sent, true);
+	commit_move(e, DC_ANSWERED);
 	if (!e->confirm || pc_running(e))
 		return 0;
 	mfd_channel_set_option(e->main_ch, "timeout-ms", timeout, NULL);

@@ -1158,7 +1158,7 @@ END_TEST
 #define WAIT_MS 20000		/* no case may take longer than this */
 #define PACKET_BYTES (128u * 4096u)
 
-struct eng_dest {
+struct probe_dest {
 	mfd_migration *m;
 	uint8_t *ram, *huge;
 };
@@ -1171,7 +1171,7 @@ static void set(mfd_migration *m, const char *name, const char *value)
 }
 
 /* params: "name=value,name=value" on top of channel-timeout-ms and 2 channels. */
-static void eng_dest_init(struct eng_dest *d, const char *params, bool huge)
+static void probe_dest_init(struct probe_dest *d, const char *params, bool huge)
 {
 	mfd_error *err = NULL;
 	char buf[256], *save = NULL;
@@ -1201,7 +1201,7 @@ static void eng_dest_init(struct eng_dest *d, const char *params, bool huge)
 	}
 }
 
-static void eng_dest_free(struct eng_dest *d)
+static void probe_dest_free(struct probe_dest *d)
 {
 	mfd_migration_free(d->m);
 	munmap(d->ram, ENG_PAGES * PS);
@@ -1271,7 +1271,7 @@ static void preempt_hello(uint8_t h[128])
 	memcpy(h + 48, session_token, 32);
 }
 
-static void mf_hello(uint8_t h[MFD_HELLO_SIZE], struct eng_dest *d, uint16_t id, uint16_t n)
+static void mf_hello(uint8_t h[MFD_HELLO_SIZE], struct probe_dest *d, uint16_t id, uint16_t n)
 {
 	struct mfd_multifd_config cfg;
 	mfd_error *err = NULL;
@@ -1415,7 +1415,7 @@ static void send_conn(const char *uri, const uint8_t *h, size_t len, int cut, in
 
 /* Open the session as a source would, spoiling one connection.  Returns the
  * destination's result. */
-static int run_engine(struct eng_dest *d, const struct ecase *c, int wait_ms, mfd_error **errp)
+static int run_engine(struct probe_dest *d, const struct ecase *c, int wait_ms, mfd_error **errp)
 {
 	char uri[128];
 	uint8_t h[128];
@@ -1454,14 +1454,14 @@ static int run_engine(struct eng_dest *d, const struct ecase *c, int wait_ms, mf
 START_TEST(bad_engine_hello)
 {
 	const struct ecase *c = &eng_cases[_i];
-	struct eng_dest d;
+	struct probe_dest d;
 	mfd_error *err = NULL;
 
 	if (strstr(c->params ? c->params : "", "zlib") && !mfd_compress_find("zlib")) {
 		test_skip("codec", "bad_input: zlib not built in, engine case %d", _i);
 		return;
 	}
-	eng_dest_init(&d, c->params, false);
+	probe_dest_init(&d, c->params, false);
 	if (is_stray(c)) {
 		/* Refused and logged; the destination keeps waiting for its source. */
 		test_log_capture_start();
@@ -1475,7 +1475,7 @@ START_TEST(bad_engine_hello)
 			      c->msg, log);
 		mfd_error_free(err);
 		mfd_migrate_cancel(d.m);
-		eng_dest_free(&d);
+		probe_dest_free(&d);
 		return;
 	}
 	int r = run_engine(&d, c, WAIT_MS, &err);
@@ -1483,7 +1483,7 @@ START_TEST(bad_engine_hello)
 
 	check_result(&bc, _i, r, err, NULL);
 	mfd_error_free(err);
-	eng_dest_free(&d);
+	probe_dest_free(&d);
 }
 END_TEST
 
@@ -1767,7 +1767,7 @@ static const struct fcase file_cases[] = {
 	RC("COLO", 9, MFD_ENOTSUP, "command ENABLE_COLO at byte 105 refused"),
 };
 
-static int run_file(struct eng_dest *d, const void *p, size_t len, mfd_error **errp)
+static int run_file(struct probe_dest *d, const void *p, size_t len, mfd_error **errp)
 {
 	char path[] = "/tmp/mfd-bad-input-XXXXXX", uri[64];
 	int fd = mkstemp(path), r;
@@ -1786,11 +1786,11 @@ static int run_file(struct eng_dest *d, const void *p, size_t len, mfd_error **e
 START_TEST(bad_ram_and_commands)
 {
 	const struct fcase *c = &file_cases[_i];
-	struct eng_dest d;
+	struct probe_dest d;
 	struct bytes b = { 0 };
 	mfd_error *err = NULL;
 
-	eng_dest_init(&d, NULL, true);
+	probe_dest_init(&d, NULL, true);
 	if (c->whole)
 		cmd_file(&b, c->arg);
 	else
@@ -1801,7 +1801,7 @@ START_TEST(bad_ram_and_commands)
 	check_result(&bc, _i, r, err, NULL);
 	mfd_error_free(err);
 	b_free(&b);
-	eng_dest_free(&d);
+	probe_dest_free(&d);
 }
 END_TEST
 
@@ -1997,12 +1997,12 @@ START_TEST(peer_strings_escaped)
 	} else if (k == ESC_MF_CODEC) {
 		r = esc_mf_hello(&err);
 	} else {
-		struct eng_dest d;
+		struct probe_dest d;
 
-		eng_dest_init(&d, NULL, true);
+		probe_dest_init(&d, NULL, true);
 		esc_file(&b, k);
 		r = run_file(&d, b.p, b.len, &err);
-		eng_dest_free(&d);
+		probe_dest_free(&d);
 	}
 	b_free(&b);
 
@@ -2027,13 +2027,13 @@ END_TEST
 /* The builders are right: the same pieces, well formed, load (and place pages). */
 START_TEST(valid_file_loads)
 {
-	struct eng_dest d;
+	struct probe_dest d;
 	struct bytes b = { 0 };
 	mfd_error *err = NULL;
 	uint8_t h[128];
 	static uint8_t page[PS];
 
-	eng_dest_init(&d, NULL, true);
+	probe_dest_init(&d, NULL, true);
 	memset(page, 0xab, sizeof(page));
 	main_hello(h, 0, 0, "none");
 	b_raw(&b, h, 128);
@@ -2053,7 +2053,7 @@ START_TEST(valid_file_loads)
 	ck_assert_uint_eq(d.ram[0x2000], 0xab);
 	ck_assert_uint_eq(d.ram[0x2fff], 0xab);
 	b_free(&b);
-	eng_dest_free(&d);
+	probe_dest_free(&d);
 }
 END_TEST
 
@@ -2122,7 +2122,7 @@ START_TEST(engine_stream_cut_at_every_byte)
 	ck_assert_ok(mfd_ram_block_add(dst, "pc.ram", dram, PAGES * PS, PS, &err), err);
 	ck_assert_ok(mfd_register_live(dst, "cpu", 0, 1, &cpu_ops, NULL, &err), err);
 	{
-		struct eng_dest d = { .m = dst };
+		struct probe_dest d = { .m = dst };
 
 		ck_assert_ok(run_file(&d, buf, len, &err), err);
 		ck_assert_uint_eq(dram[PS + 7], 0x42);

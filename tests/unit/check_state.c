@@ -177,6 +177,55 @@ START_TEST(postcopy_link_moves)
 }
 END_TEST
 
+/* The switchover's commit protocol, each side's table (enum src_commit,
+ * enum dst_commit): the moves the engine makes, and the ones it refuses. */
+START_TEST(source_commit_moves)
+{
+	struct mfd_engine *e = engine(false);
+
+	atomic_init(&e->src.commit, SC_OPEN);
+	ck_assert(!commit_move(e, SC_UNKNOWN));	/* nothing went out to be unknown */
+	ck_assert(commit_move(e, SC_APPROVED));
+	ck_assert(!commit_move(e, SC_APPROVED));	/* once */
+	ck_assert(commit_move(e, SC_EOF));
+	ck_assert(!commit_move(e, SC_APPROVED));	/* a late ACK changes nothing */
+	ck_assert(commit_move(e, SC_OPEN));		/* postcopy reconnected */
+	ck_assert(commit_move(e, SC_EOF));
+	ck_assert(commit_move(e, SC_UNKNOWN));		/* no RESULT came */
+	ck_assert(!commit_move(e, SC_OPEN));
+	ck_assert(!commit_move(e, SC_EOF));
+	ck_assert(commit_move(e, SC_ANSWERED));	/* a late failure resolves it */
+	ck_assert_int_eq(commit_at(e), SC_ANSWERED);
+	for (int to = SC_OPEN; to <= SC_UNKNOWN; to++)
+		ck_assert_msg(!commit_move(e, to), "answered -> %d", to);
+	ck_assert(!commit_move(e, 99));
+
+	/* A failure may answer before EOF: the VM never left. */
+	atomic_store(&e->src.commit, SC_OPEN);
+	ck_assert(commit_move(e, SC_ANSWERED));
+	free(e);
+}
+END_TEST
+
+START_TEST(destination_commit_moves)
+{
+	struct mfd_engine *e = engine(true);
+
+	atomic_init(&e->dst.commit, DC_LOADING);
+	ck_assert(commit_move(e, DC_ACKED));
+	ck_assert(!commit_move(e, DC_ACKED));		/* one SWITCHOVER_ACK */
+	ck_assert(!commit_move(e, DC_LOADING));
+	ck_assert(commit_move(e, DC_ANSWERED));
+	ck_assert(!commit_move(e, DC_ACKED));		/* no ACK after the RESULT */
+	ck_assert_int_eq(commit_at(e), DC_ANSWERED);
+	/* Postcopy: RESULT 0 without an ACK ever sent. */
+	atomic_store(&e->dst.commit, DC_LOADING);
+	ck_assert(commit_move(e, DC_ANSWERED));
+	ck_assert(!commit_move(e, SC_UNKNOWN));	/* not a destination state */
+	free(e);
+}
+END_TEST
+
 Suite *suite_state(void)
 {
 	Suite *s = suite_create("state");
@@ -188,6 +237,8 @@ Suite *suite_state(void)
 	tcase_add_test(tc, destination_postcopy_steps);
 	tcase_add_test(tc, source_postcopy_steps);
 	tcase_add_test(tc, postcopy_link_moves);
+	tcase_add_test(tc, source_commit_moves);
+	tcase_add_test(tc, destination_commit_moves);
 	suite_add_tcase(s, tc);
 	return s;
 }
