@@ -15,7 +15,10 @@
 #include <string.h>
 #include <signal.h>
 #include <dirent.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -150,6 +153,105 @@ START_TEST(bad_options_are_usage_errors)
 	ck_assert_ptr_nonnull(strstr(out, "--postcopy '0' is not a number from 1 to 1000000"));
 	ck_assert_int_eq(test_run_tool(out, sizeof(out), true, unknown), 2);
 	ck_assert_ptr_nonnull(strstr(out, "no-such-option"));
+}
+END_TEST
+
+/* Connect to 127.0.0.1:@port; the socket, connected. */
+static int connect_loopback(const char *port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	ck_assert_int_ge(fd, 0);
+	a.sin_port = htons((uint16_t)atoi(port));
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_msg(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0, "connect to port %s: %s",
+		      port, strerror(errno));
+	return fd;
+}
+
+/*
+ * Issue 19, defect 1, as a user meets it: `multifd recv --listen`, then a
+ * health check that connects and closes, a scanner that sends junk and one
+ * that connects and says nothing, then the real `multifd send`.  The
+ * destination refuses the three with a line each and takes the migration.
+ */
+START_TEST(recv_survives_port_probes)
+{
+	const char *builddir = getenv("MFD_BUILDDIR");
+	char tool[4096], line[256] = "", uri[256], errlog[128], img[128];
+	const char *send[] = { "send", "--size", "16M", "--to", uri, "-q", NULL };
+	char junk[200];
+	int rep[2], status, silent;
+	size_t got = 0;
+	pid_t pid;
+
+	if (!test_have_tool("cli"))
+		return;
+	ck_assert_int_lt(snprintf(tool, sizeof(tool), "%s/tools/multifd", builddir),
+			 (int)sizeof(tool));
+	snprintf(errlog, sizeof(errlog), "/tmp/mfd-cli-probes-%d.log", (int)getpid());
+	snprintf(img, sizeof(img), "/tmp/mfd-cli-probes-%d.img", (int)getpid());
+	ck_assert_int_eq(pipe(rep), 0);
+	pid = fork();
+	ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		int efd = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+		alarm(120);	/* bounded even if it never completes */
+		if (efd < 0 || dup2(efd, STDERR_FILENO) < 0 || dup2(rep[1], 3) != 3)
+			_exit(126);
+		execl(tool, "multifd", "recv", "--listen", "tcp:127.0.0.1:0", "--size", "16M",
+		      "--report-fd", "3", "--out", img, "-q", (char *)NULL);
+		_exit(127);
+	}
+	close(rep[1]);
+	/* "listen tcp:127.0.0.1:PORT\n" */
+	while (got + 1 < sizeof(line) && read(rep[0], line + got, 1) == 1 && line[got] != '\n')
+		got++;
+	line[got] = '\0';
+	ck_assert_msg(strncmp(line, "listen tcp:127.0.0.1:", 21) == 0, "recv said '%s'", line);
+	snprintf(uri, sizeof(uri), "%s", line + 7);
+	const char *port = uri + 14;
+
+	/* A health check, a scanner's junk, and a connection that stays silent. */
+	close(connect_loopback(port));
+	int fd = connect_loopback(port);
+
+	for (size_t i = 0; i < sizeof(junk); i++)
+		junk[i] = (char)(i * 37 + 11);
+	ck_assert_int_eq(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+	close(fd);
+	silent = connect_loopback(port);
+	usleep(100 * 1000);
+
+	int rs = test_run_tool(out, sizeof(out), true, send);
+
+	close(silent);
+	/* Drain the destination's report so it never blocks on the pipe. */
+	char drain[4096];
+
+	while (read(rep[0], drain, sizeof(drain)) > 0)
+		;
+	close(rep[0]);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	FILE *f = fopen(errlog, "r");
+	char log[8192] = "";
+
+	ck_assert_ptr_nonnull(f);
+	log[fread(log, 1, sizeof(log) - 1, f)] = '\0';
+	fclose(f);
+	unlink(errlog);
+	unlink(img);
+	ck_assert_msg(rs == 0, "send failed after the probes:\n%s\nrecv's stderr:\n%s", out, log);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		      "recv ended with status 0x%x:\n%s", status, log);
+	/* The two that closed are refused and said; the silent one may still
+	 * have been waiting for its hello when the session's channels were in. */
+	const char *first = strstr(log, "refused a connection (1 of at most");
+
+	ck_assert_msg(first && strstr(first, "refused a connection (2 of at most"),
+		      "recv's stderr:\n%s", log);
 }
 END_TEST
 
@@ -366,6 +468,7 @@ Suite *suite_cli(void)
 	tcase_add_test(tc, demo_not_converging_switches_to_postcopy);
 	tcase_add_test(tc, demo_with_zero_copy_send);
 	tcase_add_test(tc, recv_prealloc_and_send_load_keep_the_bytes);
+	tcase_add_test(tc, recv_survives_port_probes);
 	tcase_add_test(tc, bad_options_are_usage_errors);
 	tcase_add_test(tc, tune_recommends_channels_and_codec);
 	tcase_add_test(tc, tune_plot_draws_a_png);
