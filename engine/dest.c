@@ -10,6 +10,31 @@
 
 #include "engine/internal.h"
 
+/*
+ * Postcopy, the main stream ended: the preempt stream ends right after it
+ * (the source writes its EOS next).  Whether it ended within
+ * channel-timeout-ms; if not, its reader still runs.  A source that stays
+ * connected and never writes it must not hold the destination forever: see
+ * load_all().
+ */
+static bool drain_preempt(struct mfd_engine *e)
+{
+	int64_t ms = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
+	struct timespec dl;
+
+	clock_gettime(CLOCK_REALTIME, &dl);	/* pthread_timedjoin_np's clock */
+	dl.tv_sec += ms / 1000;
+	dl.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (dl.tv_nsec >= 1000000000) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000;
+	}
+	if (pthread_timedjoin_np(e->pre_thread, NULL, &dl) != 0)
+		return false;
+	e->pre_started = false;
+	return true;
+}
+
 static int lh_open_rp(void *opaque, mfd_error **errp)
 {
 	struct mfd_engine *e = opaque;
@@ -80,6 +105,27 @@ static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, 
 			r = 0;
 			continue;
 		}
+		if (r == 0 && pc_running(e) && e->pre_started && !drain_preempt(e)) {
+			uint64_t left = pcd_missing(e);
+
+			if (!left) {
+				/* Every page is in: its end is a formality.  finish()
+				 * closes it once RESULT 0 is out, so the source never
+				 * sees the channel go before the answer. */
+				log_warn("postcopy: the preempt stream did not end within %lld ms of "
+					 "the main stream; every page is in, so it is closed",
+					 (long long)m->params.i[MFD_P_CHANNEL_TIMEOUT_MS]);
+				atomic_store(&e->dst.pre_abandoned, true);
+			} else {
+				/* Pages are still on their way on a silent channel: a
+				 * stalled connection, which a recovery can cure. */
+				r = mfd_error_set(&err, MFD_ETIMEDOUT, "postcopy: preempt channel: "
+						  "nothing for %lld ms after the main stream ended, "
+						  "with %llu pages still missing",
+						  (long long)m->params.i[MFD_P_CHANNEL_TIMEOUT_MS],
+						  (unsigned long long)left);
+			}
+		}
 		if (r == 0)
 			break;
 		if (!eng_dest_pausable(e, r)) {
@@ -90,11 +136,6 @@ static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, 
 		resumed = true;
 	}
 	if (r == 0 && pc_running(e)) {
-		/* The preempt stream ends after the main one: drain it. */
-		if (e->pre_started) {
-			pthread_join(e->pre_thread, NULL);
-			e->pre_started = false;
-		}
 		uint64_t missing = pcd_missing(e);
 
 		pthread_mutex_lock(&e->lock);
@@ -104,7 +145,9 @@ static int load_all(struct mfd_engine *e, const struct mfd_loadvm_hooks *hooks, 
 		if (r == 0 && missing)
 			r = mfd_error_set(errp, MFD_EPROTO, "postcopy: the stream ended with %llu pages "
 					  "still missing", (unsigned long long)missing);
-		if (r == 0)
+		/* The preempt reader may still run (abandoned): finish() stops it,
+		 * then the fault thread. */
+		if (r == 0 && !e->pre_started)
 			pcd_stop(e);
 	}
 	loadvm_end(m);

@@ -213,6 +213,8 @@ struct eng_dest {
 	int recv_last_block;		/* main-stream CONTINUE tracking */
 	bool ram_started;		/* got the RAM START */
 	mfd_stream *pre_in;		/* read by the preempt thread */
+	atomic_bool pre_abandoned;	/* its end never came, every page is in: finish()
+					 * closes it, and its reader leaves quietly */
 	struct pc_dest *pcd;		/* userfaultfd state */
 	uint64_t pc_kept[5];		/* its figures once it is gone (see pcd_stats) */
 	uint8_t *pc_page;		/* main-stream bounce page */
@@ -422,7 +424,9 @@ int eng_open_preempt(struct mfd_engine *e, mfd_error **errp);
 int eng_start_pre_reader(struct mfd_engine *e, mfd_error **errp);
 
 /* engine/switchover.c */
-int eng_wait_result(struct mfd_engine *e, mfd_error **errp);
+/* Source: wait up to @timeout ms for the destination's RESULT; 0 if it said
+ * "loaded". */
+int eng_wait_result(struct mfd_engine *e, int64_t timeout, mfd_error **errp);
 int eng_switchover_commit(struct mfd_engine *e, mfd_error **errp);
 int eng_switchover_answer(struct mfd_engine *e, mfd_error **errp);
 

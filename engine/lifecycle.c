@@ -69,7 +69,7 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 	}
 	if (e->pre_started) {
 		/* The source's request server reads until the channel closes. */
-		if (r < 0 || !e->incoming)
+		if (r < 0 || !e->incoming || atomic_load(&e->dst.pre_abandoned))
 			mfd_channel_shutdown(e->pre_ch);
 		pthread_join(e->pre_thread, NULL);
 		e->pre_started = false;

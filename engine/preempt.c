@@ -64,10 +64,12 @@ static void *pre_server(void *arg)
 	bool net = eng_network_error(e, code), done;
 
 	done = commit_at(e) == SC_ANSWERED;
-	/* Once the end of the preempt stream is out, the pages are all sent and
-	 * the return path tells how the migration ended: a lost channel is news
-	 * only before that. */
-	if (done || engine_cancelled(e) || (net && atomic_load(&e->src.pre_eos_sent))) {
+	/* Once EOF is out on the main stream, the pages are all sent and the
+	 * return path tells how the migration ended: a lost preempt channel is
+	 * news only before that (a destination with every page closes a silent
+	 * one itself, and a real cut shows on the return path too). */
+	if (done || engine_cancelled(e) ||
+	    (net && (atomic_load(&e->src.pre_eos_sent) || commit_at(e) == SC_EOF))) {
 		/* over: nothing to add */
 	} else if (net && pc_running(e)) {
 		/* Postcopy survives this: the migration thread pauses. */
@@ -149,7 +151,9 @@ static void *pre_reader(void *arg)
 			mfd_stream_error(e->dst.pre_in, &err);
 	}
 	free(bounce);
-	if (r < 0 && eng_network_error(e, r)) {
+	if (r < 0 && atomic_load(&e->dst.pre_abandoned)) {
+		/* Closed on purpose after the main stream: the loader decides. */
+	} else if (r < 0 && eng_network_error(e, r)) {
 		/* The loader pauses; we are restarted after recovery. */
 		log_warn("postcopy: preempt channel lost: %s", mfd_error_message(err));
 		eng_break_connections(e);

@@ -412,6 +412,11 @@ void *eng_rp_thread(void *arg)
 			e->src.rp_result = code < MFD_ERRCODE_MIN ? MFD_EPROTO : code;
 			free(e->src.rp_message);
 			e->src.rp_message = text;	/* only this thread replaces it */
+			/* Loaded after postcopy: every page is there, so the preempt
+			 * channel has nothing left to carry; a write stuck on it (its
+			 * EOS) ends now instead of holding the source. */
+			if (code == 0 && pc_running(e) && e->pre_ch)
+				mfd_channel_shutdown(e->pre_ch);
 			pthread_cond_broadcast(&e->cond);
 			pthread_mutex_unlock(&e->lock);
 			if (code < 0) {

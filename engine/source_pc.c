@@ -223,6 +223,31 @@ static bool pausable(struct mfd_engine *e, int r)
 	return !seen && !failed && (broken || eng_network_error(e, r));
 }
 
+/*
+ * The push ended and EOF is out on the main stream: end the preempt stream.
+ * Its failure decides nothing: the main stream ended whole, so the
+ * destination answers either way (it gives up on a silent preempt channel
+ * itself when every page is in, and pauses when some are missing), and a
+ * broken connection shows on the return path too.  A write stuck here ends
+ * when RESULT 0 arrives (eng_rp_thread() shuts the channel).
+ */
+static void send_preempt_eos(struct mfd_engine *e)
+{
+	mfd_error *err = NULL;
+	int r;
+
+	pthread_mutex_lock(&e->pre_lock);
+	mfd_stream_put_be64(e->src.pre_out, RAM_FLAG_EOS);
+	r = eng_flush_out(e->src.pre_out, &err);
+	atomic_store(&e->src.pre_bytes, mfd_stream_bytes(e->src.pre_out));
+	atomic_store(&e->src.pre_eos_sent, r == 0);
+	pthread_mutex_unlock(&e->pre_lock);
+	if (r < 0 && commit_at(e) != SC_ANSWERED)
+		log_warn("postcopy: the preempt stream's end did not go out (%s); the "
+			 "destination's answer decides", mfd_error_message(err));
+	mfd_error_free(err);
+}
+
 /* Source: everything from the switch to the destination's RESULT. */
 int eng_postcopy_run(struct mfd_engine *e, mfd_error **errp)
 {
@@ -245,16 +270,12 @@ int eng_postcopy_run(struct mfd_engine *e, mfd_error **errp)
 				commit_move(e, SC_EOF);
 			if (r == 0 && (r = savevm_eof(e->out)) == 0)
 				r = eng_flush_out(e->out, &err);
-			if (r == 0 && e->preempt) {
-				pthread_mutex_lock(&e->pre_lock);
-				mfd_stream_put_be64(e->src.pre_out, RAM_FLAG_EOS);
-				r = eng_flush_out(e->src.pre_out, &err);
-				atomic_store(&e->src.pre_bytes, mfd_stream_bytes(e->src.pre_out));
-				atomic_store(&e->src.pre_eos_sent, r == 0);
-				pthread_mutex_unlock(&e->pre_lock);
-			}
+			if (r == 0 && e->preempt)
+				send_preempt_eos(e);
+			/* The destination answers once the preempt stream ended, or
+			 * after channel-timeout-ms without its end: allow for both. */
 			if (r == 0)
-				r = eng_wait_result(e, &err);
+				r = eng_wait_result(e, 2 * m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], &err);
 		}
 		if (r < 0) {
 			if (!pausable(e, r)) {

@@ -12,9 +12,8 @@
 
 #include "engine/internal.h"
 
-int eng_wait_result(struct mfd_engine *e, mfd_error **errp)
+int eng_wait_result(struct mfd_engine *e, int64_t timeout, mfd_error **errp)
 {
-	int64_t timeout = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
 	struct timespec dl = eng_deadline_in(timeout);
 	int r = 0;
 
@@ -47,7 +46,7 @@ int eng_wait_result(struct mfd_engine *e, mfd_error **errp)
 int eng_switchover_commit(struct mfd_engine *e, mfd_error **errp)
 {
 	mfd_error *err = NULL;
-	int r = eng_wait_result(e, &err);
+	int r = eng_wait_result(e, e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS], &err);
 
 	if (r == 0 && e->confirm) {
 		uint8_t c[SWITCHOVER_CONFIRM_LEN];

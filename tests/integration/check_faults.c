@@ -567,6 +567,12 @@ static const struct scenario scenarios[] = {
 	SC(SRC, PREEMPT, 0, POSTCOPY, CLOSE, W, 1000, 0, true, true, false, EX_PAUSE, 0, NULL),
 	SC(SRC, PREEMPT, 0, HANDSHAKE, FAIL, W, 0, 0, true, true, false, EX_FAIL, MFD_EIO,
 	   "preempt channel"),
+	/* A requested page stuck "forever" on the preempt channel (the
+	 * destination's reader faults at once, so the first preempt write is a
+	 * page): the main stream ends without it, and the destination, which
+	 * waited for the preempt stream's end without a deadline, now pauses
+	 * after channel-timeout-ms and the recovery completes. */
+	SC(SRC, PREEMPT, 0, POSTCOPY, STALL, W, 0, 600000, true, true, false, EX_PAUSE, 0, NULL),
 	SC(DST, MAIN, 0, POSTCOPY, CLOSE, R, 0, 0, true, false, false, EX_PAUSE, 0, NULL),
 	SC(SRC, MULTIFD, 1, SWITCHOVER, FAIL, W, 0, 0, true, false, false, EX_FAIL, MFD_EIO,
 	   "postcopy"),
