@@ -19,18 +19,18 @@
  */
 static bool drain_preempt(struct mfd_engine *e)
 {
-	int64_t ms = e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS];
-	struct timespec dl;
+	struct timespec dl = eng_deadline_in(e->m->params.i[MFD_P_CHANNEL_TIMEOUT_MS]);
+	int r = 0;
 
-	clock_gettime(CLOCK_REALTIME, &dl);	/* pthread_timedjoin_np's clock */
-	dl.tv_sec += ms / 1000;
-	dl.tv_nsec += (long)(ms % 1000) * 1000000;
-	if (dl.tv_nsec >= 1000000000) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000;
-	}
-	if (pthread_timedjoin_np(e->pre_thread, NULL, &dl) != 0)
+	pthread_mutex_lock(&e->lock);
+	while (!e->dst.pre_reader_left && r == 0)
+		r = pthread_cond_timedwait(&e->cond, &e->lock, &dl);
+	bool left = e->dst.pre_reader_left;
+
+	pthread_mutex_unlock(&e->lock);
+	if (!left)
 		return false;
+	pthread_join(e->pre_thread, NULL);
 	e->pre_started = false;
 	return true;
 }

@@ -213,6 +213,7 @@ struct eng_dest {
 	int recv_last_block;		/* main-stream CONTINUE tracking */
 	bool ram_started;		/* got the RAM START */
 	mfd_stream *pre_in;		/* read by the preempt thread */
+	bool pre_reader_left;		/* under lock: the preempt reader is leaving */
 	atomic_bool pre_abandoned;	/* its end never came, every page is in: finish()
 					 * closes it, and its reader leaves quietly */
 	struct pc_dest *pcd;		/* userfaultfd state */

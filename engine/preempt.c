@@ -163,6 +163,10 @@ static void *pre_reader(void *arg)
 		err = NULL;
 	}
 	mfd_error_free(err);
+	pthread_mutex_lock(&e->lock);
+	e->dst.pre_reader_left = true;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
 	return NULL;
 }
 
@@ -170,6 +174,9 @@ int eng_start_pre_reader(struct mfd_engine *e, mfd_error **errp)
 {
 	if (!e->preempt || e->pre_started || pc_at(e) < PC_LISTENING)
 		return 0;
+	pthread_mutex_lock(&e->lock);
+	e->dst.pre_reader_left = false;
+	pthread_mutex_unlock(&e->lock);
 	if (pthread_create(&e->pre_thread, NULL, pre_reader, e) != 0)
 		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: cannot start the preempt thread");
 	e->pre_started = true;
