@@ -41,6 +41,7 @@
 enum listener_mode {
 	LISTEN_ACCEPT,	/* a listening socket: accept connections */
 	LISTEN_ONCE,	/* one connected socket, pipe or file: hand it out once */
+	LISTEN_LIST,	/* channels the caller already has: hand them out in order */
 };
 
 struct mfd_listener {
@@ -62,6 +63,10 @@ struct mfd_listener {
 	atomic_bool shut;
 	pthread_mutex_t lock;
 	mfd_channel *identifying;	/* under lock: the channel gather's identify reads */
+
+	/* LISTEN_LIST, owned by the gathering thread. */
+	mfd_channel **list;
+	unsigned nlist, next;
 };
 
 static int listen_tcp(mfd_listener *l, const char *uri, const struct transport_uri *u,
@@ -314,6 +319,47 @@ static int hand_out_once(mfd_listener *l, mfd_channel **out, mfd_error **errp)
 	return 0;
 }
 
+static int hand_out_next(mfd_listener *l, mfd_channel **out, mfd_error **errp)
+{
+	if (l->next >= l->nlist)
+		return mfd_error_set(errp, MFD_EPROTO, "%s: all %u channels were handed out, and "
+				     "more were needed", l->uri, l->nlist);
+	*out = l->list[l->next];
+	l->list[l->next++] = NULL;
+	return 0;
+}
+
+int listener_new_list(mfd_channel *const *chs, unsigned n, const char *name,
+		      mfd_listener **out, mfd_error **errp)
+{
+	mfd_listener *l = calloc(1, sizeof(*l));
+
+	*out = NULL;
+	if (l) {
+		l->list = calloc(n ? n : 1, sizeof(*l->list));
+		l->uri = strdup(name);
+	}
+	if (!l || !l->list || !l->uri) {
+		for (unsigned i = 0; i < n; i++)
+			mfd_channel_free(chs[i]);
+		if (l) {
+			free(l->list);
+			free(l->uri);
+			free(l);
+		}
+		return mfd_error_set(errp, MFD_ENOMEM, "%s: out of memory", name);
+	}
+	memcpy(l->list, chs, n * sizeof(*chs));
+	l->nlist = n;
+	l->fd = -1;
+	l->wake_fd = -1;
+	l->mode = LISTEN_LIST;
+	atomic_init(&l->shut, false);
+	pthread_mutex_init(&l->lock, NULL);
+	*out = l;
+	return 0;
+}
+
 static int listener_accept(mfd_listener *l, int64_t deadline, int timeout_ms,
 			   mfd_channel **out, mfd_error **errp)
 {
@@ -327,6 +373,8 @@ static int listener_accept(mfd_listener *l, int64_t deadline, int timeout_ms,
 		return mfd_error_set(errp, MFD_ECANCELED, "%s: listener shut down", l->uri);
 	if (l->mode == LISTEN_ONCE)
 		return hand_out_once(l, out, errp);
+	if (l->mode == LISTEN_LIST)
+		return hand_out_next(l, out, errp);
 	if (l->done)
 		return mfd_error_set(errp, MFD_ESTATE,
 				     "%s: no longer listening (all channels were gathered)", l->uri);
@@ -484,7 +532,10 @@ static int gather(mfd_listener *l, unsigned count, int timeout_ms, mfd_identify_
 		}
 		if (r < 0)
 			break;
-		if (scr) {
+		if (scr && l->mode == LISTEN_LIST) {
+			/* Vouched for: as long as the gather waits. */
+			slot = identify_channel(l, ch, deadline, NULL, scr, opaque, &stray, &err);
+		} else if (scr) {
 			/* A silent peer holds up the ones behind it for hello_ms at most. */
 			int64_t hello = mono_ms() + scr->hello_ms;
 
@@ -612,6 +663,9 @@ void mfd_listener_free(mfd_listener *l)
 		unlink(l->unix_path);
 	if (l->wake_fd >= 0)
 		close(l->wake_fd);
+	for (unsigned i = l->next; i < l->nlist; i++)
+		mfd_channel_free(l->list[i]);
+	free(l->list);
 	pthread_mutex_destroy(&l->lock);
 	free(l->unix_path);
 	free(l->chan_name);

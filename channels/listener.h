@@ -40,6 +40,18 @@ int listener_gather_screened(mfd_listener *l, unsigned count, int timeout_ms,
 			     const struct listener_screen *scr, mfd_channel **slots,
 			     mfd_error **errp);
 
+/*
+ * A listener over @n channels the caller already has (the VMM's own, see
+ * mfd_migrate_incoming_channels()), handed out in order.  It takes them:
+ * those not handed out go with it.  Its screened gather fails on a channel
+ * the screen refuses instead of waiting for another (these were vouched
+ * for), and waits for an identification only as long as the gather's own
+ * deadline (a VMM may start the destination long before the source).
+ * @name names it in messages.  On failure the channels are freed.
+ */
+int listener_new_list(mfd_channel *const *chs, unsigned n, const char *name,
+		      mfd_listener **out, mfd_error **errp);
+
 /* Stop listening: later connections are refused, not queued. */
 void listener_stop(mfd_listener *l);
 

@@ -73,7 +73,16 @@ int eng_open_out(struct mfd_engine *e, int slot, mfd_error **errp)
 
 	if (engine_cancelled(e))
 		return mfd_error_set(errp, MFD_ECANCELED, "migration cancelled");
-	if ((r = mfd_channel_connect(e->uri, (int)t, &raw, errp)) < 0)
+	/* The VMM's own channel for this slot, once; else connect (always after
+	 * a recovery, which reconnects by URI). */
+	pthread_mutex_lock(&e->lock);
+	mfd_channel **given = slot == -2 ? &e->src.given_pre : slot < 0 ? &e->src.given_main
+			      : &e->src.given_mf[slot];
+
+	raw = *given;
+	*given = NULL;
+	pthread_mutex_unlock(&e->lock);
+	if (!raw && (r = mfd_channel_connect(e->uri, (int)t, &raw, errp)) < 0)
 		return r;
 	if ((r = eng_wrap_channel(e, raw, slot == -2 ? ENGINE_CH_PREEMPT : slot < 0 ? ENGINE_CH_MAIN
 				: ENGINE_CH_MULTIFD, slot < 0 ? 0 : (unsigned)slot, errp)) < 0) {
@@ -165,6 +174,13 @@ void eng_release_channels(struct mfd_engine *e)
 	}
 	mfd_listener_free(e->dst.listener);
 	e->dst.listener = NULL;
+	mfd_channel_free(e->src.given_main);
+	mfd_channel_free(e->src.given_pre);
+	e->src.given_main = e->src.given_pre = NULL;
+	for (unsigned i = 0; i < 256; i++) {
+		mfd_channel_free(e->src.given_mf[i]);
+		e->src.given_mf[i] = NULL;
+	}
 	mfd_tls_creds_free(e->creds);
 	e->creds = NULL;
 	pthread_mutex_unlock(&e->lock);

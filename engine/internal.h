@@ -183,6 +183,9 @@ struct eng_source {
 	int rp_result;			/* the destination's RESULT, or RP_NO_RESULT */
 	char *rp_message;
 	struct mfd_multifd_send *send;
+	/* mfd_migrate_channels(): the VMM's channels until eng_open_out() takes
+	 * each (under lock; eng_release_channels() frees what is left). */
+	mfd_channel *given_main, *given_pre, *given_mf[256];
 	struct ram_source ram;
 	double bandwidth;		/* migration thread: bytes/s, smoothed */
 	int throttle;

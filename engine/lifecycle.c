@@ -196,14 +196,91 @@ static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	return 0;
 }
 
-static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_error **errp)
+/* The channels of a struct mfd_channel_set, once the engine took them. */
+struct given {
+	mfd_channel *main, *pre;
+	unsigned nmf;
+	mfd_channel *mf[256];
+};
+
+static void given_free(struct given *g)
+{
+	mfd_channel_free(g->main);
+	mfd_channel_free(g->pre);
+	for (unsigned i = 0; i < g->nmf; i++)
+		mfd_channel_free(g->mf[i]);
+	memset(g, 0, sizeof(*g));
+}
+
+/* Take every channel of @set (the caller's no more, whatever happens), and
+ * check its shape. */
+static int given_take(const struct mfd_channel_set *set, const char *fn, struct given *g,
+		      mfd_error **errp)
+{
+	struct mfd_channel_set in = { 0 };
+
+	memset(g, 0, sizeof(*g));
+	if (!set)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: NULL channel set", fn);
+	/* Members past the caller's size are 0 (docs/abi.md). */
+	memcpy(&in, set, set->size < sizeof(in) ? set->size : sizeof(in));
+	g->main = in.main;
+	g->pre = in.preempt;
+	if (in.multifd && in.nmultifd <= 256) {
+		g->nmf = in.nmultifd;
+		for (unsigned i = 0; i < g->nmf; i++)
+			g->mf[i] = in.multifd[i];
+	}
+	if (set->size < offsetof(struct mfd_channel_set, multifd) + sizeof(in.multifd))
+		return mfd_error_set(errp, MFD_EINVAL, "%s: struct mfd_channel_set of %u bytes; "
+				     "set size = sizeof(struct mfd_channel_set) (%zu)", fn,
+				     set->size, sizeof(in));
+	if (!in.main)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: the set has no main channel", fn);
+	if (in.nmultifd > 256)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: %u multifd channels; at most 256", fn,
+				     in.nmultifd);
+	if (in.nmultifd && !in.multifd)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: nmultifd is %u but multifd is NULL",
+				     fn, in.nmultifd);
+	for (unsigned i = 0; i < g->nmf; i++)
+		if (!g->mf[i])
+			return mfd_error_set(errp, MFD_EINVAL, "%s: multifd channel %u is NULL", fn,
+					     i);
+	return 0;
+}
+
+/* The set's shape against the parameters: one channel per multifd channel,
+ * a preempt channel exactly when postcopy-preempt needs one. */
+static int given_check(const struct given *g, mfd_migration *m, const char *fn,
+		       mfd_error **errp)
+{
+	int64_t want = m->params.i[MFD_P_MULTIFD_CHANNELS];
+	bool pre = m->params.i[MFD_P_POSTCOPY_RAM] && m->params.i[MFD_P_POSTCOPY_PREEMPT];
+
+	if (g->nmf && (int64_t)g->nmf != want)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: the set has %u multifd channels but "
+				     "multifd-channels is %lld: set it to %u (or pass none to carry "
+				     "everything on the main channel)", fn, g->nmf,
+				     (long long)want, g->nmf);
+	if (pre && g->nmf && !g->pre)
+		return mfd_error_set(errp, MFD_EINVAL, "%s: postcopy-preempt is on but the set has "
+				     "no preempt channel", fn);
+	if (g->pre && (!pre || !g->nmf))
+		return mfd_error_set(errp, MFD_EINVAL, "%s: the set has a preempt channel but %s",
+				     fn, g->nmf ? "postcopy-preempt is off"
+						: "it carries everything on the main channel");
+	return 0;
+}
+
+static int engine_start_on(mfd_migration *m, bool incoming, const char *uri, struct given *g,
+			   const char *fn, mfd_error **errp)
 {
 	struct mfd_engine *e;
 	int r;
 
 	if (!m || !uri)
-		return mfd_error_set(errp, MFD_EINVAL, "%s: NULL argument",
-				     incoming ? "mfd_migrate_incoming" : "mfd_migrate");
+		return mfd_error_set(errp, MFD_EINVAL, "%s: NULL argument", fn);
 	if (m->busy)
 		return mfd_error_set(errp, MFD_ESTATE, "a migration or save/load is running");
 	if (!m->engine) {
@@ -218,22 +295,23 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 		m->teardown = engine_teardown;
 	}
 	/* A malformed URI fails here, before any thread starts. */
-	struct transport_uri tu;
+	struct transport_uri tu = { 0 };
 
-	if ((r = transport_uri_parse(uri, &tu, errp)) < 0) {
+	if (!g && (r = transport_uri_parse(uri, &tu, errp)) < 0) {
 		transport_uri_clear(&tu);
 		return r;
 	}
-	/* fd: and file: are one channel: no multifd, no return path. */
-	bool stream = tu.scheme == URI_FD || tu.scheme == URI_FILE;
-	bool unix_uri = tu.scheme == URI_UNIX;
+	/* fd: and file: are one channel: no multifd, no return path; so is a
+	 * set without multifd channels. */
+	bool stream = g ? g->nmf == 0 : tu.scheme == URI_FD || tu.scheme == URI_FILE;
+	bool unix_uri = !g && tu.scheme == URI_UNIX;
 
 	if ((r = engine_reset(m, incoming, uri, errp)) < 0) {
 		transport_uri_clear(&tu);
 		return r;
 	}
 	e = m->engine;
-	if (tu.scheme == URI_TCP && tu.host && strlen(tu.host) < sizeof(e->tls_host))
+	if (!g && tu.scheme == URI_TCP && tu.host && strlen(tu.host) < sizeof(e->tls_host))
 		strcpy(e->tls_host, tu.host);
 	transport_uri_clear(&tu);
 	e->nchan = (unsigned)m->params.i[MFD_P_MULTIFD_CHANNELS];
@@ -260,13 +338,38 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 		e->creds = NULL;
 		return r;
 	}
-	if (incoming && (r = mfd_listener_new(uri, &e->dst.listener, errp)) < 0) {
+	if (incoming && g) {
+		/* In the order the destination takes them: main, preempt, multifd. */
+		mfd_channel *list[258];
+		unsigned n = 0;
+
+		list[n++] = g->main;
+		if (g->pre)
+			list[n++] = g->pre;
+		for (unsigned i = 0; i < g->nmf; i++)
+			list[n++] = g->mf[i];
+		r = listener_new_list(list, n, "the VMM's channels", &e->dst.listener, errp);
+		if (r == 0)
+			memset(g, 0, sizeof(*g));	/* the listener's now */
+	} else if (incoming) {
+		r = mfd_listener_new(uri, &e->dst.listener, errp);
+	}
+	if (r < 0) {
 		mfd_tls_creds_free(e->creds);
 		e->creds = NULL;
 		return r;
 	}
-	if (incoming)
-		snprintf(e->dst.listen_uri, sizeof(e->dst.listen_uri), "%s", mfd_listener_uri(e->dst.listener));
+	if (incoming && !g)
+		snprintf(e->dst.listen_uri, sizeof(e->dst.listen_uri), "%s",
+			 mfd_listener_uri(e->dst.listener));
+	if (!incoming && g) {
+		/* eng_open_out() takes them, slot by slot. */
+		e->src.given_main = g->main;
+		e->src.given_pre = g->pre;
+		for (unsigned i = 0; i < g->nmf; i++)
+			e->src.given_mf[i] = g->mf[i];
+		memset(g, 0, sizeof(*g));
+	}
 	if ((r = ramsec_register(e, errp)) < 0) {
 		eng_release_channels(e);
 		return r;
@@ -286,14 +389,59 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	return 0;
 }
 
+static int engine_start(mfd_migration *m, bool incoming, const char *uri, bool byo,
+			const struct mfd_channel_set *set, mfd_error **errp)
+{
+	const char *fn = byo ? (incoming ? "mfd_migrate_incoming_channels" : "mfd_migrate_channels")
+			     : (incoming ? "mfd_migrate_incoming" : "mfd_migrate");
+	struct given *g = NULL;
+	int r;
+
+	if (byo) {
+		/* Taken at once: every return below frees what is left of it. */
+		g = malloc(sizeof(*g));
+		if (!g) {
+			struct given tmp;
+
+			given_take(set, fn, &tmp, NULL);
+			given_free(&tmp);
+			return mfd_error_set(errp, MFD_ENOMEM, "%s: out of memory", fn);
+		}
+		if ((r = given_take(set, fn, g, errp)) < 0 ||
+		    (m && (r = given_check(g, m, fn, errp)) < 0)) {
+			given_free(g);
+			free(g);
+			return r;
+		}
+		uri = "the VMM's channels";
+	}
+	r = engine_start_on(m, incoming, uri, g, fn, errp);
+	if (g) {
+		given_free(g);	/* what the engine did not take */
+		free(g);
+	}
+	return r;
+}
+
 int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp)
 {
-	return engine_start(m, false, uri, errp);
+	return engine_start(m, false, uri, false, NULL, errp);
 }
 
 int mfd_migrate_incoming(mfd_migration *m, const char *uri, mfd_error **errp)
 {
-	return engine_start(m, true, uri, errp);
+	return engine_start(m, true, uri, false, NULL, errp);
+}
+
+int mfd_migrate_channels(mfd_migration *m, const struct mfd_channel_set *set, mfd_error **errp)
+{
+	return engine_start(m, false, NULL, true, set, errp);
+}
+
+int mfd_migrate_incoming_channels(mfd_migration *m, const struct mfd_channel_set *set,
+				  mfd_error **errp)
+{
+	return engine_start(m, true, NULL, true, set, errp);
 }
 
 int mfd_migration_listen_uri(mfd_migration *m, char *buf, size_t len)

@@ -1366,6 +1366,69 @@ MFD_API int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp);
 MFD_API int mfd_migrate_incoming(mfd_migration *m, const char *uri, mfd_error **errp);
 
 /**
+ * struct mfd_channel_set - connections a VMM opened itself (a jailer or an
+ * orchestrator passed their fds, or they go over several NICs).
+ * @size: sizeof(struct mfd_channel_set) as the caller was built with;
+ *	members past it are taken as 0.
+ * @main: the main channel: the section stream, and the return path when it
+ *	is on (a bidirectional socket then).  Required.
+ * @preempt: the postcopy-preempt channel; required when postcopy-ram and
+ *	postcopy-preempt are on, refused otherwise.
+ * @nmultifd: how many multifd channels @multifd holds: multifd-channels, or
+ *	0 to carry everything on @main (as an fd: URI: no multifd, no return
+ *	path, no postcopy).
+ * @multifd: the multifd channels, NULL when @nmultifd is 0.
+ *
+ * Wrap descriptors with mfd_channel_new_fd() (MFD_CHANNEL_OWN_FD to let the
+ * migration close them).  Each side gives its own ends of the same
+ * connections; TLS, when configured, is set up on them by the library.
+ */
+struct mfd_channel_set {
+	uint32_t size;
+	uint32_t nmultifd;
+	mfd_channel *main;
+	mfd_channel *preempt;
+	mfd_channel **multifd;
+};
+
+/**
+ * mfd_migrate_channels() - mfd_migrate() over connections the VMM opened.
+ * @m: the source side, as for mfd_migrate().
+ * @set: the connections; the migration takes every channel in it, also
+ *	when this call fails (they are freed then), and frees them when it
+ *	ends.  The array @set->multifd itself stays the caller's.
+ * @errp: MFD_EINVAL for a malformed set (no main channel, a multifd count
+ *	that is not multifd-channels, a preempt channel missing or not
+ *	expected); as mfd_migrate() otherwise.
+ *
+ * Everything else is mfd_migrate()'s: the hellos go out on these channels
+ * as on connections the library opened.  A postcopy recovery reconnects by
+ * URI (mfd_migrate_resume()).  For x509 TLS set tls-hostname: there is no
+ * URI host to verify the destination's certificate against.
+ */
+MFD_API int mfd_migrate_channels(mfd_migration *m, const struct mfd_channel_set *set,
+				 mfd_error **errp);
+
+/**
+ * mfd_migrate_incoming_channels() - mfd_migrate_incoming() over connections
+ * the VMM accepted (or was passed).
+ * @m: the destination side, as for mfd_migrate_incoming().
+ * @set: the destination's ends, taken as by mfd_migrate_channels().  The
+ *	multifd channels may come in any order: each says which it is in its
+ *	hello.
+ * @errp: MFD_EINVAL for a malformed set; as mfd_migrate_incoming()
+ *	otherwise.
+ *
+ * The library checks every channel's hello as it checks an accepted
+ * connection's (session, token, TLS), but does not take a bad one for a
+ * stray: the VMM vouched for these, so the migration fails naming the
+ * channel and why.  A postcopy recovery listens on a URI
+ * (mfd_migrate_recover()).
+ */
+MFD_API int mfd_migrate_incoming_channels(mfd_migration *m, const struct mfd_channel_set *set,
+					  mfd_error **errp);
+
+/**
  * mfd_migration_listen_uri() - where mfd_migrate_incoming() listens.
  * @m: the destination side.
  * @buf: receives the URI.

@@ -85,6 +85,30 @@ START_TEST(test_embed_runs)
 }
 END_TEST
 
+/* examples/channels: the VMM's own connections, the destination a forked
+ * process that only has file descriptors. */
+START_TEST(test_channels_example_runs)
+{
+	const char *builddir = getenv("MFD_BUILDDIR");
+	char path[4096];
+	static char out[1 << 16];
+
+	if (!builddir || !*builddir) {
+		test_skip("builddir", "embed: MFD_BUILDDIR is not set (run through `make check`)");
+		return;
+	}
+	ck_assert_int_lt(snprintf(path, sizeof(path), "%s/examples/channels/channels", builddir),
+			 (int)sizeof(path));
+	ck_assert_msg(access(path, X_OK) == 0, "%s: %s (make builds it)", path, strerror(errno));
+	int status = run_program(path, out, sizeof(out));
+
+	ck_assert_msg(status == 0, "channels exited with status %d; its output:\n%s", status,
+		      out);
+	ck_assert_msg(strstr(out, "channels: ok: 16 MiB over a main channel and 3 multifd "
+			     "channels") != NULL, "no success line:\n%s", out);
+}
+END_TEST
+
 static char *read_source(const char *srcdir, const char *rel)
 {
 	char path[4096];
@@ -209,6 +233,7 @@ Suite *suite_embed(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, test_embed_runs);
 	tcase_add_test(tc, test_walkthrough_matches_code);
+	tcase_add_test(tc, test_channels_example_runs);
 	suite_add_tcase(s, tc);
 	return s;
 }

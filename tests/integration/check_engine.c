@@ -1216,6 +1216,192 @@ START_TEST(cancel_races_a_failing_gather)
 END_TEST
 
 
+/* ---- the VMM's own channels (mfd_migrate_channels) ----------------------------------- */
+
+/* @n connected pairs: src[i] to dst[i]. */
+static void channel_pairs(mfd_channel **src, mfd_channel **dst, unsigned n)
+{
+	mfd_error *err = NULL;
+
+	for (unsigned i = 0; i < n; i++)
+		ck_assert_ok(mfd_channel_socketpair(&src[i], &dst[i], &err), err);
+}
+
+/*
+ * A VMM that opened the connections itself (a jailer passed the fds): a main
+ * channel and three multifd channels, given to the destination in another
+ * order than the source's (each says which it is in its hello), with a live
+ * writer; the destination also starts well before the source, longer than a
+ * listener would wait for a hello.
+ */
+START_TEST(vmm_channels_live_precopy)
+{
+	struct guest src, dst;
+	mfd_channel *a[4], *b[4], *dmf[3];
+	struct mfd_channel_set ss = { .size = sizeof(ss) }, ds = { .size = sizeof(ds) };
+	struct mfd_stats st = { .size = sizeof(st) };
+	mfd_error *err = NULL;
+	char buf[64];
+
+	guest_init(&src, 16, true, 3, "none");
+	guest_init(&dst, 16, false, 3, "none");
+	/* hello_ms is half of it: 500 ms; the source starts 1.2 s later. */
+	ck_assert_ok(mfd_set_param(dst.m, "channel-timeout-ms", "1000", &err), err);
+	channel_pairs(a, b, 4);
+	dmf[0] = b[3];
+	dmf[1] = b[1];
+	dmf[2] = b[2];
+	ds.main = b[0];
+	ds.nmultifd = 3;
+	ds.multifd = dmf;
+	ck_assert_ok(mfd_migrate_incoming_channels(dst.m, &ds, &err), err);
+	ck_assert_int_eq(mfd_migration_listen_uri(dst.m, buf, sizeof(buf)), MFD_ESTATE);
+	usleep(1200 * 1000);
+	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_SETUP);
+	guest_start_writer(&src);
+	ss.main = a[0];
+	ss.nmultifd = 3;
+	ss.multifd = &a[1];
+	ck_assert_ok(mfd_migrate_channels(src.m, &ss, &err), err);
+	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
+	ck_assert_int_eq(dst.vm_starts, 1);
+	ck_assert_int_eq(src.vm_starts, 0);
+	ck_assert_pages_eq(src.snapshot, dst.ram, src.size, PS);
+	ck_assert_ab(dst.ram, dst.size, PS);
+	ck_assert_mem_eq(src.cpu_regs, dst.cpu_regs, sizeof(src.cpu_regs));
+	ck_assert_int_eq(mfd_migration_stats(src.m, &st), 0);
+	ck_assert_uint_eq(st.channels, 3);
+	ck_assert_uint_gt(st.ram_multifd_bytes, 0);
+	/* The migration object can migrate again, by URI this time. */
+	guest_free(&dst);
+	guest_init(&dst, 16, false, 3, "none");
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
+	ck_assert_pages_eq(src.snapshot, dst.ram, src.size, PS);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
+/* No multifd channel in the set: everything on the main channel, as fd:. */
+START_TEST(vmm_channels_main_only)
+{
+	struct guest src, dst;
+	mfd_channel *a, *b;
+	struct mfd_channel_set ss = { .size = sizeof(ss) }, ds = { .size = sizeof(ds) };
+	mfd_error *err = NULL;
+
+	guest_init(&src, 8, true, 2, "none");
+	guest_init(&dst, 8, false, 2, "none");
+	channel_pairs(&a, &b, 1);
+	ds.main = b;
+	ss.main = a;
+	ck_assert_ok(mfd_migrate_incoming_channels(dst.m, &ds, &err), err);
+	ck_assert_ok(mfd_migrate_channels(src.m, &ss, &err), err);
+	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
+	ck_assert_pages_eq(src.snapshot, dst.ram, src.size, PS);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
+/* A malformed set is refused with what to fix, and its channels are not
+ * leaked: the call took them. */
+START_TEST(vmm_channels_bad_sets)
+{
+	struct guest g;
+	mfd_channel *a[3], *b[3];
+	struct mfd_channel_set set;
+	mfd_error *err = NULL;
+	int fds;
+
+	guest_init(&g, 4, true, 2, "none");
+	ck_assert_int_eq(mfd_migrate_channels(g.m, NULL, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "mfd_migrate_channels: NULL channel set");
+	set = (struct mfd_channel_set){ .size = 8 };
+	ck_assert_int_eq(mfd_migrate_incoming_channels(g.m, &set, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "mfd_migrate_incoming_channels: struct "
+			    "mfd_channel_set of 8 bytes; set size = sizeof(struct mfd_channel_set)");
+	set = (struct mfd_channel_set){ .size = sizeof(set) };
+	ck_assert_int_eq(mfd_migrate_channels(g.m, &set, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "the set has no main channel");
+
+	fds = count_fds();
+	channel_pairs(a, b, 3);
+	set = (struct mfd_channel_set){ .size = sizeof(set), .main = a[0], .nmultifd = 1,
+					.multifd = &a[1] };
+	ck_assert_int_eq(mfd_migrate_channels(g.m, &set, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "the set has 1 multifd channels but "
+			    "multifd-channels is 2: set it to 1");
+	set = (struct mfd_channel_set){ .size = sizeof(set), .main = b[0], .nmultifd = 2,
+					.multifd = &b[1], .preempt = a[2] };
+	ck_assert_int_eq(mfd_migrate_incoming_channels(g.m, &set, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "the set has a preempt channel but "
+			    "postcopy-preempt is off");
+	/* Both calls took and freed their channels. */
+	ck_assert_int_eq(count_fds(), fds);
+	ck_assert_int_eq(mfd_migration_state(g.m), MFD_STATE_NONE);
+
+	channel_pairs(a, b, 2);
+	ck_assert_ok(mfd_set_param(g.m, "postcopy-ram", "on", &err), err);
+	ck_assert_ok(mfd_set_param(g.m, "postcopy-preempt", "on", &err), err);
+	set = (struct mfd_channel_set){ .size = sizeof(set), .main = a[0], .nmultifd = 2,
+					.multifd = (mfd_channel *[]){ a[1], b[1] } };
+	ck_assert_int_eq(mfd_migrate_channels(g.m, &set, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "postcopy-preempt is on but the set has no preempt "
+			    "channel");
+	mfd_channel_free(b[0]);
+	ck_assert_int_eq(count_fds(), fds);
+	guest_free(&g);
+}
+END_TEST
+
+/*
+ * The destination's channels given in the wrong places: what the VMM vouched
+ * for is not waited past as a stray, the migration fails at once saying which
+ * channel and why.
+ */
+START_TEST(vmm_channels_misplaced_on_the_destination)
+{
+	struct guest src, dst;
+	mfd_channel *a[3], *b[3];
+	struct mfd_channel_set ss = { .size = sizeof(ss) }, ds = { .size = sizeof(ds) };
+	mfd_error *err = NULL;
+	uint64_t t0;
+
+	guest_init(&src, 4, true, 2, "none");
+	guest_init(&dst, 4, false, 2, "none");
+	channel_pairs(a, b, 3);
+	ss.main = a[0];
+	ss.nmultifd = 2;
+	ss.multifd = &a[1];
+	/* A multifd channel where the main one belongs. */
+	ds.main = b[1];
+	ds.nmultifd = 2;
+	ds.multifd = (mfd_channel *[]){ b[0], b[2] };
+	ck_assert_ok(mfd_migrate_incoming_channels(dst.m, &ds, &err), err);
+	ck_assert_ok(mfd_migrate_channels(src.m, &ss, &err), err);
+	t0 = mono_ms();
+	ck_assert_int_lt(mfd_migration_wait(dst.m, 30000, &err), 0);
+	printf("engine: misplaced: destination: %s\n", mfd_error_message(err));
+	ck_assert_msg(strstr(mfd_error_message(err), "the VMM's channels: identifying channel"),
+		      "%s", mfd_error_message(err));
+	mfd_error_free(err);
+	err = NULL;
+	ck_assert_int_lt(mfd_migration_wait(src.m, 30000, &err), 0);
+	mfd_error_free(err);
+	/* Not after a stray's hello deadline or the channel timeout. */
+	ck_assert_msg(mono_ms() - t0 < 15000, "took %llu ms",
+		      (unsigned long long)(mono_ms() - t0));
+	ck_assert_int_eq(src.vm_starts, src.vm_stops);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
 Suite *suite_engine(void)
 {
 	Suite *s = suite_create("engine");
@@ -1252,6 +1438,14 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, too_many_stray_connections_fail_clearly);
 	tcase_add_test(tc, cancel_races_a_failing_gather);
 	tcase_set_timeout(tc, 60);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("vmm-channels");
+	tcase_add_test(tc, vmm_channels_live_precopy);
+	tcase_add_test(tc, vmm_channels_main_only);
+	tcase_add_test(tc, vmm_channels_bad_sets);
+	tcase_add_test(tc, vmm_channels_misplaced_on_the_destination);
+	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;
 }

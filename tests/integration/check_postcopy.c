@@ -280,6 +280,35 @@ static enum mfd_state wait_state(mfd_migration *m, enum mfd_state want, int time
 	return st;
 }
 
+/* start_pair() over socketpairs given with mfd_migrate_channels(). */
+static bool vmm_channels;
+
+static void start_pair_on_channels(struct pguest *src, struct pguest *dst)
+{
+	struct mfd_channel_set ss = { .size = sizeof(ss) }, ds = { .size = sizeof(ds) };
+	mfd_channel *a[258], *b[258];
+	mfd_error *err = NULL;
+	int64_t n = 0;
+
+	ck_assert_ok(mfd_get_param_int(src->m, "multifd-channels", &n, &err), err);
+	for (int64_t i = 0; i < n + 2; i++)
+		ck_assert_ok(mfd_channel_socketpair(&a[i], &b[i], &err), err);
+	ss.main = a[0];
+	ds.main = b[0];
+	if (src->preempt) {
+		ss.preempt = a[1];
+		ds.preempt = b[1];
+	} else {
+		mfd_channel_free(a[1]);
+		mfd_channel_free(b[1]);
+	}
+	ss.nmultifd = ds.nmultifd = (uint32_t)n;
+	ss.multifd = &a[2];
+	ds.multifd = &b[2];
+	ck_assert_ok(mfd_migrate_incoming_channels(dst->m, &ds, &err), err);
+	ck_assert_ok(mfd_migrate_channels(src->m, &ss, &err), err);
+}
+
 static void start_pair(struct pguest *src, struct pguest *dst)
 {
 	mfd_error *err = NULL;
@@ -287,6 +316,10 @@ static void start_pair(struct pguest *src, struct pguest *dst)
 
 	/* The destination's readers check against the source's stopped memory. */
 	dst->expect = src->snapshot;
+	if (vmm_channels) {
+		start_pair_on_channels(src, dst);
+		return;
+	}
 	ck_assert_ok(mfd_migrate_incoming(dst->m, "tcp:127.0.0.1:0", &err), err);
 	ck_assert_int_eq(mfd_migration_listen_uri(dst->m, uri, sizeof(uri)), 0);
 	ck_assert_ok(mfd_migrate(src->m, uri, &err), err);
@@ -437,6 +470,17 @@ START_TEST(postcopy_two_blocks)
 	two_blocks = true;
 	run_postcopy(2, "none", _i, 1);
 	two_blocks = false;
+}
+END_TEST
+
+/* Postcopy with preempt over the VMM's own channels (socketpairs), TLS-PSK
+ * set up on them by the library. */
+START_TEST(postcopy_over_vmm_channels)
+{
+	NEED_UFFD();
+	vmm_channels = true;
+	run_postcopy_tls(2, "none", true, 1, _i ? "psk" : NULL);
+	vmm_channels = false;
 }
 END_TEST
 
@@ -871,6 +915,7 @@ Suite *suite_postcopy(void)
 	tcase_add_loop_test(tc, postcopy_two_blocks, 0, 2);
 	tcase_add_loop_test(tc, precopy_pages_race_the_switch, 0, 2);
 	tcase_add_loop_test(tc, postcopy_over_tls, 0, 2);
+	tcase_add_loop_test(tc, postcopy_over_vmm_channels, 0, 2);
 	tcase_add_test(tc, policy_can_choose_postcopy);
 	tcase_add_loop_test(tc, pause_and_recover_in_process, 0, 2);
 	tcase_add_loop_test(tc, network_cut_with_ss_then_recover, 0, 2);
