@@ -18,6 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "channels/connect.h"
 #include "channels/fd.h"
 #include "channels/uri.h"
 #include "core/util.h"
@@ -34,10 +35,15 @@ static void note_attempt(char *buf, size_t size, const char *addr, int err)
 			 err == ETIMEDOUT ? "no answer before the deadline" : strerror(err));
 }
 
-/* Connect a non-blocking socket by the deadline; returns 0 or an errno. */
-static int connect_by(int fd, const struct sockaddr *sa, socklen_t len, int64_t deadline)
+/* Connect a non-blocking socket by the deadline, or until @cancel_fd is
+ * readable (ECANCELED); returns 0 or an errno. */
+static int connect_by(int fd, const struct sockaddr *sa, socklen_t len, int64_t deadline,
+		      int cancel_fd)
 {
-	struct pollfd p = { .fd = fd, .events = POLLOUT };
+	struct pollfd p[2] = {
+		{ .fd = fd, .events = POLLOUT },
+		{ .fd = cancel_fd, .events = POLLIN },	/* poll() skips a negative fd */
+	};
 	socklen_t elen = sizeof(int);
 	int err = 0;
 
@@ -47,8 +53,10 @@ static int connect_by(int fd, const struct sockaddr *sa, socklen_t len, int64_t 
 	if (errno != EINPROGRESS && errno != EINTR)
 		return errno;
 	for (;;) {
-		int r = poll(&p, 1, deadline_poll_ms(deadline));
+		int r = poll(p, 2, deadline_poll_ms(deadline));
 
+		if (r > 0 && p[1].revents)
+			return ECANCELED;
 		if (r > 0)
 			break;
 		if (r < 0 && errno != EINTR)
@@ -62,13 +70,13 @@ static int connect_by(int fd, const struct sockaddr *sa, socklen_t len, int64_t 
 }
 
 static int connect_tcp(const char *uri, const struct transport_uri *u, int timeout_ms,
-		       mfd_channel **out, mfd_error **errp)
+		       int cancel_fd, mfd_channel **out, mfd_error **errp)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
 	struct addrinfo *res, *ai;
 	int64_t deadline = deadline_after(timeout_ms);
 	char tried[512] = "", addr[SOCKADDR_TEXT_MAX];
-	bool timed_out = false;
+	bool timed_out = false, cancelled = false;
 	int gai, fd = -1, one = 1, fl, r;
 
 	gai = getaddrinfo(u->host, u->port, &hints, &res);
@@ -81,16 +89,22 @@ static int connect_tcp(const char *uri, const struct transport_uri *u, int timeo
 		sockaddr_text(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr));
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
 			    ai->ai_protocol);
-		err = fd < 0 ? errno : connect_by(fd, ai->ai_addr, ai->ai_addrlen, deadline);
+		err = fd < 0 ? errno : connect_by(fd, ai->ai_addr, ai->ai_addrlen, deadline,
+						  cancel_fd);
 		if (err == 0)
 			break;
 		note_attempt(tried, sizeof(tried), addr, err);
 		timed_out = err == ETIMEDOUT;
+		cancelled = err == ECANCELED;
+		if (cancelled)
+			timed_out = true;	/* no further address either */
 		if (fd >= 0)
 			close(fd);
 		fd = -1;
 	}
 	freeaddrinfo(res);
+	if (fd < 0 && cancelled)
+		return mfd_error_set(errp, MFD_ECANCELED, "%s: connect cancelled", uri);
 	if (fd < 0 && timed_out)
 		return mfd_error_set(errp, MFD_ETIMEDOUT, "%s: no connection within %d ms (%s)", uri,
 				     timeout_ms, tried);
@@ -195,6 +209,12 @@ static int connect_file(const char *uri, const struct transport_uri *u, mfd_chan
 
 int mfd_channel_connect(const char *uri, int timeout_ms, mfd_channel **out, mfd_error **errp)
 {
+	return channel_connect_cancellable(uri, timeout_ms, -1, out, errp);
+}
+
+int channel_connect_cancellable(const char *uri, int timeout_ms, int cancel_fd,
+				mfd_channel **out, mfd_error **errp)
+{
 	struct transport_uri u;
 	int r = MFD_EINVAL;
 
@@ -212,7 +232,7 @@ int mfd_channel_connect(const char *uri, int timeout_ms, mfd_channel **out, mfd_
 		return r;
 	switch (u.scheme) {
 	case URI_TCP:
-		r = connect_tcp(uri, &u, timeout_ms, out, errp);
+		r = connect_tcp(uri, &u, timeout_ms, cancel_fd, out, errp);
 		break;
 	case URI_UNIX:
 		r = connect_unix(uri, &u, timeout_ms, out, errp);

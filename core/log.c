@@ -2,10 +2,14 @@
 /*
  * Logging through a caller-installed callback; the library never prints.
  */
+#include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 
 #include "core/util.h"
@@ -57,6 +61,75 @@ void log_emit(enum mfd_log_level level, const char *fmt, ...)
 		log_fn(level, msg, log_opaque);
 	pthread_mutex_unlock(&log_lock);
 	free(big);
+}
+
+/* mfd_thread_hooks_set(): a copy, taken by each thread as it starts. */
+static pthread_mutex_t thread_hooks_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct mfd_thread_hooks thread_hooks;
+static void *thread_hooks_opaque;
+
+int mfd_thread_hooks_set(const struct mfd_thread_hooks *hooks, void *opaque, mfd_error **errp)
+{
+	struct mfd_thread_hooks h = { 0 };
+
+	if (hooks) {
+		if (hooks->size < offsetof(struct mfd_thread_hooks, thread_exit))
+			return mfd_error_set(errp, MFD_EINVAL, "mfd_thread_hooks_set: struct "
+					     "mfd_thread_hooks of %u bytes; set size = sizeof(struct "
+					     "mfd_thread_hooks) (%zu)", hooks->size, sizeof(h));
+		memcpy(&h, hooks, hooks->size < sizeof(h) ? hooks->size : sizeof(h));
+	}
+	h.size = sizeof(h);
+	pthread_mutex_lock(&thread_hooks_lock);
+	thread_hooks = h;
+	thread_hooks_opaque = hooks ? opaque : NULL;
+	pthread_mutex_unlock(&thread_hooks_lock);
+	return 0;
+}
+
+struct thread_start {
+	void *(*fn)(void *);
+	void *arg;
+	char name[16];
+};
+
+static void *thread_trampoline(void *p)
+{
+	struct thread_start ts = *(struct thread_start *)p;
+	struct mfd_thread_hooks h;
+	void *opaque, *r;
+
+	free(p);
+	(void)prctl(PR_SET_NAME, ts.name, 0, 0, 0);	/* a courtesy: ignore failure */
+	pthread_mutex_lock(&thread_hooks_lock);
+	h = thread_hooks;
+	opaque = thread_hooks_opaque;
+	pthread_mutex_unlock(&thread_hooks_lock);
+	if (h.thread_start)
+		h.thread_start(opaque, ts.name);
+	r = ts.fn(ts.arg);
+	if (h.thread_exit)
+		h.thread_exit(opaque, ts.name);
+	return r;
+}
+
+int util_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char *fmt, ...)
+{
+	struct thread_start *ts = malloc(sizeof(*ts));
+	va_list ap;
+	int r;
+
+	if (!ts)
+		return ENOMEM;
+	ts->fn = fn;
+	ts->arg = arg;
+	va_start(ap, fmt);
+	vsnprintf(ts->name, sizeof(ts->name), fmt, ap);
+	va_end(ap);
+	r = pthread_create(t, NULL, thread_trampoline, ts);
+	if (r != 0)
+		free(ts);
+	return r;
 }
 
 void util_thread_name(const char *fmt, ...)

@@ -61,7 +61,15 @@ struct mfd_migration {
 	struct mfd_tracker *tracker;
 	struct mfd_tracker *retired[8];	/* trackers of earlier block tables */
 	unsigned nretired;
+
+	/* mfd_migration_event_fd(): an eventfd made on the first call (-1 until
+	 * then), written by migration_notify(); any thread. */
+	_Atomic int event_fd;
 };
+
+/* Wake mfd_migration_event_fd()'s readers: the state changed or the
+ * migration ended.  Any thread; never blocks. */
+void migration_notify(mfd_migration *m);
 
 struct mfd_section *section_find(mfd_migration *m, const char *idstr, uint32_t instance_id);
 

@@ -2,8 +2,11 @@
 /*
  * The migration object and its registry of device sections.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "core/migration.h"
 #include "core/util.h"
@@ -23,6 +26,7 @@ int mfd_migration_new(mfd_migration **out, mfd_error **errp)
 	}
 	strcpy(m->identity, DEFAULT_IDENTITY);
 	m->next_section_id = 0;
+	atomic_init(&m->event_fd, -1);
 	if (param_table_init(&m->params) < 0) {
 		param_table_free(&m->params);
 		free(m);
@@ -48,7 +52,39 @@ void mfd_migration_free(mfd_migration *m)
 	}
 	param_table_free(&m->params);
 	free(m->blocks);
+	if (atomic_load(&m->event_fd) >= 0)
+		close(atomic_load(&m->event_fd));
 	free(m);
+}
+
+int mfd_migration_event_fd(mfd_migration *m)
+{
+	int fd, none = -1;
+
+	if (!m)
+		return MFD_EINVAL;
+	fd = atomic_load(&m->event_fd);
+	if (fd >= 0)
+		return fd;
+	fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (fd < 0)
+		return errno == ENOMEM ? MFD_ENOMEM : MFD_EIO;
+	/* Two first callers at once: one descriptor wins, the other goes. */
+	if (!atomic_compare_exchange_strong(&m->event_fd, &none, fd)) {
+		close(fd);
+		fd = none;
+	}
+	return fd;
+}
+
+void migration_notify(mfd_migration *m)
+{
+	uint64_t one = 1;
+	int fd = atomic_load(&m->event_fd);
+
+	/* EAGAIN only at a counter near 2^64: the reader is woken anyway. */
+	if (fd >= 0 && write(fd, &one, sizeof(one)) < 0) {
+	}
 }
 
 static int check_idle(mfd_migration *m, const char *what, mfd_error **errp)

@@ -5,6 +5,7 @@
 #ifndef MFD_CORE_UTIL_H
 #define MFD_CORE_UTIL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -22,6 +23,12 @@
 /* Name the calling thread (at most 15 characters are kept), so that top -H,
  * perf and gdb tell the library's threads apart inside the VMM. */
 void util_thread_name(const char *fmt, ...) MFD_PRINTF(1, 2);
+
+/* pthread_create() for every thread of the library: the thread is named
+ * @name (15 characters kept) and runs the VMM's thread hooks
+ * (mfd_thread_hooks_set()) around @fn.  Returns 0 or an errno value. */
+int util_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char *fmt, ...)
+	MFD_PRINTF(4, 5);
 
 /* Log through the handler installed with mfd_log_set_handler(). */
 void log_emit(enum mfd_log_level level, const char *fmt, ...) MFD_PRINTF(2, 3);

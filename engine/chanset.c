@@ -82,7 +82,7 @@ int eng_open_out(struct mfd_engine *e, int slot, mfd_error **errp)
 	raw = *given;
 	*given = NULL;
 	pthread_mutex_unlock(&e->lock);
-	if (!raw && (r = mfd_channel_connect(e->uri, (int)t, &raw, errp)) < 0)
+	if (!raw && (r = channel_connect_cancellable(e->uri, (int)t, e->cancel_fd, &raw, errp)) < 0)
 		return r;
 	if ((r = eng_wrap_channel(e, raw, slot == -2 ? ENGINE_CH_PREEMPT : slot < 0 ? ENGINE_CH_MAIN
 				: ENGINE_CH_MULTIFD, slot < 0 ? 0 : (unsigned)slot, errp)) < 0) {

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "channels/connect.h"
 #include "channels/listener.h"
 #include "channels/uri.h"
 #include "core/channel.h"
@@ -244,6 +245,7 @@ struct mfd_engine {
 
 	/* Any thread. */
 	atomic_bool cancel;		/* stop everything (user cancel or a fatal error) */
+	int cancel_fd;			/* eventfd written by eng_shutdown_all(): ends a connect */
 	atomic_bool user_cancel;	/* mfd_migrate_cancel() asked for it */
 	atomic_int state_pub;
 

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "engine/internal.h"
 
@@ -114,6 +116,13 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 	e->final_ms = ms;
 	pthread_mutex_unlock(&e->lock);
 	eng_release_channels(e);
+	/* Nothing connects any more: the descriptor goes with the channels.
+	 * (eng_shutdown_all() writes it under lock.) */
+	pthread_mutex_lock(&e->lock);
+	if (e->cancel_fd >= 0)
+		close(e->cancel_fd);
+	e->cancel_fd = -1;
+	pthread_mutex_unlock(&e->lock);
 	m->busy = false;
 	ramsec_unregister(e);
 	ramsec_free(e);
@@ -125,6 +134,9 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 	e->ended = true;
 	pthread_cond_broadcast(&e->cond);
 	pthread_mutex_unlock(&e->lock);
+	/* mfd_migration_wait() no longer blocks: say so.  (mfd_migration_free()
+	 * joins this thread before it frees m.) */
+	migration_notify(m);
 }
 
 static void *migration_thread(void *arg)
@@ -133,7 +145,6 @@ static void *migration_thread(void *arg)
 	mfd_error *err = NULL;
 	int r;
 
-	util_thread_name(e->incoming ? "mfd-incoming" : "mfd-migration");
 	r = e->incoming ? eng_incoming_run(e, &err) : eng_source_run(e, &err);
 
 	if (r < 0 && atomic_load(&e->user_cancel) && !e->incoming && commit_at(e) != SC_UNKNOWN) {
@@ -159,6 +170,9 @@ static void engine_drop_state(struct mfd_engine *e)
 	mfd_error_free(e->err);
 	free(e->src.rp_message);
 	free(e->final_ms);
+	if (e->cancel_fd >= 0)
+		close(e->cancel_fd);
+	e->cancel_fd = -1;
 	pthread_mutex_destroy(&e->lock);
 	pthread_cond_destroy(&e->cond);
 	pthread_mutex_destroy(&e->out_lock);
@@ -193,6 +207,9 @@ static int engine_reset(mfd_migration *m, bool incoming, const char *uri, mfd_er
 	atomic_init(&e->dst.commit, DC_LOADING);
 	e->src.rp_result = RP_NO_RESULT;
 	e->dst.approvals_needed = -1;
+	e->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (e->cancel_fd < 0)
+		return error_set_errno(errp, MFD_EIO, errno, "cannot create the engine's eventfd");
 	return 0;
 }
 
@@ -287,6 +304,7 @@ static int engine_start_on(mfd_migration *m, bool incoming, const char *uri, str
 		e = calloc(1, sizeof(*e));
 		if (!e)
 			return mfd_error_set(errp, MFD_ENOMEM, "out of memory for the engine");
+		e->cancel_fd = -1;	/* engine_reset() makes it */
 		pthread_mutex_init(&e->lock, NULL);
 		eng_cond_init(&e->cond);
 		pthread_mutex_init(&e->out_lock, NULL);
@@ -377,7 +395,8 @@ static int engine_start_on(mfd_migration *m, bool incoming, const char *uri, str
 	m->busy = true;
 	e->t_start_ns = engine_now_ns();
 	eng_set_state(e, MFD_STATE_SETUP);
-	if (pthread_create(&e->thread, NULL, migration_thread, e) != 0) {
+	if (util_thread_start(&e->thread, migration_thread, e, "%s",
+			      incoming ? "mfd-incoming" : "mfd-migration") != 0) {
 		m->busy = false;
 		ramsec_unregister(e);
 		eng_release_channels(e);

@@ -299,7 +299,6 @@ static void *fault_thread(void *arg)
 	struct pc_dest *d = arg;
 	struct uffd_msg msgs[16];
 
-	util_thread_name("mfd-pc-faults");
 	for (;;) {
 		struct pollfd pfd[2] = { { d->uffd, POLLIN, 0 }, { d->stop_fd, POLLIN, 0 } };
 
@@ -358,7 +357,7 @@ int pcd_listen(struct mfd_engine *e, mfd_error **errp)
 		if (!d->zero)
 			return mfd_error_set(errp, MFD_ENOMEM, "postcopy: out of memory");
 	}
-	if (pthread_create(&d->thread, NULL, fault_thread, d) != 0)
+	if (util_thread_start(&d->thread, fault_thread, d, "mfd-pc-faults") != 0)
 		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: cannot start the fault thread");
 	d->thread_started = true;
 	return pc_move(e, PC_LISTENING, errp);

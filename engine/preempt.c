@@ -26,7 +26,6 @@ static void *pre_server(void *arg)
 	mfd_channel *ch;
 	int r;
 
-	util_thread_name("mfd-preempt");
 	pthread_mutex_lock(&e->lock);
 	ch = e->pre_ch;
 	pthread_mutex_unlock(&e->lock);
@@ -96,7 +95,7 @@ int eng_start_pre_server(struct mfd_engine *e, mfd_error **errp)
 		return 0;
 	/* Idle while the guest does not fault: no read deadline. */
 	mfd_channel_set_option(e->pre_ch, "timeout-ms", 0, NULL);
-	if (pthread_create(&e->pre_thread, NULL, pre_server, e) != 0)
+	if (util_thread_start(&e->pre_thread, pre_server, e, "mfd-preempt") != 0)
 		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: cannot start the preempt thread");
 	e->pre_started = true;
 	return 0;
@@ -135,7 +134,6 @@ static void *pre_reader(void *arg)
 	mfd_error *err = NULL;
 	int last = -1, r = bounce ? 0 : mfd_error_set(&err, MFD_ENOMEM, "preempt: out of memory");
 
-	util_thread_name("mfd-preempt");
 
 	while (r == 0) {
 		uint64_t word;
@@ -177,7 +175,7 @@ int eng_start_pre_reader(struct mfd_engine *e, mfd_error **errp)
 	pthread_mutex_lock(&e->lock);
 	e->dst.pre_reader_left = false;
 	pthread_mutex_unlock(&e->lock);
-	if (pthread_create(&e->pre_thread, NULL, pre_reader, e) != 0)
+	if (util_thread_start(&e->pre_thread, pre_reader, e, "mfd-preempt") != 0)
 		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: cannot start the preempt thread");
 	e->pre_started = true;
 	return 0;

@@ -322,7 +322,6 @@ void *eng_rp_thread(void *arg)
 	bool theirs = false;	/* err is the destination's RESULT */
 	int r;
 
-	util_thread_name("mfd-return-path");
 	r = mfd_stream_new(e->main_ch, MFD_STREAM_READ, &s, &err);
 
 	if (r == 0)

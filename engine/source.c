@@ -184,7 +184,7 @@ int eng_source_run(struct mfd_engine *e, mfd_error **errp)
 				summary |= m->blocks[b].page_size;
 			savevm_send_postcopy_advise(e->out, summary, 4096);
 		}
-		if (pthread_create(&e->src.rp_thread, NULL, eng_rp_thread, e) != 0)
+		if (util_thread_start(&e->src.rp_thread, eng_rp_thread, e, "mfd-return-path") != 0)
 			return mfd_error_set(errp, MFD_ENOMEM, "setup: cannot start the return path");
 		e->src.rp_started = true;
 	}

@@ -188,7 +188,7 @@ static int source_reconnect(struct mfd_engine *e, mfd_error **errp)
 	e->src.rp_done = false;
 	commit_move(e, SC_OPEN);	/* EOF goes out again once the push ends */
 	pthread_mutex_unlock(&e->lock);
-	if (pthread_create(&e->src.rp_thread, NULL, eng_rp_thread, e) != 0)
+	if (util_thread_start(&e->src.rp_thread, eng_rp_thread, e, "mfd-return-path") != 0)
 		return mfd_error_set(errp, MFD_ENOMEM, "recovery: cannot start the return path");
 	e->src.rp_started = true;
 	savevm_header(m, e->out);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine/internal.h"
 
@@ -115,6 +116,7 @@ void eng_set_state(struct mfd_engine *e, enum mfd_state to)
 		     mfd_state_name(from), mfd_state_name(to));
 	if (m->hooks.state_changed)
 		m->hooks.state_changed(m->hooks_opaque, from, to);
+	migration_notify(m);
 }
 
 /* First error wins; later ones are logged only. */
@@ -147,6 +149,13 @@ void eng_shutdown_all(struct mfd_engine *e)
 		mfd_channel_shutdown(e->mf_raw[i]);
 	}
 	mfd_listener_shutdown(e->dst.listener);
+	if (e->cancel_fd >= 0) {
+		uint64_t one = 1;
+
+		if (write(e->cancel_fd, &one, sizeof(one)) < 0) {
+			/* EAGAIN: it is readable already. */
+		}
+	}
 	if (e->src.send)
 		multifd_send_cancel(e->src.send);
 	if (e->dst.recv)

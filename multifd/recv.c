@@ -517,7 +517,6 @@ static void *recv_thread(void *arg)
 	mfd_error *err = NULL;
 	int rc = offs ? 0 : mfd_error_set(&err, MFD_ENOMEM, "out of memory");
 
-	util_thread_name("mfd-recv/%u", c->id);
 
 	while (rc == 0) {
 		struct iovec iov = { c->header, MFD_PACKET_HEADER_SIZE };
@@ -619,7 +618,8 @@ int multifd_recv_start(struct mfd_multifd_recv *r, mfd_error **errp)
 	for (unsigned i = 0; i < r->n && rc == 0; i++)
 		rc = channel_setup(r, &r->chans[i], errp);
 	for (unsigned i = 0; i < r->n && rc == 0; i++) {
-		if (pthread_create(&r->chans[i].thread, NULL, recv_thread, &r->chans[i]) != 0)
+		if (util_thread_start(&r->chans[i].thread, recv_thread, &r->chans[i], "mfd-recv/%u",
+				      r->chans[i].id) != 0)
 			rc = mfd_error_set(errp, MFD_ENOMEM, "multifd channel %u: cannot start a thread",
 					   i);
 		else

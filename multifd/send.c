@@ -466,7 +466,6 @@ static void *send_thread(void *arg)
 	struct send_channel *c = arg;
 	struct mfd_multifd_send *s = c->s;
 
-	util_thread_name("mfd-send/%u", c->id);
 	for (;;) {
 		bool job, sync, end;
 		mfd_error *err = NULL;
@@ -664,7 +663,8 @@ int multifd_send_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_
 		s->chans[i].stats = s->chans[i].work;
 	}
 	for (unsigned i = 0; i < s->n && r == 0; i++) {
-		if (pthread_create(&s->chans[i].thread, NULL, send_thread, &s->chans[i]) != 0)
+		if (util_thread_start(&s->chans[i].thread, send_thread, &s->chans[i], "mfd-send/%u",
+				      s->chans[i].id) != 0)
 			r = mfd_error_set(errp, MFD_ENOMEM, "multifd channel %u: cannot start a thread",
 					  i);
 		else

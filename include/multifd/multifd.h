@@ -192,6 +192,42 @@ typedef void (*mfd_log_fn)(enum mfd_log_level level, const char *msg, void *opaq
  */
 MFD_API void mfd_log_set_handler(mfd_log_fn fn, void *opaque, enum mfd_log_level max_level);
 
+/**
+ * struct mfd_thread_hooks - calls on every thread the library starts.
+ * @size: sizeof(struct mfd_thread_hooks) as the caller was built with;
+ *	members past it are taken as NULL.
+ * @thread_start: runs on the new thread before it does any work, with the
+ *	thread already named @name ("mfd-send/3", "mfd-return-path": 15
+ *	characters at most, as top -H shows them): pin it, move it to a
+ *	cgroup, install a seccomp filter (docs/syscalls.md lists the calls
+ *	each feature makes).  It must not call into the library.
+ * @thread_exit: runs on the thread after its last library work.
+ *
+ * Threads: the migration or incoming thread, the return path, the preempt
+ * server or reader, one per multifd channel on each side, the postcopy
+ * fault thread.
+ */
+struct mfd_thread_hooks {
+	uint32_t size;
+	void (*thread_start)(void *opaque, const char *name);
+	void (*thread_exit)(void *opaque, const char *name);
+};
+
+/**
+ * mfd_thread_hooks_set() - install the thread hooks, for the whole process.
+ * @hooks: the hooks (copied), or NULL to remove them.
+ * @opaque: passed back to them.
+ * @errp: MFD_EINVAL for a @size too small to hold @thread_start.
+ *
+ * Any thread.  A thread takes the hooks installed when it starts and calls
+ * the same pair at its exit, so a change never splits a start from its
+ * exit; threads that already run keep theirs.  Process-wide because a
+ * seccomp filter or a cgroup is the process's policy, whichever migration
+ * starts the thread.
+ */
+MFD_API int mfd_thread_hooks_set(const struct mfd_thread_hooks *hooks, void *opaque,
+				 mfd_error **errp);
+
 /* ------------------------------------------------------------------------ */
 /* Channels: byte transports                                                 */
 /* ------------------------------------------------------------------------ */
@@ -1437,6 +1473,24 @@ MFD_API int mfd_migrate_incoming_channels(mfd_migration *m, const struct mfd_cha
  * Returns 0, MFD_ESTATE when not listening, MFD_ETOOBIG when @buf is short.
  */
 MFD_API int mfd_migration_listen_uri(mfd_migration *m, char *buf, size_t len);
+
+/**
+ * mfd_migration_event_fd() - a descriptor that becomes readable when the
+ * migration moves, for a VMM built around an event loop (epoll, poll).
+ * @m: either side.
+ *
+ * An eventfd owned by @m (never close it; it lives until
+ * mfd_migration_free() and serves every migration of @m): each state change
+ * (the state_changed hook's moves) and the end of a migration, once
+ * mfd_migration_wait() no longer blocks, add to its counter.  Read its 8
+ * bytes to reset it, then ask mfd_migration_state(); at the end call
+ * mfd_migration_wait() for the result.  Several changes between two reads
+ * wake the loop once.  Non-blocking and close-on-exec.
+ *
+ * Returns the descriptor, MFD_EINVAL for a NULL @m, or MFD_ENOMEM/MFD_EIO
+ * when no eventfd could be made.
+ */
+MFD_API int mfd_migration_event_fd(mfd_migration *m);
 
 /**
  * mfd_migration_wait() - wait for the end of a migration.

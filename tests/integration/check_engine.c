@@ -9,7 +9,9 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -1402,6 +1404,220 @@ START_TEST(vmm_channels_misplaced_on_the_destination)
 }
 END_TEST
 
+/* ---- event loops (mfd_migration_event_fd) --------------------------------------------- */
+
+static bool terminal(enum mfd_state st)
+{
+	return st == MFD_STATE_COMPLETED || st == MFD_STATE_FAILED || st == MFD_STATE_CANCELLED;
+}
+
+/*
+ * A VMM built around poll(): both sides' descriptors wake it as the
+ * migration moves, and a last wake comes once mfd_migration_wait() no longer
+ * blocks, so the loop never has to block in the library.
+ */
+START_TEST(event_fd_drives_an_event_loop)
+{
+	struct guest src, dst;
+	mfd_error *err = NULL;
+	struct pollfd p[2];
+	unsigned wakes[2] = { 0, 0 };
+	bool done[2] = { false, false };
+	uint64_t n;
+	int fds = count_fds();
+
+	ck_assert_int_eq(mfd_migration_event_fd(NULL), MFD_EINVAL);
+	guest_init(&src, 8, true, 2, "none");
+	guest_init(&dst, 8, false, 2, "none");
+	p[0] = (struct pollfd){ .fd = mfd_migration_event_fd(src.m), .events = POLLIN };
+	p[1] = (struct pollfd){ .fd = mfd_migration_event_fd(dst.m), .events = POLLIN };
+	ck_assert_int_ge(p[0].fd, 0);
+	ck_assert_int_ge(p[1].fd, 0);
+	ck_assert_int_eq(mfd_migration_event_fd(src.m), p[0].fd);	/* one per object */
+	ck_assert(fcntl(p[0].fd, F_GETFL) & O_NONBLOCK);
+	ck_assert(fcntl(p[0].fd, F_GETFD) & FD_CLOEXEC);
+	/* Nothing moved yet. */
+	ck_assert_int_eq(poll(p, 2, 0), 0);
+	guest_start_writer(&src);
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	while (!done[0] || !done[1]) {
+		int r = poll(p, 2, 30000);
+
+		ck_assert_msg(r > 0, "no wake within 30 s (source %s, destination %s)",
+			      mfd_state_name(mfd_migration_state(src.m)),
+			      mfd_state_name(mfd_migration_state(dst.m)));
+		for (int i = 0; i < 2; i++) {
+			mfd_migration *m = i ? dst.m : src.m;
+
+			if (!(p[i].revents & POLLIN))
+				continue;
+			ck_assert_int_eq(read(p[i].fd, &n, sizeof(n)), (ssize_t)sizeof(n));
+			ck_assert_uint_ge(n, 1);
+			wakes[i]++;
+			/* At the end, the result without blocking (1 ms at most). */
+			if (terminal(mfd_migration_state(m)) &&
+			    mfd_migration_wait(m, 1, NULL) != MFD_ETIMEDOUT) {
+				ck_assert_ok(mfd_migration_wait(m, 1, &err), err);
+				done[i] = true;
+			}
+			if (done[i])
+				p[i].events = 0;
+		}
+	}
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_COMPLETED);
+	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_COMPLETED);
+	/* setup, active, device, completed and the end: often fewer wakes. */
+	ck_assert_uint_ge(wakes[0], 1);
+	ck_assert_uint_ge(wakes[1], 1);
+	ck_assert_pages_eq(src.snapshot, dst.ram, src.size, PS);
+	guest_free(&src);
+	guest_free(&dst);
+	/* mfd_migration_free() closed them. */
+	ck_assert_int_eq(count_fds(), fds);
+}
+END_TEST
+
+/* ---- thread hooks (mfd_thread_hooks_set) ---------------------------------------------- */
+
+static pthread_mutex_t th_lock = PTHREAD_MUTEX_INITIALIZER;
+static char th_names[64][16];
+static int th_starts[64], th_exits[64];
+static unsigned th_n;
+static atomic_int th_misnamed, th_opaque_bad;
+
+static unsigned th_slot(const char *name)
+{
+	unsigned i;
+
+	for (i = 0; i < th_n; i++)
+		if (!strcmp(th_names[i], name))
+			return i;
+	ck_assert_uint_lt(th_n, 64);
+	snprintf(th_names[th_n], sizeof(th_names[0]), "%s", name);
+	return th_n++;
+}
+
+static void th_start(void *opaque, const char *name)
+{
+	char self[16] = "";
+
+	/* On the new thread, already named. */
+	pthread_getname_np(pthread_self(), self, sizeof(self));
+	if (strcmp(self, name))
+		atomic_fetch_add(&th_misnamed, 1);
+	if (opaque != &th_lock)
+		atomic_fetch_add(&th_opaque_bad, 1);
+	pthread_mutex_lock(&th_lock);
+	th_starts[th_slot(name)]++;
+	pthread_mutex_unlock(&th_lock);
+}
+
+static void th_exit(void *opaque, const char *name)
+{
+	(void)opaque;
+	pthread_mutex_lock(&th_lock);
+	th_exits[th_slot(name)]++;
+	pthread_mutex_unlock(&th_lock);
+}
+
+static int th_count(const char *name, bool exits)
+{
+	int n = -1;
+
+	pthread_mutex_lock(&th_lock);
+	for (unsigned i = 0; i < th_n; i++)
+		if (!strcmp(th_names[i], name))
+			n = exits ? th_exits[i] : th_starts[i];
+	pthread_mutex_unlock(&th_lock);
+	return n < 0 ? 0 : n;
+}
+
+/* Every thread of a migration runs the VMM's hooks once at its start, named,
+ * and once at its exit; removing the hooks stops the calls. */
+START_TEST(thread_hooks_see_every_library_thread)
+{
+	const struct mfd_thread_hooks hooks = { .size = sizeof(hooks), .thread_start = th_start,
+						.thread_exit = th_exit };
+	const struct mfd_thread_hooks tiny = { .size = 4 };
+	static const char *const names[] = { "mfd-migration", "mfd-incoming", "mfd-return-path",
+					     "mfd-send/0", "mfd-send/1", "mfd-recv/0",
+					     "mfd-recv/1" };
+	mfd_error *err = NULL;
+
+	ck_assert_int_eq(mfd_thread_hooks_set(&tiny, NULL, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "struct mfd_thread_hooks of 4 bytes");
+	ck_assert_ok(mfd_thread_hooks_set(&hooks, &th_lock, &err), err);
+	migrate_live(2, "none", "tcp:127.0.0.1:0");
+	ck_assert_ok(mfd_thread_hooks_set(NULL, NULL, &err), err);
+	for (size_t i = 0; i < MFD_ARRAY_SIZE(names); i++) {
+		ck_assert_msg(th_count(names[i], false) == 1, "%s started %d times", names[i],
+			      th_count(names[i], false));
+		ck_assert_msg(th_count(names[i], true) == 1, "%s exited %d times", names[i],
+			      th_count(names[i], true));
+	}
+	ck_assert_int_eq(atomic_load(&th_misnamed), 0);
+	ck_assert_int_eq(atomic_load(&th_opaque_bad), 0);
+	/* Removed: nothing more. */
+	unsigned before = th_n;
+	int starts = th_count("mfd-migration", false);
+
+	migrate_live(1, "none", "tcp:127.0.0.1:0");
+	ck_assert_uint_eq(th_n, before);
+	ck_assert_int_eq(th_count("mfd-migration", false), starts);
+}
+END_TEST
+
+/*
+ * A cancel while the source is still connecting ends the connect at once,
+ * not at channel-timeout-ms: the destination's accept queue is full, so
+ * its SYNs go unanswered, as with a host that has gone away.
+ */
+START_TEST(cancel_ends_a_hanging_connect)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t alen = sizeof(a);
+	struct guest src;
+	mfd_error *err = NULL;
+	int l, fill[4], r;
+	char uri[64];
+	uint64_t t0;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(l, 0);
+	ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(l, 0), 0);
+	ck_assert_int_eq(getsockname(l, (struct sockaddr *)&a, &alen), 0);
+	/* Fill the accept queue; nobody accepts. */
+	for (int i = 0; i < 4; i++) {
+		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		ck_assert_int_ge(fill[i], 0);
+		ck_assert(connect(fill[i], (struct sockaddr *)&a, sizeof(a)) == 0 ||
+			  errno == EINPROGRESS);
+	}
+	usleep(100 * 1000);
+	snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%u", ntohs(a.sin_port));
+	guest_init(&src, 4, true, 2, "none");
+	ck_assert_ok(mfd_set_param(src.m, "channel-timeout-ms", "60000", &err), err);
+	ck_assert_ok(mfd_migrate(src.m, uri, &err), err);
+	usleep(300 * 1000);
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_SETUP);
+	t0 = mono_ms();
+	mfd_migrate_cancel(src.m);
+	r = mfd_migration_wait(src.m, 10000, &err);
+	ck_assert_msg(r != MFD_ETIMEDOUT || mfd_migration_state(src.m) != MFD_STATE_CANCELLING,
+		      "the cancel did not end the connect within 10 s");
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_CANCELLED);
+	printf("engine: cancelled connect: %s (%llu ms)\n", mfd_error_message(err),
+	       (unsigned long long)(mono_ms() - t0));
+	mfd_error_free(err);
+	for (int i = 0; i < 4; i++)
+		close(fill[i]);
+	close(l);
+	guest_free(&src);
+}
+END_TEST
+
 Suite *suite_engine(void)
 {
 	Suite *s = suite_create("engine");
@@ -1440,11 +1656,15 @@ Suite *suite_engine(void)
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 
+	/* What embedding VMMs need (issue 20). */
 	tc = tcase_create("vmm-channels");
 	tcase_add_test(tc, vmm_channels_live_precopy);
 	tcase_add_test(tc, vmm_channels_main_only);
 	tcase_add_test(tc, vmm_channels_bad_sets);
 	tcase_add_test(tc, vmm_channels_misplaced_on_the_destination);
+	tcase_add_test(tc, event_fd_drives_an_event_loop);
+	tcase_add_test(tc, thread_hooks_see_every_library_thread);
+	tcase_add_test(tc, cancel_ends_a_hanging_connect);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;
