@@ -121,22 +121,44 @@ int error_set_errno(mfd_error **errp, int code, int errnum, const char *fmt, ...
 	return code;
 }
 
-void mfd_error_prefix(mfd_error *err, const char *fmt, ...)
+int mfd_error_setv(mfd_error **errp, int code, const char *fmt, va_list ap)
+{
+	error_setv(errp, code, fmt, ap);
+	return code;
+}
+
+int mfd_error_set_text(mfd_error **errp, int code, const char *msg)
+{
+	return mfd_error_set(errp, code, "%s", msg ? msg : "");
+}
+
+void mfd_error_prefixv(mfd_error *err, const char *fmt, va_list ap)
 {
 	char *head = NULL, *msg = NULL;
-	va_list ap;
 
 	if (!err)
 		return;
-	va_start(ap, fmt);
 	if (vasprintf(&head, fmt, ap) < 0)
 		head = NULL;
-	va_end(ap);
 	if (head && asprintf(&msg, "%s: %s", head, mfd_error_message(err)) >= 0) {
 		free(err->msg);
 		err->msg = msg;
 	}
 	free(head);
+}
+
+void mfd_error_prefix(mfd_error *err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	mfd_error_prefixv(err, fmt, ap);
+	va_end(ap);
+}
+
+void mfd_error_prefix_text(mfd_error *err, const char *prefix)
+{
+	mfd_error_prefix(err, "%s", prefix ? prefix : "");
 }
 
 void error_propagate(mfd_error **dst, mfd_error *src)

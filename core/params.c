@@ -4,6 +4,8 @@
  * bounds.  No public struct: new parameters never change the ABI.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,6 +250,44 @@ int mfd_get_param_int(mfd_migration *m, const char *name, int64_t *value, mfd_er
 		return mfd_error_set(errp, MFD_EINVAL, "%s is a string parameter", name);
 	*value = param_live(&m->params, id);
 	return 0;
+}
+
+/* mfd_param_next()'s default texts, made once. */
+static char default_texts[MFD_P__COUNT][24];
+static pthread_once_t default_texts_once = PTHREAD_ONCE_INIT;
+
+static void make_default_texts(void)
+{
+	for (int i = 0; i < MFD_P__COUNT; i++)
+		if (defs[i].type == P_INT)
+			snprintf(default_texts[i], sizeof(default_texts[i]), "%lld",
+				 (long long)defs[i].def);
+}
+
+int mfd_param_next(int index, struct mfd_param_info *info)
+{
+	static const uint32_t types[] = { [P_INT] = MFD_PARAM_INT, [P_BOOL] = MFD_PARAM_BOOL,
+					  [P_STR] = MFD_PARAM_STRING, [P_ENUM] = MFD_PARAM_CHOICE };
+	struct mfd_param_info pi = { 0 };
+	const struct pdef *d;
+
+	if (!info || info->size < offsetof(struct mfd_param_info, choices) + sizeof(pi.choices))
+		return MFD_EINVAL;
+	if (index < 0 || index >= MFD_P__COUNT)
+		return 0;
+	pthread_once(&default_texts_once, make_default_texts);
+	d = &defs[index];
+	pi.size = info->size;
+	pi.type = types[d->type];
+	pi.live = d->live;
+	pi.min = d->type == P_STR ? 0 : d->type == P_BOOL ? 0 : d->min;
+	pi.max = d->type == P_STR ? 0 : d->type == P_BOOL ? 1 : d->max;
+	pi.name = d->name;
+	pi.default_text = d->type == P_STR ? d->sdef : d->type == P_ENUM ? d->choices[d->def]
+			: d->type == P_BOOL ? (d->def ? "on" : "off") : default_texts[index];
+	pi.choices = d->type == P_ENUM ? d->choices : NULL;
+	memcpy(info, &pi, info->size < sizeof(pi) ? info->size : sizeof(pi));
+	return index + 1;
 }
 
 int mfd_param_bounds(const char *name, int64_t *min, int64_t *max)

@@ -145,6 +145,40 @@ MFD_API int mfd_error_set(mfd_error **errp, int code, const char *fmt, ...)
  */
 MFD_API void mfd_error_prefix(mfd_error *err, const char *fmt, ...) MFD_PRINTF(2, 3);
 
+/**
+ * mfd_error_setv() - mfd_error_set() with a va_list, for wrappers.
+ * @errp: as mfd_error_set().
+ * @code: as mfd_error_set().
+ * @fmt: printf-style message.
+ * @ap: its arguments.
+ */
+MFD_API int mfd_error_setv(mfd_error **errp, int code, const char *fmt, va_list ap)
+	MFD_PRINTF(3, 0);
+
+/**
+ * mfd_error_set_text() - mfd_error_set() with a plain message, for callers
+ * that cannot call a variadic function (bindings from other languages).
+ * @errp: as mfd_error_set().
+ * @code: as mfd_error_set().
+ * @msg: the message, copied as is (no format: a '%' is a '%').
+ */
+MFD_API int mfd_error_set_text(mfd_error **errp, int code, const char *msg);
+
+/**
+ * mfd_error_prefixv() - mfd_error_prefix() with a va_list.
+ * @err: as mfd_error_prefix().
+ * @fmt: printf-style prefix.
+ * @ap: its arguments.
+ */
+MFD_API void mfd_error_prefixv(mfd_error *err, const char *fmt, va_list ap) MFD_PRINTF(2, 0);
+
+/**
+ * mfd_error_prefix_text() - mfd_error_prefix() with a plain prefix.
+ * @err: as mfd_error_prefix().
+ * @prefix: copied as is.
+ */
+MFD_API void mfd_error_prefix_text(mfd_error *err, const char *prefix);
+
 /* ------------------------------------------------------------------------ */
 /* Version and logging                                                       */
 /* ------------------------------------------------------------------------ */
@@ -1235,6 +1269,54 @@ MFD_API int mfd_get_param_int(mfd_migration *m, const char *name, int64_t *value
  * Returns 0, MFD_ENOENT for an unknown name, MFD_EINVAL for a string one.
  */
 MFD_API int mfd_param_bounds(const char *name, int64_t *min, int64_t *max);
+
+/** Types in struct mfd_param_info.type. */
+#define MFD_PARAM_INT 0		/* an integer in [min, max] */
+#define MFD_PARAM_BOOL 1	/* "on"/"off" (1/0 through the _int calls) */
+#define MFD_PARAM_STRING 2	/* text: mfd_set_param() and mfd_get_param() only */
+#define MFD_PARAM_CHOICE 3	/* one word of @choices (its index through the _int calls) */
+
+/**
+ * struct mfd_param_info - what mfd_param_next() says of one parameter.
+ * @size: set by the caller to sizeof(struct mfd_param_info); the library
+ *	writes no member past it.
+ * @type: MFD_PARAM_INT, _BOOL, _STRING or _CHOICE.
+ * @live: 1 when it may change while a migration runs.
+ * @reserved: 0.
+ * @min: lowest value (0 for a boolean or a choice; 0 for a string).
+ * @max: highest value (1 for a boolean, the last index for a choice).
+ * @name: its name, for mfd_set_param() (static storage).
+ * @default_text: its default, as mfd_get_param() prints it (static).
+ * @choices: for MFD_PARAM_CHOICE the accepted words, NULL-terminated
+ *	(static); else NULL.
+ */
+struct mfd_param_info {
+	uint32_t size;
+	uint32_t type;
+	uint32_t live;
+	uint32_t reserved;
+	int64_t min;
+	int64_t max;
+	const char *name;
+	const char *default_text;
+	const char *const *choices;
+};
+
+/**
+ * mfd_param_next() - enumerate the parameters (for a VMM's own option
+ * parser, a management API, bindings).
+ * @index: 0 for the first; then what the previous call returned.
+ * @info: filled (up to @info->size).
+ *
+ * Any thread.  Returns the index to pass next (> 0), 0 once there is no
+ * parameter at @index, MFD_EINVAL for a NULL @info or a @size below the
+ * first layout's.
+ *
+ *	struct mfd_param_info pi = { .size = sizeof(pi) };
+ *	for (int i = 0; (i = mfd_param_next(i, &pi)) > 0;)
+ *		printf("%s = %s\n", pi.name, pi.default_text);
+ */
+MFD_API int mfd_param_next(int index, struct mfd_param_info *info);
 
 /* ------------------------------------------------------------------------ */
 /* The migration engine                                                      */

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/escape.h"
+#include "core/params.h"
 #include "core/util.h"
 #include "tests/lib/testlib.h"
 
@@ -135,6 +137,121 @@ START_TEST(escape_forms_and_cuts)
 }
 END_TEST
 
+static int set_through_va_list(mfd_error **errp, const char *fmt, ...)
+{
+	va_list ap;
+	int r;
+
+	va_start(ap, fmt);
+	r = mfd_error_setv(errp, MFD_EIO, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+static void prefix_through_va_list(mfd_error *err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	mfd_error_prefixv(err, fmt, ap);
+	va_end(ap);
+}
+
+/* The forms for wrappers (va_list) and for bindings (plain text, where a
+ * '%' is only a '%'). */
+START_TEST(error_forms_without_variadics)
+{
+	mfd_error *err = NULL;
+
+	ck_assert_int_eq(set_through_va_list(&err, "disk %d of %s", 3, "vm1"), MFD_EIO);
+	ck_assert_str_eq(mfd_error_message(err), "disk 3 of vm1");
+	mfd_error_prefix_text(err, "100% sure");
+	prefix_through_va_list(err, "step %u", 7u);
+	ck_assert_str_eq(mfd_error_message(err), "step 7: 100% sure: disk 3 of vm1");
+	ck_assert_int_eq(mfd_error_code(err), MFD_EIO);
+	mfd_error_free(err);
+	err = NULL;
+	ck_assert_int_eq(mfd_error_set_text(&err, MFD_EPROTO, "50% %s %d %n"), MFD_EPROTO);
+	ck_assert_str_eq(mfd_error_message(err), "50% %s %d %n");
+	/* First wins, as with mfd_error_set(). */
+	ck_assert_int_eq(mfd_error_set_text(&err, MFD_EIO, "later"), MFD_EIO);
+	ck_assert_str_eq(mfd_error_message(err), "50% %s %d %n");
+	mfd_error_free(err);
+	err = NULL;
+	ck_assert_int_eq(mfd_error_set_text(NULL, MFD_EIO, "dropped"), MFD_EIO);
+	ck_assert_int_eq(mfd_error_set_text(&err, MFD_EIO, NULL), MFD_EIO);
+	ck_assert_str_eq(mfd_error_message(err), "");
+	mfd_error_prefix_text(NULL, "nothing happens");
+	mfd_error_free(err);
+}
+END_TEST
+
+/* Every parameter, as mfd_param_next() enumerates it, agrees with what the
+ * by-name calls say of a fresh object. */
+START_TEST(parameters_enumerate)
+{
+	struct mfd_param_info pi = { .size = sizeof(pi) };
+	struct {
+		struct mfd_param_info pi;
+		uint64_t after;
+	} big = { .pi = { .size = sizeof(big) }, .after = 0x5a5a5a5a5a5a5a5aull };
+	mfd_migration *m = NULL;
+	mfd_error *err = NULL;
+	char buf[512];
+	int i = 0, n = 0, seen_choice = 0, seen_live = 0;
+
+	ck_assert_ok(mfd_migration_new(&m, &err), err);
+	while ((i = mfd_param_next(i, &pi)) > 0) {
+		int64_t lo, hi, v;
+
+		n++;
+		ck_assert_ptr_nonnull(pi.name);
+		ck_assert_ok(mfd_get_param(m, pi.name, buf, sizeof(buf), &err), err);
+		ck_assert_msg(!strcmp(buf, pi.default_text), "%s: default '%s', enumerated '%s'",
+			      pi.name, buf, pi.default_text);
+		switch (pi.type) {
+		case MFD_PARAM_INT:
+			ck_assert_int_eq(mfd_param_bounds(pi.name, &lo, &hi), 0);
+			ck_assert(lo == pi.min && hi == pi.max);
+			ck_assert_ok(mfd_get_param_int(m, pi.name, &v, &err), err);
+			ck_assert(v >= pi.min && v <= pi.max);
+			break;
+		case MFD_PARAM_BOOL:
+			ck_assert(pi.min == 0 && pi.max == 1);
+			break;
+		case MFD_PARAM_CHOICE:
+			seen_choice++;
+			ck_assert_ptr_nonnull(pi.choices);
+			ck_assert_int_eq(mfd_param_bounds(pi.name, &lo, &hi), 0);
+			ck_assert_ptr_nonnull(pi.choices[hi]);
+			ck_assert_ptr_null(pi.choices[hi + 1]);
+			break;
+		case MFD_PARAM_STRING:
+			ck_assert_ptr_null(pi.choices);
+			ck_assert_int_eq(mfd_param_bounds(pi.name, &lo, &hi), MFD_EINVAL);
+			break;
+		default:
+			ck_abort_msg("%s: type %u", pi.name, pi.type);
+		}
+		seen_live += pi.live == 1;
+	}
+	ck_assert_int_eq(i, 0);
+	ck_assert_int_eq(n, MFD_P__COUNT);	/* every one */
+	ck_assert_int_ge(seen_choice, 2);
+	ck_assert_int_ge(seen_live, 3);	/* max-bandwidth, downtime-limit, ... */
+	ck_assert_int_eq(mfd_param_next(n, &pi), 0);
+	ck_assert_int_eq(mfd_param_next(-1, &pi), 0);
+	ck_assert_int_eq(mfd_param_next(0, NULL), MFD_EINVAL);
+	pi.size = sizeof(pi) - 8;
+	ck_assert_int_eq(mfd_param_next(0, &pi), MFD_EINVAL);
+	/* A caller built with a larger struct: nothing written past ours. */
+	ck_assert_int_eq(mfd_param_next(0, &big.pi), 1);
+	ck_assert_uint_eq(big.after, 0x5a5a5a5a5a5a5a5aull);
+	ck_assert_uint_eq(big.pi.size, sizeof(big));
+	mfd_migration_free(m);
+}
+END_TEST
+
 Suite *suite_error(void)
 {
 	Suite *s = suite_create("error");
@@ -147,6 +264,8 @@ Suite *suite_error(void)
 	tcase_add_test(tc, version_matches_header);
 	tcase_add_test(tc, escape_forms_and_cuts);
 	tcase_add_test(tc, log_handler_filters_by_level);
+	tcase_add_test(tc, error_forms_without_variadics);
+	tcase_add_test(tc, parameters_enumerate);
 	suite_add_tcase(s, tc);
 	return s;
 }
