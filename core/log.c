@@ -31,8 +31,57 @@ void mfd_log_set_handler(mfd_log_fn fn, void *opaque, enum mfd_log_level max_lev
 	pthread_mutex_unlock(&log_lock);
 }
 
+static _Thread_local struct log_route *thread_route;
+
+void log_route_init(struct log_route *r, mfd_migration *m)
+{
+	pthread_mutex_init(&r->lock, NULL);
+	r->fn = NULL;
+	r->opaque = NULL;
+	atomic_init(&r->max_level, -1);
+	r->m = m;
+}
+
+void log_route_destroy(struct log_route *r)
+{
+	pthread_mutex_destroy(&r->lock);
+}
+
+int log_route_set(struct log_route *r, mfd_migration_log_fn fn, void *opaque, int max_level)
+{
+	if (fn && (max_level < MFD_LOG_ERROR || max_level > MFD_LOG_DEBUG))
+		return MFD_EINVAL;
+	pthread_mutex_lock(&r->lock);
+	r->fn = fn;
+	r->opaque = opaque;
+	atomic_store(&r->max_level, fn ? max_level : -1);
+	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
+struct log_route *log_route_enter(struct log_route *r)
+{
+	struct log_route *prev = thread_route;
+
+	thread_route = r;
+	return prev;
+}
+
+/* The route a message of the calling thread takes, or NULL for the
+ * process-wide handler. */
+static struct log_route *route_now(void)
+{
+	struct log_route *r = thread_route;
+
+	return r && atomic_load_explicit(&r->max_level, memory_order_relaxed) >= 0 ? r : NULL;
+}
+
 int log_enabled(enum mfd_log_level level)
 {
+	struct log_route *r = route_now();
+
+	if (r)
+		return (int)level <= atomic_load_explicit(&r->max_level, memory_order_relaxed);
 	return (int)level <= atomic_load_explicit(&log_max_level, memory_order_relaxed);
 }
 
@@ -55,6 +104,16 @@ void log_emit(enum mfd_log_level level, const char *fmt, ...)
 		else
 			big = NULL;
 		va_end(ap);
+	}
+	struct log_route *r = route_now();
+
+	if (r) {
+		pthread_mutex_lock(&r->lock);
+		if (r->fn && (int)level <= atomic_load(&r->max_level))
+			r->fn(r->m, (int)level, msg, r->opaque);
+		pthread_mutex_unlock(&r->lock);
+		free(big);
+		return;
 	}
 	pthread_mutex_lock(&log_lock);
 	if (log_fn && (int)level <= atomic_load(&log_max_level))
@@ -90,6 +149,7 @@ int mfd_thread_hooks_set(const struct mfd_thread_hooks *hooks, void *opaque, mfd
 struct thread_start {
 	void *(*fn)(void *);
 	void *arg;
+	struct log_route *route;	/* the creator's */
 	char name[16];
 };
 
@@ -100,6 +160,7 @@ static void *thread_trampoline(void *p)
 	void *opaque, *r;
 
 	free(p);
+	thread_route = ts.route;
 	(void)prctl(PR_SET_NAME, ts.name, 0, 0, 0);	/* a courtesy: ignore failure */
 	pthread_mutex_lock(&thread_hooks_lock);
 	h = thread_hooks;
@@ -123,6 +184,7 @@ int util_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char *
 		return ENOMEM;
 	ts->fn = fn;
 	ts->arg = arg;
+	ts->route = thread_route;
 	va_start(ap, fmt);
 	vsnprintf(ts->name, sizeof(ts->name), fmt, ap);
 	va_end(ap);

@@ -13,6 +13,7 @@
 
 #include "core/params.h"
 #include "core/ramblock.h"
+#include "core/util.h"
 
 struct mfd_section {
 	/* Set at registration. */
@@ -65,6 +66,10 @@ struct mfd_migration {
 	/* mfd_migration_event_fd(): an eventfd made on the first call (-1 until
 	 * then), written by migration_notify(); any thread. */
 	_Atomic int event_fd;
+
+	/* mfd_migration_set_log_handler(); the threads working for this object
+	 * carry a pointer to it (log_route_enter()). */
+	struct log_route log_route;
 };
 
 /* Wake mfd_migration_event_fd()'s readers: the state changed or the

@@ -27,6 +27,7 @@ int mfd_migration_new(mfd_migration **out, mfd_error **errp)
 	strcpy(m->identity, DEFAULT_IDENTITY);
 	m->next_section_id = 0;
 	atomic_init(&m->event_fd, -1);
+	log_route_init(&m->log_route, m);
 	if (param_table_init(&m->params) < 0) {
 		param_table_free(&m->params);
 		free(m);
@@ -54,7 +55,14 @@ void mfd_migration_free(mfd_migration *m)
 	free(m->blocks);
 	if (atomic_load(&m->event_fd) >= 0)
 		close(atomic_load(&m->event_fd));
+	log_route_destroy(&m->log_route);
 	free(m);
+}
+
+int mfd_migration_set_log_handler(mfd_migration *m, mfd_migration_log_fn fn, void *opaque,
+				  int max_level)
+{
+	return m ? log_route_set(&m->log_route, fn, opaque, max_level) : MFD_EINVAL;
 }
 
 int mfd_migration_event_fd(mfd_migration *m)

@@ -6,6 +6,7 @@
 #define MFD_CORE_UTIL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,7 +31,29 @@ void util_thread_name(const char *fmt, ...) MFD_PRINTF(1, 2);
 int util_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char *fmt, ...)
 	MFD_PRINTF(4, 5);
 
-/* Log through the handler installed with mfd_log_set_handler(). */
+/*
+ * One migration object's log route (mfd_migration_set_log_handler()).  A
+ * thread works for at most one object: it carries a pointer to the route
+ * (thread-local), inherited by the threads it starts (util_thread_start()),
+ * so the migration thread and everything it starts log to its object's
+ * handler.  The route must outlive those threads.
+ */
+struct log_route {
+	pthread_mutex_t lock;		/* serializes the calls, guards fn/opaque */
+	mfd_migration_log_fn fn;
+	void *opaque;
+	_Atomic int max_level;		/* -1: no handler here, the process-wide one */
+	mfd_migration *m;
+};
+void log_route_init(struct log_route *r, mfd_migration *m);
+void log_route_destroy(struct log_route *r);
+int log_route_set(struct log_route *r, mfd_migration_log_fn fn, void *opaque, int max_level);
+/* The calling thread works for @r's object from now on (NULL: for none);
+ * returns the route it had, to give back to log_route_enter() after. */
+struct log_route *log_route_enter(struct log_route *r);
+
+/* Log through the calling thread's route, else the handler installed with
+ * mfd_log_set_handler(). */
 void log_emit(enum mfd_log_level level, const char *fmt, ...) MFD_PRINTF(2, 3);
 /* True when a message at this level would reach a handler. */
 int log_enabled(enum mfd_log_level level);

@@ -442,25 +442,38 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, bool b
 	return r;
 }
 
+/* engine_start() with @m's log route on this thread, which the threads it
+ * starts inherit. */
+static int engine_start_routed(mfd_migration *m, bool incoming, const char *uri, bool byo,
+			       const struct mfd_channel_set *set, mfd_error **errp)
+{
+	struct log_route *prev = m ? log_route_enter(&m->log_route) : NULL;
+	int r = engine_start(m, incoming, uri, byo, set, errp);
+
+	if (m)
+		log_route_enter(prev);
+	return r;
+}
+
 int mfd_migrate(mfd_migration *m, const char *uri, mfd_error **errp)
 {
-	return engine_start(m, false, uri, false, NULL, errp);
+	return engine_start_routed(m, false, uri, false, NULL, errp);
 }
 
 int mfd_migrate_incoming(mfd_migration *m, const char *uri, mfd_error **errp)
 {
-	return engine_start(m, true, uri, false, NULL, errp);
+	return engine_start_routed(m, true, uri, false, NULL, errp);
 }
 
 int mfd_migrate_channels(mfd_migration *m, const struct mfd_channel_set *set, mfd_error **errp)
 {
-	return engine_start(m, false, NULL, true, set, errp);
+	return engine_start_routed(m, false, NULL, true, set, errp);
 }
 
 int mfd_migrate_incoming_channels(mfd_migration *m, const struct mfd_channel_set *set,
 				  mfd_error **errp)
 {
-	return engine_start(m, true, NULL, true, set, errp);
+	return engine_start_routed(m, true, NULL, true, set, errp);
 }
 
 int mfd_migration_listen_uri(mfd_migration *m, char *buf, size_t len)
@@ -523,7 +536,7 @@ int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp)
 	return code ? code : MFD_ECANCELED;
 }
 
-void mfd_migrate_cancel(mfd_migration *m)
+static void migrate_cancel(mfd_migration *m)
 {
 	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
 
@@ -560,7 +573,7 @@ void mfd_migrate_cancel(mfd_migration *m)
 	pthread_mutex_unlock(&e->lock);
 }
 
-int mfd_migrate_start_postcopy(mfd_migration *m, mfd_error **errp)
+static int migrate_start_postcopy(mfd_migration *m, mfd_error **errp)
 {
 	struct mfd_engine *e = m ? __atomic_load_n(&m->engine, __ATOMIC_ACQUIRE) : NULL;
 	int r = 0;
@@ -622,12 +635,42 @@ static int request_resume(mfd_migration *m, bool incoming, const char *uri, mfd_
 
 int mfd_migrate_recover(mfd_migration *m, const char *uri, mfd_error **errp)
 {
-	return request_resume(m, true, uri, errp);
+	struct log_route *prev = m ? log_route_enter(&m->log_route) : NULL;
+	int r = request_resume(m, true, uri, errp);
+
+	if (m)
+		log_route_enter(prev);
+	return r;
 }
 
 int mfd_migrate_resume(mfd_migration *m, const char *uri, mfd_error **errp)
 {
-	return request_resume(m, false, uri, errp);
+	struct log_route *prev = m ? log_route_enter(&m->log_route) : NULL;
+	int r = request_resume(m, false, uri, errp);
+
+	if (m)
+		log_route_enter(prev);
+	return r;
+}
+
+/* The public cancel and postcopy switch log to @m's route, as its threads. */
+void mfd_migrate_cancel(mfd_migration *m)
+{
+	struct log_route *prev = m ? log_route_enter(&m->log_route) : NULL;
+
+	migrate_cancel(m);
+	if (m)
+		log_route_enter(prev);
+}
+
+int mfd_migrate_start_postcopy(mfd_migration *m, mfd_error **errp)
+{
+	struct log_route *prev = m ? log_route_enter(&m->log_route) : NULL;
+	int r = migrate_start_postcopy(m, errp);
+
+	if (m)
+		log_route_enter(prev);
+	return r;
 }
 
 enum mfd_state mfd_migration_state(mfd_migration *m)

@@ -956,6 +956,38 @@ MFD_API int mfd_migration_new(mfd_migration **out, mfd_error **errp);
 MFD_API void mfd_migration_free(mfd_migration *m);
 
 /**
+ * typedef mfd_migration_log_fn - receives one log message of one migration
+ * object.
+ * @m: the object the message is about.
+ * @level: an enum mfd_log_level value.
+ * @msg: one line, no trailing newline; valid only during the call.
+ * @opaque: as given to mfd_migration_set_log_handler().
+ *
+ * As mfd_log_fn: calls for one object are serialized; it must not call
+ * back into the library except mfd_strerror() and the version functions.
+ */
+typedef void (*mfd_migration_log_fn)(mfd_migration *m, int level, const char *msg,
+				     void *opaque);
+
+/**
+ * mfd_migration_set_log_handler() - route one migration object's messages
+ * (a VMM that runs several VMs tells their logs apart).
+ * @m: the migration object.
+ * @fn: the callback, or NULL to send @m's messages to the process-wide
+ *	handler (mfd_log_set_handler()) again.
+ * @opaque: passed back to @fn.
+ * @max_level: messages less severe than this are not formatted.
+ *
+ * Any thread.  The messages of every thread working for @m (its migration
+ * or incoming thread, return path, preempt, multifd and fault threads) and
+ * of the library calls that start, cancel or steer @m go to @fn, and to the
+ * process-wide handler no more.  Returns 0, or MFD_EINVAL for a NULL @m or
+ * a @max_level outside the levels.
+ */
+MFD_API int mfd_migration_set_log_handler(mfd_migration *m, mfd_migration_log_fn fn,
+					  void *opaque, int max_level);
+
+/**
  * mfd_migration_set_identity() - the configuration identity string.
  * @m: the migration object.
  * @identity: 1..255 bytes, e.g. the VMM's machine type ("minivmm-pc-1").

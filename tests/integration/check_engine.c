@@ -1618,6 +1618,88 @@ START_TEST(cancel_ends_a_hanging_connect)
 }
 END_TEST
 
+/* ---- a log per migration object (mfd_migration_set_log_handler) ---------------------- */
+
+struct logbuf {
+	pthread_mutex_t lock;
+	mfd_migration *m;
+	atomic_int wrong_object;
+	size_t len;
+	char text[65536];
+};
+
+static void object_log(mfd_migration *m, int level, const char *msg, void *opaque)
+{
+	struct logbuf *b = opaque;
+
+	(void)level;
+	if (m != b->m)
+		atomic_fetch_add(&b->wrong_object, 1);
+	pthread_mutex_lock(&b->lock);
+	b->len += (size_t)snprintf(b->text + b->len, sizeof(b->text) - b->len, "%s\n", msg);
+	if (b->len >= sizeof(b->text))
+		b->len = sizeof(b->text) - 1;
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Two VMs in one process: each object's messages, from every thread that
+ * works for it, reach its own handler and no other; the process-wide
+ * handler gets none of them. */
+START_TEST(log_handler_per_migration)
+{
+	static struct logbuf ls, ld;
+	struct guest src, dst;
+	mfd_error *err = NULL;
+	const char *global;
+
+	guest_init(&src, 8, true, 2, "none");
+	guest_init(&dst, 8, false, 2, "none");
+	memset(&ls, 0, sizeof(ls));
+	memset(&ld, 0, sizeof(ld));
+	pthread_mutex_init(&ls.lock, NULL);
+	pthread_mutex_init(&ld.lock, NULL);
+	ls.m = src.m;
+	ld.m = dst.m;
+	ck_assert_int_eq(mfd_migration_set_log_handler(NULL, object_log, &ls, MFD_LOG_INFO),
+			 MFD_EINVAL);
+	ck_assert_int_eq(mfd_migration_set_log_handler(src.m, object_log, &ls, 9), MFD_EINVAL);
+	ck_assert_int_eq(mfd_migration_set_log_handler(src.m, object_log, &ls, MFD_LOG_INFO), 0);
+	ck_assert_int_eq(mfd_migration_set_log_handler(dst.m, object_log, &ld, MFD_LOG_INFO), 0);
+	test_log_capture_start();
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
+	global = test_log_capture_stop();
+	ck_assert_msg(strstr(ls.text, "migration outgoing: none -> setup") &&
+		      strstr(ls.text, "migration outgoing: device -> completed") &&
+		      !strstr(ls.text, "migration incoming"), "source's log:\n%s", ls.text);
+	ck_assert_msg(strstr(ld.text, "migration incoming: none -> setup") &&
+		      strstr(ld.text, "-> completed") && !strstr(ld.text, "migration outgoing"),
+		      "destination's log:\n%s", ld.text);
+	ck_assert_msg(!strstr(global, "migration outgoing") && !strstr(global, "migration incoming"),
+		      "the process-wide handler got:\n%s", global);
+	ck_assert_int_eq(atomic_load(&ls.wrong_object), 0);
+	ck_assert_int_eq(atomic_load(&ld.wrong_object), 0);
+
+	/* Removed: the source's messages go to the process-wide handler again. */
+	ck_assert_int_eq(mfd_migration_set_log_handler(src.m, NULL, NULL, 0), 0);
+	size_t before = ls.len;
+
+	guest_free(&dst);
+	guest_init(&dst, 8, false, 2, "none");
+	test_log_capture_start();
+	start_pair(&src, &dst, "tcp:127.0.0.1:0");
+	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
+	global = test_log_capture_stop();
+	ck_assert_msg(strstr(global, "migration outgoing: none -> setup") != NULL, "global:\n%s",
+		      global);
+	ck_assert_uint_eq(ls.len, before);
+	guest_free(&src);
+	guest_free(&dst);
+}
+END_TEST
+
 Suite *suite_engine(void)
 {
 	Suite *s = suite_create("engine");
@@ -1665,6 +1747,7 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, event_fd_drives_an_event_loop);
 	tcase_add_test(tc, thread_hooks_see_every_library_thread);
 	tcase_add_test(tc, cancel_ends_a_hanging_connect);
+	tcase_add_test(tc, log_handler_per_migration);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;
