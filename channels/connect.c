@@ -83,7 +83,7 @@ static int connect_tcp(const char *uri, const struct transport_uri *u, int timeo
 	if (gai != 0)
 		return mfd_error_set(errp, MFD_EIO, "%s: cannot resolve host '%s': %s", uri, u->host,
 				     gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
-	for (ai = res; ai && !timed_out; ai = ai->ai_next) {
+	for (ai = res; ai && !timed_out && !cancelled; ai = ai->ai_next) {
 		int err;
 
 		sockaddr_text(ai->ai_addr, ai->ai_addrlen, addr, sizeof(addr));
@@ -96,8 +96,6 @@ static int connect_tcp(const char *uri, const struct transport_uri *u, int timeo
 		note_attempt(tried, sizeof(tried), addr, err);
 		timed_out = err == ETIMEDOUT;
 		cancelled = err == ECANCELED;
-		if (cancelled)
-			timed_out = true;	/* no further address either */
 		if (fd >= 0)
 			close(fd);
 		fd = -1;

@@ -413,45 +413,37 @@ static int engine_start(mfd_migration *m, bool incoming, const char *uri, bool b
 {
 	const char *fn = byo ? (incoming ? "mfd_migrate_incoming_channels" : "mfd_migrate_channels")
 			     : (incoming ? "mfd_migrate_incoming" : "mfd_migrate");
-	struct given *g = NULL;
+	struct given g;
 	int r;
 
-	if (byo) {
-		/* Taken at once: every return below frees what is left of it. */
-		g = malloc(sizeof(*g));
-		if (!g) {
-			struct given tmp;
-
-			given_take(set, fn, &tmp, NULL);
-			given_free(&tmp);
-			return mfd_error_set(errp, MFD_ENOMEM, "%s: out of memory", fn);
-		}
-		if ((r = given_take(set, fn, g, errp)) < 0 ||
-		    (m && (r = given_check(g, m, fn, errp)) < 0)) {
-			given_free(g);
-			free(g);
-			return r;
-		}
-		uri = "the VMM's channels";
-	}
-	r = engine_start_on(m, incoming, uri, g, fn, errp);
-	if (g) {
-		given_free(g);	/* what the engine did not take */
-		free(g);
-	}
+	if (!byo)
+		return engine_start_on(m, incoming, uri, NULL, fn, errp);
+	/* Taken at once: whatever the engine does not take is freed below. */
+	r = given_take(set, fn, &g, errp);
+	if (r == 0 && m)
+		r = given_check(&g, m, fn, errp);
+	if (r == 0)
+		r = engine_start_on(m, incoming, "the VMM's channels", &g, fn, errp);
+	given_free(&g);
 	return r;
 }
 
-/* engine_start() with @m's log route on this thread, which the threads it
- * starts inherit. */
+/* The public entry points run with @m's log route on the calling thread
+ * (the threads they start inherit it); route_leave() gives the old one back. */
+static struct log_route *route_enter(mfd_migration *m)
+{
+	return log_route_enter(m ? &m->log_route : NULL);
+}
+
+#define route_leave(prev) log_route_enter(prev)
+
 static int engine_start_routed(mfd_migration *m, bool incoming, const char *uri, bool byo,
 			       const struct mfd_channel_set *set, mfd_error **errp)
 {
-	struct log_route *prev = m ? log_route_enter(&m->log_route) : NULL;
+	struct log_route *prev = route_enter(m);
 	int r = engine_start(m, incoming, uri, byo, set, errp);
 
-	if (m)
-		log_route_enter(prev);
+	route_leave(prev);
 	return r;
 }
 
@@ -635,41 +627,36 @@ static int request_resume(mfd_migration *m, bool incoming, const char *uri, mfd_
 
 int mfd_migrate_recover(mfd_migration *m, const char *uri, mfd_error **errp)
 {
-	struct log_route *prev = m ? log_route_enter(&m->log_route) : NULL;
+	struct log_route *prev = route_enter(m);
 	int r = request_resume(m, true, uri, errp);
 
-	if (m)
-		log_route_enter(prev);
+	route_leave(prev);
 	return r;
 }
 
 int mfd_migrate_resume(mfd_migration *m, const char *uri, mfd_error **errp)
 {
-	struct log_route *prev = m ? log_route_enter(&m->log_route) : NULL;
+	struct log_route *prev = route_enter(m);
 	int r = request_resume(m, false, uri, errp);
 
-	if (m)
-		log_route_enter(prev);
+	route_leave(prev);
 	return r;
 }
 
-/* The public cancel and postcopy switch log to @m's route, as its threads. */
 void mfd_migrate_cancel(mfd_migration *m)
 {
-	struct log_route *prev = m ? log_route_enter(&m->log_route) : NULL;
+	struct log_route *prev = route_enter(m);
 
 	migrate_cancel(m);
-	if (m)
-		log_route_enter(prev);
+	route_leave(prev);
 }
 
 int mfd_migrate_start_postcopy(mfd_migration *m, mfd_error **errp)
 {
-	struct log_route *prev = m ? log_route_enter(&m->log_route) : NULL;
+	struct log_route *prev = route_enter(m);
 	int r = migrate_start_postcopy(m, errp);
 
-	if (m)
-		log_route_enter(prev);
+	route_leave(prev);
 	return r;
 }
 

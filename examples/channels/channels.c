@@ -91,49 +91,63 @@ static int vm_new(const char *channels, mfd_migration **m, uint8_t **ram, mfd_er
 	return 0;
 }
 
-/* The destination VMM: it only has file descriptors. */
-static int destination(int main_fd, const int *mf_fds)
+/* A channel set over descriptors, each wrapped with mfd_channel_new_fd(): the
+ * migration closes them (MFD_CHANNEL_OWN_FD).  @mf receives the multifd
+ * channels, in the order of @mf_fds. */
+static int set_of_fds(int main_fd, const int *mf_fds, mfd_channel **mf,
+		      struct mfd_channel_set *set, mfd_error **errp)
 {
-	mfd_channel *main_ch = NULL, *mf[CHANNELS];
-	struct mfd_channel_set set = { .size = sizeof(set) };
-	mfd_migration *m = NULL;
-	mfd_error *err = NULL;
-	uint8_t *ram;
+	mfd_channel *main_ch = NULL;
 	char name[32];
 	int r;
 
+	if ((r = mfd_channel_new_fd(main_fd, MFD_CHANNEL_OWN_FD, "main", &main_ch, errp)) < 0)
+		return r;
+	for (unsigned i = 0; i < CHANNELS; i++) {
+		snprintf(name, sizeof(name), "multifd-fd-%d", mf_fds[i]);
+		if ((r = mfd_channel_new_fd(mf_fds[i], MFD_CHANNEL_OWN_FD, name, &mf[i], errp)) < 0)
+			return r;
+	}
+	*set = (struct mfd_channel_set){ .size = sizeof(*set), .main = main_ch,
+					 .nmultifd = CHANNELS, .multifd = mf };
+	return 0;
+}
+
+/* The destination VMM: it only has file descriptors. */
+static int destination(int main_fd, const int *mf_fds)
+{
+	mfd_channel *mf[CHANNELS];
+	struct mfd_channel_set set;
+	mfd_migration *m = NULL;
+	mfd_error *err = NULL;
+	int reversed[CHANNELS];
+	uint64_t bad;
+	uint8_t *ram;
+
 	if (vm_new("3", &m, &ram, &err) < 0)
 		return fail("destination", "setup", err);
-	/* Wrap each descriptor; the migration closes them (MFD_CHANNEL_OWN_FD). */
-	if (mfd_channel_new_fd(main_fd, MFD_CHANNEL_OWN_FD, "main", &main_ch, &err) < 0)
-		return fail("destination", "main channel", err);
-	for (unsigned i = 0; i < CHANNELS; i++) {
-		/* In reverse: the hellos, not this order, say which is which. */
-		snprintf(name, sizeof(name), "multifd-fd-%d", mf_fds[CHANNELS - 1 - i]);
-		if (mfd_channel_new_fd(mf_fds[CHANNELS - 1 - i], MFD_CHANNEL_OWN_FD, name, &mf[i],
-				       &err) < 0)
-			return fail("destination", "multifd channel", err);
-	}
-	set.main = main_ch;
-	set.nmultifd = CHANNELS;
-	set.multifd = mf;
+	/* In reverse: the hellos, not this order, say which is which. */
+	for (unsigned i = 0; i < CHANNELS; i++)
+		reversed[i] = mf_fds[CHANNELS - 1 - i];
+	if (set_of_fds(main_fd, reversed, mf, &set, &err) < 0)
+		return fail("destination", "channels", err);
 	if (mfd_migrate_incoming_channels(m, &set, &err) < 0)
 		return fail("destination", "mfd_migrate_incoming_channels", err);
 	if (mfd_migration_wait(m, 0, &err) < 0)
 		return fail("destination", "migration", err);
-	r = bad_pages(ram) ? 1 : 0;
-	if (r)
-		fprintf(stderr, "channels: destination: %" PRIu64 " pages differ\n", bad_pages(ram));
+	bad = bad_pages(ram);
+	if (bad)
+		fprintf(stderr, "channels: destination: %" PRIu64 " pages differ\n", bad);
 	mfd_migration_free(m);
 	munmap(ram, RAM_SIZE);
-	return r;
+	return bad ? 1 : 0;
 }
 
 int main(void)
 {
 	int sv[CHANNELS + 1][2], mf_fds[CHANNELS], status = 0;
-	mfd_channel *main_ch = NULL, *mf[CHANNELS];
-	struct mfd_channel_set set = { .size = sizeof(set) };
+	mfd_channel *mf[CHANNELS];
+	struct mfd_channel_set set;
 	struct mfd_stats st = { .size = sizeof(st) };
 	mfd_migration *m = NULL;
 	mfd_error *err = NULL;
@@ -166,14 +180,10 @@ int main(void)
 	if (vm_new("3", &m, &ram, &err) < 0)
 		return fail("source", "setup", err);
 	fill(ram);
-	if (mfd_channel_new_fd(sv[0][0], MFD_CHANNEL_OWN_FD, "main", &main_ch, &err) < 0)
-		return fail("source", "main channel", err);
 	for (unsigned i = 0; i < CHANNELS; i++)
-		if (mfd_channel_new_fd(sv[i + 1][0], MFD_CHANNEL_OWN_FD, NULL, &mf[i], &err) < 0)
-			return fail("source", "multifd channel", err);
-	set.main = main_ch;
-	set.nmultifd = CHANNELS;
-	set.multifd = mf;
+		mf_fds[i] = sv[i + 1][0];
+	if (set_of_fds(sv[0][0], mf_fds, mf, &set, &err) < 0)
+		return fail("source", "channels", err);
 	if (mfd_migrate_channels(m, &set, &err) < 0)
 		return fail("source", "mfd_migrate_channels", err);
 	if (mfd_migration_wait(m, 0, &err) < 0)

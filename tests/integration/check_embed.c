@@ -61,21 +61,31 @@ static int run_program(const char *path, char *out, size_t len)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-START_TEST(test_embed_runs)
+/*
+ * Run the example @rel of the build directory; its exit status, its output
+ * in @out.  -1 (after a visible skip) without MFD_BUILDDIR.
+ */
+static int run_example(const char *rel, char *out, size_t len)
 {
 	const char *builddir = getenv("MFD_BUILDDIR");
 	char path[4096];
-	static char out[1 << 16];
 
 	if (!builddir || !*builddir) {
 		test_skip("builddir", "embed: MFD_BUILDDIR is not set (run through `make check`)");
-		return;
+		return -1;
 	}
-	ck_assert_int_lt(snprintf(path, sizeof(path), "%s/examples/embed/embed", builddir),
-			 (int)sizeof(path));
+	ck_assert_int_lt(snprintf(path, sizeof(path), "%s/%s", builddir, rel), (int)sizeof(path));
 	ck_assert_msg(access(path, X_OK) == 0, "%s: %s (make builds it)", path, strerror(errno));
-	int status = run_program(path, out, sizeof(out));
+	return run_program(path, out, len);
+}
 
+START_TEST(test_embed_runs)
+{
+	static char out[1 << 16];
+	int status = run_example("examples/embed/embed", out, sizeof(out));
+
+	if (status < 0)
+		return;
 	ck_assert_msg(status == 0, "embed exited with status %d; its output:\n%s", status, out);
 	ck_assert_msg(strstr(out, "\nembed: ok: ") != NULL,
 		      "embed exited 0 without its success line; its output:\n%s", out);
@@ -89,19 +99,11 @@ END_TEST
  * process that only has file descriptors. */
 START_TEST(test_channels_example_runs)
 {
-	const char *builddir = getenv("MFD_BUILDDIR");
-	char path[4096];
 	static char out[1 << 16];
+	int status = run_example("examples/channels/channels", out, sizeof(out));
 
-	if (!builddir || !*builddir) {
-		test_skip("builddir", "embed: MFD_BUILDDIR is not set (run through `make check`)");
+	if (status < 0)
 		return;
-	}
-	ck_assert_int_lt(snprintf(path, sizeof(path), "%s/examples/channels/channels", builddir),
-			 (int)sizeof(path));
-	ck_assert_msg(access(path, X_OK) == 0, "%s: %s (make builds it)", path, strerror(errno));
-	int status = run_program(path, out, sizeof(out));
-
 	ck_assert_msg(status == 0, "channels exited with status %d; its output:\n%s", status,
 		      out);
 	ck_assert_msg(strstr(out, "channels: ok: 16 MiB over a main channel and 3 multifd "

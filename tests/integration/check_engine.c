@@ -1229,6 +1229,16 @@ static void channel_pairs(mfd_channel **src, mfd_channel **dst, unsigned n)
 		ck_assert_ok(mfd_channel_socketpair(&src[i], &dst[i], &err), err);
 }
 
+/* Both sides end completed, the destination with the source's RAM. */
+static void assert_pair_completed(struct guest *src, struct guest *dst)
+{
+	mfd_error *err = NULL;
+
+	ck_assert_ok(mfd_migration_wait(src->m, 60000, &err), err);
+	ck_assert_ok(mfd_migration_wait(dst->m, 60000, &err), err);
+	ck_assert_pages_eq(src->snapshot, dst->ram, src->size, PS);
+}
+
 /*
  * A VMM that opened the connections itself (a jailer passed the fds): a main
  * channel and three multifd channels, given to the destination in another
@@ -1265,11 +1275,9 @@ START_TEST(vmm_channels_live_precopy)
 	ss.nmultifd = 3;
 	ss.multifd = &a[1];
 	ck_assert_ok(mfd_migrate_channels(src.m, &ss, &err), err);
-	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
-	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
+	assert_pair_completed(&src, &dst);
 	ck_assert_int_eq(dst.vm_starts, 1);
 	ck_assert_int_eq(src.vm_starts, 0);
-	ck_assert_pages_eq(src.snapshot, dst.ram, src.size, PS);
 	ck_assert_ab(dst.ram, dst.size, PS);
 	ck_assert_mem_eq(src.cpu_regs, dst.cpu_regs, sizeof(src.cpu_regs));
 	ck_assert_int_eq(mfd_migration_stats(src.m, &st), 0);
@@ -1279,9 +1287,7 @@ START_TEST(vmm_channels_live_precopy)
 	guest_free(&dst);
 	guest_init(&dst, 16, false, 3, "none");
 	start_pair(&src, &dst, "tcp:127.0.0.1:0");
-	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
-	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
-	ck_assert_pages_eq(src.snapshot, dst.ram, src.size, PS);
+	assert_pair_completed(&src, &dst);
 	guest_free(&src);
 	guest_free(&dst);
 }
@@ -1302,9 +1308,7 @@ START_TEST(vmm_channels_main_only)
 	ss.main = a;
 	ck_assert_ok(mfd_migrate_incoming_channels(dst.m, &ds, &err), err);
 	ck_assert_ok(mfd_migrate_channels(src.m, &ss, &err), err);
-	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
-	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
-	ck_assert_pages_eq(src.snapshot, dst.ram, src.size, PS);
+	assert_pair_completed(&src, &dst);
 	guest_free(&src);
 	guest_free(&dst);
 }
@@ -1332,6 +1336,28 @@ START_TEST(vmm_channels_bad_sets)
 	ck_assert_mfd_error(err, MFD_EINVAL, "the set has no main channel");
 
 	fds = count_fds();
+	/* Shapes no count of channels can mend; the main channel goes too. */
+	static const struct {
+		uint32_t n;
+		bool array;
+		const char *says;
+	} shapes[] = {
+		{ 300, false, "300 multifd channels; at most 256" },
+		{ 2, false, "nmultifd is 2 but multifd is NULL" },
+		{ 1, true, "multifd channel 0 is NULL" },
+	};
+	for (size_t i = 0; i < MFD_ARRAY_SIZE(shapes); i++) {
+		mfd_channel *none[1] = { NULL };
+
+		channel_pairs(a, b, 1);
+		set = (struct mfd_channel_set){ .size = sizeof(set), .main = a[0],
+						.nmultifd = shapes[i].n,
+						.multifd = shapes[i].array ? none : NULL };
+		ck_assert_int_eq(mfd_migrate_channels(g.m, &set, &err), MFD_EINVAL);
+		ck_assert_mfd_error(err, MFD_EINVAL, shapes[i].says);
+		mfd_channel_free(b[0]);
+	}
+	ck_assert_int_eq(count_fds(), fds);
 	channel_pairs(a, b, 3);
 	set = (struct mfd_channel_set){ .size = sizeof(set), .main = a[0], .nmultifd = 1,
 					.multifd = &a[1] };
@@ -1649,7 +1675,6 @@ START_TEST(log_handler_per_migration)
 {
 	static struct logbuf ls, ld;
 	struct guest src, dst;
-	mfd_error *err = NULL;
 	const char *global;
 
 	guest_init(&src, 8, true, 2, "none");
@@ -1667,8 +1692,7 @@ START_TEST(log_handler_per_migration)
 	ck_assert_int_eq(mfd_migration_set_log_handler(dst.m, object_log, &ld, MFD_LOG_INFO), 0);
 	test_log_capture_start();
 	start_pair(&src, &dst, "tcp:127.0.0.1:0");
-	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
-	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
+	assert_pair_completed(&src, &dst);
 	global = test_log_capture_stop();
 	ck_assert_msg(strstr(ls.text, "migration outgoing: none -> setup") &&
 		      strstr(ls.text, "migration outgoing: device -> completed") &&
@@ -1689,8 +1713,7 @@ START_TEST(log_handler_per_migration)
 	guest_init(&dst, 8, false, 2, "none");
 	test_log_capture_start();
 	start_pair(&src, &dst, "tcp:127.0.0.1:0");
-	ck_assert_ok(mfd_migration_wait(src.m, 60000, &err), err);
-	ck_assert_ok(mfd_migration_wait(dst.m, 60000, &err), err);
+	assert_pair_completed(&src, &dst);
 	global = test_log_capture_stop();
 	ck_assert_msg(strstr(global, "migration outgoing: none -> setup") != NULL, "global:\n%s",
 		      global);
