@@ -60,7 +60,7 @@ struct mfd_migration {
 	/* The built-in dirty tracker; published atomically, read by any thread in
 	 * mfd_ram_mark_dirty(), freed only with the object. */
 	struct mfd_tracker *tracker;
-	struct mfd_tracker *retired[8];	/* trackers of earlier block tables */
+	struct mfd_tracker **retired;	/* trackers of earlier block tables */
 	unsigned nretired;
 
 	/* mfd_migration_event_fd(): an eventfd made on the first call (-1 until
@@ -75,6 +75,9 @@ struct mfd_migration {
 /* Wake mfd_migration_event_fd()'s readers: the state changed or the
  * migration ended.  Any thread; never blocks. */
 void migration_notify(mfd_migration *m);
+
+/* Free the block table (and each block's absent ranges). */
+void ram_blocks_free(mfd_migration *m);
 
 struct mfd_section *section_find(mfd_migration *m, const char *idstr, uint32_t instance_id);
 

@@ -52,7 +52,7 @@ void mfd_migration_free(mfd_migration *m)
 		free(se);
 	}
 	param_table_free(&m->params);
-	free(m->blocks);
+	ram_blocks_free(m);
 	if (atomic_load(&m->event_fd) >= 0)
 		close(atomic_load(&m->event_fd));
 	log_route_destroy(&m->log_route);

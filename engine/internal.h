@@ -30,21 +30,41 @@
 #define PC_REQ_QUEUE 4096		/* source: page requests waiting (non-preempt) */
 #define PC_PAGE_MAX (2u << 20)		/* largest page postcopy places (2 MiB) */
 
-/* Built-in dirty tracker, published with an atomic pointer while migrating. */
+/*
+ * Built-in dirty tracker (mfd_ram_mark_dirty()), published with an atomic
+ * pointer while migrating.  It keeps its own copy of the block geometry,
+ * sorted by host address for the lookup; blk[i].block is the index in the
+ * block table, slot[b] the entry of block b.
+ */
+struct trk_block {
+	_Atomic uint64_t *bits;
+	uint64_t npages;
+	const uint8_t *host;
+	uint64_t size;
+	unsigned shift;
+	unsigned block;
+};
 struct mfd_tracker {
 	unsigned nblocks;
-	_Atomic uint64_t *bits[MFD_RAM_BLOCKS_MAX];
-	uint64_t npages[MFD_RAM_BLOCKS_MAX];
-	const uint8_t *host[MFD_RAM_BLOCKS_MAX];
-	uint64_t size[MFD_RAM_BLOCKS_MAX];
-	unsigned shift[MFD_RAM_BLOCKS_MAX];
+	struct trk_block *blk;		/* by host address */
+	unsigned *slot;			/* by block index */
+	atomic_bool used;		/* mfd_ram_mark_dirty() was called: syncs read it */
 };
 
+/* Arrays of one entry per RAM block, allocated by the section's prepare
+ * and freed by ramsec_free() at the end of the migration. */
 struct ram_source {
-	uint64_t *bitmap[MFD_RAM_BLOCKS_MAX];	/* pages still to send */
-	uint64_t npages[MFD_RAM_BLOCKS_MAX];
+	unsigned nblocks;
+	uint64_t **bitmap;			/* pages still to send */
+	uint64_t *npages;
 	uint64_t dirty;				/* bits set in all bitmaps */
-	uint64_t dirty_b[MFD_RAM_BLOCKS_MAX];	/* bits set per block */
+	uint64_t *dirty_b;			/* bits set per block */
+	uint64_t **absent;			/* pages never sent (mfd_ram_discard()), or NULL */
+	uint64_t **clear;			/* dirty_clear: granules reported, not cleared yet */
+	uint64_t **clear_chunks;		/* the same, one bit per 2^18 granules */
+	uint64_t *ngran;			/* the hooks' bits per block */
+	uint64_t *scratch;			/* dirty_sync's bitmap, the largest block's size */
+	uint64_t sync_round;			/* dirty_sync_begin's count */
 	unsigned cur_block;			/* where the pass resumes */
 	uint64_t cur_page;
 	bool pass_done;				/* a pass ended in the last iterate */

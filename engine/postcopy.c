@@ -49,9 +49,10 @@ struct pc_dest {
 	pthread_t thread;
 	bool thread_started;
 	bool registered;
-	_Atomic uint64_t *recv[MFD_RAM_BLOCKS_MAX];
-	_Atomic uint64_t *reqd[MFD_RAM_BLOCKS_MAX];
-	uint64_t npages[MFD_RAM_BLOCKS_MAX];
+	unsigned nblocks;		/* entries in the three arrays below */
+	_Atomic uint64_t **recv;
+	_Atomic uint64_t **reqd;
+	uint64_t *npages;
 	atomic_ullong missing;		/* pages not in place yet */
 	uint8_t *zero;			/* a zero page for blocks without ZEROPAGE */
 	bool can_zeropage;
@@ -147,8 +148,12 @@ int pcd_new(struct mfd_engine *e, mfd_error **errp)
 	d->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	d->samples = calloc(SAMPLES_MAX, sizeof(*d->samples));
 	e->dst.pc_page = malloc(PC_PAGE_MAX);
-	if (d->stop_fd < 0 || !d->samples || !e->dst.pc_page)
+	d->recv = calloc(m->nblocks, sizeof(*d->recv));
+	d->reqd = calloc(m->nblocks, sizeof(*d->reqd));
+	d->npages = calloc(m->nblocks, sizeof(*d->npages));
+	if (d->stop_fd < 0 || !d->samples || !e->dst.pc_page || !d->recv || !d->reqd || !d->npages)
 		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: out of memory");
+	d->nblocks = m->nblocks;
 	for (unsigned b = 0; b < m->nblocks; b++) {
 		uint64_t n = m->blocks[b].size >> m->blocks[b].page_shift, nw = ramsec_words(n);
 
@@ -552,10 +557,13 @@ void pcd_free(struct mfd_engine *e)
 		close(d->uffd);
 	if (d->stop_fd >= 0)
 		close(d->stop_fd);
-	for (unsigned b = 0; b < MFD_RAM_BLOCKS_MAX; b++) {
+	for (unsigned b = 0; b < d->nblocks; b++) {
 		free((void *)d->recv[b]);
 		free((void *)d->reqd[b]);
 	}
+	free(d->recv);
+	free(d->reqd);
+	free(d->npages);
 	free(d->zero);
 	free(d->samples);
 	pthread_mutex_destroy(&d->lock);

@@ -47,53 +47,126 @@ void mfd_ram_mark_dirty(mfd_migration *m, const void *addr, size_t len)
 {
 	struct mfd_tracker *t;
 	const uint8_t *p = addr;
+	unsigned lo = 0, hi;
 
 	if (!m || !len)
 		return;
 	t = __atomic_load_n(&m->tracker, __ATOMIC_ACQUIRE);
 	if (!t)
 		return;
-	/* The tracker's own copy of the block geometry: the block table may be
-	 * changed between migrations while a VMM thread is in here. */
-	for (unsigned b = 0; b < t->nblocks; b++) {
-		if (p < t->host[b] || p >= t->host[b] + t->size[b])
-			continue;
-		uint64_t first = (uint64_t)(p - t->host[b]) >> t->shift[b];
-		uint64_t end = (uint64_t)(p - t->host[b]) + len;
+	/* The tracker's own copy of the block geometry (the block table may be
+	 * changed between migrations while a VMM thread is in here), sorted by
+	 * address: the last block starting at or below @p. */
+	hi = t->nblocks;
+	while (lo < hi) {
+		unsigned mid = (lo + hi) / 2;
 
-		if (end > t->size[b])
-			end = t->size[b];
-		uint64_t last = (end - 1) >> t->shift[b];
-
-		for (uint64_t pg = first; pg <= last; pg++)
-			atomic_fetch_or_explicit(&t->bits[b][pg / 64], 1ull << (pg % 64),
-						 memory_order_relaxed);
-		return;
+		if (t->blk[mid].host <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
 	}
-}
+	if (lo == 0)
+		return;
+	const struct trk_block *tb = &t->blk[lo - 1];
 
-static void tracker_free(struct mfd_tracker *t);
+	if (p >= tb->host + tb->size)
+		return;
+	uint64_t first = (uint64_t)(p - tb->host) >> tb->shift;
+	uint64_t end = (uint64_t)(p - tb->host) + len;
 
-/* The tracker of an earlier migration serves again if the blocks are the same. */
-static bool tracker_fits(const struct mfd_tracker *t, const mfd_migration *m,
-			 const struct ram_source *rs)
-{
-	if (!t || t->nblocks != m->nblocks)
-		return false;
-	for (unsigned b = 0; b < m->nblocks; b++)
-		if (t->npages[b] != rs->npages[b] || t->host[b] != m->blocks[b].host ||
-		    t->shift[b] != m->blocks[b].page_shift)
-			return false;
-	return true;
+	if (end > tb->size || end < len)
+		end = tb->size;
+	uint64_t last = (end - 1) >> tb->shift;
+
+	for (uint64_t pg = first; pg <= last; pg++)
+		atomic_fetch_or_explicit(&tb->bits[pg / 64], 1ull << (pg % 64), memory_order_relaxed);
+	/* A load first: the flag's cache line stays shared once it is set. */
+	if (!atomic_load_explicit(&t->used, memory_order_relaxed))
+		atomic_store_explicit(&t->used, true, memory_order_release);
 }
 
 static void tracker_free(struct mfd_tracker *t)
 {
 	if (!t)
 		return;
-	for (unsigned b = 0; b < t->nblocks; b++)
-		free((void *)t->bits[b]);
+	for (unsigned i = 0; i < t->nblocks; i++)
+		free((void *)t->blk[i].bits);
+	free(t->blk);
+	free(t->slot);
 	free(t);
+}
+
+/* The tracker of an earlier migration serves again if the blocks are the same. */
+static bool tracker_fits(const struct mfd_tracker *t, const mfd_migration *m)
+{
+	if (!t || t->nblocks != m->nblocks)
+		return false;
+	for (unsigned b = 0; b < m->nblocks; b++) {
+		const struct trk_block *tb = &t->blk[t->slot[b]];
+
+		if (tb->size != m->blocks[b].size || tb->host != m->blocks[b].host ||
+		    tb->shift != m->blocks[b].page_shift)
+			return false;
+	}
+	return true;
+}
+
+static int cmp_trk(const void *a, const void *b)
+{
+	const struct trk_block *x = a, *y = b;
+
+	return x->host < y->host ? -1 : x->host > y->host;
+}
+
+static int tracker_make(mfd_migration *m, mfd_error **errp)
+{
+	struct mfd_tracker *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for the tracker");
+	t->blk = calloc(m->nblocks, sizeof(*t->blk));
+	t->slot = calloc(m->nblocks, sizeof(*t->slot));
+	if (!t->blk || !t->slot) {
+		tracker_free(t);
+		return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for the tracker");
+	}
+	for (unsigned b = 0; b < m->nblocks; b++) {
+		struct trk_block *tb = &t->blk[b];
+
+		tb->npages = m->blocks[b].size >> m->blocks[b].page_shift;
+		tb->host = m->blocks[b].host;
+		tb->size = m->blocks[b].size;
+		tb->shift = m->blocks[b].page_shift;
+		tb->block = b;
+		tb->bits = calloc(words(tb->npages), 8);
+		t->nblocks = b + 1;
+		if (!tb->bits) {
+			tracker_free(t);
+			return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for the tracker");
+		}
+	}
+	qsort(t->blk, t->nblocks, sizeof(*t->blk), cmp_trk);
+	for (unsigned i = 0; i < t->nblocks; i++)
+		t->slot[t->blk[i].block] = i;
+	/* A VMM thread may still be inside mfd_ram_mark_dirty() with the old one:
+	 * keep it until the object goes (a VMM that re-plugs its RAM more than
+	 * eight times pays with the oldest trackers leaking until then). */
+	if (m->tracker) {
+		if (m->nretired == 8)
+			log_warn("ram: more than 8 block tables in one migration object's life; "
+				 "the old dirty trackers are kept until it is freed");
+		struct mfd_tracker **r = realloc(m->retired, (m->nretired + 1) * sizeof(*r));
+
+		if (!r) {
+			tracker_free(t);
+			return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for the tracker");
+		}
+		m->retired = r;
+		m->retired[m->nretired++] = m->tracker;
+	}
+	__atomic_store_n(&m->tracker, t, __ATOMIC_RELEASE);
+	return 0;
 }
 
 /* ---- source ---------------------------------------------------------------------- */
@@ -103,55 +176,199 @@ const struct mfd_ram_block *ramsec_blk(struct mfd_engine *e, unsigned b)
 	return &e->m->blocks[b];
 }
 
-/* Pull the guest's writes since the last sync into the send bitmap. */
+#define CLEAR_CHUNK_SHIFT 18	/* dirty_clear ranges: 2^18 granules, QEMU's default */
+
+/* OR the granule bitmap @g (@ngran bits) of block @b into the page bitmap @pg. */
+static void granules_to_pages(const struct mfd_ram_block *bk, const uint64_t *g, uint64_t ngran,
+			      uint64_t *pg, uint64_t npages)
+{
+	unsigned ps = bk->page_shift, ds = bk->dirty_shift;
+
+	for (uint64_t w = 0; w < words(ngran); w++) {
+		for (uint64_t bits = g[w]; bits; bits &= bits - 1) {
+			uint64_t gi = w * 64 + (uint64_t)__builtin_ctzll(bits), p0, p1;
+
+			if (gi >= ngran)
+				break;
+			if (ds <= ps) {
+				p0 = gi >> (ps - ds);
+				p1 = p0 + 1;
+			} else {
+				p0 = gi << (ds - ps);
+				p1 = MFD_MIN(npages, (gi + 1) << (ds - ps));
+			}
+			for (uint64_t p = p0; p < p1; p++)
+				pg[p / 64] |= 1ull << (p % 64);
+		}
+	}
+}
+
+/* OR @src into block @b's send bitmap (minus its absent pages), counting. */
+static uint64_t add_dirty(struct ram_source *rs, unsigned b, const uint64_t *src)
+{
+	uint64_t nw = words(rs->npages[b]), added = 0;
+
+	for (uint64_t w = 0; w < nw; w++) {
+		uint64_t nb = src[w] & ~rs->bitmap[b][w];
+
+		if (rs->absent[b])
+			nb &= ~rs->absent[b][w];
+		if (w == nw - 1 && rs->npages[b] % 64)
+			nb &= (1ull << (rs->npages[b] % 64)) - 1;
+		rs->bitmap[b][w] |= nb;
+		added += (uint64_t)__builtin_popcountll(nb);
+	}
+	rs->dirty_b[b] += added;
+	return added;
+}
+
+/* The hook's granules reported for block @b wait for their dirty_clear. */
+static void note_clear(struct ram_source *rs, unsigned b, const uint64_t *g)
+{
+	uint64_t nw = words(rs->ngran[b]);
+
+	for (uint64_t w = 0; w < nw; w++) {
+		if (!g[w])
+			continue;
+		rs->clear[b][w] |= g[w];
+		uint64_t c = (w * 64) >> CLEAR_CHUNK_SHIFT;
+
+		rs->clear_chunks[b][c / 64] |= 1ull << (c % 64);
+	}
+	if (rs->ngran[b] % 64)
+		rs->clear[b][nw - 1] &= (1ull << (rs->ngran[b] % 64)) - 1;
+}
+
+static int hook_failed(struct mfd_engine *e, const char *hook, unsigned b, int r,
+		       mfd_error **errp)
+{
+	if (errp && !*errp)
+		mfd_error_set(errp, MFD_EHANDLER, "%s hook failed (%d)", hook, r);
+	if (b != ~0u)
+		mfd_error_prefix(errp ? *errp : NULL, "ram: block '%s'", ramsec_blk(e, b)->name);
+	else
+		mfd_error_prefix(errp ? *errp : NULL, "ram");
+	return errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
+}
+
+/* Pull the guest's writes since the last sync into the send bitmap: the
+ * VMM's dirty_sync hook and the built-in tracker, both. */
 static int dirty_sync(struct mfd_engine *e, mfd_error **errp)
 {
 	struct ram_source *rs = &e->src.ram;
 	mfd_migration *m = e->m;
-	uint64_t before = rs->dirty, added = 0;
+	struct mfd_tracker *t = m->tracker;
+	uint64_t added = 0, round = ++rs->sync_round;
+	int r;
 
+	if (m->hooks.dirty_sync_begin &&
+	    (r = m->hooks.dirty_sync_begin(m->hooks_opaque, round, errp)) < 0)
+		return hook_failed(e, "dirty_sync_begin", ~0u, r, errp);
 	for (unsigned b = 0; b < m->nblocks; b++) {
-		uint64_t nw = words(rs->npages[b]);
+		const struct mfd_ram_block *bk = ramsec_blk(e, b);
 
 		if (m->hooks.dirty_sync) {
-			uint64_t *tmp = calloc(nw, 8);
-			int r;
+			uint64_t *g = rs->scratch, ng = rs->ngran[b];
 
-			if (!tmp)
-				return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for a bitmap");
-			r = m->hooks.dirty_sync(m->hooks_opaque, b, tmp, rs->npages[b], errp);
-			if (r < 0) {
-				free(tmp);
-				if (errp && !*errp)
-					mfd_error_set(errp, MFD_EHANDLER, "dirty_sync hook failed (%d)", r);
-				mfd_error_prefix(errp ? *errp : NULL, "ram: block '%s'", ramsec_blk(e, b)->name);
-				return errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
-			}
-			for (uint64_t w = 0; w < nw; w++) {
-				uint64_t nb = tmp[w] & ~rs->bitmap[b][w];
+			memset(g, 0, words(ng) * 8);
+			r = m->hooks.dirty_sync(m->hooks_opaque, b, bk->cookie, g, ng, errp);
+			if (r < 0)
+				return hook_failed(e, "dirty_sync", b, r, errp);
+			if (rs->clear)
+				note_clear(rs, b, g);
+			if (bk->dirty_shift != bk->page_shift) {
+				uint64_t *pg = calloc(words(rs->npages[b]), 8);
 
-				if (w == nw - 1 && rs->npages[b] % 64)
-					nb &= (1ull << (rs->npages[b] % 64)) - 1;
-				rs->bitmap[b][w] |= nb;
-				added += (uint64_t)__builtin_popcountll(nb);
-				rs->dirty_b[b] += (uint64_t)__builtin_popcountll(nb);
-			}
-			free(tmp);
-		} else if (e->m->tracker) {
-			for (uint64_t w = 0; w < nw; w++) {
-				uint64_t bits = atomic_exchange_explicit(&e->m->tracker->bits[b][w], 0,
-									 memory_order_relaxed);
-				uint64_t nb = bits & ~rs->bitmap[b][w];
-
-				rs->bitmap[b][w] |= nb;
-				added += (uint64_t)__builtin_popcountll(nb);
-				rs->dirty_b[b] += (uint64_t)__builtin_popcountll(nb);
+				if (!pg)
+					return mfd_error_set(errp, MFD_ENOMEM,
+							     "ram: out of memory for a bitmap");
+				granules_to_pages(bk, g, ng, pg, rs->npages[b]);
+				added += add_dirty(rs, b, pg);
+				free(pg);
+			} else {
+				added += add_dirty(rs, b, g);
 			}
 		}
+		if (t && atomic_load_explicit(&t->used, memory_order_acquire)) {
+			const struct trk_block *tb = &t->blk[t->slot[b]];
+			uint64_t *g = rs->scratch;
+
+			for (uint64_t w = 0; w < words(rs->npages[b]); w++)
+				g[w] = atomic_exchange_explicit(&tb->bits[w], 0, memory_order_relaxed);
+			added += add_dirty(rs, b, g);
+		}
 	}
-	rs->dirty = before + added;
+	if (m->hooks.dirty_sync_end && (r = m->hooks.dirty_sync_end(m->hooks_opaque, round, errp)) < 0)
+		return hook_failed(e, "dirty_sync_end", ~0u, r, errp);
+	rs->dirty += added;
 	STAT_ADD(e, dirty_syncs, 1);
 	return 0;
+}
+
+/* Manual protection: before page @page of block @b is read, the VMM
+ * re-protects what the last sync reported around it (dirty_clear). */
+static int clear_before_send(struct mfd_engine *e, unsigned b, uint64_t page, mfd_error **errp)
+{
+	struct ram_source *rs = &e->src.ram;
+	const struct mfd_ram_block *bk = ramsec_blk(e, b);
+	uint64_t g = (page << bk->page_shift) >> bk->dirty_shift;
+	uint64_t c = g >> CLEAR_CHUNK_SHIFT;
+	mfd_migration *m = e->m;
+
+	if (!(rs->clear_chunks[b][c / 64] & (1ull << (c % 64))))
+		return 0;
+	rs->clear_chunks[b][c / 64] &= ~(1ull << (c % 64));
+	uint64_t first = c << CLEAR_CHUNK_SHIFT;
+	uint64_t n = MFD_MIN(rs->ngran[b] - first, 1ull << CLEAR_CHUNK_SHIFT);
+	uint64_t *mask = &rs->clear[b][first / 64];
+	int r = m->hooks.dirty_clear(m->hooks_opaque, b, bk->cookie, first, n, mask, errp);
+
+	if (r < 0)
+		return hook_failed(e, "dirty_clear", b, r, errp);
+	memset(mask, 0, words(n) * 8);
+	return 0;
+}
+
+static void source_arrays_free(struct ram_source *rs)
+{
+	for (unsigned b = 0; b < rs->nblocks; b++) {
+		free(rs->bitmap[b]);
+		if (rs->absent)
+			free(rs->absent[b]);
+		if (rs->clear) {
+			free(rs->clear[b]);
+			free(rs->clear_chunks[b]);
+		}
+	}
+	free(rs->bitmap);
+	free(rs->npages);
+	free(rs->dirty_b);
+	free(rs->absent);
+	free(rs->clear);
+	free(rs->clear_chunks);
+	free(rs->ngran);
+	free(rs->scratch);
+	rs->bitmap = NULL;
+	rs->npages = rs->dirty_b = rs->ngran = rs->scratch = NULL;
+	rs->absent = rs->clear = rs->clear_chunks = NULL;
+	rs->nblocks = 0;
+}
+
+/* Block @b's absent ranges as a page bitmap (NULL without ranges). */
+static uint64_t *absent_map(const struct mfd_ram_block *bk, uint64_t npages)
+{
+	uint64_t *a = calloc(words(npages), 8);
+
+	if (!a)
+		return NULL;
+	for (unsigned i = 0; i < bk->nabsent; i++) {
+		uint64_t p0 = bk->absent[i].start >> bk->page_shift;
+		uint64_t p1 = (bk->absent[i].start + bk->absent[i].len) >> bk->page_shift;
+
+		for (uint64_t p = p0; p < p1; p++)
+			a[p / 64] |= 1ull << (p % 64);
+	}
+	return a;
 }
 
 static int prepare(void *opaque, mfd_error **errp)
@@ -159,53 +376,88 @@ static int prepare(void *opaque, mfd_error **errp)
 	struct mfd_engine *e = opaque;
 	struct ram_source *rs = &e->src.ram;
 	mfd_migration *m = e->m;
+	unsigned n = m->nblocks;
+	uint64_t scratch_words = 0;
+	bool manual = m->hooks.dirty_clear != NULL;
 
+	source_arrays_free(rs);
 	memset(rs, 0, sizeof(*rs));
 	rs->last_block = -1;
 	rs->pre_last_block = -1;
-	for (unsigned b = 0; b < m->nblocks; b++) {
-		uint64_t n = ramsec_blk(e, b)->size >> ramsec_blk(e, b)->page_shift;
-
-		rs->npages[b] = n;
-		rs->bitmap[b] = malloc(words(n) * 8);
-		if (!rs->bitmap[b])
-			return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for a bitmap");
-		/* The first pass sends every page. */
-		memset(rs->bitmap[b], 0xff, words(n) * 8);
-		if (n % 64)
-			rs->bitmap[b][words(n) - 1] = (1ull << (n % 64)) - 1;
-		rs->dirty += n;
-		rs->dirty_b[b] = n;
+	rs->bitmap = calloc(n, sizeof(*rs->bitmap));
+	rs->npages = calloc(n, sizeof(*rs->npages));
+	rs->dirty_b = calloc(n, sizeof(*rs->dirty_b));
+	rs->absent = calloc(n, sizeof(*rs->absent));
+	rs->ngran = calloc(n, sizeof(*rs->ngran));
+	if (manual) {
+		rs->clear = calloc(n, sizeof(*rs->clear));
+		rs->clear_chunks = calloc(n, sizeof(*rs->clear_chunks));
 	}
-	if (!m->hooks.dirty_sync && !tracker_fits(e->m->tracker, m, rs)) {
-		struct mfd_tracker *t = calloc(1, sizeof(*t));
+	rs->nblocks = n;
+	if (!rs->bitmap || !rs->npages || !rs->dirty_b || !rs->absent || !rs->ngran ||
+	    (manual && (!rs->clear || !rs->clear_chunks)))
+		return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for the block table");
+	for (unsigned b = 0; b < n; b++) {
+		const struct mfd_ram_block *bk = ramsec_blk(e, b);
+		uint64_t np = bk->size >> bk->page_shift, ng;
 
-		if (!t)
-			return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for the tracker");
-		t->nblocks = m->nblocks;
-		for (unsigned b = 0; b < m->nblocks; b++) {
-			t->npages[b] = rs->npages[b];
-			t->host[b] = ramsec_blk(e, b)->host;
-			t->size[b] = ramsec_blk(e, b)->size;
-			t->shift[b] = ramsec_blk(e, b)->page_shift;
-			t->bits[b] = calloc(words(rs->npages[b]), 8);
-			if (!t->bits[b]) {
-				t->nblocks = b;
-				tracker_free(t);
-				return mfd_error_set(errp, MFD_ENOMEM,
-						     "ram: out of memory for the tracker");
+		ng = (bk->size + (1ull << bk->dirty_shift) - 1) >> bk->dirty_shift;
+		rs->npages[b] = np;
+		rs->ngran[b] = ng;
+		scratch_words = MFD_MAX(scratch_words, MFD_MAX(words(np), words(ng)));
+		rs->bitmap[b] = malloc(words(np) * 8);
+		if (!rs->bitmap[b])
+			return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for the bitmap of "
+					     "block '%s'", bk->name);
+		if (bk->nabsent && !(rs->absent[b] = absent_map(bk, np)))
+			return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for the bitmap of "
+					     "block '%s'", bk->name);
+		/* The first pass sends every page that is present. */
+		memset(rs->bitmap[b], 0xff, words(np) * 8);
+		if (np % 64)
+			rs->bitmap[b][words(np) - 1] = (1ull << (np % 64)) - 1;
+		uint64_t cnt = np;
+
+		if (rs->absent[b])
+			for (uint64_t w = 0; w < words(np); w++) {
+				cnt -= (uint64_t)__builtin_popcountll(rs->bitmap[b][w] & rs->absent[b][w]);
+				rs->bitmap[b][w] &= ~rs->absent[b][w];
 			}
+		rs->dirty += cnt;
+		rs->dirty_b[b] = cnt;
+		if (manual) {
+			uint64_t nch = (ng + (1ull << CLEAR_CHUNK_SHIFT) - 1) >> CLEAR_CHUNK_SHIFT;
+
+			/* The first pass clears every range before it reads it: with
+			 * KVM_DIRTY_LOG_INITIALLY_SET nothing is protected yet. */
+			rs->clear[b] = malloc(words(ng) * 8);
+			rs->clear_chunks[b] = malloc(words(nch) * 8);
+			if (!rs->clear[b] || !rs->clear_chunks[b])
+				return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for the "
+						     "clear bitmap of block '%s'", bk->name);
+			memset(rs->clear[b], 0xff, words(ng) * 8);
+			if (ng % 64)
+				rs->clear[b][words(ng) - 1] = (1ull << (ng % 64)) - 1;
+			memset(rs->clear_chunks[b], 0xff, words(nch) * 8);
+			if (nch % 64)
+				rs->clear_chunks[b][words(nch) - 1] = (1ull << (nch % 64)) - 1;
 		}
-		/* A VMM thread may still be inside mfd_ram_mark_dirty() with the old
-		 * one: keep it until the engine goes. */
-		if (e->m->tracker && e->m->nretired < 8)
-			e->m->retired[e->m->nretired++] = e->m->tracker;
-		__atomic_store_n(&e->m->tracker, t, __ATOMIC_RELEASE);
-	} else if (e->m->tracker) {
+	}
+	rs->scratch = malloc(MFD_MAX(scratch_words, 1) * 8);
+	if (!rs->scratch)
+		return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for a bitmap");
+	if (!tracker_fits(m->tracker, m)) {
+		int r = tracker_make(m, errp);
+
+		if (r < 0)
+			return r;
+	} else {
 		/* Writes before this migration began are covered by the full first pass. */
-		for (unsigned b = 0; b < e->m->tracker->nblocks; b++)
-			for (uint64_t w = 0; w < words(e->m->tracker->npages[b]); w++)
-				atomic_store_explicit(&e->m->tracker->bits[b][w], 0, memory_order_relaxed);
+		struct mfd_tracker *t = m->tracker;
+
+		for (unsigned i = 0; i < t->nblocks; i++)
+			for (uint64_t w = 0; w < words(t->blk[i].npages); w++)
+				atomic_store_explicit(&t->blk[i].bits[w], 0, memory_order_relaxed);
 	}
 	rs->pass_start_ns = engine_now_ns();
 	return 0;
@@ -352,6 +604,12 @@ static int walk(struct mfd_engine *e, mfd_stream *s, uint64_t budget_ns, bool li
 				continue;
 			}
 			rs->cur_page += (uint64_t)__builtin_ctzll(bits);
+			if (rs->clear && !e->src.vm_stopped) {
+				int r = clear_before_send(e, b, rs->cur_page, errp);
+
+				if (r < 0)
+					return r;
+			}
 			bm[rs->cur_page / 64] &= ~(1ull << (rs->cur_page % 64));
 			rs->dirty--;
 			rs->dirty_b[b]--;
@@ -497,7 +755,7 @@ uint64_t ramsec_remaining(struct mfd_engine *e)
 {
 	uint64_t bytes = 0;
 
-	for (unsigned b = 0; b < e->m->nblocks; b++)
+	for (unsigned b = 0; b < e->src.ram.nblocks; b++)
 		bytes += __atomic_load_n(&e->src.ram.dirty_b[b], __ATOMIC_RELAXED) * ramsec_blk(e, b)->page_size;
 	return bytes;
 }
@@ -555,10 +813,7 @@ void ramsec_unregister(struct mfd_engine *e)
 
 void ramsec_free(struct mfd_engine *e)
 {
-	for (unsigned b = 0; b < MFD_RAM_BLOCKS_MAX; b++) {
-		free(e->src.ram.bitmap[b]);
-		e->src.ram.bitmap[b] = NULL;
-	}
+	source_arrays_free(&e->src.ram);
 }
 
 /* When the engine itself goes: no migration runs, and the VMM promised no
@@ -569,5 +824,7 @@ void ramsec_free_trackers(mfd_migration *m)
 	m->tracker = NULL;
 	for (unsigned i = 0; i < m->nretired; i++)
 		tracker_free(m->retired[i]);
+	free(m->retired);
+	m->retired = NULL;
 	m->nretired = 0;
 }

@@ -96,6 +96,11 @@ static int record_block(struct mfd_engine *e, mfd_stream *s, uint64_t word, unsi
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "ram: page offset 0x%llx is not a page of block '%s' (%llu bytes)",
 				     (unsigned long long)off, bk->name, (unsigned long long)bk->size);
+	if (ram_range_absent(bk, off, bk->page_size))
+		return mfd_error_set(errp, MFD_EPROTO,
+				     "ram: page 0x%llx of block '%s' is in a range this side marked "
+				     "absent (mfd_ram_discard()); both sides must mark the same "
+				     "ranges", (unsigned long long)off, bk->name);
 	return *last_block;
 }
 

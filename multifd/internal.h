@@ -162,16 +162,25 @@ static inline void mfd_page_placed(const struct mfd_ram_block *b, uint64_t off)
 }
 
 /*
- * Destination: page @off of @b is a zero page.  A page never placed during
- * this load still holds the block's initial zeroes (dest-ram-zeroed) and is
- * left alone, so it is neither read nor allocated; one placed before is
- * cleared.  Without a recvmap, the page is cleared only where it is not zero.
+ * Destination: page @off of @b is a zero page.  One placed before during this
+ * load is cleared.  One never placed (recvmap, dest-ram-zeroed) in a block
+ * the VMM declared fresh (MFD_RAM_FRESH) still holds its initial zeroes and
+ * is left alone, neither read nor allocated; in any other block (or without
+ * a recvmap) it may hold what the VMM loaded there (firmware, a kernel), so
+ * it is read and cleared only where it is not zero.
  */
 static inline void mfd_page_place_zero(const struct mfd_ram_block *b, uint64_t off)
 {
 	uint8_t *host = b->host + off;
+	bool clear;
 
-	if (b->recvmap ? mfd_recvmap_test_and_set(b, off) : !util_page_is_zero(host, b->page_size))
+	if (b->recvmap && mfd_recvmap_test_and_set(b, off))
+		clear = true;
+	else if (b->recvmap && (b->flags & MFD_RAM_FRESH))
+		clear = false;
+	else
+		clear = !util_page_is_zero(host, b->page_size);
+	if (clear)
 		memset(host, 0, b->page_size);
 }
 /* Constant-time comparison: 0 when equal. */

@@ -319,6 +319,11 @@ static int check_offsets(const struct mfd_ram_block *b, const uint64_t *offs, ui
 				     "packet %llu: %s page offset 0x%llx is beyond block '%s' "
 				     "(%llu bytes)", (unsigned long long)pkt, what, (unsigned long long)off,
 				     b->name, (unsigned long long)b->size);
+		if (ram_range_absent(b, off, b->page_size))
+			return mfd_error_set(errp, MFD_EPROTO,
+				     "packet %llu: %s page 0x%llx of block '%s' is in a range this "
+				     "side marked absent (mfd_ram_discard())", (unsigned long long)pkt,
+				     what, (unsigned long long)off, b->name);
 		if (i && off <= offs[i - 1])
 			return mfd_error_set(errp, MFD_EPROTO,
 				     "packet %llu: %s page offsets are not strictly ascending (0x%llx "

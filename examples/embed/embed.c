@@ -234,11 +234,12 @@ static void hook_dirty_log_stop(void *opaque)
 }
 
 /* KVM_GET_DIRTY_LOG's shape: hand over the bits and restart the log. */
-static int hook_dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint64_t npages,
-			   mfd_error **errp)
+static int hook_dirty_sync(void *opaque, unsigned block, void *cookie, uint64_t *bitmap,
+			   uint64_t npages, mfd_error **errp)
 {
 	struct vm *vm = opaque;
 
+	(void)cookie;
 	if (block != 0 || npages != NPAGES)
 		return mfd_error_set(errp, MFD_EINVAL, "%s: dirty sync for block %u of %" PRIu64
 				     " pages, the VM has one block of %u", vm->name, block,

@@ -88,9 +88,10 @@ static void hook_log_stop(void *opaque)
 	}
 }
 
-static int hook_dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint64_t npages,
-			   mfd_error **errp)
+static int hook_dirty_sync(void *opaque, unsigned block, void *cookie, uint64_t *bitmap,
+			   uint64_t npages, mfd_error **errp)
 {
+	(void)cookie;
 	return vm_dirty_sync(opaque, block, bitmap, npages, errp);
 }
 

@@ -1133,36 +1133,153 @@ MFD_API int mfd_section_instance(mfd_migration *m, const char *idstr, unsigned i
 /* Guest RAM                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/** MFD_RAM_BLOCKS_MAX - most RAM blocks one migration object holds. */
-#define MFD_RAM_BLOCKS_MAX 256
+/**
+ * MFD_RAM_BLOCKS_MAX - most RAM blocks one migration object holds: the
+ * return path names a block by a 16-bit index (docs/wire-format.md).
+ */
+#define MFD_RAM_BLOCKS_MAX 65535
+
+/** MFD_RAM_SHARED - mfd_ram_block_desc.flags: the block is a MAP_SHARED
+ * mapping (memfd, hugetlbfs, a file) that other processes may map too. */
+#define MFD_RAM_SHARED (1u << 0)
+/** MFD_RAM_FRESH - mfd_ram_block_desc.flags, destination: the block was
+ * mapped for this load and nothing wrote it (fresh anonymous memory, a new
+ * memfd), so every byte reads zero.  With dest-ram-zeroed on, a zero page
+ * that arrives for a page not yet written is then skipped without being
+ * read.  Without the flag the destination reads such a page first and
+ * clears it only where it is not zero (firmware or a kernel the VMM loaded
+ * stays correct). */
+#define MFD_RAM_FRESH (1u << 1)
 
 /**
- * mfd_ram_block_add() - register a block of guest RAM.
- * @m: the migration object (no migration running).
+ * struct mfd_ram_block_desc - one block of guest RAM, as the VMM maps it.
+ * @size: sizeof(struct mfd_ram_block_desc) as the caller was built with;
+ *	members past @size are taken as 0, so an older caller's smaller
+ *	struct stays valid.  Below the first layout's 72 bytes: MFD_EINVAL.
+ * @flags: MFD_RAM_SHARED, MFD_RAM_FRESH; other bits: MFD_EINVAL.
  * @name: 1..255 bytes, unique, the same on both sides (e.g. "pc.ram").
- * @host: where the block lives in this process; on the destination pages
- *	are written there.  Must stay mapped until the block is removed or
- *	@m is freed.
- * @size: bytes, a non-zero multiple of @page_size.
- * @page_size: a power of two from 4 KiB to 1 GiB (2 MiB for hugepages);
- *	dirty tracking and transfer work in these units.
- * @errp: MFD_EEXIST for a duplicate name, MFD_EINVAL naming the bad value,
- *	MFD_ETOOBIG beyond MFD_RAM_BLOCKS_MAX.
+ * @host: where the block lives in this process, 4 KiB aligned; on the
+ *	destination pages are written there.  Must stay mapped until the
+ *	block is removed or the object freed.
+ * @length: bytes, a non-zero multiple of @page_size.
+ * @page_size: a power of two from 4 KiB to 1 GiB (2 MiB for hugepages):
+ *	the unit of transfer and of the library's dirty bitmap.
+ * @dirty_granularity: bytes per bit of the bitmaps the dirty_sync and
+ *	dirty_clear hooks exchange for this block (KVM logs 4 KiB pages even
+ *	for a block of 2 MiB pages); a power of two from 4 KiB to 1 GiB, 0 =
+ *	@page_size.  A bit covering several pages dirties them all; a page
+ *	covering several bits is dirty when any of them is.
+ * @fd: the file the block is mapped from (a memfd, a hugetlbfs file), or
+ *	-1.  Not used by a network migration; recorded for local update and
+ *	snapshots (mfd_ram_block_info()).  Not duplicated: it must stay open
+ *	as long as the block is registered.
+ * @fd_offset: where the block starts in @fd (a multiple of @page_size).
+ * @cookie: the VMM's own pointer for the block (its memory slot, say),
+ *	handed back to every hook that names the block.
+ *
+ * A zero-filled struct with @size, @name, @host, @length and @page_size set
+ * is a private anonymous block: what mfd_ram_block_add() registers.
+ */
+struct mfd_ram_block_desc {
+	uint32_t size;
+	uint32_t flags;
+	const char *name;
+	void *host;
+	uint64_t length;
+	uint64_t page_size;
+	uint64_t dirty_granularity;
+	int32_t fd;
+	uint32_t reserved;
+	uint64_t fd_offset;
+	void *cookie;
+};
+
+/**
+ * mfd_ram_block_register() - register a block of guest RAM.
+ * @m: the migration object, with no migration running.
+ * @desc: the block; copied (the name too).
+ * @errp: MFD_EEXIST for a duplicate name, MFD_EINVAL naming the bad member,
+ *	MFD_ETOOBIG beyond MFD_RAM_BLOCKS_MAX, MFD_ESTATE while a migration
+ *	runs (hot-plug between migrations, not during one).
  *
  * Blocks are sent in registration order; the destination must register the
- * same blocks (name, size, page size) in the same order.
+ * same blocks (name, length, page size) in the same order.  Returns the
+ * block's index (registration order, what hooks get as @block), or a
+ * negative code.
+ */
+MFD_API int mfd_ram_block_register(mfd_migration *m, const struct mfd_ram_block_desc *desc,
+				   mfd_error **errp);
+
+/**
+ * mfd_ram_block_add() - register a private anonymous block of guest RAM:
+ * mfd_ram_block_register() with only the name, address and sizes.
+ * @m: the migration object (no migration running).
+ * @name: as mfd_ram_block_desc.name.
+ * @host: as mfd_ram_block_desc.host.
+ * @size: as mfd_ram_block_desc.length.
+ * @page_size: as mfd_ram_block_desc.page_size.
+ * @errp: as mfd_ram_block_register().
+ *
+ * Returns 0 or a negative code.
  */
 MFD_API int mfd_ram_block_add(mfd_migration *m, const char *name, void *host, uint64_t size,
 			      uint64_t page_size, mfd_error **errp);
 
 /**
- * mfd_ram_block_remove() - unregister a block.
+ * mfd_ram_block_remove() - unregister a block (hot-unplug between
+ * migrations); the blocks after it move down one index.
  * @m: the migration object (no migration running).
  * @name: as registered.
  *
  * Returns 0, MFD_ENOENT, or MFD_ESTATE while a migration runs.
  */
 MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
+
+/**
+ * mfd_ram_discard() - mark a range of a block as absent: unplugged
+ * (virtio-mem, a hot-plug slot mapped PROT_NONE) or given back (a balloon).
+ * @m: the migration object (no migration running).
+ * @name: the block.
+ * @offset: bytes into the block, a multiple of its page size.
+ * @length: bytes, a non-zero multiple of its page size, inside the block.
+ * @errp: MFD_ENOENT for an unknown block, MFD_EINVAL for a range that is
+ *	not whole pages of the block, MFD_ESTATE while a migration runs.
+ *
+ * The source never reads nor sends an absent page, whatever the dirty log
+ * says; a page the source sends into a range the destination marked absent
+ * fails the load with MFD_EPROTO instead of being written (both sides
+ * should mark the same ranges).  Ranges may overlap earlier ones and are
+ * merged.  Returns 0 or a negative code.
+ */
+MFD_API int mfd_ram_discard(mfd_migration *m, const char *name, uint64_t offset,
+			    uint64_t length, mfd_error **errp);
+
+/**
+ * mfd_ram_populate() - mark a range present again (plugged): the inverse
+ * of mfd_ram_discard(), with the same arguments and errors.
+ * @m: the migration object (no migration running).
+ * @name: the block.
+ * @offset: bytes into the block, a multiple of its page size.
+ * @length: bytes, a non-zero multiple of its page size, inside the block.
+ * @errp: as mfd_ram_discard().
+ */
+MFD_API int mfd_ram_populate(mfd_migration *m, const char *name, uint64_t offset,
+			     uint64_t length, mfd_error **errp);
+
+/**
+ * mfd_ram_block_info() - what a registered block is.
+ * @m: the migration object.
+ * @index: the block's index (registration order).
+ * @desc: receives the block's description (set @desc->size first; members
+ *	past it are not written).  The name points into the library's copy,
+ *	valid until the block is removed.
+ * @absent_bytes: receives the bytes marked absent (NULL: not wanted).
+ *
+ * Returns 0, MFD_ENOENT past the last block, MFD_EINVAL for a NULL
+ * argument or a @desc->size below the first layout.
+ */
+MFD_API int mfd_ram_block_info(mfd_migration *m, unsigned index, struct mfd_ram_block_desc *desc,
+			       uint64_t *absent_bytes);
 
 /* ------------------------------------------------------------------------ */
 /* Parameters                                                                */
@@ -1417,11 +1534,17 @@ struct mfd_policy_info {
  *	(with switchover-confirm, once the source confirmed).
  * @dirty_log_start: begin dirty tracking (e.g. KVM_MEM_LOG_DIRTY_PAGES).
  * @dirty_log_stop: end it (migration over, whatever the outcome).
- * @dirty_sync: report the pages of block @block written since the last
- *	call by OR-ing one bit per page into @bitmap (@npages bits, 64 per
- *	word, bit i of word w = page w*64+i), and restart the log; the
- *	KVM_GET_DIRTY_LOG shape.  Without this hook the built-in tracker
- *	(mfd_ram_mark_dirty()) is used.
+ * @dirty_sync: report what the guest wrote in block @block (index in
+ *	registration order, @cookie from its descriptor) since the last
+ *	call by OR-ing one bit per dirty granule (the block's
+ *	dirty_granularity, its page size by default) into @bitmap (@nbits
+ *	bits, 64 per word, bit i of word w = granule w*64+i); the
+ *	KVM_GET_DIRTY_LOG shape.  Without @dirty_clear the hook also restarts
+ *	the log (write-protects again) before it returns; with @dirty_clear
+ *	it must not (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: the library asks for
+ *	each range just before it reads it).  mfd_ram_mark_dirty() works
+ *	beside this hook: a sync takes both.  Without it only the built-in
+ *	tracker (mfd_ram_mark_dirty()) reports writes.
  * @throttle: auto-converge: slow the vCPUs to run @percent of the time
  *	less (0 = full speed again).
  * @switchover_policy: precopy policy; return 1 to stop the VM and finish,
@@ -1433,6 +1556,25 @@ struct mfd_policy_info {
  *	smallest figure (the guest dirties as fast as the link moves).  A
  *	stall is logged as a warning with its figures and counted in
  *	mfd_stats.precopy_stalls, with or without this hook.
+ * @dirty_sync_begin: a sync round begins (@round counts from 1 for the
+ *	migration): called once before the round's @dirty_sync calls (reap a
+ *	dirty ring, collect a VFIO or vhost-user log here).  Called even
+ *	without @dirty_sync.  A failure fails the migration.
+ * @dirty_sync_end: the round's last @dirty_sync returned; not called when
+ *	@dirty_sync_begin failed.
+ * @dirty_clear: manual protection: the library is about to read the
+ *	granules of block @block set in @mask (@nbits bits from granule
+ *	@first, @first a multiple of 64, the layout of @dirty_sync's bitmap;
+ *	KVM_CLEAR_DIRTY_LOG's shape): write-protect them again and clear
+ *	their dirty bits, so a write from now on is reported by the next
+ *	sync.  Every granule in @mask was reported by @dirty_sync (or is in
+ *	the first pass, which sends every page: then @mask covers whole
+ *	ranges, for KVM_DIRTY_LOG_INITIALLY_SET); the library calls it
+ *	before it reads any of them, in ranges of at most 2^18 granules (1
+ *	GiB of 4 KiB pages, as QEMU), never twice for a granule between two
+ *	syncs, and not once the VM is stopped.  A granule outside @mask may
+ *	have been written since the sync: it must keep its dirty bit.  A
+ *	failure fails the migration (a page could otherwise be lost).
  * @state_changed: the state moved from @from to @to.  Called on the thread
  *	that changed it (the caller of mfd_migrate*() for none -> setup, the
  *	migration or incoming thread, or the canceller);
@@ -1444,11 +1586,15 @@ typedef struct mfd_vmm_hooks {
 	int (*vm_start)(void *opaque, mfd_error **errp);
 	int (*dirty_log_start)(void *opaque, mfd_error **errp);
 	void (*dirty_log_stop)(void *opaque);
-	int (*dirty_sync)(void *opaque, unsigned block, uint64_t *bitmap, uint64_t npages,
-			  mfd_error **errp);
+	int (*dirty_sync)(void *opaque, unsigned block, void *cookie, uint64_t *bitmap,
+			  uint64_t nbits, mfd_error **errp);
 	void (*throttle)(void *opaque, int percent);
 	int (*switchover_policy)(void *opaque, const struct mfd_policy_info *info);
 	void (*state_changed)(void *opaque, enum mfd_state from, enum mfd_state to);
+	int (*dirty_sync_begin)(void *opaque, uint64_t round, mfd_error **errp);
+	int (*dirty_sync_end)(void *opaque, uint64_t round, mfd_error **errp);
+	int (*dirty_clear)(void *opaque, unsigned block, void *cookie, uint64_t first,
+			   uint64_t nbits, const uint64_t *mask, mfd_error **errp);
 } mfd_vmm_hooks;
 
 /** MFD_POLICY_POSTCOPY - switchover_policy's answer "start postcopy now". */

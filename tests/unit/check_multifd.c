@@ -1202,20 +1202,29 @@ START_TEST(channel_truncated_at_every_offset)
 }
 END_TEST
 
-/* A zero page leaves a page never placed alone (recvmap) and clears one
- * placed before; without a recvmap it clears what is not zero. */
+/* A zero page leaves a page never placed alone (recvmap) in a block
+ * declared fresh, and clears one placed before; in a block not declared
+ * fresh, or without a recvmap, it clears what is not zero (RAM the VMM
+ * preloaded is not trusted to be zero). */
 START_TEST(zero_page_placement)
 {
 	static uint8_t ram[4 * PS];
 	_Atomic uint64_t map[1] = { 0 };
 	struct mfd_ram_block b = { .name = "ram", .host = ram, .size = sizeof(ram),
-				   .page_size = PS, .page_shift = 12, .recvmap = map };
+				   .page_size = PS, .page_shift = 12, .recvmap = map,
+				   .flags = MFD_RAM_FRESH };
 
 	memset(ram, 0x5a, sizeof(ram));
-	mfd_page_place_zero(&b, 0);		/* never placed: untouched */
+	mfd_page_place_zero(&b, 0);		/* fresh, never placed: untouched */
 	ck_assert_uint_eq(ram[0], 0x5a);
 	mfd_page_place_zero(&b, 0);		/* now it was: cleared */
 	ck_assert(util_page_is_zero(ram, PS));
+	b.flags = 0;				/* not declared fresh: checked */
+	mfd_page_place_zero(&b, 3 * PS);	/* never placed, holds 0x5a */
+	ck_assert(util_page_is_zero(ram + 3 * PS, PS));
+	memset(ram + 3 * PS, 0x5a, PS);
+	atomic_store(&map[0], 1);		/* page 0 only */
+	b.flags = MFD_RAM_FRESH;
 	mfd_page_placed(&b, PS);
 	mfd_page_place_zero(&b, PS);
 	ck_assert(util_page_is_zero(ram + PS, PS));
