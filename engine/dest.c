@@ -221,6 +221,14 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 	r = load_all(e, &hooks, errp);
 	if (r < 0)
 		eng_name_stream(e->in, "main channel", errp);
+	/* The source hangs up when a channel breaks: the main stream's end is
+	 * then a consequence; report the cause. */
+	if ((r == MFD_EEOF || r == MFD_EIO) && e->dst.recv) {
+		int cause = multifd_recv_root_cause(e->dst.recv, errp);
+
+		if (cause < 0)
+			r = cause;
+	}
 	if (r == 0 && e->dst.recv && pc_at(e) < PC_LISTENING)
 		r = multifd_recv_finish(e->dst.recv, errp);
 	if (r < 0)

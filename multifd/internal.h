@@ -137,6 +137,10 @@ int multifd_recv_sync(struct mfd_multifd_recv *r, mfd_error **errp);
  * now, is MFD_EPROTO ("multifd channel N (...): SYNC K was never matched by
  * the main stream"); cfg.timeout_ms without progress is MFD_ETIMEDOUT. */
 int multifd_recv_finish(struct mfd_multifd_recv *r, mfd_error **errp);
+/* When a channel failed on its own (bad peer data, a broken channel), that
+ * failure, replacing *@errp: the cause of what the main stream saw after it
+ * (the source hangs up once its channel breaks).  0 when none failed. */
+int multifd_recv_root_cause(struct mfd_multifd_recv *r, mfd_error **errp);
 void multifd_recv_cancel(struct mfd_multifd_recv *r);
 void multifd_recv_stats(struct mfd_multifd_recv *r, struct mfd_multifd_stats *st);
 void multifd_recv_free(struct mfd_multifd_recv *r);

@@ -125,6 +125,23 @@ static int recv_error(struct mfd_multifd_recv *r, mfd_error **errp)
 	return code;
 }
 
+int multifd_recv_root_cause(struct mfd_multifd_recv *r, mfd_error **errp)
+{
+	if (!atomic_load(&r->failed))
+		return 0;
+	pthread_mutex_lock(&r->lock);
+	bool own = r->err != NULL;
+
+	pthread_mutex_unlock(&r->lock);
+	if (!own)
+		return 0;	/* cancelled from outside: not a cause */
+	if (errp) {
+		mfd_error_free(*errp);
+		*errp = NULL;
+	}
+	return recv_error(r, errp);
+}
+
 int multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
 			 unsigned nblocks, struct mfd_multifd_recv **out, mfd_error **errp)
 {

@@ -37,6 +37,7 @@
 	X(compress)       \
 	X(multifd)        \
 	X(engine)         \
+	X(ram)            \
 	X(state)          \
 	X(policy)         \
 	X(postcopy)       \
