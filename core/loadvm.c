@@ -578,7 +578,16 @@ int loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks 
 	r = check_header(&lv, s);
 	if (r < 0)
 		return r;
+	return loadvm_setup_new(m, errp);
+}
+
+int loadvm_setup_new(mfd_migration *m, mfd_error **errp)
+{
+	int r = 0;
+
 	for_each_section(m, se) {
+		if (se->load_setup_done)
+			continue;
 		/* From here on this section gets its load_cleanup, whatever happens. */
 		se->load_setup_done = true;
 		if (!se->ops.load_setup)

@@ -50,6 +50,11 @@ struct mfd_migration {
 	mfd_vmm_hooks hooks;
 	void *hooks_opaque;
 	atomic_bool busy;
+	/* The destination's vm_create hook runs (incoming thread): block and
+	 * section registration are open despite busy. */
+	atomic_bool vm_create_running;
+	void *vm_config;		/* mfd_migration_set_vm_config() */
+	size_t vm_config_len;
 
 	/* The engine (engine/); NULL until a migration starts.  The engine sets
 	 * teardown when it first attaches its state, and mfd_migration_free()
@@ -75,6 +80,13 @@ struct mfd_migration {
 /* Wake mfd_migration_event_fd()'s readers: the state changed or the
  * migration ended.  Any thread; never blocks. */
 void migration_notify(mfd_migration *m);
+
+/* Whether the block table and the sections may change now: no migration
+ * runs, or the destination's vm_create hook does. */
+static inline bool migration_table_open(const mfd_migration *m)
+{
+	return !m->busy || atomic_load(&m->vm_create_running);
+}
 
 /* Free the block table (and each block's absent ranges). */
 void ram_blocks_free(mfd_migration *m);

@@ -63,7 +63,7 @@ int mfd_ram_block_register(mfd_migration *m, const struct mfd_ram_block_desc *de
 	name = d.name;
 	if (!name)
 		return mfd_error_set(errp, MFD_EINVAL, "RAM block: the name is NULL");
-	if (m->busy)
+	if (!migration_table_open(m))
 		return mfd_error_set(errp, MFD_ESTATE, "RAM block '%s': a migration is running; "
 				     "blocks are added and removed between migrations", name);
 	len = strlen(name);
@@ -163,7 +163,7 @@ int mfd_ram_block_remove(mfd_migration *m, const char *name)
 {
 	if (!m || !name)
 		return MFD_EINVAL;
-	if (m->busy)
+	if (!migration_table_open(m))
 		return MFD_ESTATE;
 	for (unsigned i = 0; i < m->nblocks; i++) {
 		if (strcmp(m->blocks[i].name, name) != 0)
@@ -193,7 +193,7 @@ static int range_args(mfd_migration *m, const char *name, uint64_t off, uint64_t
 {
 	if (!m || !name)
 		return mfd_error_set(errp, MFD_EINVAL, "%s: NULL argument", fn);
-	if (m->busy)
+	if (!migration_table_open(m))
 		return mfd_error_set(errp, MFD_ESTATE, "%s: block '%s': a migration is running",
 				     fn, name);
 	for (unsigned i = 0; i < m->nblocks; i++) {
@@ -309,5 +309,29 @@ int mfd_ram_block_info(mfd_migration *m, unsigned index, struct mfd_ram_block_de
 		for (unsigned i = 0; i < b->nabsent; i++)
 			*absent_bytes += b->absent[i].len;
 	}
+	return 0;
+}
+
+int mfd_migration_set_vm_config(mfd_migration *m, const void *config, size_t len,
+				mfd_error **errp)
+{
+	void *copy = NULL;
+
+	if (!m || (!config && len))
+		return mfd_error_set(errp, MFD_EINVAL, "mfd_migration_set_vm_config: %s",
+				     m ? "NULL configuration with a length" : "NULL object");
+	if (m->busy)
+		return mfd_error_set(errp, MFD_ESTATE,
+				     "mfd_migration_set_vm_config: a migration is running");
+	if (len > MFD_VM_CONFIG_MAX)
+		return mfd_error_set(errp, MFD_ETOOBIG, "VM configuration of %zu bytes, at most %u",
+				     len, MFD_VM_CONFIG_MAX);
+	if (len && !(copy = malloc(len)))
+		return mfd_error_set(errp, MFD_ENOMEM, "VM configuration: out of memory");
+	if (len)
+		memcpy(copy, config, len);
+	free(m->vm_config);
+	m->vm_config = copy;
+	m->vm_config_len = len;
 	return 0;
 }

@@ -53,6 +53,7 @@ void mfd_migration_free(mfd_migration *m)
 	}
 	param_table_free(&m->params);
 	ram_blocks_free(m);
+	free(m->vm_config);
 	if (atomic_load(&m->event_fd) >= 0)
 		close(atomic_load(&m->event_fd));
 	log_route_destroy(&m->log_route);
@@ -97,7 +98,7 @@ void migration_notify(mfd_migration *m)
 
 static int check_idle(mfd_migration *m, const char *what, mfd_error **errp)
 {
-	if (m->busy)
+	if (!migration_table_open(m))
 		return mfd_error_set(errp, MFD_ESTATE, "%s: a save or load is running", what);
 	return 0;
 }
@@ -108,6 +109,8 @@ int mfd_migration_set_identity(mfd_migration *m, const char *identity, mfd_error
 
 	if (!m || !identity)
 		return mfd_error_set(errp, MFD_EINVAL, "mfd_migration_set_identity: NULL argument");
+	if (m->busy)
+		return mfd_error_set(errp, MFD_ESTATE, "set identity: a save or load is running");
 	if (check_idle(m, "set identity", errp) < 0)
 		return MFD_ESTATE;
 	len = strlen(identity);

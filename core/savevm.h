@@ -110,6 +110,9 @@ int loadvm_begin(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks 
 		     mfd_error **errp);
 int loadvm_run(mfd_migration *m, mfd_stream *s, const struct mfd_loadvm_hooks *hooks,
 		   bool header, mfd_error **errp);
+/* load_setup for the sections registered since loadvm_begin() (by the
+ * destination's vm_create hook). */
+int loadvm_setup_new(mfd_migration *m, mfd_error **errp);
 void loadvm_end(mfd_migration *m);
 
 #endif /* MFD_CORE_SAVEVM_H */

@@ -93,6 +93,8 @@ int eng_screen_main(mfd_channel *raw, void *opaque, bool *stray, mfd_error **err
 	r = eng_main_hello_check(e, ch, stray, errp);
 	if (r == 0 && e->use_multifd)
 		r = multifd_recv_new(&e->mcfg, e->m->blocks, e->m->nblocks, &recv, errp);
+	if (r == 0 && recv && e->dst.lazy)
+		multifd_recv_defer_blocks(recv);
 	if ((r = take_main(e, raw, ch, r)) == 0)
 		PUBLISH(e, dst.recv, recv);
 	return r;

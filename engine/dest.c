@@ -206,10 +206,9 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 
 	/* The raw channels are ours now; identify recorded each of them. */
 	eng_relax_timeouts(e);
-	if (m->params.i[MFD_P_DEST_RAM_ZEROED] &&
-	    (r = ram_recvmap_alloc(m->blocks, m->nblocks, errp)) < 0)
-		return r;
-	if (e->dst.recv && (r = multifd_recv_start(e->dst.recv, errp)) < 0)
+	/* With vm_create the table is final only once the source's RAM section
+	 * started (ramsec_load.c); the channels wait until then. */
+	if (!e->dst.lazy && (r = eng_dest_ram_ready(e, errp)) < 0)
 		return r;
 	eng_set_state(e, MFD_STATE_ACTIVE);
 	pthread_mutex_lock(&e->lock);
@@ -229,6 +228,9 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 		if (cause < 0)
 			r = cause;
 	}
+	/* A stream without a RAM section never made the table final. */
+	if (r == 0 && !e->dst.ram_ready)
+		r = eng_dest_ram_ready(e, errp);
 	if (r == 0 && e->dst.recv && pc_at(e) < PC_LISTENING)
 		r = multifd_recv_finish(e->dst.recv, errp);
 	if (r < 0)
@@ -251,5 +253,38 @@ int eng_incoming_run(struct mfd_engine *e, mfd_error **errp)
 		return errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
 	}
 	mfd_channel_finish(e->main_ch, NULL);
+	return 0;
+}
+
+int eng_dest_ram_ready(struct mfd_engine *e, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	int r;
+
+	if (e->dst.ram_ready)
+		return 0;
+	e->dst.ram_ready = true;
+	if (m->params.i[MFD_P_DEST_RAM_ZEROED] &&
+	    (r = ram_recvmap_alloc(m->blocks, m->nblocks, errp)) < 0)
+		return r;
+	if (e->dst.pc_summary_due) {
+		uint64_t mine = 0;
+
+		for (unsigned b = 0; b < m->nblocks; b++)
+			mine |= m->blocks[b].page_size;
+		if (mine != e->dst.pc_summary)
+			return mfd_error_set(errp, MFD_EPROTO,
+					     "POSTCOPY_ADVISE: the source's page sizes (mask 0x%llx) "
+					     "differ from this side's after vm_create (0x%llx)",
+					     (unsigned long long)e->dst.pc_summary,
+					     (unsigned long long)mine);
+	}
+	if (e->dst.pcd && (r = pcd_blocks(e, errp)) < 0)
+		return r;
+	if (e->dst.recv && e->dst.lazy &&
+	    (r = multifd_recv_set_blocks(e->dst.recv, m->blocks, m->nblocks, errp)) < 0)
+		return r;
+	if (e->dst.recv && (r = multifd_recv_start(e->dst.recv, errp)) < 0)
+		return r;
 	return 0;
 }

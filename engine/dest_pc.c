@@ -30,6 +30,13 @@ int eng_lh_advise(void *opaque, bool has_summary, uint64_t summary, uint64_t tar
 				     "postcopy-ram is off on this side");
 	for (unsigned b = 0; b < e->m->nblocks; b++)
 		mine |= e->m->blocks[b].page_size;
+	/* With vm_create the blocks are not there yet: eng_dest_ram_ready()
+	 * checks the summary once they are. */
+	if (has_summary && !e->dst.ram_ready) {
+		e->dst.pc_summary = summary;
+		e->dst.pc_summary_due = true;
+		mine = summary;
+	}
 	if (has_summary && (summary != mine || target != 4096))
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "POSTCOPY_ADVISE: the source's page sizes (mask 0x%llx, target "

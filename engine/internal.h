@@ -236,6 +236,13 @@ struct eng_dest {
 	struct mfd_multifd_recv *recv;
 	int recv_last_block;		/* main-stream CONTINUE tracking */
 	bool ram_started;		/* got the RAM START */
+	bool lazy;			/* vm_create: the block table comes from the source */
+	bool ram_ready;			/* the table is final: maps, channels started */
+	uint8_t *vm_config;		/* the source's VM configuration, if it sent one */
+	size_t vm_config_len;
+	bool vm_config_seen;
+	uint64_t pc_summary;		/* POSTCOPY_ADVISE's page sizes, to check once */
+	bool pc_summary_due;		/* ... the table is final (vm_create) */
 	mfd_stream *pre_in;		/* read by the preempt thread */
 	bool pre_reader_left;		/* under lock: the preempt reader is leaving */
 	atomic_bool pre_abandoned;	/* its end never came, every page is in: finish()
@@ -280,6 +287,7 @@ struct mfd_engine {
 	pthread_mutex_t out_lock;	/* destination: return-path writes */
 	struct mfd_multifd_config mcfg;
 	struct mfd_section *ram_se;
+	struct mfd_section *vmconfig_se;	/* "vm-config" (engine/vmconfig.c) */
 
 	/* Timestamps: written by the owning thread under lock, read by anyone. */
 	uint64_t t_start_ns, t_setup_ns, t_end_ns, t_stop_ns, downtime_ns;
@@ -309,6 +317,14 @@ struct mfd_engine {
 int ramsec_register(struct mfd_engine *e, mfd_error **errp);
 void ramsec_unregister(struct mfd_engine *e);
 void ramsec_free(struct mfd_engine *e);
+/* Move the section registered last to the head of the list; returns it. */
+struct mfd_section *eng_section_to_head(mfd_migration *m);
+int vmconfig_register(struct mfd_engine *e, mfd_error **errp);
+void vmconfig_unregister(struct mfd_engine *e);
+/* Destination: the block table is final (at once, or after vm_create):
+ * received-pages maps, postcopy bitmaps, the multifd channels' table and
+ * their threads. */
+int eng_dest_ram_ready(struct mfd_engine *e, mfd_error **errp);
 void ramsec_free_trackers(mfd_migration *m);
 /* Bytes of RAM the source still has to send. */
 uint64_t ramsec_remaining(struct mfd_engine *e);
@@ -345,6 +361,8 @@ int ramsec_load_pc_record(struct mfd_engine *e, mfd_stream *s, uint64_t word, in
 
 /* engine/postcopy.c: destination userfaultfd machinery. */
 int pcd_new(struct mfd_engine *e, mfd_error **errp);
+/* The per-block bitmaps, once the block table is final (eng_dest_ram_ready()). */
+int pcd_blocks(struct mfd_engine *e, mfd_error **errp);
 int pcd_discard(struct mfd_engine *e, unsigned b, uint64_t start, uint64_t len, mfd_error **errp);
 int pcd_listen(struct mfd_engine *e, mfd_error **errp);
 /* Place @n contiguous pages from @offset, their bytes at @data; pages already

@@ -125,6 +125,7 @@ static void finish(struct mfd_engine *e, int r, mfd_error *err)
 	pthread_mutex_unlock(&e->lock);
 	m->busy = false;
 	ramsec_unregister(e);
+	vmconfig_unregister(e);
 	ramsec_free(e);
 	pthread_mutex_lock(&e->lock);
 	e->t_end_ns = engine_now_ns();
@@ -388,7 +389,9 @@ static int engine_start_on(mfd_migration *m, bool incoming, const char *uri, str
 			e->src.given_mf[i] = g->mf[i];
 		memset(g, 0, sizeof(*g));
 	}
-	if ((r = ramsec_register(e, errp)) < 0) {
+	e->dst.lazy = incoming && m->hooks.vm_create;
+	if ((r = ramsec_register(e, errp)) < 0 || (r = vmconfig_register(e, errp)) < 0) {
+		ramsec_unregister(e);
 		eng_release_channels(e);
 		return r;
 	}
@@ -399,6 +402,7 @@ static int engine_start_on(mfd_migration *m, bool incoming, const char *uri, str
 			      incoming ? "mfd-incoming" : "mfd-migration") != 0) {
 		m->busy = false;
 		ramsec_unregister(e);
+		vmconfig_unregister(e);
 		eng_release_channels(e);
 		return mfd_error_set(errp, MFD_ENOMEM, "cannot start the migration thread");
 	}

@@ -119,19 +119,12 @@ static int open_uffd(int *out, uint64_t *ioctls, mfd_error **errp)
 
 int pcd_new(struct mfd_engine *e, mfd_error **errp)
 {
-	mfd_migration *m = e->m;
 	struct pc_dest *d;
 	uint64_t ioctls = 0;
 	int r;
 
 	if (e->dst.pcd)
 		return mfd_error_set(errp, MFD_EPROTO, "postcopy: a second POSTCOPY_ADVISE");
-	for (unsigned b = 0; b < m->nblocks; b++)
-		if (m->blocks[b].page_size > PC_PAGE_MAX)
-			return mfd_error_set(errp, MFD_ENOTSUP,
-					     "postcopy-ram: block '%s' has %llu-byte pages; postcopy "
-					     "places pages of at most %u bytes", m->blocks[b].name,
-					     (unsigned long long)m->blocks[b].page_size, PC_PAGE_MAX);
 	d = calloc(1, sizeof(*d));
 	if (!d)
 		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: out of memory");
@@ -148,10 +141,28 @@ int pcd_new(struct mfd_engine *e, mfd_error **errp)
 	d->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	d->samples = calloc(SAMPLES_MAX, sizeof(*d->samples));
 	e->dst.pc_page = malloc(PC_PAGE_MAX);
-	d->recv = calloc(m->nblocks, sizeof(*d->recv));
-	d->reqd = calloc(m->nblocks, sizeof(*d->reqd));
-	d->npages = calloc(m->nblocks, sizeof(*d->npages));
-	if (d->stop_fd < 0 || !d->samples || !e->dst.pc_page || !d->recv || !d->reqd || !d->npages)
+	if (d->stop_fd < 0 || !d->samples || !e->dst.pc_page)
+		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: out of memory");
+	atomic_init(&d->missing, 0);
+	/* With vm_create the blocks come later (eng_dest_ram_ready()). */
+	return e->dst.ram_ready ? pcd_blocks(e, errp) : 0;
+}
+
+int pcd_blocks(struct mfd_engine *e, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	struct pc_dest *d = e->dst.pcd;
+
+	for (unsigned b = 0; b < m->nblocks; b++)
+		if (m->blocks[b].page_size > PC_PAGE_MAX)
+			return mfd_error_set(errp, MFD_ENOTSUP,
+					     "postcopy-ram: block '%s' has %llu-byte pages; postcopy "
+					     "places pages of at most %u bytes", m->blocks[b].name,
+					     (unsigned long long)m->blocks[b].page_size, PC_PAGE_MAX);
+	d->recv = calloc(m->nblocks ? m->nblocks : 1, sizeof(*d->recv));
+	d->reqd = calloc(m->nblocks ? m->nblocks : 1, sizeof(*d->reqd));
+	d->npages = calloc(m->nblocks ? m->nblocks : 1, sizeof(*d->npages));
+	if (!d->recv || !d->reqd || !d->npages)
 		return mfd_error_set(errp, MFD_ENOMEM, "postcopy: out of memory");
 	d->nblocks = m->nblocks;
 	for (unsigned b = 0; b < m->nblocks; b++) {
@@ -166,7 +177,6 @@ int pcd_new(struct mfd_engine *e, mfd_error **errp)
 		for (uint64_t w = 0; w < nw; w++)
 			atomic_init(&d->recv[b][w], ~0ull);
 	}
-	atomic_init(&d->missing, 0);
 	return 0;
 }
 

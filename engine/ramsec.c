@@ -384,14 +384,14 @@ static int prepare(void *opaque, mfd_error **errp)
 	memset(rs, 0, sizeof(*rs));
 	rs->last_block = -1;
 	rs->pre_last_block = -1;
-	rs->bitmap = calloc(n, sizeof(*rs->bitmap));
-	rs->npages = calloc(n, sizeof(*rs->npages));
-	rs->dirty_b = calloc(n, sizeof(*rs->dirty_b));
-	rs->absent = calloc(n, sizeof(*rs->absent));
-	rs->ngran = calloc(n, sizeof(*rs->ngran));
+	rs->bitmap = calloc(n ? n : 1, sizeof(*rs->bitmap));
+	rs->npages = calloc(n ? n : 1, sizeof(*rs->npages));
+	rs->dirty_b = calloc(n ? n : 1, sizeof(*rs->dirty_b));
+	rs->absent = calloc(n ? n : 1, sizeof(*rs->absent));
+	rs->ngran = calloc(n ? n : 1, sizeof(*rs->ngran));
 	if (manual) {
-		rs->clear = calloc(n, sizeof(*rs->clear));
-		rs->clear_chunks = calloc(n, sizeof(*rs->clear_chunks));
+		rs->clear = calloc(n ? n : 1, sizeof(*rs->clear));
+		rs->clear_chunks = calloc(n ? n : 1, sizeof(*rs->clear_chunks));
 	}
 	rs->nblocks = n;
 	if (!rs->bitmap || !rs->npages || !rs->dirty_b || !rs->absent || !rs->ngran ||
@@ -779,9 +779,10 @@ static const mfd_save_handlers ram_ops = {
 int ramsec_register(struct mfd_engine *e, mfd_error **errp)
 {
 	mfd_migration *m = e->m;
-	struct mfd_section *se;
 
-	if (m->nblocks == 0)
+	/* Without blocks the section still announces an empty table when the
+	 * destination builds its VM from it (vm_create). */
+	if (m->nblocks == 0 && !(e->incoming ? e->dst.lazy : m->vm_config_len > 0))
 		return 0;
 	if (section_find(m, "ram", 0))
 		return mfd_error_set(errp, MFD_EEXIST,
@@ -790,18 +791,23 @@ int ramsec_register(struct mfd_engine *e, mfd_error **errp)
 
 	if (r < 0)
 		return r;
-	/* Move it from the tail to the head. */
+	e->ram_se = eng_section_to_head(m);
+	e->dst.recv_last_block = -1;
+	return 0;
+}
+
+struct mfd_section *eng_section_to_head(mfd_migration *m)
+{
 	for (struct mfd_section **p = &m->sections; *p; p = &(*p)->next)
 		if ((*p)->next == NULL && *p != m->sections) {
-			se = *p;
+			struct mfd_section *se = *p;
+
 			*p = NULL;
 			se->next = m->sections;
 			m->sections = se;
 			break;
 		}
-	e->ram_se = m->sections;
-	e->dst.recv_last_block = -1;
-	return 0;
+	return m->sections;
 }
 
 void ramsec_unregister(struct mfd_engine *e)

@@ -5,6 +5,7 @@
  * each marker; in postcopy, places the records of the main and preempt
  * streams through userfaultfd (engine/postcopy.c).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/internal.h"
@@ -12,12 +13,128 @@
 #include "core/stream.h"
 #include "core/util.h"
 
+/*
+ * vm_create: read the source's whole table, hand it (with its VM
+ * configuration) to the VMM, which may register blocks and sections now;
+ * then the table is checked as always.  @s is left at the same place as the
+ * check below expects it: after the list, which the table read consumed.
+ */
+struct offered {
+	struct mfd_ram_block_offer *v;
+	char (*names)[256];
+	unsigned n, cap;
+};
+
+static void offered_free(struct offered *o)
+{
+	free(o->v);
+	free(o->names);
+}
+
+static int read_offers(mfd_stream *s, uint64_t total, struct offered *o, mfd_error **errp)
+{
+	char esc[ESCAPE_BUF_SIZE];
+	uint64_t sum = 0;
+	int r;
+
+	while (sum < total) {
+		uint64_t size, ps;
+		size_t len;
+
+		if (o->n == o->cap) {
+			unsigned cap = o->cap ? o->cap * 2 : 16;
+			void *v = realloc(o->v, cap * sizeof(*o->v));
+
+			if (v)
+				o->v = v;
+			void *nm = v ? realloc(o->names, cap * sizeof(*o->names)) : NULL;
+
+			if (!v || !nm)
+				return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for the "
+						     "source's block table");
+			o->names = nm;
+			o->cap = cap;
+		}
+		if (o->n >= MFD_RAM_BLOCKS_MAX)
+			return mfd_error_set(errp, MFD_EPROTO, "ram: the source announces more than "
+					     "%u blocks", MFD_RAM_BLOCKS_MAX);
+		char *name = o->names[o->n];
+
+		if ((r = mfd_stream_get_str(s, name, &len)) < 0 ||
+		    (r = mfd_stream_get_be64(s, &size)) < 0 || (r = mfd_stream_get_be64(s, &ps)) < 0)
+			return r;
+		if (strlen(name) != len || len == 0)
+			return mfd_error_set(errp, MFD_EPROTO, "ram: block name '%s' %s",
+					     escape_bytes(esc, sizeof(esc), name, len),
+					     len ? "contains a NUL byte" : "is empty");
+		if (size == 0 || size > total - sum)
+			return mfd_error_set(errp, MFD_EPROTO,
+					     "ram: block '%s' of %llu bytes does not fit the %llu "
+					     "announced", name, (unsigned long long)size,
+					     (unsigned long long)total);
+		o->v[o->n++] = (struct mfd_ram_block_offer){ name, size, ps };
+		sum += size;
+	}
+	/* The names moved with the realloc: point at where they are now. */
+	for (unsigned i = 0; i < o->n; i++)
+		o->v[i].name = o->names[i];
+	return 0;
+}
+
+static int vm_create(struct mfd_engine *e, mfd_stream *s, uint64_t total, mfd_error **errp)
+{
+	mfd_migration *m = e->m;
+	struct offered o = { 0 };
+	int r = read_offers(s, total, &o, errp);
+
+	if (r == 0) {
+		atomic_store(&m->vm_create_running, true);
+		r = m->hooks.vm_create(m->hooks_opaque, e->dst.vm_config, e->dst.vm_config_len,
+				       o.v, o.n, errp);
+		atomic_store(&m->vm_create_running, false);
+		if (r < 0) {
+			if (errp && !*errp)
+				mfd_error_set(errp, MFD_EHANDLER, "failed with code %d", r);
+			mfd_error_prefix(errp ? *errp : NULL, "vm_create hook");
+			r = errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
+		}
+	}
+	if (r == 0)
+		r = loadvm_setup_new(m, errp);
+	/* The same checks as without the hook, against what it registered. */
+	for (unsigned b = 0; r == 0 && b < o.n; b++) {
+		if (b >= m->nblocks || strcmp(o.v[b].name, m->blocks[b].name) != 0)
+			r = mfd_error_set(errp, MFD_EPROTO,
+					  "ram: the source's block %u is '%s', this side has '%s' "
+					  "after vm_create", b, o.v[b].name,
+					  b < m->nblocks ? m->blocks[b].name : "(none)");
+		else if (o.v[b].length != m->blocks[b].size ||
+			 o.v[b].page_size != m->blocks[b].page_size)
+			r = mfd_error_set(errp, MFD_EPROTO,
+					  "ram: block '%s' is %llu bytes in %llu-byte pages on the "
+					  "source, %llu in %llu-byte pages here", o.v[b].name,
+					  (unsigned long long)o.v[b].length,
+					  (unsigned long long)o.v[b].page_size,
+					  (unsigned long long)m->blocks[b].size,
+					  (unsigned long long)m->blocks[b].page_size);
+	}
+	if (r == 0 && o.n != m->nblocks)
+		r = mfd_error_set(errp, MFD_EPROTO, "ram: the source announced %u blocks, this "
+				  "side has %u after vm_create", o.n, m->nblocks);
+	offered_free(&o);
+	if (r == 0)
+		e->dst.ram_started = true;
+	return r < 0 ? r : eng_dest_ram_ready(e, errp);
+}
+
 static int load_blocks(struct mfd_engine *e, mfd_stream *s, uint64_t total, mfd_error **errp)
 {
 	mfd_migration *m = e->m;
 	uint64_t sum = 0;
 	unsigned b = 0;
 
+	if (e->dst.lazy)
+		return vm_create(e, s, total, errp);
 	if (total != ramsec_total(m))
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "ram: the source has %llu bytes of RAM, this side %llu",

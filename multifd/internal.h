@@ -118,6 +118,14 @@ struct mfd_multifd_recv;
 
 int multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
 			 unsigned nblocks, struct mfd_multifd_recv **out, mfd_error **errp);
+/* A receiver deferred (right after multifd_recv_new(), before any hello)
+ * takes hellos of any block digest and gets its table from
+ * multifd_recv_set_blocks(), before multifd_recv_start(): the destination
+ * learns it from the source's RAM section.  set_blocks: MFD_EPROTO when a
+ * hello named another table, MFD_ESTATE when not deferred or set already. */
+void multifd_recv_defer_blocks(struct mfd_multifd_recv *r);
+int multifd_recv_set_blocks(struct mfd_multifd_recv *r, const struct mfd_ram_block *blocks,
+			    unsigned nblocks, mfd_error **errp);
 /* Read and check a channel's hello; returns its channel id (>= 0) and keeps the
  * channel in that slot (still owned by the caller), or a negative code. */
 int multifd_recv_identify(mfd_channel *ch, void *recv, mfd_error **errp);

@@ -53,14 +53,16 @@ struct recv_channel {
 	struct mfd_multifd_channel_stats stats;
 	bool ended;
 	bool parked;	/* at a SYNC, not yet released */
+	uint64_t hello_digest;	/* the block digest its hello named */
 };
 
 struct mfd_multifd_recv {
 	/* Set at creation. */
 	struct mfd_multifd_config cfg;
-	const struct mfd_ram_block *blocks;
+	const struct mfd_ram_block *blocks;	/* set at creation or by set_blocks */
 	unsigned nblocks;
 	uint64_t digest;
+	bool deferred;		/* the table comes later (multifd_recv_set_blocks()) */
 	uint32_t max_pages;
 	size_t max_bytes;
 	unsigned n;
@@ -142,6 +144,48 @@ int multifd_recv_root_cause(struct mfd_multifd_recv *r, mfd_error **errp)
 	return recv_error(r, errp);
 }
 
+static void set_table(struct mfd_multifd_recv *r, const struct mfd_ram_block *blocks,
+		      unsigned nblocks)
+{
+	r->blocks = blocks;
+	r->nblocks = nblocks;
+	r->digest = ram_blocks_digest(blocks, nblocks);
+	r->max_pages = 1;
+	r->max_bytes = 4096;
+	for (unsigned i = 0; i < nblocks; i++) {
+		uint32_t pages = pages_per_packet(r, &blocks[i]);
+
+		r->max_pages = MFD_MAX(r->max_pages, pages);
+		r->max_bytes = MFD_MAX(r->max_bytes, (size_t)pages * blocks[i].page_size);
+	}
+}
+
+void multifd_recv_defer_blocks(struct mfd_multifd_recv *r)
+{
+	r->deferred = true;
+}
+
+int multifd_recv_set_blocks(struct mfd_multifd_recv *r, const struct mfd_ram_block *blocks,
+			    unsigned nblocks, mfd_error **errp)
+{
+	pthread_mutex_lock(&r->lock);
+	bool ok = r->deferred && !r->started;
+
+	pthread_mutex_unlock(&r->lock);
+	if (!ok)
+		return mfd_error_set(errp, MFD_ESTATE, "multifd: the block table is set already");
+	set_table(r, blocks, nblocks);
+	r->deferred = false;
+	/* The hellos came before the table: each must name this one. */
+	for (unsigned i = 0; i < r->n; i++)
+		if (r->chans[i].ch && r->chans[i].hello_digest != r->digest)
+			return mfd_error_set(errp, MFD_EPROTO,
+					     "multifd channel %u: the source's RAM block table "
+					     "differs from the one it announced on the main channel",
+					     i);
+	return 0;
+}
+
 int multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_block *blocks,
 			 unsigned nblocks, struct mfd_multifd_recv **out, mfd_error **errp)
 {
@@ -158,9 +202,6 @@ int multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_
 	if (!r)
 		return mfd_error_set(errp, MFD_ENOMEM, "multifd: out of memory");
 	r->cfg = *cfg;
-	r->blocks = blocks;
-	r->nblocks = nblocks;
-	r->digest = ram_blocks_digest(blocks, nblocks);
 	r->n = cfg->channels;
 	pthread_mutex_init(&r->lock, NULL);
 	/* Deadlines are on the monotonic clock (util_now_ns), like progress_ns. */
@@ -171,14 +212,7 @@ int multifd_recv_new(const struct mfd_multifd_config *cfg, const struct mfd_ram_
 	pthread_cond_init(&r->cond, &ca);
 	pthread_condattr_destroy(&ca);
 	atomic_init(&r->failed, false);
-	r->max_pages = 1;
-	r->max_bytes = 4096;
-	for (unsigned i = 0; i < nblocks; i++) {
-		uint32_t pages = pages_per_packet(r, &blocks[i]);
-
-		r->max_pages = MFD_MAX(r->max_pages, pages);
-		r->max_bytes = MFD_MAX(r->max_bytes, (size_t)pages * blocks[i].page_size);
-	}
+	set_table(r, blocks, nblocks);
 	r->chans = calloc(r->n, sizeof(*r->chans));
 	if (!r->chans) {
 		multifd_recv_free(r);
@@ -295,7 +329,7 @@ int multifd_recv_identify_screened(mfd_channel *ch, void *opaque, bool *stray,
 				     "multifd hello from %s: channel %u presents a wrong session "
 				     "token", who, id);
 	*stray = false;
-	if (load_be64(h + 24) != r->digest)
+	if (!r->deferred && load_be64(h + 24) != r->digest)
 		return mfd_error_set(errp, MFD_EPROTO,
 				     "multifd hello from %s: the RAM block tables differ (register the "
 				     "same blocks, sizes and page sizes in the same order)", who);
@@ -312,6 +346,7 @@ int multifd_recv_identify_screened(mfd_channel *ch, void *opaque, bool *stray,
 	c->ch = ch;
 	c->r = r;
 	c->id = id;
+	c->hello_digest = load_be64(h + 24);
 	r->identified++;
 	pthread_mutex_unlock(&r->lock);
 	c->work.wire_bytes = MFD_HELLO_SIZE;

@@ -1281,6 +1281,38 @@ MFD_API int mfd_ram_populate(mfd_migration *m, const char *name, uint64_t offset
 MFD_API int mfd_ram_block_info(mfd_migration *m, unsigned index, struct mfd_ram_block_desc *desc,
 			       uint64_t *absent_bytes);
 
+/**
+ * struct mfd_ram_block_offer - a RAM block as the source announces it, for
+ * the destination's vm_create hook.
+ * @name: the block's name (NUL-terminated, 1..255 bytes).
+ * @length: bytes.
+ * @page_size: bytes per page.
+ */
+struct mfd_ram_block_offer {
+	const char *name;
+	uint64_t length;
+	uint64_t page_size;
+};
+
+/** MFD_VM_CONFIG_MAX - largest VM configuration a migration carries. */
+#define MFD_VM_CONFIG_MAX (1u << 20)
+
+/**
+ * mfd_migration_set_vm_config() - what the destination needs to build the
+ * VM (machine type, vCPUs, devices, memory layout: the VMM's own format),
+ * sent ahead of everything else and handed to its vm_create hook.
+ * @m: the source side, with no migration running.
+ * @config: copied; NULL with @len 0 removes it.
+ * @len: bytes, at most MFD_VM_CONFIG_MAX.
+ * @errp: MFD_ETOOBIG beyond the limit, MFD_EINVAL for NULL with a length,
+ *	MFD_ESTATE while a migration runs, MFD_ENOMEM.
+ *
+ * A destination without a vm_create hook refuses a stream that carries one
+ * (its "vm-config" section is unknown there).  Returns 0 or a negative code.
+ */
+MFD_API int mfd_migration_set_vm_config(mfd_migration *m, const void *config, size_t len,
+					mfd_error **errp);
+
 /* ------------------------------------------------------------------------ */
 /* Parameters                                                                */
 /* ------------------------------------------------------------------------ */
@@ -1575,6 +1607,18 @@ struct mfd_policy_info {
  *	syncs, and not once the VM is stopped.  A granule outside @mask may
  *	have been written since the sync: it must keep its dirty bit.  A
  *	failure fails the migration (a page could otherwise be lost).
+ * @vm_create: destination: the source's description arrived, before any
+ *	RAM or device state loads: its VM configuration (set there with
+ *	mfd_migration_set_vm_config(); NULL and 0 without one) and its RAM
+ *	block table (@nblocks entries, valid during the call).  Build the VM
+ *	here: the hook may register RAM blocks (mfd_ram_block_register() and
+ *	the other block calls) and sections (mfd_register*(), their
+ *	load_setup runs after the hook), which a running migration otherwise
+ *	refuses; afterwards the table must match the source's (else
+ *	MFD_EPROTO naming the block).  Called once, on the incoming thread,
+ *	when the source's RAM section starts (a source with RAM blocks or a
+ *	VM configuration always sends one).  With this hook the destination
+ *	may start with no blocks at all.  A failure fails the load.
  * @state_changed: the state moved from @from to @to.  Called on the thread
  *	that changed it (the caller of mfd_migrate*() for none -> setup, the
  *	migration or incoming thread, or the canceller);
@@ -1595,6 +1639,9 @@ typedef struct mfd_vmm_hooks {
 	int (*dirty_sync_end)(void *opaque, uint64_t round, mfd_error **errp);
 	int (*dirty_clear)(void *opaque, unsigned block, void *cookie, uint64_t first,
 			   uint64_t nbits, const uint64_t *mask, mfd_error **errp);
+	int (*vm_create)(void *opaque, const void *config, size_t config_len,
+			 const struct mfd_ram_block_offer *blocks, unsigned nblocks,
+			 mfd_error **errp);
 } mfd_vmm_hooks;
 
 /** MFD_POLICY_POSTCOPY - switchover_policy's answer "start postcopy now". */

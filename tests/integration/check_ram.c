@@ -75,6 +75,13 @@ static void fill(uint8_t *p, size_t size, uint32_t block)
 			test_fill_page(p + pg * PS, PS, block, pg, 0);
 }
 
+static int stop_ok(void *opaque, mfd_error **errp)
+{
+	(void)opaque;
+	(void)errp;
+	return 0;
+}
+
 /* ---- descriptors ---------------------------------------------------------------- */
 
 START_TEST(register_checks_every_member)
@@ -741,13 +748,6 @@ static int clear_fails(void *opaque, unsigned block, void *cookie, uint64_t firs
 	return mfd_error_set(errp, MFD_EIO, "KVM_CLEAR_DIRTY_LOG: Bad address");
 }
 
-static int stop_ok(void *opaque, mfd_error **errp)
-{
-	(void)opaque;
-	(void)errp;
-	return 0;
-}
-
 START_TEST(dirty_clear_failure_fails_the_migration)
 {
 	mfd_migration *src = new_side(1), *dst = new_side(1);
@@ -778,6 +778,276 @@ START_TEST(dirty_clear_failure_fails_the_migration)
 }
 END_TEST
 
+/* ---- the destination builds its VM from the source's description ----------------- */
+
+/* A VMM's destination that starts empty: vm_create maps and registers what
+ * the source announced, and the device it learns of from the config. */
+struct builder {
+	char config[64];
+	size_t config_len;
+	unsigned nblocks;
+	uint8_t *host[4];
+	uint64_t len[4];
+	bool register_dev;
+	uint64_t wrong_size;	/* register the first block with this size instead */
+	int fail;		/* the hook fails with this code */
+	int dev_setups;		/* load_setup calls of the device */
+	uint64_t dev_value;
+	int calls;
+};
+
+static int dev_load_setup(void *opaque, mfd_error **errp)
+{
+	struct builder *bd = opaque;
+
+	(void)errp;
+	bd->dev_setups++;
+	return 0;
+}
+
+static int dev_load(mfd_stream *s, void *opaque, uint32_t v, mfd_error **errp)
+{
+	struct builder *bd = opaque;
+
+	(void)v;
+	(void)errp;
+	return mfd_stream_get_be64(s, &bd->dev_value);
+}
+
+static int dev_save(mfd_stream *s, void *opaque, mfd_error **errp)
+{
+	(void)opaque;
+	mfd_stream_put_be64(s, 0x1234567890abcdefull);
+	return mfd_stream_error(s, errp);
+}
+
+static const mfd_save_handlers dev_ops = {
+	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.save_state = dev_save,
+	.load_setup = dev_load_setup,
+	.load_state = dev_load,
+};
+
+static mfd_migration *building_m;
+static atomic_bool saw_postcopy;
+
+static void note_state(void *opaque, enum mfd_state from, enum mfd_state to)
+{
+	(void)opaque;
+	(void)from;
+	if (to == MFD_STATE_POSTCOPY_ACTIVE)
+		atomic_store(&saw_postcopy, true);
+}
+
+static int build_vm(void *opaque, const void *config, size_t config_len,
+		    const struct mfd_ram_block_offer *blocks, unsigned n, mfd_error **errp)
+{
+	struct builder *bd = opaque;
+
+	bd->calls++;
+	if (bd->fail)
+		return mfd_error_set(errp, bd->fail, "cannot create the VM: no such machine type");
+	if (config_len >= sizeof(bd->config) || n > 4)
+		return mfd_error_set(errp, MFD_EINVAL, "unexpected description");
+	if (config_len)
+		memcpy(bd->config, config, config_len);
+	bd->config_len = config_len;
+	bd->nblocks = n;
+	for (unsigned i = 0; i < n; i++) {
+		struct mfd_ram_block_desc d = {
+			.size = sizeof(d), .flags = MFD_RAM_FRESH, .name = blocks[i].name,
+			.length = i == 0 && bd->wrong_size ? bd->wrong_size : blocks[i].length,
+			.page_size = blocks[i].page_size, .fd = -1, .cookie = bd,
+		};
+		int r;
+
+		bd->len[i] = d.length;
+		bd->host[i] = mmap(NULL, d.length, PROT_READ | PROT_WRITE,
+				   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (bd->host[i] == MAP_FAILED)
+			return mfd_error_set(errp, MFD_ENOMEM, "mmap failed");
+		d.host = bd->host[i];
+		if ((r = mfd_ram_block_register(building_m, &d, errp)) < 0)
+			return r;
+	}
+	if (bd->register_dev)
+		return mfd_register_live(building_m, "dev", 0, 1, &dev_ops, bd, errp);
+	return 0;
+}
+
+static void builder_free(struct builder *bd)
+{
+	for (unsigned i = 0; i < bd->nblocks; i++)
+		if (bd->host[i] && bd->host[i] != MAP_FAILED)
+			munmap(bd->host[i], bd->len[i]);
+}
+
+enum create_how { CREATE_TCP, CREATE_FILE, CREATE_POSTCOPY };
+
+static void create_case(enum create_how how)
+{
+	enum { A = 96 * PS, B = 32 * PS };
+	unsigned ch = how == CREATE_FILE ? 0 : 2;
+	mfd_migration *src = new_side(ch), *dst = new_side(ch);
+	mfd_error *err = NULL;
+	uint8_t *a = map_ram(A), *b = map_ram(B);
+	struct builder bd = { .register_dev = true };
+	mfd_vmm_hooks h = { .abi_version = MFD_VMM_HOOKS_ABI, .vm_create = build_vm };
+	static const char cfg[] = "machine=q35,dimms=1";
+
+	ck_assert_int_eq(mfd_ram_block_add(src, "pc.ram", a, A, PS, &err), 0);
+	ck_assert_int_eq(mfd_ram_block_add(src, "dimm0", b, B, PS, &err), 0);
+	ck_assert_ok(mfd_register_live(src, "dev", 0, 1, &dev_ops, NULL, &err), err);
+	ck_assert_ok(mfd_migration_set_vm_config(src, cfg, sizeof(cfg) - 1, &err), err);
+	fill(a, A, 1);
+	fill(b, B, 2);
+	mfd_vmm_hooks sh = {
+		.abi_version = MFD_VMM_HOOKS_ABI, .vm_stop = stop_ok, .state_changed = note_state,
+	};
+
+	atomic_store(&saw_postcopy, false);
+	ck_assert_ok(mfd_migration_set_hooks(src, &sh, NULL, &err), err);
+	ck_assert_ok(mfd_migration_set_hooks(dst, &h, &bd, &err), err);
+	building_m = dst;
+	if (how == CREATE_FILE) {
+		migrate_file(src, dst);
+	} else if (how == CREATE_TCP) {
+		migrate_pair(src, dst);
+	} else {
+		char uri[256];
+
+		ck_assert_ok(mfd_set_param(src, "postcopy-ram", "on", &err), err);
+		ck_assert_ok(mfd_set_param(dst, "postcopy-ram", "on", &err), err);
+		/* A slow first pass: the switch comes before it ends. */
+		ck_assert_ok(mfd_set_param(src, "max-bandwidth", "1000000", &err), err);
+		ck_assert_ok(mfd_migrate_incoming(dst, "tcp:127.0.0.1:0", &err), err);
+		ck_assert_int_eq(mfd_migration_listen_uri(dst, uri, sizeof(uri)), 0);
+		ck_assert_ok(mfd_migrate(src, uri, &err), err);
+		ck_assert_ok(mfd_migrate_start_postcopy(src, &err), err);
+		ck_assert_ok(mfd_migration_wait(src, 60000, &err), err);
+		ck_assert_ok(mfd_migration_wait(dst, 60000, &err), err);
+
+		ck_assert_msg(atomic_load(&saw_postcopy), "the source never entered postcopy");
+	}
+	ck_assert_int_eq(bd.calls, 1);
+	ck_assert_uint_eq(bd.config_len, sizeof(cfg) - 1);
+	ck_assert_str_eq(bd.config, cfg);
+	ck_assert_uint_eq(bd.nblocks, 2);
+	ck_assert_pages_eq(a, bd.host[0], A, PS);
+	ck_assert_pages_eq(b, bd.host[1], B, PS);
+	ck_assert_int_eq(bd.dev_setups, 1);
+	ck_assert_uint_eq(bd.dev_value, 0x1234567890abcdefull);
+	/* The blocks stay registered, with the cookie the hook gave. */
+	struct mfd_ram_block_desc out = { .size = sizeof(out) };
+
+	ck_assert_int_eq(mfd_ram_block_info(dst, 1, &out, NULL), 0);
+	ck_assert_str_eq(out.name, "dimm0");
+	ck_assert_ptr_eq(out.cookie, &bd);
+	mfd_migration_free(src);
+	mfd_migration_free(dst);
+	builder_free(&bd);
+	munmap(a, A);
+	munmap(b, B);
+}
+
+START_TEST(destination_built_from_the_source)
+{
+	create_case(CREATE_TCP);
+	create_case(CREATE_FILE);
+}
+END_TEST
+
+START_TEST(destination_built_from_the_source_postcopy)
+{
+	if (!test_have_uffd("ram: postcopy"))
+		return;
+	create_case(CREATE_POSTCOPY);
+}
+END_TEST
+
+/* What the hook did not get right fails the load, named; so does the hook. */
+START_TEST(vm_create_mistakes_are_refused)
+{
+	for (int round = 0; round < 3; round++) {
+		mfd_migration *src = new_side(2), *dst = new_side(2);
+		mfd_error *err = NULL;
+		uint8_t *a = map_ram(64 * PS);
+		struct builder bd = { 0 };
+		mfd_vmm_hooks h = { .abi_version = MFD_VMM_HOOKS_ABI, .vm_create = build_vm };
+		char uri[256];
+
+		if (round == 0)
+			bd.wrong_size = 32 * PS;
+		else if (round == 1)
+			bd.fail = MFD_ENOTSUP;
+		/* round 2: the source has a device the hook does not register */
+		ck_assert_int_eq(mfd_ram_block_add(src, "pc.ram", a, 64 * PS, PS, &err), 0);
+		if (round == 2)
+			ck_assert_ok(mfd_register_live(src, "dev", 0, 1, &dev_ops, NULL, &err), err);
+		ck_assert_ok(mfd_migration_set_hooks(dst, &h, &bd, &err), err);
+		building_m = dst;
+		ck_assert_ok(mfd_migrate_incoming(dst, "tcp:127.0.0.1:0", &err), err);
+		ck_assert_int_eq(mfd_migration_listen_uri(dst, uri, sizeof(uri)), 0);
+		ck_assert_ok(mfd_migrate(src, uri, &err), err);
+		ck_assert_int_lt(mfd_migration_wait(dst, 60000, &err), 0);
+		if (round == 0)
+			ck_assert_mfd_error(err, MFD_EPROTO, "131072 in 4096-byte pages here");
+		else if (round == 1)
+			ck_assert_mfd_error(err, MFD_ENOTSUP, "vm_create hook: cannot create the VM");
+		else
+			ck_assert_mfd_error(err, MFD_EBADSECTION, "unknown section 'dev'");
+		ck_assert_int_lt(mfd_migration_wait(src, 60000, &err), 0);
+		mfd_error_free(err);
+		mfd_migration_free(src);
+		mfd_migration_free(dst);
+		builder_free(&bd);
+		munmap(a, 64 * PS);
+	}
+}
+END_TEST
+
+/* A VM configuration reaches only a destination that asked for one; a source
+ * without RAM still describes its VM (an empty table). */
+START_TEST(vm_config_needs_a_vm_create_hook)
+{
+	mfd_migration *src = new_side(1), *dst = new_side(1);
+	mfd_error *err = NULL;
+	static char big[MFD_VM_CONFIG_MAX + 1];
+	char uri[256];
+
+	ck_assert_int_eq(mfd_migration_set_vm_config(src, big, sizeof(big), &err), MFD_ETOOBIG);
+	ck_assert_mfd_error(err, MFD_ETOOBIG, "at most 1048576");
+	ck_assert_int_eq(mfd_migration_set_vm_config(src, NULL, 4, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "NULL configuration");
+	ck_assert_ok(mfd_migration_set_vm_config(src, "cfg", 3, &err), err);
+	ck_assert_ok(mfd_migrate_incoming(dst, "tcp:127.0.0.1:0", &err), err);
+	ck_assert_int_eq(mfd_migration_listen_uri(dst, uri, sizeof(uri)), 0);
+	ck_assert_int_eq(mfd_migration_set_vm_config(dst, "x", 1, &err), MFD_ESTATE);
+	ck_assert_mfd_error(err, MFD_ESTATE, "a migration is running");
+	ck_assert_ok(mfd_migrate(src, uri, &err), err);
+	ck_assert_int_lt(mfd_migration_wait(dst, 60000, &err), 0);
+	ck_assert_mfd_error(err, MFD_EBADSECTION, "unknown section 'vm-config'");
+	ck_assert_int_lt(mfd_migration_wait(src, 60000, &err), 0);
+	mfd_error_free(err);
+	mfd_migration_free(dst);
+
+	/* With the hook: the configuration and an empty table. */
+	struct builder bd = { 0 };
+	mfd_vmm_hooks h = { .abi_version = MFD_VMM_HOOKS_ABI, .vm_create = build_vm };
+
+	dst = new_side(1);
+	ck_assert_ok(mfd_migration_set_hooks(dst, &h, &bd, &err), err);
+	building_m = dst;
+	migrate_pair(src, dst);
+	ck_assert_int_eq(bd.calls, 1);
+	ck_assert_uint_eq(bd.nblocks, 0);
+	ck_assert_uint_eq(bd.config_len, 3);
+	ck_assert_int_eq(memcmp(bd.config, "cfg", 3), 0);
+	mfd_migration_free(src);
+	mfd_migration_free(dst);
+}
+END_TEST
+
 Suite *suite_ram(void)
 {
 	Suite *s = suite_create("ram");
@@ -796,6 +1066,12 @@ Suite *suite_ram(void)
 	tcase_add_test(tc, manual_protect_granules_larger_than_pages);
 	tcase_add_test(tc, classic_dirty_log_with_mark_dirty);
 	tcase_add_test(tc, dirty_clear_failure_fails_the_migration);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("create");
+	tcase_add_test(tc, destination_built_from_the_source);
+	tcase_add_test(tc, destination_built_from_the_source_postcopy);
+	tcase_add_test(tc, vm_create_mistakes_are_refused);
+	tcase_add_test(tc, vm_config_needs_a_vm_create_hook);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -58,6 +58,7 @@ static bool pcfix_init(struct pcfix *f, uint32_t present)
 	ck_assert_ptr_nonnull(f->e);
 	f->e->m = f->m;
 	f->e->incoming = true;
+	f->e->dst.ram_ready = true;	/* the table is final (no vm_create) */
 	atomic_init(&f->e->pc, PC_NONE);
 	pthread_mutex_init(&f->e->lock, NULL);
 	/* As POSTCOPY_ADVISE does (eng_lh_advise): userfaultfd, then the step. */
