@@ -79,6 +79,11 @@ static void usage(FILE *f)
 		"                    slot below and one above the hole)\n"
 		"  --ws MIB          our guest: dirty RAM up to this offset (default: all RAM)\n"
 		"  --delay N         our guest: spin N iterations after each page (default 0)\n"
+		"  --memfd           guest RAM in memfds (MAP_SHARED), registered with their fd\n"
+		"  --dirty-log MODE  auto|classic|manual: how KVM's dirty log is read; manual\n"
+		"                    is KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with INITIALLY_SET\n"
+		"                    (pages re-protected by KVM_CLEAR_DIRTY_LOG just before\n"
+		"                    they are sent); auto (default) is manual where KVM has it\n"
 		"  --serial FILE     COM1 output (default: stdout)\n"
 		"  --control PATH    answer commands on this unix socket\n"
 		"  --param NAME=VAL  a libmultifd parameter (multifd-channels=4,\n"
@@ -89,6 +94,7 @@ static void usage(FILE *f)
 		"  wait [MS]        wait for the migration's end; print its statistics (JSON)\n"
 		"  stats            the statistics now (JSON)\n"
 		"  state            migration state and vCPU state\n"
+		"  dirtylog         dirty-log mode, KVM_CLEAR_DIRTY_LOG calls, RAM backing\n"
 		"  uri              where an incoming VMM listens (tcp:HOST:0 picks a port)\n"
 		"  set NAME VALUE   a libmultifd parameter (max-bandwidth, downtime-limit... any\n"
 		"                   time; the others before migrate)\n"
@@ -298,6 +304,10 @@ static void command(int fd, char *line)
 
 		reply(fd, "migration=%s vcpu=%s%s%s", mfd_state_name(mfd_migration_state(vmm.m)),
 		      run_state_name(st), msg[0] ? " reason=" : "", msg);
+	} else if (strcmp(c, "dirtylog") == 0 && argc == 1) {
+		reply(fd, "mode=%s clears=%" PRIu64 " ram=%s",
+		      vmm.vm.dirty_mode == VM_DIRTY_MANUAL ? "manual" : "classic",
+		      vmm.vm.dirty_clears, vmm.vm.memfd ? "memfd" : "anonymous");
 	} else if (strcmp(c, "set") == 0 && argc == 3) {
 		if (mfd_set_param(vmm.m, argv[1], argv[2], &err) < 0)
 			reply_err(fd, err);
@@ -611,7 +621,8 @@ static int cmd_migrate(int argc, char **argv)
 struct opts {
 	const char *image, *serial, *control, *out;
 	uint64_t ram_mib, slot_mib, ws_mib, delay;
-	bool ws_set, delay_set, verbose;
+	bool ws_set, delay_set, verbose, memfd;
+	enum vm_dirty_mode dirty_mode;
 	const char *params[MAX_PARAMS];
 	unsigned nparams;
 };
@@ -629,6 +640,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "param", required_argument, NULL, 'p' },
 		{ "output", required_argument, NULL, 'o' },
 		{ "verbose", no_argument, NULL, 'v' },
+		{ "memfd", no_argument, NULL, 'F' },
+		{ "dirty-log", required_argument, NULL, 'D' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -643,6 +656,20 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'c': o->control = optarg; break;
 		case 'o': o->out = optarg; break;
 		case 'v': o->verbose = true; break;
+		case 'F': o->memfd = true; break;
+		case 'D':
+			if (strcmp(optarg, "auto") == 0) {
+				o->dirty_mode = VM_DIRTY_AUTO;
+			} else if (strcmp(optarg, "classic") == 0) {
+				o->dirty_mode = VM_DIRTY_CLASSIC;
+			} else if (strcmp(optarg, "manual") == 0) {
+				o->dirty_mode = VM_DIRTY_MANUAL;
+			} else {
+				fprintf(stderr, "minivmm: --dirty-log auto|classic|manual, not '%s'\n",
+					optarg);
+				return -1;
+			}
+			break;
 		case 'm':
 			if (parse_u64("--ram", optarg, VM_RAM_MAX_MIB, &o->ram_mib) < 0)
 				return -1;
@@ -826,13 +853,20 @@ static int cmd_run(int argc, char **argv, bool incoming)
 	cfg.slot_mib = o.slot_mib;
 	cfg.serial_path = o.serial;
 	cfg.verbose = o.verbose;
+	cfg.memfd = o.memfd;
+	cfg.dirty_mode = o.dirty_mode;
 	r = vm_create(&vmm.vm, &cfg, &err);
 	if (r == 0 && !incoming)
 		r = vm_load_boot(&vmm.vm, img, BOOT_SIZE, &err);
 	if (r == 0)
 		r = mfd_migration_new(&vmm.m, &err);
 	if (r == 0)
-		r = vm_register(&vmm.vm, vmm.m, &err);
+		r = vm_register(&vmm.vm, vmm.m, incoming, &err);
+	if (r == 0 && o.verbose)
+		fprintf(stderr, "minivmm: guest RAM %s, dirty log %s\n",
+			o.memfd ? "in memfds" : "anonymous",
+			vmm.vm.dirty_mode == VM_DIRTY_MANUAL ? "manual (KVM_CLEAR_DIRTY_LOG)"
+							     : "classic");
 	for (unsigned i = 0; r == 0 && i < o.nparams; i++) {
 		char name[128];
 		const char *eq = strchr(o.params[i], '=');

@@ -95,12 +95,21 @@ static int hook_dirty_sync(void *opaque, unsigned block, void *cookie, uint64_t 
 	return vm_dirty_sync(opaque, block, bitmap, npages, errp);
 }
 
+/* Manual protection: KVM_CLEAR_DIRTY_LOG just before the library reads the
+ * range; the library never asks for it once the vCPU is stopped. */
+static int hook_dirty_clear(void *opaque, unsigned block, void *cookie, uint64_t first,
+			    uint64_t npages, const uint64_t *mask, mfd_error **errp)
+{
+	(void)cookie;
+	return vm_dirty_clear(opaque, block, first, npages, mask, errp);
+}
+
 static void hook_throttle(void *opaque, int percent)
 {
 	vm_throttle(opaque, percent);
 }
 
-int vm_register(struct vm *vm, mfd_migration *m, mfd_error **errp)
+int vm_register(struct vm *vm, mfd_migration *m, bool incoming, mfd_error **errp)
 {
 	static const mfd_save_handlers cpu_ops = {
 		.abi_version = MFD_SAVE_HANDLERS_ABI,
@@ -112,7 +121,7 @@ int vm_register(struct vm *vm, mfd_migration *m, mfd_error **errp)
 		.save_state = serial_save,
 		.load_state = serial_load,
 	};
-	static const mfd_vmm_hooks hooks = {
+	mfd_vmm_hooks hooks = {
 		.abi_version = MFD_VMM_HOOKS_ABI,
 		.vm_stop = hook_vm_stop,
 		.vm_start = hook_vm_start,
@@ -120,13 +129,29 @@ int vm_register(struct vm *vm, mfd_migration *m, mfd_error **errp)
 		.dirty_log_stop = hook_log_stop,
 		.dirty_sync = hook_dirty_sync,
 		.throttle = hook_throttle,
+		.dirty_clear = vm->dirty_mode == VM_DIRTY_MANUAL ? hook_dirty_clear : NULL,
 	};
 	int r = mfd_migration_set_identity(m, "minivmm-pc-1", errp);
 
-	/* Block i is slot i: dirty_sync's block index is the KVM slot number. */
-	for (unsigned i = 0; r == 0 && i < vm->nslots; i++)
-		r = mfd_ram_block_add(m, vm->slots[i].name, vm->slots[i].host, vm->slots[i].size,
-				      4096, errp);
+	/* Block i is slot i: the hooks' block index is the KVM slot number.  The
+	 * destination's RAM was just mapped and nothing wrote it: fresh. */
+	for (unsigned i = 0; r == 0 && i < vm->nslots; i++) {
+		const struct vm_slot *sl = &vm->slots[i];
+		struct mfd_ram_block_desc d = {
+			.size = sizeof(d),
+			.flags = (sl->fd >= 0 ? MFD_RAM_SHARED : 0) | (incoming ? MFD_RAM_FRESH : 0),
+			.name = sl->name,
+			.host = sl->host,
+			.length = sl->size,
+			.page_size = 4096,
+			.fd = sl->fd,
+			.cookie = (void *)sl,
+		};
+
+		r = mfd_ram_block_register(m, &d, errp);
+		if (r > 0)
+			r = 0;
+	}
 	if (r == 0)
 		r = mfd_register_live(m, "cpu", 0, 1, &cpu_ops, vm, errp);
 	if (r == 0)

@@ -46,8 +46,16 @@ struct guest_params {
 struct vm_slot {
 	uint64_t gpa, size;
 	uint8_t *host;
+	int fd;			/* the memfd behind it (--memfd), or -1 */
 	char name[32];
 };
+
+/* How KVM's dirty log is read: KVM_GET_DIRTY_LOG write-protects again as it
+ * fetches (classic), or leaves that to KVM_CLEAR_DIRTY_LOG just before the
+ * library reads a range (manual: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with
+ * KVM_DIRTY_LOG_INITIALLY_SET, no write-protect pass over all of RAM when
+ * logging starts). */
+enum vm_dirty_mode { VM_DIRTY_AUTO, VM_DIRTY_CLASSIC, VM_DIRTY_MANUAL };
 
 enum vcpu_run_state { VCPU_RUNNING, VCPU_PAUSED, VCPU_HALTED, VCPU_FAILED };
 
@@ -61,6 +69,9 @@ struct vm {
 	unsigned nslots;
 	struct vm_slot slots[VM_SLOTS_MAX];
 	bool dirty_logging;
+	enum vm_dirty_mode dirty_mode;	/* classic or manual, never auto here */
+	bool memfd;			/* slots are memfds */
+	uint64_t dirty_clears;		/* KVM_CLEAR_DIRTY_LOG calls */
 	uint64_t *dirty_buf;		/* KVM_GET_DIRTY_LOG scratch, largest slot */
 
 	/* The vCPU thread and what others ask of it. */
@@ -91,6 +102,8 @@ struct vm_config {
 	uint64_t slot_mib;		/* most MiB per memory slot; 0 = one per region */
 	const char *serial_path;	/* NULL: stdout */
 	bool verbose;
+	bool memfd;			/* guest RAM in memfds (MAP_SHARED) */
+	enum vm_dirty_mode dirty_mode;	/* auto: manual where KVM offers it */
 };
 
 int vm_create(struct vm *vm, const struct vm_config *cfg, mfd_error **errp);
@@ -110,6 +123,10 @@ void *vm_gpa(struct vm *vm, uint64_t gpa, uint64_t len);
 int vm_dirty_log(struct vm *vm, bool on, mfd_error **errp);
 int vm_dirty_sync(struct vm *vm, unsigned slot, uint64_t *bitmap, uint64_t npages,
 		  mfd_error **errp);
+/* Manual mode: write-protect again and clear the pages of @slot set in
+ * @mask (@npages bits from page @first). */
+int vm_dirty_clear(struct vm *vm, unsigned slot, uint64_t first, uint64_t npages,
+		   const uint64_t *mask, mfd_error **errp);
 
 /* vCPU state to and from a stream (the "cpu" section); vCPU paused. */
 int vm_save_cpu(struct vm *vm, mfd_stream *s, mfd_error **errp);
@@ -120,6 +137,7 @@ int vm_ab_check(struct vm *vm, char *msg, size_t len);
 uint64_t vm_laps(struct vm *vm);
 
 /* migrate.c: registration with libmultifd. */
-int vm_register(struct vm *vm, mfd_migration *m, mfd_error **errp);
+/* Blocks, sections and hooks; @incoming: RAM is fresh (MFD_RAM_FRESH). */
+int vm_register(struct vm *vm, mfd_migration *m, bool incoming, mfd_error **errp);
 
 #endif

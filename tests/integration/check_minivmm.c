@@ -265,8 +265,10 @@ static void assert_dest_guest(const struct vmm_proc *dst, uint64_t src_laps)
 	printf("minivmm: destination %s\n", out);
 }
 
-/* Precopy with @channels and @codec; @ws working-set MiB, @delay per page. */
-static void precopy_case(const char *channels, const char *codec)
+/* Precopy with @channels and @codec; @dirty: the --dirty-log mode (NULL:
+ * the default), @memfd: guest RAM in memfds. */
+static void precopy_case_as(const char *channels, const char *codec, const char *dirty,
+			    bool memfd)
 {
 	char dir[64], out[8192], chp[64], cop[64], uri[256];
 	struct vmm_proc src, dst;
@@ -277,10 +279,20 @@ static void precopy_case(const char *channels, const char *codec)
 	make_dir(dir, sizeof(dir));
 	snprintf(chp, sizeof(chp), "multifd-channels=%s", channels);
 	snprintf(cop, sizeof(cop), "multifd-compression=%s", codec);
-	const char *sargs[] = { "run", "--ram", RAM_MIB, "--param", chp, "--param", cop,
-				"--param", "auto-converge=on", NULL };
-	const char *dargs[] = { "incoming", "tcp:127.0.0.1:0", "--ram", RAM_MIB, "--param", chp,
-				"--param", cop, NULL };
+	const char *sargs[16] = { "run", "--ram", RAM_MIB, "--param", chp, "--param", cop,
+				  "--param", "auto-converge=on", NULL };
+	const char *dargs[16] = { "incoming", "tcp:127.0.0.1:0", "--ram", RAM_MIB, "--param",
+				  chp, "--param", cop, NULL };
+	unsigned ns = 9, nd = 8;
+
+	if (dirty) {
+		sargs[ns++] = "--dirty-log";
+		sargs[ns++] = dirty;
+	}
+	if (memfd) {
+		sargs[ns++] = "--memfd";
+		dargs[nd++] = "--memfd";
+	}
 
 	vmm_spawn(&src, dir, "src", sargs);
 	wait_laps(&src, 2, 60);
@@ -296,6 +308,20 @@ static void precopy_case(const char *channels, const char *codec)
 	       json_u64(out, "total-time"), json_u64(out, "downtime"),
 	       json_u64(out, "transferred"), json_u64(out, "dirty-sync-count"));
 	ck_assert_uint_ge(json_u64(out, "dirty-sync-count"), 1);
+	if (dirty || memfd) {
+		char dl[256], want[64];
+
+		ctl(&src, dl, sizeof(dl), "dirtylog");
+		printf("minivmm: source %s\n", dl);
+		snprintf(want, sizeof(want), "mode=%s ", dirty ? dirty : "classic");
+		ck_assert_msg(strncmp(dl, want, strlen(want)) == 0, "dirtylog: %s", dl);
+		/* Manual: the first pass re-protected RAM range by range. */
+		if (dirty && strcmp(dirty, "manual") == 0)
+			ck_assert_msg(!strstr(dl, "clears=0 "), "no KVM_CLEAR_DIRTY_LOG: %s", dl);
+		else
+			ck_assert_msg(strstr(dl, "clears=0 "), "classic mode cleared: %s", dl);
+		ck_assert_msg(strstr(dl, memfd ? "ram=memfd" : "ram=anonymous"), "%s", dl);
+	}
 
 	/* The source guest stays stopped: it lives on the destination now. */
 	ctl(&src, out, sizeof(out), "state");
@@ -312,6 +338,11 @@ static void precopy_case(const char *channels, const char *codec)
 	remove_dir(dir);
 }
 
+static void precopy_case(const char *channels, const char *codec)
+{
+	precopy_case_as(channels, codec, NULL, false);
+}
+
 START_TEST(precopy_1ch_none) { precopy_case("1", "none"); }
 END_TEST
 START_TEST(precopy_4ch_none) { precopy_case("4", "none"); }
@@ -319,6 +350,11 @@ END_TEST
 START_TEST(precopy_1ch_zstd) { precopy_case("1", "zstd"); }
 END_TEST
 START_TEST(precopy_4ch_zstd) { precopy_case("4", "zstd"); }
+END_TEST
+/* KVM's manual protection with fd-backed RAM, and the classic log, by name. */
+START_TEST(precopy_manual_dirty_log_memfd) { precopy_case_as("2", "none", "manual", true); }
+END_TEST
+START_TEST(precopy_classic_dirty_log) { precopy_case_as("2", "none", "classic", false); }
 END_TEST
 
 /* Postcopy: the destination guest runs before its RAM has arrived, and
@@ -470,6 +506,8 @@ Suite *suite_minivmm(void)
 	tcase_add_test(tc, precopy_4ch_none);
 	tcase_add_test(tc, precopy_1ch_zstd);
 	tcase_add_test(tc, precopy_4ch_zstd);
+	tcase_add_test(tc, precopy_manual_dirty_log_memfd);
+	tcase_add_test(tc, precopy_classic_dirty_log);
 	tcase_add_test(tc, postcopy);
 	tcase_add_test(tc, cancel_and_retry);
 	suite_add_tcase(s, tc);
