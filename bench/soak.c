@@ -107,7 +107,7 @@ static int cpu_load(mfd_stream *s, void *opaque, uint32_t version, mfd_error **e
 }
 
 static const mfd_save_handlers cpu_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = cpu_save,
 	.load_state = cpu_load,
 };

@@ -174,7 +174,7 @@ static void lz4_recv_cleanup(void *ctx)
 }
 
 const mfd_compress_ops codec_lz4 = {
-	.abi_version = MFD_COMPRESS_ABI,
+	.size = sizeof(mfd_compress_ops),
 	.name = "lz4",
 	.level_min = 1,
 	.level_max = LZ4_LEVEL_MAX,

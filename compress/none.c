@@ -65,7 +65,7 @@ static int none_recv(void *ctx, const void *in, size_t in_len, const struct iove
 }
 
 const mfd_compress_ops codec_none = {
-	.abi_version = MFD_COMPRESS_ABI,
+	.size = sizeof(mfd_compress_ops),
 	.name = "none",
 	.level_min = 0,
 	.level_max = 0,

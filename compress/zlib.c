@@ -232,7 +232,7 @@ static void zlib_recv_cleanup(void *ctx)
 }
 
 const mfd_compress_ops codec_zlib = {
-	.abi_version = MFD_COMPRESS_ABI,
+	.size = sizeof(mfd_compress_ops),
 	.name = "zlib",
 	.level_min = Z_NO_COMPRESSION,
 	.level_max = Z_BEST_COMPRESSION,

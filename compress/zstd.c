@@ -266,7 +266,7 @@ static void zstd_recv_cleanup(void *ctx)
 }
 
 const mfd_compress_ops codec_zstd = {
-	.abi_version = MFD_COMPRESS_ABI,
+	.size = sizeof(mfd_compress_ops),
 	.name = "zstd",
 	.level_min = ZSTD_LEVEL_MIN,
 	.level_max = ZSTD_LEVEL_MAX,

@@ -184,7 +184,7 @@ static int dev_load(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error 
 }
 
 static const mfd_save_handlers dev_handlers = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = dev_save,
 	.load_state = dev_load,
 };
@@ -260,7 +260,7 @@ static void hook_state_changed(void *opaque, enum mfd_state from, enum mfd_state
 }
 
 static const mfd_vmm_hooks vm_hooks = {
-	.abi_version = MFD_VMM_HOOKS_ABI,
+	.size = sizeof(mfd_vmm_hooks),
 	.vm_stop = hook_vm_stop,
 	.vm_start = hook_vm_start,
 	.dirty_log_start = hook_dirty_log_start,

@@ -251,7 +251,9 @@ struct mfd_thread_hooks {
  * mfd_thread_hooks_set() - install the thread hooks, for the whole process.
  * @hooks: the hooks (copied), or NULL to remove them.
  * @opaque: passed back to them.
- * @errp: MFD_EINVAL for a @size too small to hold @thread_start.
+ * @errp: MFD_EINVAL for a @size too small to hold @thread_start;
+ *	MFD_ENOTSUP for a @size beyond the library's with a non-zero byte
+ *	there (hooks this library does not know).
  *
  * Any thread.  A thread takes the hooks installed when it starts and calls
  * the same pair at its exit, so a change never splits a start from its
@@ -846,9 +848,6 @@ MFD_API int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256
 /* Compression plugins                                                       */
 /* ------------------------------------------------------------------------ */
 
-/** MFD_COMPRESS_ABI - current value for mfd_compress_ops.abi_version. */
-#define MFD_COMPRESS_ABI 1
-
 /** MFD_COMPRESS_NAME_MAX - longest codec name, in bytes. */
 #define MFD_COMPRESS_NAME_MAX 31
 
@@ -867,7 +866,8 @@ MFD_API int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256
  * every packet; one thread uses a context at a time.  Return codes: 0 or a
  * negative enum mfd_errcode with *errp set.
  *
- * @abi_version: MFD_COMPRESS_ABI.
+ * @size: sizeof(struct mfd_compress_ops) as the codec was built with;
+ *	members past it are taken as NULL/0 (see mfd_compress_register()).
  * @name: 1..MFD_COMPRESS_NAME_MAX bytes of [a-z0-9_-]; the value of the
  *	"multifd-compression" parameter; both sides must know it.
  * @level_min: lowest accepted level.
@@ -888,7 +888,7 @@ MFD_API int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256
  * @recv_cleanup: release a decompression context (NULL accepted).
  */
 typedef struct mfd_compress_ops {
-	uint32_t abi_version;
+	uint32_t size;
 	const char *name;
 	int level_min, level_max, level_default;
 	size_t (*bound)(size_t in_len);
@@ -905,11 +905,15 @@ typedef struct mfd_compress_ops {
 /**
  * mfd_compress_register() - add a codec (e.g. a hardware one) for every
  * migration of this process.
- * @ops: the codec; must stay valid until the process ends (a static const
- *	table).  The built-ins none, zlib, zstd and lz4 (each when built in)
- *	are always registered.
- * @errp: MFD_EEXIST when the name is taken; MFD_EINVAL for a bad table;
- *	MFD_ETOOBIG when 32 codecs (built-ins included) are registered already.
+ * @ops: the codec; the table and its name are copied (min(@ops->size,
+ *	the library's size) bytes), the functions it points to must stay
+ *	valid until the process ends.  The built-ins none, zlib, zstd and lz4
+ *	(each when built in) are always registered.
+ * @errp: MFD_EEXIST when the name is taken; MFD_EINVAL for a bad table (a
+ *	@size below the first layout's, a bad name, a missing function, bad
+ *	levels); MFD_ENOTSUP for a table that sets members past what this
+ *	library knows (built for a newer libmultifd); MFD_ETOOBIG when 32
+ *	codecs (built-ins included) are registered already.
  *
  * Any thread.
  */
@@ -919,7 +923,9 @@ MFD_API int mfd_compress_register(const mfd_compress_ops *ops, mfd_error **errp)
  * mfd_compress_find() - look a codec up by name.
  * @name: e.g. "zstd".
  *
- * Any thread.  Returns the table, or NULL when no codec has that name.
+ * Any thread.  Returns the library's copy of the table (its @size is the
+ * library's sizeof; valid until the process ends), or NULL when no codec
+ * has that name.
  */
 MFD_API const mfd_compress_ops *mfd_compress_find(const char *name);
 
@@ -1000,19 +1006,19 @@ MFD_API int mfd_migration_set_log_handler(mfd_migration *m, mfd_migration_log_fn
 MFD_API int mfd_migration_set_identity(mfd_migration *m, const char *identity,
 				       mfd_error **errp);
 
-/** MFD_SAVE_HANDLERS_ABI - current value for mfd_save_handlers.abi_version. */
-#define MFD_SAVE_HANDLERS_ABI 1
-
 /**
  * struct mfd_save_handlers - what a device section does at each phase.
  *
- * Set abi_version to MFD_SAVE_HANDLERS_ABI; leave unused members NULL.  A
+ * Set @size to sizeof(struct mfd_save_handlers); leave unused members NULL
+ * (members past @size are taken as NULL, see mfd_register_live()).  A
  * section is *live* (iterative, sent as START/PART/END) when it has
  * save_setup or save_live_iterate, otherwise it is sent once as FULL at
  * completion through save_state.  Every callback gets the opaque pointer
  * given at registration.  Callbacks that return int return 0 on success and
  * a negative code on failure, setting *errp through mfd_error_set() (a
  * failure without a message gets a generic one naming the section).
+ *
+ * @size: sizeof(struct mfd_save_handlers) as the caller was built with.
  *
  * Source side, in call order:
  * @save_prepare: before anything is written; may refuse the migration.
@@ -1056,7 +1062,7 @@ MFD_API int mfd_migration_set_identity(mfd_migration *m, const char *identity,
  *	mfd_migration_approve_switchover() (at once when none does).
  */
 typedef struct mfd_save_handlers {
-	uint32_t abi_version;
+	uint32_t size;
 	int (*save_prepare)(void *opaque, mfd_error **errp);
 	int (*save_setup)(mfd_stream *s, void *opaque, mfd_error **errp);
 	void (*save_cleanup)(void *opaque);
@@ -1097,9 +1103,11 @@ typedef struct mfd_save_handlers {
  * @ops: the handlers; copied, so the table may be temporary.
  * @opaque: passed to every handler.
  * @errp: error details: MFD_EEXIST for a duplicate, MFD_EINVAL for a bad
- *        idstr or handler table (abi_version unknown; neither save_state nor
- *        a live handler nor load_state set; save_live_iterate or
- *        save_live_complete_precopy without save_setup).
+ *        idstr or handler table (size below the first layout's; neither
+ *        save_state nor a live handler nor load_state set; save_live_iterate
+ *        or save_live_complete_precopy without save_setup), MFD_ENOTSUP for
+ *        a table that sets members this library does not know (a size
+ *        beyond the library's with a non-zero byte there).
  *
  * Sections are saved in registration order.  Returns 0 or a negative code.
  */
@@ -1377,9 +1385,6 @@ enum mfd_state {
  */
 MFD_API const char *mfd_state_name(enum mfd_state state);
 
-/** MFD_VMM_HOOKS_ABI - current value for mfd_vmm_hooks.abi_version. */
-#define MFD_VMM_HOOKS_ABI 1
-
 /**
  * struct mfd_policy_info - what a switchover policy decides on.
  * @iteration: completed passes over RAM (dirty-bitmap syncs).
@@ -1403,10 +1408,12 @@ struct mfd_policy_info {
 /**
  * struct mfd_vmm_hooks - what the library asks of the VMM.
  *
- * Set abi_version to MFD_VMM_HOOKS_ABI; NULL members are skipped.  All
+ * Set @size to sizeof(struct mfd_vmm_hooks); NULL members are skipped, and
+ * members past @size are taken as NULL (see mfd_migration_set_hooks()).  All
  * hooks run on the migration thread unless said otherwise, and get the
  * opaque pointer given to mfd_migration_set_hooks().
  *
+ * @size: sizeof(struct mfd_vmm_hooks) as the caller was built with.
  * @vm_stop: stop the vCPUs (source, at switchover); a failure fails the
  *	migration and the VM keeps running.
  * @vm_start: resume the vCPUs: on the source after a failure or cancel
@@ -1439,7 +1446,7 @@ struct mfd_policy_info {
  *	must not call back into the library except the query functions.
  */
 typedef struct mfd_vmm_hooks {
-	uint32_t abi_version;
+	uint32_t size;
 	int (*vm_stop)(void *opaque, mfd_error **errp);
 	int (*vm_start)(void *opaque, mfd_error **errp);
 	int (*dirty_log_start)(void *opaque, mfd_error **errp);
@@ -1457,9 +1464,12 @@ typedef struct mfd_vmm_hooks {
 /**
  * mfd_migration_set_hooks() - install the VMM's hooks.
  * @m: the migration object (not migrating).
- * @hooks: copied.
+ * @hooks: copied (min(@hooks->size, the library's size) bytes).
  * @opaque: passed to every hook.
- * @errp: MFD_EINVAL for an unknown abi_version.
+ * @errp: MFD_EINVAL for a @size below the first layout's (the members up
+ *	to @state_changed); MFD_ENOTSUP for a @size beyond the library's with
+ *	a non-zero byte there (a program built for a newer libmultifd that
+ *	sets hooks this library does not know); MFD_ESTATE while migrating.
  */
 MFD_API int mfd_migration_set_hooks(mfd_migration *m, const mfd_vmm_hooks *hooks, void *opaque,
 				    mfd_error **errp);
@@ -1547,9 +1557,11 @@ struct mfd_channel_set {
  * @set: the connections; the migration takes every channel in it, also
  *	when this call fails (they are freed then), and frees them when it
  *	ends.  The array @set->multifd itself stays the caller's.
- * @errp: MFD_EINVAL for a malformed set (no main channel, a multifd count
- *	that is not multifd-channels, a preempt channel missing or not
- *	expected); as mfd_migrate() otherwise.
+ * @errp: MFD_EINVAL for a malformed set (a @size below the first layout's,
+ *	no main channel, a multifd count that is not multifd-channels, a
+ *	preempt channel missing or not expected); MFD_ENOTSUP for a @size
+ *	beyond the library's with a non-zero byte there; as mfd_migrate()
+ *	otherwise.
  *
  * Everything else is mfd_migrate()'s: the hellos go out on these channels
  * as on connections the library opened.  A postcopy recovery reconnects by

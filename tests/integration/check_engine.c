@@ -132,13 +132,13 @@ static int cpu_load(mfd_stream *s, void *opaque, uint32_t v, mfd_error **errp)
 }
 
 static const mfd_save_handlers cpu_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = cpu_save,
 	.load_state = cpu_load,
 };
 
 static const mfd_vmm_hooks hooks = {
-	.abi_version = MFD_VMM_HOOKS_ABI,
+	.size = sizeof(mfd_vmm_hooks),
 	.vm_stop = vm_stop,
 	.vm_start = vm_start,
 	.throttle = throttle,
@@ -431,7 +431,7 @@ static int extra_save(mfd_stream *s, void *opaque, mfd_error **errp)
 }
 
 static const mfd_save_handlers extra_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = extra_save,
 };
 
@@ -515,7 +515,7 @@ static int vm_stop_then_cancel(void *opaque, mfd_error **errp)
 }
 
 static const mfd_vmm_hooks cancel_hooks = {
-	.abi_version = MFD_VMM_HOOKS_ABI,
+	.size = sizeof(mfd_vmm_hooks),
 	.vm_stop = vm_stop_then_cancel,
 	.vm_start = vm_start,
 };
@@ -692,7 +692,7 @@ static bool needs_ack(void *opaque)
 }
 
 static const mfd_save_handlers acking_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = cpu_save,
 	.load_state = cpu_load,
 	.switchover_ack_needed = needs_ack,
@@ -715,7 +715,7 @@ static int vm_stop_timed(void *opaque, mfd_error **errp)
 }
 
 static const mfd_vmm_hooks timed_hooks = {
-	.abi_version = MFD_VMM_HOOKS_ABI,
+	.size = sizeof(mfd_vmm_hooks),
 	.vm_stop = vm_stop_timed,
 	.vm_start = vm_start,
 };
@@ -1330,7 +1330,7 @@ START_TEST(vmm_channels_bad_sets)
 	set = (struct mfd_channel_set){ .size = 8 };
 	ck_assert_int_eq(mfd_migrate_incoming_channels(g.m, &set, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "mfd_migrate_incoming_channels: struct "
-			    "mfd_channel_set of 8 bytes; set size = sizeof(struct mfd_channel_set)");
+			    "mfd_channel_set of 8 bytes is smaller than its first layout (32 bytes)");
 	set = (struct mfd_channel_set){ .size = sizeof(set) };
 	ck_assert_int_eq(mfd_migrate_channels(g.m, &set, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "the set has no main channel");

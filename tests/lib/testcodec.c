@@ -101,7 +101,7 @@ static int rle_recv(void *ctx, const void *in, size_t in_len, const struct iovec
 }
 
 const mfd_compress_ops test_rle_ops = {
-	.abi_version = MFD_COMPRESS_ABI,
+	.size = sizeof(mfd_compress_ops),
 	.name = "test-rle",
 	.level_min = 0,
 	.level_max = 3,

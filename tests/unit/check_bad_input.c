@@ -123,19 +123,19 @@ static int load_nospace(mfd_stream *s, void *opaque, uint32_t version_id, mfd_er
 }
 
 static const mfd_save_handlers ops4 = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.load_state = load4,
 };
 static const mfd_save_handlers ops_sub = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.load_state = load_sub,
 };
 static const mfd_save_handlers ops_einval = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.load_state = load_einval,
 };
 static const mfd_save_handlers ops_nospace = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.load_state = load_nospace,
 };
 static int save_nothing(mfd_stream *s, void *opaque, mfd_error **errp)
@@ -147,7 +147,7 @@ static int save_nothing(mfd_stream *s, void *opaque, mfd_error **errp)
 }
 
 static const mfd_save_handlers ops_saveonly = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = save_nothing,
 };
 
@@ -2077,7 +2077,7 @@ static int cpu_load(mfd_stream *s, void *opaque, uint32_t v, mfd_error **errp)
 }
 
 static const mfd_save_handlers cpu_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = cpu_save,
 	.load_state = cpu_load,
 };
