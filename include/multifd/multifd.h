@@ -875,31 +875,37 @@ MFD_API int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256
  * @level_default: level used when none is configured.
  * @bound: the most bytes send_prepare may produce for @in_len input bytes.
  *	The receiver refuses larger payloads before reading them.
- * @send_setup: create a compression context at @level (within bounds).
+ * @send_setup: create a compression context at @level (within bounds);
+ *	@opaque is the table's @opaque member.
  * @send_prepare: compress @in_len bytes at @in into @out (capacity
  *	@out_cap >= bound(@in_len)); store the size in *@out_len.
  * @send_cleanup: release a compression context (NULL accepted).
- * @recv_setup: create a decompression context.
+ * @recv_setup: create a decompression context; @opaque as for send_setup.
  * @recv: decompress @in_len bytes at @in into exactly the @n buffers of
  *	@out (pages in guest memory).  The input is untrusted: it must expand
  *	to exactly the total size of @out, without trailing input, never
  *	writing outside @out, never allocating by what the input claims;
  *	anything else is MFD_EPROTO with a message saying what was wrong.
  * @recv_cleanup: release a decompression context (NULL accepted).
+ * @opaque: the codec's own pointer (a device handle, an object of another
+ *	language), passed to send_setup and recv_setup, which can keep it in
+ *	the contexts they make; may be NULL.  The library never dereferences
+ *	it; it must stay valid until the process ends.
  */
 typedef struct mfd_compress_ops {
 	uint32_t size;
 	const char *name;
 	int level_min, level_max, level_default;
 	size_t (*bound)(size_t in_len);
-	int (*send_setup)(void **ctx, int level, mfd_error **errp);
+	int (*send_setup)(void *opaque, void **ctx, int level, mfd_error **errp);
 	int (*send_prepare)(void *ctx, const void *in, size_t in_len, void *out, size_t out_cap,
 			    size_t *out_len, mfd_error **errp);
 	void (*send_cleanup)(void *ctx);
-	int (*recv_setup)(void **ctx, mfd_error **errp);
+	int (*recv_setup)(void *opaque, void **ctx, mfd_error **errp);
 	int (*recv)(void *ctx, const void *in, size_t in_len, const struct iovec *out, int n,
 		    mfd_error **errp);
 	void (*recv_cleanup)(void *ctx);
+	void *opaque;
 } mfd_compress_ops;
 
 /**

@@ -901,7 +901,7 @@ static void compress_pattern(const mfd_compress_ops *codec, size_t len, struct b
 		in[i] = (uint8_t)("compressible page text "[i % 23]);
 	buf = malloc(cap);
 	ck_assert_ptr_nonnull(buf);
-	ck_assert_ok(codec->send_setup(&ctx, codec->level_default, &err), err);
+	ck_assert_ok(codec->send_setup(codec->opaque, &ctx, codec->level_default, &err), err);
 	ck_assert_ok(codec->send_prepare(ctx, in, len, buf, cap, &n, &err), err);
 	codec->send_cleanup(ctx);
 	b_raw(out, buf, n);
