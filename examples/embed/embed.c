@@ -64,7 +64,7 @@ struct vm {
 	atomic_int last_state;
 };
 
-static void log_message(enum mfd_log_level level, const char *msg, void *opaque)
+static void log_message(int level, const char *msg, void *opaque)
 {
 	static const char *const names[] = { "error", "warning", "info", "debug" };
 
@@ -250,7 +250,7 @@ static int hook_dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint6
 }
 
 /* Called on the thread that changed the state; only query functions allowed. */
-static void hook_state_changed(void *opaque, enum mfd_state from, enum mfd_state to)
+static void hook_state_changed(void *opaque, int from, int to)
 {
 	struct vm *vm = opaque;
 

@@ -716,7 +716,7 @@ static int cmd_mkimage(int argc, char **argv)
 	return 0;
 }
 
-static void log_handler(enum mfd_log_level level, const char *msg, void *opaque)
+static void log_handler(int level, const char *msg, void *opaque)
 {
 	(void)level;
 	(void)opaque;

@@ -206,7 +206,8 @@ enum mfd_log_level {
 
 /**
  * typedef mfd_log_fn - receives one log message.
- * @level: severity.
+ * @level: severity, a value of enum mfd_log_level (an int: an enum's size
+ *	is the compiler's choice, which bindings cannot know).
  * @msg: one line, no trailing newline; valid only during the call.
  * @opaque: the pointer given to mfd_log_set_handler().
  *
@@ -214,7 +215,7 @@ enum mfd_log_level {
  * library (one at a time).  It must not call back into the library except
  * mfd_strerror() and the version functions.
  */
-typedef void (*mfd_log_fn)(enum mfd_log_level level, const char *msg, void *opaque);
+typedef void (*mfd_log_fn)(int level, const char *msg, void *opaque);
 
 /**
  * mfd_log_set_handler() - route the library's log messages.
@@ -1446,7 +1447,9 @@ struct mfd_policy_info {
  *	smallest figure (the guest dirties as fast as the link moves).  A
  *	stall is logged as a warning with its figures and counted in
  *	mfd_stats.precopy_stalls, with or without this hook.
- * @state_changed: the state moved from @from to @to.  Called on the thread
+ * @state_changed: the state moved from @from to @to, values of enum
+ *	mfd_state (ints, as every enum value in a callback or a struct of
+ *	this header: see docs/abi.md).  Called on the thread
  *	that changed it (the caller of mfd_migrate*() for none -> setup, the
  *	migration or incoming thread, or the canceller);
  *	must not call back into the library except the query functions.
@@ -1461,7 +1464,7 @@ typedef struct mfd_vmm_hooks {
 			  mfd_error **errp);
 	void (*throttle)(void *opaque, int percent);
 	int (*switchover_policy)(void *opaque, const struct mfd_policy_info *info);
-	void (*state_changed)(void *opaque, enum mfd_state from, enum mfd_state to);
+	void (*state_changed)(void *opaque, int from, int to);
 } mfd_vmm_hooks;
 
 /** MFD_POLICY_POSTCOPY - switchover_policy's answer "start postcopy now". */
@@ -1715,11 +1718,12 @@ MFD_API enum mfd_state mfd_migration_state(mfd_migration *m);
  *
  * Set @size to sizeof(struct mfd_stats) before calling mfd_migration_stats();
  * fields past @size are not written, so later versions can append fields.
- * Times in ms, sizes in bytes.
+ * Times in ms, sizes in bytes.  @status is a value of enum mfd_state (an
+ * int32_t: docs/abi.md).
  */
 struct mfd_stats {
 	uint32_t size;
-	enum mfd_state status;
+	int32_t status;
 	uint64_t total_time, setup_time, downtime, expected_downtime;
 	uint64_t ram_transferred, ram_remaining, ram_total;
 	uint64_t ram_duplicate, ram_normal, ram_normal_bytes;

@@ -926,7 +926,7 @@ static int vm_start_fails(void *opaque, mfd_error **errp)
 	return mfd_error_set(errp, MFD_EHANDLER, "KVM_RUN: no vCPU (test)");
 }
 
-static void dst_state(void *opaque, enum mfd_state from, enum mfd_state to)
+static void dst_state(void *opaque, int from, int to)
 {
 	(void)opaque;
 	(void)from;

@@ -600,7 +600,7 @@ void test_memlock_restore(struct test_memlock *st)
 static pthread_mutex_t capture_lock = PTHREAD_MUTEX_INITIALIZER;
 static char capture_buf[16384];
 
-static void capture_line(enum mfd_log_level level, const char *msg, void *opaque)
+static void capture_line(int level, const char *msg, void *opaque)
 {
 	(void)level;
 	(void)opaque;
