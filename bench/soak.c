@@ -189,10 +189,8 @@ static int side_new(struct side *s, uint8_t *ram, size_t size, unsigned channels
 static int wait_or_kill(mfd_migration *m, mfd_error **errp, bool *stuck)
 {
 	int r = mfd_migration_wait(m, WAIT_MS, errp);
-	enum mfd_state st = mfd_migration_state(m);
 
-	if (r == MFD_ETIMEDOUT && st != MFD_STATE_FAILED && st != MFD_STATE_CANCELLED &&
-	    st != MFD_STATE_COMPLETED) {
+	if (r == MFD_ERUNNING) {
 		*stuck = true;
 		mfd_error_free(*errp);
 		*errp = NULL;

@@ -74,6 +74,14 @@ mfd_error *error_copy(const mfd_error *err);
  * MFD_EHANDLER, keeping the message; returns the resulting code. */
 int error_normalize(mfd_error *err);
 
+/* A failure code a handler, a codec or the peer may report: negative, in
+ * enum mfd_errcode, and not MFD_ERUNNING, which only mfd_migration_wait()
+ * returns (and which a handler's -EINVAL would otherwise pass for). */
+static inline int error_code_is_failure(int code)
+{
+	return code < 0 && code >= MFD_ERRCODE_MIN && code != MFD_ERUNNING;
+}
+
 char *util_strdup(const char *s);
 
 /* The offset just past @member: a struct's size when @member was its last. */

@@ -508,7 +508,7 @@ int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp)
 		*errp = error_copy(e->err);
 	pthread_mutex_unlock(&e->lock);
 	if (!ended)
-		return mfd_error_set(errp, MFD_ETIMEDOUT, "migration still %s after %d ms",
+		return mfd_error_set(errp, MFD_ERUNNING, "migration still %s after %d ms",
 				     mfd_state_name(st), timeout_ms);
 	/* Several threads may wait: one joins, the others wait for the join. */
 	pthread_mutex_lock(&e->lock);

@@ -356,19 +356,14 @@ static void print_stats(struct vm *vm)
 	}
 }
 
-static bool state_is_final(enum mfd_state st)
-{
-	return st == MFD_STATE_COMPLETED || st == MFD_STATE_FAILED || st == MFD_STATE_CANCELLED;
-}
-
 /* Step 6: wait for the end, reporting progress */
 static int wait_for_end(struct vm *src, mfd_error **errp)
 {
 	for (int waited = 0;; waited += 250) {
 		int r = mfd_migration_wait(src->m, 250, NULL);
 
-		/* MFD_ETIMEDOUT is also a possible outcome: the state tells. */
-		if (r != MFD_ETIMEDOUT || state_is_final(mfd_migration_state(src->m)))
+		/* MFD_ERUNNING: still running after 250 ms; anything else is the end. */
+		if (r != MFD_ERUNNING)
 			return mfd_migration_wait(src->m, 0, errp);	/* ended: at once */
 		if (waited >= 120000) {
 			/* Any thread may cancel; the source VM runs again. */

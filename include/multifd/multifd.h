@@ -86,10 +86,11 @@ enum mfd_errcode {
 	MFD_EBADCONFIG = -19,	/* peer: configuration record missing or different */
 	MFD_EPROTO = -20,	/* peer: other malformed data */
 	MFD_EUNKNOWN = -21,	/* switchover outcome unknown: the destination may run the VM */
+	MFD_ERUNNING = -22,	/* still running: mfd_migration_wait()'s timeout expired */
 };
 
 /** MFD_ERRCODE_MIN - the most negative code in enum mfd_errcode. */
-#define MFD_ERRCODE_MIN (-21)
+#define MFD_ERRCODE_MIN (-22)
 
 /**
  * typedef mfd_error - an error: a code from enum mfd_errcode and a message.
@@ -1633,11 +1634,12 @@ MFD_API int mfd_migration_event_fd(mfd_migration *m);
  * @timeout_ms: 0 = forever.
  * @errp: the migration's error when it failed or was cancelled.
  *
- * Returns 0 when completed, MFD_ETIMEDOUT when still running after
- * @timeout_ms, MFD_ESTATE when none was started, else the migration's
- * error code (which may itself be MFD_ETIMEDOUT: check
- * mfd_migration_state() to tell).  Joins the migration thread once it
- * ended; calling it again returns the same result.
+ * Returns 0 when completed, MFD_ERUNNING when still running after
+ * @timeout_ms (nothing failed: wait again, or cancel), MFD_ESTATE when none
+ * was started, else the migration's error code (MFD_ETIMEDOUT then means
+ * the migration itself failed on a deadline, e.g. channel-timeout-ms).
+ * Joins the migration thread once it ended; calling it again returns the
+ * same result.
  */
 MFD_API int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp);
 

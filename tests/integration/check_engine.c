@@ -667,8 +667,8 @@ START_TEST(no_convergence_without_auto_converge)
 	src.slow_writer = true;
 	guest_start_writer(&src);
 	start_pair(&src, &dst, "tcp:127.0.0.1:0");
-	ck_assert_int_eq(mfd_migration_wait(src.m, 4000, &err), MFD_ETIMEDOUT);
-	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "still active");
+	ck_assert_int_eq(mfd_migration_wait(src.m, 4000, &err), MFD_ERUNNING);
+	ck_assert_mfd_error(err, MFD_ERUNNING, "migration still active after 4000 ms");
 	ck_assert_int_eq(src.vm_stops, 0);
 	ck_assert_int_eq(atomic_load(&src.throttle_calls), 0);
 	mfd_migrate_cancel(src.m);
@@ -905,7 +905,7 @@ START_TEST(tls_psk_authz)
 	ck_assert_int_ne(mfd_migration_wait(src.m, 30000, &err), 0);
 	ck_assert_mfd_error(err, MFD_EPROTO, "the server refused the connection");
 	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
-	ck_assert_int_eq(mfd_migration_wait(dst.m, 2000, NULL), MFD_ETIMEDOUT);
+	ck_assert_int_eq(mfd_migration_wait(dst.m, 2000, NULL), MFD_ERUNNING);
 	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_SETUP);
 	const char *log = test_log_capture_stop();
 
@@ -1482,7 +1482,7 @@ START_TEST(event_fd_drives_an_event_loop)
 			wakes[i]++;
 			/* At the end, the result without blocking (1 ms at most). */
 			if (terminal(mfd_migration_state(m)) &&
-			    mfd_migration_wait(m, 1, NULL) != MFD_ETIMEDOUT) {
+			    mfd_migration_wait(m, 1, NULL) != MFD_ERUNNING) {
 				ck_assert_ok(mfd_migration_wait(m, 1, &err), err);
 				done[i] = true;
 			}
@@ -1631,12 +1631,65 @@ START_TEST(cancel_ends_a_hanging_connect)
 	t0 = mono_ms();
 	mfd_migrate_cancel(src.m);
 	r = mfd_migration_wait(src.m, 10000, &err);
-	ck_assert_msg(r != MFD_ETIMEDOUT || mfd_migration_state(src.m) != MFD_STATE_CANCELLING,
-		      "the cancel did not end the connect within 10 s");
+	ck_assert_msg(r != MFD_ERUNNING, "the cancel did not end the connect within 10 s");
 	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_CANCELLED);
 	printf("engine: cancelled connect: %s (%llu ms)\n", mfd_error_message(err),
 	       (unsigned long long)(mono_ms() - t0));
 	mfd_error_free(err);
+	for (int i = 0; i < 4; i++)
+		close(fill[i]);
+	close(l);
+	guest_free(&src);
+}
+END_TEST
+
+/*
+ * mfd_migration_wait() tells "still running" (MFD_ERUNNING) from a migration
+ * that failed on a deadline (MFD_ETIMEDOUT): a source whose destination
+ * never accepts its main channel is still in setup after 100 ms, and fails
+ * once channel-timeout-ms passes.
+ */
+START_TEST(wait_tells_running_from_timed_out)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t alen = sizeof(a);
+	struct guest src;
+	mfd_error *err = NULL;
+	int l, fill[4];
+	char uri[64];
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(l, 0);
+	ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(l, 0), 0);
+	ck_assert_int_eq(getsockname(l, (struct sockaddr *)&a, &alen), 0);
+	/* Fill the accept queue; nobody accepts. */
+	for (int i = 0; i < 4; i++) {
+		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		ck_assert_int_ge(fill[i], 0);
+		ck_assert(connect(fill[i], (struct sockaddr *)&a, sizeof(a)) == 0 ||
+			  errno == EINPROGRESS);
+	}
+	usleep(100 * 1000);
+	snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%u", ntohs(a.sin_port));
+	guest_init(&src, 4, true, 2, "none");
+	ck_assert_ok(mfd_set_param(src.m, "channel-timeout-ms", "1500", &err), err);
+	ck_assert_ok(mfd_migrate(src.m, uri, &err), err);
+
+	/* Running: the wait's own timeout, not a failure. */
+	ck_assert_int_eq(mfd_migration_wait(src.m, 100, &err), MFD_ERUNNING);
+	ck_assert_mfd_error(err, MFD_ERUNNING, "migration still setup after 100 ms");
+	ck_assert_str_eq(mfd_strerror(MFD_ERUNNING), "still running");
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_SETUP);
+
+	/* Failed on channel-timeout-ms: the migration's own MFD_ETIMEDOUT. */
+	ck_assert_int_eq(mfd_migration_wait(src.m, 30000, &err), MFD_ETIMEDOUT);
+	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "1500 ms");
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+	/* Again, even with a short timeout: the same result, never "running". */
+	ck_assert_int_eq(mfd_migration_wait(src.m, 1, &err), MFD_ETIMEDOUT);
+	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "1500 ms");
 	for (int i = 0; i < 4; i++)
 		close(fill[i]);
 	close(l);
@@ -1770,6 +1823,7 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, event_fd_drives_an_event_loop);
 	tcase_add_test(tc, thread_hooks_see_every_library_thread);
 	tcase_add_test(tc, cancel_ends_a_hanging_connect);
+	tcase_add_test(tc, wait_tells_running_from_timed_out);
 	tcase_add_test(tc, log_handler_per_migration);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);

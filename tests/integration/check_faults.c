@@ -630,7 +630,7 @@ static void check_failed(const struct scenario *sc, struct fguest *src, struct f
 		/* A main channel broken before its hello is a stray to the
 		 * destination (a scan looks the same): refused, and it waits on
 		 * for its source until cancelled. */
-		ck_assert_int_eq(mfd_migration_wait(dst->m, 200, &err), MFD_ETIMEDOUT);
+		ck_assert_int_eq(mfd_migration_wait(dst->m, 200, &err), MFD_ERUNNING);
 		mfd_error_free(err);
 		err = NULL;
 		ck_assert_int_eq(mfd_migration_state(dst->m), MFD_STATE_SETUP);
