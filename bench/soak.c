@@ -291,6 +291,8 @@ int main(int argc, char **argv)
 		if (side_new(&src, sram, size, channels, codec, tls ? psk : NULL, &err) < 0 ||
 		    side_new(&dst, dram, size, channels, codec, tls ? psk : NULL, &err) < 0 ||
 		    mfd_set_param(dst.m, "dest-ram-zeroed", zeroed ? "on" : "off", &err) < 0 ||
+		    /* Nothing writes the guest RAM while it migrates. */
+		    mfd_set_param(src.m, "vm-stopped-externally", "on", &err) < 0 ||
 		    mfd_migrate_incoming(dst.m, "tcp:127.0.0.1:0", &err) < 0 ||
 		    mfd_migration_listen_uri(dst.m, uri, sizeof(uri)) < 0 ||
 		    mfd_migrate(src.m, uri, &err) < 0) {

@@ -301,6 +301,15 @@ static int engine_start_on(mfd_migration *m, bool incoming, const char *uri, str
 		return mfd_error_set(errp, MFD_EINVAL, "%s: NULL argument", fn);
 	if (m->busy)
 		return mfd_error_set(errp, MFD_ESTATE, "a migration or save/load is running");
+	/* The last RAM pass and the device state must see a guest that no longer
+	 * writes its memory: without vm_stop nothing stops it. */
+	if (!incoming && m->nblocks && !m->hooks.vm_stop &&
+	    !m->params.i[MFD_P_VM_STOPPED_EXTERNALLY])
+		return mfd_error_set(errp, MFD_EINVAL, "%s: RAM blocks are registered but no vm_stop "
+				     "hook is installed: the vCPUs would keep writing guest RAM "
+				     "while its last pages are sent.  Install a vm_stop hook "
+				     "(mfd_migration_set_hooks()), or set vm-stopped-externally "
+				     "on if the guest cannot run during the migration", fn);
 	if (!m->engine) {
 		e = calloc(1, sizeof(*e));
 		if (!e)

@@ -1258,6 +1258,12 @@ MFD_API int mfd_ram_block_remove(mfd_migration *m, const char *name);
  *                             round trip in the downtime); a source without
  *                             the result then restarts its VM instead of
  *                             ending in MFD_EUNKNOWN
+ *   vm-stopped-externally     bool, off (source): the guest cannot run during
+ *                             the migration (a stopped VM, a snapshot, a
+ *                             test), so no vm_stop hook is needed.  Off, a
+ *                             source with RAM blocks and no vm_stop hook is
+ *                             refused (MFD_EINVAL): its vCPUs would write
+ *                             the RAM being sent at switchover
  *
  * Booleans accept on/off, true/false, yes/no, 1/0.  Parameters may be set
  * until mfd_migrate()/mfd_migrate_incoming() starts; then MFD_ESTATE, except
@@ -1423,7 +1429,9 @@ struct mfd_policy_info {
  *
  * @size: sizeof(struct mfd_vmm_hooks) as the caller was built with.
  * @vm_stop: stop the vCPUs (source, at switchover); a failure fails the
- *	migration and the VM keeps running.
+ *	migration and the VM keeps running.  Required on a source with RAM
+ *	blocks, unless the vm-stopped-externally parameter says the guest
+ *	cannot run (mfd_migrate() refuses the migration otherwise).
  * @vm_start: resume the vCPUs: on the source after a failure or cancel
  *	that happened while they were stopped, but never after the end of
  *	the stream went out unless the destination reported failure (the
@@ -1503,7 +1511,9 @@ MFD_API void mfd_ram_mark_dirty(mfd_migration *m, const void *addr, size_t len);
  * @uri: "tcp:HOST:PORT" or "unix:PATH" (main channel plus
  *	multifd-channels more); "fd:N" or "file:PATH" carry everything on the
  *	one channel (RAM pages on the main stream, no multifd).
- * @errp: MFD_ESTATE when a migration is running; parameter problems.
+ * @errp: MFD_ESTATE when a migration is running; MFD_EINVAL when RAM
+ *	blocks are registered without a vm_stop hook (unless
+ *	vm-stopped-externally is on); parameter problems.
  *
  * The migration thread connects, runs the section handlers in QEMU's
  * order, asks @vm_stop at switchover, and ends completed, failed or

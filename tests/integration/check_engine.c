@@ -1697,6 +1697,92 @@ START_TEST(wait_tells_running_from_timed_out)
 }
 END_TEST
 
+/*
+ * A source with RAM needs a vm_stop hook, or vm-stopped-externally on:
+ * otherwise the vCPUs would write the RAM its last pass sends.  Refused at
+ * start, by every source entry point, with what to do; a destination, or a
+ * source without RAM, needs neither.
+ */
+static int only_vm_stop(void *opaque, mfd_error **errp)
+{
+	(void)opaque, (void)errp;
+	return 0;
+}
+
+/* Started: the migration then fails to connect, which is not our concern. */
+static void assert_started(mfd_migration *m, const char *uri)
+{
+	mfd_error *err = NULL;
+
+	ck_assert_ok(mfd_migrate(m, uri, &err), err);
+	ck_assert_int_lt(mfd_migration_wait(m, 30000, &err), 0);
+	ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_FAILED);
+	mfd_error_free(err);
+}
+
+START_TEST(vm_stop_required_with_ram)
+{
+	const mfd_vmm_hooks stop_hooks = { .size = sizeof(stop_hooks), .vm_stop = only_vm_stop };
+	const mfd_vmm_hooks no_stop = { .size = sizeof(no_stop) };
+	uint8_t *ram = mmap(NULL, 16 * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			    -1, 0);
+	mfd_channel *a, *b;
+	struct mfd_channel_set set = { .size = sizeof(set) };
+	char uri[64];
+	mfd_migration *m = NULL;
+	mfd_error *err = NULL;
+	int fds;
+
+	ck_assert_ptr_ne(ram, MAP_FAILED);
+	snprintf(uri, sizeof(uri), "unix:/tmp/mfd-no-such-%d.sock", (int)getpid());
+	ck_assert_ok(mfd_migration_new(&m, &err), err);
+	ck_assert_ok(mfd_ram_block_add(m, "pc.ram", ram, 16 * PS, PS, &err), err);
+
+	/* Neither hook nor parameter: refused, nothing started. */
+	ck_assert_int_eq(mfd_migrate(m, uri, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "mfd_migrate: RAM blocks are registered but no "
+			    "vm_stop hook is installed");
+	ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_NONE);
+	/* Hooks without vm_stop are no better. */
+	ck_assert_ok(mfd_migration_set_hooks(m, &no_stop, NULL, &err), err);
+	ck_assert_int_eq(mfd_migrate(m, uri, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "set vm-stopped-externally on");
+	/* The same from mfd_migrate_channels(), which still takes the channels. */
+	fds = count_fds();
+	ck_assert_ok(mfd_channel_socketpair(&a, &b, &err), err);
+	set.main = a;
+	ck_assert_int_eq(mfd_set_param(m, "multifd-channels", "1", &err), 0);
+	ck_assert_int_eq(mfd_migrate_channels(m, &set, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "mfd_migrate_channels: RAM blocks are registered "
+			    "but no vm_stop hook");
+	mfd_channel_free(b);
+	ck_assert_int_eq(count_fds(), fds);
+	ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_NONE);
+
+	/* A destination needs no vm_stop. */
+	ck_assert_ok(mfd_migrate_incoming(m, "tcp:127.0.0.1:0", &err), err);
+	mfd_migrate_cancel(m);
+	ck_assert_int_lt(mfd_migration_wait(m, 30000, &err), 0);
+	mfd_error_free(err);
+	err = NULL;
+
+	/* Accepted with a vm_stop hook... */
+	ck_assert_ok(mfd_migration_set_hooks(m, &stop_hooks, NULL, &err), err);
+	assert_started(m, uri);
+	/* ... or with the parameter. */
+	ck_assert_ok(mfd_migration_set_hooks(m, &no_stop, NULL, &err), err);
+	ck_assert_ok(mfd_set_param(m, "vm-stopped-externally", "on", &err), err);
+	assert_started(m, uri);
+	mfd_migration_free(m);
+
+	/* No RAM: nothing for vCPUs to dirty behind the library's back. */
+	ck_assert_ok(mfd_migration_new(&m, &err), err);
+	assert_started(m, uri);
+	mfd_migration_free(m);
+	munmap(ram, 16 * PS);
+}
+END_TEST
+
 /* ---- a log per migration object (mfd_migration_set_log_handler) ---------------------- */
 
 struct logbuf {
@@ -1824,6 +1910,7 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, thread_hooks_see_every_library_thread);
 	tcase_add_test(tc, cancel_ends_a_hanging_connect);
 	tcase_add_test(tc, wait_tells_running_from_timed_out);
+	tcase_add_test(tc, vm_stop_required_with_ram);
 	tcase_add_test(tc, log_handler_per_migration);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);

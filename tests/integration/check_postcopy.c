@@ -797,6 +797,7 @@ START_TEST(configuration_errors)
 
 	ck_assert_ok(mfd_migration_new(&m, &err), err);
 	ck_assert_ok(mfd_ram_block_add(m, "pc.ram", ram, 1 << 20, PS, &err), err);
+	set(m, "vm-stopped-externally", "on");	/* no vCPU; the errors below come first */
 	set(m, "postcopy-preempt", "on");
 	ck_assert_int_eq(mfd_migrate(m, "tcp:127.0.0.1:9", &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "postcopy-preempt needs postcopy-ram");

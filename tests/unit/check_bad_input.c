@@ -2103,6 +2103,8 @@ START_TEST(engine_stream_cut_at_every_byte)
 	ck_assert_ok(mfd_migration_new(&src, &err), err);
 	ck_assert_ok(mfd_ram_block_add(src, "pc.ram", sram, PAGES * PS, PS, &err), err);
 	ck_assert_ok(mfd_register_live(src, "cpu", 0, 1, &cpu_ops, NULL, &err), err);
+	/* No vCPU writes this RAM: nothing for a vm_stop hook to stop. */
+	ck_assert_ok(mfd_set_param(src, "vm-stopped-externally", "on", &err), err);
 	ck_assert_ok(mfd_migrate(src, uri, &err), err);
 	ck_assert_ok(mfd_migration_wait(src, WAIT_MS, &err), err);
 	mfd_migration_free(src);
@@ -2401,6 +2403,7 @@ START_TEST(bad_return_path)
 	ck_assert_ok(mfd_ram_block_add(src, "pc.ram", ram, ENG_PAGES * PS, PS, &err), err);
 	set(src, "multifd-channels", "1");
 	set(src, "channel-timeout-ms", "5000");
+	set(src, "vm-stopped-externally", "on");	/* no vCPU here */
 	/* 1 MiB/s: precopy is still running when the crafted answer arrives. */
 	set(src, "max-bandwidth", "1048576");
 	fake_dest_start(&f, uri, sizeof(uri));
@@ -2443,6 +2446,7 @@ START_TEST(result_text_escaped)
 	ck_assert_ok(mfd_ram_block_add(src, "pc.ram", ram, ENG_PAGES * PS, PS, &err), err);
 	set(src, "multifd-channels", "1");
 	set(src, "channel-timeout-ms", "5000");
+	set(src, "vm-stopped-externally", "on");	/* no vCPU here */
 	set(src, "max-bandwidth", "1048576");
 	fake_dest_start(&f, uri, sizeof(uri));
 	store_be32(p, (uint32_t)MFD_ENOENT);
@@ -2570,6 +2574,7 @@ START_TEST(bad_page_request)
 	ck_assert_ok(mfd_ram_block_add(src, "pc.ram", ram, PC_BLOCK, PS, &err), err);
 	set(src, "multifd-channels", "1");
 	set(src, "channel-timeout-ms", "5000");
+	set(src, "vm-stopped-externally", "on");	/* no vCPU here */
 	set(src, "postcopy-ram", "on");
 	set(src, "postcopy-preempt", pre ? "on" : "off");
 	/* 16 KiB/s both ways: the push is far from done when the request comes. */
