@@ -360,8 +360,8 @@ static int limits(size_t mib, bool json)
 			continue;
 		cbuf = malloc(cap * npk);
 		lens = malloc(sizeof(size_t) * npk);
-		if (c->send_setup(&cctx, c->level_default, NULL) < 0 ||
-		    c->recv_setup(&dctx, NULL) < 0)
+		if (c->send_setup(c->opaque, &cctx, c->level_default, NULL) < 0 ||
+		    c->recv_setup(c->opaque, &dctx, NULL) < 0)
 			return 1;
 		t0 = now();
 		for (size_t i = 0; i < npk; i++) {

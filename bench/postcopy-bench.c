@@ -170,7 +170,9 @@ int main(int argc, char **argv)
 		((uint64_t *)src.ram)[i] = rng(&seed);
 	snprintf(rate, sizeof(rate), "%.0f", push_mbps * 1e6 / 8);
 	set(src.m, "max-postcopy-bandwidth", rate);
-	mfd_vmm_hooks dh = { .abi_version = MFD_VMM_HOOKS_ABI,
+	/* The source has no vCPU (only the destination runs one): nothing to stop. */
+	set(src.m, "vm-stopped-externally", "on");
+	mfd_vmm_hooks dh = { .size = sizeof(mfd_vmm_hooks),
 			     .vm_start = no_vcpu ? NULL : dst_start };
 
 	if (mfd_migration_set_hooks(dst.m, &dh, &dst, &err) < 0)

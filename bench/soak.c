@@ -107,7 +107,7 @@ static int cpu_load(mfd_stream *s, void *opaque, uint32_t version, mfd_error **e
 }
 
 static const mfd_save_handlers cpu_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = cpu_save,
 	.load_state = cpu_load,
 };
@@ -189,10 +189,8 @@ static int side_new(struct side *s, uint8_t *ram, size_t size, unsigned channels
 static int wait_or_kill(mfd_migration *m, mfd_error **errp, bool *stuck)
 {
 	int r = mfd_migration_wait(m, WAIT_MS, errp);
-	enum mfd_state st = mfd_migration_state(m);
 
-	if (r == MFD_ETIMEDOUT && st != MFD_STATE_FAILED && st != MFD_STATE_CANCELLED &&
-	    st != MFD_STATE_COMPLETED) {
+	if (r == MFD_ERUNNING) {
 		*stuck = true;
 		mfd_error_free(*errp);
 		*errp = NULL;
@@ -293,6 +291,8 @@ int main(int argc, char **argv)
 		if (side_new(&src, sram, size, channels, codec, tls ? psk : NULL, &err) < 0 ||
 		    side_new(&dst, dram, size, channels, codec, tls ? psk : NULL, &err) < 0 ||
 		    mfd_set_param(dst.m, "dest-ram-zeroed", zeroed ? "on" : "off", &err) < 0 ||
+		    /* Nothing writes the guest RAM while it migrates. */
+		    mfd_set_param(src.m, "vm-stopped-externally", "on", &err) < 0 ||
 		    mfd_migrate_incoming(dst.m, "tcp:127.0.0.1:0", &err) < 0 ||
 		    mfd_migration_listen_uri(dst.m, uri, sizeof(uri)) < 0 ||
 		    mfd_migrate(src.m, uri, &err) < 0) {

@@ -481,7 +481,7 @@ static int identify_channel(mfd_listener *l, mfd_channel *ch, int64_t deadline,
 		mfd_error_prefix(*errp, "%s: identifying channel %s", l->uri, ch->name);
 		return error_normalize(*errp);
 	}
-	if (slot < MFD_ERRCODE_MIN)
+	if (!error_code_is_failure(slot))
 		slot = MFD_EHANDLER;
 	return mfd_error_set(errp, slot, "%s: identify refused channel %s (%s)", l->uri,
 			     ch->name, mfd_strerror(slot));

@@ -38,7 +38,7 @@ static size_t lz4_bound(size_t in_len)
 	return (size_t)LZ4_compressBound((int)in_len);
 }
 
-static int lz4_send_setup(void **ctx, int level, mfd_error **errp)
+static int lz4_send_setup(MFD_UNUSED void *opaque, void **ctx, int level, mfd_error **errp)
 {
 	struct lz4_send *c;
 
@@ -90,7 +90,7 @@ static void lz4_send_cleanup(void *ctx)
 	free(c);
 }
 
-static int lz4_recv_setup(void **ctx, mfd_error **errp)
+static int lz4_recv_setup(MFD_UNUSED void *opaque, void **ctx, mfd_error **errp)
 {
 	*ctx = calloc(1, sizeof(struct lz4_recv));
 	if (!*ctx)
@@ -174,7 +174,7 @@ static void lz4_recv_cleanup(void *ctx)
 }
 
 const mfd_compress_ops codec_lz4 = {
-	.abi_version = MFD_COMPRESS_ABI,
+	.size = sizeof(mfd_compress_ops),
 	.name = "lz4",
 	.level_min = 1,
 	.level_max = LZ4_LEVEL_MAX,

@@ -14,19 +14,19 @@ static size_t none_bound(size_t in_len)
 	return in_len;
 }
 
-static int none_setup(void **ctx, mfd_error **errp)
+static int none_setup(MFD_UNUSED void *opaque, void **ctx, mfd_error **errp)
 {
 	(void)errp;
 	*ctx = &none_token;
 	return 0;
 }
 
-static int none_send_setup(void **ctx, int level, mfd_error **errp)
+static int none_send_setup(void *opaque, void **ctx, int level, mfd_error **errp)
 {
 	*ctx = NULL;
 	if (level != 0)
 		return mfd_error_set(errp, MFD_EINVAL, "none: level %d is outside 0..0", level);
-	return none_setup(ctx, errp);
+	return none_setup(opaque, ctx, errp);
 }
 
 static int none_send_prepare(void *ctx, const void *in, size_t in_len, void *out,
@@ -65,7 +65,7 @@ static int none_recv(void *ctx, const void *in, size_t in_len, const struct iove
 }
 
 const mfd_compress_ops codec_none = {
-	.abi_version = MFD_COMPRESS_ABI,
+	.size = sizeof(mfd_compress_ops),
 	.name = "none",
 	.level_min = 0,
 	.level_max = 0,

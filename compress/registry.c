@@ -2,7 +2,9 @@
 /*
  * The process-wide registry of compression codecs.  The built-ins are added
  * on first use; a VMM may add its own (e.g. a hardware codec) at any time.
- * Tables are never removed, so a pointer handed out stays valid.
+ * A VMM's table is copied (it is size-versioned: reading it in place could
+ * read past an older caller's struct).  Tables are never removed, so a
+ * pointer handed out stays valid.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -46,6 +48,16 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static const mfd_compress_ops *registry[REGISTRY_MAX];
 static int registry_len;
 
+/* The copies of the VMM's tables and names that registry[] points to. */
+static struct {
+	mfd_compress_ops ops;
+	char name[MFD_COMPRESS_NAME_MAX + 1];
+} copies[REGISTRY_MAX];
+
+/* The first layout of struct mfd_compress_ops ended with recv_cleanup;
+ * opaque, appended in the same ABI, is NULL for a table without it. */
+#define COMPRESS_OPS_FIRST_SIZE MFD_OFFSETOF_END(mfd_compress_ops, recv_cleanup)
+
 static void register_builtins(void)
 {
 	pthread_mutex_lock(&registry_lock);
@@ -68,18 +80,22 @@ static int valid_name_char(unsigned char c)
 	return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
 }
 
-int compress_validate(const mfd_compress_ops *ops, mfd_error **errp)
+/* Copy the caller's table into @out (its own layout, missing members NULL)
+ * and check the copy. */
+static int copy_in(const mfd_compress_ops *caller, mfd_compress_ops *out, mfd_error **errp)
 {
+	const mfd_compress_ops *ops = out;
 	const char *name;
 	size_t len;
+	int r;
 
-	if (!ops)
+	if (!caller)
 		return mfd_error_set(errp, MFD_EINVAL, "compression codec: the ops table is NULL");
-	if (ops->abi_version != MFD_COMPRESS_ABI)
-		return mfd_error_set(errp, MFD_EINVAL,
-				     "compression codec: abi_version %u is not supported "
-				     "(this library implements %d)",
-				     ops->abi_version, MFD_COMPRESS_ABI);
+	r = util_struct_in(out, sizeof(*out), caller, COMPRESS_OPS_FIRST_SIZE,
+			   "compression codec", "mfd_compress_ops", errp);
+	if (r < 0)
+		return r;
+	out->size = sizeof(*out);
 	name = ops->name;
 	if (!name)
 		return mfd_error_set(errp, MFD_EINVAL, "compression codec: name is NULL");
@@ -131,27 +147,42 @@ int compress_validate(const mfd_compress_ops *ops, mfd_error **errp)
 	return 0;
 }
 
-int mfd_compress_register(const mfd_compress_ops *ops, mfd_error **errp)
+int compress_validate(const mfd_compress_ops *ops, mfd_error **errp)
 {
-	int ret = 0;
+	mfd_compress_ops copy;
 
-	if (compress_validate(ops, errp) < 0)
-		return MFD_EINVAL;
+	return copy_in(ops, &copy, errp);
+}
+
+int mfd_compress_register(const mfd_compress_ops *caller, mfd_error **errp)
+{
+	mfd_compress_ops ops;
+	int ret;
+
+	ret = copy_in(caller, &ops, errp);
+	if (ret < 0)
+		return ret;
 	pthread_once(&builtins_once, register_builtins);
 	pthread_mutex_lock(&registry_lock);
-	if (find_locked(ops->name))
+	if (find_locked(ops.name)) {
 		ret = mfd_error_set(errp, MFD_EEXIST, "compression codec '%s' is already registered",
-				    ops->name);
-	else if (registry_len == REGISTRY_MAX)
+				    ops.name);
+	} else if (registry_len == REGISTRY_MAX) {
 		ret = mfd_error_set(errp, MFD_ETOOBIG,
 				    "compression codec '%s': the registry is full (%d codecs)",
-				    ops->name, REGISTRY_MAX);
-	else
-		registry[registry_len++] = ops;
+				    ops.name, REGISTRY_MAX);
+	} else {
+		/* copy_in() checked the name's length. */
+		strcpy(copies[registry_len].name, ops.name);
+		ops.name = copies[registry_len].name;
+		copies[registry_len].ops = ops;
+		registry[registry_len] = &copies[registry_len].ops;
+		registry_len++;
+	}
 	pthread_mutex_unlock(&registry_lock);
 	if (ret == 0)
 		log_debug("compression codec '%s' registered (levels %d..%d, default %d)",
-			      ops->name, ops->level_min, ops->level_max, ops->level_default);
+			      ops.name, ops.level_min, ops.level_max, ops.level_default);
 	return ret;
 }
 

@@ -32,7 +32,7 @@ static size_t zlib_bound(size_t in_len)
 	return compressBound((uLong)in_len);
 }
 
-static int zlib_send_setup(void **ctx, int level, mfd_error **errp)
+static int zlib_send_setup(MFD_UNUSED void *opaque, void **ctx, int level, mfd_error **errp)
 {
 	z_stream *zs;
 	int zr;
@@ -95,7 +95,7 @@ static void zlib_send_cleanup(void *ctx)
 	free(zs);
 }
 
-static int zlib_recv_setup(void **ctx, mfd_error **errp)
+static int zlib_recv_setup(MFD_UNUSED void *opaque, void **ctx, mfd_error **errp)
 {
 	z_stream *zs = calloc(1, sizeof(*zs));
 	int zr;
@@ -232,7 +232,7 @@ static void zlib_recv_cleanup(void *ctx)
 }
 
 const mfd_compress_ops codec_zlib = {
-	.abi_version = MFD_COMPRESS_ABI,
+	.size = sizeof(mfd_compress_ops),
 	.name = "zlib",
 	.level_min = Z_NO_COMPRESSION,
 	.level_max = Z_BEST_COMPRESSION,

@@ -47,7 +47,7 @@ static int zstd_code(size_t zr)
 	return ZSTD_getErrorCode(zr) == ZSTD_error_memory_allocation ? MFD_ENOMEM : MFD_EINVAL;
 }
 
-static int zstd_send_setup(void **ctx, int level, mfd_error **errp)
+static int zstd_send_setup(MFD_UNUSED void *opaque, void **ctx, int level, mfd_error **errp)
 {
 	ZSTD_CCtx *cctx;
 	size_t zr;
@@ -99,7 +99,7 @@ static void zstd_send_cleanup(void *ctx)
 	ZSTD_freeCCtx(ctx);
 }
 
-static int zstd_recv_setup(void **ctx, mfd_error **errp)
+static int zstd_recv_setup(MFD_UNUSED void *opaque, void **ctx, mfd_error **errp)
 {
 	ZSTD_bounds b = ZSTD_dParam_getBounds(ZSTD_d_windowLogMax);
 	struct zstd_recv *z;
@@ -266,7 +266,7 @@ static void zstd_recv_cleanup(void *ctx)
 }
 
 const mfd_compress_ops codec_zstd = {
-	.abi_version = MFD_COMPRESS_ABI,
+	.size = sizeof(mfd_compress_ops),
 	.name = "zstd",
 	.level_min = ZSTD_LEVEL_MIN,
 	.level_max = ZSTD_LEVEL_MAX,

@@ -37,6 +37,7 @@ static const char *const errcode_text[] = {
 	[-MFD_EBADCONFIG] = "configuration mismatch",
 	[-MFD_EPROTO] = "malformed peer data",
 	[-MFD_EUNKNOWN] = "outcome unknown: the destination may be running the VM",
+	[-MFD_ERUNNING] = "still running",
 };
 
 _Static_assert(MFD_ARRAY_SIZE(errcode_text) == 1 - MFD_ERRCODE_MIN,
@@ -175,7 +176,7 @@ int error_normalize(mfd_error *err)
 {
 	if (!err)
 		return MFD_EHANDLER;
-	if (err->code >= 0 || err->code < MFD_ERRCODE_MIN)
+	if (!error_code_is_failure(err->code))
 		err->code = MFD_EHANDLER;
 	return err->code;
 }

@@ -130,13 +130,14 @@ static void *thread_hooks_opaque;
 int mfd_thread_hooks_set(const struct mfd_thread_hooks *hooks, void *opaque, mfd_error **errp)
 {
 	struct mfd_thread_hooks h = { 0 };
+	int r;
 
 	if (hooks) {
-		if (hooks->size < offsetof(struct mfd_thread_hooks, thread_exit))
-			return mfd_error_set(errp, MFD_EINVAL, "mfd_thread_hooks_set: struct "
-					     "mfd_thread_hooks of %u bytes; set size = sizeof(struct "
-					     "mfd_thread_hooks) (%zu)", hooks->size, sizeof(h));
-		memcpy(&h, hooks, hooks->size < sizeof(h) ? hooks->size : sizeof(h));
+		r = util_struct_in(&h, sizeof(h), hooks,
+				   MFD_OFFSETOF_END(struct mfd_thread_hooks, thread_start),
+				   "mfd_thread_hooks_set", "mfd_thread_hooks", errp);
+		if (r < 0)
+			return r;
 	}
 	h.size = sizeof(h);
 	pthread_mutex_lock(&thread_hooks_lock);

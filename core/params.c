@@ -58,6 +58,7 @@ static const struct pdef defs[MFD_P__COUNT] = {
 	[MFD_P_MULTIFD_COMPRESSION_ADAPTIVE] = { .name = "multifd-compression-adaptive", .type = P_BOOL, .def = 1, .min = 0, .max = 1 },
 	[MFD_P_TLS_MIN_VERSION] = { .name = "tls-min-version", .type = P_ENUM, .def = 0, .min = 0, .max = 1, .sdef = NULL, .choices = tls_version_choices },
 	[MFD_P_SWITCHOVER_CONFIRM] = { .name = "switchover-confirm", .type = P_BOOL, .def = 0, .min = 0, .max = 1 },
+	[MFD_P_VM_STOPPED_EXTERNALLY] = { .name = "vm-stopped-externally", .type = P_BOOL, .def = 0, .min = 0, .max = 1 },
 };
 
 int param_table_init(struct mfd_params *p)

@@ -14,37 +14,11 @@
 #define PAGE_SIZE_MAX (1ull << 30)
 
 /* The first layout of struct mfd_ram_block_desc ends after @cookie. */
-#define DESC_SIZE_V1 (offsetof(struct mfd_ram_block_desc, cookie) + sizeof(void *))
+#define DESC_SIZE_V1 MFD_OFFSETOF_END(struct mfd_ram_block_desc, cookie)
 
 static bool pow2_in(uint64_t v, uint64_t lo, uint64_t hi)
 {
 	return v >= lo && v <= hi && !(v & (v - 1));
-}
-
-/* The caller's descriptor as this library lays it out: members past its
- * @size read as 0. */
-static int desc_copy(struct mfd_ram_block_desc *d, const struct mfd_ram_block_desc *in,
-		     mfd_error **errp)
-{
-	if (in->size < DESC_SIZE_V1)
-		return mfd_error_set(errp, MFD_EINVAL,
-				     "RAM block: descriptor size %u is below the first layout's %zu "
-				     "(set size = sizeof(struct mfd_ram_block_desc))", in->size,
-				     (size_t)DESC_SIZE_V1);
-	memset(d, 0, sizeof(*d));
-	memcpy(d, in, MFD_MIN((size_t)in->size, sizeof(*d)));
-	if (in->size > sizeof(*d)) {
-		const uint8_t *extra = (const uint8_t *)in + sizeof(*d);
-
-		for (size_t i = 0; i < in->size - sizeof(*d); i++)
-			if (extra[i])
-				return mfd_error_set(errp, MFD_ENOTSUP,
-						     "RAM block: the descriptor sets a member at "
-						     "byte %zu that this library (%zu-byte "
-						     "descriptor) does not know", sizeof(*d) + i,
-						     sizeof(*d));
-	}
-	return 0;
 }
 
 int mfd_ram_block_register(mfd_migration *m, const struct mfd_ram_block_desc *desc,
@@ -58,7 +32,8 @@ int mfd_ram_block_register(mfd_migration *m, const struct mfd_ram_block_desc *de
 
 	if (!m || !desc)
 		return mfd_error_set(errp, MFD_EINVAL, "mfd_ram_block_register: NULL argument");
-	if ((r = desc_copy(&d, desc, errp)) < 0)
+	if ((r = util_struct_in(&d, sizeof(d), desc, DESC_SIZE_V1, "mfd_ram_block_register",
+				"mfd_ram_block_desc", errp)) < 0)
 		return r;
 	name = d.name;
 	if (!name)

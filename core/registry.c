@@ -3,6 +3,7 @@
  * The migration object and its registry of device sections.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -130,6 +131,9 @@ struct mfd_section *section_find(mfd_migration *m, const char *idstr, uint32_t i
 	return NULL;
 }
 
+/* The first layout of struct mfd_save_handlers ended with this member. */
+#define SAVE_HANDLERS_FIRST_SIZE MFD_OFFSETOF_END(mfd_save_handlers, switchover_ack_needed)
+
 static bool ops_have_content(const mfd_save_handlers *ops)
 {
 	return ops->save_state || ops->save_setup || ops->save_live_iterate || ops->load_state;
@@ -140,7 +144,10 @@ int mfd_register_live(mfd_migration *m, const char *idstr, uint32_t instance_id,
 		      mfd_error **errp)
 {
 	struct mfd_section *se, **tail;
+	mfd_save_handlers in;
+	char where[MFD_IDSTR_MAX + 16];
 	size_t len;
+	int r;
 
 	if (!m || !idstr || !ops)
 		return mfd_error_set(errp, MFD_EINVAL, "mfd_register_live: NULL argument");
@@ -151,10 +158,12 @@ int mfd_register_live(mfd_migration *m, const char *idstr, uint32_t instance_id,
 		return mfd_error_set(errp, MFD_EINVAL,
 				     "section idstr must be 1 to %d bytes, '%.40s%s' has %zu",
 				     MFD_IDSTR_MAX, idstr, len > 40 ? "..." : "", len);
-	if (ops->abi_version != MFD_SAVE_HANDLERS_ABI)
-		return mfd_error_set(errp, MFD_EINVAL,
-				     "section '%s': handler table abi_version %u, this library "
-				     "knows %u", idstr, ops->abi_version, MFD_SAVE_HANDLERS_ABI);
+	snprintf(where, sizeof(where), "section '%s'", idstr);
+	r = util_struct_in(&in, sizeof(in), ops, SAVE_HANDLERS_FIRST_SIZE, where,
+			   "mfd_save_handlers", errp);
+	if (r < 0)
+		return r;
+	ops = &in;
 	if (!ops_have_content(ops))
 		return mfd_error_set(errp, MFD_EINVAL,
 				     "section '%s': the handler table has neither save_state, a "
@@ -188,7 +197,7 @@ int mfd_register_live(mfd_migration *m, const char *idstr, uint32_t instance_id,
 	se->instance_id = instance_id;
 	se->version_id = version_id;
 	se->section_id = m->next_section_id++;
-	se->ops = *ops;
+	se->ops = in;
 	se->opaque = opaque;
 	se->live = ops->save_setup || ops->save_live_iterate;
 	for (tail = &m->sections; *tail; tail = &(*tail)->next)

@@ -74,7 +74,33 @@ mfd_error *error_copy(const mfd_error *err);
  * MFD_EHANDLER, keeping the message; returns the resulting code. */
 int error_normalize(mfd_error *err);
 
+/* A failure code a handler, a codec or the peer may report: negative, in
+ * enum mfd_errcode, and not MFD_ERUNNING, which only mfd_migration_wait()
+ * returns (and which a handler's -EINVAL would otherwise pass for). */
+static inline int error_code_is_failure(int code)
+{
+	return code < 0 && code >= MFD_ERRCODE_MIN && code != MFD_ERUNNING;
+}
+
 char *util_strdup(const char *s);
+
+/* The offset just past @member: a struct's size when @member was its last. */
+#define MFD_OFFSETOF_END(type, member) (offsetof(type, member) + sizeof(((type *)0)->member))
+
+/*
+ * Copy a size-versioned struct of the caller (its first member the uint32_t
+ * size it was built with) into the library's own @dst of @dst_size bytes,
+ * the rule of docs/abi.md for every such struct: @dst is zeroed and gets
+ * min(size, @dst_size) bytes, so members the caller's layout lacks read as
+ * 0/NULL.  A size below @first_size (the struct's first layout) is
+ * MFD_EINVAL naming both sizes; a size beyond @dst_size (a newer program) is
+ * accepted only when every byte past @dst_size is zero, else MFD_ENOTSUP
+ * with the offset of the first non-zero one.  @fn and @what (the struct's
+ * name without "struct ") prefix the messages.  @dst holds the copy even
+ * when the check fails, for a caller that must take what the struct holds.
+ */
+int util_struct_in(void *dst, size_t dst_size, const void *src, size_t first_size,
+		   const char *fn, const char *what, mfd_error **errp);
 
 /* Monotonic nanoseconds, for durations and rates. */
 static inline uint64_t util_now_ns(void)

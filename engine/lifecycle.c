@@ -235,13 +235,16 @@ static void given_free(struct given *g)
 static int given_take(const struct mfd_channel_set *set, const char *fn, struct given *g,
 		      mfd_error **errp)
 {
-	struct mfd_channel_set in = { 0 };
+	struct mfd_channel_set in;
+	int r;
 
 	memset(g, 0, sizeof(*g));
 	if (!set)
 		return mfd_error_set(errp, MFD_EINVAL, "%s: NULL channel set", fn);
-	/* Members past the caller's size are 0 (docs/abi.md). */
-	memcpy(&in, set, set->size < sizeof(in) ? set->size : sizeof(in));
+	/* Members past the caller's size are 0 (docs/abi.md); the channels are
+	 * taken even from a set refused for its size. */
+	r = util_struct_in(&in, sizeof(in), set, MFD_OFFSETOF_END(struct mfd_channel_set, multifd),
+			   fn, "mfd_channel_set", errp);
 	g->main = in.main;
 	g->pre = in.preempt;
 	if (in.multifd && in.nmultifd <= 256) {
@@ -249,10 +252,8 @@ static int given_take(const struct mfd_channel_set *set, const char *fn, struct 
 		for (unsigned i = 0; i < g->nmf; i++)
 			g->mf[i] = in.multifd[i];
 	}
-	if (set->size < offsetof(struct mfd_channel_set, multifd) + sizeof(in.multifd))
-		return mfd_error_set(errp, MFD_EINVAL, "%s: struct mfd_channel_set of %u bytes; "
-				     "set size = sizeof(struct mfd_channel_set) (%zu)", fn,
-				     set->size, sizeof(in));
+	if (r < 0)
+		return r;
 	if (!in.main)
 		return mfd_error_set(errp, MFD_EINVAL, "%s: the set has no main channel", fn);
 	if (in.nmultifd > 256)
@@ -301,6 +302,15 @@ static int engine_start_on(mfd_migration *m, bool incoming, const char *uri, str
 		return mfd_error_set(errp, MFD_EINVAL, "%s: NULL argument", fn);
 	if (m->busy)
 		return mfd_error_set(errp, MFD_ESTATE, "a migration or save/load is running");
+	/* The last RAM pass and the device state must see a guest that no longer
+	 * writes its memory: without vm_stop nothing stops it. */
+	if (!incoming && m->nblocks && !m->hooks.vm_stop &&
+	    !m->params.i[MFD_P_VM_STOPPED_EXTERNALLY])
+		return mfd_error_set(errp, MFD_EINVAL, "%s: RAM blocks are registered but no vm_stop "
+				     "hook is installed: the vCPUs would keep writing guest RAM "
+				     "while its last pages are sent.  Install a vm_stop hook "
+				     "(mfd_migration_set_hooks()), or set vm-stopped-externally "
+				     "on if the guest cannot run during the migration", fn);
 	if (!m->engine) {
 		e = calloc(1, sizeof(*e));
 		if (!e)
@@ -511,7 +521,7 @@ int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp)
 		*errp = error_copy(e->err);
 	pthread_mutex_unlock(&e->lock);
 	if (!ended)
-		return mfd_error_set(errp, MFD_ETIMEDOUT, "migration still %s after %d ms",
+		return mfd_error_set(errp, MFD_ERUNNING, "migration still %s after %d ms",
 				     mfd_state_name(st), timeout_ms);
 	/* Several threads may wait: one joins, the others wait for the join. */
 	pthread_mutex_lock(&e->lock);
@@ -671,17 +681,25 @@ enum mfd_state mfd_migration_state(mfd_migration *m)
 	return e ? (enum mfd_state)atomic_load(&e->state_pub) : MFD_STATE_NONE;
 }
 
+/* The first layout of struct mfd_vmm_hooks ended with this member; members
+ * appended since are NULL for a program built with that layout. */
+#define VMM_HOOKS_FIRST_SIZE MFD_OFFSETOF_END(mfd_vmm_hooks, state_changed)
+
 int mfd_migration_set_hooks(mfd_migration *m, const mfd_vmm_hooks *hooks, void *opaque,
 			    mfd_error **errp)
 {
+	mfd_vmm_hooks in;
+	int r;
+
 	if (!m || !hooks)
 		return mfd_error_set(errp, MFD_EINVAL, "mfd_migration_set_hooks: NULL argument");
-	if (hooks->abi_version != MFD_VMM_HOOKS_ABI)
-		return mfd_error_set(errp, MFD_EINVAL, "hooks abi_version %u, this library knows %u",
-				     hooks->abi_version, MFD_VMM_HOOKS_ABI);
+	r = util_struct_in(&in, sizeof(in), hooks, VMM_HOOKS_FIRST_SIZE,
+			   "mfd_migration_set_hooks", "mfd_vmm_hooks", errp);
+	if (r < 0)
+		return r;
 	if (m->busy)
 		return mfd_error_set(errp, MFD_ESTATE, "hooks cannot change while migrating");
-	m->hooks = *hooks;
+	m->hooks = in;
 	m->hooks_opaque = opaque;
 	return 0;
 }

@@ -761,7 +761,7 @@ uint64_t ramsec_remaining(struct mfd_engine *e)
 }
 
 static const mfd_save_handlers ram_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_prepare = prepare,
 	.save_setup = save_setup,
 	.save_cleanup = save_cleanup,

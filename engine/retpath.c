@@ -408,7 +408,8 @@ void *eng_rp_thread(void *arg)
 			/* Past unknown, the migration thread decides what it means. */
 			if (at != SC_UNKNOWN)
 				commit_move(e, SC_ANSWERED);
-			e->src.rp_result = code < MFD_ERRCODE_MIN ? MFD_EPROTO : code;
+			e->src.rp_result = code == 0 || error_code_is_failure(code) ? code
+										    : MFD_EPROTO;
 			free(e->src.rp_message);
 			e->src.rp_message = text;	/* only this thread replaces it */
 			/* Loaded after postcopy: every page is there, so the preempt

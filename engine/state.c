@@ -115,7 +115,7 @@ void eng_set_state(struct mfd_engine *e, enum mfd_state to)
 	log_info("migration %s: %s -> %s", e->incoming ? "incoming" : "outgoing",
 		     mfd_state_name(from), mfd_state_name(to));
 	if (m->hooks.state_changed)
-		m->hooks.state_changed(m->hooks_opaque, from, to);
+		m->hooks.state_changed(m->hooks_opaque, (int)from, (int)to);
 	migration_notify(m);
 }
 

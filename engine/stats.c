@@ -61,7 +61,7 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 		return e ? MFD_ENOMEM : 0;
 	}
 	pthread_mutex_lock(&e->lock);
-	st.status = e->state;
+	st.status = (int32_t)e->state;
 	uint64_t end = e->t_end_ns ? e->t_end_ns : now;
 
 	st.total_time = e->t_start_ns ? (end - e->t_start_ns) / 1000000 : 0;

@@ -51,7 +51,7 @@ static int load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd_erro
 }
 
 static const mfd_save_handlers vmconfig_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_setup = save_setup,
 	.save_live_complete_precopy = save_complete,
 	.load_state = load_state,

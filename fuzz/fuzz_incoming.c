@@ -72,7 +72,7 @@ static int cpu_load(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error 
 }
 
 static const mfd_save_handlers cpu_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = cpu_save,
 	.load_state = cpu_load,
 };
@@ -85,7 +85,9 @@ static mfd_migration *make_side(uint8_t *ram)
 	if (mfd_migration_new(&m, &err) < 0 ||
 	    mfd_ram_block_add(m, "pc.ram", ram, PAGES * PAGE, PAGE, &err) < 0 ||
 	    mfd_register_live(m, "cpu", 0, 1, &cpu_ops, cpu_state, &err) < 0 ||
-	    mfd_set_param_int(m, "channel-timeout-ms", 5000, &err) < 0)
+	    mfd_set_param_int(m, "channel-timeout-ms", 5000, &err) < 0 ||
+	    /* No vCPU writes this RAM (the source of the seeds). */
+	    mfd_set_param_int(m, "vm-stopped-externally", 1, &err) < 0)
 		die("setup", err);
 	return m;
 }

@@ -226,7 +226,7 @@ static int src_live_complete(mfd_stream *s, void *opaque, mfd_error **errp)
 }
 
 static const mfd_save_handlers dev_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = src_dev_save,
 	.load_state = dev_load,
 	.load_setup = dev_load_setup,
@@ -234,7 +234,7 @@ static const mfd_save_handlers dev_ops = {
 };
 
 static const mfd_save_handlers live_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_setup = src_live_setup,
 	.save_live_iterate = src_live_iterate,
 	.save_live_complete_precopy = src_live_complete,
@@ -244,7 +244,7 @@ static const mfd_save_handlers live_ops = {
 };
 
 static const mfd_save_handlers saveonly_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = src_dev_save,
 };
 

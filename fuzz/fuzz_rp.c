@@ -203,6 +203,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	    mfd_ram_block_add(src, "pc.ram", ram, sizeof(ram), PAGE, &err) < 0 ||
 	    mfd_set_param_int(src, "multifd-channels", 1, &err) < 0 ||
 	    mfd_set_param_int(src, "channel-timeout-ms", TIMEOUT_MS, &err) < 0 ||
+	    /* No vCPU writes this RAM: nothing for a vm_stop hook to stop. */
+	    mfd_set_param_int(src, "vm-stopped-externally", 1, &err) < 0 ||
 	    mfd_listener_new(uri, &listener, &err) < 0)
 		die("setup", err);
 	return 0;

@@ -237,7 +237,7 @@ static int channel_setup(struct mfd_multifd_recv *r, struct recv_channel *c, mfd
 		if (!c->cbuf)
 			return mfd_error_set(errp, MFD_ENOMEM,
 					     "multifd channel %u: out of memory for the codec", c->id);
-		rc = r->cfg.codec->recv_setup(&c->dctx, errp);
+		rc = r->cfg.codec->recv_setup(r->cfg.codec->opaque, &c->dctx, errp);
 		if (rc < 0) {
 			c->dctx = NULL;
 			return rc;

@@ -552,7 +552,7 @@ static int channel_init(struct mfd_multifd_send *s, struct send_channel *c, unsi
 		if (!c->bounce || !c->cbuf)
 			return mfd_error_set(errp, MFD_ENOMEM,
 					     "multifd channel %u: out of memory for codec buffers", id);
-		r = s->cfg.codec->send_setup(&c->cctx, s->cfg.level, errp);
+		r = s->cfg.codec->send_setup(s->cfg.codec->opaque, &c->cctx, s->cfg.level, errp);
 		if (r < 0) {
 			c->cctx = NULL;
 			mfd_error_prefix(errp ? *errp : NULL, "multifd channel %u: %s", id,

@@ -62,7 +62,7 @@ struct suite_entry {
 static const struct suite_entry all_suites[] = { SUITES(ENTRY) };
 
 /* MFD_TEST_LOG=1..3 prints the library's log on stderr, for debugging a test. */
-static void log_to_stderr(enum mfd_log_level level, const char *msg, void *opaque)
+static void log_to_stderr(int level, const char *msg, void *opaque)
 {
 	static const char *const names[] = { "error", "warning", "info", "debug" };
 

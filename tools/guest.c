@@ -351,12 +351,12 @@ static int image_load(mfd_stream *s, void *opaque, uint32_t version_id, mfd_erro
 int guest_register(struct guest *g, mfd_migration *m, mfd_error **errp)
 {
 	static const mfd_save_handlers cpu_ops = {
-		.abi_version = MFD_SAVE_HANDLERS_ABI,
+		.size = sizeof(mfd_save_handlers),
 		.save_state = cpu_save,
 		.load_state = cpu_load,
 	};
 	static const mfd_save_handlers image_ops = {
-		.abi_version = MFD_SAVE_HANDLERS_ABI,
+		.size = sizeof(mfd_save_handlers),
 		.save_state = image_save,
 		.load_state = image_load,
 	};

@@ -150,34 +150,13 @@ static void progress_close(struct progress *p)
 	p->line_open = false;
 }
 
-static bool state_is_final(enum mfd_state st)
-{
-	return st == MFD_STATE_COMPLETED || st == MFD_STATE_FAILED || st == MFD_STATE_CANCELLED;
-}
-
-/*
- * mfd_migration_wait() returns MFD_ETIMEDOUT both while the migration still
- * runs and when it ended with a timeout error.  A final state tells them
- * apart: then a second, unbounded wait joins the thread, unless the first
- * one already did (MFD_ESTATE), in which case its error is the real one.
- */
+/* One 200 ms wait: MFD_ERUNNING only while the migration still runs. */
 static int wait_step(mfd_migration *m, mfd_error **errp, bool *ended)
 {
-	mfd_error *err = NULL, *err2 = NULL;
-	int r = mfd_migration_wait(m, 200, &err), r2;
+	mfd_error *err = NULL;
+	int r = mfd_migration_wait(m, 200, &err);
 
-	*ended = r != MFD_ETIMEDOUT;
-	if (r == MFD_ETIMEDOUT && state_is_final(mfd_migration_state(m))) {
-		*ended = true;
-		r2 = mfd_migration_wait(m, 0, &err2);
-		if (r2 != MFD_ESTATE) {
-			mfd_error_free(err);
-			err = err2;
-			err2 = NULL;
-			r = r2;
-		}
-		mfd_error_free(err2);
-	}
+	*ended = r != MFD_ERUNNING;
 	if (*ended && errp && !*errp)
 		*errp = err;
 	else

@@ -59,13 +59,13 @@ static int source_policy(void *opaque, const struct mfd_policy_info *info)
 int source_setup(struct source *s, mfd_error **errp)
 {
 	static const mfd_vmm_hooks hooks = {
-		.abi_version = MFD_VMM_HOOKS_ABI,
+		.size = sizeof(mfd_vmm_hooks),
 		.vm_stop = source_vm_stop,
 		.vm_start = source_vm_start,
 		.throttle = source_throttle,
 	};
 	static const mfd_vmm_hooks postcopy_hooks = {
-		.abi_version = MFD_VMM_HOOKS_ABI,
+		.size = sizeof(mfd_vmm_hooks),
 		.vm_stop = source_vm_stop,
 		.vm_start = source_vm_start,
 		.throttle = source_throttle,
@@ -136,7 +136,7 @@ static int dest_vm_start(void *opaque, mfd_error **errp)
 int dest_setup(struct dest *d, uint64_t size, mfd_error **errp)
 {
 	static const mfd_vmm_hooks hooks = {
-		.abi_version = MFD_VMM_HOOKS_ABI,
+		.size = sizeof(mfd_vmm_hooks),
 		.vm_start = dest_vm_start,
 	};
 	int r = guest_alloc(&d->g, size, errp);

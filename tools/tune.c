@@ -250,8 +250,8 @@ static int codec_measure(const char *name, const uint8_t *pages, size_t bytes,
 		r = mfd_error_set(errp, MFD_ENOMEM, "no memory to measure %s", name);
 		goto done;
 	}
-	if ((r = ops->send_setup(&sctx, ops->level_default, errp)) < 0 ||
-	    (r = ops->recv_setup(&rctx, errp)) < 0)
+	if ((r = ops->send_setup(ops->opaque, &sctx, ops->level_default, errp)) < 0 ||
+	    (r = ops->recv_setup(ops->opaque, &rctx, errp)) < 0)
 		goto done;
 	for (size_t off = 0; off < bytes; off += PACKET_BYTES) {
 		size_t in = bytes - off < PACKET_BYTES ? bytes - off : PACKET_BYTES, olen = 0;

@@ -123,7 +123,7 @@ int parse_guest_size(const char *cmd, const char *arg, uint64_t *bytes)
 	return 0;
 }
 
-static void log_to_stderr(enum mfd_log_level level, const char *msg, void *opaque)
+static void log_to_stderr(int level, const char *msg, void *opaque)
 {
 	static const char *const names[] = { "error", "warning", "info", "debug" };
 

@@ -180,6 +180,10 @@ int main(void)
 	if (vm_new("3", &m, &ram, &err) < 0)
 		return fail("source", "setup", err);
 	fill(ram);
+	/* No vCPU runs in this example: nothing writes the RAM, so there is no
+	 * vm_stop hook, and the library is told so. */
+	if (mfd_set_param(m, "vm-stopped-externally", "on", &err) < 0)
+		return fail("source", "vm-stopped-externally", err);
 	for (unsigned i = 0; i < CHANNELS; i++)
 		mf_fds[i] = sv[i + 1][0];
 	if (set_of_fds(sv[0][0], mf_fds, mf, &set, &err) < 0)

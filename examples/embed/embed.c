@@ -64,7 +64,7 @@ struct vm {
 	atomic_int last_state;
 };
 
-static void log_message(enum mfd_log_level level, const char *msg, void *opaque)
+static void log_message(int level, const char *msg, void *opaque)
 {
 	static const char *const names[] = { "error", "warning", "info", "debug" };
 
@@ -184,7 +184,7 @@ static int dev_load(mfd_stream *s, void *opaque, uint32_t version_id, mfd_error 
 }
 
 static const mfd_save_handlers dev_handlers = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = dev_save,
 	.load_state = dev_load,
 };
@@ -251,7 +251,7 @@ static int hook_dirty_sync(void *opaque, unsigned block, void *cookie, uint64_t 
 }
 
 /* Called on the thread that changed the state; only query functions allowed. */
-static void hook_state_changed(void *opaque, enum mfd_state from, enum mfd_state to)
+static void hook_state_changed(void *opaque, int from, int to)
 {
 	struct vm *vm = opaque;
 
@@ -261,7 +261,7 @@ static void hook_state_changed(void *opaque, enum mfd_state from, enum mfd_state
 }
 
 static const mfd_vmm_hooks vm_hooks = {
-	.abi_version = MFD_VMM_HOOKS_ABI,
+	.size = sizeof(mfd_vmm_hooks),
 	.vm_stop = hook_vm_stop,
 	.vm_start = hook_vm_start,
 	.dirty_log_start = hook_dirty_log_start,
@@ -357,19 +357,14 @@ static void print_stats(struct vm *vm)
 	}
 }
 
-static bool state_is_final(enum mfd_state st)
-{
-	return st == MFD_STATE_COMPLETED || st == MFD_STATE_FAILED || st == MFD_STATE_CANCELLED;
-}
-
 /* Step 6: wait for the end, reporting progress */
 static int wait_for_end(struct vm *src, mfd_error **errp)
 {
 	for (int waited = 0;; waited += 250) {
 		int r = mfd_migration_wait(src->m, 250, NULL);
 
-		/* MFD_ETIMEDOUT is also a possible outcome: the state tells. */
-		if (r != MFD_ETIMEDOUT || state_is_final(mfd_migration_state(src->m)))
+		/* MFD_ERUNNING: still running after 250 ms; anything else is the end. */
+		if (r != MFD_ERUNNING)
 			return mfd_migration_wait(src->m, 0, errp);	/* ended: at once */
 		if (waited >= 120000) {
 			/* Any thread may cancel; the source VM runs again. */

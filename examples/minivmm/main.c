@@ -280,7 +280,7 @@ static void command(int fd, char *line)
 		}
 		int r = mfd_migration_wait(vmm.m, (int)ms, &err);
 
-		if (r == MFD_ETIMEDOUT && mfd_migration_state(vmm.m) != MFD_STATE_FAILED) {
+		if (r == MFD_ERUNNING) {
 			mfd_error_free(err);
 			reply(fd, "error: still %s", mfd_state_name(mfd_migration_state(vmm.m)));
 		} else if (r < 0 && r != MFD_ESTATE) {
@@ -743,7 +743,7 @@ static int cmd_mkimage(int argc, char **argv)
 	return 0;
 }
 
-static void log_handler(enum mfd_log_level level, const char *msg, void *opaque)
+static void log_handler(int level, const char *msg, void *opaque)
 {
 	(void)level;
 	(void)opaque;

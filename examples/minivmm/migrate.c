@@ -112,17 +112,17 @@ static void hook_throttle(void *opaque, int percent)
 int vm_register(struct vm *vm, mfd_migration *m, bool incoming, mfd_error **errp)
 {
 	static const mfd_save_handlers cpu_ops = {
-		.abi_version = MFD_SAVE_HANDLERS_ABI,
+		.size = sizeof(mfd_save_handlers),
 		.save_state = cpu_save,
 		.load_state = cpu_load,
 	};
 	static const mfd_save_handlers serial_ops = {
-		.abi_version = MFD_SAVE_HANDLERS_ABI,
+		.size = sizeof(mfd_save_handlers),
 		.save_state = serial_save,
 		.load_state = serial_load,
 	};
 	mfd_vmm_hooks hooks = {
-		.abi_version = MFD_VMM_HOOKS_ABI,
+		.size = sizeof(mfd_vmm_hooks),
 		.vm_stop = hook_vm_stop,
 		.vm_start = hook_vm_start,
 		.dirty_log_start = hook_log_start,

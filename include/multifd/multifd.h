@@ -86,10 +86,11 @@ enum mfd_errcode {
 	MFD_EBADCONFIG = -19,	/* peer: configuration record missing or different */
 	MFD_EPROTO = -20,	/* peer: other malformed data */
 	MFD_EUNKNOWN = -21,	/* switchover outcome unknown: the destination may run the VM */
+	MFD_ERUNNING = -22,	/* still running: mfd_migration_wait()'s timeout expired */
 };
 
 /** MFD_ERRCODE_MIN - the most negative code in enum mfd_errcode. */
-#define MFD_ERRCODE_MIN (-21)
+#define MFD_ERRCODE_MIN (-22)
 
 /**
  * typedef mfd_error - an error: a code from enum mfd_errcode and a message.
@@ -206,7 +207,8 @@ enum mfd_log_level {
 
 /**
  * typedef mfd_log_fn - receives one log message.
- * @level: severity.
+ * @level: severity, a value of enum mfd_log_level (an int: an enum's size
+ *	is the compiler's choice, which bindings cannot know).
  * @msg: one line, no trailing newline; valid only during the call.
  * @opaque: the pointer given to mfd_log_set_handler().
  *
@@ -214,7 +216,7 @@ enum mfd_log_level {
  * library (one at a time).  It must not call back into the library except
  * mfd_strerror() and the version functions.
  */
-typedef void (*mfd_log_fn)(enum mfd_log_level level, const char *msg, void *opaque);
+typedef void (*mfd_log_fn)(int level, const char *msg, void *opaque);
 
 /**
  * mfd_log_set_handler() - route the library's log messages.
@@ -251,7 +253,9 @@ struct mfd_thread_hooks {
  * mfd_thread_hooks_set() - install the thread hooks, for the whole process.
  * @hooks: the hooks (copied), or NULL to remove them.
  * @opaque: passed back to them.
- * @errp: MFD_EINVAL for a @size too small to hold @thread_start.
+ * @errp: MFD_EINVAL for a @size too small to hold @thread_start;
+ *	MFD_ENOTSUP for a @size beyond the library's with a non-zero byte
+ *	there (hooks this library does not know).
  *
  * Any thread.  A thread takes the hooks installed when it starts and calls
  * the same pair at its exit, so a change never splits a start from its
@@ -846,9 +850,6 @@ MFD_API int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256
 /* Compression plugins                                                       */
 /* ------------------------------------------------------------------------ */
 
-/** MFD_COMPRESS_ABI - current value for mfd_compress_ops.abi_version. */
-#define MFD_COMPRESS_ABI 1
-
 /** MFD_COMPRESS_NAME_MAX - longest codec name, in bytes. */
 #define MFD_COMPRESS_NAME_MAX 31
 
@@ -867,7 +868,8 @@ MFD_API int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256
  * every packet; one thread uses a context at a time.  Return codes: 0 or a
  * negative enum mfd_errcode with *errp set.
  *
- * @abi_version: MFD_COMPRESS_ABI.
+ * @size: sizeof(struct mfd_compress_ops) as the codec was built with;
+ *	members past it are taken as NULL/0 (see mfd_compress_register()).
  * @name: 1..MFD_COMPRESS_NAME_MAX bytes of [a-z0-9_-]; the value of the
  *	"multifd-compression" parameter; both sides must know it.
  * @level_min: lowest accepted level.
@@ -875,41 +877,51 @@ MFD_API int mfd_subsection_next(mfd_stream *s, const char *parent, char name[256
  * @level_default: level used when none is configured.
  * @bound: the most bytes send_prepare may produce for @in_len input bytes.
  *	The receiver refuses larger payloads before reading them.
- * @send_setup: create a compression context at @level (within bounds).
+ * @send_setup: create a compression context at @level (within bounds);
+ *	@opaque is the table's @opaque member.
  * @send_prepare: compress @in_len bytes at @in into @out (capacity
  *	@out_cap >= bound(@in_len)); store the size in *@out_len.
  * @send_cleanup: release a compression context (NULL accepted).
- * @recv_setup: create a decompression context.
+ * @recv_setup: create a decompression context; @opaque as for send_setup.
  * @recv: decompress @in_len bytes at @in into exactly the @n buffers of
  *	@out (pages in guest memory).  The input is untrusted: it must expand
  *	to exactly the total size of @out, without trailing input, never
  *	writing outside @out, never allocating by what the input claims;
  *	anything else is MFD_EPROTO with a message saying what was wrong.
  * @recv_cleanup: release a decompression context (NULL accepted).
+ * @opaque: the codec's own pointer (a device handle, an object of another
+ *	language), passed to send_setup and recv_setup, which can keep it in
+ *	the contexts they make; may be NULL.  The library never dereferences
+ *	it; it must stay valid until the process ends.
  */
 typedef struct mfd_compress_ops {
-	uint32_t abi_version;
+	uint32_t size;
 	const char *name;
 	int level_min, level_max, level_default;
 	size_t (*bound)(size_t in_len);
-	int (*send_setup)(void **ctx, int level, mfd_error **errp);
+	int (*send_setup)(void *opaque, void **ctx, int level, mfd_error **errp);
 	int (*send_prepare)(void *ctx, const void *in, size_t in_len, void *out, size_t out_cap,
 			    size_t *out_len, mfd_error **errp);
 	void (*send_cleanup)(void *ctx);
-	int (*recv_setup)(void **ctx, mfd_error **errp);
+	int (*recv_setup)(void *opaque, void **ctx, mfd_error **errp);
 	int (*recv)(void *ctx, const void *in, size_t in_len, const struct iovec *out, int n,
 		    mfd_error **errp);
 	void (*recv_cleanup)(void *ctx);
+	void *opaque;
 } mfd_compress_ops;
 
 /**
  * mfd_compress_register() - add a codec (e.g. a hardware one) for every
  * migration of this process.
- * @ops: the codec; must stay valid until the process ends (a static const
- *	table).  The built-ins none, zlib, zstd and lz4 (each when built in)
- *	are always registered.
- * @errp: MFD_EEXIST when the name is taken; MFD_EINVAL for a bad table;
- *	MFD_ETOOBIG when 32 codecs (built-ins included) are registered already.
+ * @ops: the codec; the table and its name are copied (min(@ops->size,
+ *	the library's size) bytes), the functions it points to must stay
+ *	valid until the process ends.  The built-ins none, zlib, zstd and lz4
+ *	(each when built in) are always registered.
+ * @errp: MFD_EEXIST when the name is taken; MFD_EINVAL for a bad table (a
+ *	@size below the first layout's, a bad name, a missing function, bad
+ *	levels); MFD_ENOTSUP for a table that sets members past what this
+ *	library knows (built for a newer libmultifd); MFD_ETOOBIG when 32
+ *	codecs (built-ins included) are registered already.
  *
  * Any thread.
  */
@@ -919,7 +931,9 @@ MFD_API int mfd_compress_register(const mfd_compress_ops *ops, mfd_error **errp)
  * mfd_compress_find() - look a codec up by name.
  * @name: e.g. "zstd".
  *
- * Any thread.  Returns the table, or NULL when no codec has that name.
+ * Any thread.  Returns the library's copy of the table (its @size is the
+ * library's sizeof; valid until the process ends), or NULL when no codec
+ * has that name.
  */
 MFD_API const mfd_compress_ops *mfd_compress_find(const char *name);
 
@@ -1000,19 +1014,19 @@ MFD_API int mfd_migration_set_log_handler(mfd_migration *m, mfd_migration_log_fn
 MFD_API int mfd_migration_set_identity(mfd_migration *m, const char *identity,
 				       mfd_error **errp);
 
-/** MFD_SAVE_HANDLERS_ABI - current value for mfd_save_handlers.abi_version. */
-#define MFD_SAVE_HANDLERS_ABI 1
-
 /**
  * struct mfd_save_handlers - what a device section does at each phase.
  *
- * Set abi_version to MFD_SAVE_HANDLERS_ABI; leave unused members NULL.  A
+ * Set @size to sizeof(struct mfd_save_handlers); leave unused members NULL
+ * (members past @size are taken as NULL, see mfd_register_live()).  A
  * section is *live* (iterative, sent as START/PART/END) when it has
  * save_setup or save_live_iterate, otherwise it is sent once as FULL at
  * completion through save_state.  Every callback gets the opaque pointer
  * given at registration.  Callbacks that return int return 0 on success and
  * a negative code on failure, setting *errp through mfd_error_set() (a
  * failure without a message gets a generic one naming the section).
+ *
+ * @size: sizeof(struct mfd_save_handlers) as the caller was built with.
  *
  * Source side, in call order:
  * @save_prepare: before anything is written; may refuse the migration.
@@ -1056,7 +1070,7 @@ MFD_API int mfd_migration_set_identity(mfd_migration *m, const char *identity,
  *	mfd_migration_approve_switchover() (at once when none does).
  */
 typedef struct mfd_save_handlers {
-	uint32_t abi_version;
+	uint32_t size;
 	int (*save_prepare)(void *opaque, mfd_error **errp);
 	int (*save_setup)(mfd_stream *s, void *opaque, mfd_error **errp);
 	void (*save_cleanup)(void *opaque);
@@ -1097,9 +1111,11 @@ typedef struct mfd_save_handlers {
  * @ops: the handlers; copied, so the table may be temporary.
  * @opaque: passed to every handler.
  * @errp: error details: MFD_EEXIST for a duplicate, MFD_EINVAL for a bad
- *        idstr or handler table (abi_version unknown; neither save_state nor
- *        a live handler nor load_state set; save_live_iterate or
- *        save_live_complete_precopy without save_setup).
+ *        idstr or handler table (size below the first layout's; neither
+ *        save_state nor a live handler nor load_state set; save_live_iterate
+ *        or save_live_complete_precopy without save_setup), MFD_ENOTSUP for
+ *        a table that sets members this library does not know (a size
+ *        beyond the library's with a non-zero byte there).
  *
  * Sections are saved in registration order.  Returns 0 or a negative code.
  */
@@ -1391,6 +1407,12 @@ MFD_API int mfd_migration_set_vm_config(mfd_migration *m, const void *config, si
  *                             round trip in the downtime); a source without
  *                             the result then restarts its VM instead of
  *                             ending in MFD_EUNKNOWN
+ *   vm-stopped-externally     bool, off (source): the guest cannot run during
+ *                             the migration (a stopped VM, a snapshot, a
+ *                             test), so no vm_stop hook is needed.  Off, a
+ *                             source with RAM blocks and no vm_stop hook is
+ *                             refused (MFD_EINVAL): its vCPUs would write
+ *                             the RAM being sent at switchover
  *
  * Booleans accept on/off, true/false, yes/no, 1/0.  Parameters may be set
  * until mfd_migrate()/mfd_migrate_incoming() starts; then MFD_ESTATE, except
@@ -1526,9 +1548,6 @@ enum mfd_state {
  */
 MFD_API const char *mfd_state_name(enum mfd_state state);
 
-/** MFD_VMM_HOOKS_ABI - current value for mfd_vmm_hooks.abi_version. */
-#define MFD_VMM_HOOKS_ABI 1
-
 /**
  * struct mfd_policy_info - what a switchover policy decides on.
  * @iteration: completed passes over RAM (dirty-bitmap syncs).
@@ -1552,12 +1571,16 @@ struct mfd_policy_info {
 /**
  * struct mfd_vmm_hooks - what the library asks of the VMM.
  *
- * Set abi_version to MFD_VMM_HOOKS_ABI; NULL members are skipped.  All
+ * Set @size to sizeof(struct mfd_vmm_hooks); NULL members are skipped, and
+ * members past @size are taken as NULL (see mfd_migration_set_hooks()).  All
  * hooks run on the migration thread unless said otherwise, and get the
  * opaque pointer given to mfd_migration_set_hooks().
  *
+ * @size: sizeof(struct mfd_vmm_hooks) as the caller was built with.
  * @vm_stop: stop the vCPUs (source, at switchover); a failure fails the
- *	migration and the VM keeps running.
+ *	migration and the VM keeps running.  Required on a source with RAM
+ *	blocks, unless the vm-stopped-externally parameter says the guest
+ *	cannot run (mfd_migrate() refuses the migration otherwise).
  * @vm_start: resume the vCPUs: on the source after a failure or cancel
  *	that happened while they were stopped, but never after the end of
  *	the stream went out unless the destination reported failure (the
@@ -1588,6 +1611,12 @@ struct mfd_policy_info {
  *	smallest figure (the guest dirties as fast as the link moves).  A
  *	stall is logged as a warning with its figures and counted in
  *	mfd_stats.precopy_stalls, with or without this hook.
+ * @state_changed: the state moved from @from to @to, values of enum
+ *	mfd_state (ints, as every enum value in a callback or a struct of
+ *	this header: see docs/abi.md).  Called on the thread
+ *	that changed it (the caller of mfd_migrate*() for none -> setup, the
+ *	migration or incoming thread, or the canceller);
+ *	must not call back into the library except the query functions.
  * @dirty_sync_begin: a sync round begins (@round counts from 1 for the
  *	migration): called once before the round's @dirty_sync calls (reap a
  *	dirty ring, collect a VFIO or vhost-user log here).  Called even
@@ -1619,13 +1648,9 @@ struct mfd_policy_info {
  *	when the source's RAM section starts (a source with RAM blocks or a
  *	VM configuration always sends one).  With this hook the destination
  *	may start with no blocks at all.  A failure fails the load.
- * @state_changed: the state moved from @from to @to.  Called on the thread
- *	that changed it (the caller of mfd_migrate*() for none -> setup, the
- *	migration or incoming thread, or the canceller);
- *	must not call back into the library except the query functions.
  */
 typedef struct mfd_vmm_hooks {
-	uint32_t abi_version;
+	uint32_t size;
 	int (*vm_stop)(void *opaque, mfd_error **errp);
 	int (*vm_start)(void *opaque, mfd_error **errp);
 	int (*dirty_log_start)(void *opaque, mfd_error **errp);
@@ -1634,7 +1659,7 @@ typedef struct mfd_vmm_hooks {
 			  uint64_t nbits, mfd_error **errp);
 	void (*throttle)(void *opaque, int percent);
 	int (*switchover_policy)(void *opaque, const struct mfd_policy_info *info);
-	void (*state_changed)(void *opaque, enum mfd_state from, enum mfd_state to);
+	void (*state_changed)(void *opaque, int from, int to);
 	int (*dirty_sync_begin)(void *opaque, uint64_t round, mfd_error **errp);
 	int (*dirty_sync_end)(void *opaque, uint64_t round, mfd_error **errp);
 	int (*dirty_clear)(void *opaque, unsigned block, void *cookie, uint64_t first,
@@ -1650,9 +1675,12 @@ typedef struct mfd_vmm_hooks {
 /**
  * mfd_migration_set_hooks() - install the VMM's hooks.
  * @m: the migration object (not migrating).
- * @hooks: copied.
+ * @hooks: copied (min(@hooks->size, the library's size) bytes).
  * @opaque: passed to every hook.
- * @errp: MFD_EINVAL for an unknown abi_version.
+ * @errp: MFD_EINVAL for a @size below the first layout's (the members up
+ *	to @state_changed); MFD_ENOTSUP for a @size beyond the library's with
+ *	a non-zero byte there (a program built for a newer libmultifd that
+ *	sets hooks this library does not know); MFD_ESTATE while migrating.
  */
 MFD_API int mfd_migration_set_hooks(mfd_migration *m, const mfd_vmm_hooks *hooks, void *opaque,
 				    mfd_error **errp);
@@ -1676,7 +1704,9 @@ MFD_API void mfd_ram_mark_dirty(mfd_migration *m, const void *addr, size_t len);
  * @uri: "tcp:HOST:PORT" or "unix:PATH" (main channel plus
  *	multifd-channels more); "fd:N" or "file:PATH" carry everything on the
  *	one channel (RAM pages on the main stream, no multifd).
- * @errp: MFD_ESTATE when a migration is running; parameter problems.
+ * @errp: MFD_ESTATE when a migration is running; MFD_EINVAL when RAM
+ *	blocks are registered without a vm_stop hook (unless
+ *	vm-stopped-externally is on); parameter problems.
  *
  * The migration thread connects, runs the section handlers in QEMU's
  * order, asks @vm_stop at switchover, and ends completed, failed or
@@ -1740,9 +1770,11 @@ struct mfd_channel_set {
  * @set: the connections; the migration takes every channel in it, also
  *	when this call fails (they are freed then), and frees them when it
  *	ends.  The array @set->multifd itself stays the caller's.
- * @errp: MFD_EINVAL for a malformed set (no main channel, a multifd count
- *	that is not multifd-channels, a preempt channel missing or not
- *	expected); as mfd_migrate() otherwise.
+ * @errp: MFD_EINVAL for a malformed set (a @size below the first layout's,
+ *	no main channel, a multifd count that is not multifd-channels, a
+ *	preempt channel missing or not expected); MFD_ENOTSUP for a @size
+ *	beyond the library's with a non-zero byte there; as mfd_migrate()
+ *	otherwise.
  *
  * Everything else is mfd_migrate()'s: the hellos go out on these channels
  * as on connections the library opened.  A postcopy recovery reconnects by
@@ -1805,11 +1837,12 @@ MFD_API int mfd_migration_event_fd(mfd_migration *m);
  * @timeout_ms: 0 = forever.
  * @errp: the migration's error when it failed or was cancelled.
  *
- * Returns 0 when completed, MFD_ETIMEDOUT when still running after
- * @timeout_ms, MFD_ESTATE when none was started, else the migration's
- * error code (which may itself be MFD_ETIMEDOUT: check
- * mfd_migration_state() to tell).  Joins the migration thread once it
- * ended; calling it again returns the same result.
+ * Returns 0 when completed, MFD_ERUNNING when still running after
+ * @timeout_ms (nothing failed: wait again, or cancel), MFD_ESTATE when none
+ * was started, else the migration's error code (MFD_ETIMEDOUT then means
+ * the migration itself failed on a deadline, e.g. channel-timeout-ms).
+ * Joins the migration thread once it ended; calling it again returns the
+ * same result.
  */
 MFD_API int mfd_migration_wait(mfd_migration *m, int timeout_ms, mfd_error **errp);
 
@@ -1890,11 +1923,12 @@ MFD_API enum mfd_state mfd_migration_state(mfd_migration *m);
  *
  * Set @size to sizeof(struct mfd_stats) before calling mfd_migration_stats();
  * fields past @size are not written, so later versions can append fields.
- * Times in ms, sizes in bytes.
+ * Times in ms, sizes in bytes.  @status is a value of enum mfd_state (an
+ * int32_t: docs/abi.md).
  */
 struct mfd_stats {
 	uint32_t size;
-	enum mfd_state status;
+	int32_t status;
 	uint64_t total_time, setup_time, downtime, expected_downtime;
 	uint64_t ram_transferred, ram_remaining, ram_total;
 	uint64_t ram_duplicate, ram_normal, ram_normal_bytes;

@@ -15,7 +15,7 @@
 #define MFD_VERSION_STRING "0.1.0"
 
 /** MFD_ABI_VERSION - soname number of the shared library. */
-#define MFD_ABI_VERSION 0
+#define MFD_ABI_VERSION 1
 
 /** MFD_VERSION_NUMBER - the version as one comparable integer (major*10000 + minor*100 + patch). */
 #define MFD_VERSION_NUMBER \

@@ -132,13 +132,13 @@ static int cpu_load(mfd_stream *s, void *opaque, uint32_t v, mfd_error **errp)
 }
 
 static const mfd_save_handlers cpu_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = cpu_save,
 	.load_state = cpu_load,
 };
 
 static const mfd_vmm_hooks hooks = {
-	.abi_version = MFD_VMM_HOOKS_ABI,
+	.size = sizeof(mfd_vmm_hooks),
 	.vm_stop = vm_stop,
 	.vm_start = vm_start,
 	.throttle = throttle,
@@ -453,7 +453,7 @@ static int extra_save(mfd_stream *s, void *opaque, mfd_error **errp)
 }
 
 static const mfd_save_handlers extra_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = extra_save,
 };
 
@@ -537,7 +537,7 @@ static int vm_stop_then_cancel(void *opaque, mfd_error **errp)
 }
 
 static const mfd_vmm_hooks cancel_hooks = {
-	.abi_version = MFD_VMM_HOOKS_ABI,
+	.size = sizeof(mfd_vmm_hooks),
 	.vm_stop = vm_stop_then_cancel,
 	.vm_start = vm_start,
 };
@@ -689,8 +689,8 @@ START_TEST(no_convergence_without_auto_converge)
 	src.slow_writer = true;
 	guest_start_writer(&src);
 	start_pair(&src, &dst, "tcp:127.0.0.1:0");
-	ck_assert_int_eq(mfd_migration_wait(src.m, 4000, &err), MFD_ETIMEDOUT);
-	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "still active");
+	ck_assert_int_eq(mfd_migration_wait(src.m, 4000, &err), MFD_ERUNNING);
+	ck_assert_mfd_error(err, MFD_ERUNNING, "migration still active after 4000 ms");
 	ck_assert_int_eq(src.vm_stops, 0);
 	ck_assert_int_eq(atomic_load(&src.throttle_calls), 0);
 	mfd_migrate_cancel(src.m);
@@ -714,7 +714,7 @@ static bool needs_ack(void *opaque)
 }
 
 static const mfd_save_handlers acking_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = cpu_save,
 	.load_state = cpu_load,
 	.switchover_ack_needed = needs_ack,
@@ -737,7 +737,7 @@ static int vm_stop_timed(void *opaque, mfd_error **errp)
 }
 
 static const mfd_vmm_hooks timed_hooks = {
-	.abi_version = MFD_VMM_HOOKS_ABI,
+	.size = sizeof(mfd_vmm_hooks),
 	.vm_stop = vm_stop_timed,
 	.vm_start = vm_start,
 };
@@ -927,7 +927,7 @@ START_TEST(tls_psk_authz)
 	ck_assert_int_ne(mfd_migration_wait(src.m, 30000, &err), 0);
 	ck_assert_mfd_error(err, MFD_EPROTO, "the server refused the connection");
 	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
-	ck_assert_int_eq(mfd_migration_wait(dst.m, 2000, NULL), MFD_ETIMEDOUT);
+	ck_assert_int_eq(mfd_migration_wait(dst.m, 2000, NULL), MFD_ERUNNING);
 	ck_assert_int_eq(mfd_migration_state(dst.m), MFD_STATE_SETUP);
 	const char *log = test_log_capture_stop();
 
@@ -1352,7 +1352,7 @@ START_TEST(vmm_channels_bad_sets)
 	set = (struct mfd_channel_set){ .size = 8 };
 	ck_assert_int_eq(mfd_migrate_incoming_channels(g.m, &set, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "mfd_migrate_incoming_channels: struct "
-			    "mfd_channel_set of 8 bytes; set size = sizeof(struct mfd_channel_set)");
+			    "mfd_channel_set of 8 bytes is smaller than its first layout (32 bytes)");
 	set = (struct mfd_channel_set){ .size = sizeof(set) };
 	ck_assert_int_eq(mfd_migrate_channels(g.m, &set, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "the set has no main channel");
@@ -1504,7 +1504,7 @@ START_TEST(event_fd_drives_an_event_loop)
 			wakes[i]++;
 			/* At the end, the result without blocking (1 ms at most). */
 			if (terminal(mfd_migration_state(m)) &&
-			    mfd_migration_wait(m, 1, NULL) != MFD_ETIMEDOUT) {
+			    mfd_migration_wait(m, 1, NULL) != MFD_ERUNNING) {
 				ck_assert_ok(mfd_migration_wait(m, 1, &err), err);
 				done[i] = true;
 			}
@@ -1653,8 +1653,7 @@ START_TEST(cancel_ends_a_hanging_connect)
 	t0 = mono_ms();
 	mfd_migrate_cancel(src.m);
 	r = mfd_migration_wait(src.m, 10000, &err);
-	ck_assert_msg(r != MFD_ETIMEDOUT || mfd_migration_state(src.m) != MFD_STATE_CANCELLING,
-		      "the cancel did not end the connect within 10 s");
+	ck_assert_msg(r != MFD_ERUNNING, "the cancel did not end the connect within 10 s");
 	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_CANCELLED);
 	printf("engine: cancelled connect: %s (%llu ms)\n", mfd_error_message(err),
 	       (unsigned long long)(mono_ms() - t0));
@@ -1663,6 +1662,146 @@ START_TEST(cancel_ends_a_hanging_connect)
 		close(fill[i]);
 	close(l);
 	guest_free(&src);
+}
+END_TEST
+
+/*
+ * mfd_migration_wait() tells "still running" (MFD_ERUNNING) from a migration
+ * that failed on a deadline (MFD_ETIMEDOUT): a source whose destination
+ * never accepts its main channel is still in setup after 100 ms, and fails
+ * once channel-timeout-ms passes.
+ */
+START_TEST(wait_tells_running_from_timed_out)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t alen = sizeof(a);
+	struct guest src;
+	mfd_error *err = NULL;
+	int l, fill[4];
+	char uri[64];
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(l, 0);
+	ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(l, 0), 0);
+	ck_assert_int_eq(getsockname(l, (struct sockaddr *)&a, &alen), 0);
+	/* Fill the accept queue; nobody accepts. */
+	for (int i = 0; i < 4; i++) {
+		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		ck_assert_int_ge(fill[i], 0);
+		ck_assert(connect(fill[i], (struct sockaddr *)&a, sizeof(a)) == 0 ||
+			  errno == EINPROGRESS);
+	}
+	usleep(100 * 1000);
+	snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%u", ntohs(a.sin_port));
+	guest_init(&src, 4, true, 2, "none");
+	ck_assert_ok(mfd_set_param(src.m, "channel-timeout-ms", "1500", &err), err);
+	ck_assert_ok(mfd_migrate(src.m, uri, &err), err);
+
+	/* Running: the wait's own timeout, not a failure. */
+	ck_assert_int_eq(mfd_migration_wait(src.m, 100, &err), MFD_ERUNNING);
+	ck_assert_mfd_error(err, MFD_ERUNNING, "migration still setup after 100 ms");
+	ck_assert_str_eq(mfd_strerror(MFD_ERUNNING), "still running");
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_SETUP);
+
+	/* Failed on channel-timeout-ms: the migration's own MFD_ETIMEDOUT. */
+	ck_assert_int_eq(mfd_migration_wait(src.m, 30000, &err), MFD_ETIMEDOUT);
+	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "1500 ms");
+	ck_assert_int_eq(mfd_migration_state(src.m), MFD_STATE_FAILED);
+	/* Again, even with a short timeout: the same result, never "running". */
+	ck_assert_int_eq(mfd_migration_wait(src.m, 1, &err), MFD_ETIMEDOUT);
+	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "1500 ms");
+	for (int i = 0; i < 4; i++)
+		close(fill[i]);
+	close(l);
+	guest_free(&src);
+}
+END_TEST
+
+/*
+ * A source with RAM needs a vm_stop hook, or vm-stopped-externally on:
+ * otherwise the vCPUs would write the RAM its last pass sends.  Refused at
+ * start, by every source entry point, with what to do; a destination, or a
+ * source without RAM, needs neither.
+ */
+static int only_vm_stop(void *opaque, mfd_error **errp)
+{
+	(void)opaque, (void)errp;
+	return 0;
+}
+
+/* Started: the migration then fails to connect, which is not our concern. */
+static void assert_started(mfd_migration *m, const char *uri)
+{
+	mfd_error *err = NULL;
+
+	ck_assert_ok(mfd_migrate(m, uri, &err), err);
+	ck_assert_int_lt(mfd_migration_wait(m, 30000, &err), 0);
+	ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_FAILED);
+	mfd_error_free(err);
+}
+
+START_TEST(vm_stop_required_with_ram)
+{
+	const mfd_vmm_hooks stop_hooks = { .size = sizeof(stop_hooks), .vm_stop = only_vm_stop };
+	const mfd_vmm_hooks no_stop = { .size = sizeof(no_stop) };
+	uint8_t *ram = mmap(NULL, 16 * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			    -1, 0);
+	mfd_channel *a, *b;
+	struct mfd_channel_set set = { .size = sizeof(set) };
+	char uri[64];
+	mfd_migration *m = NULL;
+	mfd_error *err = NULL;
+	int fds;
+
+	ck_assert_ptr_ne(ram, MAP_FAILED);
+	snprintf(uri, sizeof(uri), "unix:/tmp/mfd-no-such-%d.sock", (int)getpid());
+	ck_assert_ok(mfd_migration_new(&m, &err), err);
+	ck_assert_ok(mfd_ram_block_add(m, "pc.ram", ram, 16 * PS, PS, &err), err);
+
+	/* Neither hook nor parameter: refused, nothing started. */
+	ck_assert_int_eq(mfd_migrate(m, uri, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "mfd_migrate: RAM blocks are registered but no "
+			    "vm_stop hook is installed");
+	ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_NONE);
+	/* Hooks without vm_stop are no better. */
+	ck_assert_ok(mfd_migration_set_hooks(m, &no_stop, NULL, &err), err);
+	ck_assert_int_eq(mfd_migrate(m, uri, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "set vm-stopped-externally on");
+	/* The same from mfd_migrate_channels(), which still takes the channels. */
+	fds = count_fds();
+	ck_assert_ok(mfd_channel_socketpair(&a, &b, &err), err);
+	set.main = a;
+	ck_assert_int_eq(mfd_set_param(m, "multifd-channels", "1", &err), 0);
+	ck_assert_int_eq(mfd_migrate_channels(m, &set, &err), MFD_EINVAL);
+	ck_assert_mfd_error(err, MFD_EINVAL, "mfd_migrate_channels: RAM blocks are registered "
+			    "but no vm_stop hook");
+	mfd_channel_free(b);
+	ck_assert_int_eq(count_fds(), fds);
+	ck_assert_int_eq(mfd_migration_state(m), MFD_STATE_NONE);
+
+	/* A destination needs no vm_stop. */
+	ck_assert_ok(mfd_migrate_incoming(m, "tcp:127.0.0.1:0", &err), err);
+	mfd_migrate_cancel(m);
+	ck_assert_int_lt(mfd_migration_wait(m, 30000, &err), 0);
+	mfd_error_free(err);
+	err = NULL;
+
+	/* Accepted with a vm_stop hook... */
+	ck_assert_ok(mfd_migration_set_hooks(m, &stop_hooks, NULL, &err), err);
+	assert_started(m, uri);
+	/* ... or with the parameter. */
+	ck_assert_ok(mfd_migration_set_hooks(m, &no_stop, NULL, &err), err);
+	ck_assert_ok(mfd_set_param(m, "vm-stopped-externally", "on", &err), err);
+	assert_started(m, uri);
+	mfd_migration_free(m);
+
+	/* No RAM: nothing for vCPUs to dirty behind the library's back. */
+	ck_assert_ok(mfd_migration_new(&m, &err), err);
+	assert_started(m, uri);
+	mfd_migration_free(m);
+	munmap(ram, 16 * PS);
 }
 END_TEST
 
@@ -1792,6 +1931,8 @@ Suite *suite_engine(void)
 	tcase_add_test(tc, event_fd_drives_an_event_loop);
 	tcase_add_test(tc, thread_hooks_see_every_library_thread);
 	tcase_add_test(tc, cancel_ends_a_hanging_connect);
+	tcase_add_test(tc, wait_tells_running_from_timed_out);
+	tcase_add_test(tc, vm_stop_required_with_ram);
 	tcase_add_test(tc, log_handler_per_migration);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);

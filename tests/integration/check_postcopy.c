@@ -167,7 +167,7 @@ static int regs_load(mfd_stream *s, void *opaque, uint32_t v, mfd_error **errp)
 }
 
 static const mfd_save_handlers regs_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = regs_save,
 	.load_state = regs_load,
 };
@@ -181,7 +181,7 @@ static int never_switch(void *opaque, const struct mfd_policy_info *info)
 }
 
 static const mfd_vmm_hooks hooks = {
-	.abi_version = MFD_VMM_HOOKS_ABI,
+	.size = sizeof(mfd_vmm_hooks),
 	.vm_stop = vm_stop,
 	.vm_start = vm_start,
 	.switchover_policy = never_switch,
@@ -507,7 +507,7 @@ static int always_postcopy(void *opaque, const struct mfd_policy_info *info)
 }
 
 static const mfd_vmm_hooks policy_hooks = {
-	.abi_version = MFD_VMM_HOOKS_ABI,
+	.size = sizeof(mfd_vmm_hooks),
 	.vm_stop = vm_stop,
 	.vm_start = vm_start,
 	.switchover_policy = always_postcopy,
@@ -797,6 +797,7 @@ START_TEST(configuration_errors)
 
 	ck_assert_ok(mfd_migration_new(&m, &err), err);
 	ck_assert_ok(mfd_ram_block_add(m, "pc.ram", ram, 1 << 20, PS, &err), err);
+	set(m, "vm-stopped-externally", "on");	/* no vCPU; the errors below come first */
 	set(m, "postcopy-preempt", "on");
 	ck_assert_int_eq(mfd_migrate(m, "tcp:127.0.0.1:9", &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "postcopy-preempt needs postcopy-ram");

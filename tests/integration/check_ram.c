@@ -40,6 +40,8 @@ static mfd_migration *new_side(unsigned channels)
 	snprintf(v, sizeof(v), "%u", channels ? channels : 1);
 	ck_assert_ok(mfd_set_param(m, "multifd-channels", v, &err), err);
 	ck_assert_ok(mfd_set_param(m, "channel-timeout-ms", "20000", &err), err);
+	/* Nothing runs in these guests unless a test installs a vm_stop. */
+	ck_assert_ok(mfd_set_param(m, "vm-stopped-externally", "on", &err), err);
 	return m;
 }
 
@@ -103,7 +105,7 @@ START_TEST(register_checks_every_member)
 		ck_assert_int_eq(mfd_ram_block_register(m, &d, &err), code); \
 		ck_assert_mfd_error(err, code, text);                       \
 	} while (0)
-	BAD(size, 40, MFD_EINVAL, "descriptor size 40");
+	BAD(size, 40, MFD_EINVAL, "struct mfd_ram_block_desc of 40 bytes is smaller");
 	BAD(name, NULL, MFD_EINVAL, "name is NULL");
 	BAD(name, "", MFD_EINVAL, "1 to 255 bytes");
 	BAD(flags, 0x80, MFD_EINVAL, "unknown flags 0x80");
@@ -636,7 +638,7 @@ static void dirty_log_case(uint64_t page_size, uint64_t gran, bool manual)
 	uint8_t *b = map_ram(SIZE);
 	struct dma_arg da = { &k, src };
 	mfd_vmm_hooks h = {
-		.abi_version = MFD_VMM_HOOKS_ABI,
+		.size = sizeof(mfd_vmm_hooks),
 		.vm_stop = km_vm_stop,
 		.vm_start = km_vm_start,
 		.dirty_log_start = km_log_start,
@@ -754,7 +756,7 @@ START_TEST(dirty_clear_failure_fails_the_migration)
 	mfd_error *err = NULL;
 	uint8_t *a = map_ram(64 * PS), *b = map_ram(64 * PS);
 	mfd_vmm_hooks h = {
-		.abi_version = MFD_VMM_HOOKS_ABI,
+		.size = sizeof(mfd_vmm_hooks),
 		.vm_stop = stop_ok,
 		.dirty_clear = clear_fails,
 	};
@@ -822,7 +824,7 @@ static int dev_save(mfd_stream *s, void *opaque, mfd_error **errp)
 }
 
 static const mfd_save_handlers dev_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = dev_save,
 	.load_setup = dev_load_setup,
 	.load_state = dev_load,
@@ -831,7 +833,7 @@ static const mfd_save_handlers dev_ops = {
 static mfd_migration *building_m;
 static atomic_bool saw_postcopy;
 
-static void note_state(void *opaque, enum mfd_state from, enum mfd_state to)
+static void note_state(void *opaque, int from, int to)
 {
 	(void)opaque;
 	(void)from;
@@ -892,7 +894,7 @@ static void create_case(enum create_how how)
 	mfd_error *err = NULL;
 	uint8_t *a = map_ram(A), *b = map_ram(B);
 	struct builder bd = { .register_dev = true };
-	mfd_vmm_hooks h = { .abi_version = MFD_VMM_HOOKS_ABI, .vm_create = build_vm };
+	mfd_vmm_hooks h = { .size = sizeof(mfd_vmm_hooks), .vm_create = build_vm };
 	static const char cfg[] = "machine=q35,dimms=1";
 
 	ck_assert_int_eq(mfd_ram_block_add(src, "pc.ram", a, A, PS, &err), 0);
@@ -902,7 +904,7 @@ static void create_case(enum create_how how)
 	fill(a, A, 1);
 	fill(b, B, 2);
 	mfd_vmm_hooks sh = {
-		.abi_version = MFD_VMM_HOOKS_ABI, .vm_stop = stop_ok, .state_changed = note_state,
+		.size = sizeof(mfd_vmm_hooks), .vm_stop = stop_ok, .state_changed = note_state,
 	};
 
 	atomic_store(&saw_postcopy, false);
@@ -973,7 +975,7 @@ START_TEST(vm_create_mistakes_are_refused)
 		mfd_error *err = NULL;
 		uint8_t *a = map_ram(64 * PS);
 		struct builder bd = { 0 };
-		mfd_vmm_hooks h = { .abi_version = MFD_VMM_HOOKS_ABI, .vm_create = build_vm };
+		mfd_vmm_hooks h = { .size = sizeof(mfd_vmm_hooks), .vm_create = build_vm };
 		char uri[256];
 
 		if (round == 0)
@@ -1033,7 +1035,7 @@ START_TEST(vm_config_needs_a_vm_create_hook)
 
 	/* With the hook: the configuration and an empty table. */
 	struct builder bd = { 0 };
-	mfd_vmm_hooks h = { .abi_version = MFD_VMM_HOOKS_ABI, .vm_create = build_vm };
+	mfd_vmm_hooks h = { .size = sizeof(mfd_vmm_hooks), .vm_create = build_vm };
 
 	dst = new_side(1);
 	ck_assert_ok(mfd_migration_set_hooks(dst, &h, &bd, &err), err);

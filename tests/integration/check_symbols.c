@@ -22,9 +22,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <multifd/version.h>
+
 #include "tests/lib/testlib.h"
 
-#define SONAME "libmultifd.so.0"
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
+/* The soname and the version node prefix follow MFD_ABI_VERSION (docs/abi.md). */
+#define SONAME "libmultifd.so." STRINGIFY(MFD_ABI_VERSION)
+#define NODE_PREFIX "LIBMULTIFD_" STRINGIFY(MFD_ABI_VERSION)
 
 struct elf_image {
 	unsigned char *data;
@@ -70,7 +76,7 @@ static const Elf64_Shdr *find_section(const struct elf_image *img, uint32_t type
 }
 
 /*
- * Loads $MFD_BUILDDIR/libmultifd.so.0 into @img.  Returns 0, or 1 when
+ * Loads $MFD_BUILDDIR/libmultifd.so.N (N = MFD_ABI_VERSION) into @img.  Returns 0, or 1 when
  * MFD_BUILDDIR is unset (the caller skips).  Fails the test on any error.
  */
 static int load_library(struct elf_image *img)
@@ -469,6 +475,17 @@ static void map_symbols(const char *srcdir, struct name_list *out)
 	parse_map(text, out);
 	free(text);
 	ck_assert_msg(out->n > 0, "core/libmultifd.map lists no symbol");
+	/* An ABI bump restarts the script: no node of an older ABI may remain
+	 * (LIBMULTIFD_1 or LIBMULTIFD_1.N for ABI 1). */
+	for (size_t i = 0; i < out->n; i++) {
+		const char *rest = out->nodes[i] + strlen(NODE_PREFIX);
+
+		ck_assert_msg(strncmp(out->nodes[i], NODE_PREFIX, strlen(NODE_PREFIX)) == 0 &&
+				      (*rest == '\0' || *rest == '.'),
+			      "core/libmultifd.map lists %s under node %s; ABI %d's nodes are "
+			      NODE_PREFIX " and " NODE_PREFIX ".N",
+			      out->names[i], out->nodes[i], MFD_ABI_VERSION);
+	}
 	for (size_t i = 0; i < out->n; i++)
 		for (size_t j = i + 1; j < out->n; j++)
 			ck_assert_msg(strcmp(out->names[i], out->names[j]) != 0,

@@ -14,10 +14,16 @@ static size_t rle_bound(size_t in_len)
 	return in_len > SIZE_MAX / 2 ? SIZE_MAX : 2 * in_len;
 }
 
-static int rle_send_setup(void **ctx, int level, mfd_error **errp)
+struct test_rle_state test_rle_state;
+
+static int rle_send_setup(void *opaque, void **ctx, int level, mfd_error **errp)
 {
+	struct test_rle_state *st = opaque;
+
 	(void)level;
 	(void)errp;
+	if (st)
+		atomic_fetch_add(&st->send_setups, 1);
 	*ctx = NULL;
 	return 0;
 }
@@ -50,9 +56,13 @@ static void rle_cleanup(void *ctx)
 	(void)ctx;
 }
 
-static int rle_recv_setup(void **ctx, mfd_error **errp)
+static int rle_recv_setup(void *opaque, void **ctx, mfd_error **errp)
 {
+	struct test_rle_state *st = opaque;
+
 	(void)errp;
+	if (st)
+		atomic_fetch_add(&st->recv_setups, 1);
 	*ctx = NULL;
 	return 0;
 }
@@ -101,7 +111,7 @@ static int rle_recv(void *ctx, const void *in, size_t in_len, const struct iovec
 }
 
 const mfd_compress_ops test_rle_ops = {
-	.abi_version = MFD_COMPRESS_ABI,
+	.size = sizeof(mfd_compress_ops),
 	.name = "test-rle",
 	.level_min = 0,
 	.level_max = 3,
@@ -111,6 +121,7 @@ const mfd_compress_ops test_rle_ops = {
 	.send_prepare = rle_send_prepare,
 	.send_cleanup = rle_cleanup,
 	.recv_setup = rle_recv_setup,
+	.opaque = &test_rle_state,
 	.recv = rle_recv,
 	.recv_cleanup = rle_cleanup,
 };

@@ -257,7 +257,7 @@ static int fake_load_state(mfd_stream *s, void *opaque, uint32_t version_id, mfd
 }
 
 const mfd_save_handlers fake_live_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_prepare = fake_save_prepare,
 	.save_setup = fake_save_setup,
 	.save_cleanup = fake_save_cleanup,
@@ -278,7 +278,7 @@ const mfd_save_handlers fake_live_ops = {
 };
 
 const mfd_save_handlers fake_nonlive_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_prepare = fake_save_prepare,
 	.save_state = fake_save_state,
 	.is_active = fake_is_active,
@@ -600,7 +600,7 @@ void test_memlock_restore(struct test_memlock *st)
 static pthread_mutex_t capture_lock = PTHREAD_MUTEX_INITIALIZER;
 static char capture_buf[16384];
 
-static void capture_line(enum mfd_log_level level, const char *msg, void *opaque)
+static void capture_line(int level, const char *msg, void *opaque)
 {
 	(void)level;
 	(void)opaque;

@@ -258,7 +258,7 @@ static void *send_ctx(const mfd_compress_ops *ops, int level)
 	mfd_error *err = NULL;
 	void *ctx = NULL;
 
-	ck_assert_ok(ops->send_setup(&ctx, level, &err), err);
+	ck_assert_ok(ops->send_setup(ops->opaque, &ctx, level, &err), err);
 	return ctx;
 }
 
@@ -267,7 +267,7 @@ static void *recv_ctx(const mfd_compress_ops *ops)
 	mfd_error *err = NULL;
 	void *ctx = NULL;
 
-	ck_assert_ok(ops->recv_setup(&ctx, &err), err);
+	ck_assert_ok(ops->recv_setup(ops->opaque, &ctx, &err), err);
 	return ctx;
 }
 
@@ -495,10 +495,10 @@ START_TEST(setup_rejects_bad_levels)
 		return;
 	snprintf(want, sizeof(want), "%s: level %d is outside %d..%d", ops->name,
 		 ops->level_max + 1, ops->level_min, ops->level_max);
-	ck_assert_int_eq(ops->send_setup(&ctx, ops->level_max + 1, &err), MFD_EINVAL);
+	ck_assert_int_eq(ops->send_setup(ops->opaque, &ctx, ops->level_max + 1, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, want);
 	ck_assert_ptr_null(ctx);
-	ck_assert_int_eq(ops->send_setup(&ctx, ops->level_min - 1, &err), MFD_EINVAL);
+	ck_assert_int_eq(ops->send_setup(ops->opaque, &ctx, ops->level_min - 1, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, "is outside");
 	ck_assert_int_eq(compress_check_level(ops, ops->level_max + 1, &err), MFD_EINVAL);
 	ck_assert_mfd_error(err, MFD_EINVAL, want);
@@ -586,7 +586,9 @@ START_TEST(register_custom_codec)
 	ck_assert_ptr_null(mfd_compress_find("test-rle"));
 	ck_assert_ok(mfd_compress_register(&test_rle_ops, &err), err);
 	ops = mfd_compress_find("test-rle");
-	ck_assert_ptr_eq(ops, &test_rle_ops);
+	ck_assert_ptr_nonnull(ops);
+	ck_assert_ptr_eq(ops->send_prepare, test_rle_ops.send_prepare);
+	ck_assert_ptr_eq(ops->opaque, &test_rle_state);
 	ck_assert_int_eq(mfd_compress_list(names, 16), before + 1);
 	ck_assert_str_eq(names[before], "test-rle");
 
@@ -622,12 +624,13 @@ START_TEST(register_refuses_bad_tables)
 	ck_assert_mfd_error(err, MFD_EINVAL, "the ops table is NULL");
 
 	t = test_rle_ops;
-	t.abi_version = 2;
+	t.size = 16;
 	ck_assert_int_eq(mfd_compress_register(&t, &err), MFD_EINVAL);
-	ck_assert_mfd_error(err, MFD_EINVAL, "abi_version 2 is not supported (this library implements 1)");
-	t.abi_version = 0;
+	ck_assert_mfd_error(err, MFD_EINVAL, "compression codec: struct mfd_compress_ops of 16 "
+			    "bytes is smaller than its first layout");
+	t.size = 0;
 	ck_assert_int_eq(mfd_compress_register(&t, &err), MFD_EINVAL);
-	ck_assert_mfd_error(err, MFD_EINVAL, "abi_version 0 is not supported");
+	ck_assert_mfd_error(err, MFD_EINVAL, "struct mfd_compress_ops of 0 bytes");
 
 	t = test_rle_ops;
 	t.name = NULL;
@@ -697,9 +700,52 @@ START_TEST(register_refuses_bad_tables)
 	longest = test_rle_ops;
 	longest.name = max_name;
 	ck_assert_ok(mfd_compress_register(&longest, &err), err);
-	ck_assert_ptr_eq(mfd_compress_find(max_name), &longest);
+	/* The registry keeps a copy of the table and of its name. */
+	ck_assert_ptr_nonnull(mfd_compress_find(max_name));
+	ck_assert_ptr_ne(mfd_compress_find(max_name), &longest);
+	ck_assert_ptr_ne(mfd_compress_find(max_name)->name, max_name);
+	ck_assert_ptr_eq(mfd_compress_find(max_name)->recv, test_rle_ops.recv);
+	ck_assert_uint_eq(mfd_compress_find(max_name)->size, sizeof(mfd_compress_ops));
 	/* Without errp, the code alone. */
 	ck_assert_int_eq(mfd_compress_register(&longest, NULL), MFD_EEXIST);
+}
+END_TEST
+
+/*
+ * A codec built before @opaque was appended (its size ends at recv_cleanup)
+ * gets NULL there, whatever its memory holds past its size; a codec with
+ * @opaque gets it back in send_setup and recv_setup.
+ */
+START_TEST(codec_opaque_reaches_setup)
+{
+	static mfd_compress_ops old_table, with_opaque;
+	const mfd_compress_ops *ops;
+	unsigned sends = atomic_load(&test_rle_state.send_setups);
+	unsigned recvs = atomic_load(&test_rle_state.recv_setups);
+	mfd_error *err = NULL;
+	void *ctx = NULL;
+
+	old_table = test_rle_ops;
+	old_table.name = "test-old-layout";
+	old_table.size = offsetof(mfd_compress_ops, opaque);
+	ck_assert_ptr_nonnull(old_table.opaque);	/* beyond its size: not read */
+	ck_assert_ok(mfd_compress_register(&old_table, &err), err);
+	ops = mfd_compress_find("test-old-layout");
+	ck_assert_ptr_nonnull(ops);
+	ck_assert_ptr_null(ops->opaque);
+	ck_assert_uint_eq(ops->size, sizeof(mfd_compress_ops));
+
+	with_opaque = test_rle_ops;
+	with_opaque.name = "test-opaque";
+	ck_assert_ok(mfd_compress_register(&with_opaque, &err), err);
+	ops = mfd_compress_find("test-opaque");
+	ck_assert_ptr_eq(ops->opaque, &test_rle_state);
+	ck_assert_ok(ops->send_setup(ops->opaque, &ctx, ops->level_default, &err), err);
+	ops->send_cleanup(ctx);
+	ck_assert_ok(ops->recv_setup(ops->opaque, &ctx, &err), err);
+	ops->recv_cleanup(ctx);
+	ck_assert_uint_eq(atomic_load(&test_rle_state.send_setups), sends + 1);
+	ck_assert_uint_eq(atomic_load(&test_rle_state.recv_setups), recvs + 1);
 }
 END_TEST
 
@@ -724,7 +770,8 @@ START_TEST(registry_fills_up)
 	ck_assert_int_eq(r, MFD_ETOOBIG);
 	ck_assert_mfd_error(err, MFD_ETOOBIG, "the registry is full (32 codecs)");
 	ck_assert_int_eq(mfd_compress_list(NULL, 0), 32);
-	ck_assert_ptr_eq(mfd_compress_find("fill-0"), &tables[0]);
+	ck_assert_ptr_nonnull(mfd_compress_find("fill-0"));
+	ck_assert_str_eq(mfd_compress_find("fill-0")->name, "fill-0");
 	ck_assert_ptr_null(mfd_compress_find(names[i]));
 }
 END_TEST
@@ -752,7 +799,9 @@ static void *conc_worker(void *arg)
 				if (!mfd_compress_find(seen[s]))
 					fails++;
 		}
-		if (mfd_compress_find(conc_names[t][k]) != &conc_tables[t][k])
+		const mfd_compress_ops *found = mfd_compress_find(conc_names[t][k]);
+
+		if (!found || strcmp(found->name, conc_names[t][k]) != 0)
 			fails++;
 	}
 	return (void *)fails;
@@ -1600,6 +1649,7 @@ Suite *suite_compress(void)
 	tcase_add_test(reg, builtin_levels);
 	tcase_add_test(reg, register_custom_codec);
 	tcase_add_test(reg, register_refuses_bad_tables);
+	tcase_add_test(reg, codec_opaque_reaches_setup);
 	tcase_add_test(reg, registry_fills_up);
 	tcase_add_test(reg, registry_is_thread_safe);
 	tcase_add_test(reg, wrappers_enforce_the_contract);

@@ -69,7 +69,7 @@ struct log_capture {
 };
 
 /* Records the length of the message in count. */
-static void capture_len(enum mfd_log_level level, const char *msg, void *opaque)
+static void capture_len(int level, const char *msg, void *opaque)
 {
 	struct log_capture *c = opaque;
 
@@ -77,7 +77,7 @@ static void capture_len(enum mfd_log_level level, const char *msg, void *opaque)
 	c->count = (int)strlen(msg);
 }
 
-static void capture(enum mfd_log_level level, const char *msg, void *opaque)
+static void capture(int level, const char *msg, void *opaque)
 {
 	struct log_capture *c = opaque;
 

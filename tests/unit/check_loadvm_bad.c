@@ -28,20 +28,20 @@ static int save4(mfd_stream *s, void *opaque, mfd_error **errp)
 }
 
 static const mfd_save_handlers dev_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = save4,
 	.load_state = load4,
 };
 
 static const mfd_save_handlers live_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_setup = save4,
 	.save_live_iterate = save4,
 	.load_state = load4,
 };
 
 static const mfd_save_handlers saveonly_ops = {
-	.abi_version = MFD_SAVE_HANDLERS_ABI,
+	.size = sizeof(mfd_save_handlers),
 	.save_state = save4,
 };
 
@@ -352,7 +352,7 @@ static int count_setup(void *opaque, mfd_error **errp)
 START_TEST(foreign_stream_runs_no_handler)
 {
 	const mfd_save_handlers ops = {
-		.abi_version = MFD_SAVE_HANDLERS_ABI,
+		.size = sizeof(mfd_save_handlers),
 		.load_state = load4,
 		.load_setup = count_setup,
 	};

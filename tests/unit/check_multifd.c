@@ -648,9 +648,12 @@ START_TEST(custom_codec_migrates)
 	struct mfd_multifd_stats st;
 	mfd_error *err = NULL;
 	uint64_t compressed_bytes = 0, page_bytes = 0;
+	unsigned sends, recvs;
 
 	if (!mfd_compress_find("test-rle"))
 		ck_assert_ok(mfd_compress_register(&test_rle_ops, &err), err);
+	sends = atomic_load(&test_rle_state.send_setups);
+	recvs = atomic_load(&test_rle_state.recv_setups);
 	rig_init(&g, 2, "test-rle", 4, 512u << 10);
 	/* Constant non-zero pages shrink under RLE; a few random ones do not. */
 	for (size_t p = 0; p < g.ram_size / PS; p++)
@@ -665,6 +668,9 @@ START_TEST(custom_codec_migrates)
 	}
 	ck_assert_msg(compressed_bytes * 10 < page_bytes, "RLE did not shrink: %llu of %llu",
 		      (unsigned long long)compressed_bytes, (unsigned long long)page_bytes);
+	/* Each channel's contexts came from setups given the codec's opaque. */
+	ck_assert_uint_ge(atomic_load(&test_rle_state.send_setups), sends + 2);
+	ck_assert_uint_ge(atomic_load(&test_rle_state.recv_setups), recvs + 2);
 	rig_free(&g);
 }
 END_TEST

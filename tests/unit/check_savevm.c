@@ -195,7 +195,7 @@ START_TEST(golden_full_stream_bytes)
 		0x00,
 	};
 	const mfd_save_handlers ops = {
-		.abi_version = MFD_SAVE_HANDLERS_ABI,
+		.size = sizeof(mfd_save_handlers),
 		.save_state = four_bytes_save,
 		.load_state = four_bytes_load,
 	};
@@ -477,7 +477,7 @@ static int errno_style_save(mfd_stream *s, void *opaque, mfd_error **errp)
 START_TEST(foreign_handler_codes_become_ehandler)
 {
 	const mfd_save_handlers ops = {
-		.abi_version = MFD_SAVE_HANDLERS_ABI,
+		.size = sizeof(mfd_save_handlers),
 		.save_state = errno_style_save,
 	};
 	mfd_migration *m = NULL;
