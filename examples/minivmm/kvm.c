@@ -131,6 +131,24 @@ static int setup_dirty_mode(struct vm *vm, enum vm_dirty_mode want, mfd_error **
 	vm->dirty_mode = VM_DIRTY_CLASSIC;
 	if (want == VM_DIRTY_CLASSIC)
 		return 0;
+	if (want == VM_DIRTY_RING) {
+		/* Before any vCPU exists.  x86 orders stores: the plain ring (not
+		 * the ACQ_REL one weakly ordered hosts need) is enough. */
+		struct kvm_enable_cap ring = {
+			.cap = KVM_CAP_DIRTY_LOG_RING,
+			.args = { VM_RING_ENTRIES * sizeof(struct kvm_dirty_gfn) },
+		};
+		int max = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING);
+
+		if (max <= 0 || (uint64_t)max < ring.args[0])
+			return mfd_error_set(errp, MFD_ENOTSUP, "minivmm: --dirty-log ring: this KVM "
+					     "has no dirty ring of %" PRIu64 " bytes (it offers %d)",
+					     (uint64_t)ring.args[0], max);
+		if (ioctl(vm->vm_fd, KVM_ENABLE_CAP, &ring) < 0)
+			return sys_error(errp, "KVM_ENABLE_CAP(DIRTY_LOG_RING)");
+		vm->dirty_mode = VM_DIRTY_RING;
+		return 0;
+	}
 	if (have < 0 || ((uint64_t)have & flags) != flags) {
 		if (want == VM_DIRTY_MANUAL)
 			return mfd_error_set(errp, MFD_ENOTSUP, "minivmm: --dirty-log manual: this "
@@ -159,6 +177,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, mfd_error **errp)
 	memset(vm, 0, sizeof(*vm));
 	vm->kvm_fd = vm->vm_fd = vm->vcpu_fd = -1;
 	pthread_mutex_init(&vm->lock, NULL);
+	pthread_mutex_init(&vm->ring_lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);
 	vm->state = VCPU_PAUSED;
 	vm->verbose = cfg->verbose;
@@ -220,6 +239,15 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, mfd_error **errp)
 	if (vm->run == MAP_FAILED) {
 		vm->run = NULL;
 		return sys_error(errp, "cannot map the vCPU's kvm_run");
+	}
+	if (vm->dirty_mode == VM_DIRTY_RING) {
+		vm->ring = mmap(NULL, VM_RING_ENTRIES * sizeof(struct kvm_dirty_gfn),
+				PROT_READ | PROT_WRITE, MAP_SHARED, vm->vcpu_fd,
+				KVM_DIRTY_LOG_PAGE_OFFSET * sysconf(_SC_PAGESIZE));
+		if (vm->ring == MAP_FAILED) {
+			vm->ring = NULL;
+			return sys_error(errp, "cannot map the vCPU's dirty ring");
+		}
 	}
 	r = setup_cpuid(vm, errp);
 	if (r < 0)
@@ -370,6 +398,18 @@ static bool handle_exit(struct vm *vm)
 		return true;
 	case KVM_EXIT_INTR:
 		return true;
+	case KVM_EXIT_DIRTY_RING_FULL: {
+		/* KVM will not enter the guest again before the ring is reaped. */
+		mfd_error *err = NULL;
+
+		vm->ring_full_exits++;
+		if (vm_dirty_reap(vm, &err) < 0) {
+			set_final(vm, VCPU_FAILED, "%s", mfd_error_message(err));
+			mfd_error_free(err);
+			return false;
+		}
+		return true;
+	}
 	case KVM_EXIT_HLT:
 		set_final(vm, VCPU_HALTED, "the guest halted (HLT with no interrupt source)");
 		return false;
@@ -573,6 +613,8 @@ void vm_destroy(struct vm *vm)
 		fflush(stdout);
 	if (vm->run)
 		munmap(vm->run, vm->run_size);
+	if (vm->ring)
+		munmap(vm->ring, VM_RING_ENTRIES * sizeof(struct kvm_dirty_gfn));
 	if (vm->vcpu_fd >= 0)
 		close(vm->vcpu_fd);
 	if (vm->vm_fd >= 0)
@@ -588,6 +630,7 @@ void vm_destroy(struct vm *vm)
 	free(vm->dirty_buf);
 	free(vm->cpuid);
 	pthread_cond_destroy(&vm->cond);
+	pthread_mutex_destroy(&vm->ring_lock);
 	pthread_mutex_destroy(&vm->lock);
 }
 
@@ -634,6 +677,35 @@ int vm_dirty_sync(struct vm *vm, unsigned slot, uint64_t *bitmap, uint64_t npage
 	for (uint64_t w = 0; w < words; w++)
 		bitmap[w] |= vm->dirty_buf[w];
 	return 0;
+}
+
+int vm_dirty_reap(struct vm *vm, mfd_error **errp)
+{
+	uint64_t n = 0;
+	int r = 0;
+
+	if (vm->dirty_mode != VM_DIRTY_RING)
+		return 0;
+	pthread_mutex_lock(&vm->ring_lock);
+	for (;;) {
+		struct kvm_dirty_gfn *e = &vm->ring[vm->ring_next % VM_RING_ENTRIES];
+		uint32_t flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
+		unsigned slot = e->slot & 0xffff;	/* address space 0 only */
+
+		if (!(flags & KVM_DIRTY_GFN_F_DIRTY))
+			break;
+		if (slot < vm->nslots && e->offset < vm->slots[slot].size / 4096 && vm->mig)
+			mfd_ram_mark_dirty(vm->mig, vm->slots[slot].host + e->offset * 4096, 4096);
+		/* Collected: KVM may re-protect the page and reuse the entry. */
+		__atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+		vm->ring_next++;
+		n++;
+	}
+	if (n && ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0)
+		r = sys_error(errp, "KVM_RESET_DIRTY_RINGS");
+	vm->ring_reaped += n;
+	pthread_mutex_unlock(&vm->ring_lock);
+	return r;
 }
 
 int vm_dirty_clear(struct vm *vm, unsigned slot, uint64_t first, uint64_t npages,

@@ -80,10 +80,12 @@ static void usage(FILE *f)
 		"  --ws MIB          our guest: dirty RAM up to this offset (default: all RAM)\n"
 		"  --delay N         our guest: spin N iterations after each page (default 0)\n"
 		"  --memfd           guest RAM in memfds (MAP_SHARED), registered with their fd\n"
-		"  --dirty-log MODE  auto|classic|manual: how KVM's dirty log is read; manual\n"
-		"                    is KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with INITIALLY_SET\n"
-		"                    (pages re-protected by KVM_CLEAR_DIRTY_LOG just before\n"
-		"                    they are sent); auto (default) is manual where KVM has it\n"
+		"  --dirty-log MODE  auto|classic|manual|ring: how KVM reports written pages;\n"
+		"                    manual is KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with\n"
+		"                    INITIALLY_SET (pages re-protected by KVM_CLEAR_DIRTY_LOG\n"
+		"                    just before they are sent), ring the per-vCPU dirty ring\n"
+		"                    (KVM_CAP_DIRTY_LOG_RING, reaped into mfd_ram_mark_dirty);\n"
+		"                    auto (default) is manual where KVM has it, else classic\n"
 		"  --serial FILE     COM1 output (default: stdout)\n"
 		"  --control PATH    answer commands on this unix socket\n"
 		"  --param NAME=VAL  a libmultifd parameter (multifd-channels=4,\n"
@@ -94,7 +96,8 @@ static void usage(FILE *f)
 		"  wait [MS]        wait for the migration's end; print its statistics (JSON)\n"
 		"  stats            the statistics now (JSON)\n"
 		"  state            migration state and vCPU state\n"
-		"  dirtylog         dirty-log mode, KVM_CLEAR_DIRTY_LOG calls, RAM backing\n"
+		"  dirtylog         dirty-log mode, KVM_CLEAR_DIRTY_LOG calls, ring entries\n"
+		"                   reaped and ring-full exits, RAM backing\n"
 		"  uri              where an incoming VMM listens (tcp:HOST:0 picks a port)\n"
 		"  set NAME VALUE   a libmultifd parameter (max-bandwidth, downtime-limit... any\n"
 		"                   time; the others before migrate)\n"
@@ -305,9 +308,11 @@ static void command(int fd, char *line)
 		reply(fd, "migration=%s vcpu=%s%s%s", mfd_state_name(mfd_migration_state(vmm.m)),
 		      run_state_name(st), msg[0] ? " reason=" : "", msg);
 	} else if (strcmp(c, "dirtylog") == 0 && argc == 1) {
-		reply(fd, "mode=%s clears=%" PRIu64 " ram=%s",
-		      vmm.vm.dirty_mode == VM_DIRTY_MANUAL ? "manual" : "classic",
-		      vmm.vm.dirty_clears, vmm.vm.memfd ? "memfd" : "anonymous");
+		reply(fd, "mode=%s clears=%" PRIu64 " reaped=%" PRIu64 " full=%" PRIu64 " ram=%s",
+		      vmm.vm.dirty_mode == VM_DIRTY_MANUAL ? "manual" :
+		      vmm.vm.dirty_mode == VM_DIRTY_RING ? "ring" : "classic",
+		      vmm.vm.dirty_clears, vmm.vm.ring_reaped, vmm.vm.ring_full_exits,
+		      vmm.vm.memfd ? "memfd" : "anonymous");
 	} else if (strcmp(c, "set") == 0 && argc == 3) {
 		if (mfd_set_param(vmm.m, argv[1], argv[2], &err) < 0)
 			reply_err(fd, err);
@@ -664,8 +669,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				o->dirty_mode = VM_DIRTY_CLASSIC;
 			} else if (strcmp(optarg, "manual") == 0) {
 				o->dirty_mode = VM_DIRTY_MANUAL;
+			} else if (strcmp(optarg, "ring") == 0) {
+				o->dirty_mode = VM_DIRTY_RING;
 			} else {
-				fprintf(stderr, "minivmm: --dirty-log auto|classic|manual, not '%s'\n",
+				fprintf(stderr, "minivmm: --dirty-log auto|classic|manual|ring, not '%s'\n",
 					optarg);
 				return -1;
 			}
@@ -865,8 +872,9 @@ static int cmd_run(int argc, char **argv, bool incoming)
 	if (r == 0 && o.verbose)
 		fprintf(stderr, "minivmm: guest RAM %s, dirty log %s\n",
 			o.memfd ? "in memfds" : "anonymous",
-			vmm.vm.dirty_mode == VM_DIRTY_MANUAL ? "manual (KVM_CLEAR_DIRTY_LOG)"
-							     : "classic");
+			vmm.vm.dirty_mode == VM_DIRTY_MANUAL ? "manual (KVM_CLEAR_DIRTY_LOG)" :
+			vmm.vm.dirty_mode == VM_DIRTY_RING ? "ring (KVM_CAP_DIRTY_LOG_RING)" :
+							     "classic");
 	for (unsigned i = 0; r == 0 && i < o.nparams; i++) {
 		char name[128];
 		const char *eq = strchr(o.params[i], '=');

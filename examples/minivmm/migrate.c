@@ -104,6 +104,14 @@ static int hook_dirty_clear(void *opaque, unsigned block, void *cookie, uint64_t
 	return vm_dirty_clear(opaque, block, first, npages, mask, errp);
 }
 
+/* Ring mode: each sync round starts by collecting the ring into the
+ * library's tracker (mfd_ram_mark_dirty()); there is no bitmap to fetch. */
+static int hook_ring_reap(void *opaque, uint64_t round, mfd_error **errp)
+{
+	(void)round;
+	return vm_dirty_reap(opaque, errp);
+}
+
 static void hook_throttle(void *opaque, int percent)
 {
 	vm_throttle(opaque, percent);
@@ -127,11 +135,14 @@ int vm_register(struct vm *vm, mfd_migration *m, bool incoming, mfd_error **errp
 		.vm_start = hook_vm_start,
 		.dirty_log_start = hook_log_start,
 		.dirty_log_stop = hook_log_stop,
-		.dirty_sync = hook_dirty_sync,
+		.dirty_sync = vm->dirty_mode == VM_DIRTY_RING ? NULL : hook_dirty_sync,
 		.throttle = hook_throttle,
+		.dirty_sync_begin = vm->dirty_mode == VM_DIRTY_RING ? hook_ring_reap : NULL,
 		.dirty_clear = vm->dirty_mode == VM_DIRTY_MANUAL ? hook_dirty_clear : NULL,
 	};
 	int r = mfd_migration_set_identity(m, "minivmm-pc-1", errp);
+
+	vm->mig = m;	/* where the ring's entries go */
 
 	/* Block i is slot i: the hooks' block index is the KVM slot number.  The
 	 * destination's RAM was just mapped and nothing wrote it: fresh. */

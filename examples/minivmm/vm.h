@@ -55,7 +55,9 @@ struct vm_slot {
  * library reads a range (manual: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with
  * KVM_DIRTY_LOG_INITIALLY_SET, no write-protect pass over all of RAM when
  * logging starts). */
-enum vm_dirty_mode { VM_DIRTY_AUTO, VM_DIRTY_CLASSIC, VM_DIRTY_MANUAL };
+enum vm_dirty_mode { VM_DIRTY_AUTO, VM_DIRTY_CLASSIC, VM_DIRTY_MANUAL, VM_DIRTY_RING };
+
+#define VM_RING_ENTRIES 4096	/* per vCPU, with --dirty-log ring */
 
 enum vcpu_run_state { VCPU_RUNNING, VCPU_PAUSED, VCPU_HALTED, VCPU_FAILED };
 
@@ -69,7 +71,15 @@ struct vm {
 	unsigned nslots;
 	struct vm_slot slots[VM_SLOTS_MAX];
 	bool dirty_logging;
-	enum vm_dirty_mode dirty_mode;	/* classic or manual, never auto here */
+	enum vm_dirty_mode dirty_mode;	/* classic, manual or ring, never auto here */
+	/* Ring mode: the vCPU's dirty ring (KVM_CAP_DIRTY_LOG_RING), reaped into
+	 * mig with mfd_ram_mark_dirty() by the migration thread at each sync
+	 * round and by the vCPU thread when the ring fills. */
+	struct kvm_dirty_gfn *ring;
+	uint32_t ring_next;		/* under ring_lock */
+	pthread_mutex_t ring_lock;
+	uint64_t ring_reaped, ring_full_exits;
+	mfd_migration *mig;
 	bool memfd;			/* slots are memfds */
 	uint64_t dirty_clears;		/* KVM_CLEAR_DIRTY_LOG calls */
 	uint64_t *dirty_buf;		/* KVM_GET_DIRTY_LOG scratch, largest slot */
@@ -123,6 +133,9 @@ void *vm_gpa(struct vm *vm, uint64_t gpa, uint64_t len);
 int vm_dirty_log(struct vm *vm, bool on, mfd_error **errp);
 int vm_dirty_sync(struct vm *vm, unsigned slot, uint64_t *bitmap, uint64_t npages,
 		  mfd_error **errp);
+/* Ring mode: hand every dirty entry of the ring to mfd_ram_mark_dirty() and
+ * let KVM re-protect them (KVM_RESET_DIRTY_RINGS).  Any thread. */
+int vm_dirty_reap(struct vm *vm, mfd_error **errp);
 /* Manual mode: write-protect again and clear the pages of @slot set in
  * @mask (@npages bits from page @first). */
 int vm_dirty_clear(struct vm *vm, unsigned slot, uint64_t first, uint64_t npages,

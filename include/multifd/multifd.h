@@ -1396,11 +1396,13 @@ MFD_API int mfd_migration_set_vm_config(mfd_migration *m, const void *config, si
  *   channel-timeout-ms        int 100..3600000: deadline for connecting and
  *                             gathering channels and for any stalled I/O, 30000
  *   return-path               bool, on: the destination reports its result
- *   dest-ram-zeroed           bool, on (destination): its RAM blocks read as
- *                             zero when the load starts (fresh anonymous or
- *                             file memory), so a zero page that arrives for
- *                             a page not yet written is not touched at all;
- *                             off: every zero page is checked and cleared
+ *   dest-ram-zeroed           bool, on (destination): a zero page that
+ *                             arrives for a page not yet written in this
+ *                             load is not written where the memory already
+ *                             reads zero: not even read in a block
+ *                             registered MFD_RAM_FRESH, read and compared in
+ *                             any other; off: every zero page is read and
+ *                             cleared where it is not zero
  *   switchover-confirm        bool, off (both sides; needs the return path):
  *                             the destination starts the VM only after the
  *                             source confirmed it got RESULT 0 (one more

@@ -224,6 +224,26 @@ START_TEST(test_walkthrough_matches_code)
 }
 END_TEST
 
+/* examples/vmcreate: a destination that starts empty builds its VM (memfd
+ * RAM with an unplugged hole, a device) from the source's description. */
+START_TEST(test_vmcreate_example_runs)
+{
+	char out[16384];
+	int status = run_example("examples/vmcreate/vmcreate", out, sizeof(out));
+
+	if (status == -1)
+		return;
+	ck_assert_msg(status == 0, "vmcreate exited with status %d; its output:\n%s", status,
+		      out);
+	ck_assert_msg(strstr(out, "vmcreate: destination: source says 'machine=minimal "
+			     "ram=memfd hole=1 device=1', 2 RAM blocks") != NULL,
+		      "the hook did not run as expected:\n%s", out);
+	ck_assert_msg(strstr(out, "vmcreate: ok: the destination built 2 blocks (memfd, 8 MiB "
+			     "with a 1024 KiB hole; 4 MiB) and a device") != NULL,
+		      "no success line:\n%s", out);
+}
+END_TEST
+
 Suite *suite_embed(void);
 
 Suite *suite_embed(void)
@@ -236,6 +256,7 @@ Suite *suite_embed(void)
 	tcase_add_test(tc, test_embed_runs);
 	tcase_add_test(tc, test_walkthrough_matches_code);
 	tcase_add_test(tc, test_channels_example_runs);
+	tcase_add_test(tc, test_vmcreate_example_runs);
 	suite_add_tcase(s, tc);
 	return s;
 }

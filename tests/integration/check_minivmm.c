@@ -319,7 +319,13 @@ static void precopy_case_as(const char *channels, const char *codec, const char 
 		if (dirty && strcmp(dirty, "manual") == 0)
 			ck_assert_msg(!strstr(dl, "clears=0 "), "no KVM_CLEAR_DIRTY_LOG: %s", dl);
 		else
-			ck_assert_msg(strstr(dl, "clears=0 "), "classic mode cleared: %s", dl);
+			ck_assert_msg(strstr(dl, "clears=0 "), "%s mode cleared: %s", dirty, dl);
+		/* Ring: the guest's writes came through the ring. */
+		if (dirty && strcmp(dirty, "ring") == 0)
+			ck_assert_msg(!strstr(dl, "reaped=0 "), "nothing reaped from the ring: %s",
+				      dl);
+		else
+			ck_assert_msg(strstr(dl, "reaped=0 "), "%s mode reaped a ring: %s", dirty, dl);
 		ck_assert_msg(strstr(dl, memfd ? "ram=memfd" : "ram=anonymous"), "%s", dl);
 	}
 
@@ -355,6 +361,8 @@ END_TEST
 START_TEST(precopy_manual_dirty_log_memfd) { precopy_case_as("2", "none", "manual", true); }
 END_TEST
 START_TEST(precopy_classic_dirty_log) { precopy_case_as("2", "none", "classic", false); }
+END_TEST
+START_TEST(precopy_dirty_ring) { precopy_case_as("2", "none", "ring", false); }
 END_TEST
 
 /* Postcopy: the destination guest runs before its RAM has arrived, and
@@ -508,6 +516,7 @@ Suite *suite_minivmm(void)
 	tcase_add_test(tc, precopy_4ch_zstd);
 	tcase_add_test(tc, precopy_manual_dirty_log_memfd);
 	tcase_add_test(tc, precopy_classic_dirty_log);
+	tcase_add_test(tc, precopy_dirty_ring);
 	tcase_add_test(tc, postcopy);
 	tcase_add_test(tc, cancel_and_retry);
 	suite_add_tcase(s, tc);
