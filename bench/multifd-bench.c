@@ -207,7 +207,10 @@ static int run(size_t mib, const char *pages, unsigned channels, const char *cod
 	}
 	if ((r = mfd_migration_new(&msrc, &err)) < 0 || (r = mfd_migration_new(&mdst, &err)) < 0 ||
 	    (r = mfd_ram_block_add(msrc, "ram", sram, size, PS, &err)) < 0 ||
-	    (r = mfd_ram_block_add(mdst, "ram", dram, size, PS, &err)) < 0 ||
+	    (r = mfd_ram_block_register(mdst, &(struct mfd_ram_block_desc){
+			.size = sizeof(struct mfd_ram_block_desc), .flags = MFD_RAM_FRESH,
+			.name = "ram", .host = dram, .length = size, .page_size = PS,
+			.fd = -1 }, &err)) < 0 ||
 	    (r = mfd_listener_new("tcp:127.0.0.1:0", &l, &err)) < 0 ||
 	    /* As the engine does by default (dest-ram-zeroed). */
 	    (r = ram_recvmap_alloc(mdst->blocks, mdst->nblocks, &err)) < 0 ||

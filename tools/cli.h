@@ -161,7 +161,9 @@ int guest_write_image(const struct guest *g, const char *path, mfd_error **errp)
 void guest_free(struct guest *g);
 
 /* Register the RAM block and the "cpu" and "image" sections (both sides). */
-int guest_register(struct guest *g, mfd_migration *m, mfd_error **errp);
+/* The guest's RAM block and sections; @fresh: its RAM was just mapped and
+ * nothing wrote it (a destination), so zero pages need not be read there. */
+int guest_register(struct guest *g, mfd_migration *m, bool fresh, mfd_error **errp);
 
 static inline uint64_t guest_pages(const struct guest *g)
 {

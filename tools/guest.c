@@ -348,8 +348,17 @@ static int image_load(mfd_stream *s, void *opaque, uint32_t version_id, mfd_erro
 	return 0;
 }
 
-int guest_register(struct guest *g, mfd_migration *m, mfd_error **errp)
+int guest_register(struct guest *g, mfd_migration *m, bool fresh, mfd_error **errp)
 {
+	struct mfd_ram_block_desc d = {
+		.size = sizeof(d),
+		.flags = fresh ? MFD_RAM_FRESH : 0,
+		.name = GUEST_RAM_NAME,
+		.host = g->ram,
+		.length = g->size,
+		.page_size = GUEST_PAGE,
+		.fd = -1,
+	};
 	static const mfd_save_handlers cpu_ops = {
 		.size = sizeof(mfd_save_handlers),
 		.save_state = cpu_save,
@@ -362,8 +371,8 @@ int guest_register(struct guest *g, mfd_migration *m, mfd_error **errp)
 	};
 	int r = mfd_migration_set_identity(m, GUEST_IDENTITY, errp);
 
-	if (r == 0)
-		r = mfd_ram_block_add(m, GUEST_RAM_NAME, g->ram, g->size, GUEST_PAGE, errp);
+	if (r == 0 && (r = mfd_ram_block_register(m, &d, errp)) > 0)
+		r = 0;
 	if (r == 0)
 		r = mfd_register_live(m, "cpu", 0, 1, &cpu_ops, g, errp);
 	if (r == 0)

@@ -74,7 +74,7 @@ int source_setup(struct source *s, mfd_error **errp)
 	int r = mfd_migration_new(&s->m, errp);
 
 	if (r == 0)
-		r = guest_register(&s->g, s->m, errp);
+		r = guest_register(&s->g, s->m, false, errp);
 	if (r == 0)
 		r = mfd_migration_set_hooks(s->m, s->postcopy_after ? &postcopy_hooks : &hooks, s,
 					    errp);
@@ -144,7 +144,7 @@ int dest_setup(struct dest *d, uint64_t size, mfd_error **errp)
 	if (r == 0)
 		r = mfd_migration_new(&d->m, errp);
 	if (r == 0)
-		r = guest_register(&d->g, d->m, errp);
+		r = guest_register(&d->g, d->m, true, errp);
 	if (r == 0)
 		r = mfd_migration_set_hooks(d->m, &hooks, d, errp);
 	return r;
