@@ -291,6 +291,10 @@ struct mfd_engine {
 
 	/* Timestamps: written by the owning thread under lock, read by anyone. */
 	uint64_t t_start_ns, t_setup_ns, t_end_ns, t_stop_ns, downtime_ns;
+	/* The migration's block table as the statistics report it (under lock:
+	 * the destination's vm_create hook changes the table while a VMM thread
+	 * may ask; eng_publish_table()). */
+	uint64_t ram_total, ram_page_size;
 	/* Owned by the migration thread. */
 	uint64_t main_bytes_dropped;	/* main and preempt bytes of connections postcopy lost */
 	struct eng_stats stats;		/* the counters; see struct eng_stats */
@@ -325,6 +329,8 @@ void vmconfig_unregister(struct mfd_engine *e);
  * received-pages maps, postcopy bitmaps, the multifd channels' table and
  * their threads. */
 int eng_dest_ram_ready(struct mfd_engine *e, mfd_error **errp);
+/* Record the block table's size for mfd_migration_stats(), under lock. */
+void eng_publish_table(struct mfd_engine *e);
 void ramsec_free_trackers(mfd_migration *m);
 /* Bytes of RAM the source still has to send. */
 uint64_t ramsec_remaining(struct mfd_engine *e);

@@ -405,6 +405,7 @@ static int engine_start_on(mfd_migration *m, bool incoming, const char *uri, str
 		eng_release_channels(e);
 		return r;
 	}
+	eng_publish_table(e);
 	m->busy = true;
 	e->t_start_ns = engine_now_ns();
 	eng_set_state(e, MFD_STATE_SETUP);

@@ -99,6 +99,7 @@ static int vm_create(struct mfd_engine *e, mfd_stream *s, uint64_t total, mfd_er
 			r = errp && *errp ? error_normalize(*errp) : MFD_EHANDLER;
 		}
 	}
+	eng_publish_table(e);
 	if (r == 0)
 		r = loadvm_setup_new(m, errp);
 	/* The same checks as without the hook, against what it registered. */

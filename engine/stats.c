@@ -70,7 +70,7 @@ int mfd_migration_stats(mfd_migration *m, struct mfd_stats *out)
 	st.expected_downtime = STAT_GET(e, expected_downtime_ms);
 	st.ram_transferred = STAT_GET(e, main_bytes);
 	st.ram_remaining = STAT_GET(e, remaining);
-	st.ram_total = ramsec_total(m);
+	st.ram_total = e->ram_total;
 	st.ram_duplicate = STAT_GET(e, zero_pages);
 	st.ram_normal = STAT_GET(e, normal_pages);
 	st.ram_normal_bytes = STAT_GET(e, normal_bytes);
@@ -143,6 +143,18 @@ char *mfd_migration_stats_json(mfd_migration *m)
 
 	if (!m || mfd_migration_stats(m, &st) < 0)
 		return NULL;
+	/* The migration's table; without a migration the object's (then nothing
+	 * changes it behind our back). */
+	uint64_t page_size = 4096;
+
+	if (m->engine) {
+		pthread_mutex_lock(&m->engine->lock);
+		if (m->engine->ram_page_size)
+			page_size = m->engine->ram_page_size;
+		pthread_mutex_unlock(&m->engine->lock);
+	} else if (m->nblocks) {
+		page_size = m->blocks[0].page_size;
+	}
 	json_init(&w, JSON_SPACED);
 	json_begin_object(&w);
 	json_key_str(&w, "status", mfd_state_name(st.status));
@@ -168,7 +180,7 @@ char *mfd_migration_stats_json(mfd_migration *m)
 	json_key_u64(&w, "pages-per-second", st.ram_pages_per_second);
 	json_key_u64(&w, "multifd-bytes", st.ram_multifd_bytes);
 	json_key_u64(&w, "postcopy-requests", st.ram_postcopy_requests);
-	json_key_u64(&w, "page-size", m->nblocks ? m->blocks[0].page_size : 4096);
+	json_key_u64(&w, "page-size", page_size);
 	json_key_u64(&w, "dirty-sync-missed-zero-copy", st.dirty_sync_missed_zero_copy);
 	json_end_object(&w);
 
@@ -212,4 +224,14 @@ char *mfd_migration_stats_json(mfd_migration *m)
 	json_end_object(&w);
 	json_end_object(&w);
 	return json_finish(&w);
+}
+
+void eng_publish_table(struct mfd_engine *e)
+{
+	mfd_migration *m = e->m;
+
+	pthread_mutex_lock(&e->lock);
+	e->ram_total = ramsec_total(m);
+	e->ram_page_size = m->nblocks ? m->blocks[0].page_size : 4096;
+	pthread_mutex_unlock(&e->lock);
 }
