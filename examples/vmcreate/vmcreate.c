@@ -236,10 +236,9 @@ static int wait_in_loop(mfd_migration *m, mfd_error **errp)
 		int st = mfd_migration_state(m);
 
 		printf("vmcreate: destination: %s\n", mfd_state_name(st));
-		int r = mfd_migration_wait(m, 1, errp);
-
-		if (r != MFD_ERUNNING)
-			return r;
+		/* Ended?  Then ask again for the result with its message. */
+		if (mfd_migration_wait(m, 1, NULL) != MFD_ERUNNING)
+			return mfd_migration_wait(m, 1, errp);
 	}
 }
 
