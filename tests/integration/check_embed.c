@@ -9,6 +9,7 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,6 +245,65 @@ START_TEST(test_vmcreate_example_runs)
 }
 END_TEST
 
+/* Whether config.mk of the build directory has "NAME = VALUE". */
+static bool config_says(const char *builddir, const char *line)
+{
+	char path[4096], buf[256];
+	bool found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/config.mk", builddir);
+	f = fopen(path, "r");
+	ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
+	while (!found && fgets(buf, sizeof(buf), f)) {
+		buf[strcspn(buf, "\n")] = '\0';
+		found = strcmp(buf, line) == 0;
+	}
+	fclose(f);
+	return found;
+}
+
+/*
+ * examples/rust: bindings bindgen generated from the header, a std-only Rust
+ * program that migrates 8 MiB between two threads over socketpairs, with a
+ * vm_stop hook written in Rust; and bindgen's layout tests.  Built when
+ * configure found rustc and bindgen (a skip of capability "rust" otherwise),
+ * never in a sanitizer build ("rust-sanitized": the Rust program is not
+ * instrumented and cannot load a sanitized library).
+ */
+START_TEST(test_rust_example_runs)
+{
+	const char *builddir = getenv("MFD_BUILDDIR");
+	char out[16384], path[4096];
+
+	if (!builddir || !*builddir) {
+		test_skip("builddir", "embed: MFD_BUILDDIR is not set (run through `make check`)");
+		return;
+	}
+	if (!config_says(builddir, "HAVE_RUST = 1")) {
+		if (!config_says(builddir, "SANITIZERS = "))
+			test_skip("rust-sanitized", "embed: examples/rust is not built with "
+				  "sanitizers (an uninstrumented program cannot load the library)");
+		else
+			test_skip("rust", "embed: examples/rust not built: configure found no "
+				  "rustc and bindgen (scripts/install-deps installs them)");
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/examples/rust/rust-example", builddir);
+	ck_assert_msg(access(path, X_OK) == 0, "%s: %s (make builds it)", path, strerror(errno));
+	int status = run_example("examples/rust/rust-example", out, sizeof(out));
+
+	ck_assert_msg(status == 0, "the Rust example exited with status %d; its output:\n%s",
+		      status, out);
+	ck_assert_msg(strstr(out, "rust: ok: 8 MiB over a main and 2 multifd channels, "
+			     "libmultifd ") != NULL, "no success line:\n%s", out);
+	status = run_example("examples/rust/layout-tests", out, sizeof(out));
+	ck_assert_msg(status == 0, "bindgen's layout tests failed (status %d):\n%s", status, out);
+	ck_assert_msg(strstr(out, "test result: ok.") != NULL && strstr(out, " 0 failed") != NULL,
+		      "no passing layout-test summary:\n%s", out);
+}
+END_TEST
+
 Suite *suite_embed(void);
 
 Suite *suite_embed(void)
@@ -257,6 +317,7 @@ Suite *suite_embed(void)
 	tcase_add_test(tc, test_walkthrough_matches_code);
 	tcase_add_test(tc, test_channels_example_runs);
 	tcase_add_test(tc, test_vmcreate_example_runs);
+	tcase_add_test(tc, test_rust_example_runs);
 	suite_add_tcase(s, tc);
 	return s;
 }
