@@ -18,7 +18,7 @@
 /* Every capability a test may skip for (testlib.h says what each means). */
 static const char *const known_caps[] = {
 	"uffd", "kvm", "root", "iproute2", "netns", "openssl", "builddir", "codec", "ipv6",
-	"gnuplot", "timeout", "tls",
+	"gnuplot", "timeout", "tls", "rust", "rust-sanitized",
 };
 
 static bool cap_known(const char *cap, size_t len)

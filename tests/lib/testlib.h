@@ -171,6 +171,9 @@ uint64_t test_now_ms(void);
  *   gnuplot   the gnuplot program
  *   timeout   the timeout-ms option on an fd channel
  *   tls       TLS built in (configure found OpenSSL 3)
+ *   rust      examples/rust built (configure found rustc and bindgen)
+ *   rust-sanitized  examples/rust in a sanitizer build (never built there;
+ *             not a machine capability, never required)
  * (tests/lib/skip.c lists them; another name fails the test)
  * @why (printf format) says what was skipped and why; it is printed with
  * "; skipped (@capability)" appended.
