@@ -175,7 +175,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, mfd_error **errp)
 	struct sigaction sa;
 
 	memset(vm, 0, sizeof(*vm));
-	vm->kvm_fd = vm->vm_fd = vm->vcpu_fd = -1;
+	vm->kvm_fd = vm->vm_fd = vm->vcpu_fd = vm->serial_fd = -1;
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_mutex_init(&vm->ring_lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);
@@ -254,8 +254,9 @@ int vm_create(struct vm *vm, const struct vm_config *cfg, mfd_error **errp)
 		return r;
 
 	if (cfg->serial_path && strcmp(cfg->serial_path, "-") != 0) {
-		vm->serial = fopen(cfg->serial_path, "w");
-		if (!vm->serial)
+		vm->serial_fd = open(cfg->serial_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+				     0644);
+		if (vm->serial_fd < 0)
 			return sys_error(errp, cfg->serial_path);
 	}
 
@@ -344,16 +345,17 @@ static void log_port_once(struct vm *vm, unsigned port, bool out)
 			out ? "wrote" : "read", port, out ? "ignored" : "reads as all ones");
 }
 
+/* COM1 as a UART: every byte leaves at once (one write each, no stdio
+ * buffer), so whoever reads the file or the terminal sees what the guest
+ * wrote up to the instant it stopped. */
 static void serial_out(struct vm *vm, uint8_t b)
 {
-	FILE *f = vm->serial ? vm->serial : stdout;
+	int fd = vm->serial_fd >= 0 ? vm->serial_fd : STDOUT_FILENO;
 
-	fputc(b, f);
-	if (b == '\n') {
-		fflush(f);
-		if (vm->serial_last == 'L')
-			atomic_fetch_add(&vm->serial_laps, 1);
-	}
+	while (write(fd, &b, 1) < 0 && errno == EINTR)
+		;
+	if (b == '\n' && vm->serial_last == 'L')
+		atomic_fetch_add(&vm->serial_laps, 1);
 	vm->serial_last = b;
 	atomic_fetch_add(&vm->serial_bytes, 1);
 }
@@ -607,10 +609,8 @@ void vm_destroy(struct vm *vm)
 		kick(vm);
 		pthread_join(vm->thread, NULL);
 	}
-	if (vm->serial)
-		fclose(vm->serial);
-	else
-		fflush(stdout);
+	if (vm->serial_fd >= 0)
+		close(vm->serial_fd);
 	if (vm->run)
 		munmap(vm->run, vm->run_size);
 	if (vm->ring)
@@ -677,6 +677,47 @@ int vm_dirty_sync(struct vm *vm, unsigned slot, uint64_t *bitmap, uint64_t npage
 	for (uint64_t w = 0; w < words; w++)
 		bitmap[w] |= vm->dirty_buf[w];
 	return 0;
+}
+
+int vm_dump(struct vm *vm, const char *path, mfd_error **errp)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	uint64_t end = 0;
+	int r = 0;
+
+	if (fd < 0)
+		return sys_error(errp, path);
+	/* Each slot at its guest-physical address; zero pages stay holes. */
+	for (unsigned i = 0; i < vm->nslots && r == 0; i++) {
+		const struct vm_slot *sl = &vm->slots[i];
+
+		for (uint64_t off = 0; off < sl->size && r == 0; off += 4096) {
+			const uint8_t *p = sl->host + off;
+			bool zero = p[0] == 0 && memcmp(p, p + 1, 4095) == 0;
+
+			if (zero)
+				continue;
+			for (size_t done = 0; done < 4096;) {
+				ssize_t n = pwrite(fd, p + done, 4096 - done,
+						   (off_t)(sl->gpa + off + done));
+
+				if (n < 0 && errno == EINTR)
+					continue;
+				if (n <= 0) {
+					r = sys_error(errp, path);
+					break;
+				}
+				done += (size_t)n;
+			}
+		}
+		if (sl->gpa + sl->size > end)
+			end = sl->gpa + sl->size;
+	}
+	if (r == 0 && ftruncate(fd, (off_t)end) < 0)
+		r = sys_error(errp, path);
+	if (close(fd) < 0 && r == 0)
+		r = sys_error(errp, path);
+	return r;
 }
 
 int vm_dirty_reap(struct vm *vm, mfd_error **errp)

@@ -80,6 +80,8 @@ static void usage(FILE *f)
 		"  --ws MIB          our guest: dirty RAM up to this offset (default: all RAM)\n"
 		"  --delay N         our guest: spin N iterations after each page (default 0)\n"
 		"  --memfd           guest RAM in memfds (MAP_SHARED), registered with their fd\n"
+		"  --paused          incoming: leave the guest stopped once it arrived (QEMU's\n"
+		"                    -S); `cont` starts it\n"
 		"  --dirty-log MODE  auto|classic|manual|ring: how KVM reports written pages;\n"
 		"                    manual is KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with\n"
 		"                    INITIALLY_SET (pages re-protected by KVM_CLEAR_DIRTY_LOG\n"
@@ -102,10 +104,16 @@ static void usage(FILE *f)
 		"  set NAME VALUE   a libmultifd parameter (max-bandwidth, downtime-limit... any\n"
 		"                   time; the others before migrate)\n"
 		"  postcopy         switch the running migration to postcopy\n"
+		"  recover URI      destination, postcopy paused by a network cut: listen on URI\n"
+		"                   for the source (tcp:HOST:0 picks a port; `uri` tells it)\n"
+		"  resume URI       source, postcopy paused: reconnect to the destination's\n"
+		"                   recover URI; postcopy goes on from where it stopped\n"
 		"  cancel           cancel it (the source guest keeps running)\n"
 		"  stop | cont      pause or resume the vCPU\n"
 		"  laps             our guest's lap counter and COM1 lap markers\n"
 		"  check            the a-b check of our guest's RAM (vCPU stopped)\n"
+		"  dump FILE        guest-physical memory into FILE, as QEMU's pmemsave: byte N\n"
+		"                   is address N, holes where nothing is (vCPU stopped)\n"
 		"  quit             exit\n",
 		VM_RAM_MIN_MIB, VM_RAM_MAX_MIB);
 }
@@ -362,6 +370,30 @@ static void command(int fd, char *line)
 			reply(fd, "fail: %s", msg);
 		else
 			reply(fd, "%s", msg);
+	} else if (strcmp(c, "recover") == 0 && argc == 2 && vmm.incoming) {
+		/* A paused postcopy: listen for the source to come back. */
+		if (mfd_migrate_recover(vmm.m, argv[1], &err) < 0)
+			reply_err(fd, err);
+		else
+			reply(fd, "ok");
+	} else if (strcmp(c, "resume") == 0 && argc == 2 && !vmm.incoming) {
+		/* A paused postcopy: reconnect to the destination's recover URI. */
+		if (mfd_migrate_resume(vmm.m, argv[1], &err) < 0)
+			reply_err(fd, err);
+		else
+			reply(fd, "ok");
+	} else if ((strcmp(c, "recover") == 0 || strcmp(c, "resume") == 0) && argc == 2) {
+		reply(fd, "error: %s is the %s's command", c,
+		      strcmp(c, "recover") == 0 ? "destination" : "source");
+	} else if (strcmp(c, "dump") == 0 && argc == 2) {
+		if (vm_state(&vmm.vm, NULL, 0) == VCPU_RUNNING) {
+			reply(fd, "fail: stop the guest first (stop)");
+			return;
+		}
+		if (vm_dump(&vmm.vm, argv[1], &err) < 0)
+			reply_err(fd, err);
+		else
+			reply(fd, "ok %s", argv[1]);
 	} else if (strcmp(c, "quit") == 0 && argc == 1) {
 		reply(fd, "ok");
 		pthread_kill(vmm.main_thread, SIGTERM);
@@ -626,7 +658,7 @@ static int cmd_migrate(int argc, char **argv)
 struct opts {
 	const char *image, *serial, *control, *out;
 	uint64_t ram_mib, slot_mib, ws_mib, delay;
-	bool ws_set, delay_set, verbose, memfd;
+	bool ws_set, delay_set, verbose, memfd, paused;
 	enum vm_dirty_mode dirty_mode;
 	const char *params[MAX_PARAMS];
 	unsigned nparams;
@@ -646,6 +678,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "output", required_argument, NULL, 'o' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "memfd", no_argument, NULL, 'F' },
+		{ "paused", no_argument, NULL, 'P' },
 		{ "dirty-log", required_argument, NULL, 'D' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -662,6 +695,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'o': o->out = optarg; break;
 		case 'v': o->verbose = true; break;
 		case 'F': o->memfd = true; break;
+		case 'P': o->paused = true; break;
 		case 'D':
 			if (strcmp(optarg, "auto") == 0) {
 				o->dirty_mode = VM_DIRTY_AUTO;
@@ -791,7 +825,8 @@ static void *incoming_waiter(void *arg)
 		atomic_store(&vmm.exit_status, 1);
 		pthread_kill(vmm.main_thread, SIGTERM);
 	} else {
-		fprintf(stderr, "minivmm: incoming migration completed; the guest runs\n");
+		fprintf(stderr, "minivmm: incoming migration completed; %s\n",
+			vmm.vm.start_paused ? "the guest waits for cont (--paused)" : "the guest runs");
 	}
 	return NULL;
 }
@@ -862,7 +897,13 @@ static int cmd_run(int argc, char **argv, bool incoming)
 	cfg.verbose = o.verbose;
 	cfg.memfd = o.memfd;
 	cfg.dirty_mode = o.dirty_mode;
+	if (o.paused && !incoming) {
+		fprintf(stderr, "minivmm run: --paused is for incoming (a guest that arrives by "
+			"migration); run starts its guest at once\n");
+		return 2;
+	}
 	r = vm_create(&vmm.vm, &cfg, &err);
+	vmm.vm.start_paused = o.paused;
 	if (r == 0 && !incoming)
 		r = vm_load_boot(&vmm.vm, img, BOOT_SIZE, &err);
 	if (r == 0)

@@ -68,8 +68,13 @@ static int hook_vm_stop(void *opaque, mfd_error **errp)
 
 static int hook_vm_start(void *opaque, mfd_error **errp)
 {
+	struct vm *vm = opaque;
+
 	(void)errp;
-	vm_resume(opaque);
+	/* incoming --paused (QEMU's -S): the state is in place, the guest waits
+	 * for `cont`, so it can be inspected (dump) exactly as it arrived. */
+	if (!vm->start_paused)
+		vm_resume(vm);
 	return 0;
 }
 

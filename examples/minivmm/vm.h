@@ -81,6 +81,7 @@ struct vm {
 	uint64_t ring_reaped, ring_full_exits;
 	mfd_migration *mig;
 	bool memfd;			/* slots are memfds */
+	bool start_paused;		/* incoming --paused: vm_start leaves it stopped */
 	uint64_t dirty_clears;		/* KVM_CLEAR_DIRTY_LOG calls */
 	uint64_t *dirty_buf;		/* KVM_GET_DIRTY_LOG scratch, largest slot */
 
@@ -99,7 +100,7 @@ struct vm {
 	bool ticker_started;
 
 	/* Devices. */
-	FILE *serial;
+	int serial_fd;			/* COM1 output (--serial), -1: stdout */
 	atomic_ullong serial_bytes, serial_laps;
 	uint8_t serial_last;		/* previous byte, to count "L\n" */
 	uint64_t logged_ports[65536 / 64];
@@ -133,6 +134,10 @@ void *vm_gpa(struct vm *vm, uint64_t gpa, uint64_t len);
 int vm_dirty_log(struct vm *vm, bool on, mfd_error **errp);
 int vm_dirty_sync(struct vm *vm, unsigned slot, uint64_t *bitmap, uint64_t npages,
 		  mfd_error **errp);
+/* Guest-physical memory into @path as QEMU's pmemsave writes it: byte N of
+ * the file is guest-physical address N, holes where nothing is (the PCI hole,
+ * zero pages), the file as long as the highest RAM address. */
+int vm_dump(struct vm *vm, const char *path, mfd_error **errp);
 /* Ring mode: hand every dirty entry of the ring to mfd_ram_mark_dirty() and
  * let KVM re-protect them (KVM_RESET_DIRTY_RINGS).  Any thread. */
 int vm_dirty_reap(struct vm *vm, mfd_error **errp);

@@ -365,6 +365,168 @@ END_TEST
 START_TEST(precopy_dirty_ring) { precopy_case_as("2", "none", "ring", false); }
 END_TEST
 
+/* Wait until `ctl state` on @p says @want (or fail after @secs). */
+static void wait_ctl_state(const struct vmm_proc *p, const char *want, double secs)
+{
+	char out[512];
+
+	for (double end = now_s() + secs;;) {
+		ctl(p, out, sizeof(out), "state");
+		if (strncmp(out, want, strlen(want)) == 0)
+			return;
+		ck_assert_msg(strstr(out, "completed") == NULL || strstr(want, "completed"),
+			      "%s: completed before '%s' was seen", p->log, want);
+		ck_assert_msg(now_s() < end, "%s: '%s', waited %.0f s for '%s'", p->log, out, secs,
+			      want);
+		sleep_ms(5);
+	}
+}
+
+/*
+ * Postcopy recovery as an operator drives it: the network drops the
+ * connections during the postcopy push (ss -K on the destination's port);
+ * both sides pause with the guest alive on the destination; `recover URI`
+ * on the destination and `resume URI` on the source carry postcopy to its
+ * end, and the destination's guest passes the a-b check.
+ */
+START_TEST(postcopy_cut_then_recover_by_ctl)
+{
+	char dir[64], out[8192], uri[256], cmd[512];
+	struct vmm_proc src, dst;
+
+	if (!have_minivmm())
+		return;
+	if (!test_have_uffd("minivmm: postcopy recovery") ||
+	    !test_have_root_tool("minivmm: ss -K", "iproute2", "ss -h >/dev/null 2>&1"))
+		return;
+	make_dir(dir, sizeof(dir));
+	/* 128 MiB that the guest keeps rewriting, pushed at 16 MiB/s: the push
+	 * lasts seconds, time enough to cut it. */
+	const char *sargs[] = { "run", "--ram", "128", "--param", "postcopy-ram=on", "--param",
+				"multifd-channels=2", "--param", "max-bandwidth=67108864",
+				"--param", "max-postcopy-bandwidth=16777216", NULL };
+	const char *dargs[] = { "incoming", "tcp:127.0.0.1:0", "--ram", "128", "--param",
+				"postcopy-ram=on", "--param", "multifd-channels=2", NULL };
+
+	vmm_spawn(&src, dir, "src", sargs);
+	wait_laps(&src, 2, 60);
+	vmm_spawn(&dst, dir, "dst", dargs);
+	ctl(&dst, uri, sizeof(uri), "uri");
+	ctl_ok(&src, "migrate %s", uri);
+	sleep_ms(300);
+	ctl_ok(&src, "postcopy", NULL);
+	wait_ctl_state(&dst, "migration=postcopy-active", 30);
+	/* The cut, from outside: every socket to the destination's port. */
+	snprintf(cmd, sizeof(cmd), "ss -K -t dst 127.0.0.1:%s >/dev/null 2>&1",
+		 strrchr(uri, ':') + 1);
+	ck_assert_int_eq(system(cmd), 0);
+	wait_ctl_state(&src, "migration=postcopy-paused", 30);
+	wait_ctl_state(&dst, "migration=postcopy-paused", 30);
+	/* The wrong side's command says whose it is. */
+	ctl(&src, out, sizeof(out), "recover tcp:127.0.0.1:0");
+	ck_assert_msg(strstr(out, "the destination's command"), "recover on the source: %s", out);
+	ctl_ok(&dst, "recover %s", "tcp:127.0.0.1:0");
+	ctl(&dst, uri, sizeof(uri), "uri");
+	ck_assert_msg(strncmp(uri, "tcp:", 4) == 0, "recover uri: %s", uri);
+	ctl_ok(&src, "resume %s", uri);
+	ctl_ok(&src, "set max-postcopy-bandwidth %s", "0");
+	ctl(&src, out, sizeof(out), "wait");
+	ck_assert_msg(strstr(out, "\"status\": \"completed\""), "migration: %s", out);
+	ck_assert_uint_eq(json_u64(out, "pauses"), 1);
+	printf("minivmm: postcopy cut by ss -K, recovered by ctl: %" PRIu64 " ms in all\n",
+	       json_u64(out, "total-time"));
+	assert_dest_guest(&dst, 0);
+	vmm_quit(&src);
+	vmm_quit(&dst);
+	remove_dir(dir);
+}
+END_TEST
+
+/* Two files hold the same bytes (a dump's holes read as zeros). */
+static void assert_files_equal(const char *a, const char *b)
+{
+	FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+	static char ba[1 << 16], bb[1 << 16];
+	uint64_t off = 0;
+
+	ck_assert_msg(fa && fb, "cannot open %s or %s", a, b);
+	for (;;) {
+		size_t na = fread(ba, 1, sizeof(ba), fa), nb = fread(bb, 1, sizeof(bb), fb);
+
+		ck_assert_msg(na == nb, "%s and %s differ in length (at %" PRIu64 ")", a, b, off);
+		if (na == 0)
+			break;
+		if (memcmp(ba, bb, na) != 0) {
+			size_t i = 0;
+
+			while (ba[i] == bb[i])
+				i++;
+			ck_abort_msg("%s and %s differ at guest-physical 0x%" PRIx64, a, b, off + i);
+		}
+		off += na;
+	}
+	ck_assert_uint_gt(off, 0);
+	fclose(fa);
+	fclose(fb);
+}
+
+/*
+ * Checked from outside: the destination arrives paused (--paused, QEMU's -S),
+ * and its guest-physical memory, dumped as QEMU's pmemsave does (ctl dump),
+ * is byte for byte the source's at completion; then `cont` runs it on.  With
+ * KVM's manual-protect log and memfd RAM on both sides.
+ */
+START_TEST(dump_equals_the_source)
+{
+	char dir[64], out[8192], uri[256], a[128], b[128];
+	struct vmm_proc src, dst;
+
+	if (!have_minivmm())
+		return;
+	make_dir(dir, sizeof(dir));
+	const char *sargs[] = { "run", "--ram", RAM_MIB, "--memfd", "--dirty-log", "manual",
+				"--param", "multifd-channels=2", NULL };
+	const char *dargs[] = { "incoming", "tcp:127.0.0.1:0", "--ram", RAM_MIB, "--memfd",
+				"--paused", "--param", "multifd-channels=2", NULL };
+
+	vmm_spawn(&src, dir, "src", sargs);
+	wait_laps(&src, 2, 60);
+	vmm_spawn(&dst, dir, "dst", dargs);
+	ctl(&dst, uri, sizeof(uri), "uri");
+	ctl_ok(&src, "migrate %s", uri);
+	ctl(&src, out, sizeof(out), "wait");
+	ck_assert_msg(strstr(out, "\"status\": \"completed\""), "migration: %s", out);
+	for (double end = now_s() + 20;;) {
+		ctl(&dst, out, sizeof(out), "state");
+		if (strcmp(out, "migration=completed vcpu=paused") == 0)
+			break;
+		ck_assert_msg(now_s() < end, "dest: %s", out);
+		sleep_ms(10);
+	}
+	snprintf(a, sizeof(a), "%s/src.mem", dir);
+	snprintf(b, sizeof(b), "%s/dst.mem", dir);
+	ctl(&src, out, sizeof(out), "dump %s", a);
+	ck_assert_msg(strncmp(out, "ok ", 3) == 0, "src dump: %s", out);
+	ctl(&dst, out, sizeof(out), "dump %s", b);
+	ck_assert_msg(strncmp(out, "ok ", 3) == 0, "dst dump: %s", out);
+	assert_files_equal(a, b);
+	/* Paused as it arrived: the lap counter has not moved; cont runs it. */
+	uint64_t l0 = laps(&dst);
+
+	ck_assert_uint_eq(laps(&src), l0);
+	ctl(&dst, out, sizeof(out), "cont");
+	ck_assert_msg(strcmp(out, "ok") == 0, "cont: %s", out);
+	wait_laps(&dst, l0 + 2, 30);
+	ctl_ok(&dst, "stop", NULL);
+	ctl(&dst, out, sizeof(out), "check");
+	ck_assert_msg(strncmp(out, "ok ", 3) == 0, "a-b check on the destination: %s", out);
+	printf("minivmm: dumps of source and paused destination equal; then %s\n", out);
+	vmm_quit(&src);
+	vmm_quit(&dst);
+	remove_dir(dir);
+}
+END_TEST
+
 /* Postcopy: the destination guest runs before its RAM has arrived, and
  * its faults on missing pages are served by the library. */
 START_TEST(postcopy)
@@ -517,6 +679,8 @@ Suite *suite_minivmm(void)
 	tcase_add_test(tc, precopy_manual_dirty_log_memfd);
 	tcase_add_test(tc, precopy_classic_dirty_log);
 	tcase_add_test(tc, precopy_dirty_ring);
+	tcase_add_test(tc, dump_equals_the_source);
+	tcase_add_test(tc, postcopy_cut_then_recover_by_ctl);
 	tcase_add_test(tc, postcopy);
 	tcase_add_test(tc, cancel_and_retry);
 	suite_add_tcase(s, tc);
