@@ -93,6 +93,10 @@ enum {
 	OPT_TLS_CREDS,
 	OPT_JSON,
 	OPT_POSTCOPY,
+	/* send / recv only: postcopy recovery */
+	OPT_RESUME_TO,
+	OPT_RESUME_ATTEMPTS,
+	OPT_RECOVER_LISTEN,
 };
 
 /* getopt_long entries of the shared options. */
@@ -235,6 +239,30 @@ void progress_init(struct progress *p, const char *side, bool quiet, bool json);
  * Returns mfd_migration_wait()'s result. */
 int wait_with_progress(mfd_migration *m, struct progress *p, mfd_error **errp);
 
+/*
+ * What a side does when a postcopy pause (a network cut) stops its migration:
+ * the destination listens again (recv --recover-listen), the source
+ * reconnects there (send --resume-to), at most @attempts times per pause, a
+ * second apart, then gives up (the guest is then lost: it ran on the
+ * destination).  Messages go to stderr as "multifd CMD: ...".
+ */
+struct recovery {
+	const char *cmd;		/* "send" or "recv", for the messages */
+	const char *listen;		/* destination: where to listen again */
+	const char *resume_to;		/* source: the destination's recovery URI */
+	unsigned attempts;		/* source: per pause */
+	/* State, for wait_with_recovery(). */
+	bool listening;			/* this pause's listener is up */
+	bool recovering;		/* postcopy-recover was seen since */
+	unsigned tried;			/* this pause's attempts */
+	double next_try;
+	unsigned recoveries;		/* pauses recovered from */
+};
+
+/* wait_with_progress() that acts on postcopy pauses as @rec says. */
+int wait_with_recovery(mfd_migration *m, struct progress *p, struct recovery *rec,
+		       mfd_error **errp);
+
 /* The final table on @f (or the final JSON object on stdout in JSON mode). */
 void print_summary(mfd_migration *m, const struct progress *p, FILE *f);
 
@@ -257,7 +285,7 @@ struct source {
 int source_setup(struct source *s, mfd_error **errp);
 /* Start the dirtying threads, migrate, wait.  Returns the migration's result. */
 int source_run(struct source *s, const char *uri, double dirty_rate, struct progress *p,
-	       mfd_error **errp);
+	       struct recovery *rec, mfd_error **errp);
 void source_free(struct source *s);
 /* Report a failed source_run() (and whether the guest was resumed); EXIT_FAIL. */
 int source_failed(const struct source *s, const char *cmd, mfd_error *err);

@@ -456,7 +456,7 @@ static int demo_run(struct demo *d)
 		 "pid %d at %s", d->o.size >> 20, d->o.dirty_rate, (int)d->child, d->uri);
 	print_params("demo", d->src.m, what, d->o.c.quiet || d->o.c.json);
 	progress_init(&p, "source", d->o.c.quiet, d->o.c.json);
-	if (source_run(&d->src, d->uri, d->o.dirty_rate, &p, &err) < 0)
+	if (source_run(&d->src, d->uri, d->o.dirty_rate, &p, NULL, &err) < 0)
 		return source_failed(&d->src, "demo", err);
 	print_summary(d->src.m, &p, stdout);
 	print_throttle(&d->src, &p);

@@ -164,7 +164,78 @@ static int wait_step(mfd_migration *m, mfd_error **errp, bool *ended)
 	return r;
 }
 
+/* One look at a postcopy pause: listen again, or try to reconnect. */
+static void recovery_step(mfd_migration *m, struct progress *p, struct recovery *rec)
+{
+	int st = mfd_migration_state(m);
+	mfd_error *err = NULL;
+	char where[512];
+
+	if (st == MFD_STATE_POSTCOPY_ACTIVE && (rec->listening || rec->tried)) {
+		/* Back in business: the next pause starts afresh. */
+		progress_close(p);
+		fprintf(stderr, "multifd %s: postcopy resumed after a pause\n", rec->cmd);
+		rec->listening = false;
+		rec->recovering = false;
+		rec->tried = 0;
+		rec->recoveries++;
+		return;
+	}
+	/* A recovery that broke off returns to paused: its listener is gone. */
+	if (st == MFD_STATE_POSTCOPY_RECOVER)
+		rec->recovering = true;
+	if (st != MFD_STATE_POSTCOPY_PAUSED)
+		return;
+	if (rec->recovering) {
+		rec->recovering = false;
+		rec->listening = false;
+	}
+	if (rec->listen && !rec->listening && now_s() >= rec->next_try) {
+		progress_close(p);
+		rec->next_try = now_s() + 1.0;
+		if (mfd_migrate_recover(m, rec->listen, &err) < 0) {
+			fprintf(stderr, "multifd %s: postcopy paused; cannot listen on %s (%s); "
+				"trying again\n", rec->cmd, rec->listen, mfd_error_message(err));
+			mfd_error_free(err);
+			return;
+		}
+		rec->listening = true;
+		if (mfd_migration_listen_uri(m, where, sizeof(where)) < 0)
+			snprintf(where, sizeof(where), "%s", rec->listen);
+		fprintf(stderr, "multifd %s: postcopy paused (the connection broke); waiting for "
+			"the source to resume on %s\n", rec->cmd, where);
+	}
+	if (rec->resume_to && now_s() >= rec->next_try) {
+		progress_close(p);
+		rec->next_try = now_s() + 1.0;
+		if (rec->tried == rec->attempts) {
+			fprintf(stderr, "multifd %s: postcopy paused; %u attempts to resume to %s "
+				"failed, giving up: the guest ran on the destination and is lost\n",
+				rec->cmd, rec->attempts, rec->resume_to);
+			rec->tried++;
+			mfd_migrate_cancel(m);
+			return;
+		}
+		if (rec->tried > rec->attempts)
+			return;
+		rec->tried++;
+		fprintf(stderr, "multifd %s: postcopy paused (the connection broke); resuming to "
+			"%s (attempt %u of %u)\n", rec->cmd, rec->resume_to, rec->tried,
+			rec->attempts);
+		if (mfd_migrate_resume(m, rec->resume_to, &err) < 0) {
+			fprintf(stderr, "multifd %s: resume: %s\n", rec->cmd, mfd_error_message(err));
+			mfd_error_free(err);
+		}
+	}
+}
+
 int wait_with_progress(mfd_migration *m, struct progress *p, mfd_error **errp)
+{
+	return wait_with_recovery(m, p, NULL, errp);
+}
+
+int wait_with_recovery(mfd_migration *m, struct progress *p, struct recovery *rec,
+		       mfd_error **errp)
 {
 	bool cancelled = false, ended = false;
 	int r = 0;
@@ -178,9 +249,10 @@ int wait_with_progress(mfd_migration *m, struct progress *p, mfd_error **errp)
 			cancelled = true;
 		}
 		r = wait_step(m, errp, &ended);
+		if (!ended && rec && !cancelled)
+			recovery_step(m, p, rec);
 		if (!ended)
 			progress_tick(m, p);
-
 	}
 	progress_close(p);
 	/* Scripts see how it ended either way; a success gets its object from

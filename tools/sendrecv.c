@@ -82,7 +82,7 @@ int source_setup(struct source *s, mfd_error **errp)
 }
 
 int source_run(struct source *s, const char *uri, double dirty_rate, struct progress *p,
-	       mfd_error **errp)
+	       struct recovery *rec, mfd_error **errp)
 {
 	int r;
 
@@ -91,7 +91,7 @@ int source_run(struct source *s, const char *uri, double dirty_rate, struct prog
 		return mfd_error_set(errp, MFD_ENOMEM, "cannot start the dirtying threads");
 	r = mfd_migrate(s->m, uri, errp);
 	if (r == 0)
-		r = wait_with_progress(s->m, p, errp);
+		r = wait_with_recovery(s->m, p, rec, errp);
 	return r;
 }
 
@@ -194,7 +194,7 @@ void print_params(const char *cmd, mfd_migration *m, const char *what, bool quie
 
 #define SEND_SYNOPSIS \
 	"usage: multifd send --to URI [--size SIZE | --image FILE [--load]]\n" \
-	"                    [--dirty-rate MIB]\n" \
+	"                    [--dirty-rate MIB] [--resume-to URI [--resume-attempts N]]\n" \
 	"                    [--param NAME=VALUE]... [options]\n"
 
 static void send_usage(FILE *f)
@@ -217,15 +217,22 @@ static void send_usage(FILE *f)
 		"                         instead of mapping it from the page cache\n"
 		"  --dirty-rate MIB       two threads keep writing the guest at MIB MiB/s\n"
 		"                         while it migrates (default 0: a stopped guest)\n"
+		"  --resume-to URI        postcopy: when the connection breaks (postcopy\n"
+		"                         paused), reconnect to the recovery URI of the\n"
+		"                         destination (recv --recover-listen), a second\n"
+		"                         apart, until it resumes\n"
+		"  --resume-attempts N    give up after N attempts per pause (1..1000,\n"
+		"                         default 10): the guest, which runs on the\n"
+		"                         destination, is then lost\n"
 		"%s%s%s", params_help, tls_help, output_help);
 }
 
 struct send_opts {
 	struct common_opts c;
-	const char *to, *image;
-	uint64_t size;
+	const char *to, *image, *resume_to;
+	uint64_t size, resume_attempts;
 	double dirty_rate;
-	bool load;
+	bool load, attempts_set;
 };
 
 /* 0 to run, PARSE_HELP after --help, EXIT_USAGE on an error. */
@@ -237,6 +244,8 @@ static int send_parse(int argc, char **argv, struct send_opts *o)
 		{ "image", required_argument, NULL, 'i' },
 		{ "dirty-rate", required_argument, NULL, 'd' },
 		{ "load", no_argument, NULL, 'L' },
+		{ "resume-to", required_argument, NULL, OPT_RESUME_TO },
+		{ "resume-attempts", required_argument, NULL, OPT_RESUME_ATTEMPTS },
 		PARAM_LONG_OPTIONS, TLS_LONG_OPTIONS, OUTPUT_LONG_OPTIONS,
 		{ NULL, 0, NULL, 0 },
 	};
@@ -257,6 +266,13 @@ static int send_parse(int argc, char **argv, struct send_opts *o)
 		} else if (c == 'd') {
 			if (parse_double("send", "--dirty-rate", optarg, 0, 1e6, &o->dirty_rate) < 0)
 				return EXIT_USAGE;
+		} else if (c == OPT_RESUME_TO) {
+			o->resume_to = optarg;
+		} else if (c == OPT_RESUME_ATTEMPTS) {
+			if (parse_u64("send", "--resume-attempts", optarg, 1, 1000,
+				      &o->resume_attempts) < 0)
+				return EXIT_USAGE;
+			o->attempts_set = true;
 		} else if (c == 'h') {
 			send_usage(stdout);
 			return PARSE_HELP;
@@ -272,6 +288,10 @@ static int send_parse(int argc, char **argv, struct send_opts *o)
 		return usage_error("send", "--size and --image exclude each other");
 	if (o->load && !o->image)
 		return usage_error("send", "--load needs --image FILE");
+	if (o->attempts_set && !o->resume_to)
+		return usage_error("send", "--resume-attempts needs --resume-to URI");
+	if (!o->attempts_set)
+		o->resume_attempts = 10;
 	return 0;
 }
 
@@ -323,7 +343,10 @@ int cmd_send(int argc, char **argv)
 	if ((r = send_prepare(&s, &o)) != 0)
 		goto out;
 	progress_init(&p, "source", o.c.quiet, o.c.json);
-	if (source_run(&s, o.to, o.dirty_rate, &p, &err) < 0) {
+	struct recovery rec = { .cmd = "send", .resume_to = o.resume_to,
+				.attempts = (unsigned)o.resume_attempts };
+
+	if (source_run(&s, o.to, o.dirty_rate, &p, o.resume_to ? &rec : NULL, &err) < 0) {
 		r = source_failed(&s, "send", err);
 		goto out;
 	}
@@ -340,6 +363,7 @@ out:
 
 #define RECV_SYNOPSIS \
 	"usage: multifd recv [--listen URI] [--size SIZE] [--prealloc] [--out FILE]\n" \
+	"                    [--recover-listen URI]\n" \
 	"                    [--param NAME=VALUE]... [options]\n"
 
 static void recv_usage(FILE *f)
@@ -359,6 +383,10 @@ static void recv_usage(FILE *f)
 		"                         arrive, and zero pages never\n"
 		"  --out FILE             write the received memory to FILE (mode 0600, zero\n"
 		"                         pages as holes; an image's exact length)\n"
+		"  --recover-listen URI   postcopy: when the connection breaks (postcopy\n"
+		"                         paused), listen on URI for the source to resume\n"
+		"                         (send --resume-to); the guest keeps running on\n"
+		"                         the pages it has meanwhile\n"
 		"  --report-fd FD         for 'multifd demo': write \"listen URI\" and, at the\n"
 		"                         end, a binary report with page checksums to FD\n"
 		"%s%s%s", params_help, tls_help, output_help);
@@ -366,7 +394,7 @@ static void recv_usage(FILE *f)
 
 struct recv_opts {
 	struct common_opts c;
-	const char *listen, *out;
+	const char *listen, *out, *recover_listen;
 	uint64_t size;
 	int report_fd;
 	bool prealloc;
@@ -380,6 +408,7 @@ static int recv_parse(int argc, char **argv, struct recv_opts *o)
 		{ "out", required_argument, NULL, 'o' },
 		{ "report-fd", required_argument, NULL, 'r' },
 		{ "prealloc", no_argument, NULL, 'P' },
+		{ "recover-listen", required_argument, NULL, OPT_RECOVER_LISTEN },
 		PARAM_LONG_OPTIONS, TLS_LONG_OPTIONS, OUTPUT_LONG_OPTIONS,
 		{ NULL, 0, NULL, 0 },
 	};
@@ -396,6 +425,8 @@ static int recv_parse(int argc, char **argv, struct recv_opts *o)
 			o->out = optarg;
 		} else if (c == 'P') {
 			o->prealloc = true;
+		} else if (c == OPT_RECOVER_LISTEN) {
+			o->recover_listen = optarg;
 		} else if (c == 'r') {
 			if (parse_u64("recv", "--report-fd", optarg, 0, 1 << 20, &fd) < 0)
 				return EXIT_USAGE;
@@ -460,7 +491,9 @@ static int recv_run(struct dest *d, const struct recv_opts *o, struct progress *
 	snprintf(what, sizeof(what), "listening on %s for a %" PRIu64 " MiB guest", d->uri,
 		 d->g.size >> 20);
 	print_params("recv", d->m, what, o->c.quiet || o->c.json);
-	if (wait_with_progress(d->m, p, &err) < 0)
+	struct recovery rec = { .cmd = "recv", .listen = o->recover_listen };
+
+	if (wait_with_recovery(d->m, p, o->recover_listen ? &rec : NULL, &err) < 0)
 		goto fail;
 	if (o->report_fd >= 0)
 		recv_report(d, o->report_fd, 0, NULL);

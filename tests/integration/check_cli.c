@@ -255,6 +255,136 @@ START_TEST(recv_survives_port_probes)
 }
 END_TEST
 
+/* Read a whole (small) file into @buf. */
+static void read_text(const char *path, char *buf, size_t len)
+{
+	FILE *f = fopen(path, "r");
+	size_t n = 0;
+
+	buf[0] = '\0';
+	if (!f)
+		return;
+	n = fread(buf, 1, len - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+}
+
+/* Start `ip netns exec NS multifd ARGS...` with stdout and stderr into @log. */
+static pid_t spawn_in_ns(const char *ns, const char *tool, const char *log, const char **args)
+{
+	const char *argv[40] = { "ip", "netns", "exec", ns, tool };
+	unsigned n = 5;
+	pid_t pid;
+
+	for (unsigned i = 0; args[i] && n < 39; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+		alarm(180);	/* bounded even if it never ends */
+		if (fd < 0 || dup2(fd, STDOUT_FILENO) < 0 || dup2(fd, STDERR_FILENO) < 0)
+			_exit(126);
+		execvp("ip", (char *const *)argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+/*
+ * Postcopy recovery a user drives with the tool (issue 21): in a network
+ * namespace of its own, `multifd recv --recover-listen` and `multifd send
+ * --resume-to`; the connections are cut with ss -K during the postcopy push;
+ * both sides pause, the destination listens again, the source reconnects,
+ * and the migration completes.  (That the pages are right after a recovery
+ * is the postcopy suite's network_cut_with_ss_then_recover.)
+ */
+START_TEST(send_recv_recover_a_cut_postcopy)
+{
+	const char *builddir = getenv("MFD_BUILDDIR");
+	char tool[4096], ns[64], cmd[512], slog[128], rlog[128], text[65536];
+	const char *recv[] = { "recv", "--listen", "tcp:127.0.0.1:47001", "--size", "64M",
+			       "--postcopy", "--recover-listen", "tcp:127.0.0.1:47002", NULL };
+	/* 64 MiB rewritten at 64 MiB/s while precopy moves 32 MiB/s: the switch
+	 * after the first pass finds most of it dirty, pushed at 8 MiB/s: seconds
+	 * of postcopy to cut into. */
+	const char *send[] = { "send", "--size", "64M", "--to", "tcp:127.0.0.1:47001",
+			       "--dirty-rate", "64", "--postcopy=1",
+			       "--param", "max-bandwidth=33554432",
+			       "--param", "max-postcopy-bandwidth=8388608",
+			       "--resume-to", "tcp:127.0.0.1:47002", "--resume-attempts", "20",
+			       NULL };
+	int sst, rst;
+	pid_t sp, rp;
+
+	if (!test_have_tool("cli") || !test_have_uffd("cli: postcopy recovery") ||
+	    !test_have_root_tool("cli: recovery in a netns with ss -K", "netns",
+				 "ip netns list >/dev/null 2>&1 && ss -h >/dev/null 2>&1"))
+		return;
+	ck_assert_int_lt(snprintf(tool, sizeof(tool), "%s/tools/multifd", builddir),
+			 (int)sizeof(tool));
+	snprintf(ns, sizeof(ns), "mfd-cli-rec-%d", (int)getpid());
+	snprintf(slog, sizeof(slog), "/tmp/%s-send.log", ns);
+	snprintf(rlog, sizeof(rlog), "/tmp/%s-recv.log", ns);
+	snprintf(cmd, sizeof(cmd), "ip netns add %s && ip netns exec %s ip link set lo up", ns,
+		 ns);
+	ck_assert_int_eq(system(cmd), 0);
+	rp = spawn_in_ns(ns, tool, rlog, recv);
+	usleep(300 * 1000);	/* recv listening before send connects */
+	sp = spawn_in_ns(ns, tool, slog, send);
+	/* The source's progress lines name the state: cut once it is postcopy. */
+	double end = (double)test_now_ms() / 1e3 + 90;
+
+	for (;;) {
+		read_text(slog, text, sizeof(text));
+		if (strstr(text, "postcopy-active"))
+			break;
+		ck_assert_msg(!strstr(text, "completed") && (double)test_now_ms() / 1e3 < end,
+			      "the source never was seen in postcopy:\n%s", text);
+		usleep(50 * 1000);
+	}
+	snprintf(cmd, sizeof(cmd), "ip netns exec %s ss -K -t dst 127.0.0.1:47001 >/dev/null",
+		 ns);
+	ck_assert_int_eq(system(cmd), 0);
+	ck_assert_int_eq(waitpid(sp, &sst, 0), sp);
+	ck_assert_int_eq(waitpid(rp, &rst, 0), rp);
+	snprintf(cmd, sizeof(cmd), "ip netns del %s", ns);
+	ck_assert_int_eq(system(cmd), 0);
+	read_text(slog, text, sizeof(text));
+	ck_assert_msg(WIFEXITED(sst) && WEXITSTATUS(sst) == 0, "send ended 0x%x:\n%s", sst, text);
+	ck_assert_msg(strstr(text, "postcopy paused (the connection broke); resuming to "
+			     "tcp:127.0.0.1:47002 (attempt 1 of 20)"), "send:\n%s", text);
+	ck_assert_msg(strstr(text, "multifd send: postcopy resumed after a pause"), "send:\n%s",
+		      text);
+	ck_assert_msg(strstr(text, ", 1 pauses"), "send's summary:\n%s", text);
+	read_text(rlog, text, sizeof(text));
+	ck_assert_msg(WIFEXITED(rst) && WEXITSTATUS(rst) == 0, "recv ended 0x%x:\n%s", rst, text);
+	ck_assert_msg(strstr(text, "waiting for the source to resume on tcp:127.0.0.1:47002"),
+		      "recv:\n%s", text);
+	unlink(slog);
+	unlink(rlog);
+}
+END_TEST
+
+/* Bad recovery options are usage errors, said as such. */
+START_TEST(recovery_options_are_checked)
+{
+	static const char *const attempts[] = { "send", "--to", "tcp:127.0.0.1:1",
+						"--resume-attempts", "3", NULL };
+	static const char *const zero[] = { "send", "--to", "tcp:127.0.0.1:1", "--resume-to",
+					    "tcp:127.0.0.1:2", "--resume-attempts", "0", NULL };
+
+	if (!test_have_tool("cli"))
+		return;
+	ck_assert_int_eq(test_run_tool(out, sizeof(out), true, attempts), 2);
+	ck_assert_msg(strstr(out, "--resume-attempts needs --resume-to URI"), "%s", out);
+	ck_assert_int_eq(test_run_tool(out, sizeof(out), true, zero), 2);
+	ck_assert_msg(strstr(out, "--resume-attempts"), "%s", out);
+}
+END_TEST
+
 /* A `tune --listen` peer on a free loopback port: its pid, its URI in @uri. */
 static pid_t start_tune_peer(char *uri, size_t len)
 {
@@ -465,6 +595,8 @@ Suite *suite_cli(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, demo_precopy_verifies);
 	tcase_add_test(tc, demo_postcopy_verifies);
+	tcase_add_test(tc, send_recv_recover_a_cut_postcopy);
+	tcase_add_test(tc, recovery_options_are_checked);
 	tcase_add_test(tc, demo_not_converging_switches_to_postcopy);
 	tcase_add_test(tc, demo_with_zero_copy_send);
 	tcase_add_test(tc, recv_prealloc_and_send_load_keep_the_bytes);
