@@ -6,7 +6,7 @@ over loopback TCP, driven through QMP, and print one JSON object.
   qemu-peer.py --mode static --image-mib N --content random|zero|mixed
                --channels N --compression none|zlib|zstd|lz4 [--level L]
                [--prealloc] [--src-prealloc] [--image-file FILE] [--tls]
-  qemu-peer.py --mode kvm --image BOOTSECTOR --ram-mib N --channels N
+  qemu-peer.py --mode kvm --image BOOTSECTOR --ram-mib N --channels N [--cpu MODEL]
                --compression C [--postcopy]
   qemu-peer.py --mode fill --image-mib N --content C --out FILE
 
@@ -18,7 +18,10 @@ fills (in /dev/shm) with the bench data generator below, the same bytes
 `multifd recv`; --prealloc preallocates it.  --src-prealloc maps the source's
 RAM in before the migration (prealloc=on), as `multifd send --image` does.
 kvm: qemu-system-x86_64 -enable-kvm, machine pc, the boot sector as a raw
-IDE disk; --postcopy switches to postcopy after the first pass.
+IDE disk; --postcopy switches to postcopy after the first pass; --prealloc
+preallocates the destination's RAM; --cpu picks the CPU model (auto: host, or
+host,-arch-capabilities where this host's KVM refuses the MSR QEMU 7.2 copies;
+cpu_model in the output says which ran).
 fill: write the bench data to FILE and exit (what `make bench` uses so that
 both migrators read the very same image).
 
@@ -390,6 +393,30 @@ def run_static(a, qemu, tmp, deadline):
     return out
 
 
+def pick_cpu_model(qemu, want):
+    """The first CPU model of @want (comma-free names, or "auto") that this
+    host's KVM accepts: QEMU 7.2 copies MSRs the host's KVM may refuse (on
+    some hosts `-cpu host` dies with "failed to set MSR 0x10a", the
+    arch-capabilities MSR).  A model is accepted when QEMU, stopped before
+    the first instruction (-S), is still alive after 3 s."""
+    models = ["host", "host,-arch-capabilities"] if want == "auto" else [want]
+    tried = []
+    for m in models:
+        p = subprocess.Popen([qemu, "-enable-kvm", "-machine", "pc", "-cpu", m, "-m", "16M",
+                              "-nodefaults", "-display", "none", "-S"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out = p.communicate(timeout=3)[0].decode(errors="replace").strip()
+            tried.append("%s: %s" % (m, out.splitlines()[0] if out else "exited %d"
+                                     % p.returncode))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+            return m
+    raise PeerError("no CPU model works with KVM here (%s)" % "; ".join(tried))
+
+
 def run_kvm(a, qemu, tmp, deadline):
     if not a.image or not os.path.isfile(a.image):
         raise PeerError("--image BOOTSECTOR: no such file")
@@ -397,17 +424,24 @@ def run_kvm(a, qemu, tmp, deadline):
         raise PeerError("--ram-mib is required")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         raise PeerError("/dev/kvm is not usable")
-    base = common_argv(qemu) + ["-enable-kvm", "-machine", "pc", "-cpu", "host", "-smp", "1",
+    cpu = pick_cpu_model(qemu, a.cpu)
+    base = common_argv(qemu) + ["-enable-kvm", "-cpu", cpu, "-smp", "1",
                                 "-m", "%dM" % a.ram_mib, "-vga", "none",
                                 "-drive", "file=%s,format=raw,if=ide,index=0"
                                 % os.path.abspath(a.image)]
-    src = list(base)
-    dst = list(base)
+    # The destination's RAM preallocated (QEMU's prealloc=on) with --prealloc:
+    # no first touch of fresh memory during the migration.
+    ram = ["-object", "memory-backend-ram,id=pc.ram,size=%dM,prealloc=%s"
+           % (a.ram_mib, "on" if a.prealloc else "off"),
+           "-machine", "pc,memory-backend=pc.ram"]
+    src = base + ["-object", "memory-backend-ram,id=pc.ram,size=%dM" % a.ram_mib,
+                  "-machine", "pc,memory-backend=pc.ram"]
+    dst = base + ram
     if a.tls:
         src += tls_objects(tmp, "client")
         dst += tls_objects(tmp, "server")
     out = migrate(a, src, dst, tmp, deadline)
-    out.update({"ram_mib": a.ram_mib})
+    out.update({"ram_mib": a.ram_mib, "cpu_model": cpu, "prealloc": bool(a.prealloc)})
     return out
 
 
@@ -434,6 +468,9 @@ def main():
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--qemu", default="qemu-system-x86_64")
     p.add_argument("--accel", default="tcg", help="static: the accelerator (tcg, kvm, qtest)")
+    p.add_argument("--cpu", default="auto",
+                   help="kvm: the CPU model; auto: host, else host,-arch-capabilities "
+                   "(whichever this host's KVM accepts; the output says which ran)")
     a = p.parse_args()
     a.cleanup = []
 

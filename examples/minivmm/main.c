@@ -80,6 +80,8 @@ static void usage(FILE *f)
 		"  --ws MIB          our guest: dirty RAM up to this offset (default: all RAM)\n"
 		"  --delay N         our guest: spin N iterations after each page (default 0)\n"
 		"  --memfd           guest RAM in memfds (MAP_SHARED), registered with their fd\n"
+		"  --prealloc        fault all guest RAM in before anything runs (QEMU's\n"
+		"                    prealloc=on): no first touch during a migration\n"
 		"  --paused          incoming: leave the guest stopped once it arrived (QEMU's\n"
 		"                    -S); `cont` starts it\n"
 		"  --dirty-log MODE  auto|classic|manual|ring: how KVM reports written pages;\n"
@@ -658,7 +660,7 @@ static int cmd_migrate(int argc, char **argv)
 struct opts {
 	const char *image, *serial, *control, *out;
 	uint64_t ram_mib, slot_mib, ws_mib, delay;
-	bool ws_set, delay_set, verbose, memfd, paused;
+	bool ws_set, delay_set, verbose, memfd, paused, prealloc;
 	enum vm_dirty_mode dirty_mode;
 	const char *params[MAX_PARAMS];
 	unsigned nparams;
@@ -679,6 +681,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "memfd", no_argument, NULL, 'F' },
 		{ "paused", no_argument, NULL, 'P' },
+		{ "prealloc", no_argument, NULL, 'A' },
 		{ "dirty-log", required_argument, NULL, 'D' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -696,6 +699,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'v': o->verbose = true; break;
 		case 'F': o->memfd = true; break;
 		case 'P': o->paused = true; break;
+		case 'A': o->prealloc = true; break;
 		case 'D':
 			if (strcmp(optarg, "auto") == 0) {
 				o->dirty_mode = VM_DIRTY_AUTO;
@@ -896,6 +900,7 @@ static int cmd_run(int argc, char **argv, bool incoming)
 	cfg.serial_path = o.serial;
 	cfg.verbose = o.verbose;
 	cfg.memfd = o.memfd;
+	cfg.prealloc = o.prealloc;
 	cfg.dirty_mode = o.dirty_mode;
 	if (o.paused && !incoming) {
 		fprintf(stderr, "minivmm run: --paused is for incoming (a guest that arrives by "

@@ -81,6 +81,7 @@ struct vm {
 	uint64_t ring_reaped, ring_full_exits;
 	mfd_migration *mig;
 	bool memfd;			/* slots are memfds */
+	bool prealloc;			/* slots faulted in at creation */
 	bool start_paused;		/* incoming --paused: vm_start leaves it stopped */
 	uint64_t dirty_clears;		/* KVM_CLEAR_DIRTY_LOG calls */
 	uint64_t *dirty_buf;		/* KVM_GET_DIRTY_LOG scratch, largest slot */
@@ -114,6 +115,7 @@ struct vm_config {
 	const char *serial_path;	/* NULL: stdout */
 	bool verbose;
 	bool memfd;			/* guest RAM in memfds (MAP_SHARED) */
+	bool prealloc;			/* fault every page in first (QEMU's prealloc=on) */
 	enum vm_dirty_mode dirty_mode;	/* auto: manual where KVM offers it */
 };
 
