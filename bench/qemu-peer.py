@@ -21,7 +21,11 @@ kvm: qemu-system-x86_64 -enable-kvm, machine pc, the boot sector as a raw
 IDE disk; --postcopy switches to postcopy after the first pass; --prealloc
 preallocates the destination's RAM; --cpu picks the CPU model (auto: host, or
 host,-arch-capabilities where this host's KVM refuses the MSR QEMU 7.2 copies;
-cpu_model in the output says which ran).
+cpu_model in the output says which ran).  QEMU_PEER_KEEP=1 in the environment
+keeps the temporary directory (both QEMUs' logs) and prints nothing about it:
+look for the newest /tmp/qemu-peer-*.  Known: Debian's QEMU 7.2 destination
+aborts in postcopy with multifd on a 2 GiB KVM guest (yank.c:107,
+"yank_unregister_instance: Assertion ... failed"); 512 MiB passes.
 fill: write the bench data to FILE and exit (what `make bench` uses so that
 both migrators read the very same image).
 
@@ -522,7 +526,8 @@ def main():
                 os.unlink(path)
             except OSError:
                 pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.environ.get("QEMU_PEER_KEEP"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
