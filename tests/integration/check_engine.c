@@ -1616,19 +1616,16 @@ START_TEST(thread_hooks_see_every_library_thread)
 END_TEST
 
 /*
- * A cancel while the source is still connecting ends the connect at once,
- * not at channel-timeout-ms: the destination's accept queue is full, so
- * its SYNs go unanswered, as with a host that has gone away.
+ * A loopback listener whose accept queue is full and which nobody accepts
+ * from: a connect to it hangs (its SYNs go unanswered), as to a host that has
+ * gone away.  Returns the listener; its URI in @uri, the queue's sockets in
+ * @fill.
  */
-START_TEST(cancel_ends_a_hanging_connect)
+static int silent_listener(char *uri, size_t len, int fill[4])
 {
 	struct sockaddr_in a = { .sin_family = AF_INET };
 	socklen_t alen = sizeof(a);
-	struct guest src;
-	mfd_error *err = NULL;
-	int l, fill[4], r;
-	char uri[64];
-	uint64_t t0;
+	int l;
 
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -1636,7 +1633,6 @@ START_TEST(cancel_ends_a_hanging_connect)
 	ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
 	ck_assert_int_eq(listen(l, 0), 0);
 	ck_assert_int_eq(getsockname(l, (struct sockaddr *)&a, &alen), 0);
-	/* Fill the accept queue; nobody accepts. */
 	for (int i = 0; i < 4; i++) {
 		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 		ck_assert_int_ge(fill[i], 0);
@@ -1644,7 +1640,31 @@ START_TEST(cancel_ends_a_hanging_connect)
 			  errno == EINPROGRESS);
 	}
 	usleep(100 * 1000);
-	snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%u", ntohs(a.sin_port));
+	snprintf(uri, len, "tcp:127.0.0.1:%u", ntohs(a.sin_port));
+	return l;
+}
+
+static void silent_listener_close(int l, const int fill[4])
+{
+	for (int i = 0; i < 4; i++)
+		close(fill[i]);
+	close(l);
+}
+
+/*
+ * A cancel while the source is still connecting ends the connect at once,
+ * not at channel-timeout-ms: the destination's accept queue is full, so
+ * its SYNs go unanswered, as with a host that has gone away.
+ */
+START_TEST(cancel_ends_a_hanging_connect)
+{
+	struct guest src;
+	mfd_error *err = NULL;
+	int l, fill[4], r;
+	char uri[64];
+	uint64_t t0;
+
+	l = silent_listener(uri, sizeof(uri), fill);
 	guest_init(&src, 4, true, 2, "none");
 	ck_assert_ok(mfd_set_param(src.m, "channel-timeout-ms", "60000", &err), err);
 	ck_assert_ok(mfd_migrate(src.m, uri, &err), err);
@@ -1658,9 +1678,7 @@ START_TEST(cancel_ends_a_hanging_connect)
 	printf("engine: cancelled connect: %s (%llu ms)\n", mfd_error_message(err),
 	       (unsigned long long)(mono_ms() - t0));
 	mfd_error_free(err);
-	for (int i = 0; i < 4; i++)
-		close(fill[i]);
-	close(l);
+	silent_listener_close(l, fill);
 	guest_free(&src);
 }
 END_TEST
@@ -1673,28 +1691,12 @@ END_TEST
  */
 START_TEST(wait_tells_running_from_timed_out)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	socklen_t alen = sizeof(a);
 	struct guest src;
 	mfd_error *err = NULL;
 	int l, fill[4];
 	char uri[64];
 
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	ck_assert_int_ge(l, 0);
-	ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
-	ck_assert_int_eq(listen(l, 0), 0);
-	ck_assert_int_eq(getsockname(l, (struct sockaddr *)&a, &alen), 0);
-	/* Fill the accept queue; nobody accepts. */
-	for (int i = 0; i < 4; i++) {
-		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-		ck_assert_int_ge(fill[i], 0);
-		ck_assert(connect(fill[i], (struct sockaddr *)&a, sizeof(a)) == 0 ||
-			  errno == EINPROGRESS);
-	}
-	usleep(100 * 1000);
-	snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%u", ntohs(a.sin_port));
+	l = silent_listener(uri, sizeof(uri), fill);
 	guest_init(&src, 4, true, 2, "none");
 	ck_assert_ok(mfd_set_param(src.m, "channel-timeout-ms", "1500", &err), err);
 	ck_assert_ok(mfd_migrate(src.m, uri, &err), err);
@@ -1712,9 +1714,7 @@ START_TEST(wait_tells_running_from_timed_out)
 	/* Again, even with a short timeout: the same result, never "running". */
 	ck_assert_int_eq(mfd_migration_wait(src.m, 1, &err), MFD_ETIMEDOUT);
 	ck_assert_mfd_error(err, MFD_ETIMEDOUT, "1500 ms");
-	for (int i = 0; i < 4; i++)
-		close(fill[i]);
-	close(l);
+	silent_listener_close(l, fill);
 	guest_free(&src);
 }
 END_TEST

@@ -240,6 +240,23 @@ static void remove_dir(const char *dir)
 	ck_assert_int_eq(system(cmd), 0);
 }
 
+/* Wait until `ctl state` on @p says @want (or fail after @secs). */
+static void wait_ctl_state(const struct vmm_proc *p, const char *want, double secs)
+{
+	char out[512];
+
+	for (double end = now_s() + secs;;) {
+		ctl(p, out, sizeof(out), "state");
+		if (strncmp(out, want, strlen(want)) == 0)
+			return;
+		ck_assert_msg(strstr(out, "completed") == NULL || strstr(want, "completed"),
+			      "%s: completed before '%s' was seen", p->log, want);
+		ck_assert_msg(now_s() < end, "%s: '%s', waited %.0f s for '%s'", p->log, out, secs,
+			      want);
+		sleep_ms(5);
+	}
+}
+
 /* The destination's guest runs, and stopped, passes the a-b check. */
 static void assert_dest_guest(const struct vmm_proc *dst, uint64_t src_laps)
 {
@@ -248,13 +265,7 @@ static void assert_dest_guest(const struct vmm_proc *dst, uint64_t src_laps)
 
 	/* The source completes on the destination's result; the destination's
 	 * own state follows a moment later. */
-	for (double end = now_s() + 20;;) {
-		ctl(dst, out, sizeof(out), "state");
-		if (strcmp(out, "migration=completed vcpu=running") == 0)
-			break;
-		ck_assert_msg(now_s() < end, "dest: %s", out);
-		sleep_ms(10);
-	}
+	wait_ctl_state(dst, "migration=completed vcpu=running", 20);
 	l0 = laps(dst);
 	ck_assert_msg(l0 >= src_laps, "dest guest at lap %" PRIu64 ", the source had %" PRIu64,
 		      l0, src_laps);
@@ -364,23 +375,6 @@ START_TEST(precopy_classic_dirty_log) { precopy_case_as("2", "none", "classic", 
 END_TEST
 START_TEST(precopy_dirty_ring) { precopy_case_as("2", "none", "ring", false); }
 END_TEST
-
-/* Wait until `ctl state` on @p says @want (or fail after @secs). */
-static void wait_ctl_state(const struct vmm_proc *p, const char *want, double secs)
-{
-	char out[512];
-
-	for (double end = now_s() + secs;;) {
-		ctl(p, out, sizeof(out), "state");
-		if (strncmp(out, want, strlen(want)) == 0)
-			return;
-		ck_assert_msg(strstr(out, "completed") == NULL || strstr(want, "completed"),
-			      "%s: completed before '%s' was seen", p->log, want);
-		ck_assert_msg(now_s() < end, "%s: '%s', waited %.0f s for '%s'", p->log, out, secs,
-			      want);
-		sleep_ms(5);
-	}
-}
 
 /*
  * Postcopy recovery as an operator drives it: the network drops the
@@ -496,13 +490,7 @@ START_TEST(dump_equals_the_source)
 	ctl_ok(&src, "migrate %s", uri);
 	ctl(&src, out, sizeof(out), "wait");
 	ck_assert_msg(strstr(out, "\"status\": \"completed\""), "migration: %s", out);
-	for (double end = now_s() + 20;;) {
-		ctl(&dst, out, sizeof(out), "state");
-		if (strcmp(out, "migration=completed vcpu=paused") == 0)
-			break;
-		ck_assert_msg(now_s() < end, "dest: %s", out);
-		sleep_ms(10);
-	}
+	wait_ctl_state(&dst, "migration=completed vcpu=paused", 20);
 	snprintf(a, sizeof(a), "%s/src.mem", dir);
 	snprintf(b, sizeof(b), "%s/dst.mem", dir);
 	ctl(&src, out, sizeof(out), "dump %s", a);
