@@ -64,6 +64,7 @@ struct ram_source {
 	uint64_t **clear_chunks;		/* the same, one bit per 2^18 granules */
 	uint64_t *ngran;			/* the hooks' bits per block */
 	uint64_t *scratch;			/* dirty_sync's bitmap, the largest block's size */
+	uint64_t *scratch_pages;		/* the same, granules folded into pages */
 	uint64_t sync_round;			/* dirty_sync_begin's count */
 	unsigned cur_block;			/* where the pass resumes */
 	uint64_t cur_page;

@@ -277,14 +277,11 @@ static int dirty_sync(struct mfd_engine *e, mfd_error **errp)
 			if (rs->clear)
 				note_clear(rs, b, g);
 			if (bk->dirty_shift != bk->page_shift) {
-				uint64_t *pg = calloc(words(rs->npages[b]), 8);
+				uint64_t *pg = rs->scratch_pages;
 
-				if (!pg)
-					return mfd_error_set(errp, MFD_ENOMEM,
-							     "ram: out of memory for a bitmap");
+				memset(pg, 0, words(rs->npages[b]) * 8);
 				granules_to_pages(bk, g, ng, pg, rs->npages[b]);
 				added += add_dirty(rs, b, pg);
-				free(pg);
 			} else {
 				added += add_dirty(rs, b, g);
 			}
@@ -348,8 +345,9 @@ static void source_arrays_free(struct ram_source *rs)
 	free(rs->clear_chunks);
 	free(rs->ngran);
 	free(rs->scratch);
+	free(rs->scratch_pages);
 	rs->bitmap = NULL;
-	rs->npages = rs->dirty_b = rs->ngran = rs->scratch = NULL;
+	rs->npages = rs->dirty_b = rs->ngran = rs->scratch = rs->scratch_pages = NULL;
 	rs->absent = rs->clear = rs->clear_chunks = NULL;
 	rs->nblocks = 0;
 }
@@ -444,7 +442,9 @@ static int prepare(void *opaque, mfd_error **errp)
 		}
 	}
 	rs->scratch = malloc(MFD_MAX(scratch_words, 1) * 8);
-	if (!rs->scratch)
+	/* A page bitmap for blocks whose dirty granule is not their page. */
+	rs->scratch_pages = malloc(MFD_MAX(scratch_words, 1) * 8);
+	if (!rs->scratch || !rs->scratch_pages)
 		return mfd_error_set(errp, MFD_ENOMEM, "ram: out of memory for a bitmap");
 	if (!tracker_fits(m->tracker, m)) {
 		int r = tracker_make(m, errp);
